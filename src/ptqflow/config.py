@@ -1,0 +1,330 @@
+"""ptqflow's one typed configuration.
+
+The same models are read from a YAML file, from CLI flags, from Airflow DAG params and from KFP pipeline
+parameters; ``ptqflow config-schema`` prints the JSON schema generated from them. Unknown keys and wrong
+types are rejected before any work starts, with a message naming the field (see ``load_config``).
+
+Each pipeline step reads only its own sections, so that changing e.g. the bias-correction mode reruns the
+quantize step but reuses the fetched model, the calibration data and the statistics.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ptqflow.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_enum_values=False, validate_assignment=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Quantization parameters (names and meanings as NNCF users know them)
+# --------------------------------------------------------------------------------------------------
+
+
+class QuantizationPreset(str, Enum):
+    """PERFORMANCE: symmetric activations. MIXED: asymmetric activations (better for skewed ranges)."""
+
+    PERFORMANCE = "performance"
+    MIXED = "mixed"
+
+
+class TargetDevice(str, Enum):
+    """The hardware that will run the INT8 model; it decides quantizer placement."""
+
+    ANY = "ANY"
+    CPU = "CPU"
+    CPU_SPR = "CPU_SPR"
+    GPU = "GPU"
+    NPU = "NPU"
+
+
+class ModelType(str, Enum):
+    """Special handling for a model family. TRANSFORMER keeps LayerNorm/Softmax/GELU regions in float."""
+
+    TRANSFORMER = "transformer"
+
+
+class RangeEstimator(str, Enum):
+    """How a per-tensor activation range is formed from per-sample statistics."""
+
+    MEAN_MINMAX = "mean_minmax"  # mean over samples of each sample's min and max (robust to outliers)
+    MINMAX = "minmax"  # global min and max over all samples
+
+
+class OverflowFix(str, Enum):
+    """Use 7-bit weight codes to avoid int16 accumulator saturation on CPUs without VNNI."""
+
+    DISABLE = "disable"
+    FIRST_LAYER = "first_layer"
+    ENABLE = "enable"
+
+
+class ExecutionDevice(str, Enum):
+    """Where a step runs models: onnxruntime's CPU or CUDA provider, or OpenVINO's NPU."""
+
+    CPU = "cpu"
+    CUDA = "cuda"
+    NPU = "npu"
+
+
+@dataclass
+class Subgraph:
+    """A region of the graph bounded by tensor names: every node between ``inputs`` and ``outputs``."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+
+
+@dataclass
+class IgnoredScope:
+    """Nodes to keep in float: by exact name, by regex pattern on names, by op type, or by subgraph.
+
+    With ``validate=True`` a name, pattern, type or subgraph that matches nothing is an error naming it.
+    """
+
+    __pydantic_config__ = ConfigDict(extra="forbid")
+    names: list[str] = field(default_factory=list)
+    patterns: list[str] = field(default_factory=list)
+    types: list[str] = field(default_factory=list)
+    subgraphs: list[Subgraph] = field(default_factory=list)
+    validate: bool = True
+
+    def is_empty(self) -> bool:
+        """True when the scope ignores nothing."""
+        return not (self.names or self.patterns or self.types or self.subgraphs)
+
+
+class AdvancedParameters(_Strict):
+    """Less common knobs; the defaults are what a user should ship with."""
+
+    disable_bias_correction: bool = Field(False, description="Skip bias correction entirely.")
+    activations_range: RangeEstimator = Field(
+        RangeEstimator.MEAN_MINMAX, description="Per-tensor activation range estimator."
+    )
+    per_channel: bool = Field(True, description="Per-output-channel weight scales (per-tensor if false).")
+    overflow_fix: OverflowFix = Field(
+        OverflowFix.DISABLE, description="7-bit weights to avoid int16 overflow on pre-VNNI CPUs."
+    )
+    bias_correction_subset_size: int | None = Field(
+        None, gt=0, description="Samples used by full BiasCorrection (default: 0.2 * subset_size, at least 1)."
+    )
+    bias_correction_threshold: float = Field(
+        2.0, gt=0, description="Skip a layer whose max |shift| / max |bias| exceeds this (implausible)."
+    )
+    auto_safeguards: bool = Field(
+        True,
+        description="Keep layers in float automatically where quantization is known to destroy accuracy "
+        "(reported in the per-layer summary).",
+    )
+    smooth_quant_alpha: float | None = Field(
+        None, ge=0, le=1, description="SmoothQuant migration strength for transformers (None: off)."
+    )
+
+
+class QuantizationConfig(_Strict):
+    """The post-training quantization parameters."""
+
+    preset: QuantizationPreset | None = Field(
+        None, description="performance (symmetric activations) or mixed; default depends on model_type."
+    )
+    target_device: TargetDevice = Field(TargetDevice.ANY, description="Hardware the INT8 model will run on.")
+    subset_size: int = Field(300, gt=0, description="Calibration samples used for statistics.")
+    fast_bias_correction: bool = Field(
+        True, description="True: FastBiasCorrection; False: full BiasCorrection (slower, more accurate)."
+    )
+    model_type: ModelType | None = Field(None, description="transformer, or none for CNN-like models.")
+    ignored_scope: IgnoredScope = Field(default_factory=IgnoredScope, description="Nodes kept in float.")
+    advanced: AdvancedParameters = Field(default_factory=AdvancedParameters)
+
+    def effective_preset(self) -> QuantizationPreset:
+        """The preset actually applied: the user's, else MIXED for transformers, else PERFORMANCE."""
+        if self.preset is not None:
+            return self.preset
+        if self.model_type == ModelType.TRANSFORMER:
+            return QuantizationPreset.MIXED
+        return QuantizationPreset.PERFORMANCE
+
+
+# --------------------------------------------------------------------------------------------------
+# Data: sources, preprocessing, splits
+# --------------------------------------------------------------------------------------------------
+
+
+class PreprocessConfig(_Strict):
+    """Built-in image preprocessing. ``method`` picks a recipe; the other fields configure ``chain``."""
+
+    method: Literal["none", "preprocess_method1", "preprocess_method2", "chain"] = Field(
+        "chain", description="onnxruntime's preprocess_method1/2, a configurable chain, or none."
+    )
+    resize: list[int] | int | None = Field(
+        None, description="int: shorter side; [h, w]: exact size. Default: the model's static input size."
+    )
+    resize_mode: Literal["shorter", "exact", "letterbox", "pad_right"] = Field(
+        "exact", description="How to reach the target size."
+    )
+    center_crop: list[int] | None = Field(None, description="[h, w] centre crop after resizing.")
+    mean: list[float] | None = Field(None, description="Per-channel mean subtracted after scaling.")
+    std: list[float] | None = Field(None, description="Per-channel std divided after mean subtraction.")
+    scale: float = Field(1.0 / 255.0, description="Multiplier applied to raw pixel values first.")
+    channel_order: Literal["RGB", "BGR"] = "RGB"
+    layout: Literal["NCHW", "NHWC"] = "NCHW"
+    dtype: Literal["float32", "float16", "uint8", "int8"] = "float32"
+
+
+class DataConfig(_Strict):
+    """Where calibration/validation data comes from and how it becomes model inputs."""
+
+    source: str | None = Field(None, description="Dataset URI: directory, file, file:// or s3://.")
+    transform: str | None = Field(
+        None, description="'module:function' mapping one raw item to the model's input dict."
+    )
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    validation_size: int = Field(300, ge=0, description="Held-out validation samples (disjoint from calibration).")
+    seed: int = Field(0, description="Seed for the deterministic subset selection.")
+    shard_max_mb: int = Field(64, gt=0, description="Upper bound on one shard's size.")
+    max_bad_fraction: float = Field(
+        0.05, ge=0, le=1, description="Error out when more than this fraction of items is unreadable."
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation gate, export
+# --------------------------------------------------------------------------------------------------
+
+
+class GateConfig(_Strict):
+    """Thresholds the INT8 model must meet to be published. ``None`` disables a threshold."""
+
+    max_accuracy_drop: float | None = Field(0.01, ge=0, description="Largest allowed drop of the task metric.")
+    accuracy_drop_mode: Literal["absolute", "relative"] = "absolute"
+    min_cosine: float | None = Field(0.98, description="Smallest allowed cosine similarity to FP32 outputs.")
+    min_sqnr_db: float | None = Field(None, description="Smallest allowed SQNR (dB) of INT8 vs FP32 outputs.")
+    min_top1_agreement: float | None = Field(None, ge=0, le=1, description="For classifier-like outputs.")
+    min_speedup: float | None = Field(
+        1.0, description="Smallest allowed INT8/FP32 speed ratio on OpenVINO (1.0: not slower)."
+    )
+
+
+class ValidationConfig(_Strict):
+    """The validate step: metrics, speed measurement and gate."""
+
+    metric: str | None = Field(None, description="'module:function' taking (outputs, labels) -> float.")
+    gate: GateConfig = Field(default_factory=GateConfig)
+    latency_iterations: int = Field(50, gt=0, description="Alternating FP32/INT8 timed runs per runtime.")
+    openvino_device: str = Field("CPU", description="OpenVINO device for speed figures.")
+    fp32_inference_precision: Literal["f32", "bf16", "f16"] = Field(
+        "f32", description="INFERENCE_PRECISION_HINT for the FP32 baseline on OpenVINO."
+    )
+    per_layer_sensitivity: bool = Field(False, description="Per-layer SQNR (costs extra inferences).")
+
+
+class ExportConfig(_Strict):
+    """The export-ir step."""
+
+    openvino_device: str = Field("CPU", description="Device the IR must compile on before it is published.")
+    export_fp32: bool = Field(False, description="Also write the FP32 IR (fp32/model.xml).")
+    parity_tolerance: float = Field(0.05, gt=0, description="Max relative L2 error of IR vs INT8 ONNX outputs.")
+
+
+# --------------------------------------------------------------------------------------------------
+# The whole pipeline
+# --------------------------------------------------------------------------------------------------
+
+
+class PipelineConfig(_Strict):
+    """Everything ``ptqflow run`` needs; each step reads its own sections."""
+
+    model: str | None = Field(None, description="FP32 model URI: path, file://, s3://, http(s)://.")
+    model_sha256: str | None = Field(None, description="Expected sha256 of the fetched model file.")
+    output: str | None = Field(None, description="Output prefix URI: path, file:// or s3://.")
+    device: ExecutionDevice = Field(ExecutionDevice.CPU, description="Where model-running steps run.")
+    quantization: QuantizationConfig = Field(default_factory=QuantizationConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+
+
+def _format_validation_error(err: ValidationError, origin: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"]
+        if e["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
+            msg = "unknown field"
+        lines.append(f"{origin}: field '{loc}': {msg} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any], origin: str = "config") -> PipelineConfig:
+    """Validate a plain dict into a PipelineConfig; raise ConfigError naming every bad field."""
+    try:
+        return PipelineConfig.model_validate(data or {})
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, origin)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """Read a YAML/JSON config file (optional) and apply dotted-key overrides such as
+    ``{"quantization.preset": "mixed"}``; return the validated config."""
+    data: dict[str, Any] = {}
+    origin = "config"
+    if path is not None:
+        p = Path(path)
+        origin = str(p)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError as err:
+            raise ConfigError(f"cannot read config file {p}: {err.strerror}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {p} is not valid YAML: {err}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping at the top level, got {type(loaded).__name__}")
+        data = loaded
+    for key, value in (overrides or {}).items():
+        set_dotted(data, key, value)
+    return parse_config(data, origin)
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``data['a']['b'] = value`` for ``dotted == 'a.b'``, creating intermediate dicts."""
+    parts = dotted.split(".")
+    node = data
+    for part in parts[:-1]:
+        nxt = node.get(part)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            node[part] = nxt
+        node = nxt
+    node[parts[-1]] = value
+
+
+def config_schema() -> dict[str, Any]:
+    """The JSON schema of PipelineConfig, generated from the code."""
+    schema = PipelineConfig.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "ptqflow pipeline configuration"
+    return schema
+
+
+def section_dump(model: BaseModel | Any) -> dict[str, Any]:
+    """A JSON-ready dict of a config section (enums as values), stable for hashing."""
+    if isinstance(model, BaseModel):
+        return json.loads(model.model_dump_json())
+    from pydantic import TypeAdapter
+
+    return json.loads(TypeAdapter(type(model)).dump_json(model))
