@@ -1,0 +1,300 @@
+"""Which layers bias correction can correct, and the shared pieces both bias-correction algorithms use.
+
+A correctable layer is a linear operator with a constant weight whose output gets a constant per-channel bias:
+Conv, ConvTranspose and Gemm with a bias input, and MatMul followed by an Add of a constant [C] vector (the
+linear layers of transformer exports). Quantizing the weight (and the activation) shifts the per-channel mean
+of the output; moving the bias by the opposite amount puts the mean back.
+
+The same search works on the FP32 model and on its QDQ version: a weight produced by DequantizeLinear from an
+int8 initializer counts as constant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+# Below this magnitude a bias (or an output mean) counts as zero when judging a shift's plausibility.
+EPS = 1e-8
+
+
+@dataclass
+class BiasLayer:
+    """One correctable layer.
+
+    ``channel_axis`` is the axis of the output channels in ``output`` and ``input_channel_axis`` the axis of the
+    channels in ``input``. Both may be negative: -1 means the last axis (MatMul inputs of any rank).
+    """
+
+    name: str  # node name of the Conv / ConvTranspose / Gemm / MatMul
+    op_type: str
+    input: str  # activation input tensor
+    output: str  # tensor holding the biased result (the Add output for MatMul + Add)
+    bias: str  # float initializer holding the bias
+    channel_axis: int
+    input_channel_axis: int
+    weight: str = ""  # weight input tensor of the layer node
+    bias_node: str = ""  # node consuming the bias: the layer itself, or the Add after a MatMul
+
+
+class GraphIndex:
+    """Producer / consumer / initializer lookups over one graph (built once, read many times)."""
+
+    def __init__(self, graph: onnx.GraphProto):
+        self.graph = graph
+        self.inits = {t.name: t for t in graph.initializer}
+        self.producer: dict[str, onnx.NodeProto] = {}
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        self.nodes = {n.name: n for n in graph.node if n.name}
+        for node in graph.node:
+            for out in node.output:
+                if out:
+                    self.producer[out] = node
+            for inp in node.input:
+                if inp:
+                    self.consumers.setdefault(inp, []).append(node)
+        self._const: dict[str, bool] = {}
+
+    def is_constant(self, name: str) -> bool:
+        """True when ``name`` is an initializer or computed only from initializers (e.g. DequantizeLinear(int8))."""
+        if name in self._const:
+            return self._const[name]
+        self._const[name] = False  # guards against cycles in malformed graphs
+        if name in self.inits:
+            result = True
+        else:
+            node = self.producer.get(name)
+            result = node is not None and node.op_type not in _NONDETERMINISTIC and all(
+                self.is_constant(i) for i in node.input if i
+            ) and not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
+        self._const[name] = result
+        return result
+
+    def constant_closure(self, name: str) -> list[onnx.NodeProto]:
+        """The nodes (topological order) computing constant ``name`` from initializers; [] for an initializer."""
+        seen: set[str] = set()
+        order: list[onnx.NodeProto] = []
+
+        def visit(tensor: str) -> None:
+            node = self.producer.get(tensor)
+            if tensor in self.inits or node is None or id(node) in seen:
+                return
+            seen.add(id(node))
+            for inp in node.input:
+                if inp:
+                    visit(inp)
+            order.append(node)
+
+        visit(name)
+        return order
+
+    def const_shape(self, name: str) -> tuple[int, ...] | None:
+        """Static shape of a constant tensor when cheap to know (initializer, or DequantizeLinear of one)."""
+        if name in self.inits:
+            return tuple(self.inits[name].dims)
+        node = self.producer.get(name)
+        if node is not None and node.op_type == "DequantizeLinear":
+            return self.const_shape(node.input[0])
+        return None
+
+    def float_init(self, name: str) -> np.ndarray | None:
+        """The initializer ``name`` as an array when it is a floating-point initializer, else None."""
+        init = self.inits.get(name)
+        if init is None or init.data_type not in _FLOAT_TYPES:
+            return None
+        return numpy_helper.to_array(init)
+
+
+_NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial"}
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
+
+
+def _attr(node: onnx.NodeProto, name: str, default):
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def _conv_like(node: onnx.NodeProto, idx: GraphIndex) -> BiasLayer | None:
+    if len(node.input) < 3 or not node.input[2] or not idx.is_constant(node.input[1]):
+        return None
+    bias = idx.float_init(node.input[2])
+    if bias is None or bias.ndim != 1:
+        return None
+    return BiasLayer(node.name, node.op_type, node.input[0], node.output[0], node.input[2], 1, 1,
+                     weight=node.input[1], bias_node=node.name)
+
+
+def _gemm(node: onnx.NodeProto, idx: GraphIndex) -> BiasLayer | None:
+    if len(node.input) < 3 or not node.input[2] or not idx.is_constant(node.input[1]):
+        return None
+    if idx.is_constant(node.input[0]) or float(_attr(node, "beta", 1.0)) != 1.0:
+        return None  # a constant "activation" or a scaled C is not the linear-layer pattern we correct
+    bias = idx.float_init(node.input[2])
+    if bias is None or bias.ndim != 1 or bias.size < 2:
+        return None  # a scalar C broadcasts over channels: a per-channel shift cannot live there
+    w_shape = idx.const_shape(node.input[1])
+    if w_shape is not None and len(w_shape) == 2:
+        out_ch = w_shape[0] if _attr(node, "transB", 0) else w_shape[1]
+        if out_ch != bias.size:
+            return None
+    in_axis = 0 if _attr(node, "transA", 0) else 1
+    return BiasLayer(node.name, node.op_type, node.input[0], node.output[0], node.input[2], 1, in_axis,
+                     weight=node.input[1], bias_node=node.name)
+
+
+def _matmul_add(node: onnx.NodeProto, idx: GraphIndex) -> BiasLayer | None:
+    act, weight = node.input[0], node.input[1]
+    if not idx.is_constant(weight) or idx.is_constant(act):
+        return None
+    w_shape = idx.const_shape(weight)
+    if w_shape is not None and len(w_shape) != 2:
+        return None  # batched constant operands are not a linear layer
+    users = idx.consumers.get(node.output[0], [])
+    if len(users) != 1 or users[0].op_type != "Add":
+        return None
+    add = users[0]
+    other = add.input[1] if add.input[0] == node.output[0] else add.input[0]
+    bias = idx.float_init(other)
+    if bias is None or bias.ndim == 0 or any(d != 1 for d in bias.shape[:-1]):
+        return None
+    channels = bias.shape[-1]
+    if (w_shape is not None and channels != w_shape[1]) or channels < 2:
+        return None
+    return BiasLayer(node.name, "MatMul", act, add.output[0], other, -1, -1, weight=weight, bias_node=add.name)
+
+
+_DETECTORS = {"Conv": _conv_like, "ConvTranspose": _conv_like, "Gemm": _gemm, "MatMul": _matmul_add}
+
+
+def find_bias_layers(model: onnx.ModelProto) -> list[BiasLayer]:
+    """Return the correctable biased layers of ``model`` in topological (graph) order.
+
+    Layers without a bias, with a non-constant weight or with a bias that is not a per-output-channel float
+    initializer are not returned. Nodes without a name cannot be addressed and are skipped.
+    """
+    idx = GraphIndex(model.graph)
+    layers = []
+    for node in model.graph.node:
+        detect = _DETECTORS.get(node.op_type)
+        if detect is None or not node.name:
+            continue
+        layer = detect(node, idx)
+        if layer is not None:
+            layers.append(layer)
+    return layers
+
+
+def judge_shift(
+    shift: np.ndarray, bias: np.ndarray, out_mean: np.ndarray | None, threshold: float
+) -> tuple[bool, str]:
+    """Decide whether a bias shift is plausible. Returns (apply, reason); reason is "" when applied.
+
+    The shift is compared with the bias; for a (near) zero bias, with the FP32 output mean instead, so a zero
+    bias never divides by zero.
+    """
+    if shift.size == 0 or not np.all(np.isfinite(shift)):
+        return False, "shift is not finite (NaN/Inf in statistics or outputs)"
+    max_shift = float(np.max(np.abs(shift)))
+    if max_shift == 0.0:
+        return True, ""
+    ref = float(np.max(np.abs(bias))) if bias.size else 0.0
+    what = "bias"
+    if ref <= EPS:
+        ref = float(np.max(np.abs(out_mean))) if out_mean is not None and out_mean.size else 0.0
+        what = "output mean (bias is zero)"
+    ratio = max_shift / max(ref, EPS)
+    if ratio > threshold:
+        return False, f"implausible shift: max|shift|={max_shift:.3g} is {ratio:.3g}x max|{what}| (> {threshold})"
+    return True, ""
+
+
+def summary(layer: BiasLayer, applied: bool, reason: str, shift: np.ndarray | None, bias: np.ndarray | None) -> dict:
+    """One per-layer summary record: layer, op_type, applied, reason, shift_norm, max_abs_shift, bias_norm."""
+    finite = shift is not None and shift.size > 0 and bool(np.all(np.isfinite(shift)))
+    return {
+        "layer": layer.name,
+        "op_type": layer.op_type,
+        "applied": bool(applied),
+        "reason": reason,
+        "shift_norm": float(np.linalg.norm(shift)) if finite else None,
+        "max_abs_shift": float(np.max(np.abs(shift))) if finite else None,
+        "bias_norm": float(np.linalg.norm(bias)) if bias is not None else None,
+    }
+
+
+def read_bias(model: onnx.ModelProto, layer: BiasLayer) -> np.ndarray | None:
+    """The current float bias of ``layer`` in ``model`` (as float64 [C]), or None when it is not a float init."""
+    name = _bias_input(model, layer)
+    for init in model.graph.initializer:
+        if init.name == name and init.data_type in _FLOAT_TYPES:
+            return numpy_helper.to_array(init).astype(np.float64).reshape(-1)
+    return None
+
+
+def _bias_input(model: onnx.ModelProto, layer: BiasLayer) -> str:
+    """Name of the bias tensor the layer's bias node reads now (it may have been unshared earlier)."""
+    target = layer.bias_node or layer.name
+    for node in model.graph.node:
+        if node.name == target:
+            if layer.op_type == "MatMul":
+                return next((i for i in node.input if i == layer.bias or i.startswith(layer.bias + "__ptqflow_bc")),
+                            layer.bias)
+            return node.input[2] if len(node.input) > 2 else layer.bias
+    return layer.bias
+
+
+def write_bias(model: onnx.ModelProto, layer: BiasLayer, new_bias: np.ndarray) -> str:
+    """Store ``new_bias`` as the layer's bias in ``model`` (in place, keeping dtype and shape). Returns its name.
+
+    A bias initializer read by other nodes too is copied to a new initializer for this layer only, so the
+    correction of one layer never moves another's output.
+    """
+    if not np.all(np.isfinite(new_bias)):
+        raise ValueError(f"refusing to write a non-finite bias for layer {layer.name!r}")
+    graph = model.graph
+    name = _bias_input(model, layer)
+    init = next(t for t in graph.initializer if t.name == name)
+    old = numpy_helper.to_array(init)
+    array = np.asarray(new_bias, dtype=old.dtype).reshape(old.shape)
+    readers = [n for n in graph.node for i in n.input if i == name]
+    if len(readers) > 1 or any(o.name == name for o in graph.output):
+        new_name = f"{layer.bias}__ptqflow_bc_{layer.name}"
+        target = layer.bias_node or layer.name
+        node = next(n for n in graph.node if n.name == target)
+        for k, inp in enumerate(node.input):
+            if inp == name:
+                node.input[k] = new_name
+        graph.initializer.append(numpy_helper.from_array(array, new_name))
+        return new_name
+    init.CopyFrom(numpy_helper.from_array(array, name))
+    return name
+
+
+def channel_mean(array: np.ndarray, axis: int) -> np.ndarray:
+    """Per-channel mean over every axis but ``axis`` (float64 [C])."""
+    moved = np.moveaxis(np.asarray(array, dtype=np.float64), axis, -1)
+    return moved.reshape(-1, moved.shape[-1]).mean(axis=0)
+
+
+def make_session(model: onnx.ModelProto, device: str = "cpu"):
+    """An inference session for ``model`` on ``device`` through ptqflow.runtime when present."""
+    try:
+        from ptqflow.runtime import make_session as runtime_session
+    except ImportError:
+        runtime_session = None
+    if runtime_session is not None:
+        return runtime_session(model, device=device)
+    import onnxruntime as ort  # guarded: only needed until ptqflow.runtime exists
+
+    if device != "cpu":
+        from ptqflow.errors import DeviceUnavailableError
+
+        raise DeviceUnavailableError(f"device {device!r} needs ptqflow.runtime; only 'cpu' is available here")
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
