@@ -73,8 +73,9 @@ def _setup(case, offset=0.5):
 
 def test_find_bias_layers_conv_gemm_matmul_add():
     conv = find_bias_layers(conv_classifier())
-    assert [(layer.name, layer.op_type, layer.bias, layer.channel_axis) for layer in conv] == [
-        ("conv2", "Conv", "b2", 1), ("fc", "Gemm", "fc_b", 1)]  # conv1 has no bias
+    assert [(layer.name, layer.op_type, layer.output, layer.bias, layer.channel_axis) for layer in conv] == [
+        ("conv1", "Conv", "bn1", "bn_bias", 1),  # no bias of its own: the BatchNormalization's B moves
+        ("conv2", "Conv", "c2", "b2", 1), ("fc", "Gemm", "logits", "fc_b", 1)]
     lin = find_bias_layers(mlp())
     assert [(layer.name, layer.output, layer.bias, layer.bias_node) for layer in lin] == [
         ("fc1", "a1", "b1", "fc1_bias"), ("fc2", "output", "b2", "fc2_bias")]
@@ -110,3 +111,99 @@ def test_correction_reduces_mean_error(case, algorithm):
     for init in q.graph.initializer:
         if init.data_type == onnx.TensorProto.FLOAT:
             assert np.all(np.isfinite(numpy_helper.to_array(init)))
+
+
+def _zero_bias_setup():
+    fp32 = conv_zero_bias()
+    calib = random_inputs(16, (4, 8, 8), seed=20)
+    held_out = random_inputs(16, (4, 8, 8), seed=21)
+    for s in calib + held_out:
+        s["input"] += np.float32(0.5)
+    return fp32, coarse_qdq(fp32, calib, weight_levels=7), calib, held_out
+
+
+def test_zero_missing_and_shared_bias():
+    fp32, q, calib, held_out = _zero_bias_setup()
+    layers = find_bias_layers(fp32)
+    assert [layer.name for layer in layers] == ["conv_zero", "conv_shared1", "conv_shared2"]  # conv_nobias left out
+    before = _mean_errors(fp32, q, layers, held_out)
+    means_in, means_out = _fp32_stats(fp32, layers, calib)
+    with np.errstate(divide="raise", invalid="raise"):  # a zero bias must not divide by zero
+        records = apply_fast_bias_correction(q, layers, means_in, means_out, threshold=10.0)
+    assert all(r["applied"] for r in records), records
+    assert records[0]["bias_norm"] == 0.0 and records[0]["max_abs_shift"] > 0
+    after = _mean_errors(fp32, q, layers, held_out)
+    for layer in layers:
+        assert after[layer.name].mean() < 0.7 * before[layer.name].mean(), (layer.name, before, after)
+    # the shared bias was split: each conv now reads its own corrected copy, the original stays as it was
+    convs = {n.name: n for n in q.graph.node}
+    assert convs["conv_shared1"].input[2] != convs["conv_shared2"].input[2]
+    inits = {t.name: numpy_helper.to_array(t) for t in q.graph.initializer}
+    assert not np.allclose(inits[convs["conv_shared1"].input[2]], inits[convs["conv_shared2"].input[2]])
+    # the bias-less conv got no bias input
+    assert len(convs["conv_nobias"].input) == 2
+
+
+def test_zero_bias_full_correction():
+    fp32, q, calib, held_out = _zero_bias_setup()
+    layers = find_bias_layers(fp32)
+    before = _mean_errors(fp32, q, layers, held_out)
+    with np.errstate(divide="raise", invalid="raise"):
+        records = apply_bias_correction(fp32, q, layers, calib, threshold=10.0)
+    assert all(r["applied"] for r in records), records
+    after = _mean_errors(fp32, q, layers, held_out)
+    for layer in layers:
+        assert after[layer.name].mean() < 0.5 * before[layer.name].mean(), (layer.name, before, after)
+
+
+def _bias_values(model):
+    return {t.name: numpy_helper.to_array(t).copy() for t in model.graph.initializer}
+
+
+def test_nan_and_missing_stats_are_skipped():
+    fp32, q, calib, _ = _setup("conv")
+    layers = find_bias_layers(fp32)
+    means_in, means_out = _fp32_stats(fp32, layers, calib)
+    means_in["conv2"] = means_in["conv2"].copy()
+    means_in["conv2"][0] = np.nan
+    del means_out["fc"]
+    del means_in["conv1"]
+    original = _bias_values(q)
+    records = apply_fast_bias_correction(q, layers, means_in, means_out, threshold=10.0)
+    assert [r["applied"] for r in records] == [False, False, False]
+    assert "missing" in records[0]["reason"] and "not finite" in records[1]["reason"]
+    assert "missing" in records[2]["reason"]
+    now = _bias_values(q)
+    assert all(np.array_equal(original[k], now[k]) for k in original)
+
+
+def test_nan_activations_never_reach_a_bias():
+    fp32, q, calib, _ = _setup("mlp")
+    layers = find_bias_layers(fp32)
+    calib[0]["input"][0, 0] = np.nan  # one poisoned sample makes every mean NaN
+    records = apply_bias_correction(fp32, q, layers, calib)
+    assert not any(r["applied"] for r in records)
+    for init in q.graph.initializer:
+        if init.data_type == onnx.TensorProto.FLOAT:
+            assert np.all(np.isfinite(numpy_helper.to_array(init)))
+
+
+def test_implausible_shift_is_skipped():
+    fp32, q, calib, _ = _setup("mlp")
+    layers = find_bias_layers(fp32)
+    means_in, means_out = _fp32_stats(fp32, layers, calib)
+    means_out["fc2"] = means_out["fc2"] + 1000.0  # statistics that would move the bias far beyond itself
+    original = _bias_values(q)
+    records = apply_fast_bias_correction(q, layers, means_in, means_out, threshold=10.0)
+    assert records[0]["applied"] and not records[1]["applied"]
+    assert "implausible" in records[1]["reason"] and records[1]["max_abs_shift"] > 999
+    assert np.array_equal(_bias_values(q)["b2"], original["b2"])
+
+
+def test_judge_shift_zero_bias_and_zero_output():
+    zero = np.zeros(3)
+    assert judge_shift(np.zeros(3), zero, zero, 2.0) == (True, "")
+    ok, reason = judge_shift(np.array([1.0, 0, 0]), zero, zero, 2.0)  # nothing to compare with: refuse
+    assert not ok and "zero" in reason
+    assert judge_shift(np.array([0.1, 0, 0]), zero, np.array([1.0, 2.0, 0.5]), 2.0)[0]
+    assert not judge_shift(np.array([np.inf, 0, 0]), np.ones(3), None, 2.0)[0]

@@ -98,14 +98,14 @@ class GraphIndex:
         node = self.producer.get(name)
         if node is not None and node.op_type == "DequantizeLinear":
             return self.const_shape(node.input[0])
+        if node is not None and node.op_type == "Constant":
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            return tuple(value.dims) if value is not None else None
         return None
 
     def float_init(self, name: str) -> np.ndarray | None:
-        """The initializer ``name`` as an array when it is a floating-point initializer, else None."""
-        init = self.inits.get(name)
-        if init is None or init.data_type not in _FLOAT_TYPES:
-            return None
-        return numpy_helper.to_array(init)
+        """The float constant ``name`` (an initializer or a Constant node's tensor) as an array, else None."""
+        return _float_const(self.inits.get(name), self.producer.get(name))
 
 
 _NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial"}
@@ -147,6 +147,41 @@ def _gemm(node: onnx.NodeProto, idx: GraphIndex) -> BiasLayer | None:
                      weight=node.input[1], bias_node=node.name)
 
 
+def _add_bias(node: onnx.NodeProto, idx: GraphIndex, out_rank: int | None, axis: int) -> tuple[str, onnx.NodeProto] | None:
+    """The constant per-channel operand of the single Add reading ``node``'s output, with that Add.
+
+    Its shape must put the channels on ``axis`` of the output (right-aligned broadcasting) and 1 elsewhere.
+    """
+    users = idx.consumers.get(node.output[0], [])
+    if len(users) != 1 or users[0].op_type != "Add" or node.output[0] in {o.name for o in idx.graph.output}:
+        return None
+    add = users[0]
+    other = add.input[1] if add.input[0] == node.output[0] else add.input[0]
+    bias = idx.float_init(other)
+    if bias is None or bias.ndim == 0 or bias.size < 2:
+        return None  # a scalar broadcasts over channels: a per-channel shift cannot live there
+    if axis == -1:
+        ok = all(d == 1 for d in bias.shape[:-1])
+    else:
+        ok = out_rank is not None and bias.ndim <= out_rank and bias.ndim >= out_rank - axis and all(
+            d == 1 for k, d in enumerate(bias.shape) if k != bias.ndim - (out_rank - axis))
+    return (other, add) if ok else None
+
+
+def _bn_bias(node: onnx.NodeProto, idx: GraphIndex) -> tuple[str, onnx.NodeProto] | None:
+    """An unfolded inference BatchNormalization right after a convolution: its B input acts as the bias."""
+    users = idx.consumers.get(node.output[0], [])
+    if len(users) != 1 or users[0].op_type != "BatchNormalization" or len(users[0].output) != 1:
+        return None
+    bn = users[0]
+    if node.output[0] in {o.name for o in idx.graph.output} or not all(idx.is_constant(i) for i in bn.input[1:]):
+        return None
+    if int(_attr(bn, "training_mode", 0)) or len(set(bn.input[1:])) != 4:
+        return None  # shared scale/bias/mean/var tensors cannot be moved independently
+    bias = idx.float_init(bn.input[2])
+    return (bn.input[2], bn) if bias is not None and bias.ndim == 1 else None
+
+
 def _matmul_add(node: onnx.NodeProto, idx: GraphIndex) -> BiasLayer | None:
     act, weight = node.input[0], node.input[1]
     if not idx.is_constant(weight) or idx.is_constant(act):
@@ -154,21 +189,37 @@ def _matmul_add(node: onnx.NodeProto, idx: GraphIndex) -> BiasLayer | None:
     w_shape = idx.const_shape(weight)
     if w_shape is not None and len(w_shape) != 2:
         return None  # batched constant operands are not a linear layer
-    users = idx.consumers.get(node.output[0], [])
-    if len(users) != 1 or users[0].op_type != "Add":
+    found = _add_bias(node, idx, None, -1)
+    if found is None:
         return None
-    add = users[0]
-    other = add.input[1] if add.input[0] == node.output[0] else add.input[0]
-    bias = idx.float_init(other)
-    if bias is None or bias.ndim == 0 or any(d != 1 for d in bias.shape[:-1]):
-        return None
-    channels = bias.shape[-1]
-    if (w_shape is not None and channels != w_shape[1]) or channels < 2:
+    other, add = found
+    if w_shape is not None and idx.float_init(other).shape[-1] != w_shape[1]:
         return None
     return BiasLayer(node.name, "MatMul", act, add.output[0], other, -1, -1, weight=weight, bias_node=add.name)
 
 
-_DETECTORS = {"Conv": _conv_like, "ConvTranspose": _conv_like, "Gemm": _gemm, "MatMul": _matmul_add}
+def _with_bias(node: onnx.NodeProto, idx: GraphIndex) -> BiasLayer | None:
+    """Conv / ConvTranspose / Gemm: the bias input, or (without one) a per-channel constant Add right after,
+    or the B input of an unfolded BatchNormalization right after."""
+    has_bias = len(node.input) > 2 and bool(node.input[2])
+    if has_bias or node.op_type == "Gemm":
+        return (_gemm if node.op_type == "Gemm" else _conv_like)(node, idx)
+    if not idx.is_constant(node.input[1]) or idx.is_constant(node.input[0]):
+        return None
+    w_shape = idx.const_shape(node.input[1])
+    found = _add_bias(node, idx, len(w_shape) if w_shape else None, 1) or _bn_bias(node, idx)
+    if found is None:
+        return None
+    other, add = found
+    if w_shape is not None:
+        out_ch = w_shape[0] if node.op_type == "Conv" else w_shape[1] * int(_attr(node, "group", 1))
+        if idx.float_init(other).size != out_ch:
+            return None
+    return BiasLayer(node.name, node.op_type, node.input[0], add.output[0], other, 1, 1,
+                     weight=node.input[1], bias_node=add.name)
+
+
+_DETECTORS = {"Conv": _with_bias, "ConvTranspose": _with_bias, "Gemm": _with_bias, "MatMul": _matmul_add}
 
 
 def find_bias_layers(model: onnx.ModelProto) -> list[BiasLayer]:
@@ -227,51 +278,77 @@ def summary(layer: BiasLayer, applied: bool, reason: str, shift: np.ndarray | No
     }
 
 
-def read_bias(model: onnx.ModelProto, layer: BiasLayer) -> np.ndarray | None:
-    """The current float bias of ``layer`` in ``model`` (as float64 [C]), or None when it is not a float init."""
-    name = _bias_input(model, layer)
-    for init in model.graph.initializer:
-        if init.name == name and init.data_type in _FLOAT_TYPES:
-            return numpy_helper.to_array(init).astype(np.float64).reshape(-1)
+def _float_const(init: onnx.TensorProto | None, node: onnx.NodeProto | None) -> np.ndarray | None:
+    if init is not None:
+        return numpy_helper.to_array(init) if init.data_type in _FLOAT_TYPES else None
+    if node is not None and node.op_type == "Constant":
+        value = next((a.t for a in node.attribute if a.name == "value"), None)
+        if value is not None and value.data_type in _FLOAT_TYPES:
+            return numpy_helper.to_array(value)
     return None
 
 
-def _bias_input(model: onnx.ModelProto, layer: BiasLayer) -> str:
-    """Name of the bias tensor the layer's bias node reads now (it may have been unshared earlier)."""
+def _bias_node(model: onnx.ModelProto, layer: BiasLayer) -> onnx.NodeProto | None:
     target = layer.bias_node or layer.name
-    for node in model.graph.node:
-        if node.name == target:
-            if layer.op_type == "MatMul":
-                return next((i for i in node.input if i == layer.bias or i.startswith(layer.bias + "__ptqflow_bc")),
-                            layer.bias)
-            return node.input[2] if len(node.input) > 2 else layer.bias
-    return layer.bias
+    return next((n for n in model.graph.node if n.name == target), None)
+
+
+def _bias_input(model: onnx.ModelProto, layer: BiasLayer) -> tuple[onnx.NodeProto | None, int]:
+    """The node adding the bias and the index of its bias input (it may read an unshared copy by now)."""
+    node = _bias_node(model, layer)
+    if node is None:
+        return None, -1
+    if layer.bias_node and layer.bias_node != layer.name:  # an Add or a BatchNormalization after the layer
+        for k, name in enumerate(node.input):
+            if node.op_type == "BatchNormalization" and k != 2:
+                continue
+            if name == layer.bias or name.startswith(f"{layer.bias}__ptqflow_bc"):
+                return node, k
+        return node, -1
+    return node, 2 if len(node.input) > 2 else -1
+
+
+def _locate(model: onnx.ModelProto, name: str) -> tuple[onnx.TensorProto | None, onnx.NodeProto | None]:
+    init = next((t for t in model.graph.initializer if t.name == name), None)
+    if init is not None:
+        return init, None
+    return None, next((n for n in model.graph.node if n.op_type == "Constant" and name in n.output), None)
+
+
+def read_bias(model: onnx.ModelProto, layer: BiasLayer) -> np.ndarray | None:
+    """The layer's current float bias in ``model`` as float64 [C], or None when it is not a float constant."""
+    node, k = _bias_input(model, layer)
+    if node is None or k < 0:
+        return None
+    value = _float_const(*_locate(model, node.input[k]))
+    return None if value is None else value.astype(np.float64).reshape(-1)
 
 
 def write_bias(model: onnx.ModelProto, layer: BiasLayer, new_bias: np.ndarray) -> str:
     """Store ``new_bias`` as the layer's bias in ``model`` (in place, keeping dtype and shape). Returns its name.
 
-    A bias initializer read by other nodes too is copied to a new initializer for this layer only, so the
-    correction of one layer never moves another's output.
+    The bias may be an initializer or a Constant node. One read by other nodes too is copied to a new
+    initializer for this layer only, so correcting one layer never moves another's output.
     """
     if not np.all(np.isfinite(new_bias)):
         raise ValueError(f"refusing to write a non-finite bias for layer {layer.name!r}")
     graph = model.graph
-    name = _bias_input(model, layer)
-    init = next(t for t in graph.initializer if t.name == name)
-    old = numpy_helper.to_array(init)
+    node, k = _bias_input(model, layer)
+    name = node.input[k]
+    init, const = _locate(model, name)
+    old = _float_const(init, const)
     array = np.asarray(new_bias, dtype=old.dtype).reshape(old.shape)
-    readers = [n for n in graph.node for i in n.input if i == name]
-    if len(readers) > 1 or any(o.name == name for o in graph.output):
+    readers = sum(1 for n in graph.node for i in n.input if i == name)
+    if readers > 1 or any(o.name == name for o in graph.output):
         new_name = f"{layer.bias}__ptqflow_bc_{layer.name}"
-        target = layer.bias_node or layer.name
-        node = next(n for n in graph.node if n.name == target)
-        for k, inp in enumerate(node.input):
-            if inp == name:
-                node.input[k] = new_name
+        node.input[k] = new_name
         graph.initializer.append(numpy_helper.from_array(array, new_name))
         return new_name
-    init.CopyFrom(numpy_helper.from_array(array, name))
+    if init is not None:
+        init.CopyFrom(numpy_helper.from_array(array, name))
+    else:
+        attr = next(a for a in const.attribute if a.name == "value")
+        attr.t.CopyFrom(numpy_helper.from_array(array, attr.t.name))
     return name
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from ptqflow.algorithms.bias_layers import (
     BiasLayer,
@@ -121,10 +121,26 @@ def extract_layer_model(q_model: onnx.ModelProto, layer: BiasLayer, input_shape:
         del layer_node.attribute[:]
         layer_node.attribute.extend(keep)
     out_name = "ptqflow_fbc_output"
-    layer_node.output[0] = out_name
-    nodes.append(layer_node)
+    extra_inits = []
+    bias_node = idx.nodes.get(layer.bias_node)
+    if bias_node is not None and bias_node.op_type == "BatchNormalization":
+        # the bias is BN's B: run the BN too, with B = 0, so only the scale and mean remain
+        if bias_node.input[0] != node.output[0]:
+            raise ValueError(f"{bias_node.name!r} does not read {layer.name!r} directly")
+        layer_node.output[0] = "ptqflow_fbc_pre_bn"
+        bn = onnx.NodeProto()
+        bn.CopyFrom(bias_node)
+        bn.input[0], bn.input[2], bn.output[0] = "ptqflow_fbc_pre_bn", "ptqflow_fbc_zero_bias", out_name
+        for const in (bn.input[1], bn.input[3], bn.input[4]):
+            nodes += idx.constant_closure(const)
+        channels = idx.float_init(bias_node.input[2]).size
+        extra_inits.append(numpy_helper.from_array(np.zeros(channels, np.float32), "ptqflow_fbc_zero_bias"))
+        nodes += [layer_node, bn]
+    else:  # Conv/Gemm with the bias input removed, or the MatMul/Conv before its bias Add
+        layer_node.output[0] = out_name
+        nodes.append(layer_node)
     used = {i for n in nodes for i in n.input if i}
-    inits = [t for t in q_model.graph.initializer if t.name in used]
+    inits = [t for t in q_model.graph.initializer if t.name in used] + extra_inits
     graph = helper.make_graph(
         nodes, f"fbc_{layer.name}",
         [helper.make_tensor_value_info(SYNTH_INPUT, TensorProto.FLOAT, list(input_shape))],
