@@ -85,8 +85,48 @@ def _interior(out: np.ndarray, layer: BiasLayer, node: onnx.NodeProto, idx: Grap
     return out[tuple(slices)]
 
 
+def _copy_node(node: onnx.NodeProto) -> onnx.NodeProto:
+    out = onnx.NodeProto()
+    out.CopyFrom(node)
+    return out
+
+
+def _dedupe_topological(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """Drop repeated nodes (a constant shared by weight and BN) and order producers before consumers."""
+    unique = {}
+    for n in nodes:
+        unique.setdefault(tuple(n.output), n)
+    pending, ready, out = list(unique.values()), set(), []
+    produced = {o for n in pending for o in n.output}
+    while pending:
+        progressed = False
+        for n in list(pending):
+            if all(i in ready or i not in produced for i in n.input if i):
+                out.append(n)
+                ready.update(n.output)
+                pending.remove(n)
+                progressed = True
+        if not progressed:
+            raise ValueError("cycle in the extracted layer")
+    return out
+
+
+def _quantizers_between(idx: GraphIndex, layer_node: onnx.NodeProto, bias_node: onnx.NodeProto) -> list:
+    """The Q -> DQ pair (if any) between a layer's output and the node adding its bias, in order."""
+    if layer_node.output[0] in bias_node.input:
+        return []
+    users = idx.consumers.get(layer_node.output[0], [])
+    if len(users) == 1 and users[0].op_type == "QuantizeLinear":
+        q = users[0]
+        dqs = [n for n in idx.consumers.get(q.output[0], []) if n.op_type == "DequantizeLinear"]
+        for dq in dqs:
+            if dq.output[0] in bias_node.input:
+                return [q, dq]
+    raise ValueError(f"{bias_node.name!r} does not read {layer_node.name!r} (nor its Q/DQ)")
+
+
 def extract_layer_model(q_model: onnx.ModelProto, layer: BiasLayer, input_shape: tuple[int, ...],
-                        keep_pads: bool, include_input_quantizer: bool, idx: GraphIndex) -> onnx.ModelProto:
+                        keep_pads: bool, include_activation_quantizers: bool, idx: GraphIndex) -> onnx.ModelProto:
     """A model computing ``layer`` alone from a synthetic input, without its bias. Returns the model.
 
     Holds the weight's constant subgraph (DequantizeLinear of the int8 weight) and, when asked, the activation
@@ -95,7 +135,7 @@ def extract_layer_model(q_model: onnx.ModelProto, layer: BiasLayer, input_shape:
     node = idx.nodes[layer.name]
     nodes: list[onnx.NodeProto] = []
     act = layer.input
-    if include_input_quantizer:
+    if include_activation_quantizers:
         qdq, _ = _input_quantizer(idx, node.input[0])  # the node's own input: the DQ output in a QDQ model
         if qdq:
             q, dq = (onnx.NodeProto(), onnx.NodeProto())
@@ -122,23 +162,37 @@ def extract_layer_model(q_model: onnx.ModelProto, layer: BiasLayer, input_shape:
         layer_node.attribute.extend(keep)
     out_name = "ptqflow_fbc_output"
     extra_inits = []
-    bias_node = idx.nodes.get(layer.bias_node)
-    if bias_node is not None and bias_node.op_type == "BatchNormalization":
-        # the bias is BN's B: run the BN too, with B = 0, so only the scale and mean remain
-        if bias_node.input[0] != node.output[0]:
-            raise ValueError(f"{bias_node.name!r} does not read {layer.name!r} directly")
-        layer_node.output[0] = "ptqflow_fbc_pre_bn"
-        bn = onnx.NodeProto()
-        bn.CopyFrom(bias_node)
-        bn.input[0], bn.input[2], bn.output[0] = "ptqflow_fbc_pre_bn", "ptqflow_fbc_zero_bias", out_name
-        for const in (bn.input[1], bn.input[3], bn.input[4]):
-            nodes += idx.constant_closure(const)
-        channels = idx.float_init(bias_node.input[2]).size
-        extra_inits.append(numpy_helper.from_array(np.zeros(channels, np.float32), "ptqflow_fbc_zero_bias"))
-        nodes += [layer_node, bn]
-    else:  # Conv/Gemm with the bias input removed, or the MatMul/Conv before its bias Add
+    bias_node = idx.nodes.get(layer.bias_node) if layer.bias_node != layer.name else None
+    if bias_node is not None:
+        # the bias lives on a following Add / BatchNormalization: run it too, with the bias replaced by zeros
+        between = _quantizers_between(idx, node, bias_node)
+        nodes.append(layer_node)
+        if include_activation_quantizers:
+            nodes += [_copy_node(n) for n in between]
+            nodes += [c for n in between for name in n.input[1:] if name for c in idx.constant_closure(name)]
+        elif between:  # the bias node reads the raw layer output in place of its Q/DQ copy
+            layer_node.output[0] = between[-1].output[0]
+        tail = _copy_node(bias_node)
+        current = bias_seen = None
+        for k, name in enumerate(tail.input):
+            if name == layer.bias or name.startswith(f"{layer.bias}__ptqflow_bc"):
+                bias_seen = name
+                zeros = np.zeros_like(idx.float_init(name), dtype=np.float32)
+                extra_inits.append(numpy_helper.from_array(zeros, "ptqflow_fbc_zero_bias"))
+                tail.input[k] = "ptqflow_fbc_zero_bias"
+            elif name in (node.output[0], *(n.output[0] for n in between)):
+                current = name
+            elif name:
+                nodes += idx.constant_closure(name)
+        if bias_seen is None or current is None:
+            raise ValueError(f"{bias_node.name!r} does not add the bias {layer.bias!r} to {layer.name!r}")
+        tail.output[0] = out_name
+        del tail.output[1:]
+        nodes.append(tail)
+    else:  # Conv/ConvTranspose/Gemm with the bias input removed
         layer_node.output[0] = out_name
         nodes.append(layer_node)
+    nodes = _dedupe_topological(nodes)
     used = {i for n in nodes for i in n.input if i}
     inits = [t for t in q_model.graph.initializer if t.name in used] + extra_inits
     graph = helper.make_graph(
@@ -152,12 +206,12 @@ def extract_layer_model(q_model: onnx.ModelProto, layer: BiasLayer, input_shape:
     return model
 
 
-def _quantized_output_mean(q_model, layer, idx, mean_in, known_shape, include_input_quantizer, device):
+def _quantized_output_mean(q_model, layer, idx, mean_in, known_shape, include_activation_quantizers, device):
     """Per-channel output mean (without bias) of the quantized layer on the synthetic mean input."""
     node = idx.nodes[layer.name]
     c_in = mean_in.size
     shape, keep_pads = _synthetic_shape(layer, node, idx, c_in, known_shape)
-    model = extract_layer_model(q_model, layer, shape, keep_pads, include_input_quantizer, idx)
+    model = extract_layer_model(q_model, layer, shape, keep_pads, include_activation_quantizers, idx)
     axis = layer.input_channel_axis % len(shape)
     bcast = [1] * len(shape)
     bcast[axis] = c_in
@@ -176,7 +230,8 @@ def apply_fast_bias_correction(
     threshold: float = 2.0,
     *,
     input_shapes: dict[str, tuple[int, ...]] | None = None,
-    include_input_quantizer: bool = False,
+    fp32_model: onnx.ModelProto | None = None,
+    include_activation_quantizers: bool = False,
     device: str = "cpu",
 ) -> list[dict]:
     """Shift the bias of every layer of ``layers`` in ``q_model`` (in place). Returns one summary dict per layer.
@@ -184,46 +239,55 @@ def apply_fast_bias_correction(
     ``means_in`` / ``means_out`` map a layer name to the FP32 per-channel mean of its input / biased output.
     ``input_shapes`` (optional) maps a layer name to the shape its input had in the statistics pass (batch 1):
     with it, convolutions run at their real size and padding; without it, on a small unpadded patch.
+    ``fp32_model`` (optional, recommended): the FP32 layer is run on the same synthetic input and the shift is
+    the difference of the two runs, so what the synthetic input gets wrong about real data (borders, means that
+    vary over positions) cancels out; ``means_out`` then only judges a zero bias. Without it the quantized run
+    is compared with ``means_out`` directly.
     A layer is skipped (applied=False, with a reason) when its statistics are missing or not finite, when the
     shift is implausibly large (max|shift| > threshold * max|bias|), or when it cannot be cut out and run.
     """
     idx = GraphIndex(q_model.graph)
+    ref = (fp32_model, GraphIndex(fp32_model.graph)) if fp32_model is not None else None
     records = []
     for layer in layers:
-        bias = read_bias(q_model, layer)
-        if layer.name not in idx.nodes or bias is None:
-            records.append(summary(layer, False, "layer or float bias not found in the quantized model", None, bias))
-            continue
-        m_in, m_out = means_in.get(layer.name), means_out.get(layer.name)
-        if m_in is None or m_out is None:
-            records.append(summary(layer, False, "statistics missing", None, bias))
-            continue
-        m_in = np.asarray(m_in, dtype=np.float64).reshape(-1)
-        m_out = np.asarray(m_out, dtype=np.float64).reshape(-1)
-        if not (np.all(np.isfinite(m_in)) and np.all(np.isfinite(m_out))):
-            records.append(summary(layer, False, "statistics not finite (NaN/Inf)", None, bias))
-            continue
-        if m_out.size != bias.size:
-            records.append(summary(layer, False, f"output mean has {m_out.size} channels, bias {bias.size}", None, bias))
-            continue
         shape = tuple(input_shapes[layer.name]) if input_shapes and layer.name in input_shapes else None
-        try:
-            q_mean = _quantized_output_mean(q_model, layer, idx, m_in, shape, include_input_quantizer, device)
-        except Exception as exc:  # one layer that cannot be cut out must not stop the others
-            records.append(summary(layer, False, f"could not run the layer alone: {type(exc).__name__}: {exc}",
-                                   None, bias))
-            continue
-        if q_mean.size != bias.size:
-            records.append(summary(layer, False, f"layer output has {q_mean.size} channels, bias {bias.size}",
-                                   None, bias))
-            continue
-        new_bias = m_out - q_mean
-        shift = new_bias - bias
-        ok, reason = judge_shift(shift, bias, m_out, threshold)
-        if ok and np.all(np.isfinite(new_bias)):
-            write_bias(q_model, layer, new_bias)
-        records.append(summary(layer, ok, reason, shift, bias))
+        records.append(_correct_layer(q_model, idx, layer, means_in.get(layer.name), means_out.get(layer.name),
+                                      shape, ref, threshold, include_activation_quantizers, device))
     return records
+
+
+def _correct_layer(q_model, idx, layer, m_in, m_out, shape, ref, threshold, include_quantizers, device) -> dict:
+    """Correct one layer's bias in place. Returns its summary record."""
+    bias = read_bias(q_model, layer)
+    if layer.name not in idx.nodes or bias is None:
+        return summary(layer, False, "layer or float bias not found in the quantized model", None, bias)
+    if m_in is None or m_out is None:
+        return summary(layer, False, "statistics missing", None, bias)
+    m_in = np.asarray(m_in, dtype=np.float64).reshape(-1)
+    m_out = np.asarray(m_out, dtype=np.float64).reshape(-1)
+    if not (np.all(np.isfinite(m_in)) and np.all(np.isfinite(m_out))):
+        return summary(layer, False, "statistics not finite (NaN/Inf)", None, bias)
+    if m_out.size != bias.size:
+        return summary(layer, False, f"output mean has {m_out.size} channels, bias {bias.size}", None, bias)
+    try:
+        q_mean = _quantized_output_mean(q_model, layer, idx, m_in, shape, include_quantizers, device)
+        target = m_out
+        if ref is not None:
+            fp32_bias = read_bias(ref[0], layer)
+            f_mean = _quantized_output_mean(ref[0], layer, ref[1], m_in, shape, False, device)
+            target = f_mean + fp32_bias if fp32_bias is not None and f_mean.shape == fp32_bias.shape else None
+            if target is None:
+                return summary(layer, False, "layer or float bias not found in the FP32 model", None, bias)
+    except Exception as exc:  # one layer that cannot be cut out must not stop the others
+        return summary(layer, False, f"could not run the layer alone: {type(exc).__name__}: {exc}", None, bias)
+    if q_mean.size != bias.size:
+        return summary(layer, False, f"layer output has {q_mean.size} channels, bias {bias.size}", None, bias)
+    new_bias = target - q_mean
+    shift = new_bias - bias
+    ok, reason = judge_shift(shift, bias, m_out, threshold)
+    if ok and np.all(np.isfinite(new_bias)):
+        write_bias(q_model, layer, new_bias)
+    return summary(layer, ok, reason, shift, bias)
 
 
 __all__ = ["apply_fast_bias_correction", "extract_layer_model"]
