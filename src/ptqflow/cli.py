@@ -1,0 +1,208 @@
+"""The ``ptqflow`` command: one subcommand per pipeline step, ``run`` for all six, ``config-schema``, ``demo``.
+
+Configuration precedence: defaults < ``--config FILE`` < typed flags < ``--set dotted.key=value``.
+Errors print one message on stderr and exit with the exception's exit code (see README "Exit codes");
+an unexpected exception exits 1 (with its traceback under ``-v``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from typing import Any
+
+import yaml
+
+from ptqflow import __version__
+from ptqflow.config import load_config
+from ptqflow.errors import ConfigError, PtqflowError
+from ptqflow.logs import get_logger, setup_logging
+from ptqflow.steps import STEP_MODULES
+
+# Typed shortcut flags: (flag, dotted config key, argparse kwargs).
+_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
+    ("--preset", "quantization.preset", {"choices": ["performance", "mixed"]}),
+    ("--target-device", "quantization.target_device", {"choices": ["ANY", "CPU", "CPU_SPR", "GPU", "NPU"]}),
+    ("--subset-size", "quantization.subset_size", {"type": int}),
+    ("--model-type", "quantization.model_type", {"choices": ["transformer"]}),
+    ("--ignored-names", "quantization.ignored_scope.names", {"type": lambda s: _csv(s)}),
+    ("--ignored-types", "quantization.ignored_scope.types", {"type": lambda s: _csv(s)}),
+    ("--ignored-patterns", "quantization.ignored_scope.patterns", {"type": lambda s: _csv(s)}),
+    ("--device", "device", {"choices": ["cpu", "cuda", "npu"]}),
+    ("--validation-size", "data.validation_size", {"type": int}),
+    ("--seed", "data.seed", {"type": int}),
+    ("--transform", "data.transform", {"metavar": "MODULE:FUNCTION"}),
+    ("--preprocess", "data.preprocess.method",
+     {"choices": ["none", "preprocess_method1", "preprocess_method2", "chain"]}),
+    ("--max-accuracy-drop", "validation.gate.max_accuracy_drop", {"type": float}),
+    ("--min-cosine", "validation.gate.min_cosine", {"type": float}),
+    ("--min-sqnr-db", "validation.gate.min_sqnr_db", {"type": float}),
+    ("--min-top1-agreement", "validation.gate.min_top1_agreement", {"type": float}),
+    ("--min-speedup", "validation.gate.min_speedup", {"type": float}),
+    ("--model-sha256", "model_sha256", {}),
+]
+
+
+def _csv(text: str) -> list[str]:
+    return [part for part in (p.strip() for p in text.split(",")) if part]
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="YAML/JSON config file (flags override it)")
+    p.add_argument("--force", action="store_true", help="rerun even if an identical result exists")
+    for flag, key, kwargs in _FLAGS:
+        kwargs = {"metavar": key.rsplit(".", 1)[-1].upper(), **kwargs} if "choices" not in kwargs else kwargs
+        p.add_argument(flag, dest=key, default=None, help=f"sets {key}", **kwargs)
+    p.add_argument("--fast-bias-correction", dest="quantization.fast_bias_correction", default=None,
+                   action=argparse.BooleanOptionalAction, help="FastBiasCorrection (default) or full BiasCorrection")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="set any config field, e.g. --set quantization.advanced.per_channel=false (YAML value)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of the ``ptqflow`` command."""
+    parser = argparse.ArgumentParser(prog="ptqflow", description="Post-training INT8 quantization of ONNX models.")
+    parser.add_argument("--version", action="version", version=f"ptqflow {__version__}")
+    parser.add_argument("--log-format", choices=["text", "json"], default="text", help="stderr log format")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="debug logs, tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    from ptqflow.steps import load_step
+
+    for name in STEP_MODULES:
+        p = sub.add_parser(name, help=f"run the {name} step")
+        inputs = _step_inputs(name, load_step)
+        for inp in inputs:
+            p.add_argument(f"--in-{inp}", dest=f"in_{inp}", metavar="URI", help=f"input artifact '{inp}'")
+        if name == "fetch-model":
+            p.add_argument("--model", dest="model", metavar="URI", help="model to fetch (path, file://, s3://, https://)")
+        if name == "build-calibration":
+            p.add_argument("--data", dest="data.source", metavar="URI", help="dataset (path, file://, s3://)")
+        p.add_argument("--out", required=True, metavar="URI", help="output artifact location")
+        _add_common(p)
+        p.set_defaults(step_inputs=inputs)
+    run = sub.add_parser("run", help="run all six steps in order")
+    run.add_argument("--model", dest="model", metavar="URI", help="FP32 model URI")
+    run.add_argument("--data", dest="data.source", metavar="URI", help="dataset URI")
+    run.add_argument("--output", dest="output", metavar="URI", help="output prefix; each step writes <output>/<step>/")
+    _add_common(run)
+    sub.add_parser("config-schema", help="print the JSON schema of the config file")
+    demo = sub.add_parser("demo", help="quantize, validate and export the embedded default model")
+    demo.add_argument("--output", default="ptqflow-demo", metavar="DIR", help="output directory")
+    demo.add_argument("--force", action="store_true", help="rerun even if identical results exist")
+    return parser
+
+
+def _step_inputs(name: str, load_step) -> tuple[str, ...]:
+    """The step's declared inputs, or the DESIGN.md ones when its module is not importable here."""
+    fallback = {"fetch-model": (), "build-calibration": ("model",), "collect-stats": ("model", "calibration"),
+                "quantize": ("model", "calibration", "statistics"), "validate": ("model", "quantized", "calibration"),
+                "export-ir": ("quantized", "model", "calibration")}
+    try:
+        return tuple(load_step(name).INPUTS)
+    except ImportError:
+        return fallback[name]
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Dotted-key overrides from typed flags and ``--set`` (YAML-parsed values); ConfigError if malformed."""
+    ov: dict[str, Any] = {}
+    for key, value in vars(args).items():
+        if "." in key or key in ("model", "output", "device", "model_sha256"):
+            if value is not None:
+                ov[key] = value
+    for item in args.sets:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        key, raw = item.split("=", 1)
+        try:
+            ov[key.strip()] = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {key}: value is not valid YAML: {err}") from None
+    return ov
+
+
+def _command(args: argparse.Namespace) -> int:
+    from ptqflow import pipeline
+
+    if args.command == "config-schema":
+        from ptqflow.config import config_schema
+
+        print(json.dumps(config_schema(), indent=2))
+        return 0
+    if args.command == "demo":
+        return _demo(args)
+    cfg = load_config(args.config, overrides_from_args(args))
+    if args.command == "run":
+        manifests = pipeline.run_pipeline(cfg, force=args.force)
+        _print_run_summary(cfg.output, manifests)
+        return 0
+    uris = {name: getattr(args, f"in_{name}") for name in args.step_inputs}
+    missing = [n for n, u in uris.items() if not u]
+    if missing:
+        raise ConfigError(f"{args.command}: missing --in-{missing[0]} URI (inputs: {', '.join(args.step_inputs)})")
+    manifest = pipeline.run_step(args.command, uris, args.out, cfg, force=args.force)
+    print(json.dumps({"step": manifest.step, "output": args.out, "digest": manifest.digest,
+                      "metrics": manifest.metrics}, default=str))
+    return 0
+
+
+def _print_run_summary(output: str, manifests: dict) -> None:
+    print(json.dumps({name: {"output": f"{output.rstrip('/')}/{name}", "digest": m.digest}
+                      for name, m in manifests.items()}, indent=2))
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ptqflow import demo, pipeline
+    from ptqflow.config import parse_config
+    from ptqflow.errors import GateFailedError
+
+    out = Path(args.output).resolve()
+    prepared = demo.prepare(out)
+    data = dict(prepared.config)
+    data.update(model=str(prepared.model_path), output=str(out / "pipeline"))
+    data.setdefault("data", {})
+    data["data"] = {**data["data"], "source": str(prepared.data_dir)}
+    cfg = parse_config(data, "demo config")
+    verdict, code = "PASSED", 0
+    try:
+        pipeline.run_pipeline(cfg, force=args.force)
+    except GateFailedError as err:
+        verdict, code = f"FAILED ({err})", err.exit_code
+    validate_dir = out / "pipeline" / "validate"
+    print(f"gate: {verdict}")
+    print(f"report: {validate_dir / 'report.html'}")
+    if code == 0:
+        print(f"INT8 IR: {out / 'pipeline' / 'export-ir' / 'model.xml'}")
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``ptqflow`` console script; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.log_format, args.verbose)
+    log = get_logger("cli")
+    try:
+        return _command(args)
+    except PtqflowError as err:
+        if args.verbose:
+            traceback.print_exc()
+        log.error("%s", err, extra={"error": type(err).__name__, "exit_code": err.exit_code,
+                                    "retryable": err.retryable})
+        return err.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception as err:  # a bug: say so, with the traceback when asked
+        if args.verbose:
+            traceback.print_exc()
+        log.error("internal error: %s: %s (rerun with -v for the traceback)", type(err).__name__, err,
+                  extra={"error": type(err).__name__, "exit_code": 1})
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""collect-stats: run the FP32 model on the calibration shards and save the quantization plan and statistics.
+
+Only the quantization fields that change the statistics are in this step's cache key: switching the
+bias-correction mode reruns quantize but reuses these statistics.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import onnx
+
+from ptqflow.artifacts import input_digests
+from ptqflow.artifacts.manifest import Manifest, write_manifest
+from ptqflow.config import PipelineConfig, section_dump
+from ptqflow.logs import progress
+
+NAME = "collect-stats"
+INPUTS = ("model", "calibration")
+
+# Fields read only when the statistics are applied (quantize), never while collecting them.
+_APPLY_ONLY = {"fast_bias_correction"}
+_APPLY_ONLY_ADVANCED = {"disable_bias_correction", "bias_correction_subset_size", "bias_correction_threshold"}
+
+
+def config_section(cfg: PipelineConfig) -> dict:
+    """The quantization fields that affect statistics, plus the execution device."""
+    q = section_dump(cfg.quantization)
+    for key in _APPLY_ONLY:
+        q.pop(key, None)
+    q["advanced"] = {k: v for k, v in q.get("advanced", {}).items() if k not in _APPLY_ONLY_ADVANCED}
+    return {"quantization": q, "device": cfg.device.value}
+
+
+def calibration_samples(calibration: Path, desc: str):
+    """The calibration split's samples (input-name -> array dicts) with progress reporting."""
+    from ptqflow.data import iter_samples, read_index
+
+    total = None
+    try:
+        total = read_index(calibration).get("counts", {}).get("calibration")
+    except Exception:  # the index is optional for progress purposes only
+        total = None
+    return progress(iter_samples(calibration, "calibration"), total=total, desc=desc)
+
+
+def run(inputs: dict[str, Path], out: Path, cfg: PipelineConfig) -> Manifest:
+    """Collect statistics into ``out`` (statistics.npz + plan.json); returns the manifest."""
+    import ptqflow
+
+    start = time.monotonic()
+    model = onnx.load(str(Path(inputs["model"]) / "model.onnx"))
+    samples = calibration_samples(Path(inputs["calibration"]), "collect-stats")
+    stats = ptqflow.collect_statistics(model, samples, cfg.quantization, device=cfg.device.value)
+    stats.save(out)
+    metrics = {}
+    for attr in ("num_samples", "num_points"):
+        if hasattr(stats, attr):
+            metrics[attr] = getattr(stats, attr)
+    return write_manifest(out, step=NAME, config=config_section(cfg), inputs=input_digests(inputs),
+                          metrics=metrics, timings={"total_s": round(time.monotonic() - start, 3)})
