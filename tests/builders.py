@@ -194,3 +194,105 @@ def conv_zero_bias(seed: int = 0, channels: int = 6, size: int = 8) -> onnx.Mode
     inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 4, size, size])]
     outputs = [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", c, size, size])]
     return make_model(nodes, inputs, outputs, inits, name="conv_zero_bias")
+
+
+def tiny_encoder(seed: int = 0, vocab: int = 50, hidden: int = 16, heads: int = 2, ffn: int = 32) -> onnx.ModelProto:
+    """input_ids[N,S] (int64) -> embedding Gather + position add -> LayerNorm -> one BERT-style encoder layer
+    (Q/K/V MatMul+Add, heads split with Shape/Reshape/Transpose, scaled Softmax attention, output MatMul+Add,
+    residual + LayerNorm, FFN MatMul+Add -> Erf GELU -> MatMul+Add, residual + LayerNorm) -> hidden[N,S,hidden].
+    Six linear layers with bias; the two attention MatMuls multiply activations and have none."""
+    rng = np.random.default_rng(seed)
+    h, d = hidden, hidden // heads
+    f32 = np.float32
+    inits = [
+        _init("emb", rng.normal(0, 1, (vocab, h)).astype(f32)),
+        _init("pos", rng.normal(0, 0.5, (1, 64, h)).astype(f32)),
+        _init("zero_i", np.array([0], np.int64)),
+        _init("one_i", np.array([1], np.int64)),
+        _init("two_i", np.array([2], np.int64)),
+        _init("heads_shape", np.array([heads, d], np.int64)),
+        _init("hidden_shape", np.array([h], np.int64)),
+        _init("sqrt_d", np.array(np.sqrt(d), f32)),
+        _init("half", np.array(0.5, f32)),
+        _init("one_f", np.array(1.0, f32)),
+        _init("inv_sqrt2", np.array(1 / np.sqrt(2), f32)),
+    ]
+    for k in range(3):
+        inits += [_init(f"ln{k}_g", rng.uniform(0.8, 1.2, h).astype(f32)), _init(f"ln{k}_b", rng.normal(0.3, 0.3, h).astype(f32))]
+    for name, shape in (("q", (h, h)), ("k", (h, h)), ("v", (h, h)), ("o", (h, h)), ("f1", (h, ffn)), ("f2", (ffn, h))):
+        inits += [_init(f"{name}_w", rng.normal(0, 0.3, shape).astype(f32)),
+                  _init(f"{name}_b", rng.normal(0, 0.1, shape[1]).astype(f32))]
+    n = helper.make_node
+    nodes = [
+        n("Gather", ["emb", "input_ids"], ["tok"], name="embed"),
+        n("Shape", ["input_ids"], ["ids_shape"], name="ids_shape"),
+        n("Slice", ["ids_shape", "one_i", "two_i"], ["seq_len"], name="seq_len"),  # [S]
+        n("Slice", ["pos", "zero_i", "seq_len", "one_i"], ["pos_s"], name="pos_slice"),
+        n("Add", ["tok", "pos_s"], ["emb_sum"], name="emb_add"),
+        n("LayerNormalization", ["emb_sum", "ln0_g", "ln0_b"], ["x0"], name="ln0", axis=-1),
+        n("Shape", ["x0"], ["x_shape"], name="x_shape"),
+        n("Slice", ["x_shape", "zero_i", "two_i"], ["ns"], name="ns_slice"),  # [N, S]
+        n("Concat", ["ns", "heads_shape"], ["split_shape"], name="split_shape", axis=0),
+        n("Concat", ["ns", "hidden_shape"], ["merge_shape"], name="merge_shape", axis=0),
+    ]
+    for name in ("q", "k", "v"):
+        nodes += [
+            n("MatMul", ["x0", f"{name}_w"], [f"{name}_mm"], name=f"{name}_proj"),
+            n("Add", [f"{name}_mm", f"{name}_b"], [f"{name}_lin"], name=f"{name}_bias"),
+            n("Reshape", [f"{name}_lin", "split_shape"], [f"{name}_4d"], name=f"{name}_split"),
+            n("Transpose", [f"{name}_4d"], [f"{name}_heads"], name=f"{name}_t",
+              perm=[0, 2, 3, 1] if name == "k" else [0, 2, 1, 3]),
+        ]
+    nodes += [
+        n("MatMul", ["q_heads", "k_heads"], ["scores_raw"], name="scores"),
+        n("Div", ["scores_raw", "sqrt_d"], ["scores_s"], name="scale"),
+        n("Softmax", ["scores_s"], ["probs"], name="softmax", axis=-1),
+        n("MatMul", ["probs", "v_heads"], ["ctx_heads"], name="context"),
+        n("Transpose", ["ctx_heads"], ["ctx_t"], name="ctx_t", perm=[0, 2, 1, 3]),
+        n("Reshape", ["ctx_t", "merge_shape"], ["ctx"], name="ctx_merge"),
+        n("MatMul", ["ctx", "o_w"], ["o_mm"], name="o_proj"),
+        n("Add", ["o_b", "o_mm"], ["o_lin"], name="o_bias"),  # bias first: either Add order is a bias
+        n("Add", ["o_lin", "x0"], ["res1"], name="res1"),
+        n("LayerNormalization", ["res1", "ln1_g", "ln1_b"], ["x1"], name="ln1", axis=-1),
+        n("MatMul", ["x1", "f1_w"], ["f1_mm"], name="ffn1"),
+        n("Add", ["f1_mm", "f1_b"], ["f1_lin"], name="ffn1_bias"),
+        n("Mul", ["f1_lin", "inv_sqrt2"], ["g_scaled"], name="gelu_scale"),
+        n("Erf", ["g_scaled"], ["g_erf"], name="gelu_erf"),
+        n("Add", ["g_erf", "one_f"], ["g_plus"], name="gelu_plus"),
+        n("Mul", ["f1_lin", "g_plus"], ["g_mul"], name="gelu_mul"),
+        n("Mul", ["g_mul", "half"], ["gelu"], name="gelu_half"),
+        n("MatMul", ["gelu", "f2_w"], ["f2_mm"], name="ffn2"),
+        n("Add", ["f2_mm", "f2_b"], ["f2_lin"], name="ffn2_bias"),
+        n("Add", ["f2_lin", "x1"], ["res2"], name="res2"),
+        n("LayerNormalization", ["res2", "ln2_g", "ln2_b"], ["hidden"], name="ln2", axis=-1),
+    ]
+    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["N", "S"])]
+    outputs = [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["N", "S", h])]
+    return make_model(nodes, inputs, outputs, inits, name="tiny_encoder")
+
+
+def token_inputs(n: int, seq: int = 8, vocab: int = 50, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """``n`` single-sample {"input_ids": int64[1, seq]} dicts."""
+    rng = np.random.default_rng(seed)
+    return [{"input_ids": rng.integers(0, vocab, (1, seq), dtype=np.int64)} for _ in range(n)]
+
+
+def upsample_head(seed: int = 0, channels: int = 6, size: int = 8) -> onnx.ModelProto:
+    """input[N,3,size,size] -> Conv(+bias) -> Relu -> ConvTranspose(+bias, stride 2) -> output[N,4,2*size,2*size]."""
+    rng = np.random.default_rng(seed)
+    c = channels
+    inits = [
+        _init("cw", rng.normal(0, 0.3, (c, 3, 3, 3)).astype(np.float32)),
+        _init("cb", rng.normal(0, 0.2, c).astype(np.float32)),
+        _init("tw", rng.normal(0, 0.3, (c, 4, 3, 3)).astype(np.float32)),  # ConvTranspose: [C_in, C_out, k, k]
+        _init("tb", rng.normal(0, 0.2, 4).astype(np.float32)),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["input", "cw", "cb"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("ConvTranspose", ["r", "tw", "tb"], ["output"], name="up", strides=[2, 2],
+                         pads=[1, 1, 1, 1], output_padding=[1, 1]),
+    ]
+    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, size, size])]
+    outputs = [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 4, 2 * size, 2 * size])]
+    return make_model(nodes, inputs, outputs, inits, name="upsample_head")
