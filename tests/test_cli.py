@@ -1,0 +1,174 @@
+"""The ptqflow command line: config precedence, bad config, missing inputs, caching, logs, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import builders
+from ptqflow import __version__
+from ptqflow.artifacts.manifest import read_manifest
+from ptqflow.cli import build_parser, main, overrides_from_args
+from ptqflow.config import load_config
+
+PTQFLOW = [sys.executable, "-m", "ptqflow.cli"]
+
+
+def cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run ``ptqflow`` in a subprocess (as a pod would) and capture its output."""
+    return subprocess.run([*PTQFLOW, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def test_version_and_schema():
+    r = cli("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"ptqflow {__version__}"
+    r = cli("config-schema")
+    schema = json.loads(r.stdout)
+    assert r.returncode == 0
+    assert "fast_bias_correction" in json.dumps(schema)
+    assert schema["title"] == "ptqflow pipeline configuration"
+
+
+def test_flags_override_config_file_and_set_parses_yaml(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("quantization:\n  subset_size: 50\n  preset: mixed\n  fast_bias_correction: true\n"
+                        "data:\n  seed: 3\n")
+    args = build_parser().parse_args([
+        "run", "--config", str(cfg_file), "--subset-size", "7", "--no-fast-bias-correction",
+        "--ignored-types", "Softmax, Gelu", "--min-cosine", "0.9",
+        "--set", "quantization.advanced.per_channel=false", "--set", "validation.latency_iterations=5",
+    ])
+    cfg = load_config(args.config, overrides_from_args(args))
+    q = cfg.quantization
+    assert (q.subset_size, q.preset.value, q.fast_bias_correction) == (7, "mixed", False)
+    assert q.ignored_scope.types == ["Softmax", "Gelu"]
+    assert q.advanced.per_channel is False
+    assert cfg.data.seed == 3  # untouched by flags: from the file
+    assert cfg.validation.gate.min_cosine == 0.9 and cfg.validation.latency_iterations == 5
+
+
+def test_unknown_config_key_and_wrong_type_exit_2_naming_the_field(tmp_path, capsys):
+    model = builders.save(builders.mlp(), tmp_path / "m.onnx")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("quantization:\n  subset_sise: 10\n")
+    out = tmp_path / "o"
+    assert main(["fetch-model", "--model", str(model), "--out", str(out), "--config", str(bad)]) == 2
+    assert "quantization.subset_sise" in capsys.readouterr().err
+    assert main(["fetch-model", "--model", str(model), "--out", str(out), "--set", "quantization.subset_size=many"]) == 2
+    assert "quantization.subset_size" in capsys.readouterr().err
+    assert main(["fetch-model", "--model", str(model), "--out", str(out), "--set", "novalue"]) == 2
+    assert not out.exists()  # rejected before any work
+
+
+def test_missing_inputs_rejected_before_work(tmp_path, capsys):
+    out = tmp_path / "stats"
+    assert main(["collect-stats", "--in-model", str(tmp_path), "--out", str(out)]) == 2
+    assert "--in-calibration" in capsys.readouterr().err
+    assert main(["run", "--model", "m.onnx", "--output", str(out)]) == 2
+    assert "data.source" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_input_without_manifest_is_input_error(tmp_path, capsys):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "cal").mkdir()
+    code = main(["collect-stats", "--in-model", str(tmp_path / "model"), "--in-calibration", str(tmp_path / "cal"),
+                 "--out", str(tmp_path / "o")])
+    assert code == 3
+    assert "input 'model'" in capsys.readouterr().err
+
+
+def test_cache_skip_and_force(tmp_path):
+    model = builders.save(builders.mlp(), tmp_path / "m.onnx")
+    out = tmp_path / "fm"
+    first = cli("fetch-model", "--model", str(model), "--out", str(out))
+    assert first.returncode == 0, first.stderr
+    created = read_manifest(out).created
+    mtime = (out / "manifest.json").stat().st_mtime_ns
+    again = cli("fetch-model", "--model", str(model), "--out", str(out))
+    assert again.returncode == 0 and "skipped" in again.stderr
+    assert (out / "manifest.json").stat().st_mtime_ns == mtime
+    forced = cli("fetch-model", "--model", str(model), "--out", str(out), "--force")
+    assert forced.returncode == 0 and "running" in forced.stderr and "skipped" not in forced.stderr
+    assert (out / "manifest.json").stat().st_mtime_ns != mtime
+    assert read_manifest(out).digest == json.loads(first.stdout)["digest"]  # same content, same digest
+    assert created  # a timestamp is recorded
+
+
+def test_damaged_output_is_rebuilt(tmp_path, capsys):
+    model = builders.save(builders.mlp(), tmp_path / "m.onnx")
+    out = tmp_path / "fm"
+    assert main(["fetch-model", "--model", str(model), "--out", str(out)]) == 0
+    (out / "model.onnx").write_bytes(b"damaged")
+    assert main(["fetch-model", "--model", str(model), "--out", str(out)]) == 0
+    assert "damaged files" in capsys.readouterr().err
+    assert (out / "model.onnx").read_bytes() == model.read_bytes()
+
+
+def test_changed_source_file_refetches(tmp_path):
+    model = builders.save(builders.mlp(seed=0), tmp_path / "m.onnx")
+    out = tmp_path / "fm"
+    assert main(["fetch-model", "--model", str(model), "--out", str(out)]) == 0
+    first = read_manifest(out).digest
+    builders.save(builders.mlp(seed=1), model)
+    assert main(["fetch-model", "--model", str(model), "--out", str(out)]) == 0
+    assert read_manifest(out).digest != first
+
+
+def test_json_logs_are_one_object_per_line(tmp_path):
+    model = builders.save(builders.mlp(), tmp_path / "m.onnx")
+    r = cli("--log-format", "json", "fetch-model", "--model", str(model), "--out", str(tmp_path / "o"))
+    assert r.returncode == 0
+    records = [json.loads(line) for line in r.stderr.splitlines() if line.strip()]
+    assert records and all({"time", "level", "message"} <= set(rec) for rec in records)
+    assert any(rec.get("step") == "fetch-model" for rec in records)
+    r = cli("--log-format", "json", "fetch-model", "--model", str(tmp_path / "nope.onnx"), "--out", str(tmp_path / "x"))
+    assert r.returncode == 3
+    err = json.loads(r.stderr.strip().splitlines()[-1])
+    assert err["exit_code"] == 3 and err["retryable"] is False and "nope.onnx" in err["message"]
+
+
+def test_unexpected_error_exits_1_with_traceback_under_v(tmp_path, monkeypatch, capsys):
+    import ptqflow.pipeline as pipeline
+
+    def broken(*a, **k):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(pipeline, "run_step", broken)
+    args = ["fetch-model", "--model", "m.onnx", "--out", str(tmp_path / "o")]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "internal error: RuntimeError: boom" in err and "Traceback" not in err
+    assert main(["-v", *args]) == 1
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_progress_logs_plain_lines_when_not_a_tty(capsys):
+    from ptqflow.logs import progress, setup_logging
+
+    setup_logging("text")
+    items = list(progress(range(5), desc="stats", every_s=0.0))
+    assert items == [0, 1, 2, 3, 4]
+    err = capsys.readouterr().err
+    assert "stats: 1/5" in err and "stats: 5/5 done" in err and "\r" not in err
+
+
+@pytest.mark.parametrize("step", ["fetch-model", "collect-stats", "quantize", "build-calibration", "validate", "export-ir"])
+def test_every_step_has_a_subcommand(step):
+    parser = build_parser()
+    help_text = parser._subparsers._group_actions[0].choices[step].format_help()
+    assert "--out" in help_text and "--force" in help_text
+
+
+def test_entry_point_script_runs():
+    exe = Path(sys.executable).parent / "ptqflow"
+    if not exe.exists():
+        pytest.skip("console script not installed in this environment")
+    r = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and __version__ in r.stdout
