@@ -8,7 +8,9 @@ import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 
-from builders import coarse_qdq, conv_classifier, conv_zero_bias, mlp, random_inputs, tiny_encoder, token_inputs, upsample_head
+from builders import (
+    coarse_qdq, conv_classifier, conv_zero_bias, mlp, random_inputs, tiny_encoder, token_inputs, upsample_head,
+)
 from ptqflow.algorithms.bias_correction import apply_bias_correction
 from ptqflow.algorithms.bias_layers import channel_mean, find_bias_layers, judge_shift
 from ptqflow.algorithms.fast_bias_correction import apply_fast_bias_correction

@@ -103,7 +103,7 @@ class _Segmenter:
         """True while some node that has not run yet reads ``name``."""
         return any(id(n) not in self.done for n in self.readers.get(name, []))
 
-    def build(self, nodes: list[onnx.NodeProto], target: str, available: set[str]) -> tuple[onnx.ModelProto, list[str], list[str]]:
+    def build(self, nodes: list[onnx.NodeProto], target: str) -> tuple[onnx.ModelProto, list[str], list[str]]:
         """A model of ``nodes``; returns (model, its input names, its output names)."""
         produced = {o for n in nodes for o in n.output if o}
         read = set().union(*(_reads(n) for n in nodes)) if nodes else set()
@@ -171,7 +171,7 @@ def _correct_layer(layer, bias, seg, cache, samples, fp32_mean, threshold, devic
         return summary(layer, False, "layer or float bias not found in the quantized model", None, bias)
     nodes = seg.segment(layer.output, set(cache))
     if layer.output not in cache:
-        model, inputs, outputs = seg.build(nodes, layer.output, set(cache))
+        model, inputs, outputs = seg.build(nodes, layer.output)
         missing = [n for n in inputs if n not in cache]
         if missing:
             return summary(layer, False, f"segment inputs not available: {missing[:3]}", None, bias)

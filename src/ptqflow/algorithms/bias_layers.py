@@ -1,12 +1,14 @@
 """Which layers bias correction can correct, and the shared pieces both bias-correction algorithms use.
 
 A correctable layer is a linear operator with a constant weight whose output gets a constant per-channel bias:
-Conv, ConvTranspose and Gemm with a bias input, and MatMul followed by an Add of a constant [C] vector (the
-linear layers of transformer exports). Quantizing the weight (and the activation) shifts the per-channel mean
-of the output; moving the bias by the opposite amount puts the mean back.
+Conv, ConvTranspose and Gemm with a bias input; MatMul followed by an Add of a constant [C] vector (the
+linear layers of transformer exports); a bias-less Conv/ConvTranspose followed by such an Add ([1,C,1,1]) or by
+an unfolded BatchNormalization (its B is the bias: Paddle exports keep BN separate). Quantizing the weight (and
+the activation) shifts the per-channel mean of the output; moving the bias by the opposite amount puts it back.
 
-The same search works on the FP32 model and on its QDQ version: a weight produced by DequantizeLinear from an
-int8 initializer counts as constant.
+Weights and biases may be initializers or Constant nodes; a weight produced by DequantizeLinear from an int8
+initializer counts as constant, so the same search works on the FP32 model and on its QDQ version (except where
+a quantizer sits between a layer and its bias Add).
 """
 
 from __future__ import annotations
@@ -147,8 +149,8 @@ def _gemm(node: onnx.NodeProto, idx: GraphIndex) -> BiasLayer | None:
                      weight=node.input[1], bias_node=node.name)
 
 
-def _add_bias(node: onnx.NodeProto, idx: GraphIndex, out_rank: int | None, axis: int) -> tuple[str, onnx.NodeProto] | None:
-    """The constant per-channel operand of the single Add reading ``node``'s output, with that Add.
+def _add_bias(node: onnx.NodeProto, idx: GraphIndex, out_rank: int | None, axis: int):
+    """(bias tensor, Add node): the constant per-channel operand of the single Add reading ``node``'s output.
 
     Its shape must put the channels on ``axis`` of the output (right-aligned broadcasting) and 1 elsewhere.
     """
@@ -168,8 +170,10 @@ def _add_bias(node: onnx.NodeProto, idx: GraphIndex, out_rank: int | None, axis:
     return (other, add) if ok else None
 
 
-def _bn_bias(node: onnx.NodeProto, idx: GraphIndex) -> tuple[str, onnx.NodeProto] | None:
-    """An unfolded inference BatchNormalization right after a convolution: its B input acts as the bias."""
+def _bn_bias(node: onnx.NodeProto, idx: GraphIndex):
+    """(B tensor, BN node) for an unfolded inference BatchNormalization right after a convolution, else None.
+
+    BN is a per-channel affine map, so moving its B moves the output mean exactly like a bias would."""
     users = idx.consumers.get(node.output[0], [])
     if len(users) != 1 or users[0].op_type != "BatchNormalization" or len(users[0].output) != 1:
         return None

@@ -125,34 +125,67 @@ def _quantizers_between(idx: GraphIndex, layer_node: onnx.NodeProto, bias_node: 
     raise ValueError(f"{bias_node.name!r} does not read {layer_node.name!r} (nor its Q/DQ)")
 
 
+def _input_part(idx: GraphIndex, node: onnx.NodeProto, include_quantizer: bool) -> tuple[list, str]:
+    """Nodes between the synthetic input and the layer (its activation Q/DQ when asked) and the tensor fed."""
+    if not include_quantizer:
+        return [], SYNTH_INPUT
+    qdq, _ = _input_quantizer(idx, node.input[0])  # the node's own input: the DQ output in a QDQ model
+    if not qdq:
+        return [], SYNTH_INPUT
+    q, dq = _copy_node(qdq[0]), _copy_node(qdq[1])
+    q.input[0] = SYNTH_INPUT
+    nodes = [q, dq]
+    for const in [c for c in list(q.input[1:]) + list(dq.input[1:]) if c]:
+        if not idx.is_constant(const):
+            raise ValueError(f"quantizer parameter {const!r} is not constant")
+        nodes += idx.constant_closure(const)
+    return nodes, dq.output[0]
+
+
+def _bias_tail(idx: GraphIndex, layer: BiasLayer, layer_node: onnx.NodeProto, include_quantizers: bool,
+               out_name: str) -> tuple[list, list]:
+    """The layer plus the Add / BatchNormalization that adds its bias, with the bias replaced by zeros.
+
+    Returns (nodes, extra initializers).
+    """
+    node = idx.nodes[layer.name]
+    bias_node = idx.nodes[layer.bias_node]
+    between = _quantizers_between(idx, node, bias_node)
+    nodes = [layer_node]
+    if include_quantizers:
+        nodes += [_copy_node(n) for n in between]
+        nodes += [c for n in between for name in n.input[1:] if name for c in idx.constant_closure(name)]
+    elif between:  # the bias node reads the raw layer output in place of its Q/DQ copy
+        layer_node.output[0] = between[-1].output[0]
+    tail = _copy_node(bias_node)
+    extra, current = [], None
+    for k, name in enumerate(tail.input):
+        if not extra and (name == layer.bias or name.startswith(f"{layer.bias}__ptqflow_bc")):
+            zeros = np.zeros_like(idx.float_init(name), dtype=np.float32)
+            extra.append(numpy_helper.from_array(zeros, "ptqflow_fbc_zero_bias"))
+            tail.input[k] = "ptqflow_fbc_zero_bias"
+        elif name in (node.output[0], *(n.output[0] for n in between)):
+            current = name
+        elif name:
+            nodes += idx.constant_closure(name)
+    if not extra or current is None:
+        raise ValueError(f"{bias_node.name!r} does not add the bias {layer.bias!r} to {layer.name!r}")
+    tail.output[0] = out_name
+    del tail.output[1:]
+    return nodes + [tail], extra
+
+
 def extract_layer_model(q_model: onnx.ModelProto, layer: BiasLayer, input_shape: tuple[int, ...],
                         keep_pads: bool, include_activation_quantizers: bool, idx: GraphIndex) -> onnx.ModelProto:
     """A model computing ``layer`` alone from a synthetic input, without its bias. Returns the model.
 
     Holds the weight's constant subgraph (DequantizeLinear of the int8 weight) and, when asked, the activation
-    Q/DQ pair with the quantized model's scale and zero point.
+    Q/DQ pairs with the quantized model's scale and zero point.
     """
     node = idx.nodes[layer.name]
-    nodes: list[onnx.NodeProto] = []
-    act = layer.input
-    if include_activation_quantizers:
-        qdq, _ = _input_quantizer(idx, node.input[0])  # the node's own input: the DQ output in a QDQ model
-        if qdq:
-            q, dq = (onnx.NodeProto(), onnx.NodeProto())
-            q.CopyFrom(qdq[0])
-            dq.CopyFrom(qdq[1])
-            q.input[0] = SYNTH_INPUT
-            nodes += [q, dq]
-            for const in list(q.input[1:]) + list(dq.input[1:]):
-                if const and not idx.is_constant(const):
-                    raise ValueError(f"quantizer parameter {const!r} is not constant")
-                nodes += idx.constant_closure(const) if const else []
-            act = dq.output[0]
-    if not nodes:
-        act = SYNTH_INPUT
+    nodes, act = _input_part(idx, node, include_activation_quantizers)
     nodes += idx.constant_closure(node.input[1])  # the q_model's weight (DQ output)
-    layer_node = onnx.NodeProto()
-    layer_node.CopyFrom(node)
+    layer_node = _copy_node(node)
     layer_node.input[0] = act
     if layer.op_type in ("Conv", "ConvTranspose", "Gemm"):
         del layer_node.input[2:]
@@ -162,33 +195,9 @@ def extract_layer_model(q_model: onnx.ModelProto, layer: BiasLayer, input_shape:
         layer_node.attribute.extend(keep)
     out_name = "ptqflow_fbc_output"
     extra_inits = []
-    bias_node = idx.nodes.get(layer.bias_node) if layer.bias_node != layer.name else None
-    if bias_node is not None:
-        # the bias lives on a following Add / BatchNormalization: run it too, with the bias replaced by zeros
-        between = _quantizers_between(idx, node, bias_node)
-        nodes.append(layer_node)
-        if include_activation_quantizers:
-            nodes += [_copy_node(n) for n in between]
-            nodes += [c for n in between for name in n.input[1:] if name for c in idx.constant_closure(name)]
-        elif between:  # the bias node reads the raw layer output in place of its Q/DQ copy
-            layer_node.output[0] = between[-1].output[0]
-        tail = _copy_node(bias_node)
-        current = bias_seen = None
-        for k, name in enumerate(tail.input):
-            if name == layer.bias or name.startswith(f"{layer.bias}__ptqflow_bc"):
-                bias_seen = name
-                zeros = np.zeros_like(idx.float_init(name), dtype=np.float32)
-                extra_inits.append(numpy_helper.from_array(zeros, "ptqflow_fbc_zero_bias"))
-                tail.input[k] = "ptqflow_fbc_zero_bias"
-            elif name in (node.output[0], *(n.output[0] for n in between)):
-                current = name
-            elif name:
-                nodes += idx.constant_closure(name)
-        if bias_seen is None or current is None:
-            raise ValueError(f"{bias_node.name!r} does not add the bias {layer.bias!r} to {layer.name!r}")
-        tail.output[0] = out_name
-        del tail.output[1:]
-        nodes.append(tail)
+    if layer.bias_node and layer.bias_node != layer.name:
+        tail, extra_inits = _bias_tail(idx, layer, layer_node, include_activation_quantizers, out_name)
+        nodes += tail
     else:  # Conv/ConvTranspose/Gemm with the bias input removed
         layer_node.output[0] = out_name
         nodes.append(layer_node)
