@@ -296,3 +296,27 @@ def upsample_head(seed: int = 0, channels: int = 6, size: int = 8) -> onnx.Model
     inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, size, size])]
     outputs = [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 4, 2 * size, 2 * size])]
     return make_model(nodes, inputs, outputs, inits, name="upsample_head")
+
+
+def deep_mlp(depth: int = 200, width: int = 8, seed: int = 0) -> onnx.ModelProto:
+    """input[N,width] -> ``depth`` x (MatMul + Add bias -> Relu, with a residual Add every other layer) -> output."""
+    rng = np.random.default_rng(seed)
+    inits, nodes = [_init("half", np.array(0.5, np.float32))], []
+    x = "input"
+    for k in range(depth):
+        # He-scaled weights and halved skip sums keep activations O(1) through hundreds of layers
+        inits += [_init(f"w{k}", rng.normal(0, np.sqrt(2.0 / width), (width, width)).astype(np.float32)),
+                  _init(f"b{k}", rng.normal(0.1, 0.1, width).astype(np.float32))]
+        nodes += [helper.make_node("MatMul", [x, f"w{k}"], [f"m{k}"], name=f"fc{k}"),
+                  helper.make_node("Add", [f"m{k}", f"b{k}"], [f"a{k}"], name=f"fc{k}_bias"),
+                  helper.make_node("Relu", [f"a{k}"], [f"r{k}"], name=f"relu{k}")]
+        out = f"r{k}"
+        if k % 2 == 1:  # a skip connection keeps an older activation alive across a segment
+            nodes.append(helper.make_node("Add", [out, f"r{k - 1}"], [f"s{k}"], name=f"skip{k}"))
+            nodes.append(helper.make_node("Mul", [f"s{k}", "half"], [f"h{k}"], name=f"skip{k}_half"))
+            out = f"h{k}"
+        x = out
+    nodes.append(helper.make_node("Identity", [x], ["output"], name="out"))
+    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", width])]
+    outputs = [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", width])]
+    return make_model(nodes, inputs, outputs, inits, name="deep_mlp")

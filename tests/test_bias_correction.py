@@ -9,7 +9,8 @@ import pytest
 from onnx import helper, numpy_helper
 
 from builders import (
-    coarse_qdq, conv_classifier, conv_zero_bias, mlp, random_inputs, tiny_encoder, token_inputs, upsample_head,
+    coarse_qdq, conv_classifier, conv_zero_bias, deep_mlp, mlp, random_inputs, tiny_encoder, token_inputs,
+    upsample_head,
 )
 from ptqflow.algorithms.bias_correction import apply_bias_correction
 from ptqflow.algorithms.bias_layers import channel_mean, find_bias_layers, judge_shift
@@ -252,3 +253,21 @@ def test_fp32_model_as_its_own_quantized_model_needs_no_shift():
     copy = _copy(fp32)
     records = apply_fast_bias_correction(copy, layers, means_in, means_out, fp32_model=fp32)
     assert all(r["applied"] and r["max_abs_shift"] < 1e-5 for r in records), records
+
+
+def test_full_correction_on_hundreds_of_layers_is_fast():
+    """200 linear layers with skip connections: one segment session per layer, every layer corrected, seconds."""
+    import time
+
+    fp32 = deep_mlp(depth=200)
+    calib = random_inputs(8, (8,), seed=30)
+    q = coarse_qdq(fp32, calib, weight_levels=31)
+    layers = find_bias_layers(fp32)
+    assert len(layers) == 200
+    start = time.perf_counter()
+    records = apply_bias_correction(fp32, q, layers, calib, threshold=1000.0)
+    elapsed = time.perf_counter() - start
+    assert elapsed < 60, elapsed
+    assert sum(r["applied"] for r in records) == 200, [r for r in records if not r["applied"]][:3]
+    errors = _mean_errors(fp32, q, layers[-1:], calib)  # on the calibration data itself BC is near exact
+    assert errors[layers[-1].name].max() < 1e-3
