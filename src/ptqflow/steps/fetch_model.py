@@ -35,15 +35,15 @@ log = get_logger(NAME)
 
 
 def config_section(cfg: PipelineConfig) -> dict:
-    """The model URI and expected sha256; for a local file also its size and mtime, so that replacing the
-    file at the same path refetches it."""
+    """The model URI and expected sha256; for a local source also each file's size and sha256, so that
+    replacing the file at the same path refetches it while merely touching it does not."""
     section: dict = {"model": cfg.model, "model_sha256": cfg.model_sha256}
     if cfg.model and not storage.is_s3(cfg.model) and not cfg.model.startswith(("http://", "https://")):
         p = storage.parse_uri(cfg.model).path
         if p.exists():
             files = [p] if p.is_file() else sorted(q for q in p.rglob("*") if q.is_file())
             section["local_stamp"] = [[f.relative_to(p).as_posix() if f != p else f.name,
-                                       f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+                                       f.stat().st_size, sha256_file(f)] for f in files]
     return section
 
 
