@@ -5,6 +5,13 @@ After quantization the layer is cut out of the quantized model alone (with its w
 synthetic tensor whose channel c is constant at the FP32 input mean, and its per-channel output mean is compared
 with the FP32 output mean; the difference moves the bias. Cost: one tiny inference per layer, no data pass.
 
+Given the FP32 model, the FP32 layer is run on the same synthetic tensor and that run is the reference instead of
+the measured output mean. A constant input is not real data: near borders (padding) and where means vary over
+positions the two differ by far more than the weight error on small feature maps (PP-OCR cls, 2-3 rows deep
+down); comparing two runs on the same input cancels that. Measured on PP-OCR cls (random smooth inputs, ORT QDQ
+per-channel int8): relative MSE of the last layer 0.094 without correction, 0.53 against the measured means,
+0.090 with the FP32 reference.
+
 Why the activation quantizer is left out by default: on real data the input's rounding errors average out, but
 a constant synthetic input rounds every position the same way, which would "correct" an error the model does not
 make. Clipping is the only systematic activation error, and MinMax ranges cover the calibration data.
