@@ -271,3 +271,24 @@ def test_full_correction_on_hundreds_of_layers_is_fast():
     assert sum(r["applied"] for r in records) == 200, [r for r in records if not r["applied"]][:3]
     errors = _mean_errors(fp32, q, layers[-1:], calib)  # on the calibration data itself BC is near exact
     assert errors[layers[-1].name].max() < 1e-3
+
+
+def test_constant_node_weights_and_biases():
+    """Paddle-style exports hold weights and biases in Constant nodes: found, corrected in place, finite."""
+    fp32, q, calib, held_out = _setup("mlp")
+    for model in (fp32, q):
+        for name in ("b1", "b2"):
+            init = next(t for t in model.graph.initializer if t.name == name)
+            model.graph.initializer.remove(init)
+            model.graph.node.insert(0, helper.make_node("Constant", [], [name], name=f"const_{name}", value=init))
+    layers = find_bias_layers(fp32)
+    assert [layer.bias for layer in layers] == ["b1", "b2"]
+    before = _mean_errors(fp32, q, layers, held_out)
+    means_in, means_out = _fp32_stats(fp32, layers, calib)
+    records = apply_fast_bias_correction(q, layers, means_in, means_out, threshold=10.0, fp32_model=fp32)
+    assert all(r["applied"] for r in records), records
+    after = _mean_errors(fp32, q, layers, held_out)
+    assert all(after[k].mean() < 0.7 * before[k].mean() for k in before)
+    const = {n.name: numpy_helper.to_array(n.attribute[0].t) for n in q.graph.node if n.op_type == "Constant"}
+    assert not np.allclose(const["const_b1"], numpy_helper.to_array(next(
+        n.attribute[0].t for n in fp32.graph.node if n.name == "const_b1")))
