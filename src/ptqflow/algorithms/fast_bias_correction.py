@@ -254,7 +254,8 @@ def apply_fast_bias_correction(
 
     ``means_in`` / ``means_out`` map a layer name to the FP32 per-channel mean of its input / biased output.
     ``input_shapes`` (optional) maps a layer name to the shape its input had in the statistics pass (batch 1):
-    with it, convolutions run at their real size and padding; without it, on a small unpadded patch.
+    with it, convolutions run at their real size and padding; without it, at the size shape inference knows,
+    else on a small unpadded patch.
     ``fp32_model`` (optional, recommended): the FP32 layer is run on the same synthetic input and the shift is
     the difference of the two runs, so what the synthetic input gets wrong about real data (borders, means that
     vary over positions) cancels out; ``means_out`` then only judges a zero bias. Without it the quantized run
@@ -264,12 +265,29 @@ def apply_fast_bias_correction(
     """
     idx = GraphIndex(q_model.graph)
     ref = (fp32_model, GraphIndex(fp32_model.graph)) if fp32_model is not None else None
+    if input_shapes is None:
+        input_shapes = _static_input_shapes(fp32_model if fp32_model is not None else q_model, layers)
     records = []
     for layer in layers:
         shape = tuple(input_shapes[layer.name]) if input_shapes and layer.name in input_shapes else None
         records.append(_correct_layer(q_model, idx, layer, means_in.get(layer.name), means_out.get(layer.name),
                                       shape, ref, threshold, include_activation_quantizers, device))
     return records
+
+
+def _static_input_shapes(model: onnx.ModelProto, layers: list[BiasLayer]) -> dict[str, tuple[int, ...]]:
+    """Layer input shapes that shape inference knows completely (batch set to 1); {} when it fails."""
+    try:
+        graph = onnx.shape_inference.infer_shapes(model).graph
+    except Exception:  # inference is only a helper here: without shapes the layers run on a small patch
+        return {}
+    known = {}
+    for vi in list(graph.input) + list(graph.value_info):
+        dims = vi.type.tensor_type.shape.dim if vi.type.HasField("tensor_type") else []
+        values = [d.dim_value if d.HasField("dim_value") else 0 for d in dims]
+        if len(values) >= 3 and all(v > 0 for v in values[1:]):
+            known[vi.name] = (1, *values[1:])
+    return {layer.name: known[layer.input] for layer in layers if layer.input in known}
 
 
 def _correct_layer(q_model, idx, layer, m_in, m_out, shape, ref, threshold, include_quantizers, device) -> dict:
