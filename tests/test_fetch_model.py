@@ -174,3 +174,56 @@ def test_unreadable_zip(tmp_path):
     bad.write_bytes(io.BytesIO(b"PK\x03\x04 not really").getvalue())
     code, out = fetch(tmp_path, bad)
     assert code == 3 and not out.exists()
+
+
+def test_sigkill_during_download_leaves_no_manifest_and_rerun_matches(tmp_path):
+    """SIGKILL a `ptqflow fetch-model` subprocess while its download stalls; the rerun completes."""
+    import http.server
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    payload = builders.save(builders.conv_classifier(), tmp_path / "m.onnx").read_bytes()
+    stall = threading.Event()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            if stall.is_set():
+                self.wfile.write(payload[:100])
+                self.wfile.flush()
+                time.sleep(60)  # the client is killed while waiting for the rest
+                return
+            self.wfile.write(payload)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/m.onnx"
+    out = tmp_path / "out" / "fm"
+    args = [sys.executable, "-m", "ptqflow.cli", "fetch-model", "--model", url, "--out", str(out)]
+    try:
+        stall.set()
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not list((tmp_path / "out").glob(".fm.partial-*")):
+            time.sleep(0.02)
+        time.sleep(0.5)  # inside the download now
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+        assert not out.exists()
+        stall.clear()
+        assert subprocess.run(args, capture_output=True, timeout=120).returncode == 0
+        assert not list((tmp_path / "out").glob(".fm.partial-*"))
+        assert main(["fetch-model", "--model", url, "--out", str(tmp_path / "ref")]) == 0
+        assert read_manifest(out).digest == read_manifest(tmp_path / "ref").digest
+    finally:
+        server.shutdown()
