@@ -158,3 +158,9 @@ def test_s3_keys_escaping_download_dir_are_refused(tmp_path, moto_env):
             storage.stage_in(f"s3://{bucket}/evil", tmp_path / "dl" / "inner")
         assert not (tmp_path / "outside.txt").exists()
     assert "evil/ok.txt" in keys
+
+
+def test_damaged_manifest_counts_as_absent(tmp_path):
+    art = _artifact(tmp_path / "a")
+    (art / "manifest.json").write_text("{ not json")
+    assert storage.read_remote_manifest(str(art)) is None

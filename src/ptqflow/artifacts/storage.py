@@ -22,8 +22,10 @@ from urllib.parse import unquote, urlparse
 
 from ptqflow.artifacts.manifest import MANIFEST_NAME, Manifest
 from ptqflow.errors import ConfigError, InputError, StorageError
+from ptqflow.logs import get_logger
 
 _MB = 1 << 20
+log = get_logger("artifacts")
 
 
 @dataclass(frozen=True)
@@ -233,7 +235,11 @@ def read_remote_manifest(uri: str) -> Manifest | None:
     if loc.scheme == "file":
         from ptqflow.artifacts.manifest import read_manifest
 
-        return read_manifest(loc.path) if loc.path.is_dir() else None
+        try:
+            return read_manifest(loc.path) if loc.path.is_dir() else None
+        except (ValueError, TypeError) as err:  # a damaged manifest is no manifest: the step reruns
+            log.warning("ignoring unreadable manifest at %s: %s", uri, err)
+            return None
     client = s3_client()
     key = f"{loc.key}/{MANIFEST_NAME}" if loc.key else MANIFEST_NAME
     try:
@@ -243,7 +249,11 @@ def read_remote_manifest(uri: str) -> Manifest | None:
         if code in ("NoSuchKey", "404"):
             return None
         raise _storage_error(err, uri, "manifest read") from None
-    return manifest_from_json(body.decode("utf-8"))
+    try:
+        return manifest_from_json(body.decode("utf-8"))
+    except (ValueError, TypeError) as err:
+        log.warning("ignoring unreadable manifest at %s: %s", uri, err)
+        return None
 
 
 def manifest_from_json(text: str) -> Manifest:
