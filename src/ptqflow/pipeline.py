@@ -59,7 +59,19 @@ def run_step(
             found = _cached(name, output_uri, key)
             if found is not None:
                 return found
-        return _execute(step, inputs, output_uri, cfg, work)
+        try:
+            return _execute(step, inputs, output_uri, cfg, work)
+        finally:
+            _keep_published(output_uri, work / "out", staged)
+
+
+def _keep_published(output_uri: str, out: Path, staged: dict | None) -> None:
+    """Remember a just-published S3 artifact's local copy so downstream steps need not download it."""
+    if staged is None or not storage.is_s3(output_uri) or read_manifest(out) is None:
+        return
+    keep = Path(tempfile.mkdtemp(prefix="ptqflow-staged-out-", dir=staged.get("__root__")))
+    shutil.move(str(out), str(keep / "artifact"))
+    staged[output_uri] = keep / "artifact"
 
 
 def _stage_inputs(names, input_uris, work: Path, staged: dict[str, Path] | None):
