@@ -172,3 +172,19 @@ def test_entry_point_script_runs():
         pytest.skip("console script not installed in this environment")
     r = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and __version__ in r.stdout
+
+
+def test_progress_draws_a_bar_on_a_terminal(monkeypatch):
+    import pty
+
+    from ptqflow.logs import progress, setup_logging
+
+    master, slave = pty.openpty()
+    with os.fdopen(slave, "w") as tty:
+        monkeypatch.setattr(sys, "stderr", tty)
+        setup_logging("text")
+        assert list(progress(range(3), desc="stats")) == [0, 1, 2]
+        tty.flush()
+        drawn = os.read(master, 4096).decode()
+    os.close(master)
+    assert "\rstats [" in drawn and "3/3" in drawn
