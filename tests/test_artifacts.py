@@ -164,3 +164,29 @@ def test_damaged_manifest_counts_as_absent(tmp_path):
     art = _artifact(tmp_path / "a")
     (art / "manifest.json").write_text("{ not json")
     assert storage.read_remote_manifest(str(art)) is None
+
+
+def test_reproducible_zip_makes_npz_bytes_stable(tmp_path):
+    import io
+    import zipfile
+
+    import numpy as np
+
+    from ptqflow.artifacts import reproducible_zip
+
+    def write(path, stamp, order):
+        with zipfile.ZipFile(path, "w") as zf:
+            for name in order:
+                buf = io.BytesIO()
+                np.save(buf, np.arange(5.0) if name == "x.npy" else np.ones(3))
+                zf.writestr(zipfile.ZipInfo(name, date_time=stamp), buf.getvalue())
+
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    write(a, (2001, 2, 3, 4, 5, 6), ["x.npy", "y.npy"])  # older numpy stamps members with the time
+    write(b, (2026, 11, 22, 18, 0, 0), ["y.npy", "x.npy"])
+    assert a.read_bytes() != b.read_bytes()
+    reproducible_zip(a)
+    reproducible_zip(b)
+    assert a.read_bytes() == b.read_bytes()
+    with np.load(a, allow_pickle=False) as data:
+        assert data["x"].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]

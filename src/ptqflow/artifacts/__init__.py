@@ -22,3 +22,26 @@ def input_digests(inputs) -> dict[str, str]:
             raise InputError(f"input '{name}' at {path} has no manifest.json: not a finished ptqflow artifact")
         digests[name] = m.digest
     return digests
+
+
+def reproducible_zip(path) -> None:
+    """Rewrite a zip file (e.g. an ``.npz`` from ``np.savez``) with fixed member timestamps and order.
+
+    ``np.savez`` stamps each member with the current time, so identical arrays saved twice differ in bytes
+    and an artifact's digest would change on every rerun; after this call equal contents give equal bytes.
+    """
+    import os
+    import zipfile
+    from pathlib import Path
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".reproducible.tmp")
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as dst:
+        for info in sorted(src.infolist(), key=lambda i: i.filename):
+            fixed = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
+            fixed.compress_type = info.compress_type
+            fixed.external_attr = 0o644 << 16
+            with src.open(info) as fin, dst.open(fixed, "w", force_zip64=True) as fout:
+                while block := fin.read(1 << 20):
+                    fout.write(block)
+    os.replace(tmp, path)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import onnx
 
-from ptqflow.artifacts import input_digests
+from ptqflow.artifacts import input_digests, reproducible_zip
 from ptqflow.artifacts.manifest import Manifest, write_manifest
 from ptqflow.config import PipelineConfig, section_dump
 from ptqflow.logs import progress
@@ -54,6 +54,8 @@ def run(inputs: dict[str, Path], out: Path, cfg: PipelineConfig) -> Manifest:
     samples = calibration_samples(Path(inputs["calibration"]), "collect-stats")
     stats = ptqflow.collect_statistics(model, samples, cfg.quantization, device=cfg.device.value)
     stats.save(out)
+    for npz in sorted(Path(out).glob("*.npz")):
+        reproducible_zip(npz)  # equal statistics must give equal bytes, so a rerun has the same digest
     metrics = {}
     for attr in ("num_samples", "num_points"):
         if hasattr(stats, attr):
