@@ -29,11 +29,15 @@ __all__ = [
     "TargetDevice",
 ]
 
-# The engine's public API (quantize, Dataset, collect_statistics, apply_quantization, Statistics) is
-# re-exported from ptqflow.api once it exists; see ptqflow/api.py.
-try:  # pragma: no cover - replaced by a plain import when the engine lands
-    from ptqflow.api import Dataset, Statistics, apply_quantization, collect_statistics, quantize  # noqa: F401
+from ptqflow.api import (  # noqa: E402
+    Dataset,
+    QuantizationResult,
+    Statistics,
+    apply_quantization,
+    collect_statistics,
+    quantize,
+    quantize_with_summary,
+)
 
-    __all__ += ["Dataset", "Statistics", "apply_quantization", "collect_statistics", "quantize"]
-except ImportError:
-    pass
+__all__ += ["Dataset", "QuantizationResult", "Statistics", "apply_quantization", "collect_statistics", "quantize",
+            "quantize_with_summary"]

@@ -1,1 +1,5 @@
-"""ptqflow.statistics."""
+"""ptqflow.statistics: reduce-node statistics collection and the saved Statistics."""
+
+from ptqflow.statistics.store import Statistics
+
+__all__ = ["Statistics"]

@@ -1,0 +1,391 @@
+"""ptqflow's public API: Dataset, quantize, and its two halves collect_statistics / apply_quantization.
+
+collect_statistics prepares the graph, decides placement (the plan) and observes the tensors the plan needs;
+apply_quantization turns the FP32 model and those statistics into an INT8 QDQ model, then corrects biases.
+The halves are separate pipeline steps (collect-stats, quantize) and may run in different processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import onnx
+
+from ptqflow.algorithms import placement
+from ptqflow.algorithms.minmax import insert_qdq
+from ptqflow.config import (AdvancedParameters, IgnoredScope, ModelType, QuantizationConfig, QuantizationPreset,
+                            RangeEstimator, TargetDevice)
+from ptqflow.errors import InputError
+from ptqflow.graph.prepare import MAX_IR_VERSION, is_large, prepare_model
+from ptqflow.runtime import make_session
+from ptqflow.statistics import Statistics
+from ptqflow.statistics.collector import augment, check_sample, input_specs
+
+try:  # bias correction lives in its own modules
+    from ptqflow.algorithms import bias_correction, fast_bias_correction
+    from ptqflow.algorithms.bias_layers import find_bias_layers
+except ImportError:  # pragma: no cover
+    bias_correction = fast_bias_correction = None
+
+    def find_bias_layers(model):  # type: ignore[no-redef]
+        return []
+
+log = logging.getLogger(__name__)
+MAX_BATCH = 8  # samples stacked per run when the batch dim is dynamic
+
+
+class Dataset:
+    """A calibration dataset: any iterable of items, and ``transform_fn`` mapping an item to the model input.
+
+    The model input is a dict input-name -> array, or a bare array for single-input models. Items that are
+    tuples ``(data, annotation[, metadata])`` (OpenVINO POT data loaders) are unpacked to ``data`` when no
+    ``transform_fn`` is given.
+    """
+
+    def __init__(self, data_source: Iterable, transform_fn: Callable[[Any], Any] | None = None):
+        self.data_source = data_source
+        self.transform_fn = transform_fn
+
+    def get_inference_data(self) -> Iterator:
+        """The transformed items, in order."""
+        for item in self.data_source:
+            if self.transform_fn is not None:
+                yield self.transform_fn(item)
+            elif isinstance(item, tuple) and 2 <= len(item) <= 3 and not _all_arrays(item):
+                yield item[0]
+            else:
+                yield item
+
+    def __iter__(self) -> Iterator:
+        return self.get_inference_data()
+
+
+def _all_arrays(item) -> bool:
+    return all(isinstance(x, np.ndarray) for x in item)
+
+
+def _as_dict(item, names: list[str], index: int) -> dict:
+    """A model-input dict from a dict, a bare array (single input) or a tuple/list of arrays (input order)."""
+    if isinstance(item, dict):
+        return item
+    if isinstance(item, (list, tuple)) and len(item) == len(names) and len(names) > 1:
+        return dict(zip(names, item))
+    if len(names) == 1:
+        return {names[0]: item}
+    raise InputError(f"calibration sample {index}: a bare array was given but the model has inputs {names}; "
+                     "give a dict keyed by input name")
+
+
+def _samples(dataset, model: onnx.ModelProto, limit: int | None) -> Iterator[dict[str, np.ndarray]]:
+    """Checked sample dicts from ``dataset`` (a Dataset or any iterable), at most ``limit``."""
+    specs = input_specs(model)
+    items = dataset.get_inference_data() if isinstance(dataset, Dataset) else iter(dataset)
+    for i, item in enumerate(islice(items, limit)):
+        yield check_sample(_as_dict(item, list(specs), i), i, specs)
+
+
+@dataclass
+class QuantizationResult:
+    """The INT8 model and the per-layer summary (what was quantized, kept in float and why, bias shifts)."""
+
+    model: onnx.ModelProto
+    layers: list[dict] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# collect_statistics
+# ---------------------------------------------------------------------------------------------------------
+
+
+def collect_statistics(model, dataset, config: QuantizationConfig | None = None, *, device: str = "cpu",
+                       keep_samples: int = 0, _kept: list | None = None) -> Statistics:
+    """Prepare ``model``, plan the quantizers and observe the planned tensors on at most ``config.subset_size``
+    samples of ``dataset``. Returns the Statistics (with the plan).
+    """
+    config = config or QuantizationConfig()
+    prepared, warnings = prepare_model(model)
+    plan = placement.build_plan(prepared, config, warnings)
+    layers = find_bias_layers(prepared)
+    plan["bias_layers"] = [layer.name for layer in layers]
+    tensors = sorted({p["tensor"] for p in plan["activations"]})
+    means = {}
+    for layer in layers:
+        means["in\0" + layer.name] = (layer.input, layer.input_channel_axis)
+        means["out\0" + layer.name] = (layer.output, layer.channel_axis)
+    batchable = _batchable(prepared, tensors)
+    aug, out_map = augment(prepared, tensors, means, per_sample=batchable)
+    session = _session(aug, device)
+    acc = _Accumulator(out_map)
+    n = 0
+    for batch in _batches(_samples(dataset, prepared, config.subset_size), batchable, keep_samples, _kept):
+        outs = session.run(list(out_map), batch["arrays"])
+        acc.add(dict(zip(out_map, outs)), batch["count"])
+        n += batch["count"]
+    if n == 0:
+        raise InputError("calibration dataset is empty: at least one sample is needed")
+    stats = acc.result(plan, n)
+    _check_finite(stats)
+    _fill_signedness(stats)
+    _outlier_safeguard(stats, config)
+    return stats
+
+
+def _session(model: onnx.ModelProto, device: str):
+    """A session over ``model``; models over 2 GB go through a temporary file with external data."""
+    if not is_large(model):
+        return make_session(model, device)
+    with tempfile.TemporaryDirectory(prefix="ptqflow-large-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="model.data")
+        return make_session(path, device)
+
+
+def _batchable(model: onnx.ModelProto, tensors: list[str]) -> bool:
+    """True when every input and observed tensor has the same symbolic batch dim 0 (safe to stack samples)."""
+    inits = {t.name for t in model.graph.initializer}
+    params = set()
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        dims = vi.type.tensor_type.shape.dim
+        if not dims or not dims[0].dim_param:
+            return False
+        params.add(dims[0].dim_param)
+    if len(params) != 1:
+        return False
+    info = {vi.name: vi for vi in list(model.graph.value_info) + list(model.graph.input)}
+    for t in tensors:
+        dims = info[t].type.tensor_type.shape.dim if t in info else []
+        if len(dims) < 2 or dims[0].dim_param not in params:
+            return False
+    return True
+
+
+def _batches(samples: Iterator[dict], batchable: bool, keep: int, kept: list | None) -> Iterator[dict]:
+    """Runs to execute: consecutive same-shape batch-1 samples stacked up to MAX_BATCH when ``batchable``."""
+    pending: list[dict] = []
+
+    def flush():
+        arrays = {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
+        return {"arrays": arrays, "count": len(pending)}
+
+    for s in samples:
+        if kept is not None and len(kept) < keep:
+            kept.append(s)
+        if not batchable or any(a.shape[0] != 1 for a in s.values()):
+            if pending:
+                yield flush()
+                pending = []
+            yield {"arrays": s, "count": 1}
+            continue
+        if pending and any(pending[0][k].shape != s[k].shape for k in s):
+            yield flush()
+            pending = []
+        pending.append(s)
+        if len(pending) == MAX_BATCH:
+            yield flush()
+            pending = []
+    if pending:
+        yield flush()
+
+
+class _Accumulator:
+    """Per-sample minima/maxima lists and running per-channel mean sums."""
+
+    def __init__(self, out_map: dict[str, tuple[str, str]]):
+        self.out_map = out_map
+        self.mins: dict[str, list] = {}
+        self.maxs: dict[str, list] = {}
+        self.sums: dict[str, np.ndarray] = {}
+
+    def add(self, outs: dict[str, np.ndarray], count: int) -> None:
+        for out, value in outs.items():
+            stat, key = self.out_map[out]
+            if stat == "mean":
+                v = np.asarray(value, np.float64) * count
+                self.sums[key] = self.sums[key] + v if key in self.sums else v
+            else:
+                target = self.mins if stat == "min" else self.maxs
+                target.setdefault(key, []).extend(np.atleast_1d(np.asarray(value, np.float64)).ravel())
+
+    def result(self, plan: dict, n: int) -> Statistics:
+        means_in, means_out = {}, {}
+        for key, s in self.sums.items():
+            kind, name = key.split("\0", 1)
+            (means_in if kind == "in" else means_out)[name] = (s / n).astype(np.float32)
+        return Statistics(plan=plan, mins={k: np.array(v) for k, v in self.mins.items()},
+                          maxs={k: np.array(v) for k, v in self.maxs.items()},
+                          means_in=means_in, means_out=means_out, num_samples=n)
+
+
+def _check_finite(stats: Statistics) -> None:
+    """InputError naming the first activation tensor that held NaN or Inf."""
+    for t in stats.mins:
+        if not (np.all(np.isfinite(stats.mins[t])) and np.all(np.isfinite(stats.maxs[t]))):
+            raise InputError(f"activation tensor {t!r} holds NaN or Inf on the calibration data; "
+                             "check the input preprocessing")
+
+
+def _fill_signedness(stats: Statistics) -> None:
+    """Record in the plan whether each quantizer is signed (int8) or not (uint8) from the observed ranges."""
+    groups = stats.ranges(mean_minmax=False)
+    for p in stats.plan["activations"]:
+        p["signed"] = bool(groups[p["group"]][0] < 0)
+
+
+# An activation whose range is this many times wider than its typical per-sample range is dominated by rare
+# outliers; at 8 bits the typical values would collapse onto a few codes.
+_OUTLIER_RATIO = 64.0
+_OUTLIER_ABS = 1e4
+
+
+def _outlier_safeguard(stats: Statistics, config: QuantizationConfig) -> None:
+    """Drop quantizers on tensors with extreme ranges (kept in float, recorded in the plan)."""
+    if not config.advanced.auto_safeguards:
+        return
+    keep = []
+    for p in stats.plan["activations"]:
+        lo, hi = np.median(stats.mins[p["tensor"]]), np.median(stats.maxs[p["tensor"]])
+        glo, ghi = np.min(stats.mins[p["tensor"]]), np.max(stats.maxs[p["tensor"]])
+        typical = max(hi - lo, 1e-12)
+        if max(abs(glo), abs(ghi)) > _OUTLIER_ABS or (ghi - glo) / typical > _OUTLIER_RATIO:
+            stats.plan.setdefault("float_tensors", []).append(
+                {"tensor": p["tensor"], "reason": f"auto_safeguard: extreme activation range [{glo:.4g}, {ghi:.4g}] "
+                                                  f"vs typical [{lo:.4g}, {hi:.4g}]"})
+        else:
+            keep.append(p)
+    stats.plan["activations"] = keep
+
+
+# ---------------------------------------------------------------------------------------------------------
+# apply_quantization
+# ---------------------------------------------------------------------------------------------------------
+
+
+def quantize_with_summary(model, statistics: Statistics, config: QuantizationConfig | None = None, *,
+                          dataset=None, device: str = "cpu", _samples_list: list | None = None) -> QuantizationResult:
+    """Insert the planned quantizers with parameters from ``statistics``, then correct biases.
+
+    Returns the INT8 QDQ model (ir_version <= 10, checked) and the per-layer summary.
+    """
+    config = config or QuantizationConfig()
+    prepared, _ = prepare_model(model)
+    plan = statistics.plan
+    _check_plan_matches(prepared, plan)
+    q = onnx.ModelProto()
+    q.CopyFrom(prepared)
+    mean_minmax = RangeEstimator(config.advanced.activations_range) == RangeEstimator.MEAN_MINMAX
+    records = insert_qdq(q, plan, statistics.ranges(mean_minmax))
+    bc = _bias_correction(prepared, q, statistics, config, dataset, device, _samples_list)
+    q.ir_version = min(q.ir_version or MAX_IR_VERSION, MAX_IR_VERSION)
+    if not is_large(q):
+        onnx.checker.check_model(q)
+    return QuantizationResult(model=q, layers=_summary(prepared, plan, records, bc))
+
+
+def apply_quantization(model, statistics: Statistics, config: QuantizationConfig | None = None, *,
+                       dataset=None, device: str = "cpu") -> onnx.ModelProto:
+    """The INT8 QDQ model (see quantize_with_summary)."""
+    return quantize_with_summary(model, statistics, config, dataset=dataset, device=device).model
+
+
+def _check_plan_matches(prepared: onnx.ModelProto, plan: dict) -> None:
+    names = {n.name for n in prepared.graph.node}
+    tensors = {o for n in prepared.graph.node for o in n.output} | {i.name for i in prepared.graph.input}
+    tensors |= {t.name for t in prepared.graph.initializer}
+    for p in plan["activations"]:
+        if p["tensor"] not in tensors or any(e[0] not in names for e in p["edges"]):
+            raise InputError(f"statistics do not match this model: tensor {p['tensor']!r} of the plan is not in it")
+    for w in plan["weights"]:
+        if w["tensor"] not in tensors:
+            raise InputError(f"statistics do not match this model: weight {w['tensor']!r} of the plan is not in it")
+
+
+def _bias_correction(prepared, q, statistics, config, dataset, device, samples_list) -> list[dict]:
+    """Run the configured bias correction on ``q`` in place; returns its per-layer records."""
+    if config.advanced.disable_bias_correction or fast_bias_correction is None:
+        return []
+    wanted = set(statistics.plan.get("bias_layers", []))
+    layers = [layer for layer in find_bias_layers(prepared) if layer.name in wanted]
+    if not layers:
+        return []
+    threshold = config.advanced.bias_correction_threshold
+    if config.fast_bias_correction:
+        layers = [x for x in layers if x.name in statistics.means_in and x.name in statistics.means_out]
+        return fast_bias_correction.apply_fast_bias_correction(
+            q, layers, statistics.means_in, statistics.means_out, threshold=threshold, fp32_model=prepared,
+            device=device)
+    n = config.advanced.bias_correction_subset_size or max(1, int(0.2 * config.subset_size))
+    samples = list(samples_list[:n]) if samples_list is not None else (
+        list(_samples(dataset, prepared, n)) if dataset is not None else [])
+    if not samples:
+        raise InputError("full bias correction (fast_bias_correction=False) needs the calibration dataset")
+    return bias_correction.apply_bias_correction(prepared, q, layers, samples, threshold=threshold, device=device)
+
+
+def _summary(prepared: onnx.ModelProto, plan: dict, records: list[dict], bc: list[dict]) -> list[dict]:
+    """One dict per quantizable layer: status quantized/float, reason, weight and input quantizers, bias shift."""
+    weights = {r["tensor"]: r for r in records if r["kind"] == "weight"}
+    acts_by_node: dict[str, list] = {}
+    for r in records:
+        if r["kind"] == "activation":
+            for c in r["consumers"]:
+                acts_by_node.setdefault(c, []).append(r["tensor"])
+    floats = {f["node"]: f["reason"] for f in plan.get("float_layers", [])}
+    bc_by = {d.get("layer"): d for d in bc}
+    rows = []
+    for n in prepared.graph.node:
+        if n.op_type not in placement.WEIGHTED and n.op_type not in placement.ACT_INPUTS:
+            continue
+        w = next((weights[i] for i in n.input if i in weights), None)
+        inputs = acts_by_node.get(n.name, [])
+        row = {"name": n.name, "op_type": n.op_type}
+        if w or inputs:
+            row.update(status="quantized", weight=({"tensor": w["tensor"], "per_channel": w["axis"] is not None,
+                                                    "bits": w["bits"]} if w else None),
+                       quantized_inputs=inputs)
+        else:
+            row.update(status="float", reason=floats.get(n.name, "no activation input to quantize"))
+            if n.name not in floats and n.op_type in placement.ELEMENTWISE:
+                continue  # bias adds / constant scales: part of a layer, not layers themselves
+        if n.name in bc_by:
+            d = bc_by[n.name]
+            row["bias_correction"] = d
+            row["bias_corrected"] = bool(d.get("applied"))
+        rows.append(row)
+    for f in plan.get("float_tensors", []):
+        rows.append({"name": f["tensor"], "op_type": "tensor", "status": "float", "reason": f["reason"]})
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------
+# quantize (NNCF-style one call)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def quantize(model, calibration_dataset, *, preset: QuantizationPreset | None = None,
+             target_device: TargetDevice = TargetDevice.ANY, subset_size: int = 300,
+             fast_bias_correction: bool = True, model_type: ModelType | None = None,
+             ignored_scope: IgnoredScope | None = None, advanced_parameters: AdvancedParameters | None = None,
+             device: str = "cpu") -> onnx.ModelProto:
+    """Quantize ``model`` (ModelProto or path) on ``calibration_dataset``; returns the INT8 QDQ ModelProto."""
+    config = QuantizationConfig(
+        preset=preset, target_device=target_device, subset_size=subset_size,
+        fast_bias_correction=fast_bias_correction, model_type=model_type,
+        ignored_scope=ignored_scope or IgnoredScope(), advanced=advanced_parameters or AdvancedParameters())
+    return quantize_with_config(model, calibration_dataset, config, device=device).model
+
+
+def quantize_with_config(model, dataset, config: QuantizationConfig, *, device: str = "cpu") -> QuantizationResult:
+    """Both halves in one process (the dataset is read once). Returns model and summary."""
+    keep = 0 if config.fast_bias_correction else (
+        config.advanced.bias_correction_subset_size or max(1, int(0.2 * config.subset_size)))
+    kept: list = []
+    stats = collect_statistics(model, dataset, config, device=device, keep_samples=keep, _kept=kept)
+    return quantize_with_summary(model, stats, config, device=device, _samples_list=kept)
