@@ -33,15 +33,17 @@ def config_section(cfg: PipelineConfig) -> dict:
     return {"quantization": q, "device": cfg.device.value}
 
 
-def calibration_samples(calibration: Path, desc: str):
-    """The calibration split's samples (input-name -> array dicts) with progress reporting."""
+def calibration_samples(calibration: Path, desc: str, limit: int | None = None):
+    """The calibration split's samples (input-name -> array dicts) with progress reporting; at most
+    ``limit`` of them are expected to be read (the progress total)."""
     from ptqflow.data import iter_samples, read_index
 
-    total = None
     try:
-        total = read_index(calibration).get("counts", {}).get("calibration")
-    except Exception:  # the index is optional for progress purposes only
+        total = int(read_index(calibration).get("counts", {}).get("calibration"))
+    except Exception:  # the count only sizes the progress bar
         total = None
+    if total is not None and limit is not None:
+        total = min(total, limit)
     return progress(iter_samples(calibration, "calibration"), total=total, desc=desc)
 
 
@@ -51,7 +53,7 @@ def run(inputs: dict[str, Path], out: Path, cfg: PipelineConfig) -> Manifest:
 
     start = time.monotonic()
     model = onnx.load(str(Path(inputs["model"]) / "model.onnx"))
-    samples = calibration_samples(Path(inputs["calibration"]), "collect-stats")
+    samples = calibration_samples(Path(inputs["calibration"]), "collect-stats", cfg.quantization.subset_size)
     stats = ptqflow.collect_statistics(model, samples, cfg.quantization, device=cfg.device.value)
     stats.save(out)
     for npz in sorted(Path(out).glob("*.npz")):

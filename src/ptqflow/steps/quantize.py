@@ -12,7 +12,6 @@ import onnx
 from ptqflow.artifacts import input_digests
 from ptqflow.artifacts.manifest import Manifest, write_manifest
 from ptqflow.config import PipelineConfig, section_dump
-from ptqflow.steps.collect_stats import calibration_samples
 
 NAME = "quantize"
 INPUTS = ("model", "calibration", "statistics")
@@ -28,11 +27,13 @@ def config_section(cfg: PipelineConfig) -> dict:
 def run(inputs: dict[str, Path], out: Path, cfg: PipelineConfig) -> Manifest:
     """Quantize into ``out`` (model.onnx + summary.json); returns the manifest."""
     from ptqflow.api import Statistics, quantize_with_summary
+    from ptqflow.data import iter_samples
 
     start = time.monotonic()
     model = onnx.load(str(Path(inputs["model"]) / "model.onnx"))
     stats = Statistics.load(Path(inputs["statistics"]))
-    samples = calibration_samples(Path(inputs["calibration"]), "quantize")
+    # Only full bias correction reads samples, and only a subset: no progress bar around it.
+    samples = iter_samples(Path(inputs["calibration"]), "calibration")
     result = quantize_with_summary(model, stats, cfg.quantization, dataset=samples, device=cfg.device.value)
     save_model(result.model, Path(out) / "model.onnx")
     layers = list(result.layers)
