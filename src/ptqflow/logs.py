@@ -72,21 +72,31 @@ def progress(iterable: Iterable[T], total: int | None = None, desc: str = "", ev
     bar = _state["format"] == "text" and sys.stderr.isatty()
     log = get_logger("progress")
     start = last = time.monotonic()
+    finished = False
     i = 0
+
+    def finish() -> None:
+        # Called on reaching ``total`` too: consumers such as islice stop pulling before exhaustion.
+        if bar:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+        elif i:
+            log.info("%s: %s done in %.1f s", desc, _count(i, total), time.monotonic() - start,
+                     extra={"step_progress": i, "total": total})
+
     for i, item in enumerate(iterable, 1):
-        yield item
         now = time.monotonic()
         if bar:
             _draw(desc, i, total, now - start)
-        elif now - last >= every_s:
+        elif now - last >= every_s and i != total:
             last = now
             log.info("%s: %s", desc, _count(i, total), extra={"step_progress": i, "total": total})
-    if bar:
-        sys.stderr.write("\n")
-        sys.stderr.flush()
-    elif i:
-        log.info("%s: %s done in %.1f s", desc, _count(i, total), time.monotonic() - start,
-                 extra={"step_progress": i, "total": total})
+        if i == total and not finished:
+            finished = True
+            finish()
+        yield item
+    if not finished:
+        finish()
 
 
 def _count(i: int, total: int | None) -> str:
