@@ -320,3 +320,52 @@ def deep_mlp(depth: int = 200, width: int = 8, seed: int = 0) -> onnx.ModelProto
     inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", width])]
     outputs = [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", width])]
     return make_model(nodes, inputs, outputs, inits, name="deep_mlp")
+
+
+def residual_concat(seed: int = 0, c: int = 4, size: int = 8) -> onnx.ModelProto:
+    """input[N,3,s,s] -> conv_a -> Relu (r1) ; conv_b(r1) -> Relu (r2) ; Add(r1, r2) residual -> MaxPool ->
+    conv_c ; Concat(r1, r2) -> conv_d ; outputs: out_c, out_d."""
+    rng = np.random.default_rng(seed)
+    w = lambda o, i: rng.normal(0, 0.3, (o, i, 3, 3)).astype(np.float32)  # noqa: E731
+    inits = [_init("wa", w(c, 3)), _init("wb", w(c, c)), _init("wc", w(c, c)), _init("wd", w(c, 2 * c)),
+             _init("ba", rng.normal(0, 0.1, c).astype(np.float32))]
+    n = helper.make_node
+    nodes = [
+        n("Conv", ["input", "wa", "ba"], ["ca"], name="conv_a", pads=[1, 1, 1, 1]),
+        n("Relu", ["ca"], ["r1"], name="relu_a"),
+        n("Conv", ["r1", "wb"], ["cb"], name="conv_b", pads=[1, 1, 1, 1]),
+        n("Relu", ["cb"], ["r2"], name="relu_b"),
+        n("Add", ["r1", "r2"], ["res"], name="residual"),
+        n("MaxPool", ["res"], ["pool"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
+        n("Conv", ["pool", "wc"], ["out_c"], name="conv_c", pads=[1, 1, 1, 1]),
+        n("Concat", ["r1", "r2"], ["cat"], name="concat", axis=1),
+        n("Conv", ["cat", "wd"], ["out_d"], name="conv_d", pads=[1, 1, 1, 1]),
+    ]
+    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, size, size])]
+    outputs = [helper.make_tensor_value_info("out_c", TensorProto.FLOAT, ["N", c, size // 2, size // 2]),
+               helper.make_tensor_value_info("out_d", TensorProto.FLOAT, ["N", c, size, size])]
+    return make_model(nodes, inputs, outputs, inits, name="residual_concat")
+
+
+def detection_head(seed: int = 0, boxes: int = 16) -> onnx.ModelProto:
+    """input[1,boxes,8] -> MatMul(w) box regressor -> boxes[1,boxes,4]; MatMul(ws) -> scores[1,1,boxes];
+    NonMaxSuppression -> selected; TopK(scores) -> values -> MatMul after TopK (must stay float)."""
+    rng = np.random.default_rng(seed)
+    f32 = np.float32
+    inits = [_init("wbox", rng.normal(0, 0.5, (8, 4)).astype(f32)), _init("wscore", rng.normal(0, 0.5, (8, 1)).astype(f32)),
+             _init("perm", np.array([0, 2, 1], np.int64)), _init("k", np.array([4], np.int64)),
+             _init("max_out", np.array([5], np.int64)), _init("iou", np.array([0.5], f32)),
+             _init("wpost", rng.normal(0, 0.5, (4, 3)).astype(f32))]
+    n = helper.make_node
+    nodes = [
+        n("MatMul", ["input", "wbox"], ["boxes"], name="box_fc"),
+        n("MatMul", ["input", "wscore"], ["s"], name="score_fc"),
+        n("Transpose", ["s"], ["scores"], name="score_t", perm=[0, 2, 1]),
+        n("NonMaxSuppression", ["boxes", "scores", "max_out", "iou"], ["selected"], name="nms"),
+        n("TopK", ["scores", "k"], ["top_v", "top_i"], name="topk", axis=-1),
+        n("MatMul", ["top_v", "wpost"], ["post"], name="post_fc"),
+    ]
+    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, boxes, 8])]
+    outputs = [helper.make_tensor_value_info("selected", TensorProto.INT64, ["K", 3]),
+               helper.make_tensor_value_info("post", TensorProto.FLOAT, [1, 1, 3])]
+    return make_model(nodes, inputs, outputs, inits, name="detection_head")
