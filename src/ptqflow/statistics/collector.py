@@ -83,13 +83,15 @@ def check_sample(sample: dict, index: int, specs: dict[str, tuple[list, int]]) -
         arr = np.asarray(sample[name])
         if arr.ndim != len(shape) or any(isinstance(d, int) and d != a for d, a in zip(shape, arr.shape)):
             raise InputError(f"calibration sample {index}: input {name!r} expects shape {_fmt(shape)}, "
-                             f"got {list(arr.shape)}")
+                             f"got {_fmt(list(arr.shape))}")
         if arr.dtype != np_dtype:
             same_kind = np.issubdtype(arr.dtype, np.floating) == np.issubdtype(np_dtype, np.floating)
             if not same_kind:
                 raise InputError(f"calibration sample {index}: input {name!r} expects dtype {np.dtype(np_dtype).name}, "
                                  f"got {arr.dtype.name}")
             arr = arr.astype(np_dtype)
+        if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
+            raise InputError(f"calibration sample {index}: input {name!r} holds NaN or Inf")
         out[name] = arr
     return out
 
