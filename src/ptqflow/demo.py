@@ -1,0 +1,215 @@
+"""A self-contained demo: the PP-OCR text-direction classifier bundled with rapidocr-onnxruntime plus
+rendered text-line images of known orientation, laid out as an ImageFolder ptqflow can calibrate on.
+
+The render helpers are shared with the benchmark (``bench/``), which needs text lines with known strings
+(recognition), pages with known boxes (detection) and rotated crops (direction classification).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+from ptqflow.errors import InputError
+
+# Label order of the PP-OCR cls model (rapidocr's config: label_list ['0', '180']).
+CLS_LABELS = ("0", "180")
+
+WORDS = (
+    "the quick brown fox jumps over lazy dog invoice total amount due date payment received thank you "
+    "customer order number shipping address street city country phone email account balance statement "
+    "page report summary quarter revenue growth market share product service support team manager "
+    "meeting agenda project deadline review approved pending delivered returned price quantity discount "
+    "weather forecast morning evening station train platform ticket return single adult child museum "
+    "open closed monday tuesday wednesday thursday friday saturday sunday january february march april "
+    "library book chapter section figure table reference author title publisher edition volume issue "
+    "hospital doctor patient room floor building entrance exit parking level north south east west "
+    "coffee tea water juice bread cheese apple orange banana chicken salad soup menu dinner lunch"
+).split()
+
+_FONT_DIRS = ("/usr/share/fonts", "/usr/local/share/fonts", "/Library/Fonts", "C:/Windows/Fonts")
+
+
+@dataclass
+class DemoSetup:
+    """What ``prepare`` made: the FP32 model, the ImageFolder and a ptqflow pipeline config dict."""
+
+    model_path: Path
+    data_dir: Path
+    config: dict = field(default_factory=dict)
+
+
+def rapidocr_model(kind: str) -> Path:
+    """Path of the bundled rapidocr model whose file name contains ``kind`` ('cls', 'rec' or 'det')."""
+    try:
+        import rapidocr_onnxruntime
+    except ImportError:
+        raise InputError("the demo needs rapidocr-onnxruntime (pip install rapidocr-onnxruntime)") from None
+    models = Path(rapidocr_onnxruntime.__file__).parent / "models"
+    found = sorted(models.glob(f"*{kind}*.onnx"))
+    if not found:
+        raise InputError(f"no *{kind}*.onnx model in {models}")
+    return found[0]
+
+
+def find_fonts() -> list[str]:
+    """TrueType fonts found on the system (sans/serif/mono regular faces first); may be empty."""
+    fonts: list[Path] = []
+    for d in _FONT_DIRS:
+        p = Path(d)
+        if p.is_dir():
+            fonts.extend(sorted(p.rglob("*.ttf")))
+    # Light/oblique/condensed faces are legible too but keep the set to ordinary ones.
+    plain = [f for f in fonts if not any(k in f.name for k in ("ExtraLight", "Oblique", "Italic"))]
+    return [str(f) for f in (plain or fonts)]
+
+
+def load_font(size: int, rng: random.Random, fonts: list[str] | None = None) -> ImageFont.FreeTypeFont:
+    """A random system font at ``size``, else Pillow's bundled default font at that size."""
+    fonts = find_fonts() if fonts is None else fonts
+    if fonts:
+        return ImageFont.truetype(rng.choice(fonts), size)
+    return ImageFont.load_default(size=size)
+
+
+def random_text(rng: random.Random, min_words: int = 2, max_words: int = 6) -> str:
+    """A line of real English words, sometimes capitalised, sometimes with a number."""
+    words = [rng.choice(WORDS) for _ in range(rng.randint(min_words, max_words))]
+    if rng.random() < 0.5:
+        words[0] = words[0].capitalize()
+    if rng.random() < 0.3:
+        words.append(str(rng.randint(1, 9999)))
+    return " ".join(words)
+
+
+def _colours(rng: random.Random) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    bg = tuple(rng.randint(200, 255) for _ in range(3))
+    fg = tuple(rng.randint(0, 70) for _ in range(3))
+    return bg, fg  # type: ignore[return-value]
+
+
+def _noise(img: Image.Image, rng: random.Random) -> Image.Image:
+    arr = np.asarray(img, dtype=np.float32)
+    sigma = rng.uniform(0.0, 8.0)
+    noise = np.random.default_rng(rng.randint(0, 2**31)).normal(0.0, sigma, arr.shape)
+    out = Image.fromarray(np.clip(arr + noise, 0, 255).astype(np.uint8))
+    if rng.random() < 0.3:
+        out = out.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 0.8)))
+    return out
+
+
+def render_line(text: str, rng: random.Random, size: int | None = None, fonts: list[str] | None = None) -> Image.Image:
+    """An RGB crop of one text line, tight like a detector crop (a few pixels of margin)."""
+    size = size or rng.randint(18, 40)
+    font = load_font(size, rng, fonts)
+    left, top, right, bottom = font.getbbox(text)
+    pad_x, pad_y = rng.randint(2, 8), rng.randint(2, 6)
+    w, h = right - left + 2 * pad_x, bottom - top + 2 * pad_y
+    bg, fg = _colours(rng)
+    img = Image.new("RGB", (w, h), bg)
+    ImageDraw.Draw(img).text((pad_x - left, pad_y - top), text, font=font, fill=fg)
+    return _noise(img, rng)
+
+
+def render_page(
+    rng: random.Random, width: int = 640, height: int = 480, n_lines: int | None = None, fonts: list[str] | None = None
+) -> tuple[Image.Image, list[tuple[str, list[int]]]]:
+    """A page of text lines; returns the image and [(text, [x0, y0, x1, y1])] for every line drawn."""
+    bg, fg = _colours(rng)
+    img = Image.new("RGB", (width, height), bg)
+    draw = ImageDraw.Draw(img)
+    boxes: list[tuple[str, list[int]]] = []
+    y = rng.randint(10, 30)
+    n_lines = n_lines or rng.randint(4, 9)
+    for _ in range(n_lines):
+        size = rng.randint(18, 32)
+        font = load_font(size, rng, fonts)
+        text = random_text(rng, 2, 5)
+        x = rng.randint(10, 60)
+        left, top, right, bottom = font.getbbox(text)
+        if x + right - left > width - 10:
+            continue
+        if y + bottom - top > height - 10:
+            break
+        draw.text((x - left, y - top), text, font=font, fill=fg)
+        boxes.append((text, [x, y, x + right - left, y + bottom - top]))
+        y += bottom - top + rng.randint(12, 30)
+    return _noise(img, rng), boxes
+
+
+def render_cls_sample(rng: random.Random, fonts: list[str] | None = None) -> tuple[Image.Image, str, str]:
+    """A text-line crop rotated by 0 or 180 degrees; returns (image, label, text)."""
+    text = random_text(rng)
+    img = render_line(text, rng, fonts=fonts)
+    label = rng.choice(CLS_LABELS)
+    if label == "180":
+        img = img.rotate(180)
+    return img, label, text
+
+
+def cls_config(model_path: Path, data_dir: Path) -> dict:
+    """Pipeline config for the PP-OCR cls model, preprocessing as rapidocr's TextClassifier feeds it:
+    BGR (images read with cv2), height 48 keeping aspect, right-padded to 192, (x/255 - 0.5) / 0.5."""
+    return {
+        "model": str(model_path),
+        "data": {
+            "source": str(data_dir),
+            "preprocess": {
+                "method": "chain",
+                "resize": [48, 192],
+                "resize_mode": "pad_right",
+                "scale": 1.0 / 255.0,
+                "mean": [0.5, 0.5, 0.5],
+                "std": [0.5, 0.5, 0.5],
+                "channel_order": "BGR",
+                "layout": "NCHW",
+                "dtype": "float32",
+            },
+            "validation_size": 200,
+            "seed": 0,
+        },
+        "quantization": {"subset_size": 300},
+        # A two-class head: top-1 agreement and accuracy are the meaningful gates; the logits' cosine is
+        # dominated by the softmax output, so it is a loose secondary check.
+        "validation": {"gate": {"max_accuracy_drop": 0.02, "min_cosine": 0.98, "min_top1_agreement": 0.97,
+                                "min_speedup": None}},
+    }
+
+
+def prepare(output_dir: Path, n_images: int = 700, seed: int = 0) -> DemoSetup:
+    """Render ``n_images`` text-line crops (half upright, half upside down) into
+    ``output_dir/data/{0,180}/`` and return the bundled cls model, the data dir and a config dict."""
+    if n_images < 2:
+        raise InputError(f"n_images must be at least 2 (got {n_images})")
+    output_dir = Path(output_dir)
+    model_path = rapidocr_model("cls")
+    data_dir = output_dir / "data"
+    rng = random.Random(seed)
+    fonts = find_fonts()
+    for label in CLS_LABELS:
+        (data_dir / label).mkdir(parents=True, exist_ok=True)
+    for i in range(n_images):
+        label = CLS_LABELS[i % 2]  # balanced classes
+        img = render_line(random_text(rng), rng, fonts=fonts)
+        if label == "180":
+            img = img.rotate(180)
+        img.save(data_dir / label / f"{i:05d}.png")
+    return DemoSetup(model_path=model_path, data_dir=data_dir, config=cls_config(model_path, data_dir))
+
+
+def cls_input(img: Image.Image) -> np.ndarray:
+    """One image as rapidocr's cls preprocessing makes it: BGR, CHW, height 48, right-padded to 192."""
+    import math
+
+    rgb = np.asarray(img.convert("RGB"))
+    h, w = rgb.shape[:2]
+    rw = min(192, int(math.ceil(48 * w / float(h))))
+    resized = np.asarray(Image.fromarray(rgb).resize((rw, 48), Image.BILINEAR), dtype=np.float32)
+    bgr = resized[:, :, ::-1].transpose(2, 0, 1) / 255.0
+    out = np.zeros((3, 48, 192), dtype=np.float32)
+    out[:, :, :rw] = (bgr - 0.5) / 0.5
+    return out
