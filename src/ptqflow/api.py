@@ -123,7 +123,10 @@ def collect_statistics(model, dataset, config: QuantizationConfig | None = None,
     session = _session(aug, device)
     acc = _Accumulator(out_map)
     n = 0
-    for batch in _batches(_samples(dataset, prepared, config.subset_size), batchable, keep_samples, _kept):
+    kept_probe = _kept if _kept is not None else []
+    search = config.advanced.auto_safeguards and config.advanced.sensitivity_search
+    keep_samples = max(keep_samples, SENSITIVITY_SAMPLES if search else 0)
+    for batch in _batches(_samples(dataset, prepared, config.subset_size), batchable, keep_samples, kept_probe):
         outs = session.run(list(out_map), batch["arrays"])
         acc.add(dict(zip(out_map, outs)), batch["count"])
         n += batch["count"]
@@ -133,7 +136,63 @@ def collect_statistics(model, dataset, config: QuantizationConfig | None = None,
     _check_finite(stats)
     _fill_signedness(stats)
     _outlier_safeguard(stats, config)
+    _depthwise_safeguard(prepared, stats, config)
+    if config.advanced.auto_safeguards and config.advanced.sensitivity_search and kept_probe:
+        _sensitivity_safeguard(prepared, stats, config, kept_probe, device)
     return stats
+
+
+def _depthwise_safeguard(prepared, stats: Statistics, config: QuantizationConfig) -> None:
+    """Keep in float two-sided inputs of depthwise convolutions.
+
+    A depthwise conv never mixes channels, so the channels whose range is far below the per-tensor scale lose
+    their precision for good; two-sided (pre-activation, e.g. a BatchNorm output) inputs are where this bites
+    (measured on OCR recognizers: one such tensor alone costs a third of the exact matches).
+    """
+    if not config.advanced.auto_safeguards:
+        return
+    nodes = {n.name: n for n in prepared.graph.node}
+    inits = {t.name: t for t in prepared.graph.initializer}
+    ranges = stats.ranges(True)
+
+    def depthwise(name):
+        n = nodes.get(name)
+        if n is None or n.op_type != "Conv" or len(n.input) < 2 or n.input[1] not in inits:
+            return False
+        group = next((a.i for a in n.attribute if a.name == "group"), 1)
+        return group > 1 and inits[n.input[1]].dims[1] == 1
+
+    keep = []
+    for p in stats.plan["activations"]:
+        lo, hi = ranges[p["group"]]
+        if all(depthwise(e[0]) for e in p["edges"]) and lo < -0.25 * max(hi, 0.0):
+            stats.plan.setdefault("float_tensors", []).append(
+                {"tensor": p["tensor"], "reason": f"auto_safeguard: two-sided input [{lo:.3g}, {hi:.3g}] of a "
+                                                  "depthwise convolution kept in float"})
+        else:
+            keep.append(p)
+    stats.plan["activations"] = keep
+
+
+SENSITIVITY_SAMPLES = 8  # calibration samples the sensitivity safeguard runs on
+_SENSITIVITY_MAX_RUNS = 600  # bound on its inference runs (points x samples x passes)
+
+
+def _sensitivity_safeguard(prepared, stats: Statistics, config: QuantizationConfig, samples: list, device) -> None:
+    """Keep in float the activation quantizers whose removal alone cuts the model's output error the most."""
+    from ptqflow.algorithms.sensitivity import find_sensitive
+
+    points = len(stats.plan["activations"])
+    n = max(2, min(SENSITIVITY_SAMPLES, _SENSITIVITY_MAX_RUNS // max(points, 1)))
+    mean_minmax = RangeEstimator(config.advanced.activations_range) == RangeEstimator.MEAN_MINMAX
+    found = find_sensitive(prepared, stats.plan, stats.ranges(mean_minmax), samples[:n],
+                           lambda m: _session(m, device))
+    drop = {t for t, _, _ in found}
+    for t, before, after in found:
+        stats.plan.setdefault("float_tensors", []).append(
+            {"tensor": t, "reason": f"auto_safeguard: most accuracy-sensitive quantizer (output error "
+                                    f"{before:.4g} -> {after:.4g} without it)"})
+    stats.plan["activations"] = [p for p in stats.plan["activations"] if p["tensor"] not in drop]
 
 
 def _session(model: onnx.ModelProto, device: str):

@@ -127,6 +127,11 @@ class AdvancedParameters(_Strict):
         description="Keep layers in float automatically where quantization is known to destroy accuracy "
         "(reported in the per-layer summary).",
     )
+    sensitivity_search: bool = Field(
+        False,
+        description="Measure each activation quantizer's own output error on a few samples and keep the worst "
+        "in float (slower; part of the automatic safeguards when enabled).",
+    )
     smooth_quant_alpha: float | None = Field(
         None, ge=0, le=1, description="SmoothQuant migration strength for transformers (None: off)."
     )

@@ -78,7 +78,7 @@ def insert_qdq(model: onnx.ModelProto, plan: dict, ranges: dict[str, tuple[float
             nodes_by_name[node_name].input[idx] = dq_out
         records.append({"tensor": t, "kind": "activation", "scale": scale, "zero_point": zp,
                         "dtype": "int8" if dtype == TensorProto.INT8 else "uint8", "range": [lo, hi],
-                        "consumers": sorted({e[0] for e in point["edges"]})})
+                        "consumers": sorted({e[0] for e in point["edges"]}), "output": dq_out})
     _topological_insert(g, new_nodes)
     return records
 

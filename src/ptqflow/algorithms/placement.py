@@ -240,6 +240,10 @@ def build_plan(model: onnx.ModelProto, config: QuantizationConfig, warnings: lis
     after_stop = _downstream(g, [n for n in g.nodes if n.op_type in STOPPERS])
     non_float = _non_float(model, g)
     heads = _sensitive_heads(g) if adv.auto_safeguards else {}
+    # Detected (not declared) transformers: only the region from the first normalization on is treated as
+    # one; a convolutional backbone in front of it (OCR recognizers) keeps CNN placement, which is more accurate.
+    norms = [n for n in g.nodes if n.op_type in ("LayerNormalization", "ReduceMean")]
+    region = ({n.name for n in norms} | _downstream(g, norms)) if auto_tf else {n.name for n in g.nodes}
     dev_ops = _DEVICE_OPS[TargetDevice(config.target_device)]
     per_channel = adv.per_channel and onnx_opset(model) >= 13
     symmetric = config.effective_preset() == QuantizationPreset.PERFORMANCE
@@ -248,7 +252,8 @@ def build_plan(model: onnx.ModelProto, config: QuantizationConfig, warnings: lis
     requests: list[tuple[str, str, int, bool]] = []  # tensor, consumer node, input index, act x act
 
     for n in g.nodes:
-        why = _float_reason(n, g, ignored, after_stop, heads, transformer or auto_tf, dev_ops, auto_tf)
+        why = _float_reason(n, g, ignored, after_stop, heads, (transformer or auto_tf) and n.name in region,
+                            dev_ops, auto_tf)
         if why:
             if n.op_type in WEIGHTED or n.op_type in ACT_INPUTS:
                 floats[n.name] = why
