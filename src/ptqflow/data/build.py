@@ -1,0 +1,130 @@
+"""Building a calibration artifact: source items -> model-ready samples -> calibration/validation shards."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from ptqflow.config import PipelineConfig
+from ptqflow.data.preprocess import preprocess_image
+from ptqflow.data.selection import selection_order
+from ptqflow.data.shards import INDEX_FILE, ShardWriter
+from ptqflow.data.sources import list_items
+from ptqflow.data.transform import fit_sample, load_transform
+from ptqflow.errors import InputError
+
+
+def model_inputs(model_path: Path) -> list[dict]:
+    """The model's real inputs (initializers excluded): [{name, shape (int or None per dim), dtype}]."""
+    model = onnx.load(str(model_path), load_external_data=False)
+    inits = {i.name for i in model.graph.initializer}
+    out = []
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        tt = vi.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
+        out.append({"name": vi.name, "shape": shape, "dtype": str(np.dtype(dtype))})
+    return out
+
+
+def _make_sample(item, inputs, cfg, transform):
+    """One item -> arrays without batch dim, checked against the model; exceptions name the item."""
+    raw = item.load()
+    if transform is not None:
+        try:
+            raw = transform(raw)
+        except Exception as err:
+            raise InputError(f"data.transform raised on item {item.source_id}: {type(err).__name__}: {err}") from err
+        if not isinstance(raw, dict):
+            if len(inputs) != 1:
+                raise InputError(f"data.transform returned {type(raw).__name__} for {item.source_id}; expected a dict")
+            raw = {inputs[0]["name"]: raw}
+    elif item.kind == "text":
+        raise InputError(f"{item.source_id}: text sources need data.transform (a tokenizer) to make model inputs")
+    elif item.kind == "image":
+        if len(inputs) != 1 or cfg.data.preprocess.method == "none":
+            raise InputError(f"{item.source_id}: images need data.preprocess or data.transform for {len(inputs)} input(s)")
+        raw = {inputs[0]["name"]: preprocess_image(raw, cfg.data.preprocess, inputs[0]["shape"])}
+    return fit_sample(raw, inputs, f"item {item.source_id}")
+
+
+def build(source: Path, model_path: Path, out: Path, cfg: PipelineConfig) -> dict:
+    """Writes calibration/, validation/ and index.json into ``out``; returns the index. On error nothing is left."""
+    written = [out / "calibration", out / "validation", out / INDEX_FILE]
+    try:
+        return _build(source, model_path, out, cfg)
+    except BaseException:
+        for p in written:
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        raise
+
+
+def _build(source: Path, model_path: Path, out: Path, cfg: PipelineConfig) -> dict:
+    inputs = model_inputs(model_path)
+    items, label_names = list_items(source, inputs)
+    if not items:
+        raise InputError(f"data.source {source}: no usable items (images, .npy/.npz, .pb or text lines)")
+    transform = load_transform(cfg.data.transform) if cfg.data.transform else None
+    subset, val_size = cfg.quantization.subset_size, cfg.data.validation_size
+    if len(items) < subset:
+        warnings.warn(f"data.source has {len(items)} items, fewer than subset_size {subset}: all used for calibration")
+    order = selection_order([it.label for it in items], cfg.data.seed)
+    max_bytes = cfg.data.shard_max_mb * 1024 * 1024
+    labelled = bool(label_names)
+    writers = {s: ShardWriter(out / s, max_bytes, labelled) for s in ("calibration", "validation")}
+    sources = {"calibration": [], "validation": []}
+    skipped, shapes, attempted, first = [], None, 0, True
+    for idx in order:
+        split = "calibration" if writers["calibration"].count < subset else "validation"
+        if split == "validation" and writers["validation"].count >= val_size:
+            break
+        item = items[idx]
+        attempted += 1
+        try:
+            sample = _make_sample(item, inputs, cfg, transform)
+        except InputError:
+            raise  # wrong shapes/keys/transform failures are the user's setup, not one bad file
+        except Exception as err:  # unreadable or corrupt item: skip and count
+            if first and transform is not None:
+                raise
+            skipped.append({"source": item.source_id, "reason": f"{type(err).__name__}: {err}"})
+            continue
+        first = False
+        shapes = shapes or {k: [1, *v.shape] for k, v in sample.items()}
+        writers[split].add(sample, item.label)
+        sources[split].append(item.source_id)
+    for w in writers.values():
+        w.flush()
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} unreadable item(s), e.g. {skipped[0]['source']}")
+        if len(skipped) / max(attempted, 1) > cfg.data.max_bad_fraction:
+            raise InputError(
+                f"data.source {source}: {len(skipped)} of {attempted} items unreadable (more than "
+                f"data.max_bad_fraction={cfg.data.max_bad_fraction}); first: {skipped[0]['source']}: {skipped[0]['reason']}"
+            )
+    if writers["calibration"].count == 0:
+        raise InputError(f"data.source {source}: no item could be read")
+    if writers["validation"].count < val_size:
+        warnings.warn(f"validation split has {writers['validation'].count} samples (asked {val_size})")
+    index = {
+        "counts": {s: w.count for s, w in writers.items()},
+        "shards": {s: w.shards for s, w in writers.items()},
+        "shapes": shapes,
+        "dtypes": {i["name"]: i["dtype"] for i in inputs},
+        "inputs": [i["name"] for i in inputs],
+        "sources": sources,
+        "label_names": label_names,
+        "labels_key": "__labels__" if labelled else None,
+        "seed": cfg.data.seed,
+        "skipped": skipped,
+        "total_items": len(items),
+    }
+    (out / INDEX_FILE).write_text(json.dumps(index, indent=1), encoding="utf-8")
+    return index

@@ -1,0 +1,185 @@
+"""Data sources: enumerate items cheaply (ids, labels) and load one raw item at a time.
+
+An item is ``(source_id, label, loader)``: the loader returns one raw item, either a PIL image, a
+string/JSON value (text sources) or a dict of input name -> array (array sources).
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import numpy as np
+
+from ptqflow.errors import InputError
+
+IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+TEXT_EXT = {".jsonl", ".txt", ".json"}
+
+
+class Item(NamedTuple):
+    source_id: str
+    label: int | None
+    load: Callable[[], object]
+    kind: str  # "image" | "text" | "arrays"
+
+
+def _load_image(path: Path):
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img.load()  # decode now so a corrupt file fails here, inside the item's error handling
+        return img.copy()
+
+
+def _image_items(root: Path) -> tuple[list[Item], list[str]]:
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXT)
+    classes = sorted({p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1})
+    # ImageFolder layout only when every image sits in a class sub-folder
+    labelled = bool(classes) and all(len(p.relative_to(root).parts) > 1 for p in files)
+    ids = {c: i for i, c in enumerate(classes)} if labelled else {}
+    items = [
+        Item(str(p.relative_to(root)), ids.get(p.relative_to(root).parts[0]) if labelled else None,
+             (lambda p=p: _load_image(p)), "image")
+        for p in files
+    ]
+    return items, (classes if labelled else [])
+
+
+@lru_cache(maxsize=2)
+def _npz(path: str) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _batch_count(shape: tuple, rank: int, where: str, name: str, expected: list) -> int:
+    """Samples in an array: rank == model rank -> a stacked batch; rank - 1 -> one sample."""
+    if len(shape) == rank:
+        return shape[0]
+    if len(shape) == rank - 1:
+        return 1
+    raise InputError(f"{where}: input {name!r} has shape {list(shape)}, expected {expected}")
+
+
+def _take(arr: np.ndarray, rank: int, i: int) -> np.ndarray:
+    return np.array(arr[i]) if arr.ndim == rank else np.array(arr)
+
+
+def _array_items(files: list[Path], root: Path, inputs: list[dict]) -> list[Item]:
+    items: list[Item] = []
+    single = inputs[0] if len(inputs) == 1 else None
+    for f in files:
+        rel = str(f.relative_to(root)) if f != root else f.name
+        if f.suffix == ".npy":
+            if single is None:
+                raise InputError(f"{rel}: a .npy file feeds one input; the model has {len(inputs)}: use .npz keyed by name")
+            arr = np.load(f, mmap_mode="r", allow_pickle=False)
+            rank = len(single["shape"])
+            n = _batch_count(arr.shape, rank, rel, single["name"], single["shape"])
+            for i in range(n):
+                def load(f=f, i=i, rank=rank):
+                    return {single["name"]: _take(np.load(f, mmap_mode="r", allow_pickle=False), rank, i)}
+                items.append(Item(f"{rel}[{i}]" if n > 1 or arr.ndim == rank else rel, None, load, "arrays"))
+        else:
+            data = _npz(str(f))
+            if single is not None and single["name"] not in data and len(data) == 1:
+                data = {single["name"]: next(iter(data.values()))}  # a lone unnamed array feeds the lone input
+                key_map = {single["name"]: next(iter(_npz(str(f))))}
+            else:
+                key_map = {i["name"]: i["name"] for i in inputs}
+            missing = [i["name"] for i in inputs if i["name"] not in data]
+            if missing:
+                raise InputError(f"{rel}: no array for model input(s) {missing}; keys are {sorted(data)}")
+            counts = {_batch_count(data[i["name"]].shape, len(i["shape"]), rel, i["name"], i["shape"]) for i in inputs}
+            if len(counts) != 1:
+                raise InputError(f"{rel}: inputs hold different sample counts {sorted(counts)}")
+            n = counts.pop()
+            for k in range(n):
+                def load(f=f, k=k):
+                    z = _npz(str(f))
+                    return {i["name"]: _take(z[key_map[i["name"]]], len(i["shape"]), k) for i in inputs}
+                items.append(Item(f"{rel}[{k}]", None, load, "arrays"))
+    return items
+
+
+def _read_pb(path: Path) -> np.ndarray:
+    import onnx
+    from onnx import numpy_helper
+
+    t = onnx.TensorProto()
+    try:
+        t.ParseFromString(path.read_bytes())
+        return numpy_helper.to_array(t)
+    except Exception as err:
+        raise InputError(f"{path}: not an ONNX TensorProto ({err})") from err
+
+
+def _pb_items(root: Path, inputs: list[dict]) -> list[Item]:
+    sets = sorted(d for d in root.glob("test_data_set_*") if d.is_dir()) if root.is_dir() else []
+    items: list[Item] = []
+    if sets:  # ONNX model zoo layout: input_K.pb feeds the model's K-th input
+        for d in sets:
+            files = {int(p.stem.split("_")[1]): p for p in d.glob("input_*.pb")}
+            if sorted(files) != list(range(len(inputs))):
+                raise InputError(f"{d.name}: has input files {sorted(files)}, the model has {len(inputs)} inputs")
+            def load(files=files):
+                return {inputs[k]["name"]: _read_pb(p) for k, p in files.items()}
+            items.append(Item(d.name, None, load, "arrays"))
+        return items
+    if len(inputs) != 1:
+        raise InputError(f"{root}: loose .pb files feed one input; the model has {len(inputs)} (use test_data_set_N/)")
+    spec = inputs[0]
+    rank = len(spec["shape"])
+    files = [root] if root.is_file() else sorted(root.rglob("*.pb"))
+    for f in files:
+        rel = f.name if f == root else str(f.relative_to(root))
+        arr = _read_pb(f)
+        n = _batch_count(arr.shape, rank, rel, spec["name"], spec["shape"])
+        for i in range(n):
+            def load(f=f, i=i):
+                return {spec["name"]: _take(_read_pb(f), rank, i)}
+            items.append(Item(f"{rel}[{i}]", None, load, "arrays"))
+    return items
+
+
+def _text_items(path: Path) -> list[Item]:
+    items = []
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh):
+            if not line.strip():
+                continue
+            if path.suffix == ".jsonl":
+                try:
+                    value = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise InputError(f"{path.name} line {n + 1}: not JSON ({err})") from err
+            else:
+                value = line.rstrip("\n")
+            items.append(Item(f"{path.name}:{n + 1}", None, (lambda v=value: v), "text"))
+    return items
+
+
+def list_items(source: Path, inputs: list[dict]) -> tuple[list[Item], list[str]]:
+    """All items of a local source and the label names (sorted class folder names, or [])."""
+    source = Path(source)
+    if not source.exists():
+        raise InputError(f"data.source {source}: no such file or directory")
+    if source.is_file():
+        suffix = source.suffix.lower()
+        if suffix in (".npy", ".npz"):
+            return _array_items([source], source, inputs), []
+        if suffix == ".pb":
+            return _pb_items(source, inputs), []
+        if suffix in TEXT_EXT:
+            return _text_items(source), []
+        if suffix in IMAGE_EXT:
+            return [Item(source.name, None, (lambda: _load_image(source)), "image")], []
+        raise InputError(f"data.source {source}: unsupported file type {suffix!r}")
+    if any(source.glob("test_data_set_*")) or any(source.rglob("*.pb")):
+        return _pb_items(source, inputs), []
+    arrays = sorted(p for p in source.rglob("*") if p.suffix in (".npy", ".npz"))
+    if arrays:
+        return _array_items(arrays, source, inputs), []
+    return _image_items(source)
