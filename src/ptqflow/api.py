@@ -133,6 +133,7 @@ def collect_statistics(model, dataset, config: QuantizationConfig | None = None,
     if n == 0:
         raise InputError("calibration dataset is empty: at least one sample is needed")
     stats = acc.result(plan, n)
+    stats._prepared = prepared  # reused by quantize_with_config in the same process (not saved)
     _check_finite(stats)
     _fill_signedness(stats)
     _outlier_safeguard(stats, config)
@@ -328,13 +329,14 @@ def _outlier_safeguard(stats: Statistics, config: QuantizationConfig) -> None:
 
 
 def quantize_with_summary(model, statistics: Statistics, config: QuantizationConfig | None = None, *,
-                          dataset=None, device: str = "cpu", _samples_list: list | None = None) -> QuantizationResult:
+                          dataset=None, device: str = "cpu", _samples_list: list | None = None,
+                          _prepared: onnx.ModelProto | None = None) -> QuantizationResult:
     """Insert the planned quantizers with parameters from ``statistics``, then correct biases.
 
     Returns the INT8 QDQ model (ir_version <= 10, checked) and the per-layer summary.
     """
     config = config or QuantizationConfig()
-    prepared, _ = prepare_model(model)
+    prepared = _prepared if _prepared is not None else prepare_model(model)[0]
     plan = statistics.plan
     _check_plan_matches(prepared, plan)
     q = onnx.ModelProto()
@@ -447,4 +449,5 @@ def quantize_with_config(model, dataset, config: QuantizationConfig, *, device: 
         config.advanced.bias_correction_subset_size or max(1, int(0.2 * config.subset_size)))
     kept: list = []
     stats = collect_statistics(model, dataset, config, device=device, keep_samples=keep, _kept=kept)
-    return quantize_with_summary(model, stats, config, device=device, _samples_list=kept)
+    return quantize_with_summary(model, stats, config, device=device, _samples_list=kept,
+                                 _prepared=getattr(stats, "_prepared", None))
