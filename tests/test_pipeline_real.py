@@ -115,6 +115,7 @@ def test_sigkill_mid_step_leaves_no_manifest_and_rerun_matches(workspace, tmp_pa
     ws = workspace
     # Enough calibration work that the step is still running when it is killed.
     ws["data"] = write_npy_dataset(tmp_path / "big", n=400, shape=(3, 64, 64))
+    ws["model"] = builders.save(builders.conv_classifier(size=64, channels=32), tmp_path / "src" / "big.onnx")
     ws["cfg"].write_text(CONFIG.replace("subset_size: 16", "subset_size: 300"))
     model = _step(ws, "fetch-model", "--model", str(ws["model"]))
     cal = _step(ws, "build-calibration", "--in-model", str(model), "--data", str(ws["data"]))

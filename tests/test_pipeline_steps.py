@@ -1,58 +1,42 @@
-"""collect-stats and quantize through the CLI on a tiny model with a hand-made calibration artifact.
-
-The calibration artifact here is minimal (one ``.npy`` per sample plus a manifest); when ptqflow.data
-provides its own reader the real build-calibration step is used instead (test_pipeline_real.py), so this
-module then only checks that the engine and data modules are importable together.
-"""
+"""collect-stats and quantize through the CLI on a tiny model with real calibration shards."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
 
 import builders
-from ptqflow.artifacts.manifest import read_manifest, verify_outputs, write_manifest
+from ptqflow.artifacts.manifest import read_manifest, verify_outputs
 from ptqflow.cli import main
 
 pytest.importorskip("ptqflow.api")
-import ptqflow.data as data_module  # noqa: E402
+pytest.importorskip("ptqflow.steps.build_calibration")
+from test_pipeline_real import CONFIG, write_npy_dataset  # noqa: E402
 
 
 @pytest.fixture
-def hand_made_data(monkeypatch):
-    """A reader for the minimal artifact below, installed only where ptqflow.data has none yet."""
-    if hasattr(data_module, "iter_samples"):
-        pytest.skip("ptqflow.data has its own reader: covered by test_pipeline_real.py")
-
-    def iter_samples(artifact_dir, split="calibration"):
-        for p in sorted((Path(artifact_dir) / split).glob("*.npy")):
-            yield {"input": np.load(p, allow_pickle=False)[None]}
-
-    def read_index(artifact_dir):
-        return json.loads((Path(artifact_dir) / "index.json").read_text())
-
-    monkeypatch.setattr(data_module, "iter_samples", iter_samples, raising=False)
-    monkeypatch.setattr(data_module, "read_index", read_index, raising=False)
+def config_file(tmp_path):
+    """The shared config file (no preprocessing, small splits)."""
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(CONFIG)
+    return cfg
 
 
-def _calibration(root: Path, n: int = 12) -> Path:
-    rng = np.random.default_rng(0)
-    (root / "calibration").mkdir(parents=True)
-    for i in range(n):
-        np.save(root / "calibration" / f"{i:03d}.npy", rng.normal(0, 1, (3, 16, 16)).astype(np.float32))
-    (root / "index.json").write_text(json.dumps({"counts": {"calibration": n, "validation": 0}}))
-    write_manifest(root, step="build-calibration", config={}, inputs={})
+def _calibration(root: Path, model: Path | None = None, cfg: Path | None = None) -> Path:
+    data = write_npy_dataset(root.parent / f"{root.name}-npy", n=24)
+    args = ["build-calibration", "--in-model", str(model), "--data", str(data), "--out", str(root)]
+    assert main([*args, "--config", str(cfg)] if cfg else args) == 0
     return root
 
 
-def test_collect_stats_then_quantize_both_bias_modes(tmp_path, hand_made_data, capsys):
+def test_collect_stats_then_quantize_both_bias_modes(tmp_path, config_file, capsys):
     src = builders.save(builders.conv_classifier(), tmp_path / "m.onnx")
-    model, cal = tmp_path / "model", _calibration(tmp_path / "cal")
+    model = tmp_path / "model"
     assert main(["fetch-model", "--model", str(src), "--out", str(model)]) == 0
+    cal = _calibration(tmp_path / "cal", model, config_file)
     stats = tmp_path / "stats"
     assert main(["collect-stats", "--in-model", str(model), "--in-calibration", str(cal), "--out", str(stats),
                  "--subset-size", "8"]) == 0
@@ -78,13 +62,13 @@ def test_collect_stats_then_quantize_both_bias_modes(tmp_path, hand_made_data, c
     assert "collect-stats: skipped" in capsys.readouterr().err
 
 
-def test_quantize_with_statistics_of_another_model_is_input_error(tmp_path, hand_made_data, capsys):
-    cal = _calibration(tmp_path / "cal")
+def test_quantize_with_statistics_of_another_model_is_input_error(tmp_path, config_file, capsys):
     a, b = tmp_path / "a", tmp_path / "b"
     assert main(["fetch-model", "--model", str(builders.save(builders.conv_classifier(), tmp_path / "a.onnx")),
                  "--out", str(a)]) == 0
     assert main(["fetch-model", "--model", str(builders.save(builders.conv_zero_bias(), tmp_path / "b.onnx")),
                  "--out", str(b)]) == 0
+    cal = _calibration(tmp_path / "cal", a, config_file)
     stats = tmp_path / "stats"
     assert main(["collect-stats", "--in-model", str(a), "--in-calibration", str(cal), "--out", str(stats)]) == 0
     out = tmp_path / "q"
