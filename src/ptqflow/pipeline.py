@@ -119,11 +119,14 @@ def _raise_if_gate_failed(name: str, manifest: Manifest) -> None:
     if name != "validate":
         return
     passed = manifest.metrics.get("gate_passed", manifest.extra.get("gate_passed"))
+    if manifest.metrics.get("verdict") in ("pass", "fail"):
+        passed = manifest.metrics["verdict"] == "pass"
     gate = manifest.metrics.get("gate")
     if passed is None and isinstance(gate, dict):
         passed = gate.get("passed")
     if passed is False:
-        raise GateFailedError(f"validation gate failed (cached result {manifest.digest[:12]}); see the report")
+        raise GateFailedError(f"validation gate failed (cached result {manifest.digest[:12]}); see the report "
+                              "(report.html) at the validate output")
 
 
 def _execute(step, inputs: dict[str, Path], output_uri: str, cfg: PipelineConfig, work: Path) -> Manifest:
@@ -138,7 +141,8 @@ def _execute(step, inputs: dict[str, Path], output_uri: str, cfg: PipelineConfig
         try:
             manifest = step.run(inputs, out, cfg)
         except GateFailedError as err:
-            gate_error = err
+            # The step names files in its working directory; name the published location instead.
+            gate_error = GateFailedError(str(err).replace(str(out), output_uri))
             manifest = read_manifest(out)
             if manifest is None:
                 raise
