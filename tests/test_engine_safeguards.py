@@ -1,0 +1,48 @@
+"""Automatic safeguards: what they keep in float, and that they can be switched off."""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import TensorProto, helper
+
+import builders as B
+import ptqflow
+from ptqflow.api import quantize_with_config
+from ptqflow.config import AdvancedParameters, QuantizationConfig
+
+
+def _dw_sigmoid_model():
+    """input[N,4,8,8] (signed) -> depthwise Conv -> Relu -> Conv -> Relu -> Conv -> Sigmoid -> prob."""
+    rng = np.random.default_rng(0)
+    inits = [B._init("dw", rng.normal(0, 0.5, (4, 1, 3, 3)).astype(np.float32)),
+             B._init("pw", rng.normal(0, 0.5, (4, 4, 1, 1)).astype(np.float32)),
+             B._init("hw", rng.normal(0, 0.5, (1, 4, 1, 1)).astype(np.float32))]
+    n = helper.make_node
+    nodes = [n("Conv", ["input", "dw"], ["d"], name="dwconv", group=4, pads=[1, 1, 1, 1]),
+             n("Relu", ["d"], ["r"], name="relu"),
+             n("Conv", ["r", "pw"], ["p"], name="pwconv"),
+             n("Relu", ["p"], ["pr"], name="relu2"),
+             n("Conv", ["pr", "hw"], ["logit"], name="head"),
+             n("Sigmoid", ["logit"], ["prob"], name="sigmoid")]
+    return B.make_model(nodes, [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 4, 8, 8])],
+                        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N", 1, 8, 8])], inits)
+
+
+def test_safeguards_keep_sensitive_places_float_and_report_them():
+    model, samples = _dw_sigmoid_model(), B.random_inputs(6, (4, 8, 8))
+    result = quantize_with_config(model, samples, QuantizationConfig())
+    rows = {r["name"]: r for r in result.layers}
+    assert rows["head"]["status"] == "float" and "Sigmoid" in rows["head"]["reason"]
+    assert rows["input"]["status"] == "float" and "depthwise" in rows["input"]["reason"]
+    assert rows["pwconv"]["status"] == "quantized"
+    off = quantize_with_config(model, samples, QuantizationConfig(advanced=AdvancedParameters(auto_safeguards=False)))
+    rows_off = {r["name"]: r for r in off.layers}
+    assert rows_off["head"]["status"] == "quantized" and "input" not in rows_off
+
+
+def test_sensitivity_search_runs_and_keeps_model_valid():
+    model, samples = B.conv_classifier(), B.random_inputs(10, (3, 16, 16))
+    cfg = QuantizationConfig(advanced=AdvancedParameters(sensitivity_search=True))
+    result = quantize_with_config(model, samples, cfg)
+    assert any(r["status"] == "quantized" for r in result.layers)
+    ptqflow.runtime.make_session(result.model).run(None, samples[0])
