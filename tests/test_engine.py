@@ -145,3 +145,13 @@ def test_truncated_and_non_onnx_files(tmp_path):
 def test_ignored_scope_without_match_via_quantize():
     with pytest.raises(InputError, match="'nope'"):
         ptqflow.quantize(B.mlp(), B.random_inputs(2, (16,)), ignored_scope=ptqflow.IgnoredScope(names=["nope"]))
+
+
+def test_model_with_external_data_from_path(tmp_path):
+    path = tmp_path / "ext" / "model.onnx"
+    path.parent.mkdir()
+    onnx.save(B.conv_classifier(), str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="model.data", size_threshold=0)
+    q = ptqflow.quantize(path, B.random_inputs(3, (3, 16, 16)))
+    onnx.checker.check_model(q)
+    assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in q.graph.initializer)
