@@ -36,7 +36,7 @@ def _stand_in(name, inputs, section, body):
         CALLS[name] += 1
         failure = body(ins, Path(out), cfg)
         m = write_manifest(out, step=name, config=section(cfg), inputs=input_digests(ins),
-                           metrics={"gate_passed": failure is None} if name == "validate" else {})
+                           metrics={"verdict": "fail" if failure else "pass"} if name == "validate" else {})
         if failure is not None:
             raise failure
         return m
