@@ -34,9 +34,22 @@ def model_inputs(model_path: Path) -> list[dict]:
     return out
 
 
+class _Unreadable(Exception):
+    """An item whose file could not be read or decoded (corrupt image, truncated file)."""
+
+
 def _make_sample(item, inputs, cfg, transform):
-    """One item -> arrays without batch dim, checked against the model; exceptions name the item."""
-    raw = item.load()
+    """One item -> arrays without batch dim, checked against the model; exceptions name the item.
+
+    Only a failure to read the item itself is a ``_Unreadable`` (skipped and counted); anything later
+    (transform, preprocessing, shape checks) is a setup problem and raises InputError.
+    """
+    try:
+        raw = item.load()
+    except InputError:
+        raise
+    except Exception as err:
+        raise _Unreadable(f"{type(err).__name__}: {err}") from err
     if transform is not None:
         try:
             raw = transform(raw)
@@ -51,7 +64,10 @@ def _make_sample(item, inputs, cfg, transform):
     elif item.kind == "image":
         if len(inputs) != 1 or cfg.data.preprocess.method == "none":
             raise InputError(f"{item.source_id}: images need data.preprocess or data.transform for {len(inputs)} input(s)")
-        raw = {inputs[0]["name"]: preprocess_image(raw, cfg.data.preprocess, inputs[0]["shape"])}
+        try:
+            raw = {inputs[0]["name"]: preprocess_image(raw, cfg.data.preprocess, inputs[0]["shape"])}
+        except ValueError as err:
+            raise InputError(f"item {item.source_id}: data.preprocess: {err}") from err
     return fit_sample(raw, inputs, f"item {item.source_id}")
 
 
@@ -80,7 +96,7 @@ def _build(source: Path, model_path: Path, out: Path, cfg: PipelineConfig) -> di
     labelled = bool(label_names)
     writers = {s: ShardWriter(out / s, max_bytes, labelled) for s in ("calibration", "validation")}
     sources = {"calibration": [], "validation": []}
-    skipped, shapes, attempted, first = [], None, 0, True
+    skipped, shapes, attempted = [], None, 0
     for idx in order:
         split = "calibration" if writers["calibration"].count < subset else "validation"
         if split == "validation" and writers["validation"].count >= val_size:
@@ -89,15 +105,14 @@ def _build(source: Path, model_path: Path, out: Path, cfg: PipelineConfig) -> di
         attempted += 1
         try:
             sample = _make_sample(item, inputs, cfg, transform)
-        except InputError:
-            raise  # wrong shapes/keys/transform failures are the user's setup, not one bad file
-        except Exception as err:  # unreadable or corrupt item: skip and count
-            if first and transform is not None:
-                raise
-            skipped.append({"source": item.source_id, "reason": f"{type(err).__name__}: {err}"})
+        except _Unreadable as err:  # one corrupt file: skip and count; setup errors propagate
+            skipped.append({"source": item.source_id, "reason": str(err)})
             continue
-        first = False
         shapes = shapes or {k: [1, *v.shape] for k, v in sample.items()}
+        for k, v in sample.items():
+            if [1, *v.shape] != shapes[k]:  # dynamic model dims still need equal shapes within a shard
+                raise InputError(f"item {item.source_id}: input {k!r} has shape {[1, *v.shape]}, earlier samples "
+                                 f"{shapes[k]}; set data.preprocess.resize or make the transform pad/crop")
         writers[split].add(sample, item.label)
         sources[split].append(item.source_id)
     for w in writers.values():
