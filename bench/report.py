@@ -1,0 +1,97 @@
+"""Writes the benchmark results as JSON and a markdown table with ptqflow's standing against each peer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+PRIMARY = {"cls": "accuracy", "rec": "exact_match", "det": "box_f1", "encoder": "spearman"}
+PEERS = ["nncf_default", "nncf_bc", "nncf_nobc", "ort_minmax"]
+
+
+def _standing(ours: float | None, theirs: float | None, higher_better: bool, tol: float) -> str:
+    """ahead / level / behind, with ``tol`` the relative (time, memory, speed) or absolute band for level."""
+    if ours is None or theirs is None:
+        return "n/a"
+    diff = (ours - theirs) if higher_better else (theirs - ours)
+    scale = 1.0 if tol < 0.02 else abs(theirs) or 1.0
+    if abs(diff) <= tol * scale:
+        return "level"
+    return "ahead" if diff > 0 else "behind"
+
+
+def _fig(res: dict, model: str) -> dict:
+    if not res or not res.get("ok"):
+        return {}
+    m, f, s = res.get("metrics", {}), res.get("fidelity", {}), res.get("speed", {})
+    return {"metric": m.get(PRIMARY.get(model, "")), "cosine": f.get("cosine"), "sqnr": f.get("sqnr_db"),
+            "time": res.get("quantize_s"), "rss": res.get("peak_rss_mb"), "speedup": s.get("latency_speedup"),
+            "tput": s.get("throughput_speedup")}
+
+
+def _num(v, fmt="{:.4f}"):
+    return "-" if v is None else fmt.format(v)
+
+
+def markdown(report: dict) -> str:
+    out = [f"# ptqflow benchmark {report['date']}" + (" (quick)" if report.get("quick") else ""), "",
+           f"Versions: {json.dumps(report['versions'])}; total {report.get('total_s', 0):.0f}s.", "",
+           "Quantize time and peak RSS are of the quantizing process; speedup = FP32/INT8 OpenVINO CPU latency "
+           "(FP32 with INFERENCE_PRECISION_HINT f32), measured alternately in one run.", ""]
+    for m in report["models"]:
+        name = m["model"]
+        if "error" in m:
+            out += [f"## {name}: FAILED: {m['error']}", ""]
+            continue
+        metric = PRIMARY.get(name)
+        out += [f"## {name} ({m['model_file']}, {m['n_calibration']} calibration / {m['n_validation']} validation)",
+                "", f"FP32: {json.dumps(m['fp32'])}", "",
+                "| method | task metrics | drop (" + metric + ") | cosine | SQNR dB | quantize s | peak RSS MB "
+                "| latency speedup | throughput speedup |", "|---|---|---|---|---|---|---|---|---|"]
+        base = m["fp32"].get(metric)
+        for meth, res in m["methods"].items():
+            if not res.get("ok"):
+                out.append(f"| {meth} | FAILED: {res.get('error', '')[:200].replace(chr(10), ' ').replace('|', '/')} | | | | | | | |")
+                continue
+            fg = _fig(res, name)
+            drop = None if fg["metric"] is None or base is None else base - fg["metric"]
+            mets = ", ".join(f"{k} {v:.4f}" for k, v in res["metrics"].items())
+            out.append(f"| {meth} | {mets} | {_num(drop)} | {_num(fg['cosine'])} | {_num(fg['sqnr'], '{:.1f}')} "
+                       f"| {_num(fg['time'], '{:.1f}')} | {_num(fg['rss'], '{:.0f}')} | {_num(fg['speedup'], '{:.2f}')}"
+                       f" | {_num(fg['tput'], '{:.2f}')} |" + (f" speed failed: {res['speed_error'][:120]}".replace(chr(10), " ")
+                       if "speed_error" in res else ""))
+        out += ["", *standing_table(m), ""]
+    return "\n".join(out) + "\n"
+
+
+def standing_table(m: dict) -> list[str]:
+    """ptqflow (each mode) vs each peer: metric, fidelity, time, memory, speedup; plus ptqflow/NNCF ratios."""
+    name, meths = m["model"], m["methods"]
+    rows = ["| ptqflow vs peer | task metric | cosine | quantize time | peak RSS | latency speedup | time ratio "
+            "| RSS ratio | speedup ratio |", "|---|---|---|---|---|---|---|---|---|"]
+    pairs = [("ptqflow_default", "nncf_default"), ("ptqflow_bc", "nncf_bc"), ("ptqflow_nobc", "nncf_nobc"),
+             ("ptqflow_default", "ort_minmax")]
+    for ours, peer in pairs:
+        a, b = _fig(meths.get(ours, {}), name), _fig(meths.get(peer, {}), name)
+        if not a or not b:
+            rows.append(f"| {ours} vs {peer} | n/a ({'ours' if not a else 'peer'} failed or missing) | | | | | | | |")
+            continue
+        ratio = lambda k: _num(a[k] / b[k] if a[k] and b[k] else None, "{:.2f}")  # noqa: E731
+        rows.append(f"| {ours} vs {peer} | {_standing(a['metric'], b['metric'], True, 0.005)} "
+                    f"| {_standing(a['cosine'], b['cosine'], True, 0.001)} | {_standing(a['time'], b['time'], False, 0.1)}"
+                    f" | {_standing(a['rss'], b['rss'], False, 0.1)} | {_standing(a['speedup'], b['speedup'], True, 0.05)}"
+                    f" | {ratio('time')} | {ratio('rss')} | {ratio('speedup')} |")
+    return rows
+
+
+def write(report: dict, results_dir: Path) -> tuple[Path, Path]:
+    """Writes <date>.json and <date>.md (quick runs get a -quick suffix); returns both paths."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    stem = report["date"][:16].replace(":", "") + ("-quick" if report.get("quick") else "")
+    jpath, mpath = results_dir / f"{stem}.json", results_dir / f"{stem}.md"
+    for meth in (r for m in report["models"] for r in m.get("methods", {}).values()):
+        meth.pop("trace", None) if meth.get("ok") else None
+    jpath.write_text(json.dumps(report, indent=1) + "\n")
+    mpath.write_text(markdown(report))
+    print(markdown(report))
+    return jpath, mpath

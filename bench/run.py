@@ -1,0 +1,162 @@
+"""ptqflow benchmark: quantize real models with ptqflow, NNCF and onnxruntime, compare task metrics,
+fidelity, quantization cost and OpenVINO speed. Writes bench/results/<date>.json and .md.
+
+Usage: bench/run.sh [--quick] [--models cls,rec,det,encoder] [--work DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+ort.set_default_logger_severity(3)
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import speed  # noqa: E402
+import tasks  # noqa: E402
+
+METHODS = ["ptqflow_default", "ptqflow_bc", "ptqflow_nobc", "nncf_default", "nncf_bc", "nncf_nobc", "ort_minmax"]
+PRIMARY = {"cls": "accuracy", "rec": "exact_match", "det": "box_f1", "encoder": "spearman"}
+
+
+def build_data(task, n_cal: int, n_val: int, work: Path) -> tuple[Path, list, list]:
+    """Calibration arrays saved as .npz (stacked per input); validation samples + labels kept in memory."""
+    cal = [s for s, _ in task.samples(n_cal, seed=1)]
+    val = list(task.samples(n_val, seed=2))  # different seed: disjoint from calibration
+    path = work / "calib.npz"
+    np.savez(path, **{k: np.concatenate([s[k] for s in cal]) for k in cal[0]})
+    return path, [s for s, _ in val], [lab for _, lab in val]
+
+
+def infer(model_path: Path, samples: list) -> list:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    sess = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
+    names = {i.name for i in sess.get_inputs()}
+    return [sess.run(None, {k: v for k, v in s.items() if k in names}) for s in samples]
+
+
+def fidelity(outs: list, refs: list) -> dict:
+    """Cosine and SQNR (dB) of the first output over all validation samples."""
+    a = np.concatenate([o[0].ravel() for o in outs]).astype(np.float64)
+    b = np.concatenate([r[0].ravel() for r in refs]).astype(np.float64)
+    cos = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
+    sqnr = float(10 * np.log10((b @ b) / (((a - b) ** 2).sum() + 1e-30)))
+    return {"cosine": cos, "sqnr_db": sqnr}
+
+
+def task_metrics(task, outs, labels, refs) -> dict:
+    if task.kind == "det":
+        return task.metrics(outs, labels, refs)
+    if task.kind == "encoder":
+        return task.metrics(outs, labels, refs)
+    return task.metrics(outs, labels)
+
+
+def quantize(method: str, task, calib: Path, out: Path) -> dict:
+    cmd = [sys.executable, str(HERE / "worker.py"), method, str(task.model_path), str(calib), str(out)]
+    if task.kind == "encoder":
+        cmd.append("transformer")
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    wall = time.perf_counter() - t0
+    line = next((l for l in proc.stdout.splitlines() if l.startswith("BENCHRESULT ")), None)
+    if line is None:
+        return {"method": method, "ok": False, "process_s": wall,
+                "error": f"worker exited {proc.returncode}: {proc.stderr[-800:]}"}
+    res = json.loads(line[len("BENCHRESULT "):])
+    res["process_s"] = wall
+    return res
+
+
+def bench_model(name: str, args, work: Path) -> dict:
+    task = tasks.TASKS[name]() if name != "encoder" else __import__("encoder").Encoder(work)
+    mwork = work / name
+    mwork.mkdir(parents=True, exist_ok=True)
+    n_cal, n_val = (args.cal, args.val)
+    if name == "det":
+        n_cal, n_val = min(n_cal, args.det_cal), min(n_val, args.det_val)
+    t0 = time.perf_counter()
+    calib, val, labels = build_data(task, n_cal, n_val, mwork)
+    print(f"[{name}] data: {n_cal} calibration, {n_val} validation ({time.perf_counter() - t0:.0f}s)", flush=True)
+    refs = infer(task.model_path, val)
+    result = {"model": name, "model_file": Path(task.model_path).name, "n_calibration": n_cal, "n_validation": n_val,
+              "fp32": task_metrics(task, refs, labels, refs), "methods": {}}
+    print(f"[{name}] fp32 {result['fp32']}", flush=True)
+    for method in args.methods:
+        out = mwork / f"{method}.onnx"
+        res = quantize(method, task, calib, out)
+        if res.get("ok"):
+            try:
+                outs = infer(out, val)
+                res["metrics"] = task_metrics(task, outs, labels, refs)
+                res["fidelity"] = fidelity(outs, refs)
+            except Exception as err:
+                res.update(ok=False, error=f"evaluation: {type(err).__name__}: {err}"[:500])
+        if res.get("ok") and args.speed_iters:
+            try:  # OpenVINO failing to compile a QDQ model is a speed result, not a failed quantization
+                res["speed"] = speed.compare(task.model_path, out, val[0], args.speed_iters)
+            except Exception as err:
+                res["speed_error"] = f"{type(err).__name__}: {err}"[:500]
+        print(f"[{name}] {method}: " + json.dumps({k: v for k, v in res.items() if k != "trace"}), flush=True)
+        result["methods"][method] = res
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="cls only, fewer samples: a few minutes")
+    ap.add_argument("--models", default=None)
+    ap.add_argument("--methods", default=None)
+    ap.add_argument("--work", default=str(HERE / ".work"))
+    args = ap.parse_args()
+    if args.quick:
+        models, args.cal, args.val, args.speed_iters = ["cls"], 100, 100, 30
+    else:
+        models, args.cal, args.val, args.speed_iters = ["cls", "rec", "det", "encoder"], 300, 300, 100
+    # det at 640x480 costs ~20x a cls inference: fewer samples keep the full run inside the hour on 2 cores.
+    args.det_val, args.det_cal = 40, 100
+    if args.models:
+        models = args.models.split(",")
+    args.methods = args.methods.split(",") if args.methods else METHODS
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    report = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "quick": args.quick,
+              "versions": versions(), "models": []}
+    for name in models:
+        try:
+            report["models"].append(bench_model(name, args, work))
+        except Exception as err:  # one model failing (e.g. encoder deps missing) must not lose the others
+            report["models"].append({"model": name, "error": f"{type(err).__name__}: {err}"[:500]})
+            print(f"[{name}] FAILED: {err}", flush=True)
+    report["total_s"] = time.perf_counter() - started
+    import report as rep
+
+    rep.write(report, HERE / "results")
+
+
+def versions() -> dict:
+    out = {}
+    for mod in ("ptqflow", "nncf", "onnxruntime", "openvino", "onnx", "numpy", "torch"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception:
+            out[mod] = None
+    out["cpus"] = os.cpu_count()
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""Quantizes one model with one method in its own process; prints one JSON line with time and peak RSS.
+
+Usage: worker.py METHOD MODEL.onnx CALIB.npz OUT.onnx [transformer]
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+import traceback
+
+import numpy as np
+import onnx
+import onnxruntime
+
+onnxruntime.set_default_logger_severity(3)
+
+
+def _samples(calib_path: str) -> list[dict]:
+    with np.load(calib_path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    n = len(next(iter(arrays.values())))
+    return [{k: v[i : i + 1] for k, v in arrays.items()} for i in range(n)]
+
+
+def run_ptqflow(model, samples, variant: str, transformer: bool):
+    import ptqflow
+
+    kw = {"subset_size": len(samples)}
+    if transformer:
+        kw["model_type"] = ptqflow.ModelType.TRANSFORMER
+    if variant == "bc":
+        kw["fast_bias_correction"] = False
+    if variant == "nobc":
+        kw["advanced_parameters"] = ptqflow.AdvancedParameters(disable_bias_correction=True)
+    return ptqflow.quantize(model, ptqflow.Dataset(samples), **kw)
+
+
+def run_nncf(model, samples, variant: str, transformer: bool):
+    import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+
+    kw = {"subset_size": len(samples)}
+    if transformer:
+        kw["model_type"] = nncf.ModelType.TRANSFORMER
+    if variant == "bc":
+        kw["fast_bias_correction"] = False
+    if variant == "nobc":
+        kw["advanced_parameters"] = AdvancedQuantizationParameters(disable_bias_correction=True)
+    return nncf.quantize(model, nncf.Dataset(samples), **kw)
+
+
+def run_ort(model_path, samples, out_path):
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(samples)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    quantize_static(model_path, out_path, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    calibrate_method=CalibrationMethod.MinMax)
+
+
+def main() -> None:
+    method, model_path, calib, out = sys.argv[1:5]
+    transformer = len(sys.argv) > 5 and sys.argv[5] == "transformer"
+    samples = _samples(calib)
+    res: dict = {"method": method}
+    t0 = time.perf_counter()
+    try:
+        tool, _, variant = method.partition("_")
+        if tool == "ort":
+            run_ort(model_path, samples, out)
+        else:
+            model = onnx.load(model_path)
+            q = (run_ptqflow if tool == "ptqflow" else run_nncf)(model, samples, variant, transformer)
+            q.ir_version = min(q.ir_version, 10)
+            onnx.save(q, out)
+        res["ok"] = True
+    except Exception as err:  # a failing method is a result, not a crash of the bench
+        res.update(ok=False, error=f"{type(err).__name__}: {err}"[:500], trace=traceback.format_exc()[-2000:])
+    res["quantize_s"] = time.perf_counter() - t0
+    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("BENCHRESULT " + json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()
