@@ -169,5 +169,28 @@ def test_streaming_5000_samples_bounded_memory(tmp_path, mlp):
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert idx["counts"] == {"calibration": 4000, "validation": 1000}  # 20 MB of samples in all
-    assert peak < 8 * 1024 * 1024, peak
+    assert peak < 10 * 1024 * 1024, peak  # measured ~6.3 MB; the samples total 20 MB
     assert read_index(out)["shards"]["calibration"] >= 15
+
+
+def test_stratified_prefix_keeps_class_proportions():
+    from ptqflow.data.selection import selection_order
+
+    labels = [0] * 30 + [1] * 10
+    for seed in range(5):
+        order = selection_order(labels, seed)
+        assert sorted(order) == list(range(40))
+        first = [labels[i] for i in order[:8]]
+        assert first.count(1) == 2  # 8 * 10/40
+        rest = [labels[i] for i in order[8:16]]
+        assert rest.count(1) == 2
+
+
+def test_shorter_side_resize_crops_to_the_model_size():
+    from ptqflow.config import PreprocessConfig
+    from ptqflow.data.preprocess import preprocess_chain
+
+    x = np.zeros((6, 12, 3), np.uint8)
+    x[:, 3:9] = 200  # the central half of the width
+    out = preprocess_chain(Image.fromarray(x), PreprocessConfig(resize_mode="shorter", scale=1.0), (6, 6))
+    assert out.shape == (3, 6, 6) and (out == 200).all()

@@ -74,6 +74,8 @@ def preprocess_chain(img: Image.Image, cfg: PreprocessConfig, target: tuple[int,
     data = np.asarray(img, dtype=np.float32)
     if cfg.center_crop is not None:
         data = _center_crop(data, cfg.center_crop)
+    elif cfg.resize_mode == "shorter" and target is not None and data.shape[:2] != tuple(target):
+        data = _center_crop(data, list(target))  # shorter-side resize alone rarely fits a static model
     if cfg.channel_order == "BGR":
         data = data[..., ::-1]
     data = data * np.float32(cfg.scale)
