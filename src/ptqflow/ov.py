@@ -1,0 +1,37 @@
+"""OpenVINO helpers: device checks, in-memory conversion of ONNX models, compilation with precision hints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ptqflow.errors import DeviceUnavailableError
+
+
+def core():
+    """A fresh openvino.Core."""
+    import openvino as ov
+
+    return ov.Core()
+
+
+def check_device(c, device: str) -> None:
+    """DeviceUnavailableError naming the available devices when ``device`` (e.g. "GPU", "GPU.1") is absent."""
+    available = list(c.available_devices)
+    base = device.split(".")[0].split(":")[0]
+    if device in ("AUTO",) or any(d == device or d.split(".")[0] == base for d in available):
+        return
+    raise DeviceUnavailableError(f"OpenVINO device {device!r} is not present; available: {', '.join(available)}")
+
+
+def convert(model_path: Path):
+    """openvino.Model converted in memory from an ONNX file."""
+    import openvino as ov
+
+    return ov.convert_model(str(model_path))
+
+
+def compile_model(c, model, device: str, precision: str | None = None):
+    """Compiled model on ``device``; ``precision`` sets INFERENCE_PRECISION_HINT (e.g. "f32") when given."""
+    check_device(c, device)
+    cfg = {"INFERENCE_PRECISION_HINT": precision} if precision else {}
+    return c.compile_model(model, device, cfg)
