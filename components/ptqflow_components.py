@@ -1,0 +1,21 @@
+"""ptqflow's Kubeflow Pipelines components and pipeline (definitions live in ptqflow.faces.kfp_face and
+ptqflow.faces.kfp_local). Recompile the checked-in YAML after changing them:
+
+    python components/ptqflow_components.py [--device cpu|cuda|npu] [--kind container|local] [--out FILE]
+"""
+
+import argparse
+
+from ptqflow.faces import STEP_INPUTS
+from ptqflow.faces.kfp_face import build_pipeline, compile_pipeline
+from ptqflow.faces.kfp_local import STEP_COMPONENTS as LOCAL_COMPONENTS
+
+CHECKED_IN = "components/ptqflow_pipeline.yaml"  # container kind, cpu placement
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "npu"])
+    ap.add_argument("--kind", default="container", choices=["container", "local"])
+    ap.add_argument("--out", default=CHECKED_IN)
+    a = ap.parse_args()
+    print(compile_pipeline(a.out, a.kind, a.device))

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Set up the airflow face's environment (.venv-airflow, idempotent) and run tests/airflow.
+# Extra arguments go to pytest, e.g. `./scripts/test_airflow.sh -m "not slow"`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=.venv-airflow
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PY" -m venv "$VENV"
+fi
+# pip stays in the venv: kfp.local runs `python -m pip` inside each task.
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -U pip
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[airflow,openvino,s3,dev]"
+exec "$VENV/bin/python" -m pytest "$@" tests/airflow

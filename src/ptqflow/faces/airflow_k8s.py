@@ -1,0 +1,99 @@
+"""The kubernetes mode of ptqflow's DAG: one KubernetesPodOperator per step.
+
+Placement (node selector, tolerations, requests/limits) comes from ``ptqflow.faces.placement``; S3
+credentials from the Kubernetes Secret ``ptqflow-s3`` as env vars. ``PtqflowPodOperator`` reads the failed
+container's exit code and turns ptqflow's do-not-retry codes (2 config, 3 input, 4 gate, 6 device) into
+AirflowFailException, so only storage errors (5) and crashes use the task's retries.
+"""
+
+from __future__ import annotations
+
+import os
+
+from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+from airflow.providers.cncf.kubernetes.secret import Secret
+from kubernetes.client import models as k8s
+
+from ptqflow.faces import STEP_INPUTS, step_input_uris
+from ptqflow.faces.commands import NO_RETRY_EXIT_CODES, should_retry, step_arguments
+from ptqflow.faces.images import step_image
+from ptqflow.faces.params import EXPOSED
+from ptqflow.faces.placement import S3_SECRET_ENV, S3_SECRET_NAME, placement
+
+OUTPUT = "{{ params.output }}"
+CONTAINER = "base"
+SECTIONS = ("quantization", "data", "validation", "export")  # KubernetesPodOperator's main container name
+
+
+def exit_code(pod: k8s.V1Pod | None, container: str = CONTAINER) -> int | None:
+    """The terminated exit code of ``container`` in ``pod``, or None when it did not terminate."""
+    statuses = (pod.status.container_statuses or []) if pod is not None and pod.status else []
+    for status in statuses:
+        if status.name == container and status.state and status.state.terminated:
+            return status.state.terminated.exit_code
+    return None
+
+
+class PtqflowPodOperator(KubernetesPodOperator):
+    """KubernetesPodOperator that fails without retries when ptqflow exits with a do-not-retry code."""
+
+    def cleanup(self, pod, remote_pod):  # noqa: D102 (see class docstring)
+        try:
+            return super().cleanup(pod, remote_pod)
+        except Exception as err:
+            code = exit_code(remote_pod, self.base_container_name)
+            if should_retry(code):
+                raise
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException(f"ptqflow exited {code}: {NO_RETRY_EXIT_CODES[code]}") from err
+
+
+def templated_sets() -> dict[str, str]:
+    """``--set`` values rendered from the run's params (tojson: YAML-readable, null for None): first every
+    top-level config field from the ``config`` param (absent sections become {} = defaults), then the typed
+    params on top. Keys repeat on purpose: the CLI applies ``--set`` in order."""
+    from ptqflow.config import PipelineConfig
+
+    base = {f"{field}": f"{{{{ params.config.get('{field}', {{}} if '{field}' in {SECTIONS!r} else none) | tojson }}}}"
+            for field in PipelineConfig.model_fields}
+    return base, {key: f"{{{{ params.{name} | tojson }}}}" for name, key in EXPOSED.items()}
+
+
+def pod_operator(step: str, device: str, namespace: str | None = None) -> PtqflowPodOperator:
+    """The pod task of one step, placed for ``device``."""
+    place = placement(step, device)
+    inputs = step_input_uris(OUTPUT, step)
+    base, typed = templated_sets()
+    args = step_arguments(step, inputs, f"{OUTPUT}/{step}", base)
+    for key, value in typed.items():
+        args += ["--set", f"{key}={value}"]
+    return PtqflowPodOperator(
+        task_id=step.replace("-", "_"),
+        name=f"ptqflow-{step}",
+        namespace=namespace or os.environ.get("PTQFLOW_K8S_NAMESPACE", "ptqflow"),
+        image=step_image(step, device),
+        cmds=["ptqflow"],
+        arguments=["--log-format", "json", *args],
+        node_selector=dict(place.node_selector),
+        tolerations=[k8s.V1Toleration(**t) for t in place.tolerations],
+        container_resources=k8s.V1ResourceRequirements(requests=dict(place.requests), limits=dict(place.limits)),
+        secrets=[Secret("env", env, S3_SECRET_NAME, key) for env, key in S3_SECRET_ENV.items()],
+        env_vars={"PTQFLOW_STEP": step},
+        labels={"app.kubernetes.io/name": "ptqflow", "ptqflow.io/step": step},
+        on_finish_action="delete_succeeded_pod",
+        get_logs=True,
+        do_xcom_push=False,
+    )
+
+
+def pod_tasks(device: str):
+    """Six chained pod tasks (data dependencies as in the artifact contract); returns export-ir's."""
+    ops = {step: pod_operator(step, device) for step in STEP_INPUTS}
+    from ptqflow.faces import PRODUCERS
+
+    for step, inputs in STEP_INPUTS.items():
+        for name in inputs:
+            ops[PRODUCERS[name]] >> ops[step]
+    ops["validate"] >> ops["export-ir"]
+    return ops["export-ir"]

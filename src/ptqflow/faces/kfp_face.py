@@ -1,0 +1,147 @@
+"""ptqflow's Kubeflow Pipelines face: components per step and the six-step pipeline.
+
+Two component kinds share the wiring: ``container`` components run the ptqflow image's CLI
+(``ptqflow <step> --in-<name> PATH --out PATH --config PATH``) and get kfp-kubernetes placement per device;
+``local`` components are lightweight Python components that call ``ptqflow.pipeline.run_step`` on the
+artifacts' ``.path`` (what ``kfp.local`` can run). A first ``resolve-config`` task validates the run
+parameters (generated from ptqflow's config schema) and hands every step the same config file.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from kfp import dsl, kubernetes
+from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
+
+from ptqflow.faces import STEP_INPUTS
+from ptqflow.faces.images import image, step_image
+from ptqflow.faces.params import EXPOSED, param_specs
+from ptqflow.faces.placement import S3_SECRET_ENV, S3_SECRET_NAME, placement
+
+_PY = {"integer": int, "number": float, "boolean": bool, "string": str}
+# Artifact type and output name per producer step.
+OUTPUTS = {"fetch-model": ("model", Model), "build-calibration": ("calibration", Dataset),
+           "collect-stats": ("statistics", Artifact), "quantize": ("quantized", Model),
+           "validate": ("report", Artifact), "export-ir": ("ir", Model)}
+INPUT_TYPES = {"model": Model, "calibration": Dataset, "statistics": Artifact, "quantized": Model}
+
+
+def pipeline_params() -> list[tuple[str, type, object, str]]:
+    """(name, python type, default, description) per exposed config field. Nullable fields become str
+    parameters where "" means unset (KFP parameters cannot be null); others keep their schema type."""
+    out = []
+    for name, spec in param_specs().items():
+        types = [t for t in spec["type"] if t != "null"]
+        if "null" in spec["type"] or len(types) != 1:
+            py, default = str, "" if spec["default"] is None else str(spec["default"])
+        else:
+            py, default = _PY[types[0]], spec["default"]
+        out.append((name, py, default, spec["description"]))
+    out.append(("base_config", str, "", "Full ptqflow config as YAML/JSON text; the parameters above override it."))
+    return out
+
+
+def _signed(name: str, params: list[tuple[str, type]], impl, extra: list[inspect.Parameter] = (),
+            defaults: dict | None = None):
+    """A function named ``name`` with a real signature (KFP reads it) that calls impl(**values)."""
+    plist = [inspect.Parameter(p, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=t,
+                               default=(defaults or {}).get(p, inspect.Parameter.empty)) for p, t in params]
+    plist += list(extra)
+    sig = inspect.Signature(plist)
+
+    def fn(*args, **kwargs):
+        bound = sig.bind(*args, **kwargs)
+        return impl(**bound.arguments)
+
+    fn.__name__ = fn.__qualname__ = name
+    fn.__signature__ = sig
+    fn.__annotations__ = {p.name: p.annotation for p in plist}
+    return fn
+
+
+def _resolve_container():
+    """Container component: validate parameters, write the run's config JSON."""
+    params = [(n, t) for n, t, _, _ in pipeline_params()]
+
+    def impl(config, base_config, **values):
+        args = ["-m", "ptqflow.faces.kfp_runtime", "resolve-config", "--out", config.path, "--base", base_config]
+        for name, value in values.items():
+            args += ["--set", dsl.ConcatPlaceholder([f"{EXPOSED[name]}=", value])]
+        return dsl.ContainerSpec(image=image("cpu"), command=["python"], args=args)
+
+    out = inspect.Parameter("config", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Output[Artifact])
+    return dsl.container_component(_signed("resolve_config", params, impl, [out]))
+
+
+def _step_container(step: str, device: str):
+    """Container component of one step: the CLI on KFP-staged artifact paths."""
+    out_name, out_type = OUTPUTS[step]
+    params = [("config", Input[Artifact])] + [(n, Input[INPUT_TYPES[n]]) for n in STEP_INPUTS[step]]
+
+    def impl(config, **arts):
+        outp = arts.pop(out_name)
+        args = [step]
+        for n, a in arts.items():
+            args += [f"--in-{n}", a.path]
+        args += ["--out", outp.path, "--config", config.path]
+        return dsl.ContainerSpec(image=step_image(step, device), command=["ptqflow", "--log-format", "json"],
+                                 args=args)
+
+    out = inspect.Parameter(out_name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Output[out_type])
+    return dsl.container_component(_signed(step.replace("-", "_"), params, impl, [out]))
+
+
+def place(task: dsl.PipelineTask, step: str, device: str) -> dsl.PipelineTask:
+    """Apply ptqflow's placement for ``step`` on ``device`` and the S3 secret env to a container task."""
+    p = placement(step, device)
+    task.set_cpu_request(p.requests["cpu"]).set_cpu_limit(p.limits["cpu"])
+    task.set_memory_request(p.requests["memory"]).set_memory_limit(p.limits["memory"])
+    if p.accelerator:
+        task.set_accelerator_type(p.accelerator).set_accelerator_limit(p.limits[p.accelerator])
+    for key, value in p.node_selector.items():
+        kubernetes.add_node_selector(task, label_key=key, label_value=value)
+    for t in p.tolerations:
+        kubernetes.add_toleration(task, key=t["key"], operator=t["operator"], effect=t["effect"])
+    kubernetes.use_secret_as_env(task, secret_name=S3_SECRET_NAME,
+                                 secret_key_to_env={v: k for k, v in S3_SECRET_ENV.items()})
+    return task
+
+
+def build_pipeline(kind: str = "container", device: str = "cpu"):
+    """The six-step pipeline function (kind: container | local), parameters from the config schema."""
+    if kind == "local":
+        from ptqflow.faces import kfp_local as comps
+
+        resolve, steps = comps.resolve_config, comps.STEP_COMPONENTS
+    else:
+        resolve, steps = _resolve_container(), {s: _step_container(s, device) for s in STEP_INPUTS}
+    specs = pipeline_params()
+
+    def body(**values):
+        cfg = resolve(**values).set_display_name("resolve-config")
+        if kind == "container":
+            place(cfg, "resolve-config", device)
+        made = {}
+        for step, inputs in STEP_INPUTS.items():
+            arts = {n: made[n] for n in inputs}
+            task = steps[step](config=cfg.outputs["config"], **arts).set_display_name(step)
+            if kind == "container":
+                place(task, step, device)
+            made[OUTPUTS[step][0]] = task.outputs[OUTPUTS[step][0]]
+            made[f"task:{step}"] = task
+        made["task:export-ir"].after(made["task:validate"])  # export only what passed the gate
+
+    fn = _signed(f"ptqflow_{kind}", [(n, t) for n, t, _, _ in specs], body,
+                 defaults={n: d for n, _, d, _ in specs})
+    fn.__doc__ = "ptqflow: fetch-model, build-calibration, collect-stats, quantize, validate, export-ir."
+    return dsl.pipeline(name=f"ptqflow-quantize-{kind}-{device}" if kind == "container" else "ptqflow-quantize-local",
+                        description=fn.__doc__)(fn)
+
+
+def compile_pipeline(path: str, kind: str = "container", device: str = "cpu") -> str:
+    """Compile the pipeline to YAML at ``path``; returns the path."""
+    from kfp import compiler
+
+    compiler.Compiler().compile(build_pipeline(kind, device), package_path=str(path))
+    return str(path)

@@ -1,0 +1,113 @@
+"""Code that runs inside ptqflow's KFP components (no kfp import): resolving the run's config file, running
+one step on artifact paths, and turning validate's manifest into KFP Metrics numbers.
+
+``python -m ptqflow.faces.kfp_runtime resolve-config --out PATH --set key=value ...`` is the container
+command of the ``resolve-config`` component: it validates the run parameters once (a bad value fails the
+run before any data moves) and writes the full config as JSON for every step's ``--config``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ptqflow.config import load_config
+from ptqflow.errors import ConfigError, PtqflowError
+
+
+def param_value(raw: Any) -> Any:
+    """A KFP parameter value as the config wants it: "" means unset (None); strings are YAML-parsed like
+    the CLI's ``--set`` (so "0.5" -> 0.5, "true" -> True); other types pass through."""
+    if isinstance(raw, str):
+        return None if raw == "" else yaml.safe_load(raw)
+    return raw
+
+
+def resolve_config(out: str | Path, values: dict[str, Any], base: str = "") -> dict:
+    """Validate ``base`` (config YAML/JSON text, may be empty) with {dotted key: value} applied into a
+    PipelineConfig and write it as JSON at ``out``; returns the dict."""
+    try:
+        base_data = yaml.safe_load(base) if base else {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"base_config is not valid YAML: {err}") from None
+    if not isinstance(base_data, dict):
+        raise ConfigError("base_config must be a mapping")
+    flat = {k: param_value(v) for k, v in values.items()}
+    cfg = load_config(None, {**_flatten(base_data), **flat})
+    data = cfg.model_dump(mode="json")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
+    return data
+
+
+def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1} (mappings only; lists stay values)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def run_step_on_paths(step: str, inputs: dict[str, str], out: str, config_path: str) -> dict:
+    """Run ``step`` from local artifact directories into ``out`` (a KFP artifact path); returns the manifest
+    as a dict (digest, metrics)."""
+    from ptqflow.pipeline import run_step
+
+    cfg = load_config(config_path)
+    manifest = run_step(step, inputs, out, cfg)
+    return {"digest": manifest.digest, "metrics": manifest.metrics}
+
+
+def numeric_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:
+    """Flatten a manifest's metrics to {dotted name: float}, keeping only finite numbers (KFP Metrics)."""
+    flat: dict[str, float] = {}
+    for key, value in (metrics or {}).items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(numeric_metrics(value, f"{name}."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and value == value \
+                and abs(value) != float("inf"):
+            flat[name] = float(value)
+    return flat
+
+
+def copy_report_html(validate_dir: str, html_path: str) -> None:
+    """Copy validate's report.html to the KFP HTML artifact path."""
+    Path(html_path).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(Path(validate_dir) / "report.html", html_path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``resolve-config --out PATH --set key=value ...``; exit code as the ptqflow CLI's."""
+    parser = argparse.ArgumentParser(prog="python -m ptqflow.faces.kfp_runtime")
+    sub = parser.add_subparsers(dest="command", required=True)
+    rc = sub.add_parser("resolve-config")
+    rc.add_argument("--out", required=True)
+    rc.add_argument("--base", default="", help="base config as YAML/JSON text")
+    rc.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    try:
+        values = {}
+        for item in args.sets:
+            if "=" not in item:
+                raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+            key, raw = item.split("=", 1)
+            values[key] = raw
+        resolve_config(args.out, values, args.base)
+    except PtqflowError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
