@@ -114,3 +114,21 @@ def test_method1_through_build_and_dynamic_shape_mismatch(tmp_path):
         build(tmp_path / "imgs", dyn, out, _cfg(subset_size=2, validation_size=0))
     idx = build(tmp_path / "imgs", dyn, out, _cfg(subset_size=2, validation_size=0, preprocess={"resize": [4, 4]}))
     assert idx["shapes"] == {"input": [1, 3, 4, 4]}
+
+
+def test_rewritten_npz_is_read_again_and_txt_lines(tmp_path, monkeypatch):
+    mlp = builders.save(builders.mlp(features=4), tmp_path / "m" / "model.onnx")
+    for value in (1.0, 2.0):
+        np.savez(tmp_path / "d.npz", input=np.full((2, 4), value, np.float32))
+        out = tmp_path / f"o{value}"
+        out.mkdir()
+        build(tmp_path / "d.npz", mlp, out, _cfg(subset_size=2, validation_size=0))
+        assert all(float(s["input"][0, 0]) == value for s in iter_samples(out))
+    (tmp_path / "lines.txt").write_text("a\n\nbbb\n")
+    (tmp_path / "tok.py").write_text(
+        "import numpy as np\ndef tok(s):\n    return np.full((4,), len(s), np.float32)\n")
+    monkeypatch.chdir(tmp_path)
+    out = _out(tmp_path)
+    idx = build(tmp_path / "lines.txt", mlp, out, _cfg(subset_size=2, validation_size=0, transform="tok:tok"))
+    assert sorted(idx["sources"]["calibration"]) == ["lines.txt:1", "lines.txt:3"]  # blank line ignored
+    assert sorted(float(s["input"][0, 0]) for s in iter_samples(out)) == [1.0, 3.0]

@@ -14,7 +14,7 @@ from ptqflow.config import PipelineConfig
 from ptqflow.data.preprocess import preprocess_image
 from ptqflow.data.selection import selection_order
 from ptqflow.data.shards import INDEX_FILE, ShardWriter
-from ptqflow.data.sources import list_items
+from ptqflow.data.sources import clear_caches, list_items
 from ptqflow.data.transform import fit_sample, load_transform
 from ptqflow.errors import InputError
 
@@ -80,6 +80,8 @@ def build(source: Path, model_path: Path, out: Path, cfg: PipelineConfig) -> dic
         for p in written:
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
         raise
+    finally:
+        clear_caches()  # do not keep a large .npz in memory after the build
 
 
 def _build(source: Path, model_path: Path, out: Path, cfg: PipelineConfig) -> dict:

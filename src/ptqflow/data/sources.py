@@ -104,6 +104,18 @@ def _array_items(files: list[Path], root: Path, inputs: list[dict]) -> list[Item
     return items
 
 
+@lru_cache(maxsize=2)
+def _read_pb_cached(path: str) -> np.ndarray:
+    """A stacked .pb is parsed once for all of its samples (the cache is cleared per build)."""
+    return _read_pb(Path(path))
+
+
+def clear_caches() -> None:
+    """Drops cached .npz/.pb contents: a file rewritten between builds must be read again."""
+    _npz.cache_clear()
+    _read_pb_cached.cache_clear()
+
+
 def _read_pb(path: Path) -> np.ndarray:
     import onnx
     from onnx import numpy_helper
@@ -139,7 +151,7 @@ def _pb_items(root: Path, inputs: list[dict]) -> list[Item]:
         n = _batch_count(arr.shape, rank, rel, spec["name"], spec["shape"])
         for i in range(n):
             def load(f=f, i=i):
-                return {spec["name"]: _take(_read_pb(f), rank, i)}
+                return {spec["name"]: _take(_read_pb_cached(str(f)), rank, i)}
             items.append(Item(f"{rel}[{i}]", None, load, "arrays"))
     return items
 
@@ -164,6 +176,7 @@ def _text_items(path: Path) -> list[Item]:
 def list_items(source: Path, inputs: list[dict]) -> tuple[list[Item], list[str]]:
     """All items of a local source and the label names (sorted class folder names, or [])."""
     source = Path(source)
+    clear_caches()
     if not source.exists():
         raise InputError(f"data.source {source}: no such file or directory")
     if source.is_file():
