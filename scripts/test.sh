@@ -16,6 +16,10 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check -U pip
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[openvino,s3,demo,dev]"
+# The report screenshot test renders report.html with Debian's headless chromium.
+if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium || true
+fi
 set +e
 
 status=0
