@@ -120,13 +120,20 @@ def main() -> None:
     ap.add_argument("--models", default=None)
     ap.add_argument("--methods", default=None)
     ap.add_argument("--work", default=str(HERE / ".work"))
+    ap.add_argument("--cal", type=int, help="calibration samples (override)")
+    ap.add_argument("--val", type=int, help="validation samples (override)")
+    ap.add_argument("--speed-iters", type=int, help="timed OpenVINO runs per model (override; 0: no speed)")
     args = ap.parse_args()
+    over = {k: getattr(args, k) for k in ("cal", "val", "speed_iters")}
     if args.quick:
         models, args.cal, args.val, args.speed_iters = ["cls"], 100, 100, 30
     else:
         models, args.cal, args.val, args.speed_iters = ["cls", "rec", "det", "encoder"], 300, 300, 100
     # det at 640x480 costs ~20x a cls inference: fewer samples keep the full run inside the hour on 2 cores.
     args.det_val, args.det_cal = 40, 100
+    for k, v in over.items():
+        if v is not None:
+            setattr(args, k, v)
     if args.models:
         models = args.models.split(",")
     args.methods = args.methods.split(",") if args.methods else METHODS

@@ -66,6 +66,18 @@ def run_ort(model_path, samples, out_path):
                     calibrate_method=CalibrationMethod.MinMax)
 
 
+def peak_rss_mb() -> float:
+    """This process's own peak RSS (VmHWM): ru_maxrss would also count the parent's peak, which Linux carries
+    across fork and exec, so every worker would report at least the harness's size."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def main() -> None:
     method, model_path, calib, out = sys.argv[1:5]
     transformer = len(sys.argv) > 5 and sys.argv[5] == "transformer"
@@ -85,7 +97,7 @@ def main() -> None:
     except Exception as err:  # a failing method is a result, not a crash of the bench
         res.update(ok=False, error=f"{type(err).__name__}: {err}"[:500], trace=traceback.format_exc()[-2000:])
     res["quantize_s"] = time.perf_counter() - t0
-    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    res["peak_rss_mb"] = peak_rss_mb()
     print("BENCHRESULT " + json.dumps(res))
 
 
