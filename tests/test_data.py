@@ -194,3 +194,15 @@ def test_shorter_side_resize_crops_to_the_model_size():
     x[:, 3:9] = 200  # the central half of the width
     out = preprocess_chain(Image.fromarray(x), PreprocessConfig(resize_mode="shorter", scale=1.0), (6, 6))
     assert out.shape == (3, 6, 6) and (out == 200).all()
+
+
+def test_transform_spec_errors(tmp_path, monkeypatch):
+    from ptqflow.data.transform import load_transform
+    from ptqflow.errors import ConfigError
+
+    (tmp_path / "tfmod_x.py").write_text("VALUE = 1\ndef f(x):\n    return x\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_transform("tfmod_x:f")(5) == 5
+    for spec, msg in (("nocolon", "module:function"), ("tfmod_x:VALUE", "no callable"), ("no_such_mod_q:f", "cannot import")):
+        with pytest.raises(ConfigError, match=msg):
+            load_transform(spec)

@@ -125,10 +125,10 @@ def test_rewritten_npz_is_read_again_and_txt_lines(tmp_path, monkeypatch):
         build(tmp_path / "d.npz", mlp, out, _cfg(subset_size=2, validation_size=0))
         assert all(float(s["input"][0, 0]) == value for s in iter_samples(out))
     (tmp_path / "lines.txt").write_text("a\n\nbbb\n")
-    (tmp_path / "tok.py").write_text(
+    (tmp_path / "linetok.py").write_text(  # a module name no other test imports (sys.modules caches it)
         "import numpy as np\ndef tok(s):\n    return np.full((4,), len(s), np.float32)\n")
     monkeypatch.chdir(tmp_path)
     out = _out(tmp_path)
-    idx = build(tmp_path / "lines.txt", mlp, out, _cfg(subset_size=2, validation_size=0, transform="tok:tok"))
+    idx = build(tmp_path / "lines.txt", mlp, out, _cfg(subset_size=2, validation_size=0, transform="linetok:tok"))
     assert sorted(idx["sources"]["calibration"]) == ["lines.txt:1", "lines.txt:3"]  # blank line ignored
     assert sorted(float(s["input"][0, 0]) for s in iter_samples(out)) == [1.0, 3.0]

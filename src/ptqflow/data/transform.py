@@ -18,12 +18,16 @@ def load_transform(spec: str) -> Callable:
         raise ConfigError(f"data.transform must be 'module:function', got {spec!r}")
     mod_name, func_name = spec.split(":", 1)
     cwd = os.getcwd()
-    if cwd not in sys.path:
+    added = cwd not in sys.path
+    if added:
         sys.path.insert(0, cwd)  # users keep transforms next to their config
     try:
         module = importlib.import_module(mod_name)
     except Exception as err:
         raise ConfigError(f"data.transform {spec!r}: cannot import {mod_name!r} ({err})") from err
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)  # leave the interpreter's path as it was
     fn = getattr(module, func_name, None)
     if not callable(fn):
         raise ConfigError(f"data.transform {spec!r}: {mod_name!r} has no callable {func_name!r}")
