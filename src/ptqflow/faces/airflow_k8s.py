@@ -37,9 +37,9 @@ def exit_code(pod: k8s.V1Pod | None, container: str = CONTAINER) -> int | None:
 class PtqflowPodOperator(KubernetesPodOperator):
     """KubernetesPodOperator that fails without retries when ptqflow exits with a do-not-retry code."""
 
-    def cleanup(self, pod, remote_pod):  # noqa: D102 (see class docstring)
+    def cleanup(self, pod, remote_pod, *args, **kwargs):  # noqa: D102 (see class docstring)
         try:
-            return super().cleanup(pod, remote_pod)
+            return super().cleanup(pod, remote_pod, *args, **kwargs)
         except Exception as err:
             code = exit_code(remote_pod, self.base_container_name)
             if should_retry(code):

@@ -1,0 +1,143 @@
+"""Airflow face: the DAG file parses in both modes; kubernetes mode renders valid, placed pods whose command
+line the ptqflow CLI accepts with the run's parameters."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+STEPS = ["fetch_model", "build_calibration", "collect_stats", "quantize", "validate", "export_ir"]
+
+
+@pytest.fixture
+def kubeconfig(tmp_path, monkeypatch):
+    """A kubeconfig pointing at a loopback API server that is never contacted (pod rendering reads it)."""
+    path = tmp_path / "kubeconfig"
+    path.write_text("""apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:6443", insecure-skip-tls-verify: true}}]
+users: [{name: u, user: {token: dummy}}]
+contexts: [{name: x, context: {cluster: c, user: u, namespace: ptqflow}}]
+current-context: x
+""")
+    monkeypatch.setenv("KUBECONFIG", str(path))
+    return path
+
+
+@pytest.mark.parametrize("mode", ["local", "kubernetes"])
+def test_dagbag_imports_without_errors(mode, monkeypatch, tmp_path):
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("PTQFLOW_AIRFLOW_MODE", mode)
+    bag = DagBag(dag_folder=str(ROOT / "dags"))
+    assert bag.import_errors == {}
+    dag = bag.dags["ptqflow_quantize"]
+    assert sorted(dag.task_dict) == sorted(STEPS + ["publish"])
+    assert dag.doc_md and "ptqflow" in dag.doc_md
+    assert dag.get_task("quantize").upstream_task_ids == {"fetch_model", "build_calibration", "collect_stats"}
+    assert "validate" in dag.get_task("export_ir").upstream_task_ids
+    assert {"preset", "subset_size", "fast_bias_correction", "min_cosine", "device", "model", "data",
+            "output"} <= set(dag.params)
+
+
+def test_params_are_typed_from_the_schema():
+    from ptqflow.faces.airflow_face import dag_params
+
+    params = dag_params("cuda")
+    assert params["preset"].schema["enum"] == ["performance", "mixed", None]
+    assert params["subset_size"].schema["type"] == ["integer"]
+    assert params["device"].value == "cuda"
+    from airflow.sdk.definitions.param import ParamsDict
+
+    with pytest.raises(Exception, match="subset_size|is not of type"):
+        ParamsDict({"subset_size": params["subset_size"]}).__setitem__("subset_size", "many")
+
+
+def _render_pods(device, conf, kubeconfig):
+    from airflow.sdk.definitions.param import ParamsDict
+
+    from ptqflow.faces.airflow_face import build_dag
+
+    dag = build_dag("ptqflow_k8s_test", mode="kubernetes", device=device)
+    params = ParamsDict(dag.params)
+    params.update(conf)
+    params.validate()
+    pods = {}
+    for tid in STEPS:
+        op = dag.get_task(tid)
+        op.config_file = str(kubeconfig)  # the provider reads no KUBECONFIG env var
+        op.arguments = op.render_template(op.arguments, {"params": params.dump()}, jinja_env=dag.get_template_env())
+        pods[tid] = (op, op.build_pod_request_obj(context=None))
+    return pods
+
+
+CONF = {"model": "s3://models/tiny.onnx", "data": "s3://data/images/", "output": "s3://runs/r1",
+        "preset": "mixed", "subset_size": 16, "min_sqnr_db": None,
+        "config": {"data": {"validation_size": 8}, "validation": {"latency_iterations": 3}}}
+
+
+@pytest.mark.parametrize("device,resource,label", [
+    ("cuda", "nvidia.com/gpu", "nvidia.com/gpu.present"),
+    ("npu", "npu.intel.com/accel", "intel.feature.node.kubernetes.io/npu"),
+    ("cpu", None, None),
+])
+def test_pods_render_with_placement_secret_and_cli(kubeconfig, device, resource, label):
+    import kubernetes_validate
+    from kubernetes.client import ApiClient
+
+    from ptqflow import __version__
+    from ptqflow.cli import build_parser, overrides_from_args
+    from ptqflow.config import load_config
+
+    for tid, (op, pod) in _render_pods(device, CONF, kubeconfig).items():
+        c = pod.spec.containers[0]
+        accelerated = tid in ("collect_stats", "quantize", "validate")
+        suffix = f"-{device}" if accelerated and device != "cpu" else ""
+        assert c.image == f"ghcr.io/ptqflow/ptqflow:{__version__}{suffix}"
+        assert c.command == ["ptqflow"]
+        limits, sel, tol = c.resources.limits, pod.spec.node_selector, pod.spec.tolerations or []
+        if accelerated and resource:
+            assert limits[resource] == "1" and sel == {label: "true"}
+            assert [(t.key, t.operator, t.effect) for t in tol] == [(resource, "Exists", "NoSchedule")]
+        else:
+            assert not any(k.endswith(("/gpu", "/accel")) for k in limits)
+            assert sel == {"kubernetes.io/arch": "amd64"} and tol == []
+        secret_env = {e.name: (e.value_from.secret_key_ref.name, e.value_from.secret_key_ref.key)
+                      for e in c.env if e.value_from}
+        assert secret_env["AWS_ACCESS_KEY_ID"] == ("ptqflow-s3", "access_key")
+        assert secret_env["AWS_SECRET_ACCESS_KEY"] == ("ptqflow-s3", "secret_key")
+        # The rendered command line is one the ptqflow CLI accepts, with the run's values.
+        args = build_parser().parse_args(c.args)
+        assert args.command == tid.replace("_", "-") and args.out == f"s3://runs/r1/{args.command}"
+        cfg = load_config(None, overrides_from_args(args))
+        assert cfg.quantization.preset.value == "mixed" and cfg.quantization.subset_size == 16
+        assert cfg.data.validation_size == 8 and cfg.validation.latency_iterations == 3
+        assert cfg.device.value == device and cfg.model == "s3://models/tiny.onnx"
+        if tid == "quantize":
+            assert args.in_statistics == "s3://runs/r1/collect-stats"
+        manifest = ApiClient().sanitize_for_serialization(pod)
+        kubernetes_validate.validate(manifest, "1.31.0", strict=True)  # raises on an invalid pod
+    import copy
+
+    broken = copy.deepcopy(manifest)
+    broken["spec"]["containers"][0]["image"] = 5  # the validator does catch a bad pod
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, "1.31.0", strict=True)
+
+
+def test_exit_codes_map_to_retry_policy():
+    from kubernetes.client import models as k8s
+
+    from ptqflow.faces.airflow_k8s import exit_code
+    from ptqflow.faces.commands import should_retry
+
+    def pod(code):
+        term = k8s.V1ContainerStateTerminated(exit_code=code)
+        st = k8s.V1ContainerStatus(name="base", image="i", image_id="", ready=False, restart_count=0,
+                                   state=k8s.V1ContainerState(terminated=term))
+        return k8s.V1Pod(status=k8s.V1PodStatus(phase="Failed", container_statuses=[st]))
+
+    assert [should_retry(exit_code(pod(c))) for c in (2, 3, 4, 5, 6, 1, 137)] == \
+        [False, False, False, True, False, True, True]
+    assert exit_code(k8s.V1Pod(status=k8s.V1PodStatus(phase="Running"))) is None
