@@ -14,7 +14,7 @@ import builders
 from ptqflow.artifacts.manifest import read_manifest, write_manifest
 from ptqflow.config import GateConfig, PipelineConfig
 from ptqflow.data.shards import INDEX_FILE, ShardWriter
-from ptqflow.errors import GateFailedError
+from ptqflow.errors import GateFailedError, InputError
 from ptqflow.steps import validate
 
 jsonschema = pytest.importorskip("jsonschema")
@@ -133,3 +133,33 @@ def test_measure_speed_alternates():
     timed = calls[2 * validate._WARMUP:]
     assert timed == ["f", "i", "i", "f", "f", "i", "i", "f"]
     assert set(res) >= {"fp32", "int8", "speedup"}
+
+
+def test_empty_validation_split_is_an_error_never_calibration_fallback(tmp_path):
+    dirs = make_artifacts(tmp_path)
+    cal = dirs["calibration"]
+    (cal / "validation" / "shard-00000.npz").rename(cal / "calibration" / "shard-00000.npz")
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(InputError, match=r"validation: no validation samples"):
+        validate.run(dirs, out, _cfg())
+    assert list(out.iterdir()) == []
+
+
+def test_user_metric_feeds_the_accuracy_gate(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    mod = types.ModuleType("ptqflow_validate_metric")
+    # A task metric that sees all outputs and labels: the mean of logits[:, 0] (FP32 vs INT8 differ slightly).
+    mod.first_logit = lambda outputs, labels: {"score": float(np.mean(outputs["logits"][:, 0])), "n": len(labels)}
+    monkeypatch.setitem(sys.modules, mod.__name__, mod)
+    dirs = make_artifacts(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    cfg = PipelineConfig.model_validate({"validation": {"latency_iterations": 2, "metric": f"{mod.__name__}:first_logit",
+                                                        "gate": {"min_speedup": None}}})
+    report = json.loads((validate.run(dirs, out, cfg), out / "report.json")[1].read_text())
+    assert report["accuracy"]["fp32"]["n"] == report["accuracy"]["int8"]["n"] == 12.0
+    assert report["accuracy"]["fp32"]["score"] != report["accuracy"]["int8"]["score"]
+    assert report["layers"] == []  # per-layer sensitivity off by default
