@@ -92,6 +92,7 @@ def test_each_step_through_the_cli(workspace):
     assert (ir / "model.xml").is_file() and (ir / "model.bin").is_file()
 
 
+@pytest.mark.slow
 def test_run_reuses_upstream_when_bias_mode_changes(workspace, capsys):
     need(*STEPS_ALL)
     ws = workspace
@@ -110,6 +111,7 @@ def test_run_reuses_upstream_when_bias_mode_changes(workspace, capsys):
     assert "quantize: running" in captured.err
 
 
+@pytest.mark.slow
 def test_sigkill_mid_step_leaves_no_manifest_and_rerun_matches(workspace, tmp_path):
     need("ptqflow.steps.build_calibration", "ptqflow.data", "ptqflow.api")
     ws = workspace
