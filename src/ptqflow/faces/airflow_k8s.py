@@ -17,7 +17,7 @@ from kubernetes.client import models as k8s
 from ptqflow.faces import STEP_INPUTS, step_input_uris
 from ptqflow.faces.commands import NO_RETRY_EXIT_CODES, should_retry, step_arguments
 from ptqflow.faces.images import step_image
-from ptqflow.faces.params import EXPOSED
+from ptqflow.faces.params import param_specs
 from ptqflow.faces.placement import S3_SECRET_ENV, S3_SECRET_NAME, placement
 
 OUTPUT = "{{ params.output }}"
@@ -57,7 +57,25 @@ def templated_sets() -> dict[str, str]:
 
     base = {f"{field}": f"{{{{ params.config.get('{field}', {{}} if '{field}' in {SECTIONS!r} else none) | tojson }}}}"
             for field in PipelineConfig.model_fields}
-    return base, {key: f"{{{{ params.{name} | tojson }}}}" for name, key in EXPOSED.items()}
+    typed = {}
+    for name, spec in param_specs().items():
+        default = _jinja_literal(spec["default"])
+        lookup = "params.config" + "".join(f".get('{p}', {{}})" for p in spec["key"].split(".")[:-1])
+        lookup += f".get('{spec['key'].split('.')[-1]}', {default})"
+        # A param left at its default does not override the config param's value (as in local mode).
+        typed[spec["key"]] = f"{{{{ ({lookup} if params.{name} == {default} else params.{name}) | tojson }}}}"
+    return base, typed
+
+
+def _jinja_literal(value) -> str:
+    """A Python value as a Jinja literal (none/true/false, JSON numbers and strings)."""
+    import json
+
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value)
 
 
 def pod_operator(step: str, device: str, namespace: str | None = None) -> PtqflowPodOperator:

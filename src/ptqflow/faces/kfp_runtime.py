@@ -38,7 +38,10 @@ def resolve_config(out: str | Path, values: dict[str, Any], base: str = "") -> d
         raise ConfigError(f"base_config is not valid YAML: {err}") from None
     if not isinstance(base_data, dict):
         raise ConfigError("base_config must be a mapping")
-    flat = {k: param_value(v) for k, v in values.items()}
+    from ptqflow.faces.params import EXPOSED, overrides
+
+    by_name = {name: values[key] for name, key in EXPOSED.items() if key in values}
+    flat = {k: param_value(v) for k, v in overrides(by_name).items()}
     cfg = load_config(None, {**_flatten(base_data), **flat})
     data = cfg.model_dump(mode="json")
     Path(out).parent.mkdir(parents=True, exist_ok=True)

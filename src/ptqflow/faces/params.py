@@ -71,9 +71,31 @@ def param_specs() -> dict[str, dict[str, Any]]:
     return specs
 
 
+def is_default(name: str, value: Any, specs: dict | None = None) -> bool:
+    """Whether ``value`` is parameter ``name``'s schema default (also as text: "" for None, "0.98")."""
+    default = (specs or param_specs())[name]["default"]
+    if value == default and type(value) is type(default):
+        return True
+    if isinstance(value, str) and not isinstance(default, str):
+        import yaml  # parameters travel as text through containers ("300", "true", "0.98", "")
+
+        if value == "":
+            return default is None
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            return False
+        return parsed == default and isinstance(parsed, bool) == isinstance(default, bool)
+    return False
+
+
 def overrides(values: dict[str, Any]) -> dict[str, Any]:
-    """Dotted-key config overrides from parameter values (unknown names are ignored: they are the face's)."""
-    return {EXPOSED[name]: value for name, value in values.items() if name in EXPOSED}
+    """Dotted-key config overrides from parameter values (unknown names are ignored: they are the face's).
+    A parameter left at its schema default does not override: the base config's value (or the same
+    default) applies, so a base config is never silently reset by untouched parameters."""
+    specs = param_specs()
+    return {EXPOSED[name]: value for name, value in values.items()
+            if name in EXPOSED and not is_default(name, value, specs)}
 
 
 def config_from_params(values: dict[str, Any], base: dict[str, Any] | None = None) -> PipelineConfig:
