@@ -82,10 +82,13 @@ def test_lightweight_pipeline_under_kfp_local(tmp_path, inputs, monkeypatch):
                    base_config=json.dumps(BASE), min_cosine="0.5")
     del run
     root = tmp_path / "root"
-    metrics_files = list(root.glob("**/validate-local/metrics"))
-    html_files = list(root.glob("**/validate-local/html"))
-    assert metrics_files and html_files
-    assert "<html" in html_files[0].read_text().lower()
+    executor = json.loads(next(root.glob("**/validate-local/executor_output.json")).read_text())
+    # Metrics are KFP metadata (numbers from validate's manifest); the HTML artifact is the report file.
+    metrics = executor["artifacts"]["metrics"]["artifacts"][0]["metadata"]
+    assert metrics["samples"] == 8.0 and 0.5 <= metrics["min_cosine"] <= 1.0
+    assert all(isinstance(v, float) for v in metrics.values())
+    html = Path(executor["artifacts"]["html"]["artifacts"][0]["uri"])
+    assert "<html" in html.read_text().lower()
     report = list(root.glob("**/validate-local/report"))[0]
     manifest = json.loads((report / "manifest.json").read_text())
     assert manifest["metrics"], "validate recorded no metrics"
