@@ -104,3 +104,32 @@ def test_container_command_is_the_cli(tmp_path):
     assert args[args.index("--in-statistics") + 1] == "{{$.inputs.artifacts['statistics'].path}}"
     assert args[args.index("--out") + 1] == "{{$.outputs.artifacts['quantized'].path}}"
     assert args[args.index("--config") + 1] == "{{$.inputs.artifacts['config'].path}}"
+
+
+def test_submit_arguments_from_config_file(tmp_path):
+    import json
+
+    from ptqflow.faces.kfp_runtime import resolve_config as resolve
+    from ptqflow.faces.kfp_submit import run_arguments
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("model: s3://b/m.onnx\nquantization:\n  preset: mixed\n  subset_size: 32\n"
+                   "data:\n  validation_size: 8\n")
+    args = run_arguments(str(cfg))
+    assert args["model"] == "s3://b/m.onnx" and args["preset"] == "mixed" and args["subset_size"] == 32
+    assert args["min_sqnr_db"] == ""  # unset nullable field
+    assert json.loads(args["base_config"])["data"]["validation_size"] == 8
+    # What resolve-config makes of those arguments is the same config.
+    values = {EXPOSED[k]: v for k, v in args.items() if k in EXPOSED}
+    data = resolve(tmp_path / "c.json", values, args["base_config"])
+    assert data["quantization"]["subset_size"] == 32 and data["data"]["validation_size"] == 8
+    assert data["quantization"]["preset"] == "mixed" and data["validation"]["gate"]["min_sqnr_db"] is None
+
+
+def test_resolve_config_rejects_bad_values(tmp_path):
+    from ptqflow.errors import ConfigError
+    from ptqflow.faces.kfp_runtime import main
+
+    assert main(["resolve-config", "--out", str(tmp_path / "c.json"), "--set", "quantization.subset_size=-3"]) \
+        == ConfigError.exit_code
+    assert not (tmp_path / "c.json").exists()
