@@ -43,6 +43,12 @@ def parse(text: str) -> list[dict]:
     return out
 
 
+NOTE = ("Run of 2026-11-22 on the shared 2-core machine, cls/rec/det and the encoder in two processes running "
+        "at the same time (absolute timings inflated; ratios within a model comparable). cls peak RSS figures are "
+        "not reliable (measured with ru_maxrss, which inherits the harness's peak; fixed to VmHWM before rec). "
+        "det was stopped at the deadline: only the methods listed ran.")
+
+
 def main() -> None:
     logs = sys.argv[1:]
     models = [m for log in logs for m in parse(Path(log).read_text())]
@@ -51,7 +57,7 @@ def main() -> None:
 
     rep = {"date": __import__("datetime").datetime.now(__import__("datetime").timezone.utc)
            .isoformat(timespec="seconds"), "quick": False, "versions": run.versions(), "models": models,
-           "note": "rebuilt from console logs: " + ", ".join(Path(x).name for x in logs)}
+           "note": "rebuilt from console logs: " + ", ".join(Path(x).name for x in logs) + ". " + NOTE}
     report.write(rep, HERE / "results")
 
 

@@ -36,6 +36,7 @@ def _num(v, fmt="{:.4f}"):
 def markdown(report: dict) -> str:
     out = [f"# ptqflow benchmark {report['date']}" + (" (quick)" if report.get("quick") else ""), "",
            f"Versions: {json.dumps(report['versions'])}; total {report.get('total_s', 0):.0f}s.", "",
+           *([f"Note: {report['note']}", ""] if report.get("note") else []),
            "Quantize time and peak RSS are of the quantizing process; speedup = FP32/INT8 OpenVINO CPU latency "
            "(FP32 with INFERENCE_PRECISION_HINT f32), measured alternately in one run.", ""]
     for m in report["models"]:
