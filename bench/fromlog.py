@@ -46,7 +46,7 @@ def parse(text: str) -> list[dict]:
 NOTE = ("Run of 2026-11-22 on the shared 2-core machine, cls/rec/det and the encoder in two processes running "
         "at the same time (absolute timings inflated; ratios within a model comparable). cls peak RSS figures are "
         "not reliable (measured with ru_maxrss, which inherits the harness's peak; fixed to VmHWM before rec). "
-        "det was stopped at the deadline: only the methods listed ran.")
+        "det: 100 calibration / 40 validation pages.")
 
 
 def main() -> None:
