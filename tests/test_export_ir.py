@@ -82,7 +82,10 @@ def test_export_writes_int8_ir_with_manifest_figures(tmp_path):
     assert 0.2 < len(blob) / fp32_bin < 0.3  # about a quarter
     assert m.metrics["int8_constants"] >= 2 and m.extra["weight_precisions"].get("i8", 0) >= 2
     assert m.metrics["fake_quantize"] >= 2  # the two activation Q/DQ pairs
-    assert m.metrics["parity_max_relative_l2"] <= 0.05 and m.extra["parity"]["samples"] == 6
+    parity = m.extra["parity"]
+    assert parity["samples"] == 6 and m.metrics["parity_ir_vs_int8"] == parity["ir_vs_int8"]
+    assert parity["ir_vs_int8"] < 0.05  # the same QDQ graph in two runtimes
+    assert m.metrics["parity_ir_vs_fp32"] - m.metrics["parity_int8_vs_fp32"] <= 0.05
     assert {"model.xml", "model.bin", "fp32/model.xml", "fp32/model.bin"} <= set(read_manifest(out).outputs)
 
 
@@ -106,15 +109,20 @@ def test_parity_fails_when_ir_weights_tampered(tmp_path):
     blob[at: at + codes["w1"].nbytes] = (-codes["w1"]).tobytes()  # flip the sign of every W1 weight
     (out / "model.bin").write_bytes(bytes(blob))
     samples = export_ir._samples(dirs["calibration"])
-    with pytest.raises(InputError, match=r"output 'output' on validation sample 0 .* > export.parity_tolerance"):
-        export_ir.check_parity(out / "model.xml", dirs["quantized"] / "model.onnx", samples, "CPU", 0.05)
+    with pytest.raises(InputError, match=r"output 'output' of the IR is further from the FP32 model .* worst sample "
+                                         r"\d+\); excess .* > export.parity_tolerance 0.05"):
+        export_ir.check_parity(out / "model.xml", dirs["quantized"] / "model.onnx", dirs["model"] / "model.onnx",
+                               samples, "CPU", 0.05)
 
 
 def test_failed_parity_leaves_no_ir(tmp_path, monkeypatch):
     dirs, _ = make_artifacts(tmp_path)
     out = tmp_path / "ir"
     out.mkdir()
-    monkeypatch.setattr(export_ir, "relative_l2", lambda ref, got: 1.0)  # any mismatch beyond tolerance
+    def failing_parity(*args, **kwargs):
+        raise InputError("IR parity check failed: output 'output' ...")
+
+    monkeypatch.setattr(export_ir, "check_parity", failing_parity)
     with pytest.raises(InputError, match="parity"):
         export_ir.run(dirs, out, _cfg())
     assert list(out.iterdir()) == []

@@ -239,7 +239,9 @@ class ExportConfig(_Strict):
 
     openvino_device: str = Field("CPU", description="Device the IR must compile on before it is published.")
     export_fp32: bool = Field(False, description="Also write the FP32 IR (fp32/model.xml).")
-    parity_tolerance: float = Field(0.05, gt=0, description="Max relative L2 error of IR vs INT8 ONNX outputs.")
+    parity_tolerance: float = Field(
+        0.05, gt=0, description="How much further from the FP32 outputs (relative L2 over the parity samples) the IR "
+                                "may be than the INT8 ONNX model is.")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from ptqflow.errors import InputError
 
 NAME = "export-ir"
 INPUTS = ("quantized", "model", "calibration")
-_PARITY_SAMPLES = 16
+_PARITY_SAMPLES = 32
 
 
 def config_section(cfg: PipelineConfig) -> dict:
@@ -45,30 +45,51 @@ def relative_l2(ref: np.ndarray, got: np.ndarray) -> float:
     return float(err / denom) if denom > 0 else float(err)
 
 
-def check_parity(xml_path: Path, onnx_path: Path, samples: list[dict], device: str, tolerance: float) -> dict:
-    """Runs the saved IR and the INT8 ONNX model on ``samples``; returns {"max_relative_l2", "per_output"}.
+def check_parity(xml_path: Path, int8_path: Path, fp32_path: Path, samples: list[dict], device: str,
+                 tolerance: float) -> dict:
+    """Checks that the saved IR is as faithful to the FP32 model as the validated INT8 ONNX model.
 
-    Raises InputError naming the output and sample when the IR's relative L2 error exceeds ``tolerance``.
+    The IR (compiled with f32 inference precision, so the check sees the conversion and not the device's
+    default bf16/f16 arithmetic), the INT8 ONNX model (onnxruntime) and the FP32 ONNX model run on ``samples``.
+    Per output, over all samples together: ``ir_vs_fp32`` and ``int8_vs_fp32`` are the relative L2 errors
+    of the IR and of the INT8 ONNX model against FP32; ``ir_vs_int8`` compares the two INT8 executions.
+    Two runtimes executing the same QDQ graph round differently (fused integer kernels vs FakeQuantize), and a
+    softmax near a decision boundary amplifies that, so the IR is not held to the INT8 ONNX model sample by
+    sample; it must not be further from FP32 than the model the gate validated by more than ``tolerance``.
+    A broken conversion (wrong weights, lost quantizer parameters) fails that by far. Raises InputError
+    naming the output and its worst sample; returns the figures.
     """
     from ptqflow import ov
     from ptqflow.runtime import make_session
 
     c = ov.core()
-    req = ov.compile_model(c, c.read_model(str(xml_path)), device).create_infer_request()
-    sess = make_session(onnx_path, "cpu")
-    names = [o.name for o in sess.get_outputs()]
-    worst: dict[str, float] = {}
-    for i, sample in enumerate(samples):
-        ref = sess.run(names, sample)
-        res = req.infer(sample)
-        got = list(res.values())
+    req = ov.compile_model(c, c.read_model(str(xml_path)), device, precision="f32").create_infer_request()
+    int8, fp32 = make_session(int8_path, "cpu"), make_session(fp32_path, "cpu")
+    names = [o.name for o in int8.get_outputs()]
+    runs: dict[str, list[list[np.ndarray]]] = {n: [[], [], []] for n in names}  # fp32, int8, ir
+    for sample in samples:
+        ref, q = fp32.run(names, sample), int8.run(names, sample)
+        ir = list(req.infer(sample).values())
         for j, name in enumerate(names):
-            err = relative_l2(np.asarray(ref[j]), np.asarray(got[j]))
-            worst[name] = max(worst.get(name, 0.0), err)
-            if not np.isfinite(err) or err > tolerance:
-                raise InputError(f"IR parity check failed: output {name!r} on validation sample {i} differs from the "
-                                 f"INT8 ONNX model by relative L2 {err:.4g} > export.parity_tolerance {tolerance}")
-    return {"max_relative_l2": max(worst.values(), default=0.0), "per_output": worst, "samples": len(samples)}
+            for k, arr in enumerate((ref[j], q[j], ir[j])):
+                runs[name][k].append(np.asarray(arr))
+    per_output = {}
+    for name, (ref, q, ir) in runs.items():
+        flat_ref, flat_q, flat_ir = (np.concatenate([a.ravel() for a in arrs]) for arrs in (ref, q, ir))
+        figures = {"ir_vs_fp32": relative_l2(flat_ref, flat_ir), "int8_vs_fp32": relative_l2(flat_ref, flat_q),
+                   "ir_vs_int8": relative_l2(flat_q, flat_ir)}
+        per_output[name] = figures
+        excess = figures["ir_vs_fp32"] - figures["int8_vs_fp32"]
+        if not np.isfinite(figures["ir_vs_fp32"]) or excess > tolerance:
+            worst = int(np.argmax([relative_l2(r, g) for r, g in zip(ref, ir)]))
+            raise InputError(
+                f"IR parity check failed: output {name!r} of the IR is further from the FP32 model than the INT8 "
+                f"ONNX model is (relative L2 {figures['ir_vs_fp32']:.4g} vs {figures['int8_vs_fp32']:.4g} over "
+                f"{len(samples)} validation samples, worst sample {worst}); excess {excess:.4g} > "
+                f"export.parity_tolerance {tolerance}")
+    worst_of = {key: max((f[key] for f in per_output.values()), default=0.0)
+                for key in ("ir_vs_fp32", "int8_vs_fp32", "ir_vs_int8")}
+    return {**worst_of, "per_output": per_output, "samples": len(samples)}
 
 
 def _samples(calibration_dir: Path) -> list[dict]:
@@ -107,7 +128,8 @@ def run(inputs: dict[str, Path], out: Path, cfg: PipelineConfig) -> Manifest:
     try:
         ov_.save_model(int8_model, str(out / "model.xml"), compress_to_fp16=False)
         ov.compile_model(c, c.read_model(str(out / "model.xml")), ec.openvino_device)
-        parity = check_parity(out / "model.xml", int8_path, samples, ec.openvino_device, ec.parity_tolerance)
+        parity = check_parity(out / "model.xml", int8_path, fp32_path, samples, ec.openvino_device,
+                              ec.parity_tolerance)
         if ec.export_fp32:
             (out / "fp32").mkdir(exist_ok=True)
             written += [out / "fp32" / "model.xml", out / "fp32" / "model.bin"]
@@ -120,7 +142,8 @@ def run(inputs: dict[str, Path], out: Path, cfg: PipelineConfig) -> Manifest:
     int8_stats, fp32_stats = ir_stats(c.read_model(str(out / "model.xml"))), ir_stats(fp32_model)
     bin_bytes = (out / "model.bin").stat().st_size
     fp32_bytes = (out / "fp32" / "model.bin").stat().st_size if ec.export_fp32 else fp32_stats["constant_bytes"]
-    metrics = {"parity_max_relative_l2": parity["max_relative_l2"], "parity_tolerance": ec.parity_tolerance,
+    metrics = {"parity_ir_vs_fp32": parity["ir_vs_fp32"], "parity_int8_vs_fp32": parity["int8_vs_fp32"],
+               "parity_ir_vs_int8": parity["ir_vs_int8"], "parity_tolerance": ec.parity_tolerance,
                "fake_quantize": int8_stats["fake_quantize"], "int8_constants": int8_stats["int8_constants"],
                "bin_bytes": bin_bytes, "fp32_bin_bytes": fp32_bytes,
                "fp32_bin_bytes_source": "fp32/model.bin" if ec.export_fp32 else "constant bytes of the FP32 model",
