@@ -1,4 +1,5 @@
-"""The ``ptqflow`` command: one subcommand per pipeline step, ``run`` for all six, ``config-schema``, ``demo``.
+"""The ``ptqflow`` command: one subcommand per pipeline step, ``run`` for all six, ``config-schema``, ``demo``,
+``check-device``.
 
 Configuration precedence: defaults < ``--config FILE`` < typed flags < ``--set dotted.key=value``.
 Errors print one message on stderr and exit with the exception's exit code (see README "Exit codes");
@@ -19,7 +20,7 @@ from ptqflow import __version__
 from ptqflow.config import load_config
 from ptqflow.errors import ConfigError, PtqflowError
 from ptqflow.logs import get_logger, setup_logging
-from ptqflow.steps import STEP_MODULES
+from ptqflow.steps import OPTIONAL_STEPS, STEP_MODULES
 
 # Typed shortcut flags: (flag, dotted config key, argparse kwargs).
 _FLAGS: list[tuple[str, str, dict[str, Any]]] = [
@@ -70,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     from ptqflow.steps import load_step
 
-    for name in STEP_MODULES:
+    for name in [*STEP_MODULES, *OPTIONAL_STEPS]:
         p = sub.add_parser(name, help=f"run the {name} step")
         inputs = _step_inputs(name, load_step)
         for inp in inputs:
@@ -88,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", dest="output", metavar="URI", help="output prefix; each step writes <output>/<step>/")
     _add_common(run)
     sub.add_parser("config-schema", help="print the JSON schema of the config file")
+    check = sub.add_parser("check-device", help="check that the devices the config asks for are present (exit 6 if not)")
+    check.add_argument("--config", metavar="FILE", help="YAML/JSON config file (flags override it)")
+    check.add_argument("--device", dest="device", default=None, choices=["cpu", "cuda", "npu"], help="sets device")
+    check.add_argument("--step", dest="steps", action="append", choices=list(STEP_MODULES),
+                       help="check only this step's devices (repeatable; default: all steps)")
+    check.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                       help="set any config field, e.g. --set validation.openvino_device=NPU")
     demo = sub.add_parser("demo", help="quantize, validate and export the embedded default model")
     demo.add_argument("--output", default="ptqflow-demo", metavar="DIR", help="output directory")
     demo.add_argument("--force", action="store_true", help="rerun even if identical results exist")
@@ -98,7 +106,7 @@ def _step_inputs(name: str, load_step) -> tuple[str, ...]:
     """The step's declared inputs, or the DESIGN.md ones when its module is not importable here."""
     fallback = {"fetch-model": (), "build-calibration": ("model",), "collect-stats": ("model", "calibration"),
                 "quantize": ("model", "calibration", "statistics"), "validate": ("model", "quantized", "calibration"),
-                "export-ir": ("quantized", "model", "calibration")}
+                "export-ir": ("quantized", "model", "calibration"), "publish": ("model", "quantized", "report", "ir")}
     try:
         return tuple(load_step(name).INPUTS)
     except ImportError:
@@ -134,6 +142,8 @@ def _command(args: argparse.Namespace) -> int:
     if args.command == "demo":
         return _demo(args)
     cfg = load_config(args.config, overrides_from_args(args))
+    if args.command == "check-device":
+        return _check_device(args.steps or list(STEP_MODULES), cfg)
     if args.command == "run":
         manifests = pipeline.run_pipeline(cfg, force=args.force)
         _print_run_summary(cfg.output, manifests)
@@ -146,6 +156,17 @@ def _command(args: argparse.Namespace) -> int:
     print(json.dumps({"step": manifest.step, "output": args.out, "digest": manifest.digest,
                       "metrics": manifest.metrics}, default=str))
     return 0
+
+
+def _check_device(steps: list[str], cfg) -> int:
+    """Print what ``steps`` need beyond the CPU and whether it is here; exit 6 when something is missing."""
+    from ptqflow import devicecheck
+    from ptqflow.errors import DeviceUnavailableError
+
+    found = devicecheck.report(steps, cfg)
+    print(json.dumps(found, indent=2))
+    devicecheck.require(steps, cfg)  # the same error (and exit code) a step would stop with
+    return 0 if found["ok"] else DeviceUnavailableError.exit_code
 
 
 def _print_run_summary(output: str, manifests: dict) -> None:

@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ptqflow import __version__
+from ptqflow import __version__, devicecheck
 from ptqflow.artifacts import storage
 from ptqflow.artifacts.manifest import Manifest, cache_key, read_manifest
 from ptqflow.config import PipelineConfig
@@ -29,6 +29,8 @@ PRODUCERS = {
     "calibration": "build-calibration",
     "statistics": "collect-stats",
     "quantized": "quantize",
+    "report": "validate",
+    "ir": "export-ir",
 }
 
 
@@ -50,6 +52,7 @@ def run_step(
     missing = [i for i in step.INPUTS if not input_uris.get(i)]
     if missing:
         raise ConfigError(f"step {name}: missing input artifact(s) {', '.join(missing)} (--in-{missing[0]} URI)")
+    devicecheck.require([name], cfg)  # before staging: an absent device fails at once, never falls back
     section = step.config_section(cfg)
     with tempfile.TemporaryDirectory(prefix=f"ptqflow-{name}-") as work:
         work = Path(work)
@@ -166,18 +169,20 @@ def step_output(output: str, name: str) -> str:
 
 
 def run_pipeline(cfg: PipelineConfig, force: bool = False) -> dict[str, Manifest]:
-    """Run the six steps in order with outputs at ``<cfg.output>/<step-name>/``; return {step: manifest}.
+    """Run the six steps in order with outputs at ``<cfg.output>/<step-name>/``, then ``publish`` when a
+    registry is configured; return {step: manifest}.
 
     Needs ``cfg.model``, ``cfg.data.source`` and ``cfg.output``. A GateFailedError from validate stops the
-    chain (export-ir does not run) and propagates.
+    chain (export-ir and publish do not run) and propagates.
     """
     for field, value in (("model", cfg.model), ("data.source", cfg.data.source), ("output", cfg.output)):
         if not value:
             raise ConfigError(f"field '{field}' is required by ptqflow run")
+    devicecheck.require(STEP_MODULES, cfg)  # every step's devices, before the first step runs
     manifests: dict[str, Manifest] = {}
     with tempfile.TemporaryDirectory(prefix="ptqflow-run-") as root:
         staged: dict = {"__root__": root}
-        for name in STEP_MODULES:
+        for name in [*STEP_MODULES, *(["publish"] if cfg.registry is not None else [])]:
             step = load_step(name)
             uris = {i: step_output(cfg.output, PRODUCERS[i]) for i in step.INPUTS}
             manifests[name] = run_step(name, uris, step_output(cfg.output, name), cfg, force=force, staged=staged)
