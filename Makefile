@@ -1,0 +1,30 @@
+# Container images and their lock files. Image names and tags come from ptqflow.faces.images (tag = package
+# version), the same place the Airflow DAG and the KFP components take them from.
+#   make images        build the cpu, gpu (CUDA) and npu images (needs a Docker engine with BuildKit)
+#   make image-gpu     build one of them
+#   make locks         re-resolve containers/*/requirements.lock from pyproject.toml (needs uv and the index)
+#   make check-locks   fail if a lock no longer matches pyproject.toml
+#   make lint          hadolint on the Dockerfiles
+PYTHON ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
+DOCKER ?= docker
+HADOLINT ?= $(if $(wildcard .venv/bin/hadolint),.venv/bin/hadolint,hadolint)
+IMAGES := cpu gpu npu
+
+.PHONY: images $(addprefix image-,$(IMAGES)) locks check-locks lint
+
+images: $(addprefix image-,$(IMAGES))
+
+$(addprefix image-,$(IMAGES)): image-%: containers/%/Dockerfile containers/%/requirements.lock
+	@command -v $(DOCKER) >/dev/null || { echo "make $@: no Docker engine here ($(DOCKER) not found)" >&2; exit 1; }
+	DOCKER_BUILDKIT=1 $(DOCKER) build -f containers/$*/Dockerfile \
+		--build-arg PTQFLOW_VERSION="$$($(PYTHON) -c 'import ptqflow; print(ptqflow.__version__)')" \
+		-t "$$($(PYTHON) -m ptqflow.faces.images --device $*)" .
+
+locks:
+	$(PYTHON) containers/locks.py compile
+
+check-locks:
+	$(PYTHON) containers/locks.py check
+
+lint:
+	$(HADOLINT) containers/*/Dockerfile
