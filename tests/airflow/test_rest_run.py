@@ -1,0 +1,99 @@
+"""Slow: a real Airflow (api-server, scheduler, dag-processor; LocalExecutor on SQLite) on loopback runs the
+ptqflow DAG triggered through the REST API with conf, every artifact on an S3 server on loopback (moto).
+
+The task states and durations are printed and written to PTQFLOW_AIRFLOW_REST_RUN_REPORT when it is set."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import builders
+from airflow_server import airflow_server, wait_dag
+from s3server import moto_server, s3_env
+
+DAG_ID = "ptqflow_quantize"
+BUCKET = "ptqflow-rest"
+STEPS = ("fetch_model", "build_calibration", "collect_stats", "quantize", "validate", "export_ir")
+
+
+@pytest.fixture(scope="module")
+def s3_bucket(tmp_path_factory):
+    """A moto S3 server holding a tiny classifier and 24 random samples; yields (endpoint, client)."""
+    import boto3
+
+    tmp = tmp_path_factory.mktemp("rest-s3")
+    with moto_server() as endpoint:
+        env = s3_env(endpoint)
+        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                              aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                              aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+        client.create_bucket(Bucket=BUCKET)
+        client.upload_file(str(builders.save(builders.conv_classifier(), tmp / "model.onnx")), BUCKET, "in/model.onnx")
+        rng = np.random.default_rng(0)
+        for i in range(24):
+            path = tmp / f"s{i:02d}.npy"
+            np.save(path, rng.normal(0, 1, (3, 16, 16)).astype(np.float32))
+            client.upload_file(str(path), BUCKET, f"in/data/s{i:02d}.npy")
+        yield endpoint, client
+
+
+def run_conf(output: str) -> dict:
+    """Run conf for the tiny model: flat parameters plus a nested base config."""
+    return {"model": f"s3://{BUCKET}/in/model.onnx", "data": f"s3://{BUCKET}/in/data/", "output": output,
+            "subset_size": 16, "min_cosine": 0.5,
+            "config": {"data": {"validation_size": 8, "preprocess": {"method": "none"}},
+                       "validation": {"latency_iterations": 2,
+                                      "gate": {"min_speedup": None, "max_accuracy_drop": None}}}}
+
+
+def _seconds(ti: dict) -> float | None:
+    if ti.get("duration") is not None:
+        return round(float(ti["duration"]), 1)
+    if ti.get("start_date") and ti.get("end_date"):
+        return round((datetime.fromisoformat(ti["end_date"]) - datetime.fromisoformat(ti["start_date"])).total_seconds(), 1)
+    return None
+
+
+def task_table(run: dict, tis: list[dict]) -> str:
+    """A plain-text table of the run's task states and durations."""
+    lines = [f"dag_id={run['dag_id']} run_id={run['dag_run_id']} state={run['state']} "
+             f"triggered_by={run.get('triggered_by')} start={run.get('start_date')} end={run.get('end_date')}",
+             f"{'task':<20} {'state':<10} {'try':>3} {'seconds':>8}"]
+    order = {t: i for i, t in enumerate((*STEPS, "publish"))}
+    for ti in sorted(tis, key=lambda t: order.get(t["task_id"], 99)):
+        lines.append(f"{ti['task_id']:<20} {str(ti['state']):<10} {ti.get('try_number', 0):>3} "
+                     f"{_seconds(ti) if _seconds(ti) is not None else '-':>8}")
+    return "\n".join(lines)
+
+
+@pytest.mark.slow
+def test_rest_triggered_run_succeeds(s3_bucket, tmp_path):
+    endpoint, client = s3_bucket
+    with airflow_server(tmp_path, env=s3_env(endpoint)) as af:
+        wait_dag(af, DAG_ID)
+        af.unpause(DAG_ID)
+        created = af.trigger(DAG_ID, run_conf(f"s3://{BUCKET}/runs/rest"))
+        assert created["state"] == "queued" and created["triggered_by"] == "rest_api"
+        assert created["conf"]["output"] == f"s3://{BUCKET}/runs/rest"
+        run = af.wait_run(DAG_ID, created["dag_run_id"])
+        tis = af.task_instances(DAG_ID, created["dag_run_id"])
+        table = task_table(run, tis)
+        print(table)
+        report = os.environ.get("PTQFLOW_AIRFLOW_REST_RUN_REPORT")
+        if report:
+            Path(report).write_text(table + "\n")
+        assert run["state"] == "success", table + "\n" + af.log_tails()
+    states = {ti["task_id"]: ti["state"] for ti in tis}
+    assert states == {**{s: "success" for s in STEPS}, "publish": "success"}, table
+    assert all(ti["try_number"] == 1 for ti in tis), table
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket=BUCKET, Prefix="runs/rest/")["Contents"]}
+    for step in ("fetch-model", "build-calibration", "collect-stats", "quantize", "validate", "export-ir"):
+        assert f"runs/rest/{step}/manifest.json" in keys
+    manifest = json.loads(client.get_object(Bucket=BUCKET, Key="runs/rest/export-ir/manifest.json")["Body"].read())
+    assert manifest["metrics"]["fake_quantize"] > 0
