@@ -2,6 +2,10 @@
 ptqflow.faces.kfp_local). Recompile the checked-in YAML after changing them:
 
     python components/ptqflow_components.py [--device cpu|cuda|npu] [--kind container|local] [--out FILE]
+                                            [--placement FILE]
+
+--placement takes a placement file or the Helm chart's placement ConfigMap (``helm template ...
+--show-only templates/placement-configmap.yaml``), so the pipeline uses the chart's images and placement.
 """
 
 import argparse
@@ -17,5 +21,7 @@ if __name__ == "__main__":
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "npu"])
     ap.add_argument("--kind", default="container", choices=["container", "local"])
     ap.add_argument("--out", default=CHECKED_IN)
+    ap.add_argument("--placement", default=None,
+                    help="placement file (default: PTQFLOW_PLACEMENT_FILE, else the built-in table)")
     a = ap.parse_args()
-    print(compile_pipeline(a.out, a.kind, a.device))
+    print(compile_pipeline(a.out, a.kind, a.device, a.placement))

@@ -1,9 +1,11 @@
 """The kubernetes mode of ptqflow's DAG: one KubernetesPodOperator per step.
 
-Placement (node selector, tolerations, requests/limits) comes from ``ptqflow.faces.placement``; S3
-credentials from the Kubernetes Secret ``ptqflow-s3`` as env vars. ``PtqflowPodOperator`` reads the failed
-container's exit code and turns ptqflow's do-not-retry codes (2 config, 3 input, 4 gate, 6 device) into
-AirflowFailException, so only storage errors (5) and crashes use the task's retries.
+Placement (image, node selector, tolerations, affinity, requests/limits) and the S3 Secret come from
+``ptqflow.faces.placement``: the placement file named by PTQFLOW_PLACEMENT_FILE when set (the Helm chart's
+ConfigMap), else the built-in table; S3 credentials reach the pod as env vars from that Secret.
+``PtqflowPodOperator`` reads the failed container's exit code and turns ptqflow's do-not-retry codes
+(2 config, 3 input, 4 gate, 6 device) into AirflowFailException, so only storage errors (5) and crashes use
+the task's retries.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from ptqflow.faces import STEP_INPUTS, step_input_uris
 from ptqflow.faces.commands import NO_RETRY_EXIT_CODES, should_retry, step_arguments
 from ptqflow.faces.images import step_image
 from ptqflow.faces.params import param_specs
-from ptqflow.faces.placement import S3_SECRET_ENV, S3_SECRET_NAME, placement
+from ptqflow.faces.placement import PlacementTable, active_table, toleration_kwargs
 
 OUTPUT = "{{ params.output }}"
 CONTAINER = "base"
@@ -78,9 +80,11 @@ def _jinja_literal(value) -> str:
     return json.dumps(value)
 
 
-def pod_operator(step: str, device: str, namespace: str | None = None) -> PtqflowPodOperator:
-    """The pod task of one step, placed for ``device``."""
-    place = placement(step, device)
+def pod_operator(step: str, device: str, namespace: str | None = None,
+                 table: PlacementTable | None = None) -> PtqflowPodOperator:
+    """The pod task of one step, placed for ``device`` by ``table`` (default: ``active_table()``)."""
+    table = table or active_table()
+    place = table.placement(step, device)
     inputs = step_input_uris(OUTPUT, step)
     base, typed = templated_sets()
     args = step_arguments(step, inputs, f"{OUTPUT}/{step}", base)
@@ -90,13 +94,14 @@ def pod_operator(step: str, device: str, namespace: str | None = None) -> Ptqflo
         task_id=step.replace("-", "_"),
         name=f"ptqflow-{step}",
         namespace=namespace or os.environ.get("PTQFLOW_K8S_NAMESPACE", "ptqflow"),
-        image=step_image(step, device),
+        image=place.image or step_image(step, device),
         cmds=["ptqflow"],
         arguments=["--log-format", "json", *args],
         node_selector=dict(place.node_selector),
-        tolerations=[k8s.V1Toleration(**t) for t in place.tolerations],
+        tolerations=[k8s.V1Toleration(**toleration_kwargs(t)) for t in place.tolerations],
+        affinity=dict(place.affinity) or None,  # the operator converts the camelCase dict to V1Affinity
         container_resources=k8s.V1ResourceRequirements(requests=dict(place.requests), limits=dict(place.limits)),
-        secrets=[Secret("env", env, S3_SECRET_NAME, key) for env, key in S3_SECRET_ENV.items()],
+        secrets=[Secret("env", env, table.s3_secret_name, key) for env, key in table.s3_secret_env.items()],
         env_vars={"PTQFLOW_STEP": step},
         labels={"app.kubernetes.io/name": "ptqflow", "ptqflow.io/step": step},
         on_finish_action="delete_succeeded_pod",
@@ -107,7 +112,8 @@ def pod_operator(step: str, device: str, namespace: str | None = None) -> Ptqflo
 
 def pod_tasks(device: str):
     """Six chained pod tasks (data dependencies as in the artifact contract); returns export-ir's."""
-    ops = {step: pod_operator(step, device) for step in STEP_INPUTS}
+    table = active_table()
+    ops = {step: pod_operator(step, device, table=table) for step in STEP_INPUTS}
     from ptqflow.faces import PRODUCERS
 
     for step, inputs in STEP_INPUTS.items():

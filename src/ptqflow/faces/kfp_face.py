@@ -14,10 +14,11 @@ import inspect
 from kfp import dsl, kubernetes
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
 
+from ptqflow.errors import ConfigError
 from ptqflow.faces import STEP_INPUTS
 from ptqflow.faces.images import image, step_image
 from ptqflow.faces.params import EXPOSED, param_specs
-from ptqflow.faces.placement import S3_SECRET_ENV, S3_SECRET_NAME, placement
+from ptqflow.faces.placement import PlacementTable, active_table, toleration_kwargs
 
 _PY = {"integer": int, "number": float, "boolean": bool, "string": str}
 # Artifact type and output name per producer step.
@@ -60,7 +61,7 @@ def _signed(name: str, params: list[tuple[str, type]], impl, extra: list[inspect
     return fn
 
 
-def _resolve_container():
+def _resolve_container(table: PlacementTable):
     """Container component: validate parameters, write the run's config JSON."""
     params = [(n, t) for n, t, _, _ in pipeline_params()]
 
@@ -68,13 +69,13 @@ def _resolve_container():
         args = ["-m", "ptqflow.faces.kfp_runtime", "resolve-config", "--out", config.path, "--base", base_config]
         for name, value in values.items():
             args += ["--set", dsl.ConcatPlaceholder([f"{EXPOSED[name]}=", value])]
-        return dsl.ContainerSpec(image=image("cpu"), command=["python"], args=args)
+        return dsl.ContainerSpec(image=table.light.image or image("cpu"), command=["python"], args=args)
 
     out = inspect.Parameter("config", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Output[Artifact])
     return dsl.container_component(_signed("resolve_config", params, impl, [out]))
 
 
-def _step_container(step: str, device: str):
+def _step_container(step: str, device: str, table: PlacementTable):
     """Container component of one step: the CLI on KFP-staged artifact paths."""
     out_name, out_type = OUTPUTS[step]
     params = [("config", Input[Artifact])] + [(n, Input[INPUT_TYPES[n]]) for n in STEP_INPUTS[step]]
@@ -85,49 +86,68 @@ def _step_container(step: str, device: str):
         for n, a in arts.items():
             args += [f"--in-{n}", a.path]
         args += ["--out", outp.path, "--config", config.path]
-        return dsl.ContainerSpec(image=step_image(step, device), command=["ptqflow", "--log-format", "json"],
+        img = table.placement(step, device).image or step_image(step, device)
+        return dsl.ContainerSpec(image=img, command=["ptqflow", "--log-format", "json"],
                                  args=args)
 
     out = inspect.Parameter(out_name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Output[out_type])
     return dsl.container_component(_signed(step.replace("-", "_"), params, impl, [out]))
 
 
-def place(task: dsl.PipelineTask, step: str, device: str) -> dsl.PipelineTask:
-    """Apply ptqflow's placement for ``step`` on ``device`` and the S3 secret env to a container task."""
-    p = placement(step, device)
-    task.set_cpu_request(p.requests["cpu"]).set_cpu_limit(p.limits["cpu"])
-    task.set_memory_request(p.requests["memory"]).set_memory_limit(p.limits["memory"])
+# PipelineTask setters per requests/limits resource name.
+_SETTERS = {("requests", "cpu"): "set_cpu_request", ("limits", "cpu"): "set_cpu_limit",
+            ("requests", "memory"): "set_memory_request", ("limits", "memory"): "set_memory_limit"}
+
+
+def place(task: dsl.PipelineTask, step: str, device: str, table: PlacementTable | None = None) -> dsl.PipelineTask:
+    """Apply ptqflow's placement for ``step`` on ``device`` (from ``table``, default ``active_table()``) and
+    the S3 secret env to a container task. KFP sets node affinity only: pod (anti-)affinity is an error."""
+    table = table or active_table()
+    p = table.placement(step, device)
+    for (kind, name), setter in _SETTERS.items():
+        value = getattr(p, kind).get(name)
+        if value is not None:
+            getattr(task, setter)(value)
     if p.accelerator:
         task.set_accelerator_type(p.accelerator).set_accelerator_limit(p.limits[p.accelerator])
     for key, value in p.node_selector.items():
         kubernetes.add_node_selector(task, label_key=key, label_value=value)
     for t in p.tolerations:
-        kubernetes.add_toleration(task, key=t["key"], operator=t["operator"], effect=t["effect"])
-    kubernetes.use_secret_as_env(task, secret_name=S3_SECRET_NAME,
-                                 secret_key_to_env={v: k for k, v in S3_SECRET_ENV.items()})
+        kubernetes.add_toleration(task, **toleration_kwargs(t))
+    unsupported = sorted(set(p.affinity) - {"nodeAffinity"})
+    if unsupported:
+        raise ConfigError(f"placement of {step} on {device}: affinity.{unsupported[0]} cannot be set on a KFP "
+                          "task (kfp-kubernetes supports nodeAffinity only)")
+    if p.affinity.get("nodeAffinity"):
+        kubernetes.add_node_affinity_json(task, p.affinity["nodeAffinity"])
+    kubernetes.use_secret_as_env(task, secret_name=table.s3_secret_name,
+                                 secret_key_to_env={v: k for k, v in table.s3_secret_env.items()})
     return task
 
 
-def build_pipeline(kind: str = "container", device: str = "cpu"):
-    """The six-step pipeline function (kind: container | local), parameters from the config schema."""
+def build_pipeline(kind: str = "container", device: str = "cpu", table: PlacementTable | None = None):
+    """The six-step pipeline function (kind: container | local), parameters from the config schema,
+    container tasks placed by ``table`` (default: ``active_table()``)."""
+    table = table or active_table()
     if kind == "local":
         from ptqflow.faces import kfp_local as comps
 
         resolve, steps = comps.resolve_config, comps.STEP_COMPONENTS
     else:
-        resolve, steps = _resolve_container(), {s: _step_container(s, device) for s in STEP_INPUTS}
+        resolve = _resolve_container(table)
+        steps = {s: _step_container(s, device, table) for s in STEP_INPUTS}
     specs = pipeline_params()
 
     def body(**values):
         cfg = resolve(**values).set_display_name("resolve-config")
         if kind == "container":
-            place(cfg, "resolve-config", device)
+            place(cfg, "resolve-config", device, table)
         made = {}
         for step, inputs in STEP_INPUTS.items():
             arts = {n: made[n] for n in inputs}
             task = steps[step](config=cfg.outputs["config"], **arts).set_display_name(step)
             if kind == "container":
-                place(task, step, device)
+                place(task, step, device, table)
             made[OUTPUTS[step][0]] = task.outputs[OUTPUTS[step][0]]
             made[f"task:{step}"] = task
         made["task:export-ir"].after(made["task:validate"])  # export only what passed the gate
@@ -139,9 +159,11 @@ def build_pipeline(kind: str = "container", device: str = "cpu"):
                         description=fn.__doc__)(fn)
 
 
-def compile_pipeline(path: str, kind: str = "container", device: str = "cpu") -> str:
-    """Compile the pipeline to YAML at ``path``; returns the path."""
+def compile_pipeline(path: str, kind: str = "container", device: str = "cpu", placement_file: str | None = None) -> str:
+    """Compile the pipeline to YAML at ``path``, placed per ``placement_file`` (default: PTQFLOW_PLACEMENT_FILE,
+    else the built-in table); returns the path."""
     from kfp import compiler
 
-    compiler.Compiler().compile(build_pipeline(kind, device), package_path=str(path))
+    table = active_table(placement_file)
+    compiler.Compiler().compile(build_pipeline(kind, device, table), package_path=str(path))
     return str(path)

@@ -4,11 +4,24 @@ collect-stats, quantize and validate run models on the configured execution devi
 device plugin's resource (NVIDIA: ``nvidia.com/gpu``; Intel NPU device plugin: ``npu.intel.com/accel``) and
 land on labelled nodes. fetch-model, build-calibration and export-ir only move bytes or convert, so they
 stay on CPU nodes whatever the device. Both faces (KubernetesPodOperator, kfp-kubernetes) read this table.
+
+The built-in table below is a default. A placement file (``load_placement_file``; the Helm chart renders one
+into the ConfigMap ``<release>-placement``, key ``placement.yaml``) replaces it with the cluster's own
+images, resources, node selectors, tolerations, affinity and S3 Secret, so placement is configured once:
+the DAG reads the file named by PTQFLOW_PLACEMENT_FILE at parse time, the KFP compile takes ``--placement``.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ptqflow.errors import ConfigError
 
 ACCELERATED_STEPS = frozenset({"collect-stats", "quantize", "validate"})
 
@@ -25,11 +38,14 @@ class Placement:
     requests: dict[str, str] = field(default_factory=dict)
     limits: dict[str, str] = field(default_factory=dict)
     accelerator: str | None = None  # the extended resource name, when the step needs one
+    affinity: dict[str, Any] = field(default_factory=dict)  # a Kubernetes Affinity object (camelCase keys)
+    image: str | None = None  # the step image; None: ptqflow.faces.images decides
 
     def as_dict(self) -> dict:
         """The settings as plain dicts/lists (for logs and tests)."""
         return {"node_selector": dict(self.node_selector), "tolerations": [dict(t) for t in self.tolerations],
-                "requests": dict(self.requests), "limits": dict(self.limits), "accelerator": self.accelerator}
+                "requests": dict(self.requests), "limits": dict(self.limits), "accelerator": self.accelerator,
+                "affinity": dict(self.affinity), "image": self.image}
 
 
 _CPU = Placement(
@@ -64,15 +80,170 @@ _DEVICE = {
 }
 
 
-def placement(step: str, device: str) -> Placement:
-    """The pod placement of ``step`` when models run on ``device`` (cpu, cuda or npu)."""
-    device = str(getattr(device, "value", device)).lower()
-    if device not in _DEVICE:
-        raise ValueError(f"execution device {device!r}: expected one of {', '.join(_DEVICE)}")
-    return _DEVICE[device] if step in ACCELERATED_STEPS else _CPU
-
-
 # S3 credentials: one Kubernetes Secret, keys mapped to the environment variables boto3 reads.
 S3_SECRET_NAME = "ptqflow-s3"
 S3_SECRET_ENV = {"AWS_ACCESS_KEY_ID": "access_key", "AWS_SECRET_ACCESS_KEY": "secret_key",
                  "AWS_ENDPOINT_URL": "endpoint_url"}
+
+
+@dataclass(frozen=True)
+class PlacementTable:
+    """Placement per execution device, the placement of the steps that only move bytes, and the S3 Secret."""
+
+    devices: dict[str, Placement]
+    light: Placement
+    s3_secret_name: str = S3_SECRET_NAME
+    s3_secret_env: dict[str, str] = field(default_factory=lambda: dict(S3_SECRET_ENV))
+
+    def placement(self, step: str, device: str) -> Placement:
+        """The pod placement of ``step`` when models run on ``device`` (cpu, cuda or npu)."""
+        device = str(getattr(device, "value", device)).lower()
+        if device not in self.devices:
+            raise ValueError(f"execution device {device!r}: expected one of {', '.join(self.devices)}")
+        return self.devices[device] if step in ACCELERATED_STEPS else self.light
+
+
+BUILTIN = PlacementTable(devices=_DEVICE, light=_CPU)
+
+PLACEMENT_FILE_ENV = "PTQFLOW_PLACEMENT_FILE"
+# Placement file key -> execution device (the chart and the file say "gpu" where the config says "cuda").
+FILE_DEVICES = {"cpu": "cpu", "gpu": "cuda", "npu": "npu"}
+
+
+def placement(step: str, device: str, table: PlacementTable | None = None) -> Placement:
+    """The pod placement of ``step`` when models run on ``device`` (cpu, cuda or npu), from ``table``
+    (default: ``active_table()``)."""
+    return (table or active_table()).placement(step, device)
+
+
+def active_table(path: str | os.PathLike | None = None) -> PlacementTable:
+    """The placement file at ``path``, else the one named by PTQFLOW_PLACEMENT_FILE, else the built-in table."""
+    path = path or os.environ.get(PLACEMENT_FILE_ENV) or None
+    return load_placement_file(path) if path else BUILTIN
+
+
+def toleration_kwargs(toleration: dict[str, Any]) -> dict[str, Any]:
+    """A toleration's keys as the Kubernetes Python client and kfp-kubernetes name them (snake_case)."""
+    return {("toleration_seconds" if k == "tolerationSeconds" else k): v for k, v in toleration.items()}
+
+
+# --- The placement file -------------------------------------------------------------------------------------
+
+_Quantity = str  # Kubernetes quantities: "2", "500m", "8Gi" (YAML numbers are accepted and kept as text)
+
+
+class _FileModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class _Toleration(_FileModel):
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] = "Equal"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = Field(None, alias="tolerationSeconds")
+
+
+class _Resources(_FileModel):
+    requests: dict[str, _Quantity] = Field(default_factory=dict)
+    limits: dict[str, _Quantity] = Field(default_factory=dict)
+
+    @field_validator("requests", "limits", mode="before")
+    @classmethod
+    def _quantities_as_text(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: (str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)
+                    for k, v in value.items()}
+        return value
+
+
+class _Affinity(_FileModel):
+    node_affinity: dict[str, Any] | None = Field(None, alias="nodeAffinity")
+    pod_affinity: dict[str, Any] | None = Field(None, alias="podAffinity")
+    pod_anti_affinity: dict[str, Any] | None = Field(None, alias="podAntiAffinity")
+
+
+class _Device(_FileModel):
+    image: str | None = None
+    accelerator: str = ""
+    resources: _Resources = Field(default_factory=_Resources)
+    node_selector: dict[str, str] = Field(default_factory=dict, alias="nodeSelector")
+    tolerations: list[_Toleration] = Field(default_factory=list)
+    affinity: _Affinity = Field(default_factory=_Affinity)
+
+    @model_validator(mode="after")
+    def _resource_names(self) -> "_Device":
+        allowed = {"cpu", "memory"} | ({self.accelerator} if self.accelerator else set())
+        for kind in ("requests", "limits"):
+            for name in getattr(self.resources, kind):
+                if name not in allowed:
+                    raise ValueError(f"resources.{kind}.{name}: only cpu, memory and the device's accelerator "
+                                     f"({self.accelerator or 'none'}) can be set")
+        if self.accelerator and self.accelerator not in self.resources.limits:
+            raise ValueError(f"resources.limits.{self.accelerator}: the accelerator resource needs a limit")
+        return self
+
+    def to_placement(self) -> Placement:
+        return Placement(node_selector=dict(self.node_selector),
+                         tolerations=[t.model_dump(by_alias=True, exclude_none=True) for t in self.tolerations],
+                         requests=dict(self.resources.requests), limits=dict(self.resources.limits),
+                         accelerator=self.accelerator or None,
+                         affinity=self.affinity.model_dump(by_alias=True, exclude_none=True),
+                         image=self.image or None)
+
+
+class _S3(_FileModel):
+    secret_name: str = Field(S3_SECRET_NAME, alias="secretName", min_length=1)
+    env: dict[str, str] = Field(default_factory=lambda: dict(S3_SECRET_ENV))
+
+
+class _PlacementFile(_FileModel):
+    devices: dict[Literal["cpu", "gpu", "npu"], _Device]
+    s3: _S3 = Field(default_factory=_S3)
+
+    @field_validator("devices")
+    @classmethod
+    def _all_devices(cls, value: dict) -> dict:
+        missing = [d for d in FILE_DEVICES if d not in value]
+        if missing:
+            raise ValueError(f"missing device(s): {', '.join(missing)}")
+        return value
+
+
+def parse_placement(data: Any, origin: str = "placement file") -> PlacementTable:
+    """Validate the placement file's content (or the ConfigMap that holds it under ``placement.yaml``) into a
+    PlacementTable; raise ConfigError naming the key."""
+    if isinstance(data, dict) and data.get("kind") == "ConfigMap":
+        text = (data.get("data") or {}).get("placement.yaml")
+        if text is None:
+            raise ConfigError(f"{origin}: ConfigMap has no data key 'placement.yaml'")
+        data = _yaml(text, origin)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: must hold a mapping with 'devices', got {type(data).__name__}")
+    try:
+        parsed = _PlacementFile.model_validate(data)
+    except ValidationError as err:
+        from ptqflow.config import _format_validation_error
+
+        raise ConfigError(_format_validation_error(err, origin)) from None
+    devices = {FILE_DEVICES[key]: dev.to_placement() for key, dev in parsed.devices.items()}
+    light = devices["cpu"]
+    return PlacementTable(devices={d: devices[d] for d in FILE_DEVICES.values()}, light=light,
+                          s3_secret_name=parsed.s3.secret_name, s3_secret_env=dict(parsed.s3.env))
+
+
+def load_placement_file(path: str | os.PathLike) -> PlacementTable:
+    """Read a placement file (YAML/JSON, or a ConfigMap manifest holding it) into a PlacementTable."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"cannot read placement file {p}: {err.strerror}") from None
+    return parse_placement(_yaml(text, str(p)), str(p))
+
+
+def _yaml(text: str, origin: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{origin} is not valid YAML: {err}") from None

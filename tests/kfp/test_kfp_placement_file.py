@@ -1,0 +1,92 @@
+"""KFP face with a placement file (the Helm chart's ConfigMap): images, resources, node selector, tolerations,
+node affinity and the S3 Secret in the compiled pipeline come from the file."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ptqflow.errors import ConfigError
+from ptqflow.faces import STEP_INPUTS
+from ptqflow.faces.kfp_face import compile_pipeline
+
+ROOT = Path(__file__).resolve().parents[2]
+NODE_AFFINITY = {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+    {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["a100", "h100"]}]}]}}
+PLACEMENT = {
+    "devices": {
+        "cpu": {"image": "registry.example/ptqflow:9.9.9", "resources": {"requests": {"cpu": "1", "memory": "1Gi"},
+                                                                         "limits": {"cpu": "3", "memory": "3Gi"}},
+                "nodeSelector": {"pool": "general"}},
+        "gpu": {"image": "registry.example/ptqflow:9.9.9-cuda", "accelerator": "nvidia.com/gpu",
+                "resources": {"requests": {"cpu": "6", "memory": "20Gi", "nvidia.com/gpu": "2"},
+                              "limits": {"cpu": "8", "memory": "24Gi", "nvidia.com/gpu": "2"}},
+                "nodeSelector": {"pool": "a100"},
+                "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}],
+                "affinity": {"nodeAffinity": NODE_AFFINITY}},
+        "npu": {"accelerator": "npu.intel.com/accel", "resources": {"limits": {"npu.intel.com/accel": "1"}}},
+    },
+    "s3": {"secretName": "team-s3", "env": {"AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "key"}},
+}
+
+
+def _configmap(tmp_path, placement=PLACEMENT):
+    """The placement file wrapped in a ConfigMap, as the chart renders it."""
+    path = tmp_path / "placement-cm.yaml"
+    path.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "p"},
+                                    "data": {"placement.yaml": yaml.safe_dump(placement)}}))
+    return path
+
+
+def _executors(path):
+    spec, platform = list(yaml.safe_load_all(Path(path).read_text()))
+    out = {}
+    for task_name, task in spec["root"]["dag"]["tasks"].items():
+        exec_name = spec["components"][task["componentRef"]["name"]]["executorLabel"]
+        out[task["taskInfo"]["name"]] = (spec["deploymentSpec"]["executors"][exec_name]["container"],
+                                         platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"][exec_name])
+    return out
+
+
+def test_compile_entry_point_takes_the_placement_file(tmp_path):
+    out = tmp_path / "pipeline.yaml"
+    subprocess.run([sys.executable, str(ROOT / "components" / "ptqflow_components.py"), "--device", "cuda",
+                    "--placement", str(_configmap(tmp_path)), "--out", str(out)], check=True, timeout=120)
+    executors = _executors(out)
+    assert set(executors) == set(STEP_INPUTS) | {"resolve-config"}
+    for step, (container, k8s) in executors.items():
+        env = {e["envVar"]: e["secretKey"] for s in k8s["secretAsEnv"] for e in s["keyToEnv"]}
+        assert k8s["secretAsEnv"][0]["secretName"] == "team-s3"
+        assert env == {"AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "key"}
+        res = container["resources"]
+        if step in ("collect-stats", "quantize", "validate"):
+            assert container["image"] == "registry.example/ptqflow:9.9.9-cuda"
+            assert res["accelerator"]["resourceType"] == "nvidia.com/gpu" and res["accelerator"]["resourceCount"] == "2"
+            assert (res["resourceCpuRequest"], res["resourceCpuLimit"]) == ("6", "8")
+            assert (res["resourceMemoryRequest"], res["resourceMemoryLimit"]) == ("20Gi", "24Gi")
+            assert k8s["nodeSelector"]["labels"] == {"pool": "a100"}
+            assert k8s["tolerations"] == [{"key": "dedicated", "operator": "Equal", "value": "ml",
+                                           "effect": "NoSchedule"}]
+            assert k8s["nodeAffinity"][0]["nodeAffinityJson"]["runtimeValue"]["constant"] == NODE_AFFINITY
+        else:
+            assert container["image"] == "registry.example/ptqflow:9.9.9"
+            assert "accelerator" not in res and res["resourceCpuLimit"] == "3"
+            assert k8s["nodeSelector"]["labels"] == {"pool": "general"}
+            assert "tolerations" not in k8s and "nodeAffinity" not in k8s
+
+
+def test_npu_entry_without_cpu_or_memory_settings(tmp_path):
+    path = compile_pipeline(tmp_path / "p.yaml", "container", "npu", str(_configmap(tmp_path)))
+    container, k8s = _executors(path)["quantize"]
+    assert container["resources"]["accelerator"]["resourceType"] == "npu.intel.com/accel"
+    assert "resourceCpuLimit" not in container["resources"] and "nodeSelector" not in k8s
+
+
+def test_pod_affinity_is_refused(tmp_path):
+    bad = yaml.safe_load(yaml.safe_dump(PLACEMENT))
+    bad["devices"]["gpu"]["affinity"]["podAntiAffinity"] = {"preferredDuringSchedulingIgnoredDuringExecution": []}
+    with pytest.raises(ConfigError, match="affinity.podAntiAffinity"):
+        compile_pipeline(tmp_path / "p.yaml", "container", "cuda", str(_configmap(tmp_path, bad)))
+    assert not (tmp_path / "p.yaml").exists()
