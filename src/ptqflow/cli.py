@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", dest="output", metavar="URI", help="output prefix; each step writes <output>/<step>/")
     _add_common(run)
     sub.add_parser("config-schema", help="print the JSON schema of the config file")
+    from ptqflow.hooks.cli import add_hook_parser
+
+    add_hook_parser(sub)
     check = sub.add_parser("check-device", help="check that the devices the config asks for are present (exit 6 if not)")
     check.add_argument("--config", metavar="FILE", help="YAML/JSON config file (flags override it)")
     check.add_argument("--device", dest="device", default=None, choices=["cpu", "cuda", "npu"], help="sets device")
@@ -141,6 +144,10 @@ def _command(args: argparse.Namespace) -> int:
         return 0
     if args.command == "demo":
         return _demo(args)
+    if args.command == "hook":
+        from ptqflow.hooks.cli import run_hook
+
+        return run_hook(args)
     cfg = load_config(args.config, overrides_from_args(args))
     if args.command == "check-device":
         return _check_device(args.steps or list(STEP_MODULES), cfg)

@@ -244,6 +244,19 @@ class ExportConfig(_Strict):
                                 "may be than the INT8 ONNX model is.")
 
 
+class RegistryConfig(_Strict):
+    """The model registry (MLflow) that publishes the gated INT8 result; present means enabled.
+
+    Credentials never go here: MLflow's own environment variables (MLFLOW_TRACKING_TOKEN, ...) apply."""
+
+    tracking_uri: str | None = Field(None, description="MLflow tracking URI (default: env MLFLOW_TRACKING_URI).")
+    target_name: str | None = Field(
+        None, description="Registered model receiving the INT8 version (default: '<source name>-int8')."
+    )
+    alias: str | None = Field(None, description="Alias set on the new INT8 version, e.g. 'int8-candidate'.")
+    experiment: str = Field("ptqflow", description="MLflow experiment holding the publishing runs.")
+
+
 # --------------------------------------------------------------------------------------------------
 # The whole pipeline
 # --------------------------------------------------------------------------------------------------
@@ -252,7 +265,10 @@ class ExportConfig(_Strict):
 class PipelineConfig(_Strict):
     """Everything ``ptqflow run`` needs; each step reads its own sections."""
 
-    model: str | None = Field(None, description="FP32 model URI: path, file://, s3://, http(s)://.")
+    model: str | None = Field(
+        None, description="FP32 model URI: path, file://, s3://, http(s)://, models:/<name>/<version> or "
+        "models:/<name>@<alias> (MLflow registry)."
+    )
     model_sha256: str | None = Field(None, description="Expected sha256 of the fetched model file.")
     output: str | None = Field(None, description="Output prefix URI: path, file:// or s3://.")
     device: ExecutionDevice = Field(ExecutionDevice.CPU, description="Where model-running steps run.")
@@ -260,6 +276,9 @@ class PipelineConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    registry: RegistryConfig | None = Field(
+        None, description="Publish the gated INT8 model to this registry after export-ir (absent: off)."
+    )
 
 
 def _format_validation_error(err: ValidationError, origin: str) -> str:

@@ -23,11 +23,17 @@ STEP_MODULES = {
     "export-ir": "ptqflow.steps.export_ir",
 }
 
+# Steps that run after the six when configured: publish (to a model registry) when ``registry`` is set.
+OPTIONAL_STEPS = {
+    "publish": "ptqflow.steps.publish",
+}
+
 
 def load_step(name: str):
     """The step module for a step name; ValueError naming the valid names otherwise."""
     import importlib
 
-    if name not in STEP_MODULES:
-        raise ValueError(f"unknown step {name!r}; steps: {', '.join(STEP_MODULES)}")
-    return importlib.import_module(STEP_MODULES[name])
+    modules = {**STEP_MODULES, **OPTIONAL_STEPS}
+    if name not in modules:
+        raise ValueError(f"unknown step {name!r}; steps: {', '.join(modules)}")
+    return importlib.import_module(modules[name])

@@ -1,6 +1,8 @@
 """fetch-model: bring the FP32 model named by ``cfg.model`` into an artifact directory.
 
-Sources: a path, ``file://``, ``s3://`` or ``https://`` (size-limited download). Accepted forms: a single
+Sources: a path, ``file://``, ``s3://``, ``https://`` (size-limited download), or a registered model version
+``models:/<name>/<version>`` / ``models:/<name>@<alias>`` (MLflow; the version's artifacts must hold exactly
+one ``.onnx``, and the registry, name, version and source run are recorded). Accepted forms: a single
 ``.onnx``, an ``.onnx`` with external data files beside it (or a directory holding one), or a ``.zip`` /
 ``.tar.gz`` holding either. Archive members that would land outside the extraction directory, links and
 device files are refused. The model is checked with ``onnx.checker`` (by path, so models over 2 GB work)
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import onnx
 
+from ptqflow import registry
 from ptqflow.artifacts import storage
 from ptqflow.artifacts.manifest import Manifest, sha256_file, write_manifest
 from ptqflow.config import PipelineConfig
@@ -38,7 +41,11 @@ def config_section(cfg: PipelineConfig) -> dict:
     """The model URI and expected sha256; for a local source also each file's size and sha256, so that
     replacing the file at the same path refetches it while merely touching it does not."""
     section: dict = {"model": cfg.model, "model_sha256": cfg.model_sha256}
-    if cfg.model and not storage.is_s3(cfg.model) and not cfg.model.startswith(("http://", "https://")):
+    if registry.is_registry_uri(cfg.model):
+        # An alias may move: the version it names now is part of the key.
+        version = registry.resolve(_client(cfg), registry.parse_registry_uri(cfg.model))
+        section["registry_version"] = [version.name, str(version.version)]
+    elif cfg.model and not storage.is_s3(cfg.model) and not cfg.model.startswith(("http://", "https://")):
         p = storage.parse_uri(cfg.model).path
         if p.exists():
             files = [p] if p.is_file() else sorted(q for q in p.rglob("*") if q.is_file())
@@ -52,14 +59,20 @@ def run(inputs: dict[str, Path], out: Path, cfg: PipelineConfig) -> Manifest:
     if not cfg.model:
         raise ConfigError("field 'model' is required by fetch-model (--model URI)")
     start = time.monotonic()
+    source: dict = {}
     with tempfile.TemporaryDirectory(prefix="ptqflow-fetch-") as tmp:
         tmp = Path(tmp)
-        fetched = _download(cfg.model, tmp / "download")
+        if registry.is_registry_uri(cfg.model):
+            fetched, source = _download_registered(cfg, tmp / "download")
+        else:
+            fetched = _download(cfg.model, tmp / "download")
         if cfg.model_sha256:
             _check_sha256(fetched, cfg.model_sha256, cfg.model)
         model_path = _locate_model(fetched, tmp / "unpacked", cfg.model)
         info = _copy_model(model_path, Path(out), cfg.model)
     extra = {**info, "source": cfg.model, "sha256": sha256_file(Path(out) / MODEL_FILE)}
+    if source:
+        extra["registry"] = source
     return write_manifest(
         out, step=NAME, config=config_section(cfg), inputs={},
         metrics={"size_bytes": sum(p.stat().st_size for p in Path(out).rglob("*") if p.is_file())},
@@ -77,6 +90,23 @@ def _download(uri: str, dest: Path) -> Path:
     if uri.startswith(("http://", "https://")):
         return _http_download(uri, dest)
     return storage.stage_in(uri, dest)
+
+
+def _client(cfg: PipelineConfig):
+    return registry.client(cfg.registry.tracking_uri if cfg.registry else None)
+
+
+def _download_registered(cfg: PipelineConfig, dest: Path) -> tuple[Path, dict]:
+    """Download the artifacts of the registered version ``cfg.model`` names; (local dir, manifest record)."""
+    client = _client(cfg)
+    version = registry.resolve(client, registry.parse_registry_uri(cfg.model))
+    if not registry.onnx_artifacts(client, version):
+        raise InputError(f"{cfg.model}: model version {version.name}/{version.version} has no .onnx artifact "
+                         f"(source {version.source})")
+    local = registry.download(client, version, dest)
+    record = registry.version_record(version, client.tracking_uri)
+    log.info("fetch-model: %s is %s version %s (run %s)", cfg.model, version.name, version.version, version.run_id)
+    return local, record
 
 
 def _http_download(url: str, dest: Path) -> Path:
