@@ -146,9 +146,15 @@ def uv_command(spec: ImageSpec, work: Path, output: Path) -> list[str]:
             f"--output-file={output}"]
 
 
-def _uv() -> str:
+def find_uv() -> str | None:
+    """The uv executable on PATH or next to this Python, or None."""
     found = shutil.which("uv") or str(Path(sys.executable).with_name("uv"))
-    if not Path(found).exists():
+    return found if Path(found).exists() else None
+
+
+def _uv() -> str:
+    found = find_uv()
+    if found is None:
         raise SystemExit("uv not found: pip install uv (it is in ptqflow's dev extra)")
     return found
 
