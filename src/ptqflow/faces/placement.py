@@ -233,7 +233,8 @@ def parse_placement(data: Any, origin: str = "placement file") -> PlacementTable
 
 
 def load_placement_file(path: str | os.PathLike) -> PlacementTable:
-    """Read a placement file (YAML/JSON, or a ConfigMap manifest holding it) into a PlacementTable."""
+    """Read a placement file (YAML/JSON, or a ConfigMap manifest holding it) into a PlacementTable. Of several
+    YAML documents (``helm template`` output with the ConfigMap in two namespaces) the first is read."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -243,7 +244,9 @@ def load_placement_file(path: str | os.PathLike) -> PlacementTable:
 
 
 def _yaml(text: str, origin: str) -> Any:
+    """The first YAML document of ``text`` (None when empty)."""
     try:
-        return yaml.safe_load(text)
+        docs = [doc for doc in yaml.safe_load_all(text) if doc is not None]
     except yaml.YAMLError as err:
         raise ConfigError(f"{origin} is not valid YAML: {err}") from None
+    return docs[0] if docs else None
