@@ -142,7 +142,7 @@ def uv_command(spec: ImageSpec, work: Path, output: Path) -> list[str]:
     overrides.write_text("".join(f'{old} ; sys_platform == "never"\n' for old in spec.replace), encoding="utf-8")
     return [_uv(), "pip", "compile", "pyproject.toml", "-", *(f"--extra={e}" for e in spec.extras),
             f"--override={overrides}", f"--python-version={PYTHON_VERSION}", f"--python-platform={PLATFORM}",
-            f"--exclude-newer={EXCLUDE_NEWER}", "--generate-hashes", "--no-header", "--quiet",
+            f"--exclude-newer={EXCLUDE_NEWER}", "--generate-hashes", "--only-binary=:all:", "--no-header", "--quiet",
             f"--output-file={output}"]
 
 

@@ -5,6 +5,7 @@ re-resolving with the recorded inputs gives the committed pins."""
 from __future__ import annotations
 
 import re
+import subprocess
 
 import pytest
 from packaging.markers import default_environment
@@ -97,3 +98,21 @@ def test_resolving_again_gives_the_committed_pins(locks, tmp_path):
         fresh = locks.compile_lock(spec, tmp_path / name / "requirements.lock")
         assert locks.pins(fresh) == locks.pins(spec.lock), name
         assert locks.recorded_digest(fresh) == locks.recorded_digest(spec.lock)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", IMAGE_NAMES)
+def test_lock_installs_on_the_image_platform_dry_run(locks, name, tmp_path):
+    """Every pin has a wheel for CPython 3.11 on x86-64 Linux and the hashes are accepted (uv's dry run reads
+    metadata only; the GPU lock's CUDA wheels are gigabytes, so nothing is downloaded)."""
+    if locks.find_uv() is None:
+        pytest.skip("uv is not installed (ptqflow's dev extra has it)")
+    spec = locks.IMAGES[name]
+    r = subprocess.run([locks.find_uv(), "pip", "install", "--dry-run", "--no-deps", "--require-hashes",
+                        "--only-binary=:all:", "-r", str(spec.lock), f"--python-version={locks.PYTHON_VERSION}",
+                        f"--python-platform={locks.PLATFORM}", f"--target={tmp_path / 'target'}"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    flavour = EXPECTED[name][0]
+    assert f" + {flavour}=={locks.pins(spec.lock)[flavour]}" in r.stderr + r.stdout
+    assert not list(tmp_path.rglob("*.py")), "a dry run installs nothing"
