@@ -64,7 +64,8 @@ def require(steps: Iterable[str], cfg: PipelineConfig) -> None:
         if problem:
             raise DeviceUnavailableError(
                 f"{need.step}: {need.field}={need.device!r} but {problem}. Not running on the CPU instead: "
-                f"run this step where the device is present, or set {need.field} to cpu"
+                f"run this step where the device is present, or set {need.field} to "
+                f"{'CPU' if need.kind == 'openvino' else 'cpu'}"
             )
 
 
