@@ -2,8 +2,9 @@
 
     python scripts/gen_helm_schema.py [--check]
 
-- values.schema.json: ``properties.pipelineConfig`` and the root ``$defs`` are ptqflow's config schema
-  (``ptqflow config-schema``); every other key of the file is written by hand and kept as it is.
+- values.schema.json: ``properties.pipelineConfig`` is ptqflow's config schema (``ptqflow config-schema``),
+  ``properties.hook.properties.config`` the hook service's (``ptqflow.hooks.config.HookConfig``), the root
+  ``$defs`` what both refer to; every other key of the file is written by hand and kept as it is.
 - files/ptqflow_quantize.py (the DAG file of the Airflow ConfigMap) is a copy of dags/ptqflow_quantize.py;
   files/ptqflow_pipeline.yaml (the pipeline the KFP upload Job uses by default) of
   components/ptqflow_pipeline.yaml.
@@ -27,6 +28,9 @@ COPIES = {CHART / "files" / "ptqflow_quantize.py": ROOT / "dags" / "ptqflow_quan
 PIPELINE_CONFIG_DESCRIPTION = ("The default ptqflow pipeline config (the YAML file `ptqflow <step> --config` reads), "
                                "rendered into the ConfigMap <fullname>-pipeline-config, key config.yaml; "
                                "generated from `ptqflow config-schema`.")
+HOOK_CONFIG_DESCRIPTION = ("The non-secret hook configuration, rendered as /etc/ptqflow/hook.yaml (ConfigMap "
+                           "<fullname>-hook); {} when the hook is not used. pipeline.config defaults to "
+                           "pipelineConfig. Generated from ptqflow's hook config.")
 
 
 def _describe_refs(node: dict, defs: dict) -> None:
@@ -40,28 +44,58 @@ def _describe_refs(node: dict, defs: dict) -> None:
             prop.setdefault("description", target.get("description", ""))
 
 
-def pipeline_config_schema() -> tuple[dict, dict]:
-    """(the pipelineConfig property, the $defs it refers to) from ptqflow's config schema."""
-    from ptqflow.config import config_schema
-
-    schema = copy.deepcopy(config_schema())
+def _split(schema: dict) -> tuple[dict, dict]:
+    """(the schema without $defs/$schema/title, its $defs), each property of a section described."""
+    schema = copy.deepcopy(schema)
     defs = schema.pop("$defs", {})
     for key in ("$schema", "title"):
         schema.pop(key, None)
     _describe_refs(schema, defs)
     for section in defs.values():
         _describe_refs(section, defs)
+    return schema, defs
+
+
+def pipeline_config_schema() -> tuple[dict, dict]:
+    """(the pipelineConfig property, the $defs it refers to) from ptqflow's config schema."""
+    from ptqflow.config import config_schema
+
+    schema, defs = _split(config_schema())
     schema["description"] = PIPELINE_CONFIG_DESCRIPTION
     schema["default"] = {}
-    return schema, dict(sorted(defs.items()))
+    return schema, defs
+
+
+def hook_config_schema() -> tuple[dict, dict]:
+    """(the hook.config property, the $defs it refers to): {} (no hook) or a valid hook.yaml."""
+    from ptqflow.hooks.config import HookConfig
+
+    schema, defs = _split(HookConfig.model_json_schema())
+    defs["HookConfig"] = schema
+    prop = {"description": HOOK_CONFIG_DESCRIPTION, "default": {},
+            "anyOf": [{"type": "object", "maxProperties": 0}, {"$ref": "#/$defs/HookConfig"}]}
+    return prop, defs
+
+
+def _merge_defs(*parts: dict) -> dict:
+    """One sorted $defs from several; the same name must mean the same schema."""
+    merged: dict = {}
+    for defs in parts:
+        for name, schema in defs.items():
+            if merged.get(name, schema) != schema:
+                raise SystemExit(f"$defs name clash: {name} differs between the pipeline and hook config schemas")
+            merged[name] = schema
+    return dict(sorted(merged.items()))
 
 
 def expected_files() -> dict[Path, str]:
     """{path: the content it should have}."""
     current = json.loads(SCHEMA.read_text(encoding="utf-8"))
-    prop, defs = pipeline_config_schema()
-    current["properties"]["pipelineConfig"] = prop
-    current["$defs"] = defs
+    pipeline, pipeline_defs = pipeline_config_schema()
+    hook, hook_defs = hook_config_schema()
+    current["properties"]["pipelineConfig"] = pipeline
+    current["properties"]["hook"]["properties"]["config"] = hook
+    current["$defs"] = _merge_defs(pipeline_defs, hook_defs)
     out = {SCHEMA: json.dumps(current, indent=2) + "\n"}
     for copy_path, source in COPIES.items():
         out[copy_path] = source.read_text(encoding="utf-8")

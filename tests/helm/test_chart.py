@@ -18,7 +18,10 @@ kubernetes_validate = pytest.importorskip("kubernetes_validate")
 FULLNAME = f"{RELEASE}-ptqflow"
 VALUES = yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))
 SCHEMA = json.loads((CHART / "values.schema.json").read_text(encoding="utf-8"))
-EVERYTHING_ON = {"hook": {"poll": {"enabled": True}}, "kfp": {"enabled": True}}
+HOOK_CONFIG = {"orchestrator": "airflow", "airflow": {"url": "http://airflow-api-server.airflow:8080"},
+               "pipeline": {"data": "s3://b/calib/", "output": "s3://b/runs/{name}/{version}"}}
+EVERYTHING_ON = {"hook": {"config": HOOK_CONFIG, "serve": {"enabled": True}, "poll": {"enabled": True}},
+                 "kfp": {"enabled": True}}
 CASES = {"default": {}, "all": EVERYTHING_ON, "gpu": example("values-gpu-pool.yaml"),
          "npu": example("values-npu-pool.yaml")}
 
@@ -42,10 +45,10 @@ def test_rendered_manifests_are_valid_kubernetes(render, case):
 def test_default_render_objects(render):
     kinds = sorted(f"{o['kind']}/{o['metadata']['name']}" for o in render())
     assert kinds == sorted([
-        f"ConfigMap/{FULLNAME}-airflow-dags", f"ConfigMap/{FULLNAME}-airflow-env", f"ConfigMap/{FULLNAME}-hook",
-        f"ConfigMap/{FULLNAME}-pipeline-config", f"ConfigMap/{FULLNAME}-placement", f"Deployment/{FULLNAME}-hook",
-        f"Role/{FULLNAME}-pod-launcher", f"RoleBinding/{FULLNAME}-pod-launcher", f"Service/{FULLNAME}-hook",
-        f"ServiceAccount/{FULLNAME}", f"ServiceAccount/{FULLNAME}-launcher"])
+        f"ConfigMap/{FULLNAME}-airflow-dags", f"ConfigMap/{FULLNAME}-airflow-env",
+        f"ConfigMap/{FULLNAME}-pipeline-config", f"ConfigMap/{FULLNAME}-placement",
+        f"Role/{FULLNAME}-pod-launcher", f"RoleBinding/{FULLNAME}-pod-launcher",
+        f"ServiceAccount/{FULLNAME}", f"ServiceAccount/{FULLNAME}-launcher"])  # the hook is opt-in
     assert all(o["metadata"]["namespace"] == NAMESPACE for o in render())
 
 
@@ -182,8 +185,11 @@ def test_every_pod_runs_non_root_read_only_without_capabilities(render):
 # --- Hook service -------------------------------------------------------------------------------------------
 
 
-def test_hook_deployment_probes_secrets_and_config(render):
-    objects = render({"hook": {"config": {"orchestrator": "airflow"},
+def test_hook_deployment_probes_secrets_and_config(render, tmp_path, monkeypatch):
+    from ptqflow.hooks.config import load_hook_config
+
+    objects = render({"pipelineConfig": {"quantization": {"preset": "mixed"}},
+                      "hook": {"config": HOOK_CONFIG, "serve": {"enabled": True},
                                "env": [{"name": "MLFLOW_TRACKING_URI", "value": "http://mlflow:5000"}]}})
     (dep,) = find(objects, "Deployment", f"{FULLNAME}-hook")
     (c,) = dep["spec"]["template"]["spec"]["containers"]
@@ -199,7 +205,13 @@ def test_hook_deployment_probes_secrets_and_config(render):
     assert env["MLFLOW_TRACKING_URI"]["value"] == "http://mlflow:5000"
     assert not any(k.startswith("AWS_") for k in env)  # hook.s3Env is off by default
     (cm,) = find(objects, "ConfigMap", f"{FULLNAME}-hook")
-    assert yaml.safe_load(cm["data"]["hook.yaml"]) == {"orchestrator": "airflow"}
+    hook_yaml = yaml.safe_load(cm["data"]["hook.yaml"])
+    assert hook_yaml["pipeline"]["config"] == {"quantization": {"preset": "mixed"}}  # from pipelineConfig
+    path = tmp_path / "hook.yaml"
+    path.write_text(cm["data"]["hook.yaml"], encoding="utf-8")
+    loaded = load_hook_config(str(path))  # the hook service accepts what the chart renders
+    assert loaded.airflow.url == "http://airflow-api-server.airflow:8080"
+    assert loaded.pipeline.output == "s3://b/runs/{name}/{version}"
     mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
     assert mounts["/etc/ptqflow"]["readOnly"] is True and "/tmp" in mounts
     (svc,) = find(objects, "Service", f"{FULLNAME}-hook")
@@ -208,8 +220,8 @@ def test_hook_deployment_probes_secrets_and_config(render):
 
 
 def test_hook_poll_cronjob_instead_of_the_service(render):
-    objects = render({"hook": {"serve": {"enabled": False}, "poll": {"enabled": True, "schedule": "*/5 * * * *"},
-                               "s3Env": True}})
+    objects = render({"hook": {"config": HOOK_CONFIG, "poll": {"enabled": True, "schedule": "*/5 * * * *"},
+                               "s3Env": True, "secretEnv": {"PTQFLOW_KFP_TOKEN": None}}})
     assert not find(objects, "Deployment") and not find(objects, "Service")
     (cron,) = find(objects, "CronJob")
     assert cron["spec"]["schedule"] == "*/5 * * * *" and cron["spec"]["concurrencyPolicy"] == "Forbid"
@@ -217,6 +229,13 @@ def test_hook_poll_cronjob_instead_of_the_service(render):
     assert c["args"] == ["hook", "poll", "--config", "/etc/ptqflow/hook.yaml"]
     env = {e["name"]: e for e in c["env"]}
     assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {"name": "ptqflow-s3", "key": "access_key"}
+    assert "PTQFLOW_WEBHOOK_SECRET" not in env and "PTQFLOW_AIRFLOW_TOKEN" in env  # poll needs no webhook secret
+    assert "PTQFLOW_KFP_TOKEN" not in env  # null drops a default entry
+
+
+def test_hook_without_config_fails_with_a_clear_message(chart):
+    with pytest.raises(helm.HelmError, match="hook.config is required"):
+        chart.render({"hook": {"serve": {"enabled": True}}}, name=RELEASE, namespace=NAMESPACE)
 
 
 def test_pipeline_config_configmap_is_a_valid_ptqflow_config(render, tmp_path):
@@ -283,6 +302,9 @@ def test_kfp_upload_job(render):
     ({"kfp": {"host": "ml-pipeline:8888"}}, "/kfp/host"),
     ({"pipelineConfig": {"quantization": {"preset": "turbo"}}}, "/pipelineConfig/quantization/preset"),
     ({"pipelineConfig": {"quantizaton": {}}}, "'quantizaton' not allowed"),
+    ({"hook": {"config": dict(HOOK_CONFIG, orchestrator="jenkins")}}, "/hook/config/orchestrator"),
+    ({"hook": {"config": {"airflow": {"url": "http://a"}}}}, "/hook/config"),
+    ({"hook": {"secretEnv": {"MY_TOKEN": {"name": "s"}}}}, "/hook/secretEnv/MY_TOKEN"),
 ])
 def test_schema_violation_is_rejected_naming_the_field(chart, values, path):
     with pytest.raises(helm.HelmValuesError) as err:
@@ -292,11 +314,11 @@ def test_schema_violation_is_rejected_naming_the_field(chart, values, path):
 
 def _values_nodes(schema, prefix=""):
     """(dotted path, schema node) of every chart value: properties below properties, not list items or
-    map entries, not the generated pipelineConfig (checked against ptqflow's own schema)."""
+    map entries, not the generated pipelineConfig and hook.config (ptqflow's own schemas)."""
     for key, node in schema.get("properties", {}).items():
         path = f"{prefix}{key}"
         yield path, node
-        if key != "pipelineConfig":
+        if path not in ("pipelineConfig", "hook.config"):
             yield from _values_nodes(node, f"{path}.")
 
 

@@ -68,30 +68,34 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- default .Release.Namespace .Values.airflow.namespace }}
 {{- end }}
 
-{{/* The hook pods' environment: secrets from existing Secrets, plain env, optionally the S3 Secret. */}}
+{{/* The hook pods' environment: secrets from existing Secrets, plain env, optionally the S3 Secret.
+Called with (dict "root" $ "poll" bool): the poll pass needs no webhook secret. */}}
 {{- define "ptqflow.hookEnv" -}}
+{{- $root := .root }}
 - name: PTQFLOW_HOOK_CONFIG
   value: /etc/ptqflow/hook.yaml
 - name: HOME
   value: /tmp
-{{- range $name, $ref := .Values.hook.secretEnv }}
+{{- range $name, $ref := $root.Values.hook.secretEnv }}
+{{- if and $ref (not (and $.poll (eq $name "PTQFLOW_WEBHOOK_SECRET"))) }}
 - name: {{ $name }}
   valueFrom:
     secretKeyRef:
       name: {{ $ref.name }}
       key: {{ $ref.key }}
-      optional: {{ $ref.optional }}
+      optional: {{ $ref.optional | default false }}
 {{- end }}
-{{- if .Values.hook.s3Env }}
-{{- range $name, $key := .Values.s3.env }}
+{{- end }}
+{{- if $root.Values.hook.s3Env }}
+{{- range $name, $key := $root.Values.s3.env }}
 - name: {{ $name }}
   valueFrom:
     secretKeyRef:
-      name: {{ $.Values.s3.existingSecret }}
+      name: {{ $root.Values.s3.existingSecret }}
       key: {{ $key }}
 {{- end }}
 {{- end }}
-{{- with .Values.hook.env }}
+{{- with $root.Values.hook.env }}
 {{ toYaml . }}
 {{- end }}
 {{- end }}
