@@ -33,7 +33,10 @@ def test_dagbag_imports_without_errors(mode, monkeypatch, tmp_path):
     bag = DagBag(dag_folder=str(ROOT / "dags"))
     assert bag.import_errors == {}
     dag = bag.dags["ptqflow_quantize"]
-    assert sorted(dag.task_dict) == sorted(STEPS + ["publish"])
+    gate = ["registry_configured"] if mode == "kubernetes" else []
+    assert sorted(dag.task_dict) == sorted(STEPS + ["publish", "publish_registry"] + gate)
+    upstream = {"export_ir", "fetch_model", "quantize", "validate"} if mode == "local" else set(gate)
+    assert dag.get_task("publish_registry").upstream_task_ids == upstream
     assert dag.doc_md and "ptqflow" in dag.doc_md
     assert dag.get_task("quantize").upstream_task_ids == {"fetch_model", "build_calibration", "collect_stats"}
     assert "validate" in dag.get_task("export_ir").upstream_task_ids
@@ -54,7 +57,7 @@ def test_params_are_typed_from_the_schema():
         ParamsDict({"subset_size": params["subset_size"]}).__setitem__("subset_size", "many")
 
 
-def _render_pods(device, conf, kubeconfig):
+def _render_pods(device, conf, kubeconfig, tasks=STEPS):
     from airflow.sdk.definitions.param import ParamsDict
 
     from ptqflow.faces.airflow_face import build_dag
@@ -64,7 +67,7 @@ def _render_pods(device, conf, kubeconfig):
     params.update(conf)
     params.validate()
     pods = {}
-    for tid in STEPS:
+    for tid in tasks:
         op = dag.get_task(tid)
         op.config_file = str(kubeconfig)  # the provider reads no KUBECONFIG env var
         op.arguments = op.render_template(op.arguments, {"params": params.dump()}, jinja_env=dag.get_template_env())
@@ -124,6 +127,24 @@ def test_pods_render_with_placement_secret_and_cli(kubeconfig, device, resource,
     broken["spec"]["containers"][0]["image"] = 5  # the validator does catch a bad pod
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(broken, "1.31.0", strict=True)
+
+
+def test_publish_pod_runs_the_publish_step_with_the_registry_section(kubeconfig):
+    from ptqflow.cli import build_parser, overrides_from_args
+    from ptqflow.config import load_config
+
+    conf = {**CONF, "model": "models:/resnet/3",
+            "config": {**CONF["config"], "registry": {"tracking_uri": "http://mlflow:5000", "alias": "int8-candidate"}}}
+    op, pod = _render_pods("cuda", conf, kubeconfig, ["publish_registry"])["publish_registry"]
+    c = pod.spec.containers[0]
+    assert not any(k.endswith("/gpu") for k in c.resources.limits)  # publishing stays on CPU nodes
+    args = build_parser().parse_args(c.args)
+    assert args.command == "publish" and args.out == "s3://runs/r1/publish"
+    assert (args.in_model, args.in_quantized, args.in_report, args.in_ir) == (
+        "s3://runs/r1/fetch-model", "s3://runs/r1/quantize", "s3://runs/r1/validate", "s3://runs/r1/export-ir")
+    cfg = load_config(None, overrides_from_args(args))
+    assert cfg.registry.tracking_uri == "http://mlflow:5000" and cfg.registry.alias == "int8-candidate"
+    assert cfg.model == "models:/resnet/3"
 
 
 def test_exit_codes_map_to_retry_policy():

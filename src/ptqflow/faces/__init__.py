@@ -15,9 +15,12 @@ STEP_INPUTS: dict[str, tuple[str, ...]] = {
     "export-ir": ("quantized", "model", "calibration"),
 }
 
+# Steps added after export-ir when configured (publish: when the run's config has a ``registry`` section).
+OPTIONAL_STEP_INPUTS: dict[str, tuple[str, ...]] = {"publish": ("model", "quantized", "report", "ir")}
+
 # Which step produces each input artifact name.
 PRODUCERS = {"model": "fetch-model", "calibration": "build-calibration", "statistics": "collect-stats",
-             "quantized": "quantize"}
+             "quantized": "quantize", "report": "validate", "ir": "export-ir"}
 
 
 def step_output_uri(output_prefix: str, step: str) -> str:
@@ -27,4 +30,5 @@ def step_output_uri(output_prefix: str, step: str) -> str:
 
 def step_input_uris(output_prefix: str, step: str) -> dict[str, str]:
     """{input name: producer's output URI} for ``step``."""
-    return {name: step_output_uri(output_prefix, PRODUCERS[name]) for name in STEP_INPUTS[step]}
+    inputs = STEP_INPUTS[step] if step in STEP_INPUTS else OPTIONAL_STEP_INPUTS[step]
+    return {name: step_output_uri(output_prefix, PRODUCERS[name]) for name in inputs}

@@ -10,7 +10,9 @@ Two modes, picked at parse time by env var PTQFLOW_AIRFLOW_MODE or Airflow Varia
   ``ptqflow_device``. The container's exit code is mapped back: 2, 3, 4, 6 fail at once, others retry.
 
 Artifacts live at ``<output>/<step>`` (S3 or a shared path); XCom carries only URIs and digests. The final
-INT8 ONNX model and OpenVINO IR are published as Assets by the ``publish`` task after export-ir.
+INT8 ONNX model and OpenVINO IR are published as Assets by the ``publish`` task after export-ir. When the
+run's config has a ``registry`` section, the ``publish_registry`` task runs ptqflow's publish step (the INT8
+version registered in MLflow); without one it is skipped.
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ from datetime import timedelta
 
 from airflow.sdk import DAG, Asset, Param, task
 
-from ptqflow.faces import STEP_INPUTS, step_output_uri
+from ptqflow.faces import OPTIONAL_STEP_INPUTS, PRODUCERS, STEP_INPUTS, step_output_uri
 from ptqflow.faces.params import param_specs
 
 INT8_ONNX = Asset(name="ptqflow_int8_onnx", uri="ptqflow://artifacts/int8-onnx")
 INT8_IR = Asset(name="ptqflow_int8_openvino_ir", uri="ptqflow://artifacts/int8-openvino-ir")
 MODES = ("local", "kubernetes")
+REGISTRY_TASK = "publish_registry"  # the publish step's task (the Assets' task is "publish")
 DEFAULT_RETRIES = 2
 
 DOC_MD = """
@@ -39,6 +42,10 @@ at the output. Trigger with conf such as `{"model": "s3://b/m.onnx", "data": "s3
 Retries: storage errors (exit 5) are retried; bad config (2), bad input (3), failed gate (4) and an
 unavailable device (6) fail the task at once. On success the INT8 ONNX model and IR are published as the
 Assets `ptqflow_int8_onnx` and `ptqflow_int8_openvino_ir` (event extra: uri, digest).
+
+Model registry: with a `registry` section in `config` (`{"tracking_uri": ..., "target_name": ..., "alias": ...}`)
+and a model such as `models:/resnet50/3`, `publish_registry` registers the gated INT8 model as a new version
+(default name `<model>-int8`) with its lineage tags; without that section the task is skipped.
 """
 
 
@@ -81,25 +88,34 @@ def build_dag(dag_id: str = "ptqflow_quantize", mode: str | None = None, device:
                                                    "retry_delay": timedelta(seconds=30)},
              render_template_as_native_obj=False) as dag:
         if mode == "local":
-            last = _local_tasks()
+            done = _local_tasks()
+            last = done["export-ir"]
+            # Its inputs' XComs order it after export-ir (and so after the gate).
+            local_step.override(task_id=REGISTRY_TASK)(
+                "publish", {name: done[PRODUCERS[name]] for name in OPTIONAL_STEP_INPUTS["publish"]})
         else:
-            from ptqflow.faces.airflow_k8s import pod_tasks
+            from ptqflow.faces.airflow_k8s import pod_operator, pod_tasks
 
             last = pod_tasks(device)
+            last >> registry_configured() >> pod_operator("publish", device, task_id=REGISTRY_TASK)
         last >> publish()
     return dag
 
 
-def _local_tasks():
-    """Wire six @task steps; returns the last one."""
+def _local_tasks() -> dict:
+    """Wire six @task steps; returns {step: task}."""
     done = {}
     for step, inputs in STEP_INPUTS.items():
-        from ptqflow.faces import PRODUCERS
-
         upstream = {name: done[PRODUCERS[name]] for name in inputs}
         done[step] = local_step.override(task_id=step.replace("-", "_"))(step, upstream)
     done["validate"] >> done["export-ir"]  # export only what passed the gate
-    return done["export-ir"]
+    return done
+
+
+@task.short_circuit(task_id="registry_configured")
+def registry_configured(**context) -> bool:
+    """Whether the run's config has a ``registry`` section (else the publish pod is skipped)."""
+    return bool((context["params"].get("config") or {}).get("registry"))
 
 
 @task
@@ -114,6 +130,10 @@ def local_step(step: str, upstream: dict, **context) -> dict:
     params = context["params"]
     try:
         cfg = config_from_params(params, params.get("config") or {})
+        if step == "publish" and cfg.registry is None:
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            raise AirflowSkipException("no 'registry' section in the run's config: nothing to publish")
         if not cfg.output:
             raise AirflowFailException("parameter 'output' (output prefix URI) is required")
         out = step_output_uri(cfg.output, step)

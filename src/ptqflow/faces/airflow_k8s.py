@@ -81,8 +81,9 @@ def _jinja_literal(value) -> str:
 
 
 def pod_operator(step: str, device: str, namespace: str | None = None,
-                 table: PlacementTable | None = None) -> PtqflowPodOperator:
-    """The pod task of one step, placed for ``device`` by ``table`` (default: ``active_table()``)."""
+                 table: PlacementTable | None = None, task_id: str | None = None) -> PtqflowPodOperator:
+    """The pod task of one step, placed for ``device`` by ``table`` (default: ``active_table()``); its task id
+    is the step's name with underscores unless ``task_id`` is given."""
     table = table or active_table()
     place = table.placement(step, device)
     inputs = step_input_uris(OUTPUT, step)
@@ -91,7 +92,7 @@ def pod_operator(step: str, device: str, namespace: str | None = None,
     for key, value in typed.items():
         args += ["--set", f"{key}={value}"]
     return PtqflowPodOperator(
-        task_id=step.replace("-", "_"),
+        task_id=task_id or step.replace("-", "_"),
         name=f"ptqflow-{step}",
         namespace=namespace or os.environ.get("PTQFLOW_K8S_NAMESPACE", "ptqflow"),
         image=place.image or step_image(step, device),
