@@ -10,7 +10,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import CHART, EXAMPLES, KUBE_VERSIONS, NAMESPACE, RELEASE, ROOT, example, find, pod_specs
+from chart_helpers import CHART, EXAMPLES, KUBE_VERSIONS, NAMESPACE, RELEASE, ROOT, example, find, pod_specs
 
 helm = pytest.importorskip("helm_python")
 kubernetes_validate = pytest.importorskip("kubernetes_validate")

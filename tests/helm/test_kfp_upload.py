@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from conftest import CHART
+from chart_helpers import CHART
 
 SCRIPT = CHART / "files" / "kfp_upload.py"
 API = "/apis/v2beta1/pipelines"
