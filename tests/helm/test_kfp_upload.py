@@ -68,17 +68,18 @@ class FakeKfp:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 assert self.headers["Content-Type"].startswith("multipart/form-data; boundary=")
                 assert b'name="uploadfile"' in body and b"PIPELINE DEFINITION" in body
+                display_name = query.get("display_name", query["name"])  # the API's default
                 if path == f"{API}/upload":
                     pid = f"p{len(fake.pipelines) + 1}"
-                    fake.pipelines[pid] = {"pipeline_id": pid, "display_name": query["display_name"],
+                    fake.pipelines[pid] = {"pipeline_id": pid, "display_name": display_name,
                                            "namespace": query.get("namespace"),
                                            "versions": [{"pipeline_version_id": f"{pid}-v1",
-                                                         "display_name": query["display_name"]}]}
-                    return self._reply(200, {"pipeline_id": pid, "display_name": query["display_name"]})
+                                                         "display_name": display_name}]}
+                    return self._reply(200, {"pipeline_id": pid, "display_name": display_name})
                 if path == f"{API}/upload_version":
                     versions = fake.pipelines[query["pipelineid"]]["versions"]
                     version = {"pipeline_version_id": f"{query['pipelineid']}-v{len(versions) + 1}",
-                               "display_name": query["display_name"]}
+                               "display_name": display_name}
                     versions.append(version)
                     return self._reply(200, version)
                 return self._reply(404, {"error": "not found"})
