@@ -46,8 +46,11 @@ def test_lightweight_resolve_config_matches_pipeline_parameters():
 def test_six_steps_wired_by_artifacts(tmp_path, kind):
     spec, _ = _compiled(tmp_path, kind)
     tasks = spec["root"]["dag"]["tasks"]
-    assert len(tasks) == 7  # resolve-config + six steps
+    assert len(tasks) == 8  # resolve-config + six steps + publish (a no-op without a registry section)
     by_display = {t["taskInfo"]["name"]: t for t in tasks.values()}
+    pub = by_display["publish"]["inputs"]["artifacts"]
+    assert {k: v["taskOutputArtifact"]["outputArtifactKey"] for k, v in pub.items()} == {
+        "config": "config", "model": "model", "quantized": "quantized", "report": "report", "ir": "ir"}
     q = by_display["quantize"]["inputs"]["artifacts"]
     assert q["statistics"]["taskOutputArtifact"]["outputArtifactKey"] == "statistics"
     assert set(q) == {"config", "model", "calibration", "statistics"}

@@ -55,7 +55,8 @@ def test_container_command_lines_run_locally(tmp_path, inputs):
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     tasks = spec["root"]["dag"]["tasks"]
-    for task_name in ["resolve-config", *STEP_INPUTS]:
+    arts["registration"] = str(tmp_path / "a" / "registration")
+    for task_name in ["resolve-config", *STEP_INPUTS, "publish"]:
         comp = tasks[task_name]["componentRef"]["name"]
         container = spec["deploymentSpec"]["executors"][spec["components"][comp]["executorLabel"]]["container"]
         if task_name in OUTPUTS:
@@ -67,6 +68,8 @@ def test_container_command_lines_run_locally(tmp_path, inputs):
     report = json.loads((Path(arts["report"]) / "manifest.json").read_text())
     assert report["step"] == "validate"
     assert (Path(arts["ir"]) / "model.xml").is_file()
+    # No registry section in the config: publish records that it skipped and registers nothing.
+    assert "registry" in json.loads((Path(arts["registration"]) / "skipped.json").read_text())["skipped"]
 
 
 @pytest.mark.slow
@@ -93,3 +96,4 @@ def test_lightweight_pipeline_under_kfp_local(tmp_path, inputs, monkeypatch):
     manifest = json.loads((report / "manifest.json").read_text())
     assert manifest["metrics"], "validate recorded no metrics"
     assert list(root.glob("**/export-ir-local/ir/model.xml"))
+    assert list(root.glob("**/publish-local/registration/skipped.json"))

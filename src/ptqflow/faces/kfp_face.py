@@ -1,4 +1,5 @@
-"""ptqflow's Kubeflow Pipelines face: components per step and the six-step pipeline.
+"""ptqflow's Kubeflow Pipelines face: components per step and the six-step pipeline (plus ``publish``, which
+registers the INT8 version in the model registry when the run's config has a ``registry`` section).
 
 Two component kinds share the wiring: ``container`` components run the ptqflow image's CLI
 (``ptqflow <step> --in-<name> PATH --out PATH --config PATH``) and get kfp-kubernetes placement per device;
@@ -15,7 +16,7 @@ from kfp import dsl, kubernetes
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
 
 from ptqflow.errors import ConfigError
-from ptqflow.faces import STEP_INPUTS
+from ptqflow.faces import OPTIONAL_STEP_INPUTS, STEP_INPUTS
 from ptqflow.faces.images import image, step_image
 from ptqflow.faces.params import EXPOSED, param_specs
 from ptqflow.faces.placement import PlacementTable, active_table, toleration_kwargs
@@ -25,7 +26,8 @@ _PY = {"integer": int, "number": float, "boolean": bool, "string": str}
 OUTPUTS = {"fetch-model": ("model", Model), "build-calibration": ("calibration", Dataset),
            "collect-stats": ("statistics", Artifact), "quantize": ("quantized", Model),
            "validate": ("report", Artifact), "export-ir": ("ir", Model)}
-INPUT_TYPES = {"model": Model, "calibration": Dataset, "statistics": Artifact, "quantized": Model}
+INPUT_TYPES = {"model": Model, "calibration": Dataset, "statistics": Artifact, "quantized": Model,
+               "report": Artifact, "ir": Model}
 
 
 def pipeline_params() -> list[tuple[str, type, object, str]]:
@@ -99,6 +101,20 @@ _SETTERS = {("requests", "cpu"): "set_cpu_request", ("limits", "cpu"): "set_cpu_
             ("requests", "memory"): "set_memory_request", ("limits", "memory"): "set_memory_limit"}
 
 
+def _publish_container(table: PlacementTable):
+    """Container component of the publish step: runs it when the config has a registry section, else skips."""
+    params = [("config", Input[Artifact])] + [(n, Input[INPUT_TYPES[n]]) for n in OPTIONAL_STEP_INPUTS["publish"]]
+
+    def impl(config, registration, **arts):
+        args = ["-m", "ptqflow.faces.kfp_runtime", "publish", "--config", config.path, "--out", registration.path]
+        for n, a in arts.items():
+            args += [f"--in-{n}", a.path]
+        return dsl.ContainerSpec(image=table.light.image or image("cpu"), command=["python"], args=args)
+
+    out = inspect.Parameter("registration", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Output[Artifact])
+    return dsl.container_component(_signed("publish", params, impl, [out]))
+
+
 def place(task: dsl.PipelineTask, step: str, device: str, table: PlacementTable | None = None) -> dsl.PipelineTask:
     """Apply ptqflow's placement for ``step`` on ``device`` (from ``table``, default ``active_table()``) and
     the S3 secret env to a container task. KFP sets node affinity only: pod (anti-)affinity is an error."""
@@ -132,9 +148,9 @@ def build_pipeline(kind: str = "container", device: str = "cpu", table: Placemen
     if kind == "local":
         from ptqflow.faces import kfp_local as comps
 
-        resolve, steps = comps.resolve_config, comps.STEP_COMPONENTS
+        resolve, steps, publish = comps.resolve_config, comps.STEP_COMPONENTS, comps.publish_local
     else:
-        resolve = _resolve_container(table)
+        resolve, publish = _resolve_container(table), _publish_container(table)
         steps = {s: _step_container(s, device, table) for s in STEP_INPUTS}
     specs = pipeline_params()
 
@@ -151,10 +167,16 @@ def build_pipeline(kind: str = "container", device: str = "cpu", table: Placemen
             made[OUTPUTS[step][0]] = task.outputs[OUTPUTS[step][0]]
             made[f"task:{step}"] = task
         made["task:export-ir"].after(made["task:validate"])  # export only what passed the gate
+        # Registers the INT8 version when the config has a registry section; a no-op otherwise.
+        pub = publish(config=cfg.outputs["config"], **{n: made[n] for n in OPTIONAL_STEP_INPUTS["publish"]})
+        pub.set_display_name("publish")
+        if kind == "container":
+            place(pub, "publish", device, table)
 
     fn = _signed(f"ptqflow_{kind}", [(n, t) for n, t, _, _ in specs], body,
                  defaults={n: d for n, _, d, _ in specs})
-    fn.__doc__ = "ptqflow: fetch-model, build-calibration, collect-stats, quantize, validate, export-ir."
+    fn.__doc__ = ("ptqflow: fetch-model, build-calibration, collect-stats, quantize, validate, export-ir, "
+                  "publish (to the model registry, when configured).")
     return dsl.pipeline(name=f"ptqflow-quantize-{kind}-{device}" if kind == "container" else "ptqflow-quantize-local",
                         description=fn.__doc__)(fn)
 

@@ -87,6 +87,18 @@ def export_ir_local(config: Input[Artifact], quantized: Input[Model], model: Inp
     return run_step_on_paths("export-ir", inputs, ir.path, config.path)["digest"]
 
 
+@dsl.component(base_image=BASE)
+def publish_local(config: Input[Artifact], model: Input[Model], quantized: Input[Model], report: Input[Artifact],
+                  ir: Input[Model], registration: Output[Artifact]) -> str:
+    """publish (when the config has a registry section, else skipped); returns the outcome as JSON."""
+    import json
+
+    from ptqflow.faces.kfp_runtime import publish_if_configured
+
+    inputs = {"model": model.path, "quantized": quantized.path, "report": report.path, "ir": ir.path}
+    return json.dumps(publish_if_configured(inputs, registration.path, config.path), default=str)
+
+
 STEP_COMPONENTS = {"fetch-model": fetch_model_local, "build-calibration": build_calibration_local,
                    "collect-stats": collect_stats_local, "quantize": quantize_local,
                    "validate": validate_local, "export-ir": export_ir_local}

@@ -70,6 +70,18 @@ def run_step_on_paths(step: str, inputs: dict[str, str], out: str, config_path: 
     return {"digest": manifest.digest, "metrics": manifest.metrics}
 
 
+def publish_if_configured(inputs: dict[str, str], out: str, config_path: str) -> dict:
+    """The publish step when the run's config has a ``registry`` section; otherwise write ``skipped.json``
+    into ``out`` and return {"skipped": reason} (a run without a registry publishes nothing)."""
+    cfg = load_config(config_path)
+    if cfg.registry is None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        reason = "no 'registry' section in the run's config"
+        (Path(out) / "skipped.json").write_text(json.dumps({"skipped": reason}), encoding="utf-8")
+        return {"skipped": reason}
+    return run_step_on_paths("publish", inputs, out, config_path)
+
+
 def numeric_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:
     """Flatten a manifest's metrics to {dotted name: float}, keeping only finite numbers (KFP Metrics)."""
     flat: dict[str, float] = {}
@@ -90,15 +102,25 @@ def copy_report_html(validate_dir: str, html_path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``resolve-config --out PATH --set key=value ...``; exit code as the ptqflow CLI's."""
+    """``resolve-config --out PATH --set key=value ...`` or ``publish --config PATH --in-model ... --out PATH``;
+    exit code as the ptqflow CLI's."""
     parser = argparse.ArgumentParser(prog="python -m ptqflow.faces.kfp_runtime")
     sub = parser.add_subparsers(dest="command", required=True)
     rc = sub.add_parser("resolve-config")
     rc.add_argument("--out", required=True)
     rc.add_argument("--base", default="", help="base config as YAML/JSON text")
     rc.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    pub = sub.add_parser("publish", help="the publish step if the config has a registry section, else skip")
+    pub.add_argument("--config", required=True)
+    pub.add_argument("--out", required=True)
+    for name in ("model", "quantized", "report", "ir"):
+        pub.add_argument(f"--in-{name}", dest=name, required=True)
     args = parser.parse_args(argv)
     try:
+        if args.command == "publish":
+            inputs = {n: getattr(args, n) for n in ("model", "quantized", "report", "ir")}
+            print(json.dumps(publish_if_configured(inputs, args.out, args.config), default=str))
+            return 0
         values = {}
         for item in args.sets:
             if "=" not in item:
