@@ -109,6 +109,7 @@ def stale_files() -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Write the stale files (or, with --check, name them); returns the exit code."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="only report stale files (exit 1 if any)")
     a = ap.parse_args(argv)

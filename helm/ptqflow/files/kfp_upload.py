@@ -33,6 +33,7 @@ class ApiError(Exception):
 
 def _request(host: str, method: str, path: str, query: dict[str, str], token: str | None,
              body: bytes | None = None, content_type: str | None = None) -> dict:
+    """The JSON answer of one API call; ApiError on an HTTP error or when the API cannot be reached."""
     url = host.rstrip("/") + path + ("?" + urllib.parse.urlencode(query) if query else "")
     req = urllib.request.Request(url, data=body, method=method)
     if token:
@@ -105,6 +106,7 @@ def upload(host: str, package: str, pipeline_name: str, version: str, namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse flags, upload, print what was done; returns the exit code (0, 2 or 5)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://ml-pipeline.kubeflow:8888")
     ap.add_argument("--package", required=True, help="compiled pipeline YAML")

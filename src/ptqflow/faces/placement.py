@@ -184,6 +184,7 @@ class _Device(_FileModel):
         return self
 
     def to_placement(self) -> Placement:
+        """This entry as a Placement (tolerations and affinity keep their camelCase Kubernetes keys)."""
         return Placement(node_selector=dict(self.node_selector),
                          tolerations=[t.model_dump(by_alias=True, exclude_none=True) for t in self.tolerations],
                          requests=dict(self.resources.requests), limits=dict(self.resources.limits),
