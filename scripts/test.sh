@@ -4,7 +4,8 @@
 #
 # The library's tests run in .venv. The Airflow and Kubeflow faces need their own environments (the KFP SDK
 # pins an old Kubernetes client that Airflow's Kubernetes provider refuses): scripts/test_airflow.sh and
-# scripts/test_kfp.sh set those up and run tests/airflow and tests/kfp.
+# scripts/test_kfp.sh set those up and run tests/airflow and tests/kfp; scripts/test_hooks.sh sets up the MLflow
+# server's environment (.venv-mlflow) and runs tests/hooks in .venv with the registry extra.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -15,7 +16,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check -U pip
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[openvino,s3,demo,dev]"
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[openvino,s3,demo,dev,registry]"
 # The report screenshot test renders report.html with Debian's headless chromium.
 if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium || true
@@ -23,10 +24,10 @@ fi
 set +e
 
 status=0
-for face in scripts/test_airflow.sh scripts/test_kfp.sh; do
+for face in scripts/test_hooks.sh scripts/test_airflow.sh scripts/test_kfp.sh; do
   if [ -x "$face" ]; then
     "$face" "$@" || status=1
   fi
 done
-"$VENV/bin/python" -m pytest "$@" tests --ignore=tests/airflow --ignore=tests/kfp || status=$?
+"$VENV/bin/python" -m pytest "$@" tests --ignore=tests/airflow --ignore=tests/kfp --ignore=tests/hooks || status=$?
 exit $status

@@ -10,5 +10,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 # pip stays in the venv: kfp.local runs `python -m pip` inside each task.
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check -U pip
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[airflow,openvino,s3,dev]"
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[airflow,openvino,s3,dev,registry]"
+# The end-to-end hook tests start an MLflow server from .venv-mlflow.
+PTQFLOW_HOOKS_SETUP_ONLY=1 scripts/test_hooks.sh
 exec "$VENV/bin/python" -m pytest "$@" tests/airflow

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Set up the model-registry hooks' test environments (idempotent) and run tests/hooks.
+# Extra arguments go to pytest, e.g. `./scripts/test_hooks.sh -m "not slow"`.
+#
+# The MLflow *server* the tests start lives in its own environment (.venv-mlflow, mlflow==3.17.2, ~850 MB);
+# ptqflow's client side is the light `registry` extra (mlflow-skinny) installed into the library's .venv.
+# PTQFLOW_HOOKS_SETUP_ONLY=1 only prepares .venv-mlflow (scripts/test_airflow.sh uses it for the
+# end-to-end hook tests).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+MLFLOW_VENV=.venv-mlflow
+if [ ! -x "$MLFLOW_VENV/bin/mlflow" ]; then
+  "$PY" -m venv "$MLFLOW_VENV"
+  "$MLFLOW_VENV/bin/python" -m pip install -q --disable-pip-version-check -U pip
+  "$MLFLOW_VENV/bin/python" -m pip install -q --disable-pip-version-check "mlflow==3.17.2"
+fi
+if [ "${PTQFLOW_HOOKS_SETUP_ONLY:-0}" = 1 ]; then
+  exit 0
+fi
+VENV=${PTQFLOW_VENV:-.venv}
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PY" -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[openvino,s3,dev,registry]"
+exec "$VENV/bin/python" -m pytest "$@" tests/hooks
