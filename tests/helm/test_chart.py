@@ -4,6 +4,7 @@ contract, placement round trip through the placement loader, the Airflow and KFP
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -140,7 +141,7 @@ def test_custom_s3_secret_reaches_placement(render, tmp_path):
 
 def test_rbac_is_namespaced_and_minimal(render):
     objects = render({"rbac": {"extraSubjects": [{"kind": "ServiceAccount", "name": "airflow-worker",
-                                                  "namespace": "airflow"}]}, **{}})
+                                                  "namespace": "airflow"}]}})
     assert not [o for o in objects if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
     (role,) = find(objects, "Role")
     assert role["metadata"]["namespace"] == NAMESPACE
@@ -231,6 +232,17 @@ def test_hook_poll_cronjob_instead_of_the_service(render):
     assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {"name": "ptqflow-s3", "key": "access_key"}
     assert "PTQFLOW_WEBHOOK_SECRET" not in env and "PTQFLOW_AIRFLOW_TOKEN" in env  # poll needs no webhook secret
     assert "PTQFLOW_KFP_TOKEN" not in env  # null drops a default entry
+
+
+@pytest.mark.parametrize("devices,message", [
+    ({"gpu": {"resources": {"limits": {"nvidia.com/gpu": None}}}},
+     "devices.gpu.resources.limits.nvidia.com/gpu: the accelerator resource needs a limit"),
+    ({"cpu": {"resources": {"limits": {"ephemeral-storage": "10Gi"}}}},
+     "devices.cpu.resources.limits.ephemeral-storage: only cpu, memory and the device's accelerator (none)"),
+])
+def test_placement_the_faces_cannot_apply_fails_at_install(chart, devices, message):
+    with pytest.raises(helm.HelmError, match=re.escape(message)):
+        chart.render({"devices": devices}, name=RELEASE, namespace=NAMESPACE)
 
 
 def test_hook_without_config_fails_with_a_clear_message(chart):
@@ -376,8 +388,7 @@ def test_helm_template_output_is_a_placement_file(chart, tmp_path):
     """What `helm template --show-only templates/placement-configmap.yaml` prints feeds the KFP compile."""
     from ptqflow.faces.placement import load_placement_file
 
-    values = {"airflow": {"namespace": "airflow"}, **example("values-npu-pool.yaml")}
-    values["airflow"] = {"namespace": "airflow"}
+    values = dict(example("values-npu-pool.yaml"), airflow={"namespace": "airflow"})
     text = chart.render(values, name=RELEASE, namespace=NAMESPACE)["ptqflow/templates/placement-configmap.yaml"]
     path = tmp_path / "placement.yaml"
     path.write_text(f"---\n# Source: ptqflow/templates/placement-configmap.yaml\n{text}", encoding="utf-8")

@@ -58,6 +58,16 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $devices := dict }}
 {{- range $key := list "cpu" "gpu" "npu" }}
 {{- $d := index $.Values.devices $key }}
+{{- range $kind := list "requests" "limits" }}
+{{- range $name, $_ := (get $d.resources $kind) }}
+{{- if not (has $name (list "cpu" "memory" $d.accelerator)) }}
+{{- fail (printf "devices.%s.resources.%s.%s: only cpu, memory and the device's accelerator (%s) can be set" $key $kind $name (default "none" $d.accelerator)) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if and $d.accelerator (not (hasKey (default dict $d.resources.limits) $d.accelerator)) }}
+{{- fail (printf "devices.%s.resources.limits.%s: the accelerator resource needs a limit" $key $d.accelerator) }}
+{{- end }}
 {{- $_ := set $devices $key (dict "image" (include "ptqflow.deviceImage" (dict "root" $ "key" $key)) "accelerator" $d.accelerator "resources" $d.resources "nodeSelector" $d.nodeSelector "tolerations" $d.tolerations "affinity" $d.affinity) }}
 {{- end }}
 {{- toYaml (dict "devices" $devices "s3" (dict "secretName" .Values.s3.existingSecret "env" .Values.s3.env)) }}
