@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import helm_python as helm
 import pytest
 import yaml
 
@@ -10,7 +11,6 @@ from chart_helpers import CHART, NAMESPACE, RELEASE
 
 @pytest.fixture(scope="session")
 def chart():
-    helm = pytest.importorskip("helm_python")
     with helm.Chart.load(str(CHART)) as loaded:
         yield loaded
 

@@ -8,13 +8,12 @@ import re
 import subprocess
 import sys
 
+import helm_python as helm
+import kubernetes_validate
 import pytest
 import yaml
 
 from chart_helpers import CHART, EXAMPLES, KUBE_VERSIONS, NAMESPACE, RELEASE, ROOT, example, find, pod_specs
-
-helm = pytest.importorskip("helm_python")
-kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
 FULLNAME = f"{RELEASE}-ptqflow"
 VALUES = yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))
