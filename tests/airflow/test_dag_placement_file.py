@@ -84,3 +84,34 @@ def test_bad_placement_file_is_a_dag_import_error(tmp_path, monkeypatch):
     bag = DagBag(dag_folder=str(Path(__file__).resolve().parents[2] / "dags"))
     errors = "\n".join(bag.import_errors.values())
     assert "devices.npu.nodeselector" in errors and str(bad) in errors
+
+
+def test_chart_values_reach_the_pods(tmp_path, monkeypatch, kubeconfig):
+    """Configured once: the GPU example values, rendered by the Helm chart into its placement ConfigMap, are
+    what the DAG's pods get."""
+    import helm_python as helm
+
+    root = Path(__file__).resolve().parents[2]
+    values = yaml.safe_load((root / "helm" / "examples" / "values-gpu-pool.yaml").read_text())
+    with helm.Chart.load(str(root / "helm" / "ptqflow")) as chart:
+        rendered = chart.render(values, name="rel", namespace="ptqflow", is_install=True)
+        gpu = chart.merge_values(values)["devices"]["gpu"]
+    configmap = next(d for d in yaml.safe_load_all(rendered["ptqflow/templates/placement-configmap.yaml"]) if d)
+    path = tmp_path / "placement-configmap.yaml"
+    path.write_text(yaml.safe_dump(configmap))
+    monkeypatch.setenv("PTQFLOW_PLACEMENT_FILE", str(path))
+    from kubernetes.client import ApiClient
+
+    from ptqflow.faces.airflow_face import build_dag
+
+    op = build_dag("ptqflow_chart_test", mode="kubernetes", device="cuda").get_task("validate")
+    op.config_file, op.arguments = str(kubeconfig), []
+    spec = ApiClient().sanitize_for_serialization(op.build_pod_request_obj(context=None))["spec"]
+    container = spec["containers"][0]
+    assert container["image"] == f"{gpu['image']['repository']}:{gpu['image']['tag']}"
+    assert container["resources"] == gpu["resources"]
+    assert spec["nodeSelector"] == gpu["nodeSelector"]
+    assert spec["tolerations"] == gpu["tolerations"]
+    assert spec["affinity"] == gpu["affinity"]
+    secret_names = {e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"] if "valueFrom" in e}
+    assert secret_names == {values["s3"]["existingSecret"]}

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ptqflow import __version__
 from ptqflow.errors import ConfigError
 from ptqflow.faces import STEP_INPUTS
 from ptqflow.faces.kfp_face import compile_pipeline
@@ -92,3 +93,30 @@ def test_pod_affinity_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="affinity.podAntiAffinity"):
         compile_pipeline(tmp_path / "p.yaml", "container", "cuda", str(_configmap(tmp_path, bad)))
     assert not (tmp_path / "p.yaml").exists()
+
+
+def test_chart_values_reach_the_compiled_pipeline(tmp_path):
+    """Configured once: the NPU example values, rendered by the Helm chart into its placement ConfigMap (as
+    `helm template --show-only templates/placement-configmap.yaml` prints it), place the compiled tasks."""
+    import helm_python as helm
+
+    values = yaml.safe_load((ROOT / "helm" / "examples" / "values-npu-pool.yaml").read_text())
+    with helm.Chart.load(str(ROOT / "helm" / "ptqflow")) as chart:
+        text = chart.render(values, name="rel", namespace="ptqflow")["ptqflow/templates/placement-configmap.yaml"]
+        merged = chart.merge_values(values)["devices"]
+    path = tmp_path / "placement.yaml"
+    path.write_text(text)
+    executors = _executors(compile_pipeline(tmp_path / "p.yaml", "container", "npu", str(path)))
+    container, k8s = executors["quantize"]
+    npu = merged["npu"]
+    assert container["image"] == f"{npu['image']['repository']}:{npu['image']['tag']}"
+    res = container["resources"]
+    assert res["accelerator"]["resourceType"] == "npu.intel.com/accel"
+    assert res["accelerator"]["resourceCount"] == npu["resources"]["limits"]["npu.intel.com/accel"]
+    assert (res["resourceCpuLimit"], res["resourceMemoryLimit"]) == (npu["resources"]["limits"]["cpu"],
+                                                                     npu["resources"]["limits"]["memory"])
+    assert k8s["nodeSelector"]["labels"] == npu["nodeSelector"]
+    assert k8s["tolerations"] == npu["tolerations"]
+    container, k8s = executors["fetch-model"]
+    assert container["image"] == f"ghcr.io/ptqflow/ptqflow:{__version__}"  # the chart's default cpu image
+    assert k8s["nodeSelector"]["labels"] == merged["cpu"]["nodeSelector"]
