@@ -369,3 +369,73 @@ def detection_head(seed: int = 0, boxes: int = 16) -> onnx.ModelProto:
     outputs = [helper.make_tensor_value_info("selected", TensorProto.INT64, ["K", 3]),
                helper.make_tensor_value_info("post", TensorProto.FLOAT, [1, 1, 3])]
     return make_model(nodes, inputs, outputs, inits, name="detection_head")
+
+
+def mobile_block(seed: int = 0, c: int = 8, size: int = 16) -> onnx.ModelProto:
+    """A MobileNetV3/PP-LCNet-style block with the activations decomposed as exporters write them.
+
+    input[N,3,s,s] -> stem Conv -> Relu (r0) -> depthwise Conv -> hard-swish x*Clip(x+3,0,6)/6 (hs) ->
+    SE: GlobalAveragePool -> Conv -> Relu -> Conv -> HardSigmoid (gate) -> Mul(hs, gate) (se) -> proj Conv (p) ->
+    residual Add(p, r0) (res) -> expand Conv (e) -> e*HardSigmoid(e) (a) -> head Conv (h) -> h*Sigmoid(h) -> out.
+    """
+    rng = np.random.default_rng(seed)
+    w = lambda o, i, k=1: rng.normal(0, 0.4, (o, i, k, k)).astype(np.float32)  # noqa: E731
+    b = lambda o: rng.normal(0, 0.1, o).astype(np.float32)  # noqa: E731
+    f = lambda v: np.array(v, np.float32)  # noqa: E731
+    inits = [_init("w_stem", w(c, 3, 3)), _init("b_stem", b(c)), _init("w_dw", w(c, 1, 3)), _init("b_dw", b(c)),
+             _init("w_fc1", w(c // 2, c)), _init("b_fc1", b(c // 2)), _init("w_fc2", w(c, c // 2)), _init("b_fc2", b(c)),
+             _init("w_proj", w(c, c)), _init("b_proj", b(c)), _init("w_exp", w(c, c)), _init("b_exp", b(c)),
+             _init("w_head", w(c, c)), _init("b_head", b(c)), _init("three", f(3.0)), _init("zero", f(0.0)),
+             _init("six", f(6.0))]
+    n = helper.make_node
+    nodes = [
+        n("Conv", ["input", "w_stem", "b_stem"], ["c0"], name="stem", pads=[1, 1, 1, 1]),
+        n("Relu", ["c0"], ["r0"], name="stem_relu"),
+        n("Conv", ["r0", "w_dw", "b_dw"], ["d"], name="dw", group=c, pads=[1, 1, 1, 1]),
+        n("Add", ["d", "three"], ["d3"], name="hs_add"),
+        n("Clip", ["d3", "zero", "six"], ["d3c"], name="hs_clip"),
+        n("Mul", ["d", "d3c"], ["dm"], name="hs_mul"),
+        n("Div", ["dm", "six"], ["hs"], name="hs_div"),
+        n("GlobalAveragePool", ["hs"], ["pooled"], name="se_gap"),
+        n("Conv", ["pooled", "w_fc1", "b_fc1"], ["s1"], name="se_fc1"),
+        n("Relu", ["s1"], ["s1r"], name="se_relu"),
+        n("Conv", ["s1r", "w_fc2", "b_fc2"], ["s2"], name="se_fc2"),
+        n("HardSigmoid", ["s2"], ["gate"], name="se_gate", alpha=1.0 / 6, beta=0.5),
+        n("Mul", ["hs", "gate"], ["se"], name="se_mul"),
+        n("Conv", ["se", "w_proj", "b_proj"], ["p"], name="proj"),
+        n("Add", ["p", "r0"], ["res"], name="residual"),
+        n("Conv", ["res", "w_exp", "b_exp"], ["e"], name="expand"),
+        n("HardSigmoid", ["e"], ["eh"], name="act_hsig", alpha=1.0 / 6, beta=0.5),
+        n("Mul", ["e", "eh"], ["a"], name="act_mul"),
+        n("Conv", ["a", "w_head", "b_head"], ["h"], name="head"),
+        n("Sigmoid", ["h"], ["hsg"], name="swish_sigmoid"),
+        n("Mul", ["h", "hsg"], ["out"], name="swish_mul"),
+    ]
+    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, size, size])]
+    outputs = [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", c, size, size])]
+    return make_model(nodes, inputs, outputs, inits, name="mobile_block")
+
+
+def mask_and_class_heads(seed: int = 0, c: int = 6, size: int = 8, classes: int = 5) -> onnx.ModelProto:
+    """input[N,3,s,s] -> Conv -> Relu (r) -> ConvTranspose (stride 2) -> Sigmoid -> mask[N,1,2s,2s] (detection-style
+    probability map); r -> GlobalAveragePool -> Flatten -> Gemm -> Softmax -> probs[N,classes] (classifier head)."""
+    rng = np.random.default_rng(seed)
+    inits = [_init("cw", rng.normal(0, 0.3, (c, 3, 3, 3)).astype(np.float32)),
+             _init("tw", rng.normal(0, 0.3, (c, 1, 2, 2)).astype(np.float32)),
+             _init("fw", rng.normal(0, 0.3, (classes, c)).astype(np.float32)),
+             _init("fb", rng.normal(0, 0.1, classes).astype(np.float32))]
+    n = helper.make_node
+    nodes = [
+        n("Conv", ["input", "cw"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        n("Relu", ["c"], ["r"], name="relu"),
+        n("ConvTranspose", ["r", "tw"], ["m"], name="mask_up", strides=[2, 2]),
+        n("Sigmoid", ["m"], ["mask"], name="mask_sigmoid"),
+        n("GlobalAveragePool", ["r"], ["g"], name="gap"),
+        n("Flatten", ["g"], ["flat"], name="flatten"),
+        n("Gemm", ["flat", "fw", "fb"], ["logits"], name="fc", transB=1),
+        n("Softmax", ["logits"], ["probs"], name="softmax", axis=-1),
+    ]
+    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, size, size])]
+    outputs = [helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["N", 1, 2 * size, 2 * size]),
+               helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", classes])]
+    return make_model(nodes, inputs, outputs, inits, name="mask_and_class_heads")

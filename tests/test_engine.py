@@ -77,6 +77,28 @@ def test_openvino_converts_to_fakequantize(tmp_path):
     assert types.count("FakeQuantize") >= 4
 
 
+def test_openvino_cpu_runs_mobile_block_convolutions_in_int8(tmp_path):
+    """On the CPU plugin every convolution of a conv/hard-swish/SE/residual block runs in int8 with its activation,
+    residual Add and output quantizer fused; the only standalone quantizers are the model input and the SE gate."""
+    ov = pytest.importorskip("openvino")
+    q = ptqflow.quantize(B.mobile_block(), B.random_inputs(8, (3, 16, 16)))
+    onnx.save(q, str(tmp_path / "q.onnx"))
+    compiled = ov.Core().compile_model(str(tmp_path / "q.onnx"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    ops = []
+    for op in compiled.get_runtime_model().get_ops():
+        info = op.get_rt_info()
+        ops.append((info["layerType"].astype(str), info["runtimePrecision"].astype(str),
+                    info["originalLayersNames"].astype(str).split(",")))
+    convs = [(prec, names) for kind, prec, names in ops if kind == "Convolution"]
+    assert len(convs) == 7 and all(prec in ("i8", "u8") for prec, _ in convs)
+    standalone = {n for kind, _, names in ops if kind == "FakeQuantize" for n in names}
+    assert standalone == {"input_QuantizeLinear", "gate_QuantizeLinear"}
+    fused = {n for _, names in convs for n in names}
+    assert {"hs_QuantizeLinear", "residual", "res_QuantizeLinear"} <= fused
+    elsewhere = {n for kind, _, names in ops if kind != "Convolution" for n in names}
+    assert not {"hs_clip", "hs_mul", "hs_div", "swish_sigmoid", "swish_mul"} & elsewhere, "activations fused"
+
+
 def test_cuda_unavailable_is_an_error_naming_providers():
     if "CUDAExecutionProvider" in available_providers():
         pytest.skip("CUDA present")

@@ -11,28 +11,28 @@ from ptqflow.api import quantize_with_config
 from ptqflow.config import AdvancedParameters, QuantizationConfig
 
 
-def _dw_sigmoid_model():
-    """input[N,4,8,8] (signed) -> depthwise Conv -> Relu -> Conv -> Relu -> Conv -> Sigmoid -> prob."""
+def _dw_softmax_model():
+    """input[N,4,8,8] (signed) -> depthwise Conv -> Relu -> Conv -> Relu -> Conv -> Softmax (channels) -> prob."""
     rng = np.random.default_rng(0)
     inits = [B._init("dw", rng.normal(0, 0.5, (4, 1, 3, 3)).astype(np.float32)),
              B._init("pw", rng.normal(0, 0.5, (4, 4, 1, 1)).astype(np.float32)),
-             B._init("hw", rng.normal(0, 0.5, (1, 4, 1, 1)).astype(np.float32))]
+             B._init("hw", rng.normal(0, 0.5, (3, 4, 1, 1)).astype(np.float32))]
     n = helper.make_node
     nodes = [n("Conv", ["input", "dw"], ["d"], name="dwconv", group=4, pads=[1, 1, 1, 1]),
              n("Relu", ["d"], ["r"], name="relu"),
              n("Conv", ["r", "pw"], ["p"], name="pwconv"),
              n("Relu", ["p"], ["pr"], name="relu2"),
              n("Conv", ["pr", "hw"], ["logit"], name="head"),
-             n("Sigmoid", ["logit"], ["prob"], name="sigmoid")]
+             n("Softmax", ["logit"], ["prob"], name="softmax", axis=1)]
     return B.make_model(nodes, [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 4, 8, 8])],
-                        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N", 1, 8, 8])], inits)
+                        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N", 3, 8, 8])], inits)
 
 
 def test_safeguards_keep_sensitive_places_float_and_report_them():
-    model, samples = _dw_sigmoid_model(), B.random_inputs(6, (4, 8, 8))
+    model, samples = _dw_softmax_model(), B.random_inputs(6, (4, 8, 8))
     result = quantize_with_config(model, samples, QuantizationConfig())
     rows = {r["name"]: r for r in result.layers}
-    assert rows["head"]["status"] == "float" and "Sigmoid" in rows["head"]["reason"]
+    assert rows["head"]["status"] == "float" and "Softmax" in rows["head"]["reason"]
     assert rows["input"]["status"] == "float" and "depthwise" in rows["input"]["reason"]
     assert rows["pwconv"]["status"] == "quantized"
     off = quantize_with_config(model, samples, QuantizationConfig(advanced=AdvancedParameters(auto_safeguards=False)))

@@ -41,6 +41,48 @@ def test_residual_add_and_concat_share_one_quantizer_per_tensor():
     assert len(plan["activations"]) == len({p["tensor"] for p in plan["activations"]})
 
 
+def test_decomposed_activations_get_no_inner_quantizers():
+    """Hard-swish x*Clip(x+3,0,6)/6, x*HardSigmoid(x) and swish x*Sigmoid(x) are activations: no quantizer
+    between a Conv and them nor inside them, so the runtime fuses them into the INT8 convolution."""
+    prepared, plan = _plan(B.mobile_block())
+    points = _points(plan)
+    inner = {"d", "d3", "d3c", "dm", "e", "eh", "h", "hsg"}  # conv outputs feeding activations, activation internals
+    assert not inner & set(points)
+    consumers = {e[0] for p in plan["activations"] for e in p["edges"]}
+    assert not {"hs_mul", "act_mul", "swish_mul"} & consumers
+    assert {e[0] for e in points["hs"]["edges"]} == {"se_gap", "se_mul"}, "one quantizer after the whole hard-swish"
+    assert {e[0] for e in points["a"]["edges"]} == {"head"}
+    assert not plan["float_layers"], "activations are not float layers either"
+
+
+def test_squeeze_excite_gate_multiply_quantized_on_both_inputs():
+    """The SE Mul(x, HardSigmoid(...)) is an int8 eltwise on the CPU plugin: x gets one quantizer shared with the
+    pooling branch (so the producing conv fuses it) and the gate its own."""
+    _, plan = _plan(B.mobile_block())
+    points = _points(plan)
+    assert ["se_mul", 0] in points["hs"]["edges"] and ["se_gap", 0] in points["hs"]["edges"]
+    assert points["gate"]["edges"] == [["se_mul", 1]]
+    assert points["se"]["edges"] == [["proj", 0]]
+
+
+def test_residual_add_of_linear_conv_output_quantizes_both_inputs():
+    _, plan = _plan(B.mobile_block())
+    points = _points(plan)
+    assert points["p"]["edges"] == [["residual", 0]], "the conv side: fused by the runtime as a sum post-op"
+    assert {tuple(e) for e in points["r0"]["edges"]} == {("dw", 0), ("residual", 1)}
+    assert points["res"]["edges"] == [["expand", 0]]
+
+
+def test_softmax_head_float_sigmoid_map_head_quantized():
+    _, plan = _plan(B.mask_and_class_heads())
+    floats = {f["node"]: f["reason"] for f in plan["float_layers"]}
+    assert "Softmax" in floats["fc"]
+    assert "mask_up" not in floats
+    weighted = {n for w in plan["weights"] for n, _ in w["nodes"]}
+    assert "mask_up" in weighted and "fc" not in weighted
+    assert ["mask_up", 0] in _points(plan)["r"]["edges"]
+
+
 def test_npu_target_skips_elementwise_quantizers():
     _, plan = _plan(B.residual_concat(), target_device=TargetDevice.NPU)
     edges = {e[0] for p in plan["activations"] for e in p["edges"]}

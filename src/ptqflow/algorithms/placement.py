@@ -58,7 +58,10 @@ AGNOSTIC = {
 STOPPERS = {"NonMaxSuppression", "TopK"}
 TRANSFORMER_FLOAT = {"LayerNormalization", "Softmax", "Gelu", "Erf", "Add", "Sub", "Mul", "Div", "Pow", "Sqrt",
                      "ReduceMean", "ReduceSum", "Tanh", "Sigmoid", "Reciprocal"}
-GATES = {"Sigmoid", "HardSigmoid", "Softmax", "Tanh"}
+# Pointwise ops (with at most one activation input) that make up decomposed activations such as hard-swish
+# x * Clip(x + 3, 0, 6) / 6, swish x * Sigmoid(x) or x * HardSigmoid(x).
+POINTWISE = {"Add", "Sub", "Mul", "Div", "Clip", "Relu", "HardSigmoid", "Sigmoid", "Min", "Max", "Tanh",
+             "Softplus", "Neg", "Identity"}
 
 
 class _Graph:
@@ -204,11 +207,17 @@ def _typed_float(model: onnx.ModelProto) -> set[str]:
             if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
 
 
-def _sensitive_heads(g: _Graph) -> dict[str, str]:
-    """Weighted layers whose output reaches a graph output only through a Sigmoid/Softmax head.
+# Output heads whose last weighted layer stays in float: class distributions (CTC character probabilities,
+# classifier scores), where INT8 rounding of the logits flips argmax decisions. These layers are small
+# (Gemm/MatMul over a few positions). Sigmoid maps (detection masks) are thresholded, not argmaxed: their last
+# layer is quantized, which also lets the runtime fuse the Sigmoid into the INT8 layer at full resolution.
+HEAD_GATES = {"Softmax", "LogSoftmax"}
 
-    Their inputs and weights stay in float: the head's output is a probability map read at fine resolution
-    (detection masks, CTC character probabilities), where INT8 rounding of the last layer flips decisions.
+
+def _sensitive_heads(g: _Graph) -> dict[str, str]:
+    """Weighted layers whose output reaches a graph output only through a Softmax/LogSoftmax head.
+
+    Their inputs and weights stay in float (see HEAD_GATES).
     """
     found: dict[str, str] = {}
     for out in g.outputs:
@@ -223,7 +232,7 @@ def _sensitive_heads(g: _Graph) -> dict[str, str]:
                 if gate:
                     found[node.name] = f"auto_safeguard: last layer before the {gate} output head"
                 continue
-            g2 = gate or (node.op_type if node.op_type in ("Sigmoid", "Softmax", "LogSoftmax") else None)
+            g2 = gate or (node.op_type if node.op_type in HEAD_GATES else None)
             queue.extend((i, g2) for i in node.input if i and not g.is_const(i))
     return found
 
@@ -263,10 +272,8 @@ def build_plan(model: onnx.ModelProto, config: QuantizationConfig, warnings: lis
         consts = [i for i in act_idx if g.is_const(n.input[i])]
         if n.op_type in ELEMENTWISE and (consts or len(act_idx) < 2):
             continue  # bias/scale constants: part of the preceding layer, never quantized here
-        if n.op_type in ELEMENTWISE and adv.auto_safeguards and any(
-                getattr(g.producer.get(n.input[i]), "op_type", None) in GATES for i in act_idx):
-            floats[n.name] = "auto_safeguard: gating multiply (sigmoid/softmax gate) kept in float"
-            continue
+        if n.op_type == "Mul" and _self_gated(g, n):
+            continue  # x * f(x): a (hard-)swish activation, fused by the runtime into the layer before it
         if w_idx is not None and w_idx < len(n.input) and n.input[w_idx] in g.inits:
             w = n.input[w_idx]
             rank = len(g.inits[w].dims)
@@ -294,6 +301,27 @@ def build_plan(model: onnx.ModelProto, config: QuantizationConfig, warnings: lis
         "bias_layers": [], "warnings": list(warnings or []) + (
             ["auto_safeguard: transformer-like graph; LayerNorm/Softmax/GELU regions kept in float"] if auto_tf else []),
     }
+
+
+def _self_gated(g: _Graph, n: onnx.NodeProto) -> bool:
+    """True when one input of the binary op ``n`` is computed from the other by pointwise ops alone (x * f(x))."""
+    a, b = n.input[0], n.input[1]
+    return _pointwise_from(g, b, a) or _pointwise_from(g, a, b)
+
+
+def _pointwise_from(g: _Graph, t: str, root: str, depth: int = 4) -> bool:
+    """True when tensor ``t`` is ``root`` transformed by at most ``depth`` single-input pointwise ops."""
+    for _ in range(depth):
+        node = g.producer.get(t)
+        if node is None or node.op_type not in POINTWISE:
+            return False
+        acts = [i for i in node.input if i and not g.is_const(i)]
+        if len(acts) != 1:
+            return False
+        t = acts[0]
+        if t == root:
+            return True
+    return False
 
 
 def _float_reason(n, g, ignored, after_stop, heads, transformer, dev_ops, auto_tf) -> str | None:
