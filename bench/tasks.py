@@ -1,19 +1,20 @@
-"""Per-model data rendering, preprocessing and task metrics, using rapidocr's own pre/post-processing."""
+"""Per-model rendered data with known content, and task metrics with rapidocr's own post-processing.
+
+Each task renders images (or sentences) into a source folder with their ground truth; ptqflow's
+build-calibration step (``ptqflow.data.build``) turns the folder into calibration/validation shards, with
+the matching transform of ``transforms.py`` applying the package's own preprocessing.
+"""
 
 from __future__ import annotations
 
+import json
 import random
-from types import SimpleNamespace
+from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from ptqflow import demo
-
-
-def _bgr(img) -> np.ndarray:
-    """PIL RGB image -> uint8 BGR array, as rapidocr gets it from cv2.imread."""
-    return np.ascontiguousarray(np.asarray(img.convert("RGB"))[:, :, ::-1])
-
 
 def edit_distance(a: str, b: str) -> int:
     """Levenshtein distance between two strings."""
@@ -49,22 +50,71 @@ def box_f1(pred: list, truth: list, thr: float = 0.5) -> tuple[int, int, int]:
     return tp, len(pred), len(truth)
 
 
+def _fonts() -> list[str]:
+    """The machine's regular/bold text faces (DejaVu Sans, Serif, Mono and their condensed cuts); a maths
+    font's glyph shapes are not text, so it is left out."""
+    return [f for f in demo.find_fonts() if "Math" not in Path(f).name]
+
+
+def rec_text(rng: random.Random) -> str:
+    """One to three English words (the dictionary covers them), sometimes capitalised or with a number."""
+    words = [rng.choice(demo.WORDS) for _ in range(rng.choice((1, 1, 2, 2, 3)))]
+    if rng.random() < 0.3:
+        words[0] = words[0].capitalize()
+    if rng.random() < 0.3:
+        words.append(str(rng.randint(1, 9999)))
+    return " ".join(words)
+
+
+def render_rec_line(rng: random.Random, fonts: list[str], max_ratio: float = 6.6) -> tuple[Image.Image, str]:
+    """A text line as a detector crop gives it: 20-40 px glyphs, 2-10 px of margin, dark on light at varied
+    contrast, sensor-like noise, sometimes a slight blur. A line wider than ``max_ratio`` (w/h) is drawn
+    again, so rapidocr's 48x320 input (ratio 6.67) never squeezes it."""
+    while True:
+        text, font = rec_text(rng), ImageFont.truetype(rng.choice(fonts), rng.randint(20, 40))
+        left, top, right, bottom = font.getbbox(text)
+        pad_x, pad_y = rng.randint(2, 10), rng.randint(2, 8)
+        w, h = right - left + 2 * pad_x, bottom - top + 2 * pad_y
+        if w / h <= max_ratio:
+            break
+    bg, fg = tuple(rng.randint(160, 255) for _ in range(3)), tuple(rng.randint(0, 90) for _ in range(3))
+    img = Image.new("RGB", (w, h), bg)
+    ImageDraw.Draw(img).text((pad_x - left, pad_y - top), text, font=font, fill=fg)
+    noise = np.random.default_rng(rng.randint(0, 2**31)).normal(0.0, rng.uniform(0.0, 12.0), (h, w, 3))
+    img = Image.fromarray(np.clip(np.asarray(img, dtype=np.float32) + noise, 0, 255).astype(np.uint8))
+    if rng.random() < 0.3:
+        img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.0)))
+    return img, text
+
+
+def _save_truth(folder: Path, truth: dict) -> dict:
+    (folder.parent / f"{folder.name}-truth.json").write_text(json.dumps(truth))
+    return truth
+
+
 class Cls:
     name, kind = "cls", "cls"
+    transform = "transforms:cls"
 
     def __init__(self):
-        from rapidocr_onnxruntime.ch_ppocr_cls.text_cls import TextClassifier
         from rapidocr_onnxruntime.ch_ppocr_cls.utils import ClsPostProcess
 
-        self._pre = lambda img: TextClassifier.resize_norm_img(SimpleNamespace(cls_image_shape=[3, 48, 192]), img)
         self._post = ClsPostProcess(list(demo.CLS_LABELS))
         self.model_path = demo.rapidocr_model("cls")
 
-    def samples(self, n: int, seed: int):
-        rng, fonts = random.Random(seed), demo.find_fonts()
-        for _ in range(n):
+    def render(self, folder: Path, n: int, seed: int) -> dict:
+        """Text-line crops rotated 0 or 180 degrees, ImageFolder layout ``<label>/<i>.png``."""
+        rng, fonts, truth = random.Random(seed), _fonts(), {}
+        for label in demo.CLS_LABELS:
+            (folder / label).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
             img, label, _ = demo.render_cls_sample(rng, fonts)
-            yield {"x": self._pre(_bgr(img))[None].astype(np.float32)}, label
+            img.save(folder / label / f"{i:05d}.png")
+            truth[f"{label}/{i:05d}.png"] = label
+        return _save_truth(folder, truth)
+
+    def labels(self, samples: list, sources: list, truth: dict) -> list:
+        return [truth[s] for s in sources]
 
     def metrics(self, outputs: list, labels: list) -> dict:
         pred = [self._post(o[0])[0][0] for o in outputs]
@@ -73,26 +123,34 @@ class Cls:
 
 class Rec:
     name, kind = "rec", "rec"
+    transform = "transforms:rec"
 
     def __init__(self):
         import onnxruntime as ort
-        from rapidocr_onnxruntime.ch_ppocr_rec.text_recognize import TextRecognizer
         from rapidocr_onnxruntime.ch_ppocr_rec.utils import CTCLabelDecode
 
         self.model_path = demo.rapidocr_model("rec")
         meta = ort.InferenceSession(str(self.model_path)).get_modelmeta().custom_metadata_map
         self._post = CTCLabelDecode(character=meta["character"].splitlines())
-        self._pre = lambda img: TextRecognizer.resize_norm_img(SimpleNamespace(rec_image_shape=[3, 48, 320]), img, 320 / 48)
 
-    def samples(self, n: int, seed: int):
-        rng, fonts = random.Random(seed), demo.find_fonts()
-        for _ in range(n):
-            text = demo.random_text(rng, 1, 3)
-            img = demo.render_line(text, rng, size=rng.randint(24, 40), fonts=fonts)
-            yield {"x": self._pre(_bgr(img))[None].astype(np.float32)}, text
+    def render(self, folder: Path, n: int, seed: int) -> dict:
+        rng, fonts, truth = random.Random(seed), _fonts(), {}
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            img, text = render_rec_line(rng, fonts)
+            img.save(folder / f"{i:05d}.png")
+            truth[f"{i:05d}.png"] = text
+        return _save_truth(folder, truth)
+
+    def labels(self, samples: list, sources: list, truth: dict) -> list:
+        return [truth[s] for s in sources]
+
+    def texts(self, outputs: list) -> list[str]:
+        """Decoded lines; leading/trailing blanks (the crop margin read as a space) are not text."""
+        return [self._post(o[0])[0][0].strip() for o in outputs]
 
     def metrics(self, outputs: list, labels: list) -> dict:
-        texts = [self._post(o[0])[0][0] for o in outputs]
+        texts = self.texts(outputs)
         exact = np.mean([p == t for p, t in zip(texts, labels)])
         chars = np.mean([max(0.0, 1 - edit_distance(p, t) / max(1, len(t))) for p, t in zip(texts, labels)])
         return {"exact_match": float(exact), "char_accuracy": float(chars)}
@@ -100,23 +158,29 @@ class Rec:
 
 class Det:
     name, kind = "det", "det"
+    transform = "transforms:det"
     W, H = 640, 480
 
     def __init__(self):
-        from rapidocr_onnxruntime.ch_ppocr_det.utils import DBPostProcess, DetPreProcess
+        from rapidocr_onnxruntime.ch_ppocr_det.utils import DBPostProcess
 
         self.model_path = demo.rapidocr_model("det")
-        # limit_type "max" at 640 keeps the 640x480 pages at their size (2-core budget); rapidocr's other
-        # settings (thresholds, unclip ratio, dilation) as in its config.yaml.
-        self._pre = DetPreProcess(640, "max", [0.5] * 3, [0.5] * 3)
+        # rapidocr's config.yaml settings (thresholds, unclip ratio, dilation).
         self._post = DBPostProcess(thresh=0.3, box_thresh=0.5, max_candidates=1000, unclip_ratio=1.6,
                                    score_mode="fast", use_dilation=True)
 
-    def samples(self, n: int, seed: int):
-        rng, fonts = random.Random(seed), demo.find_fonts()
-        for _ in range(n):
+    def render(self, folder: Path, n: int, seed: int) -> dict:
+        """640x480 pages of text lines with their boxes [x0, y0, x1, y1]."""
+        rng, fonts, truth = random.Random(seed), _fonts(), {}
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
             img, boxes = demo.render_page(rng, self.W, self.H, fonts=fonts)
-            yield {"x": self._pre(_bgr(img)).astype(np.float32)}, [b for _, b in boxes]
+            img.save(folder / f"{i:05d}.png")
+            truth[f"{i:05d}.png"] = [b for _, b in boxes]
+        return _save_truth(folder, truth)
+
+    def labels(self, samples: list, sources: list, truth: dict) -> list:
+        return [truth[s] for s in sources]
 
     def boxes(self, out) -> list:
         quads, _ = self._post(out[0], (self.H, self.W))

@@ -1,6 +1,9 @@
 """Quantizes one model with one method in its own process; prints one JSON line with time and peak RSS.
 
-Usage: worker.py METHOD MODEL.onnx CALIB.npz OUT.onnx [transformer]
+Usage: worker.py METHOD MODEL.onnx CALIBRATION_ARTIFACT_DIR OUT.onnx [transformer]
+
+Every method calibrates on the same samples: the calibration shards that ptqflow's build-calibration step
+wrote, read with ``ptqflow.data.shards.iter_samples`` (one dict of batch-1 arrays per sample).
 """
 
 from __future__ import annotations
@@ -11,18 +14,16 @@ import sys
 import time
 import traceback
 
-import numpy as np
 import onnx
 import onnxruntime
 
 onnxruntime.set_default_logger_severity(3)
 
 
-def _samples(calib_path: str) -> list[dict]:
-    with np.load(calib_path, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    n = len(next(iter(arrays.values())))
-    return [{k: v[i : i + 1] for k, v in arrays.items()} for i in range(n)]
+def _samples(artifact_dir: str) -> list[dict]:
+    from ptqflow.data.shards import iter_samples
+
+    return list(iter_samples(artifact_dir, "calibration"))
 
 
 def run_ptqflow(model, samples, variant: str, transformer: bool):
