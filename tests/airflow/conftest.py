@@ -12,3 +12,54 @@ import tempfile
 # Airflow reads its home at import: keep its config and SQLite DB out of ~/airflow.
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="ptqflow-airflow-home-"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+
+
+# --- Shared by the slow REST and hook end-to-end tests: one S3 server and one Airflow for the session ---
+
+for extra in (ROOT / "tests" / "hooks", Path(__file__).resolve().parent):
+    if str(extra) not in sys.path:
+        sys.path.insert(0, str(extra))
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from tiny_run import BUCKET, DAG_ID  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def rest_s3(tmp_path_factory):
+    """A moto S3 server on loopback with the tiny classifier at in/model.onnx and 24 samples under in/data/;
+    yields (endpoint, boto3 client, local model path)."""
+    import boto3
+
+    import builders
+    from s3server import moto_server, s3_env
+
+    tmp = tmp_path_factory.mktemp("rest-s3")
+    with moto_server() as endpoint:
+        env = s3_env(endpoint)
+        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                              aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                              aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+        client.create_bucket(Bucket=BUCKET)
+        model = builders.save(builders.conv_classifier(), tmp / "model.onnx")
+        client.upload_file(str(model), BUCKET, "in/model.onnx")
+        rng = np.random.default_rng(0)
+        for i in range(24):
+            path = tmp / f"s{i:02d}.npy"
+            np.save(path, rng.normal(0, 1, (3, 16, 16)).astype(np.float32))
+            client.upload_file(str(path), BUCKET, f"in/data/s{i:02d}.npy")
+        yield endpoint, client, model
+
+
+@pytest.fixture(scope="session")
+def airflow_rest(rest_s3, tmp_path_factory):
+    """A real Airflow on loopback (api-server, scheduler, dag-processor) whose workers see the S3 server,
+    with the ptqflow DAG parsed and unpaused."""
+    from airflow_server import airflow_server, wait_dag
+    from s3server import s3_env
+
+    with airflow_server(tmp_path_factory.mktemp("airflow"), env=s3_env(rest_s3[0])) as af:
+        wait_dag(af, DAG_ID)
+        af.unpause(DAG_ID)
+        yield af

@@ -10,46 +10,16 @@ import os
 from datetime import datetime
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-import builders
-from airflow_server import airflow_server, wait_dag
-from s3server import moto_server, s3_env
-
-DAG_ID = "ptqflow_quantize"
-BUCKET = "ptqflow-rest"
+from tiny_run import BUCKET, DAG_ID, TINY_CONFIG
 STEPS = ("fetch_model", "build_calibration", "collect_stats", "quantize", "validate", "export_ir")
-
-
-@pytest.fixture(scope="module")
-def s3_bucket(tmp_path_factory):
-    """A moto S3 server holding a tiny classifier and 24 random samples; yields (endpoint, client)."""
-    import boto3
-
-    tmp = tmp_path_factory.mktemp("rest-s3")
-    with moto_server() as endpoint:
-        env = s3_env(endpoint)
-        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                              aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-                              aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
-        client.create_bucket(Bucket=BUCKET)
-        client.upload_file(str(builders.save(builders.conv_classifier(), tmp / "model.onnx")), BUCKET, "in/model.onnx")
-        rng = np.random.default_rng(0)
-        for i in range(24):
-            path = tmp / f"s{i:02d}.npy"
-            np.save(path, rng.normal(0, 1, (3, 16, 16)).astype(np.float32))
-            client.upload_file(str(path), BUCKET, f"in/data/s{i:02d}.npy")
-        yield endpoint, client
 
 
 def run_conf(output: str) -> dict:
     """Run conf for the tiny model: flat parameters plus a nested base config."""
     return {"model": f"s3://{BUCKET}/in/model.onnx", "data": f"s3://{BUCKET}/in/data/", "output": output,
-            "subset_size": 16, "min_cosine": 0.5,
-            "config": {"data": {"validation_size": 8, "preprocess": {"method": "none"}},
-                       "validation": {"latency_iterations": 2,
-                                      "gate": {"min_speedup": None, "max_accuracy_drop": None}}}}
+            "subset_size": 16, "min_cosine": 0.5, "config": TINY_CONFIG}
 
 
 def _seconds(ti: dict) -> float | None:
@@ -73,22 +43,19 @@ def task_table(run: dict, tis: list[dict]) -> str:
 
 
 @pytest.mark.slow
-def test_rest_triggered_run_succeeds(s3_bucket, tmp_path):
-    endpoint, client = s3_bucket
-    with airflow_server(tmp_path, env=s3_env(endpoint)) as af:
-        wait_dag(af, DAG_ID)
-        af.unpause(DAG_ID)
-        created = af.trigger(DAG_ID, run_conf(f"s3://{BUCKET}/runs/rest"))
-        assert created["state"] == "queued" and created["triggered_by"] == "rest_api"
-        assert created["conf"]["output"] == f"s3://{BUCKET}/runs/rest"
-        run = af.wait_run(DAG_ID, created["dag_run_id"])
-        tis = af.task_instances(DAG_ID, created["dag_run_id"])
-        table = task_table(run, tis)
-        print(table)
-        report = os.environ.get("PTQFLOW_AIRFLOW_REST_RUN_REPORT")
-        if report:
-            Path(report).write_text(table + "\n")
-        assert run["state"] == "success", table + "\n" + af.log_tails()
+def test_rest_triggered_run_succeeds(rest_s3, airflow_rest):
+    client, af = rest_s3[1], airflow_rest
+    created = af.trigger(DAG_ID, run_conf(f"s3://{BUCKET}/runs/rest"))
+    assert created["state"] == "queued" and created["triggered_by"] == "rest_api"
+    assert created["conf"]["output"] == f"s3://{BUCKET}/runs/rest"
+    run = af.wait_run(DAG_ID, created["dag_run_id"])
+    tis = af.task_instances(DAG_ID, created["dag_run_id"])
+    table = task_table(run, tis)
+    print(table)
+    report = os.environ.get("PTQFLOW_AIRFLOW_REST_RUN_REPORT")
+    if report:
+        Path(report).write_text(table + "\n")
+    assert run["state"] == "success", table + "\n" + af.log_tails()
     states = {ti["task_id"]: ti["state"] for ti in tis}
     # No registry section in the conf: the publish step's task is skipped.
     assert states == {**{s: "success" for s in STEPS}, "publish": "success", "publish_registry": "skipped"}, table
