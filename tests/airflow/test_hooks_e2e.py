@@ -19,8 +19,7 @@ import pytest
 
 from mlflow_server import mlflow_server, register_onnx
 from s3server import free_port
-from test_rest_run import task_table
-from tiny_run import BUCKET, DAG_ID, TINY_CONFIG
+from tiny_run import BUCKET, DAG_ID, TINY_CONFIG, task_table
 
 SECRET = "e2e-webhook-secret"
 SOURCE = "tiny-classifier"

@@ -7,39 +7,17 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-from tiny_run import BUCKET, DAG_ID, TINY_CONFIG
-STEPS = ("fetch_model", "build_calibration", "collect_stats", "quantize", "validate", "export_ir")
+from tiny_run import BUCKET, DAG_ID, STEPS, TINY_CONFIG, task_table
 
 
 def run_conf(output: str) -> dict:
     """Run conf for the tiny model: flat parameters plus a nested base config."""
     return {"model": f"s3://{BUCKET}/in/model.onnx", "data": f"s3://{BUCKET}/in/data/", "output": output,
             "subset_size": 16, "min_cosine": 0.5, "config": TINY_CONFIG}
-
-
-def _seconds(ti: dict) -> float | None:
-    if ti.get("duration") is not None:
-        return round(float(ti["duration"]), 1)
-    if ti.get("start_date") and ti.get("end_date"):
-        return round((datetime.fromisoformat(ti["end_date"]) - datetime.fromisoformat(ti["start_date"])).total_seconds(), 1)
-    return None
-
-
-def task_table(run: dict, tis: list[dict]) -> str:
-    """A plain-text table of the run's task states and durations."""
-    lines = [f"dag_id={run['dag_id']} run_id={run['dag_run_id']} state={run['state']} "
-             f"triggered_by={run.get('triggered_by')} start={run.get('start_date')} end={run.get('end_date')}",
-             f"{'task':<20} {'state':<10} {'try':>3} {'seconds':>8}"]
-    order = {t: i for i, t in enumerate((*STEPS, "publish", "publish_registry"))}
-    for ti in sorted(tis, key=lambda t: order.get(t["task_id"], 99)):
-        lines.append(f"{ti['task_id']:<20} {str(ti['state']):<10} {ti.get('try_number', 0):>3} "
-                     f"{_seconds(ti) if _seconds(ti) is not None else '-':>8}")
-    return "\n".join(lines)
 
 
 @pytest.mark.slow

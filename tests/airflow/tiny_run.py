@@ -1,9 +1,33 @@
-"""What the slow end-to-end tests run: the S3 bucket they use and the base config for the tiny model."""
+"""What the slow end-to-end tests run: the S3 bucket they use, the base config for the tiny model, and the
+task table they print."""
+
+from datetime import datetime
 
 BUCKET = "ptqflow-rest"
 DAG_ID = "ptqflow_quantize"
+STEPS = ("fetch_model", "build_calibration", "collect_stats", "quantize", "validate", "export_ir")
 # The base config of every run on the tiny model (small subsets, a lenient gate, no speed threshold).
 TINY_CONFIG = {"quantization": {"subset_size": 16},
                "data": {"validation_size": 8, "preprocess": {"method": "none"}},
                "validation": {"latency_iterations": 2,
                               "gate": {"min_speedup": None, "max_accuracy_drop": None, "min_cosine": 0.5}}}
+
+
+def _seconds(ti: dict) -> float | None:
+    if ti.get("duration") is not None:
+        return round(float(ti["duration"]), 1)
+    if ti.get("start_date") and ti.get("end_date"):
+        return round((datetime.fromisoformat(ti["end_date"]) - datetime.fromisoformat(ti["start_date"])).total_seconds(), 1)
+    return None
+
+
+def task_table(run: dict, tis: list[dict]) -> str:
+    """A plain-text table of the run's task states and durations."""
+    lines = [f"dag_id={run['dag_id']} run_id={run['dag_run_id']} state={run['state']} "
+             f"triggered_by={run.get('triggered_by')} start={run.get('start_date')} end={run.get('end_date')}",
+             f"{'task':<20} {'state':<10} {'try':>3} {'seconds':>8}"]
+    order = {t: i for i, t in enumerate((*STEPS, "publish", "publish_registry"))}
+    for ti in sorted(tis, key=lambda t: order.get(t["task_id"], 99)):
+        lines.append(f"{ti['task_id']:<20} {str(ti['state']):<10} {ti.get('try_number', 0):>3} "
+                     f"{_seconds(ti) if _seconds(ti) is not None else '-':>8}")
+    return "\n".join(lines)
