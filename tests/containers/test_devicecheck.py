@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -16,6 +17,7 @@ import onnxruntime as ort
 import pytest
 
 import builders
+from container_support import ROOT, load_locks
 from ptqflow import devicecheck
 from ptqflow.config import load_config
 from ptqflow.errors import DeviceUnavailableError
@@ -111,3 +113,34 @@ def test_cuda_check_passes_where_a_gpu_is_present():
     r = cli("check-device", "--device", "cuda", "--step", "collect-stats")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["ok"] is True
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(bool(devicecheck.nvidia_device_nodes()), reason="a GPU is visible here")
+def test_cuda_provider_installed_but_no_gpu_exits_6(tmp_path):
+    """The CUDA image's packages minus the CUDA libraries (onnxruntime-gpu from its lock, hash-checked) on this
+    GPU-less machine: the provider is listed, so only the device check stands between the step and the CPU."""
+    locks = load_locks()
+    if locks.find_uv() is None:
+        pytest.skip("uv is not installed (ptqflow's dev extra has it)")
+    blocks = re.split(r"(?m)^(?=[A-Za-z0-9])", locks.IMAGES["gpu"].lock.read_text())
+    kept = [b for b in blocks if b[:1].isalnum() and not b.startswith("nvidia-")]
+    reqs = tmp_path / "requirements.txt"
+    reqs.write_text("".join(kept))
+    venv, uv = tmp_path / "venv", locks.find_uv()
+    python = venv / "bin" / "python"
+    for cmd in ([uv, "venv", "-q", str(venv), "--python", sys.executable],
+                [uv, "pip", "install", "-q", "--python", str(python), "--require-hashes", "--no-deps", "-r", str(reqs)]):
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, r.stderr[-3000:]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    r = subprocess.run([str(python), "-c", "import onnxruntime; print(onnxruntime.get_available_providers())"],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert "CUDAExecutionProvider" in r.stdout, r.stdout + r.stderr
+    out = tmp_path / "stats"
+    r = subprocess.run([str(python), "-m", "ptqflow.cli", "collect-stats", "--in-model", str(tmp_path / "m"),
+                        "--in-calibration", str(tmp_path / "c"), "--out", str(out), "--device", "cuda"],
+                       capture_output=True, text=True, timeout=180, env=env)
+    assert r.returncode == 6, r.stderr
+    assert "device='cuda' but no NVIDIA GPU is visible" in r.stderr
+    assert not out.exists()
