@@ -1,0 +1,61 @@
+"""Sessions: onnxruntime on cpu, OpenVINO behind the same run() interface for the npu execution device."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import ptqflow
+from ptqflow import runtime
+from ptqflow.errors import DeviceUnavailableError
+from builders import conv_classifier, random_inputs
+
+F32 = {"INFERENCE_PRECISION_HINT": "f32"}  # this CPU would run bf16 otherwise
+
+
+def test_openvino_session_matches_onnxruntime_per_input_shape():
+    model = conv_classifier(dynamic_batch=True)
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    sess = runtime.OpenVINOSession(model, "CPU", F32)
+    assert [o.name for o in sess.get_outputs()] == [o.name for o in ref.get_outputs()]
+    for batch in (1, 3, 1):  # a new shape compiles once more; a known one reuses its compiled model
+        x = np.random.default_rng(batch).normal(size=(batch, 3, 16, 16)).astype(np.float32)
+        (got,) = sess.run(None, {"input": x})
+        (want,) = ref.run(None, {"input": x})
+        assert got.shape == want.shape == (batch, 5)
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
+    assert len(sess._compiled) == 2
+
+
+def test_unknown_output_name_is_named():
+    sess = runtime.OpenVINOSession(conv_classifier(), "CPU")
+    with pytest.raises(KeyError, match="no_such_tensor"):
+        sess.run(["no_such_tensor"], {"input": np.zeros((1, 3, 16, 16), np.float32)})
+
+
+def test_npu_without_an_npu_names_the_devices_openvino_sees():
+    import openvino as ov
+
+    if "NPU" in ov.Core().available_devices:
+        pytest.skip("this machine has an NPU")
+    with pytest.raises(DeviceUnavailableError, match=r"'NPU' is not present; available: .*CPU"):
+        runtime.make_session(conv_classifier(), "npu")
+
+
+def test_unknown_device_lists_the_runners():
+    with pytest.raises(DeviceUnavailableError, match="available: cpu, cuda, npu"):
+        runtime.make_session(conv_classifier(), "tpu")
+
+
+def test_statistics_on_the_openvino_runner_match_onnxruntime(monkeypatch):
+    """The npu path end to end (reduce nodes run by OpenVINO), on OpenVINO's CPU device standing in for the NPU."""
+    model = conv_classifier(dynamic_batch=True)
+    data = random_inputs(12, (3, 16, 16), seed=3)
+    on_cpu = ptqflow.collect_statistics(model, ptqflow.Dataset(data), device="cpu")
+    monkeypatch.setitem(runtime._OPENVINO_DEVICES, "npu", ("CPU", F32))
+    on_ov = ptqflow.collect_statistics(model, ptqflow.Dataset(data), device="npu")
+    assert on_ov.mins.keys() == on_cpu.mins.keys() and on_ov.means_out.keys() == on_cpu.means_out.keys()
+    for kind in ("mins", "maxs", "means_in", "means_out"):
+        for name, value in getattr(on_cpu, kind).items():
+            np.testing.assert_allclose(getattr(on_ov, kind)[name], value, rtol=1e-3, atol=1e-4, err_msg=f"{kind} {name}")
