@@ -48,3 +48,23 @@ def test_fp32_model_reads_rendered_orientation(tmp_path: Path):
 def test_prepare_rejects_too_few_images(tmp_path: Path):
     with pytest.raises(InputError, match="n_images"):
         demo.prepare(tmp_path, n_images=1)
+
+
+def test_summary_reads_the_figures_of_the_manifests(tmp_path: Path):
+    from ptqflow.artifacts.manifest import write_manifest
+
+    assert demo.summary(tmp_path) == []  # nothing has run yet
+    (tmp_path / "validate").mkdir()
+    write_manifest(tmp_path / "validate", step="validate", config={}, inputs={},
+                   metrics={"samples": 200, "fp32_top1": 0.97, "int8_top1": 0.965, "min_cosine": 0.99541,
+                            "speedup_openvino": 1.734})
+    (tmp_path / "export-ir").mkdir()
+    write_manifest(tmp_path / "export-ir", step="export-ir", config={}, inputs={},
+                   metrics={"fake_quantize": 12, "bin_bytes": 150 * 1024, "size_ratio": 0.2951,
+                            "parity_ir_vs_fp32": 0.0458})
+    lines = demo.summary(tmp_path)
+    assert lines == [
+        "top-1 accuracy on 200 held-out images: FP32 0.970, INT8 0.965; output cosine >= 0.9954",
+        "OpenVINO CPU speedup of INT8 over FP32 (f32 precision), batch-1 latency: 1.73x on this machine",
+        "INT8 IR: 12 FakeQuantize, weights 150 KiB (0.30 of FP32); IR vs FP32 relative L2 0.046",
+    ]

@@ -201,6 +201,8 @@ def _demo(args: argparse.Namespace) -> int:
     except GateFailedError as err:
         verdict, code = f"FAILED ({err})", err.exit_code
     validate_dir = out / "pipeline" / "validate"
+    for line in demo.summary(out / "pipeline"):
+        print(line)
     print(f"gate: {verdict}")
     print(f"report: {validate_dir / 'report.html'}")
     if code == 0:

@@ -213,3 +213,24 @@ def cls_input(img: Image.Image) -> np.ndarray:
     out = np.zeros((3, 48, 192), dtype=np.float32)
     out[:, :, :rw] = (bgr - 0.5) / 0.5
     return out
+
+
+def summary(pipeline_dir: Path) -> list[str]:
+    """The demo's headline figures, one line each, from the validate and export-ir manifests that exist."""
+    from ptqflow.artifacts.manifest import read_manifest
+
+    lines = []
+    validate = read_manifest(pipeline_dir / "validate")
+    if validate is not None:
+        m = validate.metrics
+        lines.append(f"top-1 accuracy on {m['samples']} held-out images: FP32 {m['fp32_top1']:.3f}, "
+                     f"INT8 {m['int8_top1']:.3f}; output cosine >= {m['min_cosine']:.4f}")
+        if m.get("speedup_openvino") is not None:
+            lines.append(f"OpenVINO CPU speedup of INT8 over FP32 (f32 precision), batch-1 latency: "
+                         f"{m['speedup_openvino']:.2f}x on this machine")
+    export = read_manifest(pipeline_dir / "export-ir")
+    if export is not None:
+        m = export.metrics
+        lines.append(f"INT8 IR: {m['fake_quantize']} FakeQuantize, weights {m['bin_bytes'] / 1024:.0f} KiB "
+                     f"({m['size_ratio']:.2f} of FP32); IR vs FP32 relative L2 {m['parity_ir_vs_fp32']:.3f}")
+    return lines
