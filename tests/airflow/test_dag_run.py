@@ -77,6 +77,8 @@ def test_local_mode_whole_pipeline_on_s3(s3):
     conf["min_cosine"] = 0.5
     result = _run(env, tmp, conf)
     assert result["state"] == "success", result
+    # No registry section in the conf: the publish step's task is skipped, everything else succeeds.
+    assert result["tasks"].pop("publish_registry")[0] == "skipped", result
     assert all(s == "success" for s, _ in result["tasks"].values()), result
     keys = {o["Key"] for o in client.list_objects_v2(Bucket=BUCKET, Prefix="runs/ok/")["Contents"]}
     for step in ("fetch-model", "build-calibration", "collect-stats", "quantize", "validate", "export-ir"):
