@@ -17,6 +17,7 @@ from ptqflow.hooks.config import AirflowTarget, HookConfig, KfpTarget, RetrySett
 from ptqflow.logs import get_logger
 
 log = get_logger("hook")
+PING_TIMEOUT_S = 3.0  # readiness probes must answer quickly
 
 
 class OrchestratorUnavailable(Exception):
@@ -45,14 +46,15 @@ class AirflowOrchestrator:
         self._static_token = self._token is not None
         self._lock = threading.Lock()
 
-    def _http(self, method: str, path: str, body: Any = None, token: str | None = None) -> Any:
+    def _http(self, method: str, path: str, body: Any = None, token: str | None = None,
+              timeout: float | None = None) -> Any:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(f"{self.base}{path}", data=data, method=method, headers=headers)
         try:
-            with urllib.request.urlopen(req, timeout=self.target.timeout_s) as resp:
+            with urllib.request.urlopen(req, timeout=timeout or self.target.timeout_s) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as err:
             detail = err.read()[:300].decode(errors="replace")
@@ -101,7 +103,7 @@ class AirflowOrchestrator:
         return run["dag_run_id"]
 
     def ping(self) -> None:
-        self._http("GET", "/api/v2/monitor/health")
+        self._http("GET", "/api/v2/monitor/health", timeout=min(self.target.timeout_s, PING_TIMEOUT_S))
 
 
 class KfpOrchestrator:

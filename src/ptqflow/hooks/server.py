@@ -16,15 +16,17 @@ an INT8 target model, or a version already handled    200 {"status": "ignored" |
 version unknown, without an .onnx artifact, no data   422 {"status": "rejected"} (MLflow does not retry)
 registry or orchestrator unreachable after retries    503 + Retry-After (MLflow retries the delivery)
 run started                                           202 {"status": "triggered", "run_id": ...}
-still retrying after server.ack_timeout_s             202 {"status": "pending"} (the worker goes on)
+trigger call still running at server.ack_timeout_s    202 {"status": "pending"} (the worker finishes it)
 ====================================================  ===========================================
 
 A delivery id is remembered once its signature and timestamp check out; after a 503 it is forgotten again,
 so MLflow's retry of the same delivery is accepted. Model versions are deduplicated in memory while their
 trigger is in flight and, durably, by the ``ptqflow.run`` tag written on the source version after the
-trigger. Triggers run on a small worker pool; a request waits at most ``ack_timeout_s`` for the outcome and
-never for the pipeline. ``GET /healthz`` answers 200 while the process serves; ``GET /readyz`` 200 when the
-orchestrator answered a probe in the last 10 s (503 otherwise).
+trigger. Triggers run on a small worker pool; a request waits at most ``ack_timeout_s`` for the outcome
+(retries stop at that deadline) and never for the pipeline. A "pending" trigger that fails afterwards is
+logged and its version released; ``hook poll`` (the CronJob) picks such a version up. ``GET /healthz``
+answers 200 while the process serves; ``GET /readyz`` 200 when the orchestrator answered a probe (3 s
+timeout) in the last 10 s, 503 otherwise.
 """
 
 from __future__ import annotations
@@ -76,9 +78,8 @@ class ExpiringSet:
     def add(self, key: Any) -> bool:
         now = time.monotonic()
         with self._lock:
-            if len(self._items) > 10000 or any(exp < now for exp in list(self._items.values())[:64]):
-                self._items = {k: exp for k, exp in self._items.items() if exp >= now}
-            if self._items.get(key, 0) >= now:
+            self._items = {k: exp for k, exp in self._items.items() if exp >= now}
+            if key in self._items:
                 return False
             self._items[key] = now + self.ttl
             return True
