@@ -232,6 +232,17 @@ def test_unreachable_orchestrator_answers_503_then_accepts_the_retry(mlflow_url,
             assert resp.status == 200
 
 
+def test_unreachable_registry_answers_503(monkeypatch):
+    from s3server import free_port
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    with recording_airflow() as (af_url, rec), hook_server(_config(af_url, f"http://127.0.0.1:{free_port()}")) as url:
+        status, answer, headers = post(url, _event("any-model", "1", {"ptqflow.quantize": "true"}))
+        assert status == 503 and answer["reason"].startswith("registry") and headers.get("Retry-After")
+        assert rec.runs == []
+
+
 def test_real_mlflow_webhook_reaches_the_hook(env):
     """MLflow itself signs and delivers model_version.created; the hook triggers once."""
     from mlflow.entities.webhook import WebhookEvent

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from ptqflow.errors import StorageError
 
@@ -27,6 +28,9 @@ def run_hook(args: argparse.Namespace) -> int:
     from ptqflow.hooks.orchestrators import make_orchestrator
 
     cfg = load_hook_config(args.config)
+    # MLflow's client retries a dead registry for minutes by default; a hook must answer within seconds.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     core = HookCore(cfg, make_orchestrator(cfg))
     core.client  # noqa: B018 - a missing MLflow client is a config error at start, not per event
     if args.hook_command == "serve":
