@@ -28,8 +28,14 @@ def _dw_softmax_model():
                         [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N", 3, 8, 8])], inits)
 
 
+def _spread_inputs(n: int, channel_scale) -> list[dict]:
+    """Random signed inputs whose channels span ranges scaled by ``channel_scale``."""
+    scale = np.asarray(channel_scale, np.float32).reshape(1, -1, 1, 1)
+    return [{"input": s["input"] * scale} for s in B.random_inputs(n, (4, 8, 8))]
+
+
 def test_safeguards_keep_sensitive_places_float_and_report_them():
-    model, samples = _dw_softmax_model(), B.random_inputs(6, (4, 8, 8))
+    model, samples = _dw_softmax_model(), _spread_inputs(6, [1.0, 0.05, 0.05, 0.05])
     result = quantize_with_config(model, samples, QuantizationConfig())
     rows = {r["name"]: r for r in result.layers}
     assert rows["head"]["status"] == "float" and "Softmax" in rows["head"]["reason"]
@@ -38,6 +44,14 @@ def test_safeguards_keep_sensitive_places_float_and_report_them():
     off = quantize_with_config(model, samples, QuantizationConfig(advanced=AdvancedParameters(auto_safeguards=False)))
     rows_off = {r["name"]: r for r in off.layers}
     assert rows_off["head"]["status"] == "quantized" and "input" not in rows_off
+
+
+def test_depthwise_input_with_even_channels_is_quantized():
+    """The depthwise safeguard looks at the channel spread: evenly ranged channels lose little, stay INT8."""
+    result = quantize_with_config(_dw_softmax_model(), _spread_inputs(6, [1.0, 0.8, 1.2, 0.9]), QuantizationConfig())
+    rows = {r["name"]: r for r in result.layers}
+    assert "input" not in rows
+    assert "input" in rows["dwconv"]["quantized_inputs"]
 
 
 def test_sensitivity_search_runs_and_keeps_model_valid():

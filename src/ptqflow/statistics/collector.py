@@ -34,11 +34,13 @@ def _rank(model: onnx.ModelProto, tensor: str) -> int | None:
 
 
 def augment(model: onnx.ModelProto, tensors: list[str], means: dict[str, tuple[str, int]],
-            per_sample: bool) -> tuple[onnx.ModelProto, dict[str, tuple[str, str]]]:
+            per_sample: bool, channel_absmax: dict[str, tuple[str, int]] | None = None,
+            ) -> tuple[onnx.ModelProto, dict[str, tuple[str, str]]]:
     """A copy of ``model`` with reduce outputs; and the map added output -> (statistic, key).
 
     ``tensors``: observed for min and max (reduced over all axes but the batch when ``per_sample``).
     ``means``: key -> (tensor, channel axis) observed for the per-channel mean.
+    ``channel_absmax``: key -> (tensor, channel axis) observed for the per-channel maximum of |x| ("absmax").
     """
     aug = onnx.ModelProto()
     aug.CopyFrom(model)
@@ -62,6 +64,15 @@ def augment(model: onnx.ModelProto, tensors: list[str], means: dict[str, tuple[s
         out = f"ptqflow_stat_mean_{j}"
         g.node.append(_reduce("ReduceMean", t, out, [a for a in range(rank) if a != ax], opset, extra))
         out_map[out] = ("mean", key)
+    for j, (key, (t, axis)) in enumerate((channel_absmax or {}).items()):
+        rank = _rank(aug, t)
+        if rank is None:
+            continue
+        ax = axis % rank
+        abs_out, out = f"ptqflow_stat_abs_{j}", f"ptqflow_stat_absmax_{j}"
+        g.node.append(helper.make_node("Abs", [t], [abs_out], name=abs_out))
+        g.node.append(_reduce("ReduceMax", abs_out, out, [a for a in range(rank) if a != ax], opset, extra))
+        out_map[out] = ("absmax", key)
     g.initializer.extend(extra)
     for out in out_map:
         if out not in existing:
