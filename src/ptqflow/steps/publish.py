@@ -104,10 +104,7 @@ def _register(client, cfg: PipelineConfig, target: str, staged: Path, tags: dict
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     client.log_metric(run_id, key, float(value))
             client.log_artifacts(run_id, str(staged))
-            try:
-                client.get_registered_model(target)
-            except Exception:  # not there yet
-                client.create_registered_model(target, description="INT8 models published by ptqflow")
+            _ensure_registered_model(client, target)
             version = client.create_model_version(target, f"{run.info.artifact_uri}/int8", run_id=run_id, tags=tags,
                                                   description=f"INT8 (ptqflow {__version__}) of "
                                                               f"{tags[registry.TAG_SOURCE_MODEL]} version "
@@ -118,6 +115,18 @@ def _register(client, cfg: PipelineConfig, target: str, staged: Path, tags: dict
             client.set_terminated(run_id, "FAILED")
         raise
     return {"name": target, "version": str(version.version), "run_id": run_id}
+
+
+def _ensure_registered_model(client, target: str) -> None:
+    """Create the registered model ``target`` unless it exists."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(target)
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        client.create_registered_model(target, description="INT8 models published by ptqflow")
 
 
 def run(inputs: dict[str, Path], out: Path, cfg: PipelineConfig) -> Manifest:
