@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -18,15 +17,10 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from processes import free_port, stop_group
+
 ACCESS_KEY = "ptqflowtest"
 SECRET_KEY = "ptqflow-test-secret-key"
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _free_ports(n: int) -> list[int]:
@@ -94,7 +88,7 @@ def seaweedfs(workdir: Path, timeout: float = 60.0):
         _wait_ready(endpoint, proc, timeout, workdir / "weed.log")
         yield endpoint
     finally:
-        _stop(proc)
+        stop_group(proc, grace=10)
         log.close()
 
 
@@ -123,21 +117,6 @@ def _wait_ready(endpoint: str, proc: subprocess.Popen, timeout: float, log_path:
             last = err
             time.sleep(0.5)
     raise RuntimeError(f"SeaweedFS S3 at {endpoint} not ready after {timeout:.0f}s: {last}")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """Stop the process group we started: SIGTERM, then SIGKILL after 10 s."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(10)
-    except (subprocess.TimeoutExpired, ProcessLookupError):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(10)
 
 
 @contextmanager

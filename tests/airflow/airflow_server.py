@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from s3server import free_port
+from processes import free_port, stop_group
 
 ROOT = Path(__file__).resolve().parents[2]
 DAGS = ROOT / "dags"
@@ -126,22 +125,6 @@ def _start(name: str, args: list[str], env: dict, log: Path) -> subprocess.Popen
                                 stdin=subprocess.DEVNULL, start_new_session=True)
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the process group, SIGKILL after 15 s (the scheduler forks executor workers)."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(15)
-        except (subprocess.TimeoutExpired, ProcessLookupError):
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # stragglers of the group, even when the leader has exited
-    except ProcessLookupError:
-        pass
-    if proc.poll() is None:
-        proc.wait(10)
-
-
 def _wait_healthy(url: str, procs: dict[str, subprocess.Popen], logs: dict[str, Path], timeout: float) -> None:
     """Until /api/v2/monitor/health says the metadata DB, scheduler and dag-processor are healthy."""
     deadline = time.monotonic() + timeout
@@ -197,6 +180,6 @@ def airflow_server(workdir: Path, env: dict[str, str] | None = None, timeout: fl
         for name in COMPONENTS:
             args = [name, "--host", "127.0.0.1", "--port", str(port)] if name == "api-server" else [name]
             procs[name] = _start(name, args, full_env, logs[name])
-            stack.callback(_stop, procs[name])
+            stack.callback(stop_group, procs[name])
         _wait_healthy(url, procs, logs, timeout)
         yield AirflowServer(url=url, token=login(url, home), home=home, env=full_env, logs=logs)

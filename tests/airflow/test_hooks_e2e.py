@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from mlflow_server import mlflow_server, register_onnx
-from s3server import free_port
+from processes import free_port
 from tiny_run import BUCKET, DAG_ID, TINY_CONFIG, task_table
 
 SECRET = "e2e-webhook-secret"

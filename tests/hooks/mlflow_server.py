@@ -9,13 +9,14 @@ server's webhook cache lives one second, so a webhook created or disabled by a t
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import time
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+from processes import free_port, stop_group
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,20 +30,12 @@ def mlflow_bin() -> str:
     return path
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def mlflow_server(workdir: Path, timeout: float = 120.0) -> Iterator[str]:
     """Run ``mlflow server`` in ``workdir`` on a free loopback port; yields its URL; always stops it."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https", "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
            "MLFLOW_WEBHOOK_CACHE_TTL": "1", "MLFLOW_WEBHOOK_REQUEST_MAX_RETRIES": "2"}
     args = [mlflow_bin(), "server", "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
@@ -70,23 +63,7 @@ def mlflow_server(workdir: Path, timeout: float = 120.0) -> Iterator[str]:
             time.sleep(0.5)
         yield url
     finally:
-        _stop(proc)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the server's process group (uvicorn, job runner, consumers), SIGKILL after 15 s."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(15)
-        except (subprocess.TimeoutExpired, ProcessLookupError):
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    if proc.poll() is None:
-        proc.wait(10)
+        stop_group(proc)
 
 
 def register_onnx(client, name: str, model_path: Path | None, tags: dict | None = None,

@@ -203,7 +203,7 @@ def test_version_without_onnx_is_rejected(env):
 def test_unreachable_orchestrator_answers_503_then_accepts_the_retry(mlflow_url, tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
-    from s3server import free_port
+    from processes import free_port
 
     monkeypatch.setenv("PTQFLOW_AIRFLOW_USERNAME", "admin")
     monkeypatch.setenv("PTQFLOW_AIRFLOW_PASSWORD", "pw")
@@ -233,7 +233,7 @@ def test_unreachable_orchestrator_answers_503_then_accepts_the_retry(mlflow_url,
 
 
 def test_unreachable_registry_answers_503(monkeypatch):
-    from s3server import free_port
+    from processes import free_port
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
@@ -315,7 +315,7 @@ def test_cli_config_and_secret_errors(tmp_path, mlflow_url):
 
 
 def test_cli_serve_answers_health_and_stops_on_sigterm(tmp_path, mlflow_url):
-    from s3server import free_port
+    from processes import free_port
 
     port = free_port()
     cfg = tmp_path / "hook.yaml"
