@@ -25,6 +25,7 @@ FILE = {
         "npu": {"accelerator": "npu.intel.com/accel", "resources": {"limits": {"npu.intel.com/accel": "1"}}},
     },
     "s3": {"secretName": "team-s3", "env": {"AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "key"}},
+    "registry": {"secretName": "team-mlflow", "env": {"MLFLOW_TRACKING_URI": "uri", "MLFLOW_TRACKING_TOKEN": "tok"}},
 }
 
 
@@ -63,6 +64,21 @@ def test_file_replaces_the_table(tmp_path):
     assert npu.image is None and npu.node_selector == {} and npu.limits == {"npu.intel.com/accel": "1"}
     assert table.s3_secret_name == "team-s3"
     assert table.s3_secret_env == {"AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "key"}
+    assert table.registry_secret_name == "team-mlflow"
+    assert table.registry_env("publish") == {"MLFLOW_TRACKING_URI": "uri", "MLFLOW_TRACKING_TOKEN": "tok"}
+
+
+def test_registry_secret_env_only_for_the_steps_that_talk_to_the_registry(tmp_path):
+    assert P.BUILTIN.registry_env("fetch-model") == P.REGISTRY_SECRET_ENV
+    assert P.BUILTIN.registry_env("publish") == P.REGISTRY_SECRET_ENV
+    for step in ("resolve-config", "build-calibration", "collect-stats", "quantize", "validate", "export-ir"):
+        assert P.BUILTIN.registry_env(step) == {}, step
+    # A file without a registry section gets the default Secret; an empty name turns it off.
+    default = P.load_placement_file(_write(tmp_path, {"devices": FILE["devices"]}))
+    assert (default.registry_secret_name, default.registry_env("fetch-model")) == (
+        P.REGISTRY_SECRET_NAME, P.REGISTRY_SECRET_ENV)
+    off = P.load_placement_file(_write(tmp_path, dict(FILE, registry={"secretName": ""}), "off.yaml"))
+    assert off.registry_env("fetch-model") == {} and off.registry_env("publish") == {}
 
 
 def test_env_var_and_explicit_path(tmp_path, monkeypatch):
@@ -103,6 +119,8 @@ def _broken(**devices):
     (_broken(cpu={"affinity": {"nodeAfinity": {}}}), "devices.cpu.affinity.nodeAfinity"),
     (_broken(cpu={"nodeSelector": {"pool": 3}}), "devices.cpu.nodeSelector.pool"),
     (dict(FILE, s3={"secretName": ""}), "s3.secretName"),
+    (dict(FILE, registry={"secret": "x"}), "registry.secret"),
+    (dict(FILE, registry={"env": {"MLFLOW_TRACKING_TOKEN": 5}}), "registry.env.MLFLOW_TRACKING_TOKEN"),
     (["devices"], "must hold a mapping"),
 ])
 def test_bad_file_names_the_key(tmp_path, data, needle):

@@ -147,6 +147,29 @@ def test_publish_pod_runs_the_publish_step_with_the_registry_section(kubeconfig)
     assert cfg.model == "models:/resnet/3"
 
 
+def test_registry_secret_env_only_on_the_fetch_model_and_publish_pods(kubeconfig):
+    """The pods that talk to the model registry get MLflow's address and credentials from the registry Secret,
+    each key optional (a Secret holding only some keys, or none, lets the pod start); the others get none."""
+    import kubernetes_validate
+    from kubernetes.client import ApiClient
+
+    from ptqflow.faces.placement import REGISTRY_SECRET_ENV, REGISTRY_SECRET_NAME
+
+    pods = _render_pods("cuda", CONF, kubeconfig, STEPS + ["publish_registry"])
+    for tid, (op, pod) in pods.items():
+        env = ApiClient().sanitize_for_serialization(pod.spec.containers[0].env)
+        mlflow = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in env if e["name"].startswith("MLFLOW_")}
+        if tid in ("fetch_model", "publish_registry"):
+            assert mlflow == {name: {"name": REGISTRY_SECRET_NAME, "key": key, "optional": True}
+                              for name, key in REGISTRY_SECRET_ENV.items()}, tid
+        else:
+            assert mlflow == {}, tid
+        s3 = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in env if e["name"].startswith("AWS_")}
+        assert all("optional" not in ref for ref in s3.values())  # the S3 keys stay required
+        assert {"name": "PTQFLOW_STEP", "value": tid.replace("_registry", "").replace("_", "-")} in env
+        kubernetes_validate.validate(ApiClient().sanitize_for_serialization(pod), "1.31.0", strict=True)
+
+
 def test_exit_codes_map_to_retry_policy():
     from kubernetes.client import models as k8s
 

@@ -1,6 +1,6 @@
 """Airflow face with a placement file (PTQFLOW_PLACEMENT_FILE, the Helm chart's ConfigMap mounted into the
-Airflow pods): the kubernetes-mode pods take their image, resources, node selector, tolerations, affinity and
-S3 Secret from it."""
+Airflow pods): the kubernetes-mode pods take their image, resources, node selector, tolerations, affinity, S3
+Secret and registry Secret from it."""
 
 from pathlib import Path
 
@@ -25,6 +25,7 @@ PLACEMENT = {
                 "affinity": AFFINITY},
     },
     "s3": {"secretName": "team-s3", "env": {"AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "key"}},
+    "registry": {"secretName": "team-mlflow", "env": {"MLFLOW_TRACKING_URI": "uri", "MLFLOW_TRACKING_TOKEN": "tok"}},
 }
 
 
@@ -60,7 +61,9 @@ def test_pods_follow_the_placement_file(tmp_path, monkeypatch, kubeconfig):
         c, spec = pod.spec.containers[0], pod.spec
         secrets = {e.name: (e.value_from.secret_key_ref.name, e.value_from.secret_key_ref.key)
                    for e in c.env if e.value_from}
-        assert secrets == {"AWS_ACCESS_KEY_ID": ("team-s3", "id"), "AWS_SECRET_ACCESS_KEY": ("team-s3", "key")}
+        s3 = {"AWS_ACCESS_KEY_ID": ("team-s3", "id"), "AWS_SECRET_ACCESS_KEY": ("team-s3", "key")}
+        registry = {"MLFLOW_TRACKING_URI": ("team-mlflow", "uri"), "MLFLOW_TRACKING_TOKEN": ("team-mlflow", "tok")}
+        assert secrets == (s3 | registry if task_id == "fetch_model" else s3)  # only fetch-model reads the registry
         if task_id == "quantize":
             assert c.image == "registry.example/ptqflow:9.9.9-npu"
             assert c.resources.limits == {"cpu": "4", "npu.intel.com/accel": "1"}

@@ -78,7 +78,8 @@ def _loaded(objects, tmp_path, namespace=NAMESPACE):
 
 def test_default_placement_is_the_builtin_table_with_the_project_images(render, tmp_path):
     from ptqflow.faces.images import image
-    from ptqflow.faces.placement import BUILTIN, S3_SECRET_ENV, S3_SECRET_NAME
+    from ptqflow.faces.placement import (BUILTIN, REGISTRY_SECRET_ENV, REGISTRY_SECRET_NAME, S3_SECRET_ENV,
+                                         S3_SECRET_NAME)
 
     table = _loaded(render(), tmp_path)
     for device in ("cpu", "cuda", "npu"):
@@ -87,6 +88,7 @@ def test_default_placement_is_the_builtin_table_with_the_project_images(render, 
         builtin.pop("image")
         assert got == builtin, device
     assert (table.s3_secret_name, table.s3_secret_env) == (S3_SECRET_NAME, S3_SECRET_ENV)
+    assert (table.registry_secret_name, table.registry_secret_env) == (REGISTRY_SECRET_NAME, REGISTRY_SECRET_ENV)
 
 
 @pytest.mark.parametrize("case,device,key", [("gpu", "cuda", "gpu"), ("npu", "npu", "npu")])
@@ -133,6 +135,22 @@ def test_custom_s3_secret_reaches_placement(render, tmp_path):
     table = _loaded(render({"s3": {"existingSecret": "team-s3", "env": env}}), tmp_path)
     assert (table.s3_secret_name, table.s3_secret_env) == ("team-s3", {"AWS_ACCESS_KEY_ID": "id",
                                                                       "AWS_SECRET_ACCESS_KEY": "key"})
+
+
+def test_registry_secret_round_trip(render, tmp_path):
+    """registry values -> placement ConfigMap -> placement loader: the fetch-model and publish pods get the
+    Secret's keys (a null drops one), the other steps none; an empty name turns the registry env off."""
+    env = {"MLFLOW_TRACKING_URI": "uri", "MLFLOW_TRACKING_TOKEN": "tok", "MLFLOW_TRACKING_USERNAME": None,
+           "MLFLOW_TRACKING_PASSWORD": None}
+    table = _loaded(render({"registry": {"existingSecret": "team-mlflow", "env": env}}), tmp_path)
+    assert (table.registry_secret_name, table.registry_secret_env) == (
+        "team-mlflow", {"MLFLOW_TRACKING_URI": "uri", "MLFLOW_TRACKING_TOKEN": "tok"})
+    for step in ("fetch-model", "publish"):
+        assert table.registry_env(step) == {"MLFLOW_TRACKING_URI": "uri", "MLFLOW_TRACKING_TOKEN": "tok"}
+    for step in ("build-calibration", "collect-stats", "quantize", "validate", "export-ir"):
+        assert table.registry_env(step) == {}
+    off = _loaded(render({"registry": {"existingSecret": ""}}), tmp_path)
+    assert off.registry_secret_name == "" and off.registry_env("fetch-model") == {}
 
 
 # --- RBAC and security -----------------------------------------------------------------------------------
@@ -202,7 +220,12 @@ def test_hook_deployment_probes_secrets_and_config(render, tmp_path, monkeypatch
     assert ref == {"name": "ptqflow-hook", "key": "webhook-secret", "optional": False}
     for name in ("PTQFLOW_AIRFLOW_USERNAME", "PTQFLOW_AIRFLOW_PASSWORD", "PTQFLOW_AIRFLOW_TOKEN"):
         assert "value" not in env[name] and env[name]["valueFrom"]["secretKeyRef"]["optional"] is True
-    assert env["MLFLOW_TRACKING_URI"]["value"] == "http://mlflow:5000"
+    assert env["MLFLOW_TRACKING_URI"] == {"name": "MLFLOW_TRACKING_URI", "value": "http://mlflow:5000"}
+    # MLflow credentials come from the registry Secret, the one the step pods read; hook.env's URI wins.
+    assert len(c["env"]) == len(env)
+    for name, key in (("MLFLOW_TRACKING_TOKEN", "token"), ("MLFLOW_TRACKING_USERNAME", "username"),
+                      ("MLFLOW_TRACKING_PASSWORD", "password")):
+        assert env[name]["valueFrom"]["secretKeyRef"] == {"name": "ptqflow-mlflow", "key": key, "optional": True}
     assert not any(k.startswith("AWS_") for k in env)  # hook.s3Env is off by default
     (cm,) = find(objects, "ConfigMap", f"{FULLNAME}-hook")
     hook_yaml = yaml.safe_load(cm["data"]["hook.yaml"])
@@ -231,6 +254,27 @@ def test_hook_poll_cronjob_instead_of_the_service(render):
     assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {"name": "ptqflow-s3", "key": "access_key"}
     assert "PTQFLOW_WEBHOOK_SECRET" not in env and "PTQFLOW_AIRFLOW_TOKEN" in env  # poll needs no webhook secret
     assert "PTQFLOW_KFP_TOKEN" not in env  # null drops a default entry
+    assert env["MLFLOW_TRACKING_URI"]["valueFrom"]["secretKeyRef"] == {"name": "ptqflow-mlflow",
+                                                                       "key": "tracking_uri", "optional": True}
+
+
+def test_hook_registry_env_can_be_left_out_or_overridden(render):
+    secret_env = {"MLFLOW_TRACKING_TOKEN": {"name": "hook-only", "key": "mlflow-token", "optional": False}}
+    for values, expected in (
+            ({"registryEnv": False}, {}),
+            ({"secretEnv": secret_env}, {"MLFLOW_TRACKING_TOKEN": "hook-only", "MLFLOW_TRACKING_URI": "ptqflow-mlflow",
+                                         "MLFLOW_TRACKING_USERNAME": "ptqflow-mlflow",
+                                         "MLFLOW_TRACKING_PASSWORD": "ptqflow-mlflow"})):
+        objects = render({"hook": {"config": HOOK_CONFIG, "serve": {"enabled": True}, **values}})
+        (dep,) = find(objects, "Deployment", f"{FULLNAME}-hook")
+        (c,) = dep["spec"]["template"]["spec"]["containers"]
+        listed = [e for e in c["env"] if e["name"].startswith("MLFLOW_")]
+        assert {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in listed} == expected
+        assert len(listed) == len(expected)  # no variable twice
+    objects = render({"registry": {"existingSecret": ""}, "hook": {"config": HOOK_CONFIG, "poll": {"enabled": True}}})
+    (cron,) = find(objects, "CronJob")
+    (c,) = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    assert not any(e["name"].startswith("MLFLOW_") for e in c["env"])
 
 
 @pytest.mark.parametrize("devices,message", [
@@ -316,6 +360,8 @@ def test_kfp_upload_job(render):
     ({"hook": {"config": dict(HOOK_CONFIG, orchestrator="jenkins")}}, "/hook/config/orchestrator"),
     ({"hook": {"config": {"airflow": {"url": "http://a"}}}}, "/hook/config"),
     ({"hook": {"secretEnv": {"MY_TOKEN": {"name": "s"}}}}, "/hook/secretEnv/MY_TOKEN"),
+    ({"registry": {"env": {"MLFLOW_TRACKING_TOKEN": 5}}}, "/registry/env/MLFLOW_TRACKING_TOKEN"),
+    ({"hook": {"registryEnv": "yes"}}, "/hook/registryEnv"),
 ])
 def test_schema_violation_is_rejected_naming_the_field(chart, values, path):
     with pytest.raises(helm.HelmValuesError) as err:

@@ -89,6 +89,24 @@ def test_accelerator_placement(tmp_path, device, resource, label):
             assert not container["image"].endswith(f"-{device}")
 
 
+def test_registry_secret_env_only_on_fetch_model_and_publish(tmp_path):
+    """The tasks that talk to the model registry take MLflow's env from the registry Secret, optional (a Secret
+    holding only some keys, or none, lets the pod start); the S3 Secret stays required everywhere."""
+    from ptqflow.faces.placement import REGISTRY_SECRET_ENV, REGISTRY_SECRET_NAME
+
+    spec, platform = _compiled(tmp_path, "container", "cuda")
+    for task_name, task in spec["root"]["dag"]["tasks"].items():
+        _, k8s = _executor(spec, platform, task_name)
+        s3, *registry = k8s["secretAsEnv"]
+        assert s3["secretName"] == "ptqflow-s3" and s3["optional"] is False
+        if task["taskInfo"]["name"] in ("fetch-model", "publish"):
+            (reg,) = registry
+            assert reg["secretName"] == REGISTRY_SECRET_NAME and reg["optional"] is True
+            assert {e["envVar"]: e["secretKey"] for e in reg["keyToEnv"]} == REGISTRY_SECRET_ENV
+        else:
+            assert registry == [], task_name
+
+
 def test_cpu_placement_has_no_accelerator(tmp_path):
     spec, platform = _compiled(tmp_path, "container", "cpu")
     for step in STEP_INPUTS:

@@ -1,5 +1,5 @@
 """KFP face with a placement file (the Helm chart's ConfigMap): images, resources, node selector, tolerations,
-node affinity and the S3 Secret in the compiled pipeline come from the file."""
+node affinity, the S3 Secret and the registry Secret in the compiled pipeline come from the file."""
 
 import subprocess
 import sys
@@ -30,6 +30,7 @@ PLACEMENT = {
         "npu": {"accelerator": "npu.intel.com/accel", "resources": {"limits": {"npu.intel.com/accel": "1"}}},
     },
     "s3": {"secretName": "team-s3", "env": {"AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "key"}},
+    "registry": {"secretName": "team-mlflow", "env": {"MLFLOW_TRACKING_URI": "uri", "MLFLOW_TRACKING_TOKEN": "tok"}},
 }
 
 
@@ -57,12 +58,16 @@ def test_compile_entry_point_takes_the_placement_file(tmp_path):
                     "--placement", str(_configmap(tmp_path)), "--out", str(out)], check=True, timeout=120)
     executors = _executors(out)
     steps = set(STEP_INPUTS) | {"resolve-config"}
-    assert steps <= set(executors)
-    for step in steps:
+    assert steps | {"publish"} <= set(executors)
+    for step in steps | {"publish"}:
         container, k8s = executors[step]
-        env = {e["envVar"]: e["secretKey"] for s in k8s["secretAsEnv"] for e in s["keyToEnv"]}
-        assert k8s["secretAsEnv"][0]["secretName"] == "team-s3"
-        assert env == {"AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "key"}
+        secrets = {s["secretName"]: {e["envVar"]: e["secretKey"] for e in s["keyToEnv"]} for s in k8s["secretAsEnv"]}
+        assert secrets.pop("team-s3") == {"AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "key"}
+        # Only the tasks that talk to the model registry get its Secret.
+        registry = {"team-mlflow": {"MLFLOW_TRACKING_URI": "uri", "MLFLOW_TRACKING_TOKEN": "tok"}}
+        assert secrets == (registry if step in ("fetch-model", "publish") else {}), step
+        if step == "publish":
+            continue
         res = container["resources"]
         if step in ("collect-stats", "quantize", "validate"):
             assert container["image"] == "registry.example/ptqflow:9.9.9-cuda"

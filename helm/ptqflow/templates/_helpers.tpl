@@ -70,7 +70,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- $_ := set $devices $key (dict "image" (include "ptqflow.deviceImage" (dict "root" $ "key" $key)) "accelerator" $d.accelerator "resources" $d.resources "nodeSelector" $d.nodeSelector "tolerations" $d.tolerations "affinity" $d.affinity) }}
 {{- end }}
-{{- toYaml (dict "devices" $devices "s3" (dict "secretName" .Values.s3.existingSecret "env" .Values.s3.env)) }}
+{{- $s3 := dict "secretName" .Values.s3.existingSecret "env" .Values.s3.env }}
+{{- $registry := dict "secretName" .Values.registry.existingSecret "env" (default dict .Values.registry.env) }}
+{{- toYaml (dict "devices" $devices "s3" $s3 "registry" $registry) }}
 {{- end }}
 
 {{/* Namespace of the Airflow-side ConfigMaps. */}}
@@ -78,7 +80,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- default .Release.Namespace .Values.airflow.namespace }}
 {{- end }}
 
-{{/* The hook pods' environment: secrets from existing Secrets, plain env, optionally the S3 Secret.
+{{/* The hook pods' environment: secrets from existing Secrets, plain env, optionally the S3 Secret and the
+registry Secret (optional keys; names set in hook.secretEnv or hook.env are left to those).
 Called with (dict "root" $ "poll" bool): the poll pass needs no webhook secret. */}}
 {{- define "ptqflow.hookEnv" -}}
 {{- $root := .root }}
@@ -103,6 +106,28 @@ Called with (dict "root" $ "poll" bool): the poll pass needs no webhook secret. 
     secretKeyRef:
       name: {{ $root.Values.s3.existingSecret }}
       key: {{ $key }}
+{{- end }}
+{{- end }}
+{{- $registry := $root.Values.registry }}
+{{- if and $root.Values.hook.registryEnv $registry.existingSecret }}
+{{- $explicit := list }}
+{{- range $name, $ref := $root.Values.hook.secretEnv }}
+{{- if $ref }}
+{{- $explicit = append $explicit $name }}
+{{- end }}
+{{- end }}
+{{- range $root.Values.hook.env }}
+{{- $explicit = append $explicit .name }}
+{{- end }}
+{{- range $name, $key := $registry.env }}
+{{- if not (has $name $explicit) }}
+- name: {{ $name }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $registry.existingSecret }}
+      key: {{ $key }}
+      optional: true
+{{- end }}
 {{- end }}
 {{- end }}
 {{- with $root.Values.hook.env }}

@@ -1,8 +1,9 @@
 """The kubernetes mode of ptqflow's DAG: one KubernetesPodOperator per step.
 
-Placement (image, node selector, tolerations, affinity, requests/limits) and the S3 Secret come from
-``ptqflow.faces.placement``: the placement file named by PTQFLOW_PLACEMENT_FILE when set (the Helm chart's
-ConfigMap), else the built-in table; S3 credentials reach the pod as env vars from that Secret.
+Placement (image, node selector, tolerations, affinity, requests/limits) and the S3 and registry Secrets come
+from ``ptqflow.faces.placement``: the placement file named by PTQFLOW_PLACEMENT_FILE when set (the Helm chart's
+ConfigMap), else the built-in table; S3 credentials reach every pod as env vars from the S3 Secret, MLflow's
+address and credentials reach the fetch-model and publish pods from the registry Secret (each key optional).
 ``PtqflowPodOperator`` reads the failed container's exit code and turns ptqflow's do-not-retry codes
 (2 config, 3 input, 4 gate, 6 device) into AirflowFailException, so only storage errors (5) and crashes use
 the task's retries.
@@ -103,12 +104,20 @@ def pod_operator(step: str, device: str, namespace: str | None = None,
         affinity=dict(place.affinity) or None,  # the operator converts the camelCase dict to V1Affinity
         container_resources=k8s.V1ResourceRequirements(requests=dict(place.requests), limits=dict(place.limits)),
         secrets=[Secret("env", env, table.s3_secret_name, key) for env, key in table.s3_secret_env.items()],
-        env_vars={"PTQFLOW_STEP": step},
+        env_vars=[k8s.V1EnvVar(name="PTQFLOW_STEP", value=step), *registry_env_vars(table, step)],
         labels={"app.kubernetes.io/name": "ptqflow", "ptqflow.io/step": step},
         on_finish_action="delete_succeeded_pod",
         get_logs=True,
         do_xcom_push=False,
     )
+
+
+def registry_env_vars(table: PlacementTable, step: str) -> list[k8s.V1EnvVar]:
+    """MLflow's env vars of ``step``'s pod from the registry Secret, each key optional (the provider's Secret
+    has no optional flag), so a Secret holding only some keys, or none, still lets the pod start."""
+    return [k8s.V1EnvVar(name=env, value_from=k8s.V1EnvVarSource(secret_key_ref=k8s.V1SecretKeySelector(
+        name=table.registry_secret_name, key=key, optional=True)))
+        for env, key in table.registry_env(step).items()]
 
 
 def pod_tasks(device: str):

@@ -116,8 +116,9 @@ def _publish_container(table: PlacementTable):
 
 
 def place(task: dsl.PipelineTask, step: str, device: str, table: PlacementTable | None = None) -> dsl.PipelineTask:
-    """Apply ptqflow's placement for ``step`` on ``device`` (from ``table``, default ``active_table()``) and
-    the S3 secret env to a container task. KFP sets node affinity only: pod (anti-)affinity is an error."""
+    """Apply ptqflow's placement for ``step`` on ``device`` (from ``table``, default ``active_table()``), the
+    S3 secret env and, for the steps that talk to the model registry, the registry secret env (optional keys)
+    to a container task. KFP sets node affinity only: pod (anti-)affinity is an error."""
     table = table or active_table()
     p = table.placement(step, device)
     for (kind, name), setter in _SETTERS.items():
@@ -138,6 +139,10 @@ def place(task: dsl.PipelineTask, step: str, device: str, table: PlacementTable 
         kubernetes.add_node_affinity_json(task, p.affinity["nodeAffinity"])
     kubernetes.use_secret_as_env(task, secret_name=table.s3_secret_name,
                                  secret_key_to_env={v: k for k, v in table.s3_secret_env.items()})
+    registry = table.registry_env(step)
+    if registry:
+        kubernetes.use_secret_as_env(task, secret_name=table.registry_secret_name,
+                                     secret_key_to_env={v: k for k, v in registry.items()}, optional=True)
     return task
 
 

@@ -7,8 +7,14 @@ stay on CPU nodes whatever the device. Both faces (KubernetesPodOperator, kfp-ku
 
 The built-in table below is a default. A placement file (``load_placement_file``; the Helm chart renders one
 into the ConfigMap ``<release>-placement``, key ``placement.yaml``) replaces it with the cluster's own
-images, resources, node selectors, tolerations, affinity and S3 Secret, so placement is configured once:
-the DAG reads the file named by PTQFLOW_PLACEMENT_FILE at parse time, the KFP compile takes ``--placement``.
+images, resources, node selectors, tolerations, affinity, S3 Secret and registry Secret, so placement is
+configured once: the DAG reads the file named by PTQFLOW_PLACEMENT_FILE at parse time, the KFP compile takes
+``--placement``.
+
+Every step pod gets the S3 Secret's keys as env vars. The pods of the steps that talk to the MLflow model
+registry (fetch-model, for ``models:/`` URIs, and publish) also get the registry Secret's keys as MLflow's env
+vars, each key optional (Kubernetes ``secretKeyRef.optional``): a Secret holding only some keys, or no Secret
+at all for runs without a registry, still lets the pod start.
 """
 
 from __future__ import annotations
@@ -86,14 +92,25 @@ S3_SECRET_ENV = {"AWS_ACCESS_KEY_ID": "access_key", "AWS_SECRET_ACCESS_KEY": "se
                  "AWS_ENDPOINT_URL": "endpoint_url"}
 
 
+# MLflow registry address and credentials: one Kubernetes Secret, keys mapped to MLflow's environment variables,
+# for the pods of the steps that talk to the registry.
+REGISTRY_SECRET_NAME = "ptqflow-mlflow"
+REGISTRY_SECRET_ENV = {"MLFLOW_TRACKING_URI": "tracking_uri", "MLFLOW_TRACKING_TOKEN": "token",
+                       "MLFLOW_TRACKING_USERNAME": "username", "MLFLOW_TRACKING_PASSWORD": "password"}
+REGISTRY_STEPS = frozenset({"fetch-model", "publish"})
+
+
 @dataclass(frozen=True)
 class PlacementTable:
-    """Placement per execution device, the placement of the steps that only move bytes, and the S3 Secret."""
+    """Placement per execution device, the placement of the steps that only move bytes, the S3 Secret and the
+    registry Secret (an empty name: none)."""
 
     devices: dict[str, Placement]
     light: Placement
     s3_secret_name: str = S3_SECRET_NAME
     s3_secret_env: dict[str, str] = field(default_factory=lambda: dict(S3_SECRET_ENV))
+    registry_secret_name: str = REGISTRY_SECRET_NAME
+    registry_secret_env: dict[str, str] = field(default_factory=lambda: dict(REGISTRY_SECRET_ENV))
 
     def placement(self, step: str, device: str) -> Placement:
         """The pod placement of ``step`` when models run on ``device`` (cpu, cuda or npu)."""
@@ -101,6 +118,14 @@ class PlacementTable:
         if device not in self.devices:
             raise ValueError(f"execution device {device!r}: expected one of {', '.join(self.devices)}")
         return self.devices[device] if step in ACCELERATED_STEPS else self.light
+
+    def registry_env(self, step: str) -> dict[str, str]:
+        """MLflow env var -> key of the registry Secret for ``step``'s pod; {} for the steps that do not talk
+        to the registry (only fetch-model and publish do) and when no registry Secret is configured. The faces
+        mark each key optional."""
+        if step not in REGISTRY_STEPS or not self.registry_secret_name:
+            return {}
+        return dict(self.registry_secret_env)
 
 
 BUILTIN = PlacementTable(devices=_DEVICE, light=_CPU)
@@ -198,9 +223,15 @@ class _S3(_FileModel):
     env: dict[str, str] = Field(default_factory=lambda: dict(S3_SECRET_ENV))
 
 
+class _Registry(_FileModel):
+    secret_name: str = Field(REGISTRY_SECRET_NAME, alias="secretName")  # "": no registry Secret
+    env: dict[str, str] = Field(default_factory=lambda: dict(REGISTRY_SECRET_ENV))
+
+
 class _PlacementFile(_FileModel):
     devices: dict[Literal["cpu", "gpu", "npu"], _Device]
     s3: _S3 = Field(default_factory=_S3)
+    registry: _Registry = Field(default_factory=_Registry)
 
     @field_validator("devices")
     @classmethod
@@ -230,7 +261,9 @@ def parse_placement(data: Any, origin: str = "placement file") -> PlacementTable
     devices = {FILE_DEVICES[key]: dev.to_placement() for key, dev in parsed.devices.items()}
     light = devices["cpu"]
     return PlacementTable(devices={d: devices[d] for d in FILE_DEVICES.values()}, light=light,
-                          s3_secret_name=parsed.s3.secret_name, s3_secret_env=dict(parsed.s3.env))
+                          s3_secret_name=parsed.s3.secret_name, s3_secret_env=dict(parsed.s3.env),
+                          registry_secret_name=parsed.registry.secret_name,
+                          registry_secret_env=dict(parsed.registry.env))
 
 
 def load_placement_file(path: str | os.PathLike) -> PlacementTable:
