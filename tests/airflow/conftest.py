@@ -20,10 +20,9 @@ for extra in (ROOT / "tests" / "hooks", Path(__file__).resolve().parent):
     if str(extra) not in sys.path:
         sys.path.insert(0, str(extra))
 
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from tiny_run import BUCKET, DAG_ID  # noqa: E402
+from tiny_run import BUCKET, DAG_ID, seed_bucket  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -32,7 +31,6 @@ def rest_s3(tmp_path_factory):
     yields (endpoint, boto3 client, local model path)."""
     import boto3
 
-    import builders
     from s3server import moto_server, s3_env
 
     tmp = tmp_path_factory.mktemp("rest-s3")
@@ -41,14 +39,7 @@ def rest_s3(tmp_path_factory):
         client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                               aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
                               aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
-        client.create_bucket(Bucket=BUCKET)
-        model = builders.save(builders.conv_classifier(), tmp / "model.onnx")
-        client.upload_file(str(model), BUCKET, "in/model.onnx")
-        rng = np.random.default_rng(0)
-        for i in range(24):
-            path = tmp / f"s{i:02d}.npy"
-            np.save(path, rng.normal(0, 1, (3, 16, 16)).astype(np.float32))
-            client.upload_file(str(path), BUCKET, f"in/data/s{i:02d}.npy")
+        model = seed_bucket(client, BUCKET, tmp)
         yield endpoint, client, model
 
 
@@ -63,3 +54,18 @@ def airflow_rest(rest_s3, tmp_path_factory):
         wait_dag(af, DAG_ID)
         af.unpause(DAG_ID)
         yield af
+
+
+@pytest.fixture
+def kubeconfig(tmp_path, monkeypatch):
+    """A kubeconfig pointing at a loopback API server that is never contacted (pod rendering reads it)."""
+    path = tmp_path / "kubeconfig"
+    path.write_text("""apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:6443", insecure-skip-tls-verify: true}}]
+users: [{name: u, user: {token: dummy}}]
+contexts: [{name: x, context: {cluster: c, user: u, namespace: ptqflow}}]
+current-context: x
+""")
+    monkeypatch.setenv("KUBECONFIG", str(path))
+    return path

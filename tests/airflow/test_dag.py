@@ -1,28 +1,12 @@
 """Airflow face: the DAG file parses in both modes; kubernetes mode renders valid, placed pods whose command
 line the ptqflow CLI accepts with the run's parameters."""
 
-import os
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = ["fetch_model", "build_calibration", "collect_stats", "quantize", "validate", "export_ir"]
-
-
-@pytest.fixture
-def kubeconfig(tmp_path, monkeypatch):
-    """A kubeconfig pointing at a loopback API server that is never contacted (pod rendering reads it)."""
-    path = tmp_path / "kubeconfig"
-    path.write_text("""apiVersion: v1
-kind: Config
-clusters: [{name: c, cluster: {server: "https://127.0.0.1:6443", insecure-skip-tls-verify: true}}]
-users: [{name: u, user: {token: dummy}}]
-contexts: [{name: x, context: {cluster: c, user: u, namespace: ptqflow}}]
-current-context: x
-""")
-    monkeypatch.setenv("KUBECONFIG", str(path))
-    return path
 
 
 @pytest.mark.parametrize("mode", ["local", "kubernetes"])

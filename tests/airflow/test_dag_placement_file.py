@@ -4,7 +4,6 @@ Secret and registry Secret from it."""
 
 from pathlib import Path
 
-import pytest
 import yaml
 
 AFFINITY = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
@@ -27,20 +26,6 @@ PLACEMENT = {
     "s3": {"secretName": "team-s3", "env": {"AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "key"}},
     "registry": {"secretName": "team-mlflow", "env": {"MLFLOW_TRACKING_URI": "uri", "MLFLOW_TRACKING_TOKEN": "tok"}},
 }
-
-
-@pytest.fixture
-def kubeconfig(tmp_path, monkeypatch):
-    """A kubeconfig pointing at a loopback API server that is never contacted (pod rendering reads it)."""
-    path = tmp_path / "kubeconfig"
-    path.write_text("""apiVersion: v1
-kind: Config
-clusters: [{name: c, cluster: {server: "https://127.0.0.1:6443", insecure-skip-tls-verify: true}}]
-users: [{name: u, user: {token: dummy}}]
-contexts: [{name: x, context: {cluster: c, user: u, namespace: ptqflow}}]
-current-context: x
-""")
-    return path
 
 
 def test_pods_follow_the_placement_file(tmp_path, monkeypatch, kubeconfig):

@@ -7,11 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-import builders
 from s3server import moto_server, s3_env
+from tiny_run import seed_bucket
 
 BUCKET = "ptqflow-airflow"
 BASE = {"data": {"validation_size": 8, "preprocess": {"method": "none"}},
@@ -40,14 +39,7 @@ def s3(tmp_path_factory):
         client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                               aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
                               aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
-        client.create_bucket(Bucket=BUCKET)
-        model = builders.save(builders.conv_classifier(), tmp / "model.onnx")
-        client.upload_file(str(model), BUCKET, "in/model.onnx")
-        rng = np.random.default_rng(0)
-        for i in range(24):
-            path = tmp / f"s{i:02d}.npy"
-            np.save(path, rng.normal(0, 1, (3, 16, 16)).astype(np.float32))
-            client.upload_file(str(path), BUCKET, f"in/data/s{i:02d}.npy")
+        seed_bucket(client, BUCKET, tmp)
         airflow = str(Path(sys.executable).parent / "airflow")
         subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
         yield env, client, tmp

@@ -2,6 +2,7 @@
 task table they print."""
 
 from datetime import datetime
+from pathlib import Path
 
 BUCKET = "ptqflow-rest"
 DAG_ID = "ptqflow_quantize"
@@ -11,6 +12,24 @@ TINY_CONFIG = {"quantization": {"subset_size": 16},
                "data": {"validation_size": 8, "preprocess": {"method": "none"}},
                "validation": {"latency_iterations": 2,
                               "gate": {"min_speedup": None, "max_accuracy_drop": None, "min_cosine": 0.5}}}
+
+
+def seed_bucket(client, bucket: str, tmp: Path) -> Path:
+    """Create ``bucket`` with the tiny classifier at in/model.onnx and 24 samples under in/data/; returns the
+    local model path."""
+    import numpy as np
+
+    import builders
+
+    client.create_bucket(Bucket=bucket)
+    model = builders.save(builders.conv_classifier(), tmp / "model.onnx")
+    client.upload_file(str(model), bucket, "in/model.onnx")
+    rng = np.random.default_rng(0)
+    for i in range(24):
+        path = tmp / f"s{i:02d}.npy"
+        np.save(path, rng.normal(0, 1, (3, 16, 16)).astype(np.float32))
+        client.upload_file(str(path), bucket, f"in/data/s{i:02d}.npy")
+    return model
 
 
 def _seconds(ti: dict) -> float | None:
