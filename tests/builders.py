@@ -439,3 +439,22 @@ def mask_and_class_heads(seed: int = 0, c: int = 6, size: int = 8, classes: int 
     outputs = [helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["N", 1, 2 * size, 2 * size]),
                helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", classes])]
     return make_model(nodes, inputs, outputs, inits, name="mask_and_class_heads")
+
+
+def mlp_rank_lost(seed: int = 0, features: int = 16, hidden: int = 32, out: int = 4) -> onnx.ModelProto:
+    """mlp(seq=True) behind a Reshape whose target shape is computed at run time (a slice of Shape(input) with
+    a data-dependent end; inputs need S >= 3), so shape inference cannot tell the rank of the first linear layer's
+    input and output; the sequence layers of exported OCR and transformer necks look like this."""
+    base = mlp(seed=seed, features=features, hidden=hidden, out=out, seq=True)
+    nodes = [
+        helper.make_node("Shape", ["input"], ["in_shape"], name="shape"),
+        helper.make_node("Slice", ["in_shape", "one", "two"], ["seq_len"], name="seq_len"),
+        helper.make_node("Slice", ["in_shape", "zero", "seq_len"], ["target"], name="target"),
+        helper.make_node("Reshape", ["input", "target"], ["x"], name="reshape"),
+    ]
+    for node in base.graph.node:
+        node.input[:] = ["x" if i == "input" else i for i in node.input]
+        nodes.append(node)
+    inits = list(base.graph.initializer) + [
+        _init(name, np.array([v], np.int64)) for name, v in (("zero", 0), ("one", 1), ("two", 2))]
+    return make_model(nodes, list(base.graph.input), list(base.graph.output), inits, name="mlp_rank_lost")

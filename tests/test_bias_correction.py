@@ -9,12 +9,14 @@ import pytest
 from onnx import helper, numpy_helper
 
 from builders import (
-    coarse_qdq, conv_classifier, conv_zero_bias, deep_mlp, mlp, random_inputs, tiny_encoder, token_inputs,
-    upsample_head,
+    coarse_qdq, conv_classifier, conv_zero_bias, deep_mlp, mlp, mlp_rank_lost, random_inputs, tiny_encoder,
+    token_inputs, upsample_head,
 )
 from ptqflow.algorithms.bias_correction import apply_bias_correction
 from ptqflow.algorithms.bias_layers import channel_mean, find_bias_layers, judge_shift
 from ptqflow.algorithms.fast_bias_correction import apply_fast_bias_correction
+from ptqflow.api import collect_statistics, quantize_with_config
+from ptqflow.config import QuantizationConfig
 
 
 def _run_tensors(model: onnx.ModelProto, names: list[str], samples) -> list[list[np.ndarray]]:
@@ -292,3 +294,28 @@ def test_constant_node_weights_and_biases():
     const = {n.name: numpy_helper.to_array(n.attribute[0].t) for n in q.graph.node if n.op_type == "Constant"}
     assert not np.allclose(const["const_b1"], numpy_helper.to_array(next(
         n.attribute[0].t for n in fp32.graph.node if n.name == "const_b1")))
+
+
+def test_fast_correction_of_linear_layers_whose_rank_shape_inference_loses():
+    """MatMul + Add layers behind a Reshape with a computed shape (OCR/transformer sequence necks): the statistics
+    pass still measures their per-channel means, FastBiasCorrection corrects them from those, and the quantize
+    summary lists them."""
+    fp32 = mlp_rank_lost(seed=3)
+    calib, held_out = random_inputs(24, (5, 16), seed=10), random_inputs(24, (5, 16), seed=11)
+    for s in calib + held_out:  # a non-zero input mean makes the weight error show in the output mean
+        s["input"] += np.float32(0.5)
+    layers = find_bias_layers(fp32)
+    stats = collect_statistics(fp32, calib, QuantizationConfig(subset_size=len(calib)))
+    expected_in, expected_out = _fp32_stats(fp32, layers, calib)
+    for layer in layers:
+        np.testing.assert_allclose(stats.means_in[layer.name], expected_in[layer.name], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(stats.means_out[layer.name], expected_out[layer.name], rtol=1e-4, atol=1e-5)
+    q = coarse_qdq(fp32, calib, weight_levels=7)
+    before = _mean_errors(fp32, q, layers, held_out)
+    records = apply_fast_bias_correction(q, layers, stats.means_in, stats.means_out, threshold=10.0,
+                                         fp32_model=fp32)
+    assert all(r["applied"] for r in records), records
+    after = _mean_errors(fp32, q, layers, held_out)
+    assert all(after[k].mean() < 0.7 * before[k].mean() for k in before), (before, after)
+    rows = {r["name"]: r for r in quantize_with_config(fp32, calib, QuantizationConfig(subset_size=24)).layers}
+    assert rows["fc1"]["bias_corrected"] and rows["fc2"]["bias_corrected"], rows

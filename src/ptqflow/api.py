@@ -402,7 +402,6 @@ def _bias_correction(prepared, q, statistics, config, dataset, device, samples_l
         return []
     threshold = config.advanced.bias_correction_threshold
     if config.fast_bias_correction:
-        layers = [x for x in layers if x.name in statistics.means_in and x.name in statistics.means_out]
         return fast_bias_correction.apply_fast_bias_correction(
             q, layers, statistics.means_in, statistics.means_out, threshold=threshold, fp32_model=prepared,
             device=device)

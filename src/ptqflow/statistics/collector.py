@@ -33,6 +33,24 @@ def _rank(model: onnx.ModelProto, tensor: str) -> int | None:
     return None
 
 
+def _channel_mean_nodes(src: str, out: str, axis: int, rank: int | None, opset: int,
+                        extra: list) -> list[onnx.NodeProto] | None:
+    """Nodes computing the per-channel mean of ``src`` over every axis but ``axis`` into ``out``.
+
+    Without a known rank, a last-axis channel (MatMul inputs and outputs, whose rank shape inference often
+    loses after a Reshape with a computed shape) is still observed: Flatten to [N, C], then the mean over N.
+    Returns None when the channel axis cannot be located.
+    """
+    if rank is not None:
+        ax = axis % rank
+        return [_reduce("ReduceMean", src, out, [a for a in range(rank) if a != ax], opset, extra)]
+    if axis != -1 or opset < 11:  # Flatten takes a negative axis from opset 11
+        return None
+    flat = out + "_flat"
+    return [helper.make_node("Flatten", [src], [flat], axis=-1, name=flat),
+            _reduce("ReduceMean", flat, out, [0], opset, extra)]
+
+
 def augment(model: onnx.ModelProto, tensors: list[str], means: dict[str, tuple[str, int]],
             per_sample: bool, channel_absmax: dict[str, tuple[str, int]] | None = None,
             ) -> tuple[onnx.ModelProto, dict[str, tuple[str, str]]]:
@@ -57,12 +75,11 @@ def augment(model: onnx.ModelProto, tensors: list[str], means: dict[str, tuple[s
             g.node.append(_reduce(op, t, out, axes, opset, extra))
             out_map[out] = (stat, t)
     for j, (key, (t, axis)) in enumerate(means.items()):
-        rank = _rank(aug, t)
-        if rank is None:
-            continue
-        ax = axis % rank
         out = f"ptqflow_stat_mean_{j}"
-        g.node.append(_reduce("ReduceMean", t, out, [a for a in range(rank) if a != ax], opset, extra))
+        nodes = _channel_mean_nodes(t, out, axis, _rank(aug, t), opset, extra)
+        if nodes is None:
+            continue
+        g.node.extend(nodes)
         out_map[out] = ("mean", key)
     for j, (key, (t, axis)) in enumerate((channel_absmax or {}).items()):
         rank = _rank(aug, t)
