@@ -22,11 +22,11 @@ from ptqflow.algorithms.bias_layers import (
     GraphIndex,
     channel_mean,
     judge_shift,
-    make_session,
     read_bias,
     summary,
     write_bias,
 )
+from ptqflow.runtime import make_session
 
 
 def _subgraph_reads(node: onnx.NodeProto) -> set[str]:

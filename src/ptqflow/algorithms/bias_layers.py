@@ -360,22 +360,3 @@ def channel_mean(array: np.ndarray, axis: int) -> np.ndarray:
     """Per-channel mean over every axis but ``axis`` (float64 [C])."""
     moved = np.moveaxis(np.asarray(array, dtype=np.float64), axis, -1)
     return moved.reshape(-1, moved.shape[-1]).mean(axis=0)
-
-
-def make_session(model: onnx.ModelProto, device: str = "cpu"):
-    """An inference session for ``model`` on ``device`` through ptqflow.runtime when present."""
-    try:
-        from ptqflow.runtime import make_session as runtime_session
-    except ImportError:
-        runtime_session = None
-    if runtime_session is not None:
-        return runtime_session(model, device=device)
-    import onnxruntime as ort  # guarded: only needed until ptqflow.runtime exists
-
-    if device != "cpu":
-        from ptqflow.errors import DeviceUnavailableError
-
-        raise DeviceUnavailableError(f"device {device!r} needs ptqflow.runtime; only 'cpu' is available here")
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])

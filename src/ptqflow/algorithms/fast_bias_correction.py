@@ -29,11 +29,11 @@ from ptqflow.algorithms.bias_layers import (
     _attr,
     channel_mean,
     judge_shift,
-    make_session,
     read_bias,
     summary,
     write_bias,
 )
+from ptqflow.runtime import make_session
 
 SYNTH_INPUT = "ptqflow_fbc_input"
 

@@ -11,7 +11,6 @@ import re
 from collections import deque
 
 import onnx
-from onnx import numpy_helper
 
 from ptqflow.config import IgnoredScope, ModelType, QuantizationConfig, QuantizationPreset, TargetDevice
 from ptqflow.errors import InputError
