@@ -1,4 +1,4 @@
-"""Server processes the tests start: free loopback ports and stopping a whole process group."""
+"""Server processes the tests start: free loopback ports, waiting for readiness, stopping a process group."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import os
 import signal
 import socket
 import subprocess
+import time
+import urllib.request
+from pathlib import Path
 
 
 def free_port() -> int:
@@ -30,3 +33,24 @@ def stop_group(proc: subprocess.Popen, grace: float = 15.0) -> None:
         pass
     if proc.poll() is None:
         proc.wait(10)
+
+
+def wait_http_ok(url: str, proc: subprocess.Popen, timeout: float, log: Path | None = None) -> None:
+    """Poll ``url`` until it answers 200; RuntimeError (with the log's tail) when ``proc`` exits first or
+    ``timeout`` seconds pass."""
+    def tail() -> str:
+        return log.read_text(errors="replace")[-3000:] if log is not None and log.exists() else ""
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before {url} answered: {tail()}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not answer 200 within {timeout:.0f}s: {tail()}")
+        time.sleep(0.5)

@@ -12,13 +12,12 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from mlflow_server import mlflow_server, register_onnx
-from processes import free_port
+from processes import free_port, wait_http_ok
 from tiny_run import BUCKET, DAG_ID, TINY_CONFIG, task_table
 
 SECRET = "e2e-webhook-secret"
@@ -60,16 +59,7 @@ def hook_url(hook_setup):
                             stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/readyz", timeout=5) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, (config.parent / "hook-serve.log").read_text()
-            time.sleep(0.5)
+        wait_http_ok(f"{url}/readyz", proc, 60, config.parent / "hook-serve.log")
         yield url
     finally:
         proc.terminate()

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from processes import free_port, stop_group
+from processes import free_port, stop_group, wait_http_ok
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,20 +45,7 @@ def mlflow_server(workdir: Path, timeout: float = 120.0) -> Iterator[str]:
                                 start_new_session=True, cwd=workdir)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited with {proc.returncode}: "
-                                   f"{log_path.read_text(errors='replace')[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server at {url} not healthy after {timeout:.0f}s")
-            time.sleep(0.5)
+        wait_http_ok(f"{url}/health", proc, timeout, log_path)
         yield url
     finally:
         stop_group(proc)
