@@ -48,7 +48,8 @@ def test_subset_size_limits_samples_and_means_recorded():
     assert stats.num_samples == 4
     assert stats.plan["bias_layers"], "bias layers are listed in the plan"
     for name in stats.plan["bias_layers"]:
-        assert stats.means_in[name].ndim == 1 and stats.means_out[name].ndim == 1
+        assert stats.means_in[name].ndim == 1
+    assert stats.means_out == {}, "output means are not observed (FastBiasCorrection runs the FP32 layer instead)"
 
 
 def test_batched_statistics_equal_per_sample(monkeypatch):
@@ -61,7 +62,7 @@ def test_batched_statistics_equal_per_sample(monkeypatch):
         np.testing.assert_allclose(batched.mins[n], single.mins[n], rtol=1e-5)
         np.testing.assert_allclose(batched.maxs[n], single.maxs[n], rtol=1e-5)
     for n in single.means_in:
-        np.testing.assert_allclose(batched.means_out[n], single.means_out[n], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(batched.means_in[n], single.means_in[n], rtol=1e-4, atol=1e-6)
 
 
 def test_save_load_roundtrip_without_pickle(tmp_path):
@@ -82,3 +83,59 @@ def test_save_load_roundtrip_without_pickle(tmp_path):
     a = ptqflow.apply_quantization(B.conv_classifier(), stats, cfg)
     b = ptqflow.apply_quantization(B.conv_classifier(), loaded, cfg)
     assert a.SerializeToString() == b.SerializeToString()
+
+
+def _with_runtime(runtime: str, **kw) -> QuantizationConfig:
+    return QuantizationConfig(advanced=AdvancedParameters(statistics_runtime=runtime), **kw)
+
+
+@pytest.mark.parametrize("dynamic_batch", [False, True])
+def test_openvino_statistics_runtime_equals_onnxruntime_sample_by_sample(dynamic_batch, caplog):
+    """Two OpenVINO streams finish in any order; the per-sample minima/maxima still come back in sample order."""
+    model = B.conv_classifier(dynamic_batch=dynamic_batch)
+    samples = B.random_inputs(23, (3, 16, 16), seed=5)
+    for i, s in enumerate(samples):  # sample i has its own range, so an order mix-up cannot go unseen
+        s["input"] = s["input"] * np.float32(1 + i)
+    with caplog.at_level("INFO", logger="ptqflow.statistics.runner"):
+        on_ov = ptqflow.collect_statistics(model, samples, _with_runtime("openvino"))
+    assert "statistics pass on OpenVINO CPU" in caplog.text
+    on_ort = ptqflow.collect_statistics(model, samples, _with_runtime("onnxruntime"))
+    assert on_ov.num_samples == on_ort.num_samples == 23
+    for kind in ("mins", "maxs", "means_in"):
+        theirs = getattr(on_ort, kind)
+        assert getattr(on_ov, kind).keys() == theirs.keys()
+        for name, value in theirs.items():
+            np.testing.assert_allclose(getattr(on_ov, kind)[name], value, rtol=1e-4, atol=1e-5, err_msg=f"{kind} {name}")
+    if not dynamic_batch:  # batch-1 runs: one minimum per sample, in sample order
+        first = sorted(on_ov.mins)[0]
+        assert len(on_ov.mins[first]) == 23
+
+
+def test_auto_statistics_runtime_falls_back_to_onnxruntime_and_says_why(monkeypatch, caplog):
+    from ptqflow.statistics import runner
+
+    def broken(*a, **k):
+        raise RuntimeError("no plugin for this op")
+
+    monkeypatch.setattr(runner, "OpenVINORunner", broken)
+    model, samples = B.conv_classifier(), B.random_inputs(4, (3, 16, 16), seed=1)
+    with caplog.at_level("INFO", logger="ptqflow.statistics.runner"):
+        stats = ptqflow.collect_statistics(model, samples, _with_runtime("auto"))
+    assert stats.num_samples == 4
+    assert "statistics pass on onnxruntime (OpenVINO not usable: no plugin for this op)" in caplog.text
+    from ptqflow.errors import DeviceUnavailableError
+
+    with pytest.raises(DeviceUnavailableError, match="statistics_runtime 'openvino' is not usable: RuntimeError"):
+        ptqflow.collect_statistics(model, samples, _with_runtime("openvino"))
+
+
+def test_openvino_statistics_runtime_is_cpu_only_and_a_bad_name_is_refused():
+    from pydantic import ValidationError
+
+    from ptqflow.errors import DeviceUnavailableError
+
+    with pytest.raises(DeviceUnavailableError, match="runs on CPU only; device is 'cuda'"):
+        ptqflow.collect_statistics(B.conv_classifier(), B.random_inputs(2, (3, 16, 16)), _with_runtime("openvino"),
+                                   device="cuda")
+    with pytest.raises(ValidationError, match="statistics_runtime"):
+        AdvancedParameters(statistics_runtime="tensorrt")

@@ -24,6 +24,7 @@ from ptqflow.config import (AdvancedParameters, IgnoredScope, ModelType, Quantiz
 from ptqflow.errors import InputError
 from ptqflow.graph.prepare import MAX_IR_VERSION, is_large, prepare_model
 from ptqflow.runtime import make_session
+from ptqflow.statistics.runner import make_runner
 from ptqflow.statistics import Statistics
 from ptqflow.statistics.collector import augment, check_sample, input_specs
 
@@ -115,23 +116,23 @@ def collect_statistics(model, dataset, config: QuantizationConfig | None = None,
     plan["bias_layers"] = [layer.name for layer in layers]
     tensors = sorted({p["tensor"] for p in plan["activations"]})
     means = {}
-    for layer in layers:
+    for layer in layers:  # output means are not observed: FastBiasCorrection's reference is the FP32 layer
         means["in\0" + layer.name] = (layer.input, layer.input_channel_axis)
-        means["out\0" + layer.name] = (layer.output, layer.channel_axis)
     batchable = _batchable(prepared, tensors)
     spread = ({t: (t, 1) for t in _depthwise_inputs(prepared, plan["activations"])}
               if config.advanced.auto_safeguards else {})
     aug, out_map = augment(prepared, tensors, means, per_sample=batchable, channel_absmax=spread)
-    session = _session(aug, device)
+    runtime = config.advanced.statistics_runtime if not is_large(aug) else "onnxruntime"
+    runner = make_runner(aug, list(out_map), device, runtime, _session)
     acc = _Accumulator(out_map)
     n = 0
     kept_probe = _kept if _kept is not None else []
     search = config.advanced.auto_safeguards and config.advanced.sensitivity_search
     keep_samples = max(keep_samples, SENSITIVITY_SAMPLES if search else 0)
-    for batch in _batches(_samples(dataset, prepared, config.subset_size), batchable, keep_samples, kept_probe):
-        outs = session.run(list(out_map), batch["arrays"])
-        acc.add(dict(zip(out_map, outs)), batch["count"])
-        n += batch["count"]
+    batches = _batches(_samples(dataset, prepared, config.subset_size), batchable, keep_samples, kept_probe)
+    for outs, count in runner.map(batches):
+        acc.add(outs, count)
+        n += count
     if n == 0:
         raise InputError("calibration dataset is empty: at least one sample is needed")
     stats = acc.result(plan, n)

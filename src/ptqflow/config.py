@@ -132,6 +132,12 @@ class AdvancedParameters(_Strict):
         description="Measure each activation quantizer's own output error on a few samples and keep the worst "
         "in float (slower; part of the automatic safeguards when enabled).",
     )
+    statistics_runtime: Literal["auto", "onnxruntime", "openvino"] = Field(
+        "auto",
+        description="Runtime of the statistics pass on CPU: 'auto' takes OpenVINO's CPU plugin (f32, two parallel "
+        "streams) when installed and able to compile the model, else onnxruntime; other devices always use "
+        "onnxruntime's provider.",
+    )
     smooth_quant_alpha: float | None = Field(
         None, ge=0, le=1, description="SmoothQuant migration strength for transformers (None: off)."
     )
