@@ -116,7 +116,8 @@ def collect_statistics(model, dataset, config: QuantizationConfig | None = None,
     plan["bias_layers"] = [layer.name for layer in layers]
     tensors = sorted({p["tensor"] for p in plan["activations"]})
     means = {}
-    for layer in layers:  # output means are not observed: FastBiasCorrection's reference is the FP32 layer
+    fast = config.fast_bias_correction and not config.advanced.disable_bias_correction
+    for layer in layers if fast else []:  # FastBiasCorrection's input means; its reference is the FP32 layer
         means["in\0" + layer.name] = (layer.input, layer.input_channel_axis)
     batchable = _batchable(prepared, tensors)
     spread = ({t: (t, 1) for t in _depthwise_inputs(prepared, plan["activations"])}
@@ -411,7 +412,9 @@ def _bias_correction(prepared, q, statistics, config, dataset, device, samples_l
         list(_samples(dataset, prepared, n)) if dataset is not None else [])
     if not samples:
         raise InputError("full bias correction (fast_bias_correction=False) needs the calibration dataset")
-    return bias_correction.apply_bias_correction(prepared, q, layers, samples, threshold=threshold, device=device)
+    return bias_correction.apply_bias_correction(prepared, q, layers, samples, threshold=threshold, device=device,
+                                                 runtime=config.advanced.statistics_runtime if not is_large(prepared)
+                                                 else "onnxruntime")
 
 
 def _summary(prepared: onnx.ModelProto, plan: dict, records: list[dict], bc: list[dict]) -> list[dict]:

@@ -26,10 +26,11 @@ def available_providers() -> list[str]:
     return list(ort.get_available_providers())
 
 
-def make_session(model, device: str = "cpu"):
+def make_session(model, device: str = "cpu", intra_op_threads: int | None = None):
     """A session for ``model`` (ModelProto, path or serialized bytes) on ``device`` ("cpu", "cuda" or "npu").
 
-    Intra-op threads use every core. Asking for a device whose provider is missing raises
+    Intra-op threads use every core unless ``intra_op_threads`` says otherwise (callers that run one session
+    from several threads at once, one sample each, ask for 1). Asking for a device whose provider is missing raises
     DeviceUnavailableError naming the providers that are available, instead of falling back to CPU.
     """
     device = str(getattr(device, "value", device)).lower()
@@ -46,7 +47,7 @@ def make_session(model, device: str = "cpu"):
             f"available providers: {', '.join(available)}"
         )
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = os.cpu_count() or 1
+    opts.intra_op_num_threads = intra_op_threads or os.cpu_count() or 1
     opts.log_severity_level = 3
     providers = [provider] if device == "cpu" else [provider, "CPUExecutionProvider"]
     if isinstance(model, onnx.ModelProto):

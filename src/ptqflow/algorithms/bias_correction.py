@@ -13,6 +13,9 @@
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import onnx
 from onnx import helper
@@ -27,6 +30,8 @@ from ptqflow.algorithms.bias_layers import (
     write_bias,
 )
 from ptqflow.runtime import make_session
+from ptqflow.statistics.collector import augment
+from ptqflow.statistics.runner import make_runner
 
 
 def _subgraph_reads(node: onnx.NodeProto) -> set[str]:
@@ -47,27 +52,42 @@ def _reads(node: onnx.NodeProto) -> set[str]:
     return {i for i in node.input if i} | _subgraph_reads(node)
 
 
-def _fp32_output_means(fp32_model, layers, samples, device) -> dict[str, np.ndarray]:
-    """Per-layer FP32 per-channel output means over ``samples`` (one run per sample, all layers at once)."""
-    model = onnx.ModelProto()
-    model.CopyFrom(fp32_model)
+def _fp32_output_means(fp32_model, layers, samples, device, runtime="onnxruntime") -> dict[str, np.ndarray]:
+    """Per-layer FP32 per-channel output means over ``samples``, all layers in one run per sample.
+
+    ReduceMean nodes on the layer outputs, run on the statistics runner, so only the means leave the runtime;
+    an output whose rank shape inference does not know leaves whole and is averaged here.
+    """
+    try:
+        model = onnx.shape_inference.infer_shapes(fp32_model)
+    except Exception:  # ranks only help: without them the outputs leave whole
+        model = fp32_model
     produced = {o for n in model.graph.node for o in n.output}
     layers = [layer for layer in layers if layer.output in produced]  # others get no mean and are skipped
-    present = {o.name for o in model.graph.output}
+    ranked = {vi.name for vi in model.graph.value_info if vi.type.tensor_type.HasField("shape")}
+    means = {layer.name: (layer.output, layer.channel_axis) for layer in layers if layer.output in ranked}
+    aug, out_map = augment(model, [], means, per_sample=False)
+    out_map = {o: ("mean", key) for o, (_, key) in out_map.items()}
+    present = {o.name for o in aug.graph.output}
     for layer in layers:
-        if layer.output not in present:
-            model.graph.output.append(helper.make_empty_tensor_value_info(layer.output))
-            present.add(layer.output)
-    model.ir_version = min(model.ir_version or 10, 10)
-    session = make_session(model, device)
-    names = [layer.output for layer in layers]
+        if layer.name not in means or not any(key == layer.name for _, key in out_map.values()):
+            if layer.output not in present:
+                aug.graph.output.append(helper.make_empty_tensor_value_info(layer.output))
+                present.add(layer.output)
+            out_map[layer.output] = ("raw", layer.name)
+    aug.ir_version = min(aug.ir_version or 10, 10)
+    axes = {layer.name: layer.channel_axis for layer in layers}
+    runner = make_runner(aug, list(out_map), device, runtime, make_session)
     sums: dict[str, np.ndarray] = {}
-    for sample in samples:
-        values = session.run(names, sample)
-        for layer, value in zip(layers, values):
-            mean = channel_mean(value, layer.channel_axis)
-            sums[layer.name] = sums.get(layer.name, 0) + mean
-    return {k: v / len(samples) for k, v in sums.items()}
+    n = 0
+    for outs, count in runner.map({"arrays": s, "count": 1} for s in samples):
+        for out, value in outs.items():
+            kind, key = out_map[out]
+            mean = (np.asarray(value, np.float64).reshape(-1) if kind == "mean"
+                    else channel_mean(value, axes[key]))
+            sums[key] = sums.get(key, 0) + mean * count
+        n += count
+    return {k: v / max(n, 1) for k, v in sums.items()}
 
 
 class _Segmenter:
@@ -140,17 +160,19 @@ def apply_bias_correction(
     samples: list[dict[str, np.ndarray]],
     threshold: float = 2.0,
     device: str = "cpu",
+    runtime: str = "onnxruntime",
 ) -> list[dict]:
     """Correct the biases of ``layers`` in ``q_model`` (in place) on ``samples``. Returns one summary per layer.
 
     Each record is FastBiasCorrection's (layer, op_type, applied, reason, shift_norm, max_abs_shift, bias_norm)
-    plus ``samples``, the number of samples the means came from.
+    plus ``samples``, the number of samples the means came from. ``runtime`` is the statistics runtime of the
+    FP32 reference pass (see ptqflow.statistics.runner); the quantized segments run on onnxruntime.
     """
     samples = list(samples)
     if not samples:
         return [{**summary(layer, False, "no samples", None, read_bias(q_model, layer)), "samples": 0}
                 for layer in layers]
-    fp32_means = _fp32_output_means(fp32_model, layers, samples, device)
+    fp32_means = _fp32_output_means(fp32_model, layers, samples, device, runtime)
     seg = _Segmenter(q_model)
     cache: dict[str, list[np.ndarray]] = {
         name: [np.asarray(s[name]) for s in samples] for name in seg.graph_inputs if name in samples[0]
@@ -165,6 +187,18 @@ def apply_bias_correction(
     return records
 
 
+def _run_samples(model, device, outputs, feeds: list[dict]) -> list[list[np.ndarray]]:
+    """Each feed through ``model``, in order. On CPU one session serves every core at once, one sample per
+    thread: a segment is a handful of ops, too small for one run to keep several cores busy."""
+    workers = min(os.cpu_count() or 1, len(feeds)) if str(device).lower() == "cpu" else 1
+    if workers <= 1:
+        session = make_session(model, device)
+        return [session.run(outputs, feed) for feed in feeds]
+    session = make_session(model, device, intra_op_threads=1)
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(lambda feed: session.run(outputs, feed), feeds))
+
+
 def _correct_layer(layer, bias, seg, cache, samples, fp32_mean, threshold, device) -> dict:
     """Run the segment ending at ``layer``, correct its bias and the cached output. Returns the summary."""
     if bias is None or layer.output not in seg.idx.producer:
@@ -176,12 +210,8 @@ def _correct_layer(layer, bias, seg, cache, samples, fp32_mean, threshold, devic
         if missing:
             return summary(layer, False, f"segment inputs not available: {missing[:3]}", None, bias)
         _set_input_types(model, inputs, cache)
-        session = make_session(model, device)
-        results: dict[str, list[np.ndarray]] = {name: [] for name in outputs}
-        for k in range(len(samples)):
-            values = session.run(outputs, {n: cache[n][k] for n in inputs})
-            for name, value in zip(outputs, values):
-                results[name].append(value)
+        runs = _run_samples(model, device, outputs, [{n: cache[n][k] for n in inputs} for k in range(len(samples))])
+        results = {name: [values[j] for values in runs] for j, name in enumerate(outputs)}
         seg.done.update(id(n) for n in nodes)
         cache.update(results)
     if fp32_mean is None or not np.all(np.isfinite(fp32_mean)):
@@ -197,5 +227,9 @@ def _correct_layer(layer, bias, seg, cache, samples, fp32_mean, threshold, devic
         for k, value in enumerate(cache[layer.output]):
             shape = [1] * value.ndim
             shape[axis % value.ndim] = shift.size
-            cache[layer.output][k] = (value + shift.reshape(shape)).astype(value.dtype)
+            step = shift.reshape(shape).astype(value.dtype)
+            if value.flags.writeable:
+                value += step  # the segment's own output array: shifted in place
+            else:
+                cache[layer.output][k] = value + step
     return summary(layer, ok, reason, shift, bias)

@@ -358,5 +358,7 @@ def write_bias(model: onnx.ModelProto, layer: BiasLayer, new_bias: np.ndarray) -
 
 def channel_mean(array: np.ndarray, axis: int) -> np.ndarray:
     """Per-channel mean over every axis but ``axis`` (float64 [C])."""
-    moved = np.moveaxis(np.asarray(array, dtype=np.float64), axis, -1)
-    return moved.reshape(-1, moved.shape[-1]).mean(axis=0)
+    array = np.asarray(array)
+    axis = axis % array.ndim
+    others = tuple(a for a in range(array.ndim) if a != axis)
+    return array.mean(axis=others, dtype=np.float64)  # float64 accumulation without a float64 copy

@@ -9,8 +9,8 @@ graph as two inference streams that share the weights, each sample on one stream
 
 ``statistics_runtime`` chooses: ``onnxruntime`` always runs the session of ``device``; ``openvino`` runs OpenVINO
 CPU and fails when it cannot; ``auto`` (default) takes OpenVINO for ``device="cpu"`` when it is installed and
-compiles the statistics model, else onnxruntime, and logs which. Results are handed back in batch order
-whatever the stream that finished first, so statistics do not depend on timing.
+compiles the statistics model, else onnxruntime, and logs which. Results are handed back in batch order,
+so statistics do not depend on which stream finished first.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-import threading
+from collections import deque
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -82,52 +82,32 @@ class OpenVINORunner:
         self.requests = max(1, min(_OV_STREAMS, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))))
 
     def map(self, batches: Iterable[dict]) -> Iterator[tuple[dict[str, np.ndarray], int]]:
-        import openvino as ov
-
-        queue = ov.AsyncInferQueue(self.compiled, self.requests)
-        done: dict[int, tuple] = {}
-        errors: list[BaseException] = []
-        lock = threading.Lock()
-
-        def finished(request, userdata):
-            index, count = userdata
-            try:
-                values = {o: np.array(request.get_output_tensor(p).data, copy=True)
-                          for o, p in zip(self.outputs, self.ports)}
-            except BaseException as err:  # surfaced in the caller's thread
-                with lock:
-                    errors.append(err)
-                return
-            with lock:
-                done[index] = (values, count)
-
-        queue.set_callback(finished)
-        next_out = 0
-
-        def drain():
-            nonlocal next_out
-            while True:
-                with lock:
-                    if errors:
-                        raise errors[0]
-                    item = done.pop(next_out, None)
-                if item is None:
-                    return
-                next_out += 1
-                yield item
-
-        submitted = 0
+        # Plain infer requests used round-robin, no completion callbacks: the oldest request is waited for
+        # before its slot takes the next batch, so results come back in batch order, and no OpenVINO thread
+        # ever calls into Python (a Python callback on AsyncInferQueue aborted the process when onnxruntime
+        # created a session right after the pass).
+        free = deque(self.compiled.create_infer_request() for _ in range(self.requests))
+        pending: deque = deque()
         try:
             for batch in batches:
-                queue.start_async(batch["arrays"], (submitted, batch["count"]))  # blocks while all requests run
-                submitted += 1
-                yield from drain()
-            queue.wait_all()
-            yield from drain()
+                if not free:
+                    request, count = pending.popleft()
+                    request.wait()
+                    yield self._values(request), count
+                    free.append(request)
+                request = free.popleft()
+                request.start_async(batch["arrays"])  # inputs copied into the request's own tensors
+                pending.append((request, batch["count"]))
+            while pending:
+                request, count = pending.popleft()
+                request.wait()
+                yield self._values(request), count
         finally:
-            queue.wait_all()
-        if next_out != submitted:
-            raise RuntimeError(f"OpenVINO returned {next_out} of {submitted} statistics batches")
+            for request, _ in pending:
+                request.wait()
+
+    def _values(self, request) -> dict[str, np.ndarray]:
+        return {o: np.array(request.get_output_tensor(p).data, copy=True) for o, p in zip(self.outputs, self.ports)}
 
 
 def make_runner(model: onnx.ModelProto, outputs: list[str], device: str, runtime: str, session_factory):
