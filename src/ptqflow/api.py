@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import onnx
 
-from ptqflow.algorithms import placement
+from ptqflow.algorithms import bc_guard, placement
 from ptqflow.algorithms.minmax import insert_qdq
 from ptqflow.config import (AdvancedParameters, IgnoredScope, ModelType, QuantizationConfig, QuantizationPreset,
                             RangeEstimator, TargetDevice)
@@ -395,6 +395,39 @@ def _check_plan_matches(prepared: onnx.ModelProto, plan: dict) -> None:
 
 
 def _bias_correction(prepared, q, statistics, config, dataset, device, samples_list) -> list[dict]:
+    """Run the configured bias correction on ``q`` in place, then the guard (ptqflow.algorithms.bc_guard): when
+    the corrected model's output error against FP32 on a few calibration samples is higher than without the
+    correction, ``q`` goes back to its uncorrected biases and every record says why. Returns the records."""
+    n_guard = config.advanced.bias_correction_guard_samples
+    uncorrected = None
+    if n_guard and not config.advanced.disable_bias_correction and not is_large(q):
+        uncorrected = onnx.ModelProto()
+        uncorrected.CopyFrom(q)
+    records = _correct_biases(prepared, q, statistics, config, dataset, device, samples_list)
+    if uncorrected is None or not any(r.get("applied") for r in records):
+        return records
+    if not bc_guard.decision_outputs(prepared):  # squared error alone is continuous: fewer samples settle it
+        n_guard = max(1, n_guard // 4)
+    samples = list(samples_list[:n_guard]) if samples_list else (
+        list(_samples(dataset, prepared, n_guard)) if dataset is not None else [])
+    if not samples:
+        log.info("bias correction guard skipped: no calibration samples at hand")
+        return records
+    keep, before, after = bc_guard.judge(prepared, uncorrected, q, samples, device)
+    verdict = "kept" if keep else "reverted"
+    log.info("bias correction %s: model output error on %d calibration samples %.4g without, %.4g with it",
+             verdict, len(samples), before, after)
+    if not keep:
+        q.CopyFrom(uncorrected)
+        for r in records:
+            if r.get("applied"):
+                r["applied"] = False
+                r["reason"] = (f"reverted: bias correction raised the model's output error on {len(samples)} "
+                               f"calibration samples ({before:.4g} -> {after:.4g})")
+    return records
+
+
+def _correct_biases(prepared, q, statistics, config, dataset, device, samples_list) -> list[dict]:
     """Run the configured bias correction on ``q`` in place; returns its per-layer records."""
     if config.advanced.disable_bias_correction or fast_bias_correction is None:
         return []
@@ -474,6 +507,8 @@ def quantize_with_config(model, dataset, config: QuantizationConfig, *, device: 
     """Both halves in one process (the dataset is read once). Returns model and summary."""
     keep = 0 if config.fast_bias_correction else (
         config.advanced.bias_correction_subset_size or max(1, int(0.2 * config.subset_size)))
+    if not config.advanced.disable_bias_correction:
+        keep = max(keep, config.advanced.bias_correction_guard_samples)
     kept: list = []
     stats = collect_statistics(model, dataset, config, device=device, keep_samples=keep, _kept=kept)
     return quantize_with_summary(model, stats, config, device=device, _samples_list=kept,

@@ -122,6 +122,13 @@ class AdvancedParameters(_Strict):
     bias_correction_threshold: float = Field(
         2.0, gt=0, description="Skip a layer whose max |shift| / max |bias| exceeds this (implausible)."
     )
+    bias_correction_guard_samples: int = Field(
+        32, ge=0,
+        description="Calibration samples on which the model's output error against FP32 is compared with and "
+        "without bias correction; the correction is reverted (and the summary says so) when it makes the outputs "
+        "worse. Models without a Softmax/LogSoftmax output (judged by squared error alone) use a quarter of "
+        "them. 0 turns the guard off.",
+    )
     auto_safeguards: bool = Field(
         True,
         description="Keep layers in float automatically where quantization is known to destroy accuracy "

@@ -1,0 +1,96 @@
+"""The bias correction guard: output error with and without correction, class-balanced decisions, revert."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from builders import conv_classifier, mask_and_class_heads, random_inputs
+from ptqflow.algorithms import bc_guard
+from ptqflow.algorithms.bias_layers import find_bias_layers, read_bias, write_bias
+from ptqflow.api import collect_statistics, quantize_with_summary
+from ptqflow.config import AdvancedParameters, QuantizationConfig
+
+
+def _shifted(model: onnx.ModelProto, layer_name: str, delta: float) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    layer = next(layer for layer in find_bias_layers(out) if layer.name == layer_name)
+    write_bias(out, layer, read_bias(out, layer) + delta)
+    return out
+
+
+def test_decision_outputs_are_softmax_heads_through_shape_ops():
+    model = mask_and_class_heads()
+    assert bc_guard.decision_outputs(model) == {"probs"}
+    model.graph.node.append(helper.make_node("Identity", ["probs"], ["probs_id"], name="id"))
+    model.graph.output.append(helper.make_tensor_value_info("probs_id", onnx.TensorProto.FLOAT, None))
+    assert bc_guard.decision_outputs(model) == {"probs", "probs_id"}
+
+
+def test_class_balanced_disagreement_counts_flips_of_a_rare_class():
+    """90 frames of class 0 and 10 of class 1; flipping the 10 rare frames is worse than flipping 10 common ones."""
+    ref = np.zeros((100, 2), np.float32)
+    ref[:90, 0], ref[90:, 1] = 1.0, 1.0
+    rare_flipped, common_flipped = ref.copy(), ref.copy()
+    rare_flipped[90:] = ref[90:, ::-1]
+    common_flipped[:10] = ref[:10, ::-1]
+    rare = bc_guard.output_error([[rare_flipped]], [[ref]], ["probs"], {"probs"})
+    common = bc_guard.output_error([[common_flipped]], [[ref]], ["probs"], {"probs"})
+    assert rare > 0.99 * 0.5 and common < 0.12, (rare, common)
+    # the same arrays judged as a plain float output: only the squared error, the same for both
+    assert bc_guard.output_error([[rare_flipped]], [[ref]], ["probs"], set()) == bc_guard.output_error(
+        [[common_flipped]], [[ref]], ["probs"], set())
+
+
+def test_judge_keeps_a_correction_towards_fp32_and_rejects_one_away_from_it():
+    fp32 = conv_classifier(seed=2)
+    off = _shifted(fp32, "conv2", 0.3)
+    samples = random_inputs(6, (3, 16, 16), seed=4)
+    keep, before, after = bc_guard.judge(fp32, off, fp32, samples)
+    assert keep and after < before
+    keep, before, after = bc_guard.judge(fp32, fp32, off, samples)
+    assert not keep and after > before
+
+
+def test_quantize_reverts_a_correction_that_raises_the_output_error(monkeypatch):
+    """The guard's verdict decides: reverted means the uncorrected biases and a reason on every layer."""
+    model, data = conv_classifier(seed=1), random_inputs(24, (3, 16, 16), seed=5)
+    for s in data:
+        s["input"] += np.float32(0.7)
+    stats = collect_statistics(model, data, QuantizationConfig(subset_size=24))
+    plain = quantize_with_summary(model, stats, QuantizationConfig(
+        subset_size=24, advanced=AdvancedParameters(disable_bias_correction=True)))
+    seen = {}
+
+    def verdict(fp32, uncorrected, corrected, samples, device="cpu"):
+        seen["samples"] = len(samples)
+        return False, 1.0, 2.0
+
+    monkeypatch.setattr(bc_guard, "judge", verdict)
+    result = quantize_with_summary(model, stats, QuantizationConfig(subset_size=24), dataset=data)
+    assert seen["samples"] == 8  # no Softmax output: a quarter of the default 32 (squared error alone)
+    rows = [r for r in result.layers if r.get("bias_correction")]
+    assert rows and all(not r["bias_correction"]["applied"] for r in rows)
+    assert all("reverted: bias correction raised the model's output error on 8 calibration samples (1 -> 2)"
+               in r["bias_correction"]["reason"] for r in rows)
+    for layer in find_bias_layers(stats._prepared):
+        np.testing.assert_array_equal(read_bias(result.model, layer), read_bias(plain.model, layer))
+
+
+def test_quantize_keeps_a_correction_the_guard_accepts_and_guard_can_be_turned_off(monkeypatch):
+    model, data = conv_classifier(seed=1), random_inputs(24, (3, 16, 16), seed=5)
+    for s in data:
+        s["input"] += np.float32(0.7)
+    stats = collect_statistics(model, data, QuantizationConfig(subset_size=24))
+    monkeypatch.setattr(bc_guard, "judge", lambda *a, **k: (True, 2.0, 1.0))
+    kept = quantize_with_summary(model, stats, QuantizationConfig(subset_size=24), dataset=data)
+    calls = []
+    monkeypatch.setattr(bc_guard, "judge", lambda *a, **k: calls.append(1) or (False, 1.0, 2.0))
+    unguarded = quantize_with_summary(model, stats, QuantizationConfig(
+        subset_size=24, advanced=AdvancedParameters(bias_correction_guard_samples=0)), dataset=data)
+    assert not calls
+    for result in (kept, unguarded):
+        applied = [r["bias_correction"]["applied"] for r in result.layers if r.get("bias_correction")]
+        assert applied and any(applied)
