@@ -1,9 +1,9 @@
 """FastBiasCorrection: correct each quantized layer's bias from the statistics pass alone.
 
-For every correctable layer the statistics pass measured the FP32 per-channel means of its input.
-After quantization the layer is cut out of the quantized model alone (with its weight DequantizeLinear), fed a
-synthetic tensor whose channel c is constant at the FP32 input mean, and its per-channel output mean is compared
-with the FP32 output mean; the difference moves the bias. Cost: one tiny inference per layer, no data pass.
+For every correctable layer the statistics pass measured the FP32 per-channel means of its input. After
+quantization the layer is cut out of the quantized model alone (with its weight DequantizeLinear), fed a synthetic
+tensor whose channel c is constant at the FP32 input mean, and its per-channel output mean is compared with a
+reference; the difference moves the bias. Cost: one tiny inference per layer, no data pass.
 
 Given the FP32 model, the FP32 layer is run on the same synthetic tensor and that run is the reference instead of
 the measured output mean. A constant input is not real data: near borders (padding) and where means vary over

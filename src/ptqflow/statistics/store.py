@@ -19,7 +19,9 @@ class Statistics:
     """What collect-stats observed and decided.
 
     ``mins`` / ``maxs``: per observed tensor, the per-sample minimum / maximum (one value per sample).
-    ``means_in`` / ``means_out``: per bias layer name, FP32 per-channel means of its input / biased output.
+    ``means_in``: per bias layer name, the FP32 per-channel mean of its input (observed when FastBiasCorrection
+    runs). ``means_out``: the same for the biased output; collect_statistics leaves it empty (FastBiasCorrection
+    runs the FP32 layer as its reference) and older saved statistics may carry it.
     ``plan``: the quantization plan (placement.build_plan), signedness filled from the observed ranges.
     """
 
