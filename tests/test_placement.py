@@ -108,9 +108,23 @@ def test_attention_block_transformer_keeps_softmax_layernorm_float():
 
 
 def test_transformer_detected_automatically_by_safeguard():
-    _, plan = _plan(B.tiny_encoder())
+    prepared, plan = _plan(B.tiny_encoder())
     assert plan["transformer"] is True
-    assert any("auto_safeguard" in w for w in plan["warnings"])
+    assert any("auto_safeguard" in w and "asymmetric (MIXED)" in w for w in plan["warnings"])
+    # as a declared transformer would, from the first LayerNorm on: inputs of the weighted MatMuls asymmetric,
+    # activation x activation MatMul inputs (Q, K, V heads, attention probabilities) symmetric
+    sym = {p["tensor"]: p["symmetric"] for p in plan["activations"]}
+    assert not sym["x0"] and not sym["x1"] and not sym["gelu"], sym
+    assert sym["q_lin"] and sym["k_lin"] and sym["v_lin"] and sym["probs"], sym
+    assert sym["tok"], "the embedding sum before the first LayerNorm is outside the region: symmetric"
+
+
+def test_detected_transformer_keeps_a_preset_the_user_chose():
+    from ptqflow.config import QuantizationPreset
+
+    _, plan = _plan(B.tiny_encoder(), preset=QuantizationPreset.PERFORMANCE)
+    assert plan["transformer"] is True and all(p["symmetric"] for p in plan["activations"])
+    assert not any("asymmetric" in w for w in plan["warnings"])
 
 
 def test_nothing_downstream_of_nms_or_topk():
