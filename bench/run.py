@@ -27,7 +27,11 @@ sys.path.insert(0, str(HERE))
 import speed  # noqa: E402
 import tasks  # noqa: E402
 
-METHODS = ["ptqflow_default", "ptqflow_bc", "ptqflow_nobc", "nncf_default", "nncf_bc", "nncf_nobc", "ort_minmax"]
+METHODS = ["ptqflow_default", "ptqflow_bc", "ptqflow_nobc", "ptqflow_untold", "nncf_default", "nncf_bc", "nncf_nobc",
+           "ort_minmax"]
+# ptqflow with default settings and no model_type even where the task is a transformer (the other methods are told
+# ModelType.TRANSFORMER on the encoder): what a user who does not say gets. Run on transformer tasks only.
+TRANSFORMER_ONLY = {"ptqflow_untold"}
 PRIMARY = {"cls": "accuracy", "rec": "exact_match", "det": "box_f1", "encoder": "spearman"}
 
 
@@ -102,7 +106,7 @@ def speed_note(error: str) -> str | None:
 
 def quantize(method: str, task, calib: Path, out: Path) -> dict:
     cmd = [sys.executable, str(HERE / "worker.py"), method, str(task.model_path), str(calib), str(out)]
-    if task.kind == "encoder":
+    if task.kind == "encoder" and method not in TRANSFORMER_ONLY:
         cmd.append("transformer")
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -132,6 +136,8 @@ def bench_model(name: str, args, work: Path) -> dict:
               "fp32": task_metrics(task, refs, labels, refs), "methods": {}}
     print(f"[{name}] fp32 {result['fp32']}", flush=True)
     for method in args.methods:
+        if method in TRANSFORMER_ONLY and task.kind != "encoder":
+            continue
         out = mwork / f"{method}.onnx"
         res = quantize(method, task, calib, out)
         if res.get("ok"):

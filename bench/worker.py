@@ -30,7 +30,7 @@ def run_ptqflow(model, samples, variant: str, transformer: bool):
     import ptqflow
 
     kw = {"subset_size": len(samples)}
-    if transformer:
+    if transformer and variant != "untold":  # untold: default settings, no model_type (bench/run.py)
         kw["model_type"] = ptqflow.ModelType.TRANSFORMER
     if variant == "bc":
         kw["fast_bias_correction"] = False
