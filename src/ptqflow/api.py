@@ -10,14 +10,14 @@ from __future__ import annotations
 import logging
 import tempfile
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import onnx
 
-from ptqflow.algorithms import bc_guard, placement
+from ptqflow.algorithms import bc_guard, placement, smooth_quant
 from ptqflow.algorithms.minmax import insert_qdq
 from ptqflow.config import (AdvancedParameters, IgnoredScope, ModelType, QuantizationConfig, QuantizationPreset,
                             RangeEstimator, TargetDevice)
@@ -111,7 +111,20 @@ def collect_statistics(model, dataset, config: QuantizationConfig | None = None,
     """
     config = config or QuantizationConfig()
     prepared, warnings = prepare_model(model)
+    stream = _samples(dataset, prepared, config.subset_size)
+    smoothing = {}
+    alpha = config.advanced.smooth_quant_alpha
+    region = placement.transformer_nodes(prepared, config) if alpha is not None else set()
+    if region:
+        region -= placement.ignored_nodes(prepared, config.ignored_scope)
+        head = list(islice(stream, smooth_quant.SAMPLES))  # replayed below: the dataset may be a one-shot iterator
+        runtime = config.advanced.statistics_runtime if not is_large(prepared) else "onnxruntime"
+        smoothing = smooth_quant.smooth(prepared, region, head, alpha,
+                                        lambda m, outs: make_runner(m, outs, device, runtime, _session))
+        stream = chain(head, stream)
     plan = placement.build_plan(prepared, config, warnings)
+    if smoothing:
+        plan["smooth_quant"] = {"alpha": alpha, "tensors": smoothing}
     layers = find_bias_layers(prepared)
     plan["bias_layers"] = [layer.name for layer in layers]
     tensors = sorted({p["tensor"] for p in plan["activations"]})
@@ -130,7 +143,7 @@ def collect_statistics(model, dataset, config: QuantizationConfig | None = None,
     kept_probe = _kept if _kept is not None else []
     search = config.advanced.auto_safeguards and config.advanced.sensitivity_search
     keep_samples = max(keep_samples, SENSITIVITY_SAMPLES if search else 0)
-    batches = _batches(_samples(dataset, prepared, config.subset_size), batchable, keep_samples, kept_probe)
+    batches = _batches(stream, batchable, keep_samples, kept_probe)
     for outs, count in runner.map(batches):
         acc.add(outs, count)
         n += count
@@ -362,8 +375,13 @@ def quantize_with_summary(model, statistics: Statistics, config: QuantizationCon
     Returns the INT8 QDQ model (ir_version <= 10, checked) and the per-layer summary.
     """
     config = config or QuantizationConfig()
-    prepared = _prepared if _prepared is not None else prepare_model(model)[0]
     plan = statistics.plan
+    if _prepared is not None:
+        prepared = _prepared
+    else:
+        prepared = prepare_model(model)[0]
+        if plan.get("smooth_quant"):  # the factors collect-stats chose, re-applied exactly
+            smooth_quant.apply(prepared, plan["smooth_quant"]["tensors"])
     _check_plan_matches(prepared, plan)
     q = onnx.ModelProto()
     q.CopyFrom(prepared)

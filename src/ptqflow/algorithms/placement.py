@@ -167,6 +167,18 @@ def looks_like_transformer(model: onnx.ModelProto) -> bool:
     return "Softmax" in ops and "MatMul" in ops and bool(ops & {"LayerNormalization", "ReduceMean"})
 
 
+def transformer_nodes(model: onnx.ModelProto, config: QuantizationConfig) -> set[str]:
+    """Nodes that get transformer treatment: every node of a declared transformer; of a detected one (automatic
+    safeguards), the first normalization and everything downstream of it; none otherwise."""
+    if config.model_type == ModelType.TRANSFORMER:
+        return {n.name for n in model.graph.node}
+    if not (config.advanced.auto_safeguards and looks_like_transformer(model)):
+        return set()
+    g = _Graph(model)
+    norms = [n for n in g.nodes if n.op_type in ("LayerNormalization", "ReduceMean")]
+    return {n.name for n in norms} | _downstream(g, norms)
+
+
 def _downstream(g: _Graph, roots) -> set[str]:
     """Names of every node fed, directly or not, by the outputs of ``roots``."""
     seen: set[str] = set()

@@ -1,0 +1,97 @@
+"""SmoothQuant on transformer linear layers: FP32 function unchanged, factors in the plan, outliers tamed."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+import ptqflow
+from builders import tiny_encoder, token_inputs
+from ptqflow.algorithms import smooth_quant
+from ptqflow.algorithms.placement import transformer_nodes
+from ptqflow.config import AdvancedParameters, ModelType, QuantizationConfig
+from ptqflow.graph.prepare import prepare_model
+from ptqflow.runtime import make_session
+from ptqflow.statistics.runner import OnnxRuntimeRunner
+
+
+def _run(model, samples):
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    s = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return [s.run(None, x)[0] for x in samples]
+
+
+def _ort_runner(model, outputs):
+    return OnnxRuntimeRunner(make_session(model), outputs)
+
+
+def test_smoothing_keeps_the_fp32_function_and_records_its_factors():
+    prepared, _ = prepare_model(tiny_encoder(seed=1))
+    before = onnx.ModelProto()
+    before.CopyFrom(prepared)
+    samples = token_inputs(6, seed=2)
+    table = smooth_quant.smooth(prepared, transformer_nodes(prepared, QuantizationConfig(
+        model_type=ModelType.TRANSFORMER)), samples, 0.95, _ort_runner)
+    assert len(table) >= 3  # the LayerNorm output (Q/K/V), the attention context, the GELU output
+    for entry in table.values():
+        assert entry["nodes"] and all(v > 0 for v in entry["scales"])
+    muls = [n for n in prepared.graph.node if n.name.endswith("_ptqflow_smooth")]
+    assert len(muls) == len(table)
+    for a, b in zip(_run(before, samples), _run(prepared, samples)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def _outlier_mlp(seed: int = 0, k: int = 32, n: int = 16) -> onnx.ModelProto:
+    """x[N,S,k] -> LayerNorm -> MatMul(W) -> out, with an attention-shaped Softmax branch so it reads as a
+    transformer; the LayerNorm's scale makes channel 0 a 60x outlier."""
+    rng = np.random.default_rng(seed)
+    gamma = np.ones(k, np.float32)
+    gamma[0] = 60.0
+    inits = [numpy_helper.from_array(gamma, "gamma"), numpy_helper.from_array(np.zeros(k, np.float32), "beta"),
+             numpy_helper.from_array(rng.normal(0, 0.2, (k, n)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.normal(0, 0.2, (k, k)).astype(np.float32), "wa")]
+    nodes = [helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["ln"], name="ln", axis=-1),
+             helper.make_node("MatMul", ["ln", "w"], ["out"], name="fc"),
+             helper.make_node("MatMul", ["x", "wa"], ["a"], name="attn_in"),
+             helper.make_node("Softmax", ["a"], ["attn"], name="softmax", axis=-1)]
+    graph = helper.make_graph(nodes, "outlier_mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, k])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 4, n]),
+                               helper.make_tensor_value_info("attn", TensorProto.FLOAT, ["N", 4, k])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model
+
+
+def test_smoothing_cuts_the_error_of_an_outlier_channel_and_replays_in_another_process(tmp_path):
+    model = _outlier_mlp()
+    rng = np.random.default_rng(3)
+    calib = [{"x": rng.normal(0, 1, (1, 4, 32)).astype(np.float32)} for _ in range(24)]
+    held = [{"x": rng.normal(0, 1, (1, 4, 32)).astype(np.float32)} for _ in range(24)]
+    ref = _run(model, held)
+
+    def err(q):
+        return float(np.mean([np.mean((a - b) ** 2) for a, b in zip(_run(q, held), ref)]))
+
+    cfg = dict(subset_size=24, model_type=ModelType.TRANSFORMER)
+    plain = ptqflow.quantize(model, calib, advanced_parameters=AdvancedParameters(smooth_quant_alpha=None), **cfg)
+    smoothed = ptqflow.quantize(model, calib, **cfg)
+    assert err(smoothed) < 0.5 * err(plain), (err(smoothed), err(plain))
+    # the factors travel in the plan: a second process applies exactly what collect-stats chose
+    config = QuantizationConfig(subset_size=24, model_type=ModelType.TRANSFORMER)
+    stats = ptqflow.collect_statistics(model, calib, config)
+    assert stats.plan["smooth_quant"]["alpha"] == 0.95 and "ln" in stats.plan["smooth_quant"]["tensors"]
+    stats.save(tmp_path / "stats")
+    again = ptqflow.apply_quantization(model, ptqflow.Statistics.load(tmp_path / "stats"), config, dataset=calib)
+    assert again.SerializeToString() == smoothed.SerializeToString()
+
+
+def test_no_smoothing_without_a_transformer_or_with_alpha_none():
+    model, calib = _outlier_mlp(), [{"x": np.ones((1, 4, 32), np.float32)}] * 4
+    off = ptqflow.collect_statistics(model, calib, QuantizationConfig(
+        model_type=ModelType.TRANSFORMER, advanced=AdvancedParameters(smooth_quant_alpha=None)))
+    assert "smooth_quant" not in off.plan
+    cnn = ptqflow.collect_statistics(model, calib, QuantizationConfig(advanced=AdvancedParameters(auto_safeguards=False)))
+    assert "smooth_quant" not in cnn.plan
