@@ -146,7 +146,7 @@ class AdvancedParameters(_Strict):
         "onnxruntime's provider.",
     )
     smooth_quant_alpha: float | None = Field(
-        0.95, ge=0, le=1,
+        0.5, ge=0, le=1,
         description="SmoothQuant migration strength for the linear layers of transformers (declared, or detected "
         "by the automatic safeguards); None turns SmoothQuant off.",
     )
