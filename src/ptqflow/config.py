@@ -146,9 +146,10 @@ class AdvancedParameters(_Strict):
         "onnxruntime's provider.",
     )
     smooth_quant_alpha: float | None = Field(
-        0.5, ge=0, le=1,
+        None, ge=0, le=1,
         description="SmoothQuant migration strength for the linear layers of transformers (declared, or detected "
-        "by the automatic safeguards); None turns SmoothQuant off.",
+        "by the automatic safeguards), e.g. 0.5; None (default) leaves it off: the Mul it puts before each MatMul "
+        "costs OpenVINO speed (MiniLM INT8 speedup 2.0x -> 1.35x) for accuracy (Spearman 0.9949 -> 0.9996).",
     )
 
 
