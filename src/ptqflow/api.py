@@ -118,7 +118,7 @@ def collect_statistics(model, dataset, config: QuantizationConfig | None = None,
     if region:
         region -= placement.ignored_nodes(prepared, config.ignored_scope)
         head = list(islice(stream, smooth_quant.SAMPLES))  # replayed below: the dataset may be a one-shot iterator
-        runtime = config.advanced.statistics_runtime if not is_large(prepared) else "onnxruntime"
+        runtime = config.advanced.statistics_runtime
         smoothing = smooth_quant.smooth(prepared, region, head, alpha,
                                         lambda m, outs: make_runner(m, outs, device, runtime, _session))
         stream = chain(head, stream)
@@ -136,8 +136,7 @@ def collect_statistics(model, dataset, config: QuantizationConfig | None = None,
     spread = ({t: (t, 1) for t in _depthwise_inputs(prepared, plan["activations"])}
               if config.advanced.auto_safeguards else {})
     aug, out_map = augment(prepared, tensors, means, per_sample=batchable, channel_absmax=spread)
-    runtime = config.advanced.statistics_runtime if not is_large(aug) else "onnxruntime"
-    runner = make_runner(aug, list(out_map), device, runtime, _session)
+    runner = make_runner(aug, list(out_map), device, config.advanced.statistics_runtime, _session)
     acc = _Accumulator(out_map)
     n = 0
     kept_probe = _kept if _kept is not None else []
@@ -464,8 +463,7 @@ def _correct_biases(prepared, q, statistics, config, dataset, device, samples_li
     if not samples:
         raise InputError("full bias correction (fast_bias_correction=False) needs the calibration dataset")
     return bias_correction.apply_bias_correction(prepared, q, layers, samples, threshold=threshold, device=device,
-                                                 runtime=config.advanced.statistics_runtime if not is_large(prepared)
-                                                 else "onnxruntime")
+                                                 runtime=config.advanced.statistics_runtime)
 
 
 def _summary(prepared: onnx.ModelProto, plan: dict, records: list[dict], bc: list[dict]) -> list[dict]:

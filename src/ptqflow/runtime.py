@@ -8,6 +8,7 @@ ptqflow uses (``run(names, feeds)`` and ``get_outputs()``).
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,19 @@ def make_session(model, device: str = "cpu", intra_op_threads: int | None = None
     elif isinstance(model, (str, Path)):
         model = str(model)
     return ort.InferenceSession(model, sess_options=opts, providers=providers)
+
+
+def run_each(model, feeds: list[dict], device: str = "cpu", outputs: list[str] | None = None) -> list[list]:
+    """Each feed through ``model`` (``outputs``, all when None), in order. On CPU one session serves every core at
+    once, one feed per thread with one intra-op thread each: the small graphs ptqflow runs per sample (bias
+    correction segments, the guard's models on batch-1 samples) keep several cores busy that way."""
+    workers = min(os.cpu_count() or 1, len(feeds)) if str(getattr(device, "value", device)).lower() == "cpu" else 1
+    if workers <= 1:
+        session = make_session(model, device)
+        return [session.run(outputs, feed) for feed in feeds]
+    session = make_session(model, device, intra_op_threads=1)
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(lambda feed: session.run(outputs, feed), feeds))
 
 
 class _Output:

@@ -18,13 +18,10 @@ squared error as a tie-breaker. Ties keep the correction. On rec, BiasCorrection
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 import onnx
 
-from ptqflow.runtime import make_session
+from ptqflow.runtime import run_each
 
 _TIE_WEIGHT = 1e-3  # weight of a decision output's squared error next to its decision disagreement
 _PASS_THROUGH = {"Identity", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Cast"}
@@ -65,21 +62,12 @@ def output_error(outs: list[list[np.ndarray]], refs: list[list[np.ndarray]], nam
     return total
 
 
-def _run(model: onnx.ModelProto, samples: list[dict], device: str) -> list[list[np.ndarray]]:
-    workers = min(os.cpu_count() or 1, len(samples)) if str(device).lower() == "cpu" else 1
-    session = make_session(model, device, intra_op_threads=1 if workers > 1 else None)
-    if workers <= 1:
-        return [session.run(None, s) for s in samples]
-    with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(lambda s: session.run(None, s), samples))
-
-
 def judge(fp32: onnx.ModelProto, uncorrected: onnx.ModelProto, corrected: onnx.ModelProto,
           samples: list[dict], device: str = "cpu") -> tuple[bool, float, float]:
     """(keep the correction, output error without it, output error with it) on ``samples``."""
     names = [o.name for o in fp32.graph.output]
     decisions = decision_outputs(fp32)
-    refs = _run(fp32, samples, device)
-    before = output_error(_run(uncorrected, samples, device), refs, names, decisions)
-    after = output_error(_run(corrected, samples, device), refs, names, decisions)
+    refs = run_each(fp32, samples, device)
+    before = output_error(run_each(uncorrected, samples, device), refs, names, decisions)
+    after = output_error(run_each(corrected, samples, device), refs, names, decisions)
     return after <= before, before, after

@@ -13,9 +13,6 @@
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 import onnx
 from onnx import helper
@@ -29,7 +26,7 @@ from ptqflow.algorithms.bias_layers import (
     summary,
     write_bias,
 )
-from ptqflow.runtime import make_session
+from ptqflow.runtime import make_session, run_each
 from ptqflow.statistics.collector import augment
 from ptqflow.statistics.runner import make_runner
 
@@ -66,11 +63,11 @@ def _fp32_output_means(fp32_model, layers, samples, device, runtime="onnxruntime
     layers = [layer for layer in layers if layer.output in produced]  # others get no mean and are skipped
     ranked = {vi.name for vi in model.graph.value_info if vi.type.tensor_type.HasField("shape")}
     means = {layer.name: (layer.output, layer.channel_axis) for layer in layers if layer.output in ranked}
-    aug, out_map = augment(model, [], means, per_sample=False)
-    out_map = {o: ("mean", key) for o, (_, key) in out_map.items()}
+    aug, out_map = augment(model, [], means, per_sample=False)  # out_map: output -> ("mean", layer name)
+    observed = {key for _, key in out_map.values()}
     present = {o.name for o in aug.graph.output}
     for layer in layers:
-        if layer.name not in means or not any(key == layer.name for _, key in out_map.values()):
+        if layer.name not in observed:
             if layer.output not in present:
                 aug.graph.output.append(helper.make_empty_tensor_value_info(layer.output))
                 present.add(layer.output)
@@ -187,18 +184,6 @@ def apply_bias_correction(
     return records
 
 
-def _run_samples(model, device, outputs, feeds: list[dict]) -> list[list[np.ndarray]]:
-    """Each feed through ``model``, in order. On CPU one session serves every core at once, one sample per
-    thread: a segment is a handful of ops, too small for one run to keep several cores busy."""
-    workers = min(os.cpu_count() or 1, len(feeds)) if str(device).lower() == "cpu" else 1
-    if workers <= 1:
-        session = make_session(model, device)
-        return [session.run(outputs, feed) for feed in feeds]
-    session = make_session(model, device, intra_op_threads=1)
-    with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(lambda feed: session.run(outputs, feed), feeds))
-
-
 def _correct_layer(layer, bias, seg, cache, samples, fp32_mean, threshold, device) -> dict:
     """Run the segment ending at ``layer``, correct its bias and the cached output. Returns the summary."""
     if bias is None or layer.output not in seg.idx.producer:
@@ -210,7 +195,7 @@ def _correct_layer(layer, bias, seg, cache, samples, fp32_mean, threshold, devic
         if missing:
             return summary(layer, False, f"segment inputs not available: {missing[:3]}", None, bias)
         _set_input_types(model, inputs, cache)
-        runs = _run_samples(model, device, outputs, [{n: cache[n][k] for n in inputs} for k in range(len(samples))])
+        runs = run_each(model, [{n: cache[n][k] for n in inputs} for k in range(len(samples))], device, outputs)
         results = {name: [values[j] for values in runs] for j, name in enumerate(outputs)}
         seg.done.update(id(n) for n in nodes)
         cache.update(results)

@@ -25,6 +25,7 @@ import numpy as np
 import onnx
 
 from ptqflow.errors import DeviceUnavailableError
+from ptqflow.graph.prepare import is_large
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,6 @@ _OV_STREAMS = 2
 
 class OnnxRuntimeRunner:
     """Sequential runs on an onnxruntime (or ptqflow.runtime) session."""
-
-    name = "onnxruntime"
 
     def __init__(self, session, outputs: list[str]):
         self.session = session
@@ -51,8 +50,6 @@ class OnnxRuntimeRunner:
 
 class OpenVINORunner:
     """The statistics model compiled by OpenVINO for CPU at f32, run on ``_OV_STREAMS`` parallel requests."""
-
-    name = "openvino"
 
     def __init__(self, model: onnx.ModelProto, outputs: list[str]):
         from ptqflow import ov as ov_helpers
@@ -116,6 +113,8 @@ def make_runner(model: onnx.ModelProto, outputs: list[str], device: str, runtime
     runtime = str(getattr(runtime, "value", runtime)).lower()
     if runtime not in RUNTIMES:
         raise ValueError(f"statistics_runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    if is_large(model):  # over 2 GB: onnxruntime's session factory handles the external data
+        runtime = "onnxruntime"
     if runtime == "openvino" or (runtime == "auto" and device == "cpu"):
         if runtime == "openvino" and device != "cpu":
             raise DeviceUnavailableError(f"statistics_runtime 'openvino' runs on CPU only; device is {device!r}")
