@@ -1,4 +1,4 @@
-"""The demo setup: rendered ImageFolder of known orientation and the bundled PP-OCR cls model."""
+"""The demo setup: rendered text lines with a label file, the bundled PP-OCR rec model, the OCR metric."""
 
 from pathlib import Path
 
@@ -13,36 +13,65 @@ from ptqflow.config import parse_config  # noqa: E402
 from ptqflow.errors import InputError  # noqa: E402
 
 
-def test_prepare_writes_balanced_imagefolder(tmp_path: Path):
-    setup = demo.prepare(tmp_path, n_images=40, seed=1)
-    assert setup.model_path.is_file() and "cls" in setup.model_path.name
-    counts = {lab: len(list((setup.data_dir / lab).glob("*.png"))) for lab in demo.CLS_LABELS}
-    assert counts == {"0": 20, "180": 20}
+def test_prepare_writes_lines_and_their_label_file(tmp_path: Path):
+    setup = demo.prepare(tmp_path, n_images=12, seed=1)
+    assert setup.model_path.is_file() and "rec" in setup.model_path.name
+    lines = (setup.data_dir / demo.LABEL_FILE).read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 12
+    for line in lines:
+        rel, text = line.split("\t")
+        img = Image.open(setup.data_dir / rel)
+        assert text.strip() == text and text
+        assert img.width / img.height <= demo.REC_WIDTH / demo.REC_HEIGHT  # the resize never squeezes a line
     assert setup.data_dir.resolve().is_relative_to(tmp_path.resolve())
     cfg = parse_config(setup.config)
-    assert cfg.data.preprocess.resize == [48, 192] and cfg.data.preprocess.channel_order == "BGR"
+    assert cfg.data.preprocess.resize == [48, 320] and cfg.data.preprocess.channel_order == "BGR"
+    assert cfg.data.label_file == demo.LABEL_FILE and cfg.validation.gate.accuracy_metric == "char_accuracy"
 
 
-def test_prepare_is_deterministic(tmp_path: Path):
+def test_prepare_is_deterministic_and_ignores_system_fonts(tmp_path: Path, monkeypatch):
     a = demo.prepare(tmp_path / "a", n_images=6, seed=3)
+    # A machine with other fonts installed must render the same lines: the demo draws with Pillow's own font.
+    monkeypatch.setattr(demo, "find_fonts", lambda: ["/nonexistent/font.ttf"])
     b = demo.prepare(tmp_path / "b", n_images=6, seed=3)
+    assert (a.data_dir / demo.LABEL_FILE).read_bytes() == (b.data_dir / demo.LABEL_FILE).read_bytes()
     for f in sorted(a.data_dir.rglob("*.png")):
         g = b.data_dir / f.relative_to(a.data_dir)
         assert np.array_equal(np.asarray(Image.open(f)), np.asarray(Image.open(g)))
 
 
-def test_fp32_model_reads_rendered_orientation(tmp_path: Path):
+def test_fp32_model_reads_the_rendered_lines(tmp_path: Path):
     ort = pytest.importorskip("onnxruntime")
-    setup = demo.prepare(tmp_path, n_images=60, seed=0)
+    setup = demo.prepare(tmp_path, n_images=40, seed=0)
+    cfg = parse_config({**setup.config, "data": {**setup.config["data"], "source": str(setup.data_dir)}})
+    from ptqflow.data.preprocess import preprocess_image
+
     sess = ort.InferenceSession(str(setup.model_path))
     name = sess.get_inputs()[0].name
-    correct = total = 0
-    for label in demo.CLS_LABELS:
-        for f in sorted((setup.data_dir / label).glob("*.png")):
-            probs = sess.run(None, {name: demo.cls_input(Image.open(f))[None]})[0]
-            correct += demo.CLS_LABELS[int(probs.argmax())] == label
-            total += 1
-    assert correct / total > 0.9
+    labels = dict(line.split("\t") for line in (setup.data_dir / demo.LABEL_FILE).read_text().splitlines())
+    probs = np.concatenate([
+        sess.run(None, {name: preprocess_image(Image.open(setup.data_dir / rel), cfg.data.preprocess,
+                                               [1, 3, 48, None])[None]})[0] for rel in labels])
+    m = demo.text_metrics({"out": probs}, list(labels.values()))
+    assert m["char_accuracy"] > 0.95 and m["exact_match"] > 0.8
+
+
+def test_text_metrics_decode_ctc():
+    chars = demo._rec_characters()
+    full = ("",) + chars + (" ",)
+    idx = {c: i for i, c in enumerate(full)}
+
+    def probs(seq):  # one-hot rows; "_" is the blank
+        out = np.zeros((len(seq), len(full)), dtype=np.float32)
+        for t, c in enumerate(seq):
+            out[t, 0 if c == "_" else idx[c]] = 1.0
+        return out
+
+    assert demo.ctc_decode(probs("_hh_e_ll_l_oo_")) == "hello"
+    batch = np.stack([probs("_ab__"), probs("_ax__")])
+    m = demo.text_metrics({"o": batch}, ["ab", "ab"])
+    assert m == {"exact_match": 0.5, "char_accuracy": 0.75}
+    assert demo.edit_distance("kitten", "sitting") == 3
 
 
 def test_prepare_rejects_too_few_images(tmp_path: Path):
@@ -56,15 +85,19 @@ def test_summary_reads_the_figures_of_the_manifests(tmp_path: Path):
     assert demo.summary(tmp_path) == []  # nothing has run yet
     (tmp_path / "validate").mkdir()
     write_manifest(tmp_path / "validate", step="validate", config={}, inputs={},
-                   metrics={"samples": 200, "fp32_top1": 0.97, "int8_top1": 0.965, "min_cosine": 0.99541,
-                            "speedup_openvino": 1.734})
+                   metrics={"samples": 200, "fp32_exact_match": 0.935, "int8_exact_match": 0.93,
+                            "fp32_char_accuracy": 0.994, "int8_char_accuracy": 0.9925, "min_cosine": 0.95341,
+                            "speedup_openvino": 2.237, "openvino_fp32_precision": "f32",
+                            "speedup_openvino_default_precision": 1.161, "openvino_default_precision": "bf16"})
     (tmp_path / "export-ir").mkdir()
     write_manifest(tmp_path / "export-ir", step="export-ir", config={}, inputs={},
-                   metrics={"fake_quantize": 12, "bin_bytes": 150 * 1024, "size_ratio": 0.2951,
-                            "parity_ir_vs_fp32": 0.0458})
+                   metrics={"fake_quantize": 59, "bin_bytes": 2743 * 1024, "size_ratio": 0.2611,
+                            "parity_ir_vs_fp32": 0.336})
     lines = demo.summary(tmp_path)
     assert lines == [
-        "top-1 accuracy on 200 held-out images: FP32 0.970, INT8 0.965; output cosine >= 0.9954",
-        "OpenVINO CPU speedup of INT8 over FP32 (f32 precision), batch-1 latency: 1.73x on this machine",
-        "INT8 IR: 12 FakeQuantize, weights 150 KiB (0.30 of FP32); IR vs FP32 relative L2 0.046",
+        "on 200 held-out samples: char_accuracy FP32 0.994 / INT8 0.993, exact_match FP32 0.935 / INT8 0.930; "
+        "output cosine >= 0.9534",
+        "OpenVINO CPU speedup of INT8 over the FP32 IR, batch-1 latency: 2.24x against f32, 1.16x against this "
+        "CPU's default bf16 on this machine",
+        "INT8 IR: 59 FakeQuantize, weights 2743 KiB (0.26 of FP32); IR vs FP32 relative L2 0.336",
     ]

@@ -96,7 +96,7 @@ def _cfg(tmp_path, output, **quant):
                          "quantization": quant})
 
 
-def test_chain_reuses_upstream_when_only_bias_mode_changes(tmp_path, stand_ins):
+def test_chain_reuses_upstream_when_only_an_apply_field_changes(tmp_path, stand_ins):
     out = tmp_path / "run"
     first = pipeline.run_pipeline(_cfg(tmp_path, str(out), fast_bias_correction=True))
     assert list(first) == list(pipeline.STEP_MODULES)
@@ -106,24 +106,38 @@ def test_chain_reuses_upstream_when_only_bias_mode_changes(tmp_path, stand_ins):
     again = pipeline.run_pipeline(_cfg(tmp_path, str(out), fast_bias_correction=True))
     assert sum(CALLS.values()) == 0
     assert {k: m.digest for k, m in again.items()} == {k: m.digest for k, m in first.items()}
-    second = pipeline.run_pipeline(_cfg(tmp_path, str(out), fast_bias_correction=False))
+    second = pipeline.run_pipeline(_cfg(tmp_path, str(out), advanced={"bias_correction_threshold": 5.0}))
     assert CALLS == Counter({"quantize": 1, "validate": 1, "export-ir": 1})
     for name in ("fetch-model", "build-calibration", "collect-stats"):
         assert second[name].digest == first[name].digest
     assert second["quantize"].digest != first["quantize"].digest
+    # The bias-correction mode changes what collect-stats gathers (FastBiasCorrection's input means), so it is
+    # in collect-stats' key: switching it either way collects again.
+    CALLS.clear()
+    third = pipeline.run_pipeline(_cfg(tmp_path, str(out), fast_bias_correction=False))
+    assert CALLS == Counter({"collect-stats": 1, "quantize": 1, "validate": 1, "export-ir": 1})
+    assert third["build-calibration"].digest == first["build-calibration"].digest
     assert json.loads((out / "quantize" / "summary.json").read_text()) == {"fast": False}
     CALLS.clear()
-    pipeline.run_pipeline(_cfg(tmp_path, str(out), fast_bias_correction=False), force=True)
+    pipeline.run_pipeline(_cfg(tmp_path, str(out), fast_bias_correction=True))
+    assert CALLS == Counter({"collect-stats": 1, "quantize": 1, "validate": 1, "export-ir": 1})
+    CALLS.clear()
+    pipeline.run_pipeline(_cfg(tmp_path, str(out), fast_bias_correction=True), force=True)
     assert sum(CALLS.values()) == 5
 
 
-def test_statistics_key_ignores_bias_fields_but_not_range_fields(tmp_path):
+def test_statistics_key_ignores_apply_fields_but_not_what_is_collected(tmp_path):
     base = _cfg(tmp_path, "o")
     other = base.model_copy(deep=True)
-    other.quantization.fast_bias_correction = False
     other.quantization.advanced.bias_correction_threshold = 9.0
     assert collect_stats.config_section(other) == collect_stats.config_section(base)
     assert quantize.config_section(other) != quantize.config_section(base)
+    for field, value in (("fast_bias_correction", False), ("advanced.disable_bias_correction", True)):
+        changed = base.model_copy(deep=True)
+        target = changed.quantization.advanced if "." in field else changed.quantization
+        setattr(target, field.split(".")[-1], value)
+        assert collect_stats.config_section(changed) != collect_stats.config_section(base), field
+    other = base.model_copy(deep=True)
     other.quantization.subset_size = 7
     assert collect_stats.config_section(other) != collect_stats.config_section(base)
 
@@ -172,7 +186,7 @@ def test_chain_on_s3_with_moto(tmp_path, stand_ins, moto_endpoint, monkeypatch):
     assert {f"runs/a/{s}/manifest.json" for s in pipeline.STEP_MODULES} <= keys
     assert "runs/a/export-ir/model.xml" in keys
     CALLS.clear()
-    second = pipeline.run_pipeline(_cfg(tmp_path, "s3://chain/runs/a", fast_bias_correction=False))
+    second = pipeline.run_pipeline(_cfg(tmp_path, "s3://chain/runs/a", advanced={"bias_correction_threshold": 5.0}))
     assert CALLS == Counter({"quantize": 1, "validate": 1, "export-ir": 1})
     assert second["collect-stats"].digest == first["collect-stats"].digest
     with pytest.raises(StorageError, match="s3://missing-bucket/x"):

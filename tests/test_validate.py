@@ -163,3 +163,39 @@ def test_user_metric_feeds_the_accuracy_gate(tmp_path, monkeypatch):
     assert report["accuracy"]["fp32"]["n"] == report["accuracy"]["int8"]["n"] == 12.0
     assert report["accuracy"]["fp32"]["score"] != report["accuracy"]["int8"]["score"]
     assert report["layers"] == []  # per-layer sensitivity off by default
+
+
+def test_a_drop_equal_to_the_threshold_passes():
+    # 192 of 200 correct in FP32, 188 in INT8: the drop is 4/200, exactly the limit. Subtracting the two
+    # accuracies as floats gives 0.02 + 1.7e-17 and used to fail the gate.
+    y = np.zeros(200, dtype=np.int64)
+    fp32 = np.tile([[1.0, 0.0]], (200, 1))
+    int8 = fp32.copy()
+    fp32[192:] = int8[188:] = [0.0, 1.0]
+    acc = validate.accuracy_metrics({"y": fp32}, {"y": int8}, list(y))
+    assert acc["fp32"]["top1"] - acc["int8"]["top1"] > 0.02  # the float subtraction alone would fail
+    gate = GateConfig(max_accuracy_drop=0.02, min_cosine=None, min_speedup=None)
+    (check,) = validate.evaluate_gate(gate, acc, FID, SPEED)
+    assert check["passed"] and check["value"] == 0.02 and check["tolerance"] > 0
+    (check,) = validate.evaluate_gate(GateConfig(max_accuracy_drop=0.0199, min_cosine=None, min_speedup=None),
+                                      acc, FID, SPEED)
+    assert not check["passed"]
+
+
+def test_float_thresholds_pass_at_equality_within_the_stated_tolerance():
+    gate = GateConfig(max_accuracy_drop=None, min_cosine=0.3, min_speedup=None)
+    (check,) = validate.evaluate_gate(gate, {}, {"y": {"cosine": 0.1 + 0.2, "sqnr_db": 1.0, "max_abs_error": 0}},
+                                      SPEED)
+    assert 0.1 + 0.2 != 0.3 and check["passed"] and check["tolerance"] == pytest.approx(1e-9)
+
+
+def test_accuracy_metric_names_the_gated_metric():
+    acc = {"fp32": {"exact_match": 0.90, "char_accuracy": 0.99}, "int8": {"exact_match": 0.85, "char_accuracy": 0.985}}
+    gate = GateConfig(max_accuracy_drop=0.02, min_cosine=None, min_speedup=None)
+    (check,) = validate.evaluate_gate(gate, acc, FID, SPEED)  # default: the first metric
+    assert "exact_match" in check["name"] and not check["passed"]
+    gate = GateConfig(max_accuracy_drop=0.02, accuracy_metric="char_accuracy", min_cosine=None, min_speedup=None)
+    (check,) = validate.evaluate_gate(gate, acc, FID, SPEED)
+    assert "char_accuracy" in check["name"] and check["passed"]
+    with pytest.raises(InputError, match="accuracy_metric 'f1'.*exact_match, char_accuracy"):
+        validate.evaluate_gate(GateConfig(accuracy_metric="f1"), acc, FID, SPEED)

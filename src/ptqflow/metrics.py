@@ -15,11 +15,16 @@ def is_classifier_like(arr: np.ndarray) -> bool:
     return arr.ndim == 2 and arr.shape[1] > 1
 
 
-def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
-    """Fraction of rows whose label is among the k highest scores."""
+def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> int:
+    """Number of rows whose label is among the k highest scores."""
     k = min(k, logits.shape[1])
     top = np.argsort(-logits, axis=1, kind="stable")[:, :k]
-    return float(np.mean(np.any(top == np.asarray(labels).reshape(-1, 1), axis=1)))
+    return int(np.count_nonzero(np.any(top == np.asarray(labels).reshape(-1, 1), axis=1)))
+
+
+def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Fraction of rows whose label is among the k highest scores."""
+    return topk_correct(logits, labels, k) / logits.shape[0]
 
 
 def top1_agreement(ref: np.ndarray, test: np.ndarray) -> float:

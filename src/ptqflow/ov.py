@@ -35,3 +35,13 @@ def compile_model(c, model, device: str, precision: str | None = None):
     check_device(c, device)
     cfg = {"INFERENCE_PRECISION_HINT": precision} if precision else {}
     return c.compile_model(model, device, cfg)
+
+
+def default_precision(c, device: str) -> str | None:
+    """The precision ``device`` runs FP32 models at without a hint ("f32", "bf16", "f16"), or None when the
+    device does not say."""
+    try:
+        value = c.get_property(device, "INFERENCE_PRECISION_HINT")
+    except Exception:  # a plugin without the property: nothing to compare against
+        return None
+    return value.to_string() if hasattr(value, "to_string") else str(value)

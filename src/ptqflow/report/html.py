@@ -71,6 +71,9 @@ def render(report: dict) -> str:
          _table(["threshold", "limit", "value", "margin", "result"],
                 [[c["name"], c["threshold"], c["value"], c["margin"], "pass" if c["passed"] else "FAIL"]
                  for c in report["gate"]])]
+    if any("tolerance" in c for c in report["gate"]):
+        s.append("<p>A value equal to its limit passes: each comparison allows the float-rounding tolerance in "
+                 "report.json (1e-9 of the limit), and top-k accuracy drops are computed from counts.</p>")
     acc = report.get("accuracy") or {}
     if acc.get("fp32"):
         s += ["<h2>Accuracy</h2>", _table(["metric", "FP32", "INT8", "drop"],
@@ -85,6 +88,11 @@ def render(report: dict) -> str:
         rows.append([f"{rt} on {sp['device']}{note}", sp["fp32"]["latency_ms_median"], sp["int8"]["latency_ms_median"],
                      sp["fp32"]["latency_ms_p90"], sp["int8"]["latency_ms_p90"], sp["fp32"]["throughput_per_s"],
                      sp["int8"]["throughput_per_s"], sp["speedup"]])
+        if "default_precision" in sp:
+            d = sp["default_precision"]
+            rows.append([f"{rt} on {sp['device']} (FP32 at the device's default precision, {d['fp32_inference_precision']})",
+                         d.get("fp32_latency_ms_median", "-"), d.get("int8_latency_ms_median", "-"), "-", "-", "-", "-",
+                         d["speedup"]])
         for stat in ("median", "p90"):
             key = f"latency_ms_{stat}"
             groups.append((f"{rt} {stat}", [(sp["fp32"][key], FP32_COLOUR, "FP32"), (sp["int8"][key], INT8_COLOUR, "INT8")]))

@@ -19,18 +19,24 @@ from ptqflow.logs import progress
 NAME = "collect-stats"
 INPUTS = ("model", "calibration")
 
-# Fields read only when the statistics are applied (quantize), never while collecting them.
+# Fields read only when the statistics are applied (quantize), never while collecting them. What the
+# bias-correction switches change in the collection itself is captured by api.statistics_request, which is in
+# the key; tests/test_step_keys.py checks every other field: in the key, or the output stays byte-identical.
 _APPLY_ONLY = {"fast_bias_correction"}
-_APPLY_ONLY_ADVANCED = {"disable_bias_correction", "bias_correction_subset_size", "bias_correction_threshold"}
+_APPLY_ONLY_ADVANCED = {"disable_bias_correction", "bias_correction_subset_size", "bias_correction_threshold",
+                        "bias_correction_guard_samples"}
 
 
 def config_section(cfg: PipelineConfig) -> dict:
-    """The quantization fields that affect statistics, plus the execution device."""
+    """The quantization fields that affect statistics, what the collection gathers for them
+    (``api.statistics_request``), and the execution device."""
+    from ptqflow.api import statistics_request
+
     q = section_dump(cfg.quantization)
     for key in _APPLY_ONLY:
         q.pop(key, None)
     q["advanced"] = {k: v for k, v in q.get("advanced", {}).items() if k not in _APPLY_ONLY_ADVANCED}
-    return {"quantization": q, "device": cfg.device.value}
+    return {"quantization": q, "collects": statistics_request(cfg.quantization), "device": cfg.device.value}
 
 
 def calibration_samples(calibration: Path, desc: str, limit: int | None = None):
