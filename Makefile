@@ -1,16 +1,20 @@
-# Container images and their lock files. Image names and tags come from ptqflow.faces.images (tag = package
-# version), the same place the Airflow DAG and the KFP components take them from.
-#   make images        build the cpu, gpu (CUDA) and npu images (needs a Docker engine with BuildKit)
-#   make image-gpu     build one of them
-#   make locks         re-resolve containers/*/requirements.lock from pyproject.toml (needs uv and the index)
-#   make check-locks   fail if a lock no longer matches pyproject.toml
-#   make lint          hadolint on the Dockerfiles
+# Container images, their lock files and the test environments' constraints. Image names and tags come from
+# ptqflow.faces.images (tag = package version), the same place the Airflow DAG and the KFP components take them from.
+#   make images         build the cpu, gpu (CUDA) and npu images (needs a Docker engine with BuildKit)
+#   make image-gpu      build one of them
+#   make locks          re-resolve containers/*/requirements.lock and scripts/constraints/*.txt from pyproject.toml,
+#                       each as of the instant it records and keeping its pins where they still fit (needs uv and
+#                       the index)
+#   make upgrade-locks  resolve them all from scratch as of now (takes newer releases)
+#   make check-locks    fail if a file no longer matches pyproject.toml or was edited by hand; list newer releases
+#                       on the index (never a failure)
+#   make lint           hadolint on the Dockerfiles
 PYTHON ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
 DOCKER ?= docker
 HADOLINT ?= $(if $(wildcard .venv/bin/hadolint),.venv/bin/hadolint,hadolint)
 IMAGES := cpu gpu npu
 
-.PHONY: images $(addprefix image-,$(IMAGES)) locks check-locks lint
+.PHONY: images $(addprefix image-,$(IMAGES)) locks upgrade-locks check-locks lint
 
 images: $(addprefix image-,$(IMAGES))
 
@@ -22,6 +26,9 @@ $(addprefix image-,$(IMAGES)): image-%: containers/%/Dockerfile containers/%/req
 
 locks:
 	$(PYTHON) containers/locks.py compile
+
+upgrade-locks:
+	$(PYTHON) containers/locks.py compile --upgrade
 
 check-locks:
 	$(PYTHON) containers/locks.py check

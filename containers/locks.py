@@ -1,8 +1,8 @@
-"""The lock file of each container image: what it resolves, how it is written, and whether it is stale.
+"""ptqflow's pinned resolutions: the container images' lock files and the test environments' constraints.
 
-Each image installs ptqflow's dependencies from ``containers/<image>/requirements.lock`` (``uv pip compile``
-output with hashes, for CPython 3.11 on x86-64 Linux) and then ptqflow itself with ``--no-deps``. An image
-resolves ``pyproject.toml``'s dependencies plus some extras, with some distributions replaced:
+Images. Each image installs ptqflow's dependencies from ``containers/<image>/requirements.lock`` (hashes, wheels
+only) and then ptqflow itself with ``--no-deps``. An image resolves ``pyproject.toml``'s dependencies plus some
+extras, with some distributions replaced:
 
 - cpu: extras openvino, s3, demo; opencv-python -> opencv-python-headless (the demo's OCR package needs cv2;
   the headless build has no X11/OpenGL libraries to install in a slim image).
@@ -14,16 +14,36 @@ onnxruntime, onnxruntime-gpu and onnxruntime-openvino all install the same ``onn
 replaced distribution is removed from the resolution (an override whose marker never matches), never
 installed next to its replacement.
 
-The lock's second line records a digest of every input of the resolution (the pyproject requirements the image
-uses, its replacements, target Python and platform, and the index cutoff date that makes re-resolution
-reproducible), so a pyproject change the lock does not reflect is found offline.
+Environments. scripts/test.sh and its siblings install each virtual environment with
+``pip install -c scripts/constraints/<env>.txt --build-constraint <same>`` (scripts/install_env.sh), so a
+release published after the constraints were resolved cannot change what CI tests. The constraints also pin
+pip and the setuptools that builds ptqflow. The Airflow and KFP environments cannot share one resolution (the
+KFP SDK pins an older Kubernetes client than Airflow's Kubernetes provider accepts).
 
-    python containers/locks.py compile [cpu|gpu|npu ...]   # rewrite locks (needs uv and the package index)
-    python containers/locks.py check                       # exit 1 naming each stale lock
+Everything is resolved by ``uv pip compile`` for CPython 3.11 on x86-64 Linux. Each file's header records:
+
+- ``inputs-sha256``: a digest of every input of the resolution (the pyproject requirements it uses, its
+  replacements and further requirements, target Python and platform, resolved-as-of), so a pyproject change
+  the file does not reflect is found offline;
+- ``resolved-as-of``: the index cutoff. Files the index dates later are ignored (``--exclude-newer``);
+- ``pins-sha256``: a digest of the pins as uv wrote them, so an edit by hand is found offline too.
+
+Resolving again starts from the file's own versions (as ``uv pip compile`` does with an existing output file;
+uv gets the versions without the hashes, which it would copy unchecked) under its recorded cutoff: the pins
+stay as long as they still satisfy the inputs, and a changed input can only bring in releases dated before
+the cutoff. The cutoff alone does not reproduce a resolution, because an index can serve files dated before
+the cutoff that it did not serve when the file was written. This one did: opencv-python-headless 5.1.0.95
+(dated 2026-11-17) and boto3 1.44.13 (2026-11-27) appeared after the locks were resolved on 2026-12-01 with a
+cutoff of 2026-12-01T00:00:00Z. ``--upgrade`` resolves from scratch as of now.
+
+    python containers/locks.py compile [NAME ...]            # re-resolve at each file's recorded cutoff
+    python containers/locks.py compile --upgrade [NAME ...]  # resolve from scratch as of now (newer releases)
+    python containers/locks.py check [--offline] [NAME ...]  # exit 1 naming each stale file; report newer releases
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import re
@@ -33,38 +53,68 @@ import sys
 import tempfile
 import tomllib
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON_VERSION = "3.11"
 PLATFORM = "x86_64-manylinux_2_28"
-# Packages published after this instant are ignored, so resolving again gives the same pins. Move it forward
-# (and run `make locks`) to take newer releases.
-EXCLUDE_NEWER = "2026-12-01T00:00:00Z"
 ONNXRUNTIME_FLAVOURS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml")
 DIGEST_PREFIX = "# inputs-sha256: "
+AS_OF_PREFIX = "# resolved-as-of: "
+PINS_PREFIX = "# pins-sha256: "
+AS_OF_FORMAT = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 
 
 @dataclass(frozen=True)
-class ImageSpec:
-    """One image's resolution: pyproject extras, and distributions replaced by others (old -> new)."""
+class LockSpec:
+    """One resolution and the file it is written to."""
 
     name: str
-    device: str  # ptqflow's execution device (ptqflow.faces.images)
-    extras: tuple[str, ...]
-    replace: dict[str, str] = field(default_factory=dict)
+    file: str  # relative to the repository root
+    title: str  # the header's first line
+    extras: tuple[str, ...] = ()
+    replace: dict[str, str] = field(default_factory=dict)  # distributions replaced by others (old -> new)
+    project: bool = True  # resolve pyproject's dependencies (False: only `requirements`)
+    requirements: tuple[str, ...] = ()  # further root requirements
+    hashes: bool = False  # hashes and wheels only (the images install with --require-hashes --only-binary)
+    build: bool = False  # also pin pyproject's build requirements (pip builds ptqflow from the source tree)
 
     @property
     def lock(self) -> Path:
-        """Where this image's lock file lives."""
-        return ROOT / "containers" / self.name / "requirements.lock"
+        """Where this resolution is written."""
+        return ROOT / self.file
+
+
+def _image(name: str, device: str, extras: tuple[str, ...], replace: dict[str, str] | None = None) -> LockSpec:
+    return LockSpec(name, f"containers/{name}/requirements.lock",
+                    f"ptqflow container image lock: {name} (execution device {device})", extras, replace or {},
+                    hashes=True)
+
+
+def _env(name: str, venv: str, scripts: str, extras: tuple[str, ...] = (), requirements: tuple[str, ...] = (),
+         project: bool = True) -> LockSpec:
+    return LockSpec(name, f"scripts/constraints/{name}.txt",
+                    f"ptqflow environment constraints: {name} ({venv}, made by {scripts})", extras,
+                    project=project, requirements=("pip", *requirements), build=project)
 
 
 IMAGES = {
-    "cpu": ImageSpec("cpu", "cpu", ("openvino", "s3", "demo"), {"opencv-python": "opencv-python-headless"}),
-    "gpu": ImageSpec("gpu", "cuda", ("openvino", "s3"), {"onnxruntime": "onnxruntime-gpu[cuda,cudnn]"}),
-    "npu": ImageSpec("npu", "npu", ("openvino", "s3")),
+    "cpu": _image("cpu", "cpu", ("openvino", "s3", "demo"), {"opencv-python": "opencv-python-headless"}),
+    "gpu": _image("gpu", "cuda", ("openvino", "s3"), {"onnxruntime": "onnxruntime-gpu[cuda,cudnn]"}),
+    "npu": _image("npu", "npu", ("openvino", "s3")),
 }
+ENVS = {
+    "dev": _env("dev", ".venv", "scripts/test.sh, test_hooks.sh, demo.sh",
+                ("openvino", "s3", "demo", "dev", "registry")),
+    "airflow": _env("airflow", ".venv-airflow", "scripts/test_airflow.sh",
+                    ("airflow", "openvino", "s3", "dev", "registry")),
+    "kfp": _env("kfp", ".venv-kfp", "scripts/test_kfp.sh", ("kfp", "openvino", "s3", "dev")),
+    # The MLflow server the hook tests start (scripts/test_hooks.sh installs this file with -r).
+    "mlflow-server": _env("mlflow-server", ".venv-mlflow", "scripts/test_hooks.sh",
+                          requirements=("mlflow==3.17.2",), project=False),
+}
+ALL = {**IMAGES, **ENVS}
 
 
 def normalize(name: str) -> str:
@@ -72,60 +122,101 @@ def normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _project(pyproject: Path) -> dict:
-    return tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]
+def _pyproject(pyproject: Path) -> dict:
+    return tomllib.loads(pyproject.read_text(encoding="utf-8"))
 
 
-def requirements(spec: ImageSpec, pyproject: Path = ROOT / "pyproject.toml") -> list[str]:
+def requirements(spec: LockSpec, pyproject: Path = ROOT / "pyproject.toml") -> list[str]:
     """The pyproject requirements ``spec`` resolves: the dependencies and those of its extras."""
-    project = _project(pyproject)
+    if not spec.project:
+        return []
+    project = _pyproject(pyproject)["project"]
     optional = project.get("optional-dependencies", {})
     missing = [e for e in spec.extras if e not in optional]
     if missing:
-        raise SystemExit(f"{pyproject}: image {spec.name} wants extra(s) {', '.join(missing)}, which it lacks")
+        raise SystemExit(f"{pyproject}: {spec.name} wants extra(s) {', '.join(missing)}, which it lacks; "
+                         f"it has {', '.join(optional)}")
     reqs = list(project.get("dependencies", []))
     for extra in spec.extras:
         reqs += optional[extra]
     return reqs
 
 
-def additions(spec: ImageSpec, pyproject: Path = ROOT / "pyproject.toml") -> list[str]:
-    """The replacement requirements, each with the version range pyproject gives what it replaces (if any)."""
+def additions(spec: LockSpec, pyproject: Path = ROOT / "pyproject.toml") -> list[str]:
+    """The root requirements beyond pyproject's dependencies: each replacement with the version range pyproject
+    gives what it replaces (if any), the further requirements, and the build requirements if ``spec`` pins
+    them."""
     from packaging.requirements import Requirement
 
     ranges = {}
     for text in requirements(spec, pyproject):
         req = Requirement(text)
         ranges[normalize(req.name)] = str(req.specifier)
-    return [new + ranges.get(normalize(old), "") for old, new in spec.replace.items()]
+    found = [new + ranges.get(normalize(old), "") for old, new in spec.replace.items()]
+    found += spec.requirements
+    if spec.build:
+        found += _pyproject(pyproject).get("build-system", {}).get("requires", [])
+    return found
 
 
-def digest(spec: ImageSpec, pyproject: Path = ROOT / "pyproject.toml") -> str:
-    """sha256 over everything the resolution of ``spec`` depends on."""
-    project = _project(pyproject)
+def digest(spec: LockSpec, as_of: str, pyproject: Path = ROOT / "pyproject.toml") -> str:
+    """sha256 over everything the resolution of ``spec`` as of ``as_of`` depends on."""
     inputs = {
-        "image": spec.name,
-        "requires-python": project.get("requires-python"),
+        "name": spec.name,
+        "requires-python": _pyproject(pyproject)["project"].get("requires-python") if spec.project else None,
         "requirements": sorted(requirements(spec, pyproject)),
         "replace": sorted(spec.replace.items()),
         "additions": additions(spec, pyproject),
+        "hashes": spec.hashes,
         "python": PYTHON_VERSION,
         "platform": PLATFORM,
-        "exclude-newer": EXCLUDE_NEWER,
+        "resolved-as-of": as_of,
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
 
-def recorded_digest(lock: Path) -> str | None:
-    """The inputs digest written in ``lock``'s header, or None."""
-    for line in lock.read_text(encoding="utf-8").splitlines()[:10]:
-        if line.startswith(DIGEST_PREFIX):
-            return line[len(DIGEST_PREFIX):].strip()
+def split_header(lock: Path) -> tuple[list[str], str]:
+    """A file's header lines (the leading comment lines) and the body uv wrote after them."""
+    lines = lock.read_text(encoding="utf-8").splitlines(keepends=True)
+    n = next((i for i, line in enumerate(lines) if not line.startswith("#")), len(lines))
+    return lines[:n], "".join(lines[n:])
+
+
+def body_digest(lock: Path) -> str:
+    """sha256 over the pins (everything below the header) as the file holds them now."""
+    return hashlib.sha256(split_header(lock)[1].encode()).hexdigest()
+
+
+def _header_value(lock: Path, prefix: str) -> str | None:
+    for line in split_header(lock)[0]:
+        if line.startswith(prefix):
+            words = line[len(prefix):].split()
+            return words[0] if words else None
     return None
 
 
+def recorded_digest(lock: Path) -> str | None:
+    """The inputs digest written in ``lock``'s header, or None."""
+    return _header_value(lock, DIGEST_PREFIX)
+
+
+def recorded_pins_digest(lock: Path) -> str | None:
+    """The pins digest written in ``lock``'s header when it was resolved, or None."""
+    return _header_value(lock, PINS_PREFIX)
+
+
+def recorded_as_of(lock: Path) -> str | None:
+    """The index cutoff written in ``lock``'s header (RFC 3339, UTC), or None."""
+    return _header_value(lock, AS_OF_PREFIX)
+
+
+def now() -> str:
+    """The current instant as an index cutoff (RFC 3339, UTC, whole seconds)."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def pins(lock: Path) -> dict[str, str]:
-    """{normalized distribution name: pinned version} of a lock file."""
+    """{normalized distribution name: pinned version} of a lock or constraints file."""
     found = {}
     for line in lock.read_text(encoding="utf-8").splitlines():
         m = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?==([^\s;\\]+)", line)
@@ -134,16 +225,36 @@ def pins(lock: Path) -> dict[str, str]:
     return found
 
 
-def uv_command(spec: ImageSpec, work: Path, output: Path) -> list[str]:
-    """The ``uv pip compile`` command line writing ``spec``'s lock to ``output``; it reads the additions from
-    standard input (so no temporary path shows in the lock) and the overrides from a file in ``work``."""
-    overrides = work / "overrides.txt"
-    # A marker that never matches drops the replaced distribution from the resolution entirely.
-    overrides.write_text("".join(f'{old} ; sys_platform == "never"\n' for old in spec.replace), encoding="utf-8")
-    return [_uv(), "pip", "compile", "pyproject.toml", "-", *(f"--extra={e}" for e in spec.extras),
-            f"--override={overrides}", f"--python-version={PYTHON_VERSION}", f"--python-platform={PLATFORM}",
-            f"--exclude-newer={EXCLUDE_NEWER}", "--generate-hashes", "--only-binary=:all:", "--no-header", "--quiet",
-            f"--output-file={output}"]
+def hashes(lock: Path) -> dict[str, set[str]]:
+    """{normalized distribution name: its sha256 hashes} of a lock file."""
+    found: dict[str, set[str]] = {}
+    name = None
+    for line in lock.read_text(encoding="utf-8").splitlines():
+        m = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)", line)
+        if m:
+            name = normalize(m.group(1))
+            found[name] = set()
+        found_hashes = re.findall(r"--hash=sha256:([0-9a-f]{64})", line)
+        if name is not None and found_hashes:
+            found[name].update(found_hashes)
+    return found
+
+
+def uv_command(spec: LockSpec, work: Path, output: Path, as_of: str) -> list[str]:
+    """The ``uv pip compile`` command line resolving ``spec`` as of ``as_of`` into ``output`` (whose current pins,
+    if it exists, are preferred); it reads the additions from standard input (so no temporary path shows in the
+    file) and the overrides from a file in ``work``."""
+    cmd = [_uv(), "pip", "compile", *(["pyproject.toml"] if spec.project else []), "-",
+           *(f"--extra={e}" for e in spec.extras)]
+    if spec.replace:
+        overrides = work / "overrides.txt"
+        # A marker that never matches drops the replaced distribution from the resolution entirely.
+        overrides.write_text("".join(f'{old} ; sys_platform == "never"\n' for old in spec.replace), encoding="utf-8")
+        cmd.append(f"--override={overrides}")
+    if spec.hashes:
+        cmd += ["--generate-hashes", "--only-binary=:all:"]
+    return cmd + [f"--python-version={PYTHON_VERSION}", f"--python-platform={PLATFORM}", f"--exclude-newer={as_of}",
+                  "--no-header", "--quiet", f"--output-file={output}"]
 
 
 def find_uv() -> str | None:
@@ -159,50 +270,103 @@ def _uv() -> str:
     return found
 
 
-def compile_lock(spec: ImageSpec, output: Path | None = None) -> Path:
-    """Resolve ``spec`` with uv and write its lock (to ``output``, default the committed location)."""
+def compile_lock(spec: LockSpec, output: Path | None = None, *, upgrade: bool = False,
+                 as_of: str | None = None) -> Path:
+    """Resolve ``spec`` with uv and write it to ``output`` (default: the committed location); returns the path.
+
+    Unless ``upgrade``, the resolution starts from the committed file's pins under its recorded cutoff (so the
+    pins stay unless the inputs demand otherwise); with ``upgrade`` it starts from nothing, as of now.
+    ``as_of`` (RFC 3339, UTC) overrides the cutoff either way."""
     output = output or spec.lock
+    prior = spec.lock if spec.lock.exists() and not upgrade else None
+    as_of = as_of or (recorded_as_of(prior) if prior else None) or now()
+    if not AS_OF_FORMAT.match(as_of):
+        raise SystemExit(f"{spec.name}: index cutoff {as_of!r} is not a UTC instant like 2026-12-01T00:00:00Z")
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f"ptqflow-lock-{spec.name}-") as work:
-        body = Path(work) / "requirements.lock"
-        subprocess.run(uv_command(spec, Path(work), body), cwd=ROOT, check=True, text=True,
+        body = Path(work) / "resolved.txt"
+        if prior:
+            # uv prefers the versions of an existing output file, and reuses its hashes unchecked: give it the
+            # versions only, so every hash comes from the index.
+            body.write_text("".join(f"{n}=={v}\n" for n, v in pins(prior).items()), encoding="utf-8")
+        subprocess.run(uv_command(spec, Path(work), body, as_of), cwd=ROOT, check=True, text=True,
                        input="".join(f"{r}\n" for r in additions(spec)))
-        header = (f"# ptqflow container image lock: {spec.name} (execution device {spec.device})\n"
-                  f"{DIGEST_PREFIX}{digest(spec)}\n"
+        resolved = body.read_text(encoding="utf-8")
+        header = (f"# {spec.title}\n"
+                  f"{DIGEST_PREFIX}{digest(spec, as_of)}\n"
+                  f"{AS_OF_PREFIX}{as_of} (index cutoff: files dated later are ignored)\n"
+                  f"{PINS_PREFIX}{hashlib.sha256(resolved.encode()).hexdigest()}\n"
                   f"# Written by `make locks` (python containers/locks.py compile {spec.name}); do not edit.\n"
-                  f"# Resolved for CPython {PYTHON_VERSION} on {PLATFORM}, extras {','.join(spec.extras)}, "
-                  f"index cutoff {EXCLUDE_NEWER}.\n")
-        output.write_text(header + body.read_text(encoding="utf-8"), encoding="utf-8")
+                  f"# Resolved for CPython {PYTHON_VERSION} on {PLATFORM}"
+                  f"{', extras ' + ','.join(spec.extras) if spec.extras else ''}.\n")
+        output.write_text(header + resolved, encoding="utf-8")
     return output
 
 
-def stale(spec: ImageSpec) -> str | None:
-    """Why ``spec``'s committed lock does not match pyproject.toml, or None when it does."""
+def stale(spec: LockSpec) -> str | None:
+    """Why ``spec``'s committed file is not what `make locks` wrote from pyproject.toml as it is now, or None."""
+    where = spec.lock.relative_to(ROOT) if spec.lock.is_relative_to(ROOT) else spec.lock
     if not spec.lock.exists():
-        return f"{spec.lock.relative_to(ROOT)} is missing"
-    if recorded_digest(spec.lock) != digest(spec):
-        return (f"{spec.lock.relative_to(ROOT)} was resolved from other inputs than pyproject.toml and "
-                "containers/locks.py now give")
+        return f"{where} is missing"
+    as_of = recorded_as_of(spec.lock)
+    if as_of is None or not AS_OF_FORMAT.match(as_of):
+        return f"{where} records no index cutoff (a '{AS_OF_PREFIX}2026-12-01T00:00:00Z' line)"
+    if recorded_digest(spec.lock) != digest(spec, as_of):
+        return f"{where} was resolved from other inputs than pyproject.toml and containers/locks.py now give"
+    if recorded_pins_digest(spec.lock) != body_digest(spec.lock):
+        return f"{where} was edited after `make locks` wrote it (its pins no longer match {PINS_PREFIX.strip()})"
     return None
 
 
+def newer_releases(spec: LockSpec) -> dict[str, tuple[str | None, str | None]]:
+    """{name: (pinned, resolved from scratch as of now)} for every pin that a fresh resolution changes (uv and
+    the package index)."""
+    with tempfile.TemporaryDirectory(prefix=f"ptqflow-newer-{spec.name}-") as work:
+        fresh = compile_lock(spec, Path(work) / "fresh.txt", upgrade=True)
+        old, new = pins(spec.lock), pins(fresh)
+    return {n: (old.get(n), new.get(n)) for n in sorted(set(old) | set(new)) if old.get(n) != new.get(n)}
+
+
+def _report_newer(names: list[str]) -> None:
+    """Print which pins a resolution as of now would change; never fails (an index problem is reported)."""
+    if find_uv() is None:
+        print("newer releases: not checked, uv is not installed", file=sys.stderr)
+        return
+    for name in names:
+        try:
+            changes = newer_releases(ALL[name])
+        except (subprocess.CalledProcessError, SystemExit, OSError) as exc:
+            print(f"newer releases: {name} not checked ({exc})", file=sys.stderr)
+            continue
+        listed = ", ".join(f"{n} {a or '-'} -> {b or '-'}" for n, (a, b) in changes.items())
+        print(f"{name}: {listed or 'up to date'}"
+              f"{' (as of now; `make upgrade-locks` takes them)' if changes else ''}")
+
+
 def main(argv: list[str]) -> int:
-    """``compile [image ...]`` or ``check``; returns the exit code."""
-    if not argv or argv[0] not in ("compile", "check"):
-        print(__doc__.rsplit("\n\n", 1)[-1], file=sys.stderr)
-        return 2
-    names = argv[1:] or list(IMAGES)
-    unknown = [n for n in names if n not in IMAGES]
+    """``compile`` or ``check`` (see the module docstring); returns the exit code."""
+    parser = argparse.ArgumentParser(prog="containers/locks.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=("compile", "check"))
+    parser.add_argument("names", nargs="*", metavar="NAME", help=f"default all: {', '.join(ALL)}")
+    parser.add_argument("--upgrade", action="store_true", help="compile: resolve from scratch as of now")
+    parser.add_argument("--as-of", help="compile: index cutoff (UTC, e.g. 2026-12-01T00:00:00Z) instead")
+    parser.add_argument("--offline", action="store_true", help="check: skip asking the index for newer releases")
+    args = parser.parse_args(argv)
+    names = args.names or list(ALL)
+    unknown = [n for n in names if n not in ALL]
     if unknown:
-        print(f"unknown image(s) {', '.join(unknown)}; expected {', '.join(IMAGES)}", file=sys.stderr)
+        print(f"unknown name(s) {', '.join(unknown)}; expected {', '.join(ALL)}", file=sys.stderr)
         return 2
-    if argv[0] == "compile":
+    if args.command == "compile":
         for name in names:
-            print(f"wrote {compile_lock(IMAGES[name]).relative_to(ROOT)}")
+            path = compile_lock(ALL[name], upgrade=args.upgrade, as_of=args.as_of)
+            print(f"wrote {path.relative_to(ROOT)} (as of {recorded_as_of(path)})")
         return 0
-    problems = [p for p in (stale(IMAGES[n]) for n in names) if p]
+    problems = [p for p in (stale(ALL[n]) for n in names) if p]
     for problem in problems:
         print(f"stale: {problem}; run `make locks`", file=sys.stderr)
+    if not args.offline:
+        _report_newer(names)
     return 1 if problems else 0
 
 

@@ -4,13 +4,14 @@
 # rendered on this machine, all artifacts in ./ptqflow-demo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/install_env.sh
 PY=${PYTHON:-python3}
 VENV=${PTQFLOW_VENV:-.venv}
 
 if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check -U pip
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[openvino,demo]"
+# The versions the test suite runs with (scripts/constraints/dev.txt).
+install_env "$VENV" dev -e ".[openvino,demo]"
 
 exec "$VENV/bin/ptqflow" demo --output "${1:-ptqflow-demo}"

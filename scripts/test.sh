@@ -5,18 +5,20 @@
 # The library's tests run in .venv. The Airflow and Kubeflow faces need their own environments (the KFP SDK
 # pins an old Kubernetes client that Airflow's Kubernetes provider refuses): scripts/test_airflow.sh and
 # scripts/test_kfp.sh set those up and run tests/airflow and tests/kfp; scripts/test_hooks.sh sets up the MLflow
-# server's environment (.venv-mlflow) and runs tests/hooks in .venv with the registry extra.
+# server's environment (.venv-mlflow) and runs tests/hooks in .venv with the registry extra. Each environment
+# installs the versions pinned in scripts/constraints/<env>.txt (see containers/locks.py).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=${PTQFLOW_VENV:-.venv}
 
 set -e
+. scripts/install_env.sh
 if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check -U pip
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[openvino,s3,demo,dev,registry]"
+# Every environment installs with its committed constraints (scripts/constraints/, written by `make locks`).
+install_env "$VENV" dev -e ".[openvino,s3,demo,dev,registry]"
 # The report screenshot test renders report.html with Debian's headless chromium.
 if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium || true
