@@ -34,7 +34,8 @@ def test_run_writes_shards_index_and_manifest(tmp_path):
     np.save(tmp_path / "d.npy", np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32))
     out = tmp_path / "out"
     m = step.run({"model": model}, out, _cfg(tmp_path / "d.npy", validation_size=2))
-    assert m.metrics == {"calibration": 5, "validation": 2, "skipped": 0}
+    assert m.metrics == {"calibration": 5, "validation": 2, "skipped": 0, "items": 8, "split": "requested",
+                         "split_reason": None}
     assert read_manifest(out).digest == m.digest and verify_outputs(out, m) == []
     assert read_index(out)["counts"] == {"calibration": 5, "validation": 2}
     assert [lbl for _, lbl in iter_labeled(out, "validation")] == [None, None]
@@ -42,7 +43,8 @@ def test_run_writes_shards_index_and_manifest(tmp_path):
 
 def test_config_section_has_data_and_subset_size_only():
     sec = step.config_section(_cfg("x"))
-    assert set(sec) == {"data", "subset_size"} and sec["subset_size"] == 5 and sec["data"]["source"] == "x"
+    assert set(sec) == {"data", "subset_size", "validation_size_set"} and sec["subset_size"] == 5
+    assert sec["data"]["source"] == "x" and sec["validation_size_set"] is False  # a small data set is split
     other = _cfg("x")
     other.quantization.preset = "performance"
     assert step.config_section(other) == sec  # other quantization fields do not change the cache key
@@ -53,7 +55,7 @@ def test_bad_source_leaves_no_files_and_no_manifest(tmp_path):
     np.save(tmp_path / "bad.npy", np.zeros((4, 7), np.float32))
     out = tmp_path / "out"
     with pytest.raises(InputError, match=r"bad.npy.*expected \[None, 4\]"):
-        step.run({"model": model}, out, _cfg(tmp_path / "bad.npy"))
+        step.run({"model": model}, out, _cfg(tmp_path / "bad.npy", validation_size=0))
     assert list(out.iterdir()) == []
     with pytest.raises(ConfigError, match="data.source"):
         step.run({"model": model}, out, PipelineConfig())

@@ -118,11 +118,11 @@ def test_text_with_transform_and_bad_transform(tmp_path, mlp, monkeypatch):
     build(tmp_path / "t.jsonl", mlp, out, _cfg(subset_size=4, validation_size=0, transform="tok:tok"))
     assert sorted(int(s["input"][0, 0]) for s in iter_samples(out)) == [2, 4, 6, 8]
     with pytest.raises(InputError, match="wrong"):
-        build(tmp_path / "t.jsonl", mlp, out, _cfg(transform="tok:bad"))
+        build(tmp_path / "t.jsonl", mlp, out, _cfg(validation_size=0, transform="tok:bad"))
     with pytest.raises(InputError, match="raised on item t.jsonl"):
-        build(tmp_path / "t.jsonl", mlp, out, _cfg(transform="tok:boom"))
+        build(tmp_path / "t.jsonl", mlp, out, _cfg(validation_size=0, transform="tok:boom"))
     with pytest.raises(InputError, match="need data.transform"):
-        build(tmp_path / "t.jsonl", mlp, out, _cfg())
+        build(tmp_path / "t.jsonl", mlp, out, _cfg(validation_size=0))
     assert not (out / "index.json").exists() and not (out / "calibration").exists()  # nothing half-written
 
 
@@ -141,7 +141,7 @@ def test_bad_inputs(tmp_path, mlp, conv):
     out.mkdir()
     np.save(tmp_path / "wrong.npy", np.zeros((3, 5), np.float32))
     with pytest.raises(InputError, match=r"wrong.npy.*'input'.*\[None, 4\]"):
-        build(tmp_path / "wrong.npy", mlp, out, _cfg())
+        build(tmp_path / "wrong.npy", mlp, out, _cfg(validation_size=0))
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no usable items"):
         build(tmp_path / "empty", mlp, out, _cfg())

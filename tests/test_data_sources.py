@@ -90,9 +90,9 @@ def test_image_transform_and_its_checks(tmp_path, monkeypatch):
     build(tmp_path / "imgs", conv, out, _cfg(subset_size=3, validation_size=0, transform="tf:ok"))
     assert sorted(float(s["input"][0, 0, 0, 0]) for s in iter_samples(out)) == [0.0, 3.0, 6.0]
     with pytest.raises(InputError, match=r"shape \[3, 4, 4\], expected \[None, 3, 8, 8\]"):
-        build(tmp_path / "imgs", conv, out, _cfg(transform="tf:small"))
+        build(tmp_path / "imgs", conv, out, _cfg(validation_size=0, transform="tf:small"))
     with pytest.raises(InputError, match="dtype int64, expected float32"):
-        build(tmp_path / "imgs", conv, out, _cfg(transform="tf:ints"))
+        build(tmp_path / "imgs", conv, out, _cfg(validation_size=0, transform="tf:ints"))
 
 
 def test_method1_through_build_and_dynamic_shape_mismatch(tmp_path):

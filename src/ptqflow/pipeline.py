@@ -178,6 +178,9 @@ def run_pipeline(cfg: PipelineConfig, force: bool = False) -> dict[str, Manifest
     for field, value in (("model", cfg.model), ("data.source", cfg.data.source), ("output", cfg.output)):
         if not value:
             raise ConfigError(f"field '{field}' is required by ptqflow run")
+    if cfg.data.validation_size == 0:  # validate would find nothing to run on, after every other step
+        raise ConfigError("data.validation_size is 0, but ptqflow run validates the INT8 model on held-out samples: "
+                          "set it above 0, or leave it unset to hold out a share of a small data set")
     devicecheck.require(STEP_MODULES, cfg)  # every step's devices, before the first step runs
     manifests: dict[str, Manifest] = {}
     with tempfile.TemporaryDirectory(prefix="ptqflow-run-") as root:

@@ -12,11 +12,14 @@ import onnx
 
 from ptqflow.config import PipelineConfig
 from ptqflow.data.preprocess import preprocess_image
-from ptqflow.data.selection import selection_order
+from ptqflow.data.selection import plan_split, selection_order
 from ptqflow.data.shards import INDEX_FILE, ShardWriter
 from ptqflow.data.sources import clear_caches, list_items
 from ptqflow.data.transform import fit_sample, load_transform
 from ptqflow.errors import InputError
+from ptqflow.logs import get_logger
+
+log = get_logger("data")
 
 
 def model_inputs(model_path: Path) -> list[dict]:
@@ -89,10 +92,13 @@ def _build(source: Path, model_path: Path, out: Path, cfg: PipelineConfig) -> di
     items, label_names = list_items(source, inputs)
     if not items:
         raise InputError(f"data.source {source}: no usable items (images, .npy/.npz, .pb or text lines)")
+    # Sized before any sample is built: a data set too small for the split fails here, not at validate.
+    plan = plan_split(len(items), cfg.quantization.subset_size, cfg.data.validation_size,
+                      "validation_size" in cfg.data.model_fields_set)
+    if plan.reason:
+        log.warning(plan.reason)
     transform = load_transform(cfg.data.transform) if cfg.data.transform else None
-    subset, val_size = cfg.quantization.subset_size, cfg.data.validation_size
-    if len(items) < subset:
-        warnings.warn(f"data.source has {len(items)} items, fewer than subset_size {subset}: all used for calibration")
+    subset, val_size = plan.calibration, plan.validation
     order = selection_order([it.label for it in items], cfg.data.seed)
     max_bytes = cfg.data.shard_max_mb * 1024 * 1024
     labelled = bool(label_names)
@@ -128,6 +134,9 @@ def _build(source: Path, model_path: Path, out: Path, cfg: PipelineConfig) -> di
             )
     if writers["calibration"].count == 0:
         raise InputError(f"data.source {source}: no item could be read")
+    if val_size and writers["validation"].count == 0:
+        raise InputError(f"data.source {source}: none of the items left for validation could be read "
+                         f"({len(skipped)} unreadable of {len(items)}); validate needs at least one")
     if writers["validation"].count < val_size:
         warnings.warn(f"validation split has {writers['validation'].count} samples (asked {val_size})")
     index = {
@@ -140,6 +149,7 @@ def _build(source: Path, model_path: Path, out: Path, cfg: PipelineConfig) -> di
         "label_names": label_names,
         "labels_key": "__labels__" if labelled else None,
         "seed": cfg.data.seed,
+        "split": plan.as_dict(),
         "skipped": skipped,
         "total_items": len(items),
     }

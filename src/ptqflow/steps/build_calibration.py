@@ -16,8 +16,10 @@ INPUTS = ("model",)
 
 
 def config_section(cfg: PipelineConfig) -> dict:
-    """The data section plus quantization.subset_size (the only quantization field that changes the shards)."""
-    return {"data": section_dump(cfg.data), "subset_size": cfg.quantization.subset_size}
+    """The data section plus quantization.subset_size (the only quantization field that changes the shards)
+    and whether data.validation_size was set: a small data set is split differently when it was not."""
+    return {"data": section_dump(cfg.data), "subset_size": cfg.quantization.subset_size,
+            "validation_size_set": "validation_size" in cfg.data.model_fields_set}
 
 
 def run(inputs: dict[str, Path], out: Path, cfg: PipelineConfig) -> Manifest:
@@ -39,6 +41,7 @@ def run(inputs: dict[str, Path], out: Path, cfg: PipelineConfig) -> Manifest:
             local = Path(source)
         index = build(local, Path(inputs["model"]) / "model.onnx", out, cfg)
     metrics = {"calibration": index["counts"]["calibration"], "validation": index["counts"]["validation"],
-               "skipped": len(index["skipped"])}
+               "skipped": len(index["skipped"]), "items": index["total_items"],
+               "split": index["split"]["rule"], "split_reason": index["split"]["reason"]}
     return write_manifest(out, step=NAME, config=config_section(cfg), inputs=input_digests(inputs),
                           metrics=metrics, timings={"total_s": time.monotonic() - start})
