@@ -192,7 +192,7 @@ def differences(locks, committed, fresh):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ALL_NAMES)
-def test_resolving_again_keeps_the_committed_pins(locks, name, tmp_path):
+def test_resolving_again_gives_the_committed_pins(locks, name, tmp_path):
     """What `make locks` writes: same inputs, as of the recorded cutoff, starting from the committed pins (uv,
     package index). A release dated after the cutoff is no candidate; one the index serves later with an earlier
     date (or published today) does not displace a pin that still fits; `make check-locks` lists them."""
