@@ -104,6 +104,15 @@ class QuantizationResult:
 # ---------------------------------------------------------------------------------------------------------
 
 
+def statistics_request(config: QuantizationConfig) -> dict:
+    """What ``collect_statistics`` observes for ``config`` beyond the planned ranges, as a JSON-ready dict.
+
+    The one place that decides it: collect_statistics gathers exactly this and records it in the plan
+    (``plan["collected"]``), the collect-stats step puts it in its cache key, and quantize refuses statistics
+    that lack what its own config needs instead of quietly skipping the layers."""
+    return {"bias_input_means": bool(config.fast_bias_correction and not config.advanced.disable_bias_correction)}
+
+
 def collect_statistics(model, dataset, config: QuantizationConfig | None = None, *, device: str = "cpu",
                        keep_samples: int = 0, _kept: list | None = None) -> Statistics:
     """Prepare ``model``, plan the quantizers and observe the planned tensors on at most ``config.subset_size``
@@ -127,10 +136,10 @@ def collect_statistics(model, dataset, config: QuantizationConfig | None = None,
         plan["smooth_quant"] = {"alpha": alpha, "tensors": smoothing}
     layers = find_bias_layers(prepared)
     plan["bias_layers"] = [layer.name for layer in layers]
+    plan["collected"] = request = statistics_request(config)
     tensors = sorted({p["tensor"] for p in plan["activations"]})
     means = {}
-    fast = config.fast_bias_correction and not config.advanced.disable_bias_correction
-    for layer in layers if fast else []:  # FastBiasCorrection's input means; its reference is the FP32 layer
+    for layer in layers if request["bias_input_means"] else []:  # FastBiasCorrection's input means; its reference is the FP32 layer
         means["in\0" + layer.name] = (layer.input, layer.input_channel_axis)
     batchable = _batchable(prepared, tensors)
     spread = ({t: (t, 1) for t in _depthwise_inputs(prepared, plan["activations"])}
@@ -454,6 +463,7 @@ def _correct_biases(prepared, q, statistics, config, dataset, device, samples_li
         return []
     threshold = config.advanced.bias_correction_threshold
     if config.fast_bias_correction:
+        _require_collected(statistics, config, "bias_input_means", "FastBiasCorrection's per-channel input means")
         return fast_bias_correction.apply_fast_bias_correction(
             q, layers, statistics.means_in, statistics.means_out, threshold=threshold, fp32_model=prepared,
             device=device)
@@ -464,6 +474,17 @@ def _correct_biases(prepared, q, statistics, config, dataset, device, samples_li
         raise InputError("full bias correction (fast_bias_correction=False) needs the calibration dataset")
     return bias_correction.apply_bias_correction(prepared, q, layers, samples, threshold=threshold, device=device,
                                                  runtime=config.advanced.statistics_runtime)
+
+
+def _require_collected(statistics: Statistics, config: QuantizationConfig, key: str, what: str) -> None:
+    """InputError when ``statistics`` were collected without ``key`` of this config's statistics request (they
+    came from a run with other settings); statistics from before the plan recorded it pass when not empty."""
+    collected = statistics.plan.get("collected")
+    held = collected.get(key, False) if collected is not None else bool(statistics.means_in)
+    if statistics_request(config)[key] and not held:
+        raise InputError(f"the statistics lack {what}: they were collected with other settings "
+                         f"({', '.join(f'{k}={v}' for k, v in (collected or {}).items()) or 'none recorded'}); "
+                         "collect statistics again with this quantization config")
 
 
 def _summary(prepared: onnx.ModelProto, plan: dict, records: list[dict], bc: list[dict]) -> list[dict]:
