@@ -16,17 +16,6 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from ptqflow import demo
 
-def edit_distance(a: str, b: str) -> int:
-    """Levenshtein distance between two strings."""
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
-
-
 def iou(a, b) -> float:
     """IoU of two axis-aligned boxes [x0, y0, x1, y1]."""
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
@@ -152,7 +141,7 @@ class Rec:
     def metrics(self, outputs: list, labels: list) -> dict:
         texts = self.texts(outputs)
         exact = np.mean([p == t for p, t in zip(texts, labels)])
-        chars = np.mean([max(0.0, 1 - edit_distance(p, t) / max(1, len(t))) for p, t in zip(texts, labels)])
+        chars = np.mean([max(0.0, 1 - demo.edit_distance(p, t) / max(1, len(t))) for p, t in zip(texts, labels)])
         return {"exact_match": float(exact), "char_accuracy": float(chars)}
 
 
