@@ -95,6 +95,17 @@ def save(model: onnx.ModelProto, path: Path) -> Path:
     return path
 
 
+def initializers_as_inputs(model: onnx.ModelProto, ir_version: int = 3) -> onnx.ModelProto:
+    """A copy of ``model`` that also lists every initializer as a graph input, as old (IR 3) exporters did."""
+    old = onnx.ModelProto()
+    old.CopyFrom(model)
+    for t in old.graph.initializer:
+        old.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    old.ir_version = ir_version
+    onnx.checker.check_model(old)
+    return old
+
+
 def random_inputs(n: int, shape, seed: int = 0, name: str = "input") -> list[dict[str, np.ndarray]]:
     """``n`` single-sample input dicts of the given per-sample shape (batch dim 1 prepended)."""
     rng = np.random.default_rng(seed)
@@ -458,3 +469,36 @@ def mlp_rank_lost(seed: int = 0, features: int = 16, hidden: int = 32, out: int 
     inits = list(base.graph.initializer) + [
         _init(name, np.array([v], np.int64)) for name, v in (("zero", 0), ("one", 1), ("two", 2))]
     return make_model(nodes, list(base.graph.input), list(base.graph.output), inits, name="mlp_rank_lost")
+
+
+def nncf_doc_names(seed: int = 0, c: int = 4, size: int = 8, classes: int = 5) -> onnx.ModelProto:
+    """A small CNN whose node names and types are those of NNCF's ignored-scope examples: input[N,3,size,size]
+    -> layer_1 Conv and layer_2 Conv (both on the input) -> layer_3 Add -> node_1 Relu -> node_2 Resize (x2)
+    -> node_3 Mul (by itself) -> conv_out Conv(+bias) -> gap -> flatten -> fc Gemm -> logits[N,classes].
+    Every example's scope matches something, and each leaves something to quantize."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        _init("w1", rng.normal(0, 0.3, (c, 3, 3, 3)).astype(np.float32)),
+        _init("w2", rng.normal(0, 0.3, (c, 3, 1, 1)).astype(np.float32)),
+        _init("scales", np.array([1, 1, 2, 2], np.float32)),
+        _init("w3", rng.normal(0, 0.3, (c, c, 3, 3)).astype(np.float32)),
+        _init("b3", rng.normal(0, 0.1, c).astype(np.float32)),
+        _init("fc_w", rng.normal(0, 0.3, (classes, c)).astype(np.float32)),
+        _init("fc_b", rng.normal(0, 0.1, classes).astype(np.float32)),
+    ]
+    n = helper.make_node
+    nodes = [
+        n("Conv", ["input", "w1"], ["a"], name="layer_1", pads=[1, 1, 1, 1]),
+        n("Conv", ["input", "w2"], ["b"], name="layer_2"),
+        n("Add", ["a", "b"], ["s"], name="layer_3"),
+        n("Relu", ["s"], ["r"], name="node_1"),
+        n("Resize", ["r", "", "scales"], ["up"], name="node_2", mode="nearest"),
+        n("Mul", ["up", "up"], ["sq"], name="node_3"),
+        n("Conv", ["sq", "w3", "b3"], ["c3"], name="conv_out", pads=[1, 1, 1, 1]),
+        n("GlobalAveragePool", ["c3"], ["gap"], name="gap"),
+        n("Flatten", ["gap"], ["flat"], name="flatten"),
+        n("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], name="fc", transB=1),
+    ]
+    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, size, size])]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])]
+    return make_model(nodes, inputs, outputs, inits, name="nncf_doc_names")

@@ -159,11 +159,155 @@ def test_progress_logs_plain_lines_when_not_a_tty(capsys):
     assert "stats: 1/5" in err and "stats: 5/5 done" in err and "\r" not in err
 
 
+def _help(command: str) -> str:
+    return build_parser()._subparsers._group_actions[0].choices[command].format_help()
+
+
 @pytest.mark.parametrize("step", ["fetch-model", "collect-stats", "quantize", "build-calibration", "validate", "export-ir"])
 def test_every_step_has_a_subcommand(step):
+    help_text = _help(step)
+    assert "--output URI, --out URI" in help_text and "--force" in help_text and "--set" in help_text
+
+
+@pytest.mark.parametrize("step, shown, hidden", [
+    ("fetch-model", {"--model", "--model-sha256"}, {"--preset", "--min-cosine", "--data", "--device", "--seed"}),
+    ("build-calibration", {"--data", "--subset-size", "--seed", "--transform", "--preprocess", "--validation-size"},
+     {"--preset", "--min-cosine", "--device", "--model", "--fast-bias-correction"}),
+    ("collect-stats", {"--preset", "--subset-size", "--ignored-types", "--device", "--fast-bias-correction"},
+     {"--min-cosine", "--seed", "--data", "--model"}),
+    ("quantize", {"--preset", "--fast-bias-correction", "--device"}, {"--min-cosine", "--seed", "--model"}),
+    ("validate", {"--min-cosine", "--max-accuracy-drop", "--min-speedup", "--device"}, {"--preset", "--subset-size"}),
+    ("export-ir", set(), {"--preset", "--min-cosine", "--device", "--subset-size"}),
+])
+def test_step_help_lists_only_the_flags_its_config_reads(step, shown, hidden):
+    words = set(_help(step).replace(",", " ").split())
+    assert shown <= words and not hidden & words
+    run_words = set(_help("run").replace(",", " ").split())
+    assert (shown | hidden) <= run_words  # run keeps every flag
+
+
+def test_flag_a_step_does_not_read_is_refused_naming_the_steps_that_do(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["build-calibration", "--in-model", str(tmp_path), "--data", str(tmp_path),
+              "--output", str(tmp_path / "o"), "--preset", "mixed"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--preset sets quantization.preset, which the build-calibration step does not read" in err
+    assert "collect-stats, quantize" in err
+    with pytest.raises(SystemExit):
+        main(["export-ir", "--output", str(tmp_path / "o"), "--no-fast-bias-correction"])
+    assert "quantization.fast_bias_correction" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_output_and_out_are_one_flag_for_steps(tmp_path):
+    model = builders.save(builders.mlp(), tmp_path / "m.onnx")
+    assert main(["fetch-model", "--model", str(model), "--output", str(tmp_path / "a")]) == 0
+    assert read_manifest(tmp_path / "a").step == "fetch-model"
     parser = build_parser()
-    help_text = parser._subparsers._group_actions[0].choices[step].format_help()
-    assert "--out" in help_text and "--force" in help_text
+    assert parser.parse_args(["quantize", "--out", "x"]).out == parser.parse_args(["quantize", "--output", "x"]).out
+
+
+# --- CONFIG_READS (what the CLI offers per step) against what each step's config_section really reads ----------
+
+
+def _leaves(model_type, prefix=""):
+    """(dotted key, annotation) of every leaf field of a config model (dataclass fields included)."""
+    import dataclasses
+    import typing
+
+    from pydantic import BaseModel
+
+    fields = (model_type.model_fields.items() if issubclass(model_type, BaseModel)
+              else ((f.name, f) for f in dataclasses.fields(model_type)))
+    for name, f in fields:
+        ann = getattr(f, "annotation", None) or f.type
+        inner = [a for a in (typing.get_args(ann) or (ann,)) if a is not type(None)]
+        sub = inner[0] if len(inner) == 1 and isinstance(inner[0], type) else None
+        if sub is not None and (issubclass(sub, BaseModel) or dataclasses.is_dataclass(sub)):
+            yield from _leaves(sub, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", ann
+
+
+def _choices(ann) -> list:
+    """Literal values and enum values found anywhere in an annotation."""
+    import enum
+    import typing
+
+    if typing.get_origin(ann) is typing.Literal:
+        return list(typing.get_args(ann))
+    if isinstance(ann, type) and issubclass(ann, enum.Enum):
+        return [m.value for m in ann]
+    return [c for a in typing.get_args(ann) for c in _choices(a)]
+
+
+def _changed_config(base: dict, key: str, ann):
+    """A valid config differing from ``base`` in ``key`` only, or None when no candidate value fits."""
+    import copy
+
+    from ptqflow.config import parse_config, set_dotted
+    from ptqflow.errors import ConfigError
+
+    before = parse_config(base)
+    old = before
+    for part in key.split("."):
+        old = getattr(old, part)
+    candidates = [*_choices(ann), not old if isinstance(old, bool) else None, 7, 0.5, 0.25, "a" * 64, "m:f",
+                  "x", [3, 3], ["x"], [{"inputs": ["x"], "outputs": ["y"]}]]
+    for value in candidates:
+        data = copy.deepcopy(base)
+        set_dotted(data, key, value)
+        try:
+            cfg = parse_config(data)
+        except ConfigError:
+            continue
+        new = cfg
+        for part in key.split("."):
+            new = getattr(new, part)
+        if new != old:
+            return cfg
+    return None
+
+
+def test_config_reads_table_matches_each_steps_config_section():
+    from ptqflow.config import PipelineConfig, parse_config
+    from ptqflow.steps import CONFIG_READS, load_step, reads
+
+    base = {"registry": {}}  # publish needs the section to exist
+    leaves = list(_leaves(PipelineConfig))
+    assert len(leaves) > 40
+    wrong, untested = [], []
+    for key, ann in leaves:
+        changed = _changed_config(base, key, ann)
+        if changed is None:
+            untested.append(key)
+            continue
+        for step in CONFIG_READS:
+            section = load_step(step).config_section
+            actual = section(changed) != section(parse_config(base))
+            if actual != reads(step, key):
+                wrong.append(f"{step} {'reads' if actual else 'does not read'} {key}")
+    assert not untested, f"no valid other value found for {untested}: extend _changed_config's candidates"
+    assert not wrong, "steps.CONFIG_READS disagrees with config_section: " + "; ".join(wrong)
+
+
+def test_gate_value_that_cannot_hold_exits_2_before_any_step(tmp_path, capsys):
+    model = builders.save(builders.mlp(), tmp_path / "m.onnx")
+    out = tmp_path / "run"
+    for flags, field in ((["--min-cosine", "1.5"], "validation.gate.min_cosine"),
+                         (["--min-top1-agreement", "-0.1"], "validation.gate.min_top1_agreement"),
+                         (["--set", "data.max_bad_fraction=2"], "data.max_bad_fraction"),
+                         (["--max-accuracy-drop", "5", "--set", "validation.gate.accuracy_drop_mode=relative"],
+                          "validation.gate")):
+        code = main(["run", "--model", str(model), "--data", str(tmp_path), "--output", str(out), *flags])
+        err = capsys.readouterr().err
+        assert code == 2 and f"field '{field}'" in err, err
+        assert not out.exists()  # rejected before fetch-model started
+    # each step checks the whole config, so a step run alone refuses it too
+    assert main(["fetch-model", "--model", str(model), "--output", str(out), "--set",
+                 "validation.gate.min_cosine=1.5"]) == 2
+    assert not out.exists()
 
 
 def test_entry_point_script_runs():

@@ -1,4 +1,10 @@
-"""ptqflow: post-training INT8 quantization of ONNX models, as a library and as pipeline steps."""
+"""ptqflow: post-training INT8 quantization of ONNX models, as a library and as pipeline steps.
+
+The public names follow NNCF's, so that code written for NNCF runs with ``import ptqflow as nncf``: NNCF's
+spellings (``AdvancedQuantizationParameters``, ``ModelType.Transformer``, ``TargetDevice.VPU``, the modules
+``ptqflow.quantization.advanced_parameters``, ``ptqflow.parameters``, ``ptqflow.scopes``) are aliases of
+ptqflow's own.
+"""
 
 from __future__ import annotations
 
@@ -16,9 +22,19 @@ from ptqflow.config import (  # noqa: E402
     TargetDevice,
 )
 
+from ptqflow import parameters, quantization, scopes  # noqa: E402,F401  (NNCF's module paths: nncf.parameters...)
+from ptqflow.quantization.advanced_parameters import (  # noqa: E402  (NNCF's names)
+    AdvancedBiasCorrectionParameters,
+    AdvancedQuantizationParameters,
+    AdvancedSmoothQuantParameters,
+)
+
 __all__ = [
     "__version__",
+    "AdvancedBiasCorrectionParameters",
     "AdvancedParameters",
+    "AdvancedQuantizationParameters",
+    "AdvancedSmoothQuantParameters",
     "IgnoredScope",
     "ModelType",
     "OverflowFix",

@@ -2,6 +2,7 @@
 ``check-device``.
 
 Configuration precedence: defaults < ``--config FILE`` < typed flags < ``--set dotted.key=value``.
+A step offers the typed flags of the config keys it reads (``ptqflow.steps.CONFIG_READS``); ``run`` offers all.
 Errors print one message on stderr and exit with the exception's exit code (see README "Exit codes");
 an unexpected exception exits 1 (with its traceback under ``-v``).
 """
@@ -20,10 +21,12 @@ from ptqflow import __version__
 from ptqflow.config import load_config
 from ptqflow.errors import ConfigError, PtqflowError
 from ptqflow.logs import get_logger, setup_logging
-from ptqflow.steps import OPTIONAL_STEPS, STEP_MODULES
+from ptqflow.steps import OPTIONAL_STEPS, STEP_MODULES, reads
 
 # Typed shortcut flags: (flag, dotted config key, argparse kwargs).
 _FLAGS: list[tuple[str, str, dict[str, Any]]] = [
+    ("--model", "model", {"metavar": "URI", "help": "FP32 model URI (path, file://, s3://, https://, models:/...)"}),
+    ("--data", "data.source", {"metavar": "URI", "help": "dataset URI (path, file://, s3://)"}),
     ("--preset", "quantization.preset", {"choices": ["performance", "mixed"]}),
     ("--target-device", "quantization.target_device", {"choices": ["ANY", "CPU", "CPU_SPR", "GPU", "NPU"]}),
     ("--subset-size", "quantization.subset_size", {"type": int}),
@@ -43,6 +46,8 @@ _FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--min-top1-agreement", "validation.gate.min_top1_agreement", {"type": float}),
     ("--min-speedup", "validation.gate.min_speedup", {"type": float}),
     ("--model-sha256", "model_sha256", {}),
+    ("--fast-bias-correction", "quantization.fast_bias_correction",
+     {"action": argparse.BooleanOptionalAction, "help": "FastBiasCorrection (default) or full BiasCorrection"}),
 ]
 
 
@@ -50,14 +55,37 @@ def _csv(text: str) -> list[str]:
     return [part for part in (p.strip() for p in text.split(",")) if part]
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
+class _NotRead(argparse.Action):
+    """A typed flag whose config key this step does not read: refused, naming the steps that do read it."""
+
+    def __init__(self, option_strings, dest, step: str = "", key: str = "", **kwargs):
+        super().__init__(option_strings, dest, **kwargs)
+        self.step, self.key = step, key
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        readers = [s for s in [*STEP_MODULES, *OPTIONAL_STEPS] if reads(s, self.key)]
+        parser.error(f"{option_string} sets {self.key}, which the {self.step} step does not read, so it cannot "
+                     f"change its result; the steps that read it: {', '.join(readers)} (and run)")
+
+
+def _add_common(p: argparse.ArgumentParser, step: str | None = None) -> None:
+    """--config, --force, --set, and the typed flags: all of them for ``run`` (step None), else those whose
+    config key ``step`` reads (the others are refused with a message naming the steps that read them)."""
     p.add_argument("--config", metavar="FILE", help="YAML/JSON config file (flags override it)")
     p.add_argument("--force", action="store_true", help="rerun even if an identical result exists")
     for flag, key, kwargs in _FLAGS:
-        kwargs = {"metavar": key.rsplit(".", 1)[-1].upper(), **kwargs} if "choices" not in kwargs else kwargs
-        p.add_argument(flag, dest=key, default=None, help=f"sets {key}", **kwargs)
-    p.add_argument("--fast-bias-correction", dest="quantization.fast_bias_correction", default=None,
-                   action=argparse.BooleanOptionalAction, help="FastBiasCorrection (default) or full BiasCorrection")
+        flags = [flag]
+        if kwargs.get("action") is argparse.BooleanOptionalAction:
+            flags.append("--no-" + flag[2:])
+        if step is not None and not reads(step, key):
+            nargs = 0 if len(flags) > 1 else "?"
+            p.add_argument(*flags, dest=key, default=None, action=_NotRead, nargs=nargs, step=step, key=key,
+                           help=argparse.SUPPRESS)
+            continue
+        kwargs = {"help": f"sets {key}", **kwargs}
+        if "choices" not in kwargs and "action" not in kwargs:
+            kwargs.setdefault("metavar", key.rsplit(".", 1)[-1].upper())
+        p.add_argument(flag, dest=key, default=None, **kwargs)
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="set any config field, e.g. --set quantization.advanced.per_channel=false (YAML value)")
 
@@ -76,16 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
         inputs = _step_inputs(name, load_step)
         for inp in inputs:
             p.add_argument(f"--in-{inp}", dest=f"in_{inp}", metavar="URI", help=f"input artifact '{inp}'")
-        if name == "fetch-model":
-            p.add_argument("--model", dest="model", metavar="URI", help="model to fetch (path, file://, s3://, https://)")
-        if name == "build-calibration":
-            p.add_argument("--data", dest="data.source", metavar="URI", help="dataset (path, file://, s3://)")
-        p.add_argument("--out", required=True, metavar="URI", help="output artifact location")
-        _add_common(p)
+        p.add_argument("--output", "--out", dest="out", required=True, metavar="URI",
+                       help="output artifact location (--out is the same flag)")
+        _add_common(p, name)
         p.set_defaults(step_inputs=inputs)
     run = sub.add_parser("run", help="run all six steps in order")
-    run.add_argument("--model", dest="model", metavar="URI", help="FP32 model URI")
-    run.add_argument("--data", dest="data.source", metavar="URI", help="dataset URI")
     run.add_argument("--output", dest="output", metavar="URI", help="output prefix; each step writes <output>/<step>/")
     _add_common(run)
     sub.add_parser("config-schema", help="print the JSON schema of the config file")

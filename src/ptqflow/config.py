@@ -11,19 +11,49 @@ quantize step but reuses the fetched model, the calibration data and the statist
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from ptqflow.errors import ConfigError
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_enum_values=False, validate_assignment=True)
+    # allow_inf_nan=False: a NaN threshold compares false with everything, an infinite one can never be met.
+    model_config = ConfigDict(extra="forbid", use_enum_values=False, validate_assignment=True, allow_inf_nan=False)
+
+
+# Field types whose values have a shape: the JSON schema carries the constraint, the before-validator gives one
+# readable message instead of pydantic's per-branch ones.
+_CALLABLE_SPEC = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$"  # as importlib.import_module + getattr take it
+_SHA256 = r"^\s*[0-9a-fA-F]{64}\s*$"
+
+
+def _matching(pattern: str, expected: str):
+    def check(value: Any) -> Any:
+        if isinstance(value, str) and not re.match(pattern, value):
+            raise ValueError(f"expected {expected}")
+        return value
+    return BeforeValidator(check)
+
+
+def _size(value: Any) -> Any:
+    ok = (isinstance(value, int) and not isinstance(value, bool) and value > 0) or (
+        isinstance(value, list) and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value))
+    if value is not None and not ok:
+        raise ValueError("expected a positive int or [height, width] of positive ints")
+    return value
+
+
+_Positive = Annotated[int, Field(gt=0)]
+_HeightWidth = Annotated[list[_Positive], Field(min_length=2, max_length=2)]
+_Callable = Annotated[str, Field(pattern=_CALLABLE_SPEC), _matching(_CALLABLE_SPEC, "'module:function'")]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -46,12 +76,14 @@ class TargetDevice(str, Enum):
     CPU_SPR = "CPU_SPR"
     GPU = "GPU"
     NPU = "NPU"
+    VPU = "NPU"  # NNCF's name for NPU before 2.7: an alias (TargetDevice.VPU is TargetDevice.NPU)
 
 
 class ModelType(str, Enum):
     """Special handling for a model family. TRANSFORMER keeps LayerNorm/Softmax/GELU regions in float."""
 
     TRANSFORMER = "transformer"
+    Transformer = "transformer"  # the spelling of NNCF's and OpenVINO's docs: an alias of TRANSFORMER
 
 
 class RangeEstimator(str, Enum):
@@ -77,20 +109,39 @@ class ExecutionDevice(str, Enum):
     NPU = "npu"
 
 
+def _str_list(value: Any, where: str) -> list:
+    """``value`` as a list: one string is one entry (NNCF's docs pass ``patterns=regex``), None is empty."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return list(value)
+    raise ConfigError(f"{where}: expected a list of strings, got {type(value).__name__}")
+
+
 @dataclass
 class Subgraph:
-    """A region of the graph bounded by tensor names: every node between ``inputs`` and ``outputs``."""
+    """A region of the graph bounded by node or tensor names: every node on a path from ``inputs`` to ``outputs``.
+
+    A single string is one name, as in NNCF."""
 
     __pydantic_config__ = ConfigDict(extra="forbid")
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.inputs = _str_list(self.inputs, "Subgraph.inputs")
+        self.outputs = _str_list(self.outputs, "Subgraph.outputs")
 
 
 @dataclass
 class IgnoredScope:
     """Nodes to keep in float: by exact name, by regex pattern on names, by op type, or by subgraph.
 
-    With ``validate=True`` a name, pattern, type or subgraph that matches nothing is an error naming it.
+    ``names``, ``patterns`` and ``types`` take a list, or one string as one entry (``patterns=".*head.*"``).
+    A pattern that is not a valid regular expression is a ConfigError naming it. With ``validate=True`` a
+    name, pattern, type or subgraph that matches nothing is an error naming it.
     """
 
     __pydantic_config__ = ConfigDict(extra="forbid")
@@ -99,6 +150,19 @@ class IgnoredScope:
     types: list[str] = field(default_factory=list)
     subgraphs: list[Subgraph] = field(default_factory=list)
     validate: bool = True
+
+    def __post_init__(self) -> None:
+        self.names = _str_list(self.names, "ignored_scope.names")
+        self.patterns = _str_list(self.patterns, "ignored_scope.patterns")
+        self.types = _str_list(self.types, "ignored_scope.types")
+        subgraphs = self.subgraphs
+        self.subgraphs = ([subgraphs] if isinstance(subgraphs, Subgraph)
+                          else _str_list(subgraphs, "ignored_scope.subgraphs"))
+        for pattern in self.patterns:
+            try:
+                re.compile(pattern)
+            except (re.error, TypeError) as err:
+                raise ConfigError(f"ignored_scope.patterns: {pattern!r} is not a regular expression ({err})") from None
 
     def is_empty(self) -> bool:
         """True when the scope ignores nothing."""
@@ -188,31 +252,42 @@ class PreprocessConfig(_Strict):
     method: Literal["none", "preprocess_method1", "preprocess_method2", "chain"] = Field(
         "chain", description="onnxruntime's preprocess_method1/2, a configurable chain, or none."
     )
-    resize: list[int] | int | None = Field(
+    resize: Annotated[_HeightWidth | _Positive | None, BeforeValidator(_size)] = Field(
         None, description="int: shorter side; [h, w]: exact size. Default: the model's static input size."
     )
     resize_mode: Literal["shorter", "exact", "letterbox", "pad_right"] = Field(
         "exact", description="How to reach the target size."
     )
-    center_crop: list[int] | None = Field(None, description="[h, w] centre crop after resizing.")
-    mean: list[float] | None = Field(None, description="Per-channel mean subtracted after scaling.")
-    std: list[float] | None = Field(None, description="Per-channel std divided after mean subtraction.")
-    scale: float = Field(1.0 / 255.0, description="Multiplier applied to raw pixel values first.")
+    center_crop: Annotated[_HeightWidth | None, BeforeValidator(_size)] = Field(
+        None, description="[h, w] centre crop after resizing."
+    )
+    mean: list[float] | None = Field(None, min_length=1, description="Per-channel mean subtracted after scaling.")
+    std: list[Annotated[float, Field(gt=0)]] | None = Field(
+        None, min_length=1, description="Per-channel std (each > 0) divided after mean subtraction."
+    )
+    scale: float = Field(1.0 / 255.0, gt=0, description="Multiplier (> 0) applied to raw pixel values first.")
     channel_order: Literal["RGB", "BGR"] = "RGB"
     layout: Literal["NCHW", "NHWC"] = "NCHW"
     dtype: Literal["float32", "float16", "uint8", "int8"] = "float32"
+
+    @model_validator(mode="after")
+    def _one_value_per_channel(self) -> "PreprocessConfig":
+        if self.mean is not None and self.std is not None and len(self.mean) != len(self.std):
+            raise ValueError(f"mean has {len(self.mean)} values and std {len(self.std)}: give one per channel in both")
+        return self
 
 
 class DataConfig(_Strict):
     """Where calibration/validation data comes from and how it becomes model inputs."""
 
     source: str | None = Field(None, description="Dataset URI: directory, file, file:// or s3://.")
-    transform: str | None = Field(
+    transform: _Callable | None = Field(
         None, description="'module:function' mapping one raw item to the model's input dict."
     )
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     validation_size: int = Field(300, ge=0, description="Held-out validation samples (disjoint from calibration).")
-    seed: int = Field(0, description="Seed for the deterministic subset selection.")
+    seed: int = Field(0, ge=0, description="Seed (>= 0, as numpy's generators take) for the deterministic subset "
+                      "selection.")
     shard_max_mb: int = Field(64, gt=0, description="Upper bound on one shard's size.")
     max_bad_fraction: float = Field(
         0.05, ge=0, le=1, description="Error out when more than this fraction of items is unreadable."
@@ -227,20 +302,36 @@ class DataConfig(_Strict):
 class GateConfig(_Strict):
     """Thresholds the INT8 model must meet to be published. ``None`` disables a threshold."""
 
-    max_accuracy_drop: float | None = Field(0.01, ge=0, description="Largest allowed drop of the task metric.")
-    accuracy_drop_mode: Literal["absolute", "relative"] = "absolute"
-    min_cosine: float | None = Field(0.98, description="Smallest allowed cosine similarity to FP32 outputs.")
-    min_sqnr_db: float | None = Field(None, description="Smallest allowed SQNR (dB) of INT8 vs FP32 outputs.")
-    min_top1_agreement: float | None = Field(None, ge=0, le=1, description="For classifier-like outputs.")
-    min_speedup: float | None = Field(
-        1.0, description="Smallest allowed INT8/FP32 speed ratio on OpenVINO (1.0: not slower)."
+    max_accuracy_drop: float | None = Field(
+        0.01, ge=0, description="Largest allowed drop of the task metric (a fraction <= 1 in relative mode)."
     )
+    accuracy_drop_mode: Literal["absolute", "relative"] = "absolute"
+    min_cosine: float | None = Field(
+        0.98, ge=-1, le=1, description="Smallest allowed cosine similarity to FP32 outputs (a cosine is in [-1, 1])."
+    )
+    min_sqnr_db: float | None = Field(None, description="Smallest allowed SQNR (dB) of INT8 vs FP32 outputs.")
+    min_top1_agreement: float | None = Field(
+        None, ge=0, le=1, description="Smallest allowed fraction of samples whose top-1 class INT8 and FP32 agree on "
+        "(classifier-like outputs)."
+    )
+    min_speedup: float | None = Field(
+        1.0, gt=0, description="Smallest allowed INT8/FP32 speed ratio on OpenVINO (> 0; 1.0: not slower)."
+    )
+
+    @model_validator(mode="after")
+    def _relative_drop_is_a_fraction(self) -> "GateConfig":
+        if self.accuracy_drop_mode == "relative" and self.max_accuracy_drop is not None and self.max_accuracy_drop > 1:
+            raise ValueError(f"max_accuracy_drop={self.max_accuracy_drop} with accuracy_drop_mode 'relative': a "
+                             "relative drop is a fraction of the FP32 metric, at most 1 (e.g. 0.01 for 1%)")
+        return self
 
 
 class ValidationConfig(_Strict):
     """The validate step: metrics, speed measurement and gate."""
 
-    metric: str | None = Field(None, description="'module:function' taking (outputs, labels) -> float.")
+    metric: _Callable | None = Field(
+        None, description="'module:function' taking (outputs, labels) -> float."
+    )
     gate: GateConfig = Field(default_factory=GateConfig)
     latency_iterations: int = Field(50, gt=0, description="Alternating FP32/INT8 timed runs per runtime.")
     openvino_device: str = Field("CPU", description="OpenVINO device for speed figures.")
@@ -285,7 +376,9 @@ class PipelineConfig(_Strict):
         None, description="FP32 model URI: path, file://, s3://, http(s)://, models:/<name>/<version> or "
         "models:/<name>@<alias> (MLflow registry)."
     )
-    model_sha256: str | None = Field(None, description="Expected sha256 of the fetched model file.")
+    model_sha256: Annotated[str, Field(pattern=_SHA256), _matching(_SHA256, "64 hexadecimal digits")] | None = Field(
+        None, description="Expected sha256 (64 hex digits) of the fetched model file."
+    )
     output: str | None = Field(None, description="Output prefix URI: path, file:// or s3://.")
     device: ExecutionDevice = Field(ExecutionDevice.CPU, description="Where model-running steps run.")
     quantization: QuantizationConfig = Field(default_factory=QuantizationConfig)
