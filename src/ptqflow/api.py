@@ -22,7 +22,7 @@ from ptqflow.algorithms.minmax import insert_qdq
 from ptqflow.config import (AdvancedParameters, IgnoredScope, ModelType, QuantizationConfig, QuantizationPreset,
                             RangeEstimator, TargetDevice)
 from ptqflow.errors import InputError
-from ptqflow.graph.prepare import MAX_IR_VERSION, is_large, prepare_model
+from ptqflow.graph.prepare import MAX_IR_VERSION, graph_inputs, is_large, prepare_model
 from ptqflow.runtime import make_session
 from ptqflow.statistics.runner import make_runner
 from ptqflow.statistics import Statistics
@@ -249,11 +249,8 @@ def _session(model: onnx.ModelProto, device: str):
 
 def _batchable(model: onnx.ModelProto, tensors: list[str]) -> bool:
     """True when every input and observed tensor has the same symbolic batch dim 0 (safe to stack samples)."""
-    inits = {t.name for t in model.graph.initializer}
     params = set()
-    for vi in model.graph.input:
-        if vi.name in inits:
-            continue
+    for vi in graph_inputs(model):
         dims = vi.type.tensor_type.shape.dim
         if not dims or not dims[0].dim_param:
             return False

@@ -20,6 +20,11 @@ class ConfigError(PtqflowError):
     exit_code = 2
 
 
+class OutputError(ConfigError):
+    """The output location cannot be written: a file stands where a directory must go, or the place is
+    read-only or not permitted. Exit code 2 (like any bad setting: retrying cannot help); names the path."""
+
+
 class InputError(PtqflowError):
     """A model, data set or artifact given as input is unusable (corrupt, wrong shape, empty...)."""
 

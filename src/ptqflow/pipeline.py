@@ -3,14 +3,18 @@
 A step's cache key is hash(step, ptqflow version, the step's config section, its inputs' digests). When the
 output URI already holds a manifest with that key and intact outputs, the step is skipped; ``force`` reruns
 it. A step runs into a fresh local directory that is published only when complete (manifest last), so a
-killed step leaves no manifest behind at its output.
+killed step leaves no manifest behind at its output. For a local output that directory, and every scratch
+file of the run, lies in a hidden partial directory beside the output (``.<step>.partial-<pid>-*``), which
+the next run removes when its process is gone: a killed run leaves nothing behind in the system temp dir.
 """
 
 from __future__ import annotations
 
+import errno
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from ptqflow import __version__, devicecheck
@@ -18,10 +22,13 @@ from ptqflow.artifacts import storage
 from ptqflow.artifacts.manifest import Manifest, cache_key, read_manifest
 from ptqflow.config import PipelineConfig
 from ptqflow.errors import ConfigError, GateFailedError, InputError
+from ptqflow.graph.prepare import check_model_file
 from ptqflow.logs import get_logger
 from ptqflow.steps import STEP_MODULES, load_step
 
 log = get_logger("pipeline")
+MODEL_FILE = "model.onnx"  # the model file of a fetch-model or quantize artifact
+_UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
 
 # Which step produces each named input artifact (the DESIGN.md contract).
 PRODUCERS = {
@@ -53,9 +60,10 @@ def run_step(
     if missing:
         raise ConfigError(f"step {name}: missing input artifact(s) {', '.join(missing)} (--in-{missing[0]} URI)")
     devicecheck.require([name], cfg)  # before staging: an absent device fails at once, never falls back
+    if not storage.is_s3(output_uri):
+        storage.check_replaceable(storage.parse_uri(output_uri).path)  # before the work, not at its end
     section = step.config_section(cfg)
-    with tempfile.TemporaryDirectory(prefix=f"ptqflow-{name}-") as work:
-        work = Path(work)
+    with _work_dir(output_uri, f"ptqflow-{name}-") as work:
         inputs, digests = _stage_inputs(step.INPUTS, input_uris, work, staged)
         key = cache_key(step.NAME, __version__, section, digests)
         if not force:
@@ -66,6 +74,24 @@ def run_step(
             return _execute(step, inputs, output_uri, cfg, work)
         finally:
             _keep_published(output_uri, work / "out", staged)
+
+
+@contextmanager
+def _work_dir(output_uri: str, prefix: str):
+    """A scratch directory for one run (staged inputs, the step's output before publishing, the step's own
+    temporary files), removed afterwards. For a local output it is a partial directory beside the output,
+    so that a killed run's leftovers are removed by the next run (``storage.make_partial_dir``)."""
+    loc = storage.parse_uri(output_uri)
+    if loc.scheme == "file":
+        work = storage.make_partial_dir(loc.path)
+        try:
+            with storage.scratch_root(work):
+                yield work
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp, storage.scratch_root(Path(tmp)):
+        yield Path(tmp)
 
 
 def _keep_published(output_uri: str, out: Path, staged: dict | None) -> None:
@@ -94,6 +120,15 @@ def _stage_inputs(names, input_uris, work: Path, staged: dict[str, Path] | None)
         manifest = read_manifest(local) if local.is_dir() else None
         if manifest is None:
             raise InputError(f"input '{name}' at {uri} has no manifest.json: not a finished ptqflow artifact")
+        # Presence and size only: hashing every input (models of gigabytes) on every step would cost too much.
+        bad = [rel for rel, info in manifest.outputs.items()
+               if not (local / rel).is_file() or (local / rel).stat().st_size != info.get("size")]
+        if bad:
+            raise InputError(f"input '{name}' at {uri} is damaged: {', '.join(sorted(bad)[:5])} missing or not as "
+                             "its manifest.json records; rerun the step that made it (--force)")
+        if (local / MODEL_FILE).is_file():
+            # Every step loads it: a model whose external data leads outside its artifact is refused here, once.
+            check_model_file(local / MODEL_FILE, f"input '{name}' at {uri}: {MODEL_FILE}")
         inputs[name] = local
         digests[name] = manifest.digest
     return inputs, digests
@@ -135,7 +170,7 @@ def _raise_if_gate_failed(name: str, manifest: Manifest) -> None:
 def _execute(step, inputs: dict[str, Path], output_uri: str, cfg: PipelineConfig, work: Path) -> Manifest:
     """Run the step into a fresh directory and publish it; a gate failure is published, then re-raised."""
     loc = storage.parse_uri(output_uri)
-    out = storage.make_partial_dir(loc.path) if loc.scheme == "file" else work / "out"
+    out = work / "out"
     out.mkdir(parents=True, exist_ok=True)
     log.info("%s: running -> %s", step.NAME, output_uri, extra={"step": step.NAME})
     start = time.monotonic()
@@ -143,6 +178,13 @@ def _execute(step, inputs: dict[str, Path], output_uri: str, cfg: PipelineConfig
     try:
         try:
             manifest = step.run(inputs, out, cfg)
+        except OSError as err:
+            # The disk is full (a zip writer does not say which file), or writing into ``work`` (beside a local
+            # output) was refused: name the output instead of reporting an internal error.
+            mine = err.filename and Path(err.filename).resolve().is_relative_to(work.resolve())
+            if err.errno in (errno.ENOSPC, errno.EDQUOT) or (mine and err.errno in _UNWRITABLE):
+                raise storage.output_error(err, output_uri) from None
+            raise
         except GateFailedError as err:
             # The step names files in its working directory; name the published location instead.
             gate_error = GateFailedError(str(err).replace(str(out), output_uri))
@@ -183,7 +225,7 @@ def run_pipeline(cfg: PipelineConfig, force: bool = False) -> dict[str, Manifest
                           "set it above 0, or leave it unset to hold out a share of a small data set")
     devicecheck.require(STEP_MODULES, cfg)  # every step's devices, before the first step runs
     manifests: dict[str, Manifest] = {}
-    with tempfile.TemporaryDirectory(prefix="ptqflow-run-") as root:
+    with _work_dir(cfg.output, "ptqflow-run-") as root:
         staged: dict = {"__root__": root}
         for name in [*STEP_MODULES, *(["publish"] if cfg.registry is not None else [])]:
             step = load_step(name)

@@ -26,6 +26,7 @@ from ptqflow.algorithms.bias_layers import (
     summary,
     write_bias,
 )
+from ptqflow.graph.prepare import graph_inputs
 from ptqflow.runtime import make_session, run_each
 from ptqflow.statistics.collector import augment
 from ptqflow.statistics.runner import make_runner
@@ -99,7 +100,7 @@ class _Segmenter:
             for name in _reads(node):
                 self.readers.setdefault(name, []).append(node)
         self.done: set[int] = set()
-        self.graph_inputs = {i.name for i in q_model.graph.input} - set(self.idx.inits)
+        self.graph_inputs = {i.name for i in graph_inputs(q_model)}
 
     def segment(self, target: str, available: set[str]) -> list[onnx.NodeProto]:
         """Nodes not yet run that ``target`` depends on, in graph order (stops at available tensors)."""

@@ -119,13 +119,19 @@ def write_manifest(
 
 
 def read_manifest(directory: Path) -> Manifest | None:
-    """The manifest of an artifact directory, or None when there is none (no manifest, no artifact)."""
+    """The manifest of an artifact directory, or None when there is none (no manifest, no artifact).
+    A manifest.json that is not a ptqflow manifest (not JSON, other fields) raises InputError naming it."""
+    from ptqflow.errors import InputError
+
     p = Path(directory) / MANIFEST_NAME
     if not p.is_file():
         return None
-    d = json.loads(p.read_text(encoding="utf-8"))
-    d.pop("digest", None)
-    return Manifest(**d)
+    try:
+        d = json.loads(p.read_text(encoding="utf-8"))
+        d.pop("digest", None)
+        return Manifest(**d)
+    except (OSError, ValueError, TypeError, AttributeError) as err:
+        raise InputError(f"{p}: damaged or not a ptqflow manifest ({type(err).__name__}: {err})") from None
 
 
 def verify_outputs(directory: Path, manifest: Manifest) -> list[str]:

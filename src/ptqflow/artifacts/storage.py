@@ -12,16 +12,19 @@ botocore's "standard" mode (``AWS_MAX_ATTEMPTS``, default 5). Every S3 failure b
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from ptqflow.artifacts.manifest import MANIFEST_NAME, Manifest
-from ptqflow.errors import ConfigError, InputError, StorageError
+from ptqflow.errors import ConfigError, InputError, OutputError, PtqflowError, StorageError
 from ptqflow.logs import get_logger
 
 _MB = 1 << 20
@@ -206,7 +209,11 @@ def publish(local_dir: Path, uri: str) -> None:
         if loc.path.exists() and loc.path.resolve() == local_dir.resolve():
             return
         tmp = make_partial_dir(loc.path)
-        shutil.copytree(local_dir, tmp, dirs_exist_ok=True)
+        try:
+            shutil.copytree(local_dir, tmp, dirs_exist_ok=True)
+        except OSError as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise output_error(err, loc.path) from None
         replace_dir(tmp, loc.path)
         return
     client = s3_client()
@@ -237,7 +244,7 @@ def read_remote_manifest(uri: str) -> Manifest | None:
 
         try:
             return read_manifest(loc.path) if loc.path.is_dir() else None
-        except (ValueError, TypeError) as err:  # a damaged manifest is no manifest: the step reruns
+        except InputError as err:  # a damaged manifest is no manifest: the step reruns
             log.warning("ignoring unreadable manifest at %s: %s", uri, err)
             return None
     client = s3_client()
@@ -286,23 +293,66 @@ def remote_outputs_intact(uri: str, manifest: Manifest) -> list[str]:
 # Local atomic directories
 # --------------------------------------------------------------------------------------------------
 
-_PARTIAL = ".partial-"
+PARTIAL_MARK = ".partial-"  # in the name of a directory being filled before it replaces its target
+ASIDE_MARK = ".old-"  # in the name of a replaced directory moved aside before removal
+
+
+def output_error(err: OSError, path) -> PtqflowError:
+    """The error for failing to write the output at ``path``: OutputError (exit 2, naming the path) when
+    retrying cannot help (a file where a directory must go, a read-only file system, no permission),
+    StorageError (exit 5, retryable) for the rest (a full disk, an I/O error)."""
+    why = {
+        errno.EEXIST: "a file of that name is in the way (an output location must be a directory)",
+        errno.ENOTDIR: "a part of the path is a file, not a directory",
+        errno.EROFS: "the file system is read-only",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "operation not permitted",
+    }
+    where = str(err.filename or "")
+    # A path component in the way is worth naming; ptqflow's own partial directories are not.
+    internal = where == str(path) or any(PARTIAL_MARK in part or ASIDE_MARK in part for part in Path(where).parts)
+    detail = f" (at {where})" if where and not internal else ""
+    if err.errno in why:
+        return OutputError(f"output {path}: cannot write there: {why[err.errno]}{detail}")
+    return StorageError(f"output {path}: writing failed: {err.strerror or err}{detail}")
 
 
 def make_partial_dir(target: Path) -> Path:
     """A fresh temporary sibling of ``target`` to fill before ``replace_dir``; stale ones of dead
-    processes (killed runs) are removed first."""
+    processes (killed runs) are removed first. OutputError/StorageError naming ``target`` when it cannot be
+    made (a file in the way, a read-only or forbidden location)."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    for old in target.parent.glob(f".{target.name}{_PARTIAL}*"):
-        pid = old.name.rsplit("-", 2)[-2] if old.name.count("-") >= 2 else ""
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(old, ignore_errors=True)
-    path = Path(tempfile.mkdtemp(prefix=f".{target.name}{_PARTIAL}{os.getpid()}-", dir=target.parent))
+    if target.is_file():  # caught here, before any work: replace_dir would only find it at the end
+        raise OutputError(f"output {target}: a file of that name is in the way (an output location must be a "
+                          "directory)")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        for old in target.parent.glob(f".{target.name}{PARTIAL_MARK}*"):
+            pid = old.name.rsplit("-", 2)[-2] if old.name.count("-") >= 2 else ""
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(old, ignore_errors=True)
+        path = Path(tempfile.mkdtemp(prefix=f".{target.name}{PARTIAL_MARK}{os.getpid()}-", dir=target.parent))
+    except OSError as err:
+        raise output_error(err, target) from None
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, 0o777 & ~umask)  # mkdtemp makes it private; the published artifact should not be
     return path
+
+
+def is_ptqflow_dir(d: Path) -> bool:
+    """True for a local directory that ptqflow wrote: a step artifact (it holds a ptqflow manifest) or the
+    hidden partial / moved-aside directory of a publish in progress. Walks of a model or data directory
+    leave these out, so an ``--output`` inside it does not feed a rerun."""
+    d = Path(d)
+    if d.name.startswith(".") and (PARTIAL_MARK in d.name or ASIDE_MARK in d.name):
+        return True
+    from ptqflow.artifacts.manifest import read_manifest
+
+    try:
+        return read_manifest(d) is not None
+    except Exception:  # a manifest.json of another format: not ours
+        return False
 
 
 def _alive(pid: int) -> bool:
@@ -315,15 +365,52 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def replace_dir(new: Path, target: Path) -> None:
-    """Rename ``new`` to ``target``, replacing an existing directory (moved aside, then removed)."""
+def check_replaceable(target: Path) -> None:
+    """OutputError unless an artifact may replace ``target``: it is absent, an empty directory or an earlier
+    ptqflow artifact (it holds a manifest.json). A file, or a directory of other files, is never deleted."""
     target = Path(target)
-    if target.exists():
-        if not target.is_dir():
-            raise InputError(f"output {target} exists and is not a directory")
-        aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-        os.replace(target, aside / "old")
-        os.replace(new, target)
-        shutil.rmtree(aside, ignore_errors=True)
-    else:
-        os.replace(new, target)
+    if target.exists() and not target.is_dir():
+        raise OutputError(f"output {target}: a file of that name is in the way (an output location must be a "
+                          "directory)")
+    if target.is_dir() and not (target / MANIFEST_NAME).is_file() and any(target.iterdir()):
+        raise OutputError(f"output {target}: a directory of other files, not a ptqflow artifact; refusing to "
+                          "replace it (choose a new or empty directory)")
+
+
+def replace_dir(new: Path, target: Path) -> None:
+    """Rename ``new`` to ``target``, replacing an existing artifact (moved aside, then removed); OutputError
+    when ``target`` is something else (``check_replaceable``)."""
+    target = Path(target)
+    check_replaceable(target)
+    try:
+        if target.exists():
+            aside = Path(tempfile.mkdtemp(prefix=f".{target.name}{ASIDE_MARK}", dir=target.parent))
+            os.replace(target, aside / "old")
+            os.replace(new, target)
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.replace(new, target)
+    except OSError as err:
+        raise output_error(err, target) from None
+
+
+# A running step's scratch directory (see ``scratch_dir``); set by the pipeline around each step.
+_SCRATCH: ContextVar[Path | None] = ContextVar("ptqflow_scratch", default=None)
+
+
+@contextmanager
+def scratch_root(path: Path | None):
+    """Within the block, ``scratch_dir`` makes its directories under ``path`` (None: the system temp dir)."""
+    token = _SCRATCH.set(Path(path) if path is not None else None)
+    try:
+        yield
+    finally:
+        _SCRATCH.reset(token)
+
+
+def scratch_dir(prefix: str) -> tempfile.TemporaryDirectory:
+    """A temporary directory for intermediate files. Inside a pipeline step with a local output it lies in
+    the step's partial directory beside the output, which the next run removes even when this one was
+    killed (a kill skips the cleanup of a directory in the system temp dir); elsewhere in the system temp
+    dir."""
+    return tempfile.TemporaryDirectory(prefix=prefix, dir=_SCRATCH.get())

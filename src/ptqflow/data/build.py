@@ -17,6 +17,7 @@ from ptqflow.data.shards import INDEX_FILE, ShardWriter
 from ptqflow.data.sources import clear_caches, list_items
 from ptqflow.data.transform import fit_sample, load_transform
 from ptqflow.errors import InputError
+from ptqflow.graph.prepare import graph_inputs
 from ptqflow.logs import get_logger
 
 log = get_logger("data")
@@ -25,11 +26,8 @@ log = get_logger("data")
 def model_inputs(model_path: Path) -> list[dict]:
     """The model's real inputs (initializers excluded): [{name, shape (int or None per dim), dtype}]."""
     model = onnx.load(str(model_path), load_external_data=False)
-    inits = {i.name for i in model.graph.initializer}
     out = []
-    for vi in model.graph.input:
-        if vi.name in inits:
-            continue
+    for vi in graph_inputs(model):
         tt = vi.type.tensor_type
         shape = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
@@ -89,7 +87,8 @@ def build(source: Path, model_path: Path, out: Path, cfg: PipelineConfig) -> dic
 
 def _build(source: Path, model_path: Path, out: Path, cfg: PipelineConfig) -> dict:
     inputs = model_inputs(model_path)
-    items, label_names = list_items(source, inputs)
+    skipped_links: list[str] = []  # symbolic links pointing outside the data directory: not read
+    items, label_names = list_items(source, inputs, skipped_links)
     if not items:
         raise InputError(f"data.source {source}: no usable items (images, .npy/.npz, .pb or text lines)")
     # Sized before any sample is built: a data set too small for the split fails here, not at validate.
@@ -151,6 +150,7 @@ def _build(source: Path, model_path: Path, out: Path, cfg: PipelineConfig) -> di
         "seed": cfg.data.seed,
         "split": plan.as_dict(),
         "skipped": skipped,
+        "skipped_links": skipped_links,
         "total_items": len(items),
     }
     (out / INDEX_FILE).write_text(json.dumps(index, indent=1), encoding="utf-8")

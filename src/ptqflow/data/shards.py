@@ -12,6 +12,7 @@ Readers open one shard at a time, so memory stays at one shard however large the
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 from typing import Iterator
 
@@ -45,11 +46,23 @@ def _shard_paths(artifact_dir, split: str) -> list[Path]:
     return sorted(folder.glob("shard-*.npz"))
 
 
+def _read_shard(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of one shard; InputError naming it when it is damaged or holds pickled (object) arrays."""
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(4) != b"PK\x03\x04":  # np.load would take anything else for a pickle
+                raise ValueError("not an .npz (zip) archive")
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise InputError(f"{path}: damaged calibration shard ({type(err).__name__}: {err}); rebuild it with "
+                         "build-calibration --force") from None
+
+
 def iter_labeled(artifact_dir, split: str = "calibration") -> Iterator[tuple[dict[str, np.ndarray], int | None]]:
     """Yields (sample, label) per sample of a split; sample values carry a batch dim of 1, label may be None."""
     for path in _shard_paths(artifact_dir, split):
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
+        arrays = _read_shard(path)
         labels = arrays.pop(LABELS_KEY, None)
         count = len(next(iter(arrays.values()))) if arrays else 0
         for i in range(count):

@@ -2,18 +2,28 @@
 
 An item is ``(source_id, label, loader)``: the loader returns one raw item, either a PIL image, a
 string/JSON value (text sources) or a dict of input name -> array (array sources).
+
+In a data directory, a symbolic link is read only when what it points to lies inside the directory: a link
+to a file elsewhere is left out (logged, and listed in the calibration index as a skipped link). Arrays are
+never unpickled: an object-dtype ``.npy``/``.npz`` is refused.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import zipfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, NamedTuple
 
 import numpy as np
 
+from ptqflow.artifacts.storage import is_ptqflow_dir
 from ptqflow.errors import InputError
+from ptqflow.logs import get_logger
+
+log = get_logger("data")
 
 IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 TEXT_EXT = {".jsonl", ".txt", ".json"}
@@ -34,8 +44,41 @@ def _load_image(path: Path):
         return img.copy()
 
 
-def _image_items(root: Path) -> tuple[list[Item], list[str]]:
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXT)
+def data_files(root: Path) -> tuple[list[Path], list[str]]:
+    """(the files under data directory ``root``, sorted; the symbolic links left out, relative to ``root``).
+
+    A link is followed only when its target lies inside ``root`` (the data set the user named, not whatever a
+    link reaches: a stray link would pull foreign files into the validation split). Linked directories are
+    not descended into (one inside ``root`` is listed under its real path anyway); ptqflow's own artifact
+    directories (an ``--output`` inside the data directory) are left out.
+    """
+    real_root = root.resolve()
+    files: list[Path] = []
+    links: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        kept = []
+        for d in sorted(dirnames):
+            if (here / d).is_symlink():
+                if not (here / d).resolve().is_relative_to(real_root):
+                    links.append((here / d).relative_to(root).as_posix())
+            elif not is_ptqflow_dir(here / d):
+                kept.append(d)
+        dirnames[:] = kept
+        for f in filenames:
+            p = here / f
+            if p.is_symlink() and not p.resolve().is_relative_to(real_root):
+                links.append(p.relative_to(root).as_posix())
+            elif p.is_file():
+                files.append(p)
+    if links:
+        log.warning("data.source %s: %d symbolic link(s) pointing outside it left out, e.g. %s", root, len(links),
+                    ", ".join(sorted(links)[:3]))
+    return sorted(files), sorted(links)
+
+
+def _image_items(root: Path, files: list[Path]) -> tuple[list[Item], list[str]]:
+    files = [p for p in files if p.suffix.lower() in IMAGE_EXT]
     classes = sorted({p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1})
     # ImageFolder layout only when every image sits in a class sub-folder
     labelled = bool(classes) and all(len(p.relative_to(root).parts) > 1 for p in files)
@@ -48,10 +91,48 @@ def _image_items(root: Path) -> tuple[list[Item], list[str]]:
     return items, (classes if labelled else [])
 
 
+_PICKLED = ("holds a pickled (object dtype) array; ptqflow never loads pickles (they can run code): "
+            "save numeric arrays (np.save / np.savez of float or int arrays)")
+
+
+def _magic(path, expected: bytes) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(len(expected)) == expected
+
+
+def _npy(path: Path) -> np.ndarray:
+    """A memory-mapped .npy; InputError naming the file for pickled (object) arrays and unreadable files."""
+    try:
+        if not _magic(path, b"\x93NUMPY"):  # np.load would take it for a pickle
+            raise InputError(f"{path}: not a .npy file (no NumPy header); pickles and other formats are refused")
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as err:
+        if "Python objects" in str(err):
+            raise InputError(f"{path}: {_PICKLED}") from None
+        raise InputError(f"{path}: not a readable .npy file ({err})") from None
+    except (OSError, EOFError) as err:
+        raise InputError(f"{path}: not a readable .npy file ({err})") from None
+
+
 @lru_cache(maxsize=2)
 def _npz(path: str) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+    """Every array of an .npz; InputError naming the file (and the key) for pickled arrays and bad archives."""
+    key = None
+    try:
+        if not _magic(path, b"PK\x03\x04"):  # np.load would take it for a pickle
+            raise InputError(f"{path}: not an .npz file (not a zip archive); pickles and other formats are refused")
+        with np.load(path, allow_pickle=False) as z:
+            data = {}
+            for key in z.files:
+                data[key] = z[key]
+            return data
+    except ValueError as err:
+        what = f"array {key!r}" if key is not None else "archive"
+        if "Object arrays" in str(err):
+            raise InputError(f"{path}: {what} {_PICKLED}") from None
+        raise InputError(f"{path}: {what} is not readable ({err})") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as err:
+        raise InputError(f"{path}: not a readable .npz file ({type(err).__name__}: {err})") from None
 
 
 def _batch_count(shape: tuple, rank: int, where: str, name: str, expected: list) -> int:
@@ -75,12 +156,12 @@ def _array_items(files: list[Path], root: Path, inputs: list[dict]) -> list[Item
         if f.suffix == ".npy":
             if single is None:
                 raise InputError(f"{rel}: a .npy file feeds one input; the model has {len(inputs)}: use .npz keyed by name")
-            arr = np.load(f, mmap_mode="r", allow_pickle=False)
+            arr = _npy(f)
             rank = len(single["shape"])
             n = _batch_count(arr.shape, rank, rel, single["name"], single["shape"])
             for i in range(n):
                 def load(f=f, i=i, rank=rank):
-                    return {single["name"]: _take(np.load(f, mmap_mode="r", allow_pickle=False), rank, i)}
+                    return {single["name"]: _take(_npy(f), rank, i)}
                 items.append(Item(f"{rel}[{i}]" if n > 1 or arr.ndim == rank else rel, None, load, "arrays"))
         else:
             data = _npz(str(f))
@@ -128,12 +209,14 @@ def _read_pb(path: Path) -> np.ndarray:
         raise InputError(f"{path}: not an ONNX TensorProto ({err})") from err
 
 
-def _pb_items(root: Path, inputs: list[dict]) -> list[Item]:
-    sets = sorted(d for d in root.glob("test_data_set_*") if d.is_dir()) if root.is_dir() else []
+def _pb_items(root: Path, inputs: list[dict], listed: list[Path] | None = None) -> list[Item]:
+    listed = listed if listed is not None else [root]
+    sets = sorted({p.parent for p in listed if p.parent.parent == root and p.parent.name.startswith("test_data_set_")})
     items: list[Item] = []
     if sets:  # ONNX model zoo layout: input_K.pb feeds the model's K-th input
         for d in sets:
-            files = {int(p.stem.split("_")[1]): p for p in d.glob("input_*.pb")}
+            files = {int(p.stem.split("_")[1]): p for p in listed
+                     if p.parent == d and p.name.startswith("input_") and p.suffix == ".pb"}
             if sorted(files) != list(range(len(inputs))):
                 raise InputError(f"{d.name}: has input files {sorted(files)}, the model has {len(inputs)} inputs")
             def load(files=files):
@@ -144,7 +227,7 @@ def _pb_items(root: Path, inputs: list[dict]) -> list[Item]:
         raise InputError(f"{root}: loose .pb files feed one input; the model has {len(inputs)} (use test_data_set_N/)")
     spec = inputs[0]
     rank = len(spec["shape"])
-    files = [root] if root.is_file() else sorted(root.rglob("*.pb"))
+    files = [root] if root.is_file() else [p for p in listed if p.suffix == ".pb"]
     for f in files:
         rel = f.name if f == root else str(f.relative_to(root))
         arr = _read_pb(f)
@@ -173,8 +256,12 @@ def _text_items(path: Path) -> list[Item]:
     return items
 
 
-def list_items(source: Path, inputs: list[dict]) -> tuple[list[Item], list[str]]:
-    """All items of a local source and the label names (sorted class folder names, or [])."""
+def list_items(source: Path, inputs: list[dict], skipped_links: list[str] | None = None
+               ) -> tuple[list[Item], list[str]]:
+    """All items of a local source and the label names (sorted class folder names, or []).
+
+    Symbolic links in a data directory that point outside it are left out and appended to ``skipped_links``.
+    """
     source = Path(source)
     clear_caches()
     if not source.exists():
@@ -190,9 +277,12 @@ def list_items(source: Path, inputs: list[dict]) -> tuple[list[Item], list[str]]
         if suffix in IMAGE_EXT:
             return [Item(source.name, None, (lambda: _load_image(source)), "image")], []
         raise InputError(f"data.source {source}: unsupported file type {suffix!r}")
-    if any(source.glob("test_data_set_*")) or any(source.rglob("*.pb")):
-        return _pb_items(source, inputs), []
-    arrays = sorted(p for p in source.rglob("*") if p.suffix in (".npy", ".npz"))
+    files, links = data_files(source)
+    if skipped_links is not None:
+        skipped_links.extend(links)
+    if any(p.suffix == ".pb" for p in files):
+        return _pb_items(source, inputs, files), []
+    arrays = [p for p in files if p.suffix in (".npy", ".npz")]
     if arrays:
         return _array_items(arrays, source, inputs), []
-    return _image_items(source)
+    return _image_items(source, files)

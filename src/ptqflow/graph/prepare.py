@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 import logging
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import numpy_helper, shape_inference, version_converter
 
+from ptqflow.artifacts.storage import scratch_dir
 from ptqflow.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -29,15 +30,89 @@ def load_model(model) -> onnx.ModelProto:
         except Exception as exc:
             raise InputError(f"model bytes are not a valid ONNX model: {exc}") from exc
     path = Path(model)
-    if not path.is_file():
-        raise InputError(f"model file {str(path)!r} does not exist")
-    try:
-        proto = onnx.load(str(path))  # external data next to the file is loaded as well
+    proto = check_model_file(path)
+    try:  # external data next to the file, checked above to stay inside its directory
+        onnx.external_data_helper.load_external_data_for_model(proto, str(path.parent))
     except Exception as exc:
-        raise InputError(f"model file {str(path)!r} is truncated or not an ONNX model: {exc}") from exc
-    if not proto.graph.node:
-        raise InputError(f"model file {str(path)!r} holds no graph nodes (truncated or not an ONNX model)")
+        raise InputError(f"model file {str(path)!r}: cannot read its external data: {exc}") from exc
     return proto
+
+
+def check_model_file(path: Path, where: str | None = None) -> onnx.ModelProto:
+    """The model at ``path`` without its external data, after checking that it parses, has nodes and that
+    every external data file it names exists inside its directory; InputError naming ``where`` (default: the
+    file) otherwise."""
+    path = Path(path)
+    where = where or f"model file {str(path)!r}"
+    if not path.is_file():
+        raise InputError(f"{where} does not exist")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise InputError(f"{where} is truncated or not an ONNX model: {exc}") from exc
+    if not proto.graph.node:
+        raise InputError(f"{where} holds no graph nodes (truncated or not an ONNX model)")
+    external_data_files(proto, path.parent, where)
+    return proto
+
+
+def _all_tensors(graph: onnx.GraphProto):
+    """Every TensorProto of ``graph``: initializers and node attributes, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _all_tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _all_tensors(sub)
+
+
+def external_data_files(model: onnx.ModelProto, base: Path, where: str) -> set[str]:
+    """Relative paths of the external data files ``model`` (whose file lies in ``base``) references.
+
+    InputError naming ``where`` when a location is absolute, leads outside ``base`` (``../../etc/passwd``)
+    or names a missing file: a model must not make ptqflow read other files than its own.
+    """
+    base = Path(base)
+    files: set[str] = set()
+    for t in _all_tensors(model.graph):
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        loc = next((e.value for e in t.external_data if e.key == "location"), "")
+        target = (base / loc).resolve()
+        if not loc or Path(loc).is_absolute() or not target.is_relative_to(base.resolve()):
+            raise InputError(f"{where}: tensor {t.name!r} has external data location {loc!r} outside the model "
+                             "directory; refusing to read it")
+        if not target.is_file():
+            raise InputError(f"{where}: tensor {t.name!r} needs external data file {loc!r}, which is missing")
+        files.add(Path(loc).as_posix())
+    return files
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """The model's real inputs: graph inputs that no initializer backs, in graph order.
+
+    Old exports (IR 3, where every initializer had to be listed as an input) list the weights as graph inputs
+    too. onnxruntime treats those as weights with a default value; so does ptqflow: nothing feeds them.
+    """
+    inits = {t.name for t in model.graph.initializer}
+    return [vi for vi in model.graph.input if vi.name not in inits]
+
+
+def drop_initializer_inputs(model: onnx.ModelProto) -> int:
+    """Remove graph inputs that an initializer backs (in place), so they are constants to every later pass
+    (folding, placement, quantized weights); returns how many were removed."""
+    keep = [copy.deepcopy(vi) for vi in graph_inputs(model)]
+    dropped = len(model.graph.input) - len(keep)
+    if dropped:
+        del model.graph.input[:]
+        model.graph.input.extend(keep)
+        # IR 3 required every initializer to be a graph input; from IR 4 on they need not be.
+        model.ir_version = max(model.ir_version, 4)
+    return dropped
 
 
 def onnx_opset(model: onnx.ModelProto) -> int:
@@ -75,7 +150,7 @@ def _ort_basic_optimize(model: onnx.ModelProto) -> onnx.ModelProto:
     """
     import onnxruntime as ort
 
-    with tempfile.TemporaryDirectory(prefix="ptqflow-prep-") as tmp:
+    with scratch_dir("ptqflow-prep-") as tmp:
         out = Path(tmp) / "opt.onnx"
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
@@ -160,6 +235,9 @@ def prepare_model(model) -> tuple[onnx.ModelProto, list[str]]:
     proto = onnx.ModelProto()
     proto.CopyFrom(load_model(model))
     warnings: list[str] = []
+    dropped = drop_initializer_inputs(proto)
+    if dropped:
+        log.info("%d graph input(s) backed by an initializer are treated as weights", dropped)
     proto, w = upgrade_opset(proto)
     warnings += w
     if not is_large(proto):

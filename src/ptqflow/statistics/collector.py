@@ -12,7 +12,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ptqflow.errors import InputError
-from ptqflow.graph.prepare import onnx_opset
+from ptqflow.graph.prepare import graph_inputs, onnx_opset
 
 
 def _reduce(op: str, src: str, out: str, axes: list[int] | None, opset: int, extra: list) -> onnx.NodeProto:
@@ -130,11 +130,8 @@ def _fmt(shape) -> str:
 
 def input_specs(model: onnx.ModelProto) -> dict[str, tuple[list, type]]:
     """Model input name -> (shape with ints for static dims and names/None for dynamic ones, numpy dtype)."""
-    inits = {t.name for t in model.graph.initializer}
     specs = {}
-    for vi in model.graph.input:
-        if vi.name in inits:
-            continue
+    for vi in graph_inputs(model):
         tt = vi.type.tensor_type
         shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
         specs[vi.name] = (shape, helper.tensor_dtype_to_np_dtype(tt.elem_type))

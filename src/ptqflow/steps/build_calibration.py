@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import tempfile
 import time
 from pathlib import Path
 
 from ptqflow.artifacts import input_digests
 from ptqflow.artifacts.manifest import Manifest, write_manifest
+from ptqflow.artifacts.storage import scratch_dir
 from ptqflow.config import PipelineConfig, section_dump
 from ptqflow.errors import ConfigError
 
@@ -31,7 +31,7 @@ def run(inputs: dict[str, Path], out: Path, cfg: PipelineConfig) -> Manifest:
     start = time.monotonic()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="ptqflow-data-") as tmp:
+    with scratch_dir("ptqflow-data-") as tmp:
         source = cfg.data.source
         if "://" in source:
             from ptqflow.artifacts.storage import stage_in
@@ -43,5 +43,7 @@ def run(inputs: dict[str, Path], out: Path, cfg: PipelineConfig) -> Manifest:
     metrics = {"calibration": index["counts"]["calibration"], "validation": index["counts"]["validation"],
                "skipped": len(index["skipped"]), "items": index["total_items"],
                "split": index["split"]["rule"], "split_reason": index["split"]["reason"]}
+    if index.get("skipped_links"):
+        metrics["skipped_links"] = len(index["skipped_links"])  # symbolic links leading outside data.source
     return write_manifest(out, step=NAME, config=config_section(cfg), inputs=input_digests(inputs),
                           metrics=metrics, timings={"total_s": time.monotonic() - start})

@@ -6,7 +6,8 @@ one ``.onnx``, and the registry, name, version and source run are recorded). Acc
 ``.onnx``, an ``.onnx`` with external data files beside it (or a directory holding one), or a ``.zip`` /
 ``.tar.gz`` holding either. Archive members that would land outside the extraction directory, links and
 device files are refused. The model is checked with ``onnx.checker`` (by path, so models over 2 GB work)
-and its inputs, outputs, opset and sha256 are recorded in the manifest.
+and its inputs, outputs, opset and sha256 are recorded in the manifest. In a local model directory,
+ptqflow's own artifacts (an ``--output`` inside it) are neither searched nor part of the cache key.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import os
 import shutil
 import tarfile
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -28,6 +28,7 @@ from ptqflow.artifacts import storage
 from ptqflow.artifacts.manifest import Manifest, sha256_file, write_manifest
 from ptqflow.config import PipelineConfig
 from ptqflow.errors import ConfigError, InputError, StorageError
+from ptqflow.graph.prepare import external_data_files, graph_inputs
 from ptqflow.logs import get_logger
 
 NAME = "fetch-model"
@@ -48,7 +49,7 @@ def config_section(cfg: PipelineConfig) -> dict:
     elif cfg.model and not storage.is_s3(cfg.model) and not cfg.model.startswith(("http://", "https://")):
         p = storage.parse_uri(cfg.model).path
         if p.exists():
-            files = [p] if p.is_file() else sorted(q for q in p.rglob("*") if q.is_file())
+            files = [p] if p.is_file() else _model_dir_files(p, _local_output(cfg))
             section["local_stamp"] = [[f.relative_to(p).as_posix() if f != p else f.name,
                                        f.stat().st_size, sha256_file(f)] for f in files]
     return section
@@ -60,7 +61,7 @@ def run(inputs: dict[str, Path], out: Path, cfg: PipelineConfig) -> Manifest:
         raise ConfigError("field 'model' is required by fetch-model (--model URI)")
     start = time.monotonic()
     source: dict = {}
-    with tempfile.TemporaryDirectory(prefix="ptqflow-fetch-") as tmp:
+    with storage.scratch_dir("ptqflow-fetch-") as tmp:
         tmp = Path(tmp)
         if registry.is_registry_uri(cfg.model):
             fetched, source = _download_registered(cfg, tmp / "download")
@@ -68,7 +69,7 @@ def run(inputs: dict[str, Path], out: Path, cfg: PipelineConfig) -> Manifest:
             fetched = _download(cfg.model, tmp / "download")
         if cfg.model_sha256:
             _check_sha256(fetched, cfg.model_sha256, cfg.model)
-        model_path = _locate_model(fetched, tmp / "unpacked", cfg.model)
+        model_path = _locate_model(fetched, tmp / "unpacked", cfg.model, _local_output(cfg))
         info = _copy_model(model_path, Path(out), cfg.model)
     extra = {**info, "source": cfg.model, "sha256": sha256_file(Path(out) / MODEL_FILE)}
     if source:
@@ -149,8 +150,28 @@ def _check_sha256(path: Path, expected: str, uri: str) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def _locate_model(path: Path, scratch: Path, uri: str) -> Path:
-    """The .onnx file inside ``path`` (a file, a directory, or an archive unpacked into ``scratch``)."""
+def _local_output(cfg: PipelineConfig) -> Path | None:
+    """The pipeline's local output directory, if any (it may lie inside a model directory)."""
+    if not cfg.output or storage.is_s3(cfg.output):
+        return None
+    return storage.parse_uri(cfg.output).path
+
+
+def _model_dir_files(root: Path, output: Path | None = None) -> list[Path]:
+    """The files of a local model directory (sorted), without ptqflow's own outputs when ``--output`` lies
+    inside it: otherwise a rerun would see the first run's model copies and a changed cache key."""
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        dirnames[:] = [d for d in dirnames if not (output is not None and (here / d).resolve() == output.resolve())
+                       and not storage.is_ptqflow_dir(here / d)]
+        found += [here / f for f in filenames if (here / f).is_file()]
+    return sorted(found)
+
+
+def _locate_model(path: Path, scratch: Path, uri: str, output: Path | None = None) -> Path:
+    """The .onnx file inside ``path`` (a file, a directory, or an archive unpacked into ``scratch``); in a
+    directory, ptqflow's own outputs (``output`` and step artifacts) are not searched."""
     name = path.name.lower()
     if path.is_file() and name.endswith(".zip"):
         _extract_zip(path, scratch, uri)
@@ -159,7 +180,7 @@ def _locate_model(path: Path, scratch: Path, uri: str) -> Path:
         _extract_tar(path, scratch, uri)
         path = scratch
     if path.is_dir():
-        candidates = sorted(p for p in path.rglob("*.onnx") if p.is_file() and not p.is_symlink())
+        candidates = [p for p in _model_dir_files(path, output) if p.suffix == ".onnx" and not p.is_symlink()]
         if len(candidates) != 1:
             found = ", ".join(str(c.relative_to(path)) for c in candidates) or "none"
             raise InputError(f"{uri}: expected exactly one .onnx file, found {found}")
@@ -220,7 +241,7 @@ def _copy_model(model_path: Path, out: Path, uri: str) -> dict:
         raise InputError(f"{uri}: not a readable ONNX model ({type(err).__name__}: {err})") from None
     if not proto.graph.node:
         raise InputError(f"{uri}: the ONNX graph has no nodes (truncated or not a model)")
-    externals = _external_files(proto, model_path.parent, uri)
+    externals = external_data_files(proto, model_path.parent, uri)
     rewrite = proto.ir_version > MAX_IR_VERSION and not externals
     original_ir = proto.ir_version
     try:
@@ -237,8 +258,8 @@ def _copy_model(model_path: Path, out: Path, uri: str) -> dict:
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(model_path.parent / rel, out / rel)
     info = {
-        "inputs": _io(proto.graph.input, {i.name for i in proto.graph.initializer}),
-        "outputs": _io(proto.graph.output, set()),
+        "inputs": _io(graph_inputs(proto)),  # weights listed as inputs (IR 3 style) are not inputs
+        "outputs": _io(proto.graph.output),
         "opset": next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None),
         "ir_version": proto.ir_version,
         "external_data": sorted(externals),
@@ -250,28 +271,10 @@ def _copy_model(model_path: Path, out: Path, uri: str) -> dict:
     return info
 
 
-def _external_files(proto: onnx.ModelProto, base: Path, uri: str) -> set[str]:
-    """Relative paths of external data files the model references; InputError if one is missing or escapes."""
-    files: set[str] = set()
-    for t in proto.graph.initializer:
-        if t.data_location != onnx.TensorProto.EXTERNAL:
-            continue
-        loc = next((e.value for e in t.external_data if e.key == "location"), "")
-        target = (base / loc).resolve()
-        if not loc or os.path.isabs(loc) or not target.is_relative_to(base.resolve()):
-            raise InputError(f"{uri}: tensor {t.name!r} has external data location {loc!r} outside the model directory")
-        if not target.is_file():
-            raise InputError(f"{uri}: tensor {t.name!r} needs external data file {loc!r}, which is missing")
-        files.add(Path(loc).as_posix())
-    return files
-
-
-def _io(values, initializers: set[str]) -> list[dict]:
+def _io(values) -> list[dict]:
     """[{name, shape, dtype}] for graph inputs/outputs (symbolic dims as strings, unknown as None)."""
     result = []
     for v in values:
-        if v.name in initializers:
-            continue
         tt = v.type.tensor_type
         shape = [d.dim_param or (d.dim_value if d.HasField("dim_value") else None) for d in tt.shape.dim]
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).name if tt.elem_type else None
