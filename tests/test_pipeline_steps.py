@@ -56,10 +56,15 @@ def test_collect_stats_then_quantize_both_bias_modes(tmp_path, config_file, caps
         assert metrics["quantized_layers"] == sum(1 for layer in layers if layer["status"] == "quantized") > 0
         digests[mode] = read_manifest(out).digest
     assert len(set(digests.values())) == 2
-    # Statistics collected with one bias mode serve both: the collect-stats cache key ignores it.
+    # The bias mode decides what collect-stats gathers (FastBiasCorrection's input means), so it is in the key:
+    # switching it collects again, and quantize refuses statistics that lack what its mode needs (exit 3).
     assert main(["collect-stats", "--in-model", str(model), "--in-calibration", str(cal), "--out", str(stats),
                  "--subset-size", "8", "--no-fast-bias-correction"]) == 0
-    assert "collect-stats: skipped" in capsys.readouterr().err
+    assert "collect-stats: skipped" not in capsys.readouterr().err
+    assert main(["quantize", "--in-model", str(model), "--in-calibration", str(cal), "--in-statistics",
+                 str(stats), "--out", str(tmp_path / "q-mismatch"), "--subset-size", "8"]) == 3
+    assert "lack FastBiasCorrection's per-channel input means" in capsys.readouterr().err
+    assert not (tmp_path / "q-mismatch" / "manifest.json").exists()
 
 
 def test_quantize_with_statistics_of_another_model_is_input_error(tmp_path, config_file, capsys):

@@ -285,6 +285,10 @@ class DataConfig(_Strict):
         None, description="'module:function' mapping one raw item to the model's input dict."
     )
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    label_file: str | None = Field(
+        None, description="Text labels: a file inside the data directory with one 'relative/path<TAB>text' line per "
+        "image (PaddleOCR's recognition label format); validation.metric then receives the label strings."
+    )
     validation_size: int = Field(300, ge=0, description="Held-out validation samples (disjoint from calibration).")
     seed: int = Field(0, ge=0, description="Seed (>= 0, as numpy's generators take) for the deterministic subset "
                       "selection.")
@@ -306,6 +310,10 @@ class GateConfig(_Strict):
         0.01, ge=0, description="Largest allowed drop of the task metric (a fraction <= 1 in relative mode)."
     )
     accuracy_drop_mode: Literal["absolute", "relative"] = "absolute"
+    accuracy_metric: str | None = Field(
+        None, description="Task metric the accuracy drop applies to, e.g. 'char_accuracy' from validation.metric "
+        "(default: top1 when labels are classes, else the first metric)."
+    )
     min_cosine: float | None = Field(
         0.98, ge=-1, le=1, description="Smallest allowed cosine similarity to FP32 outputs (a cosine is in [-1, 1])."
     )

@@ -89,6 +89,14 @@ def _build(source: Path, model_path: Path, out: Path, cfg: PipelineConfig) -> di
     inputs = model_inputs(model_path)
     skipped_links: list[str] = []  # symbolic links pointing outside the data directory: not read
     items, label_names = list_items(source, inputs, skipped_links)
+    label_kind = "class" if label_names else None
+    if cfg.data.label_file:
+        from ptqflow.data.labels import apply_text_labels, read_label_file
+
+        if not Path(source).is_dir():
+            raise InputError(f"data.label_file needs data.source to be a directory; {source} is a file")
+        items, label_names = apply_text_labels(items, read_label_file(source, cfg.data.label_file))
+        label_kind = "text"
     if not items:
         raise InputError(f"data.source {source}: no usable items (images, .npy/.npz, .pb or text lines)")
     # Sized before any sample is built: a data set too small for the split fails here, not at validate.
@@ -98,7 +106,8 @@ def _build(source: Path, model_path: Path, out: Path, cfg: PipelineConfig) -> di
         log.warning(plan.reason)
     transform = load_transform(cfg.data.transform) if cfg.data.transform else None
     subset, val_size = plan.calibration, plan.validation
-    order = selection_order([it.label for it in items], cfg.data.seed)
+    # Stratify by class; text labels are nearly all distinct, so there is nothing to stratify by.
+    order = selection_order([it.label if label_kind == "class" else None for it in items], cfg.data.seed)
     max_bytes = cfg.data.shard_max_mb * 1024 * 1024
     labelled = bool(label_names)
     writers = {s: ShardWriter(out / s, max_bytes, labelled) for s in ("calibration", "validation")}
@@ -146,6 +155,7 @@ def _build(source: Path, model_path: Path, out: Path, cfg: PipelineConfig) -> di
         "inputs": [i["name"] for i in inputs],
         "sources": sources,
         "label_names": label_names,
+        "label_kind": label_kind,
         "labels_key": "__labels__" if labelled else None,
         "seed": cfg.data.seed,
         "split": plan.as_dict(),
