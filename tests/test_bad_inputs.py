@@ -66,6 +66,41 @@ def test_pickled_npy_and_object_npz_are_refused_as_input_errors(tmp_path, capsys
     assert "pickled.npy" in capsys.readouterr().err
 
 
+def test_badly_named_zoo_inputs_and_non_utf8_text_are_input_errors(tmp_path):
+    model = builders.save(builders.mlp(), tmp_path / "m" / "model.onnx")
+    zoo = tmp_path / "zoo" / "test_data_set_0"
+    zoo.mkdir(parents=True)
+    (zoo / "input_a.pb").write_bytes(onnx.numpy_helper.from_array(np.zeros((1, 16), np.float32)).SerializeToString())
+    out = tmp_path / "o"
+    out.mkdir()
+    with pytest.raises(InputError, match=r"test_data_set_0: has input files \['input_a.pb'\].*expected input_0.pb"):
+        build(tmp_path / "zoo", model, out, _cfg())
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    with pytest.raises(InputError, match=r"latin1\.txt: not UTF-8 text"):
+        build(tmp_path / "latin1.txt", model, out, _cfg())
+
+
+def test_a_model_onnxruntime_cannot_load_is_an_input_error(tmp_path):
+    from onnx import TensorProto, helper
+
+    from ptqflow.graph.prepare import prepare_model
+
+    custom = builders.mlp()
+    custom.graph.node.append(helper.make_node("Foo", ["output"], ["y"], domain="custom.dom", name="foo"))
+    del custom.graph.output[:]
+    custom.graph.output.append(helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4]))
+    custom.opset_import.append(helper.make_opsetid("custom.dom", 1))
+    wrong = builders.mlp()
+    next(t for t in wrong.graph.initializer if t.name == "w2").CopyFrom(
+        onnx.numpy_helper.from_array(np.zeros((5, 4), np.float32), "w2"))  # 32 rows expected
+    for model, why in ((custom, "custom.dom:Foo"), (wrong, "Incompatible dimensions")):
+        with pytest.raises(InputError, match=f"onnxruntime cannot load the model: .*{why}"):
+            prepare_model(model)
+    new_ir = builders.mlp()
+    new_ir.ir_version = 12  # newer than onnxruntime reads: lowered, not refused
+    assert prepare_model(new_ir)[0].ir_version == 10
+
+
 def test_damaged_calibration_shard_is_an_input_error(tmp_path):
     from ptqflow.data.shards import iter_samples
 

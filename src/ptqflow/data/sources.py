@@ -215,10 +215,11 @@ def _pb_items(root: Path, inputs: list[dict], listed: list[Path] | None = None) 
     items: list[Item] = []
     if sets:  # ONNX model zoo layout: input_K.pb feeds the model's K-th input
         for d in sets:
-            files = {int(p.stem.split("_")[1]): p for p in listed
-                     if p.parent == d and p.name.startswith("input_") and p.suffix == ".pb"}
+            named = sorted(p for p in listed if p.parent == d and p.suffix == ".pb")
+            files = {int(p.stem[6:]): p for p in named if p.stem.startswith("input_") and p.stem[6:].isdigit()}
             if sorted(files) != list(range(len(inputs))):
-                raise InputError(f"{d.name}: has input files {sorted(files)}, the model has {len(inputs)} inputs")
+                raise InputError(f"{d.name}: has input files {[p.name for p in named]}, the model has {len(inputs)} "
+                                 f"inputs (expected input_0.pb .. input_{len(inputs) - 1}.pb)")
             def load(files=files):
                 return {inputs[k]["name"]: _read_pb(p) for k, p in files.items()}
             items.append(Item(d.name, None, load, "arrays"))
@@ -240,19 +241,26 @@ def _pb_items(root: Path, inputs: list[dict], listed: list[Path] | None = None) 
 
 
 def _text_items(path: Path) -> list[Item]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return _text_lines(path, fh)
+    except UnicodeDecodeError as err:
+        raise InputError(f"{path}: not UTF-8 text ({err}); save text data as UTF-8") from None
+
+
+def _text_lines(path: Path, fh) -> list[Item]:
     items = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh):
-            if not line.strip():
-                continue
-            if path.suffix == ".jsonl":
-                try:
-                    value = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise InputError(f"{path.name} line {n + 1}: not JSON ({err})") from err
-            else:
-                value = line.rstrip("\n")
-            items.append(Item(f"{path.name}:{n + 1}", None, (lambda v=value: v), "text"))
+    for n, line in enumerate(fh):
+        if not line.strip():
+            continue
+        if path.suffix == ".jsonl":
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise InputError(f"{path.name} line {n + 1}: not JSON ({err})") from err
+        else:
+            value = line.rstrip("\n")
+        items.append(Item(f"{path.name}:{n + 1}", None, (lambda v=value: v), "text"))
     return items
 
 

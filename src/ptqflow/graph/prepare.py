@@ -147,6 +147,8 @@ def _ort_basic_optimize(model: onnx.ModelProto) -> onnx.ModelProto:
     """Constant folding and Conv+BatchNorm/Add/Mul fusion by onnxruntime's basic (level 1) offline optimizer.
 
     Level 1 keeps every node in the ONNX domain; the result is rejected if any ORT-only op appears anyway.
+    InputError when onnxruntime cannot load the model at all (an unknown op, weights of the wrong shape):
+    every later step would fail on it too.
     """
     import onnxruntime as ort
 
@@ -156,7 +158,10 @@ def _ort_basic_optimize(model: onnx.ModelProto) -> onnx.ModelProto:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         opts.optimized_model_filepath = str(out)
         opts.log_severity_level = 3
-        ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        try:
+            ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime's Fail, InvalidGraph, NotImplemented...
+            raise InputError(f"onnxruntime cannot load the model: {exc}") from None
         optimized = onnx.load(str(out))
     domains = {n.domain for n in optimized.graph.node} - {n.domain for n in model.graph.node} - {"", "ai.onnx"}
     if domains:
@@ -240,9 +245,12 @@ def prepare_model(model) -> tuple[onnx.ModelProto, list[str]]:
         log.info("%d graph input(s) backed by an initializer are treated as weights", dropped)
     proto, w = upgrade_opset(proto)
     warnings += w
+    proto.ir_version = min(proto.ir_version or MAX_IR_VERSION, MAX_IR_VERSION)  # what onnxruntime accepts
     if not is_large(proto):
         try:
             proto = _ort_basic_optimize(proto)
+        except InputError:
+            raise
         except Exception as exc:  # fall back to our own folding
             log.warning("basic graph optimization skipped: %s", exc)
     fold_batchnorm(proto)
