@@ -124,7 +124,7 @@ def test_full_run_with_all_artifacts_in_s3(tmp_path, endpoint, client):
     assert "e2e/out/export-ir/model.xml" in _keys(client, "e2e/out/export-ir/")
     assert "e2e/out/quantize/model.onnx" in _keys(client, "e2e/out/quantize/")
     digests = json.loads(r.stdout)
-    again = ptqflow(*args, "--no-fast-bias-correction", env=env, timeout=600)
+    again = ptqflow(*args, "--set", "quantization.advanced.bias_correction_threshold=5.0", env=env, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     second = json.loads(again.stdout)
     for step in ("fetch-model", "build-calibration", "collect-stats"):
