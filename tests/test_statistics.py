@@ -11,6 +11,7 @@ import pytest
 import builders as B
 import ptqflow
 from ptqflow.config import AdvancedParameters, QuantizationConfig, RangeEstimator
+from ptqflow.errors import InputError
 from ptqflow.graph.prepare import prepare_model
 from ptqflow.runtime import make_session
 
@@ -83,6 +84,21 @@ def test_save_load_roundtrip_without_pickle(tmp_path):
     a = ptqflow.apply_quantization(B.conv_classifier(), stats, cfg)
     b = ptqflow.apply_quantization(B.conv_classifier(), loaded, cfg)
     assert a.SerializeToString() == b.SerializeToString()
+
+
+@pytest.mark.parametrize("damage", ["object array", "not a zip", "plan without index"])
+def test_damaged_statistics_are_an_input_error_that_never_suggests_pickles(tmp_path, damage):
+    ptqflow.Statistics(plan={"activations": []}, mins={"a": np.zeros(2)}, maxs={"a": np.ones(2)},
+                       num_samples=2).save(tmp_path)
+    if damage == "object array":
+        np.savez(tmp_path / "statistics.npz", mins_0=np.array([object()], dtype=object))
+    elif damage == "not a zip":
+        (tmp_path / "statistics.npz").write_bytes(b"\x80\x04K\x01.")  # a pickle
+    else:
+        (tmp_path / "plan.json").write_text('{"plan": {}}')
+    with pytest.raises(InputError, match="statistics in .* are missing or damaged") as err:
+        ptqflow.Statistics.load(tmp_path)
+    assert "allow_pickle" not in str(err.value)
 
 
 def _with_runtime(runtime: str, **kw) -> QuantizationConfig:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,15 +63,19 @@ class Statistics:
         d = Path(directory)
         try:
             doc = json.loads((d / PLAN).read_text(encoding="utf-8"))
-            data = np.load(d / NPZ, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise InputError(f"statistics in {str(d)!r} are missing or damaged ({exc})") from exc
-        index = doc["index"]
-        kw = {}
-        with data:
-            for kind in ("mins", "maxs", "means_in", "means_out"):
-                kw[kind] = {name: data[f"{kind}_{k}"] for k, name in enumerate(index[kind])}
-        return cls(plan=doc["plan"], num_samples=int(index["num_samples"]), **kw)
+            index = doc["index"]
+            with open(d / NPZ, "rb") as fh:
+                if fh.read(4) != b"PK\x03\x04":  # np.load would take anything else for a pickle
+                    raise ValueError(f"{NPZ} is not an .npz archive")
+            kw = {}
+            with np.load(d / NPZ, allow_pickle=False) as data:
+                for kind in ("mins", "maxs", "means_in", "means_out"):
+                    kw[kind] = {name: data[f"{kind}_{k}"] for k, name in enumerate(index[kind])}
+            return cls(plan=doc["plan"], num_samples=int(index["num_samples"]), **kw)
+        except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
+            reason = "an object array (ptqflow never loads pickles)" if "Object arrays" in str(exc) else (
+                f"{type(exc).__name__}: {exc}")
+            raise InputError(f"statistics in {str(d)!r} are missing or damaged: {reason}; collect them again") from None
 
     def ranges(self, mean_minmax: bool = True) -> dict[str, tuple[float, float]]:
         """Per scale group: (min, max) = mean of per-sample values (default) or global extremes, merged per group."""
