@@ -157,35 +157,6 @@ def render_cls_sample(rng: random.Random, fonts: list[str] | None = None) -> tup
     return img, label, text
 
 
-def cls_config(model_path: Path, data_dir: Path) -> dict:
-    """Pipeline config for the PP-OCR cls model, preprocessing as rapidocr's TextClassifier feeds it:
-    BGR (images read with cv2), height 48 keeping aspect, right-padded to 192, (x/255 - 0.5) / 0.5."""
-    return {
-        "model": str(model_path),
-        "data": {
-            "source": str(data_dir),
-            "preprocess": {
-                "method": "chain",
-                "resize": [48, 192],
-                "resize_mode": "pad_right",
-                "scale": 1.0 / 255.0,
-                "mean": [0.5, 0.5, 0.5],
-                "std": [0.5, 0.5, 0.5],
-                "channel_order": "BGR",
-                "layout": "NCHW",
-                "dtype": "float32",
-            },
-            "validation_size": 200,
-            "seed": 0,
-        },
-        "quantization": {"subset_size": 300},
-        # A two-class head: top-1 agreement and accuracy are the meaningful gates; the logits' cosine is
-        # dominated by the softmax output, so it is a loose secondary check.
-        "validation": {"gate": {"max_accuracy_drop": 0.02, "min_cosine": 0.98, "min_top1_agreement": 0.97,
-                                "min_speedup": None}},
-    }
-
-
 # The recognizer's input as rapidocr feeds it: height 48, width up to 320 (ratio 6.67), right-padded.
 REC_HEIGHT, REC_WIDTH = 48, 320
 LABEL_FILE = "labels.txt"
@@ -305,20 +276,6 @@ def text_metrics(outputs: dict[str, np.ndarray], labels: list[str]) -> dict[str,
     exact = np.mean([t == y for t, y in zip(texts, labels)])
     chars = np.mean([max(0.0, 1.0 - edit_distance(t, y) / max(1, len(y))) for t, y in zip(texts, labels)])
     return {"exact_match": float(exact), "char_accuracy": float(chars)}
-
-
-def cls_input(img: Image.Image) -> np.ndarray:
-    """One image as rapidocr's cls preprocessing makes it: BGR, CHW, height 48, right-padded to 192."""
-    import math
-
-    rgb = np.asarray(img.convert("RGB"))
-    h, w = rgb.shape[:2]
-    rw = min(192, int(math.ceil(48 * w / float(h))))
-    resized = np.asarray(Image.fromarray(rgb).resize((rw, 48), Image.BILINEAR), dtype=np.float32)
-    bgr = resized[:, :, ::-1].transpose(2, 0, 1) / 255.0
-    out = np.zeros((3, 48, 192), dtype=np.float32)
-    out[:, :, :rw] = (bgr - 0.5) / 0.5
-    return out
 
 
 def summary(pipeline_dir: Path) -> list[str]:
