@@ -14,7 +14,7 @@ import builders
 from ptqflow.artifacts.manifest import read_manifest, write_manifest
 from ptqflow.config import GateConfig, PipelineConfig
 from ptqflow.data.shards import INDEX_FILE, ShardWriter
-from ptqflow.errors import GateFailedError, InputError
+from ptqflow.errors import ConfigError, GateFailedError, InputError
 from ptqflow.steps import validate
 
 jsonschema = pytest.importorskip("jsonschema")
@@ -197,5 +197,5 @@ def test_accuracy_metric_names_the_gated_metric():
     gate = GateConfig(max_accuracy_drop=0.02, accuracy_metric="char_accuracy", min_cosine=None, min_speedup=None)
     (check,) = validate.evaluate_gate(gate, acc, FID, SPEED)
     assert "char_accuracy" in check["name"] and check["passed"]
-    with pytest.raises(InputError, match="accuracy_metric 'f1'.*exact_match, char_accuracy"):
+    with pytest.raises(ConfigError, match="accuracy_metric 'f1'.*exact_match, char_accuracy"):
         validate.evaluate_gate(GateConfig(accuracy_metric="f1"), acc, FID, SPEED)

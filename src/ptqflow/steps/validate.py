@@ -12,7 +12,7 @@ from ptqflow import metrics as M
 from ptqflow.artifacts import input_digests
 from ptqflow.artifacts.manifest import Manifest, write_manifest
 from ptqflow.config import GateConfig, PipelineConfig, section_dump
-from ptqflow.errors import GateFailedError, InputError
+from ptqflow.errors import ConfigError, GateFailedError, InputError
 
 NAME = "validate"
 INPUTS = ("model", "quantized", "calibration")
@@ -169,19 +169,16 @@ def accuracy_drop(gate: GateConfig, accuracy: dict) -> tuple[str, float] | None:
         return None
     key = gate.accuracy_metric or ("top1" if "top1" in accuracy["fp32"] else next(iter(accuracy["fp32"])))
     if key not in accuracy["fp32"] or key not in accuracy.get("int8", {}):
-        raise InputError(f"validation.gate.accuracy_metric {key!r}: the validation computed no such metric; it has "
-                         f"{', '.join(accuracy['fp32']) or 'none'}")
-    ref, got = accuracy["fp32"][key], accuracy["int8"][key]
+        raise ConfigError(f"validation.gate.accuracy_metric {key!r}: the validation computed no such metric; it has "
+                          f"{', '.join(accuracy['fp32']) or 'none'}")
     counts = accuracy.get("correct")
     if counts and key in counts["fp32"]:
-        c_ref, c_got = counts["fp32"][key], counts["int8"][key]
-        if gate.accuracy_drop_mode == "absolute":
-            return key, (c_ref - c_got) / accuracy["samples"]
-        return key, (c_ref - c_got) / c_ref if c_ref else 0.0
-    drop = ref - got
-    if gate.accuracy_drop_mode == "relative":
-        drop = drop / ref if ref else 0.0
-    return key, drop
+        ref, got = counts["fp32"][key], counts["int8"][key]
+        scale = accuracy["samples"] if gate.accuracy_drop_mode == "absolute" else ref
+    else:
+        ref, got = accuracy["fp32"][key], accuracy["int8"][key]
+        scale = 1.0 if gate.accuracy_drop_mode == "absolute" else ref
+    return key, (ref - got) / scale if scale else 0.0
 
 
 def evaluate_gate(gate: GateConfig, accuracy: dict, fidelity: dict, speed: dict) -> list[dict]:
