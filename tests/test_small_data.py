@@ -128,3 +128,16 @@ def test_validation_left_empty_by_unreadable_items_fails_at_build(tmp_path):
             pytest.warns(UserWarning, match="skipped 1"):
         build(imgs, model, out, cfg)
     assert list(out.iterdir()) == []
+
+
+def test_kfp_resolved_config_keeps_which_sizes_the_run_set(tmp_path):
+    # KFP's resolve-config writes the config every step reads: a size left at its default must stay unset
+    # there, or a small data set is refused on KFP where `ptqflow run` splits it.
+    from ptqflow.config import load_config
+    from ptqflow.faces.kfp_runtime import resolve_config
+
+    data = resolve_config(tmp_path / "a.json", {"model": "m.onnx", "data.validation_size": 300})
+    assert data["data"]["validation_size"] == 300  # the full config is returned
+    assert "validation_size" not in load_config(tmp_path / "a.json").data.model_fields_set
+    resolve_config(tmp_path / "b.json", {"model": "m.onnx"}, "data:\n  validation_size: 300\n")
+    assert "validation_size" in load_config(tmp_path / "b.json").data.model_fields_set

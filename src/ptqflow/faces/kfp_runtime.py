@@ -43,10 +43,13 @@ def resolve_config(out: str | Path, values: dict[str, Any], base: str = "") -> d
     by_name = {name: values[key] for name, key in EXPOSED.items() if key in values}
     flat = {k: param_value(v) for k, v in overrides(by_name).items()}
     cfg = load_config(None, {**_flatten(base_data), **flat})
-    data = cfg.model_dump(mode="json")
+    # Only what the run set is written: the steps fill in the defaults themselves, and a field left at its
+    # default stays distinguishable from one set to the same value (a small data set is split only when
+    # data.validation_size was not set).
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
-    return data
+    Path(out).write_text(json.dumps(cfg.model_dump(mode="json", exclude_unset=True), indent=2, sort_keys=True),
+                         encoding="utf-8")
+    return cfg.model_dump(mode="json")
 
 
 def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
