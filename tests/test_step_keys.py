@@ -161,7 +161,6 @@ def baseline(tmp_path_factory):
     return tmp, cfg
 
 
-@pytest.mark.slow
 def test_every_field_is_in_the_key_or_leaves_the_output_unchanged(baseline):
     tmp, cfg = baseline
     base = cfg.model_dump(mode="json")
