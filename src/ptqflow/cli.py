@@ -2,7 +2,8 @@
 ``check-device``.
 
 Configuration precedence: defaults < ``--config FILE`` < typed flags < ``--set dotted.key=value``.
-A step offers the typed flags of the config keys it reads (``ptqflow.steps.CONFIG_READS``); ``run`` offers all.
+A step offers the typed flags of the config keys it reads (its ``config_reads`` in ``ptqflow.steps.STEPS``, the
+table the subcommands and their ``--in-*`` flags come from too); ``run`` offers all.
 Errors print one message on stderr and exit with the exception's exit code (see README "Exit codes");
 an unexpected exception exits 1 (with its traceback under ``-v``).
 """
@@ -21,7 +22,7 @@ from ptqflow import __version__
 from ptqflow.config import load_config
 from ptqflow.errors import ConfigError, PtqflowError
 from ptqflow.logs import get_logger, setup_logging
-from ptqflow.steps import OPTIONAL_STEPS, STEP_MODULES, reads
+from ptqflow.steps import STEP_MODULES, STEPS, reads
 
 # Typed shortcut flags: (flag, dotted config key, argparse kwargs).
 _FLAGS: list[tuple[str, str, dict[str, Any]]] = [
@@ -63,7 +64,7 @@ class _NotRead(argparse.Action):
         self.step, self.key = step, key
 
     def __call__(self, parser, namespace, values, option_string=None):
-        readers = [s for s in [*STEP_MODULES, *OPTIONAL_STEPS] if reads(s, self.key)]
+        readers = [s.name for s in STEPS if reads(s.name, self.key)]
         parser.error(f"{option_string} sets {self.key}, which the {self.step} step does not read, so it cannot "
                      f"change its result; the steps that read it: {', '.join(readers)} (and run)")
 
@@ -97,11 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-format", choices=["text", "json"], default="text", help="stderr log format")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="debug logs, tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from ptqflow.steps import load_step
-
-    for name in [*STEP_MODULES, *OPTIONAL_STEPS]:
+    for step in STEPS:
+        name, inputs = step.name, step.inputs
         p = sub.add_parser(name, help=f"run the {name} step")
-        inputs = _step_inputs(name, load_step)
         for inp in inputs:
             p.add_argument(f"--in-{inp}", dest=f"in_{inp}", metavar="URI", help=f"input artifact '{inp}'")
         p.add_argument("--output", "--out", dest="out", required=True, metavar="URI",
@@ -126,17 +125,6 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", default="ptqflow-demo", metavar="DIR", help="output directory")
     demo.add_argument("--force", action="store_true", help="rerun even if identical results exist")
     return parser
-
-
-def _step_inputs(name: str, load_step) -> tuple[str, ...]:
-    """The step's declared inputs, or the DESIGN.md ones when its module is not importable here."""
-    fallback = {"fetch-model": (), "build-calibration": ("model",), "collect-stats": ("model", "calibration"),
-                "quantize": ("model", "calibration", "statistics"), "validate": ("model", "quantized", "calibration"),
-                "export-ir": ("quantized", "model", "calibration"), "publish": ("model", "quantized", "report", "ir")}
-    try:
-        return tuple(load_step(name).INPUTS)
-    except ImportError:
-        return fallback[name]
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:

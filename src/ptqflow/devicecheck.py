@@ -26,8 +26,7 @@ import numpy as np
 
 from ptqflow.config import ExecutionDevice, PipelineConfig
 from ptqflow.errors import DeviceUnavailableError
-from ptqflow.faces.images import image
-from ptqflow.faces.placement import ACCELERATED_STEPS
+from ptqflow.steps import ACCELERATED_STEPS
 
 
 @dataclass(frozen=True)
@@ -81,6 +80,7 @@ def problem_with(kind: str, device: str) -> str | None:
 @functools.lru_cache(maxsize=None)
 def cuda_problem() -> str | None:
     """None when onnxruntime runs a tiny model on an NVIDIA GPU here; otherwise what is missing."""
+    from ptqflow.faces.images import image
     from ptqflow.runtime import available_providers, make_session
 
     providers = available_providers()
@@ -116,6 +116,7 @@ def nvidia_device_nodes(dev: Path = Path("/dev")) -> list[str]:
 def openvino_problem(device: str) -> str | None:
     """None when OpenVINO lists ``device`` here; otherwise what is missing."""
     from ptqflow import ov
+    from ptqflow.faces.images import image
 
     hint = f"; the NPU image {image('npu')} has the NPU driver" if device.upper().startswith("NPU") else ""
     try:

@@ -24,21 +24,11 @@ from ptqflow.config import PipelineConfig
 from ptqflow.errors import ConfigError, GateFailedError, InputError
 from ptqflow.graph.prepare import check_model_file
 from ptqflow.logs import get_logger
-from ptqflow.steps import STEP_MODULES, load_step
+from ptqflow.steps import PRODUCERS, STEP_MODULES, load_step
 
 log = get_logger("pipeline")
 MODEL_FILE = "model.onnx"  # the model file of a fetch-model or quantize artifact
 _UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
-
-# Which step produces each named input artifact (the DESIGN.md contract).
-PRODUCERS = {
-    "model": "fetch-model",
-    "calibration": "build-calibration",
-    "statistics": "collect-stats",
-    "quantized": "quantize",
-    "report": "validate",
-    "ir": "export-ir",
-}
 
 
 def run_step(

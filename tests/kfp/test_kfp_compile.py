@@ -154,3 +154,17 @@ def test_resolve_config_rejects_bad_values(tmp_path):
     assert main(["resolve-config", "--out", str(tmp_path / "c.json"), "--set", "quantization.subset_size=-3"]) \
         == ConfigError.exit_code
     assert not (tmp_path / "c.json").exists()
+
+
+def test_lightweight_components_match_the_steps_table():
+    """kfp_local's components spell their artifacts in their signatures (KFP ships their source): they must
+    take the inputs and make the output that ptqflow.steps.STEPS gives each step."""
+    from ptqflow.faces.kfp_local import STEP_COMPONENTS, publish_local
+    from ptqflow.steps import STEPS
+
+    components = {**STEP_COMPONENTS, "publish": publish_local}
+    assert list(components) == [s.name for s in STEPS]
+    for s in STEPS:
+        spec = components[s.name].component_spec
+        assert list(spec.inputs) == ["config", *s.inputs], s.name
+        assert s.output in spec.outputs, s.name

@@ -5,22 +5,14 @@ faces agree. Nothing in this package imports Airflow or KFP at module level exce
 named after them (``airflow_face``, ``kfp_face``).
 """
 
-# Step order and each step's named input artifacts (the artifact contract of DESIGN.md).
-STEP_INPUTS: dict[str, tuple[str, ...]] = {
-    "fetch-model": (),
-    "build-calibration": ("model",),
-    "collect-stats": ("model", "calibration"),
-    "quantize": ("model", "calibration", "statistics"),
-    "validate": ("model", "quantized", "calibration"),
-    "export-ir": ("quantized", "model", "calibration"),
-}
+from ptqflow.steps import PRODUCERS, STEPS
 
-# Steps added after export-ir when configured (publish: when the run's config has a ``registry`` section).
-OPTIONAL_STEP_INPUTS: dict[str, tuple[str, ...]] = {"publish": ("model", "quantized", "report", "ir")}
-
-# Which step produces each input artifact name.
-PRODUCERS = {"model": "fetch-model", "calibration": "build-calibration", "statistics": "collect-stats",
-             "quantized": "quantize", "report": "validate", "ir": "export-ir"}
+# Derived from ptqflow.steps.STEPS (the one table of the step graph): step order and each step's named input
+# artifacts, the steps added after export-ir when configured (publish: when the run's config has a ``registry``
+# section), and (PRODUCERS, re-exported) which step produces each input artifact name.
+STEP_INPUTS: dict[str, tuple[str, ...]] = {s.name: s.inputs for s in STEPS if not s.optional}
+OPTIONAL_STEP_INPUTS: dict[str, tuple[str, ...]] = {s.name: s.inputs for s in STEPS if s.optional}
+__all__ = ["OPTIONAL_STEP_INPUTS", "PRODUCERS", "STEP_INPUTS", "step_input_uris", "step_output_uri"]
 
 
 def step_output_uri(output_prefix: str, step: str) -> str:

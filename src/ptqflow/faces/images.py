@@ -35,7 +35,7 @@ def image(device: str = "cpu", repository: str | None = None) -> str:
 
 def step_image(step: str, device: str) -> str:
     """Steps that run models get the device's image; the others run on the CPU image."""
-    from ptqflow.faces.placement import ACCELERATED_STEPS
+    from ptqflow.steps import ACCELERATED_STEPS
 
     return image(device if step in ACCELERATED_STEPS else "cpu")
 

@@ -20,14 +20,14 @@ from ptqflow.faces import OPTIONAL_STEP_INPUTS, STEP_INPUTS
 from ptqflow.faces.images import image, step_image
 from ptqflow.faces.params import EXPOSED, param_specs
 from ptqflow.faces.placement import PlacementTable, active_table, toleration_kwargs
+from ptqflow.steps import SPECS, STEPS
 
 _PY = {"integer": int, "number": float, "boolean": bool, "string": str}
-# Artifact type and output name per producer step.
-OUTPUTS = {"fetch-model": ("model", Model), "build-calibration": ("calibration", Dataset),
-           "collect-stats": ("statistics", Artifact), "quantize": ("quantized", Model),
-           "validate": ("report", Artifact), "export-ir": ("ir", Model)}
+# The KFP artifact type of each artifact a step produces and later steps consume.
 INPUT_TYPES = {"model": Model, "calibration": Dataset, "statistics": Artifact, "quantized": Model,
                "report": Artifact, "ir": Model}
+# Output name (from ptqflow.steps.STEPS) and artifact type per producer step.
+OUTPUTS = {s.name: (s.output, INPUT_TYPES[s.output]) for s in STEPS if not s.optional}
 
 
 def pipeline_params() -> list[tuple[str, type, object, str]]:
@@ -105,13 +105,16 @@ def _publish_container(table: PlacementTable):
     """Container component of the publish step: runs it when the config has a registry section, else skips."""
     params = [("config", Input[Artifact])] + [(n, Input[INPUT_TYPES[n]]) for n in OPTIONAL_STEP_INPUTS["publish"]]
 
-    def impl(config, registration, **arts):
-        args = ["-m", "ptqflow.faces.kfp_runtime", "publish", "--config", config.path, "--out", registration.path]
+    out_name = SPECS["publish"].output
+
+    def impl(config, **arts):
+        outp = arts.pop(out_name)
+        args = ["-m", "ptqflow.faces.kfp_runtime", "publish", "--config", config.path, "--out", outp.path]
         for n, a in arts.items():
             args += [f"--in-{n}", a.path]
         return dsl.ContainerSpec(image=table.light.image or image("cpu"), command=["python"], args=args)
 
-    out = inspect.Parameter("registration", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Output[Artifact])
+    out = inspect.Parameter(out_name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Output[Artifact])
     return dsl.container_component(_signed("publish", params, impl, [out]))
 
 

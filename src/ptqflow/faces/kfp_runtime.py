@@ -19,6 +19,9 @@ import yaml
 
 from ptqflow.config import load_config
 from ptqflow.errors import ConfigError, PtqflowError
+from ptqflow.steps import SPECS
+
+PUBLISH_INPUTS = SPECS["publish"].inputs  # the publish component's --in-* artifacts
 
 
 def param_value(raw: Any) -> Any:
@@ -116,12 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     pub = sub.add_parser("publish", help="the publish step if the config has a registry section, else skip")
     pub.add_argument("--config", required=True)
     pub.add_argument("--out", required=True)
-    for name in ("model", "quantized", "report", "ir"):
+    for name in PUBLISH_INPUTS:
         pub.add_argument(f"--in-{name}", dest=name, required=True)
     args = parser.parse_args(argv)
     try:
         if args.command == "publish":
-            inputs = {n: getattr(args, n) for n in ("model", "quantized", "report", "ir")}
+            inputs = {n: getattr(args, n) for n in PUBLISH_INPUTS}
             print(json.dumps(publish_if_configured(inputs, args.out, args.config), default=str))
             return 0
         values = {}

@@ -28,8 +28,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ptqflow.errors import ConfigError
-
-ACCELERATED_STEPS = frozenset({"collect-stats", "quantize", "validate"})
+from ptqflow.steps import ACCELERATED_STEPS  # the steps that run models (ptqflow.steps.STEPS)
 
 GPU_RESOURCE = "nvidia.com/gpu"
 NPU_RESOURCE = "npu.intel.com/accel"

@@ -10,9 +10,11 @@ from ptqflow.artifacts.manifest import Manifest, write_manifest
 from ptqflow.artifacts.storage import scratch_dir
 from ptqflow.config import PipelineConfig, section_dump
 from ptqflow.errors import ConfigError
+from ptqflow.steps import spec
 
-NAME = "build-calibration"
-INPUTS = ("model",)
+_SPEC = spec("build-calibration")  # its entry in the steps table
+NAME: str = _SPEC.name
+INPUTS: tuple[str, ...] = _SPEC.inputs
 
 
 def config_section(cfg: PipelineConfig) -> dict:

@@ -15,9 +15,11 @@ from ptqflow.artifacts import input_digests, reproducible_zip
 from ptqflow.artifacts.manifest import Manifest, write_manifest
 from ptqflow.config import PipelineConfig, section_dump
 from ptqflow.logs import progress
+from ptqflow.steps import spec
 
-NAME = "collect-stats"
-INPUTS = ("model", "calibration")
+_SPEC = spec("collect-stats")  # its entry in the steps table
+NAME: str = _SPEC.name
+INPUTS: tuple[str, ...] = _SPEC.inputs
 
 # Fields read only when the statistics are applied (quantize), never while collecting them. What the
 # bias-correction switches change in the collection itself is captured by api.statistics_request, which is in

@@ -12,9 +12,11 @@ from ptqflow.artifacts import input_digests
 from ptqflow.artifacts.manifest import Manifest, write_manifest
 from ptqflow.config import PipelineConfig, section_dump
 from ptqflow.errors import InputError
+from ptqflow.steps import spec
 
-NAME = "export-ir"
-INPUTS = ("quantized", "model", "calibration")
+_SPEC = spec("export-ir")  # its entry in the steps table
+NAME: str = _SPEC.name
+INPUTS: tuple[str, ...] = _SPEC.inputs
 _PARITY_SAMPLES = 32
 
 

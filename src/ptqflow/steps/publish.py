@@ -26,9 +26,11 @@ from ptqflow.artifacts.manifest import Manifest, canonical_json, read_manifest, 
 from ptqflow.config import PipelineConfig, section_dump
 from ptqflow.errors import ConfigError, GateFailedError, InputError
 from ptqflow.logs import get_logger
+from ptqflow.steps import spec
 
-NAME = "publish"
-INPUTS = ("model", "quantized", "report", "ir")
+_SPEC = spec("publish")  # its entry in the steps table
+NAME: str = _SPEC.name
+INPUTS: tuple[str, ...] = _SPEC.inputs
 RESULT_FILE = "registered.json"
 _REPORT_FILES = ("report.json", "report.html")
 _IR_FILES = ("model.xml", "model.bin")

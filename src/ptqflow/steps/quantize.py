@@ -12,9 +12,11 @@ import onnx
 from ptqflow.artifacts import input_digests
 from ptqflow.artifacts.manifest import Manifest, write_manifest
 from ptqflow.config import PipelineConfig, section_dump
+from ptqflow.steps import spec
 
-NAME = "quantize"
-INPUTS = ("model", "calibration", "statistics")
+_SPEC = spec("quantize")  # its entry in the steps table
+NAME: str = _SPEC.name
+INPUTS: tuple[str, ...] = _SPEC.inputs
 MAX_IR_VERSION = 10
 _PROTO_LIMIT = 2 * 1024**3 - 64 * 1024**2  # protobuf's 2 GB limit, with headroom for graph structure
 

@@ -13,9 +13,11 @@ from ptqflow.artifacts import input_digests
 from ptqflow.artifacts.manifest import Manifest, write_manifest
 from ptqflow.config import GateConfig, PipelineConfig, section_dump
 from ptqflow.errors import ConfigError, GateFailedError, InputError
+from ptqflow.steps import spec
 
-NAME = "validate"
-INPUTS = ("model", "quantized", "calibration")
+_SPEC = spec("validate")  # its entry in the steps table
+NAME: str = _SPEC.name
+INPUTS: tuple[str, ...] = _SPEC.inputs
 _WARMUP = 3
 
 
