@@ -12,6 +12,8 @@ from ptqflow.algorithms.bias_layers import find_bias_layers, read_bias, write_bi
 from ptqflow.api import collect_statistics, quantize_with_summary
 from ptqflow.config import AdvancedParameters, QuantizationConfig
 
+TIE = AdvancedParameters().bias_correction_guard_tie_weight  # the default a run uses
+
 
 def _shifted(model: onnx.ModelProto, layer_name: str, delta: float) -> onnx.ModelProto:
     out = onnx.ModelProto()
@@ -36,21 +38,21 @@ def test_class_balanced_disagreement_counts_flips_of_a_rare_class():
     rare_flipped, common_flipped = ref.copy(), ref.copy()
     rare_flipped[90:] = ref[90:, ::-1]
     common_flipped[:10] = ref[:10, ::-1]
-    rare = bc_guard.output_error([[rare_flipped]], [[ref]], ["probs"], {"probs"})
-    common = bc_guard.output_error([[common_flipped]], [[ref]], ["probs"], {"probs"})
+    rare = bc_guard.output_error([[rare_flipped]], [[ref]], ["probs"], {"probs"}, tie_weight=TIE)
+    common = bc_guard.output_error([[common_flipped]], [[ref]], ["probs"], {"probs"}, tie_weight=TIE)
     assert rare > 0.99 * 0.5 and common < 0.12, (rare, common)
     # the same arrays judged as a plain float output: only the squared error, the same for both
-    assert bc_guard.output_error([[rare_flipped]], [[ref]], ["probs"], set()) == bc_guard.output_error(
-        [[common_flipped]], [[ref]], ["probs"], set())
+    assert bc_guard.output_error([[rare_flipped]], [[ref]], ["probs"], set(), tie_weight=TIE) == bc_guard.output_error(
+        [[common_flipped]], [[ref]], ["probs"], set(), tie_weight=TIE)
 
 
 def test_judge_keeps_a_correction_towards_fp32_and_rejects_one_away_from_it():
     fp32 = conv_classifier(seed=2)
     off = _shifted(fp32, "conv2", 0.3)
     samples = random_inputs(6, (3, 16, 16), seed=4)
-    keep, before, after = bc_guard.judge(fp32, off, fp32, samples)
+    keep, before, after = bc_guard.judge(fp32, off, fp32, samples, tie_weight=TIE)
     assert keep and after < before
-    keep, before, after = bc_guard.judge(fp32, fp32, off, samples)
+    keep, before, after = bc_guard.judge(fp32, fp32, off, samples, tie_weight=TIE)
     assert not keep and after > before
 
 
@@ -64,13 +66,15 @@ def test_quantize_reverts_a_correction_that_raises_the_output_error(monkeypatch)
         subset_size=24, advanced=AdvancedParameters(disable_bias_correction=True)))
     seen = {}
 
-    def verdict(fp32, uncorrected, corrected, samples, device="cpu"):
+    def verdict(fp32, uncorrected, corrected, samples, device="cpu", *, tie_weight):
+        seen["tie_weight"] = tie_weight
         seen["samples"] = len(samples)
         return False, 1.0, 2.0
 
     monkeypatch.setattr(bc_guard, "judge", verdict)
     result = quantize_with_summary(model, stats, QuantizationConfig(subset_size=24), dataset=data)
-    assert seen["samples"] == 8  # no Softmax output: a quarter of the default 32 (squared error alone)
+    assert seen["samples"] == 8  # no Softmax output: bias_correction_guard_samples_no_softmax (squared error alone)
+    assert seen["tie_weight"] == TIE
     rows = [r for r in result.layers if r.get("bias_correction")]
     assert rows and all(not r["bias_correction"]["applied"] for r in rows)
     assert all("reverted: bias correction raised the model's output error on 8 calibration samples (1 -> 2)"
@@ -94,3 +98,17 @@ def test_quantize_keeps_a_correction_the_guard_accepts_and_guard_can_be_turned_o
     for result in (kept, unguarded):
         applied = [r["bias_correction"]["applied"] for r in result.layers if r.get("bias_correction")]
         assert applied and any(applied)
+
+
+def test_guard_samples_without_a_softmax_output_are_their_own_field(monkeypatch):
+    model, data = conv_classifier(seed=1), random_inputs(24, (3, 16, 16), seed=5)
+    stats = collect_statistics(model, data, QuantizationConfig(subset_size=24))
+    seen = []
+    monkeypatch.setattr(bc_guard, "judge", lambda fp32, u, c, samples, *a, **k: seen.append(len(samples)) or (
+        True, 1.0, 1.0))
+    quantize_with_summary(model, stats, QuantizationConfig(
+        subset_size=24, advanced=AdvancedParameters(bias_correction_guard_samples_no_softmax=5)), dataset=data)
+    assert seen == [5]
+    quantize_with_summary(model, stats, QuantizationConfig(
+        subset_size=24, advanced=AdvancedParameters(bias_correction_guard_samples_no_softmax=0)), dataset=data)
+    assert seen == [5]  # 0: no guard for models judged by squared error alone

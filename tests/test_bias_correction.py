@@ -18,6 +18,8 @@ from ptqflow.algorithms.fast_bias_correction import apply_fast_bias_correction
 from ptqflow.api import collect_statistics, quantize_with_config
 from ptqflow.config import AdvancedParameters, QuantizationConfig
 
+THRESHOLD = AdvancedParameters().bias_correction_threshold  # the default a run uses
+
 
 def _run_tensors(model: onnx.ModelProto, names: list[str], samples) -> list[list[np.ndarray]]:
     """Values of tensors ``names`` for every sample (per name, a list over samples)."""
@@ -200,7 +202,7 @@ def test_nan_activations_never_reach_a_bias():
     fp32, q, calib, _ = _setup("mlp")
     layers = find_bias_layers(fp32)
     calib[0]["input"][0, 0] = np.nan  # one poisoned sample makes every mean NaN
-    records = apply_bias_correction(fp32, q, layers, calib)
+    records = apply_bias_correction(fp32, q, layers, calib, threshold=THRESHOLD)
     assert not any(r["applied"] for r in records)
     for init in q.graph.initializer:
         if init.data_type == onnx.TensorProto.FLOAT:
@@ -253,7 +255,7 @@ def test_fp32_model_as_its_own_quantized_model_needs_no_shift():
     layers = find_bias_layers(fp32)
     means_in, means_out = _fp32_stats(fp32, layers, calib)
     copy = _copy(fp32)
-    records = apply_fast_bias_correction(copy, layers, means_in, means_out, fp32_model=fp32)
+    records = apply_fast_bias_correction(copy, layers, means_in, means_out, threshold=THRESHOLD, fp32_model=fp32)
     assert all(r["applied"] and r["max_abs_shift"] < 1e-5 for r in records), records
 
 

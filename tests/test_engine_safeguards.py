@@ -60,3 +60,17 @@ def test_sensitivity_search_runs_and_keeps_model_valid():
     result = quantize_with_config(model, samples, cfg)
     assert any(r["status"] == "quantized" for r in result.layers)
     ptqflow.runtime.make_session(result.model).run(None, samples[0])
+
+
+def test_safeguard_thresholds_come_from_the_config():
+    """The depthwise spread and the outlier limits are AdvancedParameters fields, read by the safeguards."""
+    model, samples = _dw_softmax_model(), _spread_inputs(6, [1.0, 0.05, 0.05, 0.05])
+    loose = quantize_with_config(model, samples, QuantizationConfig(
+        advanced=AdvancedParameters(depthwise_channel_spread=0.01)))
+    assert "input" not in {r["name"] for r in loose.layers}  # median channel at 0.05 of the range: above 0.01
+    tight = quantize_with_config(_dw_softmax_model(), _spread_inputs(6, [1.0, 0.8, 1.2, 0.9]), QuantizationConfig(
+        advanced=AdvancedParameters(depthwise_channel_spread=0.99)))
+    assert {r["name"]: r for r in tight.layers}["input"]["status"] == "float"
+    small = quantize_with_config(model, samples, QuantizationConfig(advanced=AdvancedParameters(outlier_abs_max=1e-3)))
+    reasons = [r["reason"] for r in small.layers if r["op_type"] == "tensor"]
+    assert any("extreme activation range" in why for why in reasons), reasons

@@ -126,7 +126,8 @@ def collect_statistics(model, dataset, config: QuantizationConfig | None = None,
     region = placement.transformer_nodes(prepared, config) if alpha is not None else set()
     if region:
         region -= placement.ignored_nodes(prepared, config.ignored_scope)
-        head = list(islice(stream, smooth_quant.SAMPLES))  # replayed below: the dataset may be a one-shot iterator
+        # replayed below: the dataset may be a one-shot iterator
+        head = list(islice(stream, config.advanced.smooth_quant_samples))
         runtime = config.advanced.statistics_runtime
         smoothing = smooth_quant.smooth(prepared, region, head, alpha,
                                         lambda m, outs: make_runner(m, outs, device, runtime, _session))
@@ -150,7 +151,7 @@ def collect_statistics(model, dataset, config: QuantizationConfig | None = None,
     n = 0
     kept_probe = _kept if _kept is not None else []
     search = config.advanced.auto_safeguards and config.advanced.sensitivity_search
-    keep_samples = max(keep_samples, SENSITIVITY_SAMPLES if search else 0)
+    keep_samples = max(keep_samples, config.advanced.sensitivity_samples if search else 0)
     batches = _batches(stream, batchable, keep_samples, kept_probe)
     for outs, count in runner.map(batches):
         acc.add(outs, count)
@@ -183,21 +184,17 @@ def _depthwise_inputs(prepared, points: list[dict]) -> set[str]:
     return {p["tensor"] for p in points if all(_is_depthwise(nodes.get(e[0]), inits) for e in p["edges"])}
 
 
-# A depthwise input is kept in float only when its typical channel spans less than this share of the tensor's
-# range: that channel would get fewer than ~25 of the 127 codes. Measured on PP-OCR: the recognizer's stem
-# output (median channel at 0.16 of the range) costs a third of the exact matches when quantized; the
-# detector's depthwise inputs (0.27, 0.29) lose nothing, and quantizing them keeps the stem in int8.
-_DW_CHANNEL_SPREAD = 0.2
-
-
 def _depthwise_safeguard(prepared, stats: Statistics, config: QuantizationConfig,
                          channel_absmax: dict[str, np.ndarray]) -> None:
     """Keep in float two-sided inputs of depthwise convolutions whose channel ranges differ widely.
 
     A depthwise conv never mixes channels, so the channels whose range is far below the per-tensor scale lose
     their precision for good; two-sided (pre-activation, e.g. a BatchNorm output) inputs are where this bites.
+    Thresholds: ``advanced.depthwise_channel_spread`` and ``advanced.depthwise_two_sided_ratio`` (measured on
+    PP-OCR: quantizing the detector's depthwise inputs keeps its stem in int8 at no cost).
     """
-    if not config.advanced.auto_safeguards:
+    adv = config.advanced
+    if not adv.auto_safeguards:
         return
     ranges = stats.ranges(True)
     depthwise = _depthwise_inputs(prepared, stats.plan["activations"])
@@ -206,7 +203,8 @@ def _depthwise_safeguard(prepared, stats: Statistics, config: QuantizationConfig
         lo, hi = ranges[p["group"]]
         absmax = channel_absmax.get(p["tensor"])
         spread = float(np.median(absmax) / max(absmax.max(), 1e-12)) if absmax is not None else 0.0
-        if p["tensor"] in depthwise and lo < -0.25 * max(hi, 0.0) and spread < _DW_CHANNEL_SPREAD:
+        if (p["tensor"] in depthwise and lo < -adv.depthwise_two_sided_ratio * max(hi, 0.0)
+                and spread < adv.depthwise_channel_spread):
             stats.plan.setdefault("float_tensors", []).append(
                 {"tensor": p["tensor"], "reason": f"auto_safeguard: two-sided input [{lo:.3g}, {hi:.3g}] of a "
                                                   f"depthwise convolution, median channel at {spread:.2f} of its "
@@ -216,19 +214,18 @@ def _depthwise_safeguard(prepared, stats: Statistics, config: QuantizationConfig
     stats.plan["activations"] = keep
 
 
-SENSITIVITY_SAMPLES = 8  # calibration samples the sensitivity safeguard runs on
-_SENSITIVITY_MAX_RUNS = 600  # bound on its inference runs (points x samples x passes)
-
-
 def _sensitivity_safeguard(prepared, stats: Statistics, config: QuantizationConfig, samples: list, device) -> None:
-    """Keep in float the activation quantizers whose removal alone cuts the model's output error the most."""
+    """Keep in float the activation quantizers whose removal alone cuts the model's output error the most
+    (``advanced.sensitivity_*`` bound the samples, the runs and how many are kept)."""
     from ptqflow.algorithms.sensitivity import find_sensitive
 
+    adv = config.advanced
     points = len(stats.plan["activations"])
-    n = max(2, min(SENSITIVITY_SAMPLES, _SENSITIVITY_MAX_RUNS // max(points, 1)))
-    mean_minmax = RangeEstimator(config.advanced.activations_range) == RangeEstimator.MEAN_MINMAX
+    n = max(2, min(adv.sensitivity_samples, adv.sensitivity_max_runs // max(points, 1)))
+    mean_minmax = RangeEstimator(adv.activations_range) == RangeEstimator.MEAN_MINMAX
     found = find_sensitive(prepared, stats.plan, stats.ranges(mean_minmax), samples[:n],
-                           lambda m: _session(m, device))
+                           lambda m: _session(m, device), max_points=adv.sensitivity_max_points,
+                           min_gain=adv.sensitivity_min_gain, min_error=adv.sensitivity_min_error)
     drop = {t for t, _, _ in found}
     for t, before, after in found:
         stats.plan.setdefault("float_tensors", []).append(
@@ -343,22 +340,21 @@ def _fill_signedness(stats: Statistics) -> None:
         p["signed"] = bool(groups[p["group"]][0] < 0)
 
 
-# An activation whose range is this many times wider than its typical per-sample range is dominated by rare
-# outliers; at 8 bits the typical values would collapse onto a few codes.
-_OUTLIER_RATIO = 64.0
-_OUTLIER_ABS = 1e4
-
-
 def _outlier_safeguard(stats: Statistics, config: QuantizationConfig) -> None:
-    """Drop quantizers on tensors with extreme ranges (kept in float, recorded in the plan)."""
-    if not config.advanced.auto_safeguards:
+    """Drop quantizers on tensors with extreme ranges (kept in float, recorded in the plan).
+
+    A range ``advanced.outlier_range_ratio`` times wider than the typical per-sample range is dominated by rare
+    outliers (at 8 bits the typical values would collapse onto a few codes); values beyond
+    ``advanced.outlier_abs_max`` are out of int8's reach next to ordinary ones."""
+    adv = config.advanced
+    if not adv.auto_safeguards:
         return
     keep = []
     for p in stats.plan["activations"]:
         lo, hi = np.median(stats.mins[p["tensor"]]), np.median(stats.maxs[p["tensor"]])
         glo, ghi = np.min(stats.mins[p["tensor"]]), np.max(stats.maxs[p["tensor"]])
         typical = max(hi - lo, 1e-12)
-        if max(abs(glo), abs(ghi)) > _OUTLIER_ABS or (ghi - glo) / typical > _OUTLIER_RATIO:
+        if max(abs(glo), abs(ghi)) > adv.outlier_abs_max or (ghi - glo) / typical > adv.outlier_range_ratio:
             stats.plan.setdefault("float_tensors", []).append(
                 {"tensor": p["tensor"], "reason": f"auto_safeguard: extreme activation range [{glo:.4g}, {ghi:.4g}] "
                                                   f"vs typical [{lo:.4g}, {hi:.4g}]"})
@@ -377,7 +373,7 @@ def quantize_with_summary(model, statistics: Statistics, config: QuantizationCon
                           _prepared: onnx.ModelProto | None = None) -> QuantizationResult:
     """Insert the planned quantizers with parameters from ``statistics``, then correct biases.
 
-    Returns the INT8 QDQ model (ir_version <= 10, checked) and the per-layer summary.
+    Returns the INT8 QDQ model (ir_version <= MAX_IR_VERSION, checked) and the per-layer summary.
     """
     config = config or QuantizationConfig()
     plan = statistics.plan
@@ -420,8 +416,11 @@ def _check_plan_matches(prepared: onnx.ModelProto, plan: dict) -> None:
 def _bias_correction(prepared, q, statistics, config, dataset, device, samples_list) -> list[dict]:
     """Run the configured bias correction on ``q`` in place, then the guard (ptqflow.algorithms.bc_guard): when
     the corrected model's output error against FP32 on a few calibration samples is higher than without the
-    correction, ``q`` goes back to its uncorrected biases and every record says why. Returns the records."""
-    n_guard = config.advanced.bias_correction_guard_samples
+    correction, ``q`` goes back to its uncorrected biases and every record says why. Returns the records.
+    Samples: ``advanced.bias_correction_guard_samples``, or ``..._no_softmax`` for models without a decision
+    (Softmax/LogSoftmax) output, whose squared error alone is continuous and settles on fewer samples."""
+    adv = config.advanced
+    n_guard = adv.bias_correction_guard_samples
     uncorrected = None
     if n_guard and not config.advanced.disable_bias_correction and not is_large(q):
         uncorrected = onnx.ModelProto()
@@ -429,14 +428,17 @@ def _bias_correction(prepared, q, statistics, config, dataset, device, samples_l
     records = _correct_biases(prepared, q, statistics, config, dataset, device, samples_list)
     if uncorrected is None or not any(r.get("applied") for r in records):
         return records
-    if not bc_guard.decision_outputs(prepared):  # squared error alone is continuous: fewer samples settle it
-        n_guard = max(1, n_guard // 4)
+    if not bc_guard.decision_outputs(prepared):
+        n_guard = adv.bias_correction_guard_samples_no_softmax
+        if not n_guard:
+            return records
     samples = list(samples_list[:n_guard]) if samples_list else (
         list(_samples(dataset, prepared, n_guard)) if dataset is not None else [])
     if not samples:
         log.info("bias correction guard skipped: no calibration samples at hand")
         return records
-    keep, before, after = bc_guard.judge(prepared, uncorrected, q, samples, device)
+    keep, before, after = bc_guard.judge(prepared, uncorrected, q, samples, device,
+                                         tie_weight=adv.bias_correction_guard_tie_weight)
     verdict = "kept" if keep else "reverted"
     log.info("bias correction %s: model output error on %d calibration samples %.4g without, %.4g with it",
              verdict, len(samples), before, after)
@@ -464,7 +466,7 @@ def _correct_biases(prepared, q, statistics, config, dataset, device, samples_li
         return fast_bias_correction.apply_fast_bias_correction(
             q, layers, statistics.means_in, statistics.means_out, threshold=threshold, fp32_model=prepared,
             device=device)
-    n = config.advanced.bias_correction_subset_size or max(1, int(0.2 * config.subset_size))
+    n = config.bias_correction_samples()
     samples = list(samples_list[:n]) if samples_list is not None else (
         list(_samples(dataset, prepared, n)) if dataset is not None else [])
     if not samples:
@@ -539,10 +541,10 @@ def quantize(model, calibration_dataset, *, preset: QuantizationPreset | None = 
 
 def quantize_with_config(model, dataset, config: QuantizationConfig, *, device: str = "cpu") -> QuantizationResult:
     """Both halves in one process (the dataset is read once). Returns model and summary."""
-    keep = 0 if config.fast_bias_correction else (
-        config.advanced.bias_correction_subset_size or max(1, int(0.2 * config.subset_size)))
-    if not config.advanced.disable_bias_correction:
-        keep = max(keep, config.advanced.bias_correction_guard_samples)
+    adv = config.advanced
+    keep = 0 if config.fast_bias_correction else config.bias_correction_samples()
+    if not adv.disable_bias_correction:
+        keep = max(keep, adv.bias_correction_guard_samples, adv.bias_correction_guard_samples_no_softmax)
     kept: list = []
     stats = collect_statistics(model, dataset, config, device=device, keep_samples=keep, _kept=kept)
     return quantize_with_summary(model, stats, config, device=device, _samples_list=kept,

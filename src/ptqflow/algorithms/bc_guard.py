@@ -23,7 +23,6 @@ import onnx
 
 from ptqflow.runtime import run_each
 
-_TIE_WEIGHT = 1e-3  # weight of a decision output's squared error next to its decision disagreement
 _PASS_THROUGH = {"Identity", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Cast"}
 
 
@@ -41,8 +40,10 @@ def decision_outputs(model: onnx.ModelProto) -> set[str]:
 
 
 def output_error(outs: list[list[np.ndarray]], refs: list[list[np.ndarray]], names: list[str],
-                 decisions: set[str]) -> float:
-    """Mean relative squared error of the float outputs plus the class-balanced decision disagreement."""
+                 decisions: set[str], *, tie_weight: float) -> float:
+    """Mean relative squared error of the float outputs plus the class-balanced decision disagreement.
+
+    A decision output's squared error counts ``tie_weight`` times (advanced.bias_correction_guard_tie_weight)."""
     total = 0.0
     for j, name in enumerate(names):
         ref = [r[j] for r in refs]
@@ -56,18 +57,19 @@ def output_error(outs: list[list[np.ndarray]], refs: list[list[np.ndarray]], nam
             truth = np.concatenate([b.argmax(-1).ravel() for b in ref])
             pred = np.concatenate([a.argmax(-1).ravel() for a in out])
             # decisions are what a classifier head is judged by; the squared error only breaks ties
-            total += float(np.mean([np.mean(pred[truth == c] != c) for c in np.unique(truth)])) + _TIE_WEIGHT * rse
+            total += float(np.mean([np.mean(pred[truth == c] != c) for c in np.unique(truth)])) + tie_weight * rse
         else:
             total += rse
     return total
 
 
 def judge(fp32: onnx.ModelProto, uncorrected: onnx.ModelProto, corrected: onnx.ModelProto,
-          samples: list[dict], device: str = "cpu") -> tuple[bool, float, float]:
-    """(keep the correction, output error without it, output error with it) on ``samples``."""
+          samples: list[dict], device: str = "cpu", *, tie_weight: float) -> tuple[bool, float, float]:
+    """(keep the correction, output error without it, output error with it) on ``samples``; ``tie_weight``:
+    see output_error."""
     names = [o.name for o in fp32.graph.output]
     decisions = decision_outputs(fp32)
     refs = run_each(fp32, samples, device)
-    before = output_error(run_each(uncorrected, samples, device), refs, names, decisions)
-    after = output_error(run_each(corrected, samples, device), refs, names, decisions)
+    before = output_error(run_each(uncorrected, samples, device), refs, names, decisions, tie_weight=tie_weight)
+    after = output_error(run_each(corrected, samples, device), refs, names, decisions, tie_weight=tie_weight)
     return after <= before, before, after

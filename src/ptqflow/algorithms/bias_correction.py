@@ -26,7 +26,7 @@ from ptqflow.algorithms.bias_layers import (
     summary,
     write_bias,
 )
-from ptqflow.graph.prepare import graph_inputs
+from ptqflow.graph.prepare import MAX_IR_VERSION, graph_inputs
 from ptqflow.runtime import make_session, run_each
 from ptqflow.statistics.collector import augment
 from ptqflow.statistics.runner import make_runner
@@ -73,7 +73,7 @@ def _fp32_output_means(fp32_model, layers, samples, device, runtime="onnxruntime
                 aug.graph.output.append(helper.make_empty_tensor_value_info(layer.output))
                 present.add(layer.output)
             out_map[layer.output] = ("raw", layer.name)
-    aug.ir_version = min(aug.ir_version or 10, 10)
+    aug.ir_version = min(aug.ir_version or MAX_IR_VERSION, MAX_IR_VERSION)
     axes = {layer.name: layer.channel_axis for layer in layers}
     runner = make_runner(aug, list(out_map), device, runtime, make_session)
     sums: dict[str, np.ndarray] = {}
@@ -139,7 +139,7 @@ class _Segmenter:
             initializer=inits,
         )
         model = helper.make_model(graph, opset_imports=list(self.model.opset_import))
-        model.ir_version = min(self.model.ir_version or 10, 10)
+        model.ir_version = min(self.model.ir_version or MAX_IR_VERSION, MAX_IR_VERSION)
         return model, inputs, outputs
 
 
@@ -156,7 +156,7 @@ def apply_bias_correction(
     q_model: onnx.ModelProto,
     layers: list[BiasLayer],
     samples: list[dict[str, np.ndarray]],
-    threshold: float = 2.0,
+    threshold: float,
     device: str = "cpu",
     runtime: str = "onnxruntime",
 ) -> list[dict]:

@@ -37,6 +37,7 @@ from ptqflow.algorithms.bias_layers import (
     summary,
     write_bias,
 )
+from ptqflow.graph.prepare import MAX_IR_VERSION
 from ptqflow.runtime import make_session
 
 SYNTH_INPUT = "ptqflow_fbc_input"
@@ -222,7 +223,7 @@ def extract_layer_model(q_model: onnx.ModelProto, layer: BiasLayer, input_shape:
         initializer=inits,
     )
     model = helper.make_model(graph, opset_imports=list(q_model.opset_import))
-    model.ir_version = min(q_model.ir_version or 10, 10)
+    model.ir_version = min(q_model.ir_version or MAX_IR_VERSION, MAX_IR_VERSION)
     return model
 
 
@@ -247,8 +248,8 @@ def apply_fast_bias_correction(
     layers: list[BiasLayer],
     means_in: dict[str, np.ndarray],
     means_out: dict[str, np.ndarray],
-    threshold: float = 2.0,
     *,
+    threshold: float,
     input_shapes: dict[str, tuple[int, ...]] | None = None,
     fp32_model: onnx.ModelProto | None = None,
     include_activation_quantizers: bool = False,
@@ -265,7 +266,8 @@ def apply_fast_bias_correction(
     vary over positions) cancels out; ``means_out`` then only judges a zero bias. Without it the quantized run
     is compared with ``means_out`` directly.
     A layer is skipped (applied=False, with a reason) when its statistics are missing or not finite, when the
-    shift is implausibly large (max|shift| > threshold * max|bias|), or when it cannot be cut out and run.
+    shift is implausibly large (max|shift| > threshold * max|bias|; advanced.bias_correction_threshold), or
+    when it cannot be cut out and run.
     """
     idx = GraphIndex(q_model.graph)
     ref = (fp32_model, GraphIndex(fp32_model.graph)) if fp32_model is not None else None

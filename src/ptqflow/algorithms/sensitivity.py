@@ -76,10 +76,11 @@ def leave_one_out(session, n_points: int, samples: list[dict], refs: list[list[n
     return base, errs
 
 
-def find_sensitive(prepared: onnx.ModelProto, plan: dict, ranges: dict, samples: list[dict], make_session,
-                   max_points: int = 2, min_gain: float = 0.3) -> list[tuple[str, float, float]]:
-    """Greedy: switch off, one pass at a time, the quantizer whose removal cuts the output error by at least
-    ``min_gain`` of it. Returns (tensor, error before, error after) per quantizer to keep in float."""
+def find_sensitive(prepared: onnx.ModelProto, plan: dict, ranges: dict, samples: list[dict], make_session, *,
+                   max_points: int, min_gain: float, min_error: float) -> list[tuple[str, float, float]]:
+    """Greedy: switch off, one pass at a time (at most ``max_points``), the quantizer whose removal cuts the
+    output error by at least ``min_gain`` of it, while that error is at least ``min_error`` (the
+    advanced.sensitivity_* fields). Returns (tensor, error before, error after) per quantizer to keep in float."""
     if not samples or len(plan["activations"]) < 2:
         return []
     gated, tensors = gated_model(prepared, plan, ranges)
@@ -90,7 +91,7 @@ def find_sensitive(prepared: onnx.ModelProto, plan: dict, ranges: dict, samples:
     for _ in range(max_points):
         base, errs = leave_one_out(sess, len(tensors), samples, refs, off)
         k = int(np.argmin(errs))
-        if base < 1e-3 or not np.isfinite(errs[k]) or errs[k] > (1 - min_gain) * base:
+        if base < min_error or not np.isfinite(errs[k]) or errs[k] > (1 - min_gain) * base:
             break
         off.add(k)
         found.append((tensors[k], base, float(errs[k])))

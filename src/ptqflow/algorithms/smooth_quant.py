@@ -7,7 +7,8 @@ activation ``x`` feeding MatMuls with a constant 2-D weight ``W[K, N]``, a per-c
 MatMuls, kept in float) and multiplies the weight rows, which leaves the FP32 function unchanged. MatMuls that
 read the same activation share one factor, computed from the largest of their weight rows.
 
-The factors come from a short pass over the first calibration samples, before placement and statistics, which
+The factors come from a short pass over the first calibration samples (advanced.smooth_quant_samples), before
+placement and statistics, which
 then see the smoothed graph. They are recorded in the plan, so another process re-applies them exactly.
 Measured on MiniLM-L6 (300 sentences, declared transformer): Spearman of the embedding similarities vs FP32
 0.9949 without, 0.99963 at alpha 0.5 (cosine of the whole last_hidden_state 0.981 -> 0.9992), 0.9990 at 0.8,
@@ -27,8 +28,7 @@ from onnx import helper, numpy_helper
 from ptqflow.algorithms.minmax import _topological_insert
 from ptqflow.statistics.collector import augment
 
-SAMPLES = 64  # calibration samples of the smoothing pass
-_MIN_SCALE = 1e-5
+_MIN_SCALE = 1e-5  # floor on a factor, so 1/s stays finite
 
 
 def candidates(model: onnx.ModelProto, nodes: set[str]) -> dict[str, list[onnx.NodeProto]]:

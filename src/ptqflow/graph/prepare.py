@@ -15,9 +15,11 @@ from ptqflow.errors import InputError
 
 log = logging.getLogger(__name__)
 
+# Constants of the formats, defined here only (the algorithms, the API and the steps import them). The tuned
+# thresholds of the algorithms are not here: they are fields of config.AdvancedParameters.
 MIN_OPSET = 13  # per-axis QuantizeLinear/DequantizeLinear exist from opset 13
 MAX_IR_VERSION = 10  # onnxruntime 1.31 rejects the IR version onnx 1.23 writes by default
-PROTO_LIMIT = 2 * 1024**3 - 64 * 1024**2  # protobuf's 2 GB limit, with headroom
+PROTO_LIMIT = 2 * 1024**3 - 64 * 1024**2  # protobuf's 2 GB limit, with headroom for the graph structure
 
 
 def load_model(model) -> onnx.ModelProto:

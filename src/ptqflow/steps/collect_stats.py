@@ -26,7 +26,8 @@ INPUTS: tuple[str, ...] = _SPEC.inputs
 # the key; tests/test_step_keys.py checks every other field: in the key, or the output stays byte-identical.
 _APPLY_ONLY = {"fast_bias_correction"}
 _APPLY_ONLY_ADVANCED = {"disable_bias_correction", "bias_correction_subset_size", "bias_correction_threshold",
-                        "bias_correction_guard_samples"}
+                        "bias_correction_guard_samples", "bias_correction_guard_samples_no_softmax",
+                        "bias_correction_guard_tie_weight"}
 
 
 def config_section(cfg: PipelineConfig) -> dict:

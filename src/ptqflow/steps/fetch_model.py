@@ -28,7 +28,7 @@ from ptqflow.artifacts import storage
 from ptqflow.artifacts.manifest import Manifest, sha256_file, write_manifest
 from ptqflow.config import PipelineConfig
 from ptqflow.errors import ConfigError, InputError, StorageError
-from ptqflow.graph.prepare import external_data_files, graph_inputs
+from ptqflow.graph.prepare import MAX_IR_VERSION, external_data_files, graph_inputs
 from ptqflow.logs import get_logger
 from ptqflow.steps import spec
 
@@ -36,7 +36,6 @@ _SPEC = spec("fetch-model")  # its entry in the steps table
 NAME: str = _SPEC.name
 INPUTS: tuple[str, ...] = _SPEC.inputs
 MODEL_FILE = "model.onnx"
-MAX_IR_VERSION = 10  # onnxruntime 1.31 rejects newer IR versions that onnx writes by default
 log = get_logger(NAME)
 
 

@@ -12,13 +12,12 @@ import onnx
 from ptqflow.artifacts import input_digests
 from ptqflow.artifacts.manifest import Manifest, write_manifest
 from ptqflow.config import PipelineConfig, section_dump
+from ptqflow.graph.prepare import MAX_IR_VERSION, PROTO_LIMIT
 from ptqflow.steps import spec
 
 _SPEC = spec("quantize")  # its entry in the steps table
 NAME: str = _SPEC.name
 INPUTS: tuple[str, ...] = _SPEC.inputs
-MAX_IR_VERSION = 10
-_PROTO_LIMIT = 2 * 1024**3 - 64 * 1024**2  # protobuf's 2 GB limit, with headroom for graph structure
 
 
 def config_section(cfg: PipelineConfig) -> dict:
@@ -45,9 +44,9 @@ def run(inputs: dict[str, Path], out: Path, cfg: PipelineConfig) -> Manifest:
 
 
 def save_model(model: onnx.ModelProto, path: Path) -> None:
-    """Save with ir_version <= 10; weights go to ``<name>.data`` beside it when the model exceeds 2 GB."""
+    """Save with ir_version <= MAX_IR_VERSION; weights go to ``<name>.data`` beside it over 2 GB (PROTO_LIMIT)."""
     model.ir_version = min(model.ir_version or MAX_IR_VERSION, MAX_IR_VERSION)
-    large = model.ByteSize() > _PROTO_LIMIT
+    large = model.ByteSize() > PROTO_LIMIT
     onnx.save(model, str(path), save_as_external_data=large, all_tensors_to_one_file=True,
               location=f"{path.name}.data" if large else None)
 
