@@ -18,7 +18,6 @@ import os
 import shutil
 import tempfile
 from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -26,6 +25,7 @@ from urllib.parse import unquote, urlparse
 from ptqflow.artifacts.manifest import MANIFEST_NAME, Manifest
 from ptqflow.errors import ConfigError, InputError, OutputError, PtqflowError, StorageError
 from ptqflow.logs import get_logger
+from ptqflow.scratch import scratch_dir, scratch_root  # noqa: F401 (the steps' and the runner's names for them)
 
 _MB = 1 << 20
 log = get_logger("artifacts")
@@ -394,23 +394,3 @@ def replace_dir(new: Path, target: Path) -> None:
         raise output_error(err, target) from None
 
 
-# A running step's scratch directory (see ``scratch_dir``); set by the pipeline around each step.
-_SCRATCH: ContextVar[Path | None] = ContextVar("ptqflow_scratch", default=None)
-
-
-@contextmanager
-def scratch_root(path: Path | None):
-    """Within the block, ``scratch_dir`` makes its directories under ``path`` (None: the system temp dir)."""
-    token = _SCRATCH.set(Path(path) if path is not None else None)
-    try:
-        yield
-    finally:
-        _SCRATCH.reset(token)
-
-
-def scratch_dir(prefix: str) -> tempfile.TemporaryDirectory:
-    """A temporary directory for intermediate files. Inside a pipeline step with a local output it lies in
-    the step's partial directory beside the output, which the next run removes even when this one was
-    killed (a kill skips the cleanup of a directory in the system temp dir); elsewhere in the system temp
-    dir."""
-    return tempfile.TemporaryDirectory(prefix=prefix, dir=_SCRATCH.get())

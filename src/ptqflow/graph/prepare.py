@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper, shape_inference, version_converter
 
-from ptqflow.artifacts.storage import scratch_dir
+from ptqflow.scratch import scratch_dir
 from ptqflow.errors import InputError
 
 log = logging.getLogger(__name__)
