@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from ptqflow.graph.index import GraphIndex
 from ptqflow.runtime import run_each
 
 _PASS_THROUGH = {"Identity", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Cast"}
@@ -28,7 +29,7 @@ _PASS_THROUGH = {"Identity", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Fl
 
 def decision_outputs(model: onnx.ModelProto) -> set[str]:
     """Graph outputs produced by Softmax/LogSoftmax, through shape-only ops."""
-    producer = {o: n for n in model.graph.node for o in n.output}
+    producer = GraphIndex(model).producer
     found = set()
     for out in model.graph.output:
         node = producer.get(out.name)

@@ -19,13 +19,13 @@ from onnx import helper
 
 from ptqflow.algorithms.bias_layers import (
     BiasLayer,
-    GraphIndex,
     channel_mean,
     judge_shift,
     read_bias,
     summary,
     write_bias,
 )
+from ptqflow.graph.index import GraphIndex
 from ptqflow.graph.prepare import MAX_IR_VERSION, graph_inputs
 from ptqflow.runtime import make_session, run_each
 from ptqflow.statistics.collector import augment

@@ -19,6 +19,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from ptqflow.graph.index import GraphIndex, attr, float_constant
+
 # Below this magnitude a bias (or an output mean) counts as zero when judging a shift's plausibility.
 EPS = 1e-8
 
@@ -42,85 +44,6 @@ class BiasLayer:
     bias_node: str = ""  # node consuming the bias: the layer itself, or the Add after a MatMul
 
 
-class GraphIndex:
-    """Producer / consumer / initializer lookups over one graph (built once, read many times)."""
-
-    def __init__(self, graph: onnx.GraphProto):
-        self.graph = graph
-        self.inits = {t.name: t for t in graph.initializer}
-        self.producer: dict[str, onnx.NodeProto] = {}
-        self.consumers: dict[str, list[onnx.NodeProto]] = {}
-        self.nodes = {n.name: n for n in graph.node if n.name}
-        for node in graph.node:
-            for out in node.output:
-                if out:
-                    self.producer[out] = node
-            for inp in node.input:
-                if inp:
-                    self.consumers.setdefault(inp, []).append(node)
-        self._const: dict[str, bool] = {}
-
-    def is_constant(self, name: str) -> bool:
-        """True when ``name`` is an initializer or computed only from initializers (e.g. DequantizeLinear(int8))."""
-        if name in self._const:
-            return self._const[name]
-        self._const[name] = False  # guards against cycles in malformed graphs
-        if name in self.inits:
-            result = True
-        else:
-            node = self.producer.get(name)
-            result = node is not None and node.op_type not in _NONDETERMINISTIC and all(
-                self.is_constant(i) for i in node.input if i
-            ) and not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
-        self._const[name] = result
-        return result
-
-    def constant_closure(self, name: str) -> list[onnx.NodeProto]:
-        """The nodes (topological order) computing constant ``name`` from initializers; [] for an initializer."""
-        seen: set[str] = set()
-        order: list[onnx.NodeProto] = []
-
-        def visit(tensor: str) -> None:
-            node = self.producer.get(tensor)
-            if tensor in self.inits or node is None or id(node) in seen:
-                return
-            seen.add(id(node))
-            for inp in node.input:
-                if inp:
-                    visit(inp)
-            order.append(node)
-
-        visit(name)
-        return order
-
-    def const_shape(self, name: str) -> tuple[int, ...] | None:
-        """Static shape of a constant tensor when cheap to know (initializer, or DequantizeLinear of one)."""
-        if name in self.inits:
-            return tuple(self.inits[name].dims)
-        node = self.producer.get(name)
-        if node is not None and node.op_type == "DequantizeLinear":
-            return self.const_shape(node.input[0])
-        if node is not None and node.op_type == "Constant":
-            value = next((a.t for a in node.attribute if a.name == "value"), None)
-            return tuple(value.dims) if value is not None else None
-        return None
-
-    def float_init(self, name: str) -> np.ndarray | None:
-        """The float constant ``name`` (an initializer or a Constant node's tensor) as an array, else None."""
-        return _float_const(self.inits.get(name), self.producer.get(name))
-
-
-_NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial"}
-_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
-
-
-def _attr(node: onnx.NodeProto, name: str, default):
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
-
-
 def _conv_like(node: onnx.NodeProto, idx: GraphIndex) -> BiasLayer | None:
     if len(node.input) < 3 or not node.input[2] or not idx.is_constant(node.input[1]):
         return None
@@ -134,17 +57,17 @@ def _conv_like(node: onnx.NodeProto, idx: GraphIndex) -> BiasLayer | None:
 def _gemm(node: onnx.NodeProto, idx: GraphIndex) -> BiasLayer | None:
     if len(node.input) < 3 or not node.input[2] or not idx.is_constant(node.input[1]):
         return None
-    if idx.is_constant(node.input[0]) or float(_attr(node, "beta", 1.0)) != 1.0:
+    if idx.is_constant(node.input[0]) or float(attr(node, "beta", 1.0)) != 1.0:
         return None  # a constant "activation" or a scaled C is not the linear-layer pattern we correct
     bias = idx.float_init(node.input[2])
     if bias is None or bias.ndim != 1 or bias.size < 2:
         return None  # a scalar C broadcasts over channels: a per-channel shift cannot live there
     w_shape = idx.const_shape(node.input[1])
     if w_shape is not None and len(w_shape) == 2:
-        out_ch = w_shape[0] if _attr(node, "transB", 0) else w_shape[1]
+        out_ch = w_shape[0] if attr(node, "transB", 0) else w_shape[1]
         if out_ch != bias.size:
             return None
-    in_axis = 0 if _attr(node, "transA", 0) else 1
+    in_axis = 0 if attr(node, "transA", 0) else 1
     return BiasLayer(node.name, node.op_type, node.input[0], node.output[0], node.input[2], 1, in_axis,
                      weight=node.input[1], bias_node=node.name)
 
@@ -154,8 +77,8 @@ def _add_bias(node: onnx.NodeProto, idx: GraphIndex, out_rank: int | None, axis:
 
     Its shape must put the channels on ``axis`` of the output (right-aligned broadcasting) and 1 elsewhere.
     """
-    users = idx.consumers.get(node.output[0], [])
-    if len(users) != 1 or users[0].op_type != "Add" or node.output[0] in {o.name for o in idx.graph.output}:
+    users = idx.consumer_nodes(node.output[0])
+    if len(users) != 1 or users[0].op_type != "Add" or node.output[0] in idx.outputs:
         return None
     add = users[0]
     other = add.input[1] if add.input[0] == node.output[0] else add.input[0]
@@ -174,13 +97,13 @@ def _bn_bias(node: onnx.NodeProto, idx: GraphIndex):
     """(B tensor, BN node) for an unfolded inference BatchNormalization right after a convolution, else None.
 
     BN is a per-channel affine map, so moving its B moves the output mean exactly like a bias would."""
-    users = idx.consumers.get(node.output[0], [])
+    users = idx.consumer_nodes(node.output[0])
     if len(users) != 1 or users[0].op_type != "BatchNormalization" or len(users[0].output) != 1:
         return None
     bn = users[0]
-    if node.output[0] in {o.name for o in idx.graph.output} or not all(idx.is_constant(i) for i in bn.input[1:]):
+    if node.output[0] in idx.outputs or not all(idx.is_constant(i) for i in bn.input[1:]):
         return None
-    if int(_attr(bn, "training_mode", 0)) or len(set(bn.input[1:])) != 4:
+    if int(attr(bn, "training_mode", 0)) or len(set(bn.input[1:])) != 4:
         return None  # shared scale/bias/mean/var tensors cannot be moved independently
     bias = idx.float_init(bn.input[2])
     return (bn.input[2], bn) if bias is not None and bias.ndim == 1 else None
@@ -216,7 +139,7 @@ def _with_bias(node: onnx.NodeProto, idx: GraphIndex) -> BiasLayer | None:
         return None
     other, add = found
     if w_shape is not None:
-        out_ch = w_shape[0] if node.op_type == "Conv" else w_shape[1] * int(_attr(node, "group", 1))
+        out_ch = w_shape[0] if node.op_type == "Conv" else w_shape[1] * int(attr(node, "group", 1))
         if idx.float_init(other).size != out_ch:
             return None
     return BiasLayer(node.name, node.op_type, node.input[0], add.output[0], other, 1, 1,
@@ -282,16 +205,6 @@ def summary(layer: BiasLayer, applied: bool, reason: str, shift: np.ndarray | No
     }
 
 
-def _float_const(init: onnx.TensorProto | None, node: onnx.NodeProto | None) -> np.ndarray | None:
-    if init is not None:
-        return numpy_helper.to_array(init) if init.data_type in _FLOAT_TYPES else None
-    if node is not None and node.op_type == "Constant":
-        value = next((a.t for a in node.attribute if a.name == "value"), None)
-        if value is not None and value.data_type in _FLOAT_TYPES:
-            return numpy_helper.to_array(value)
-    return None
-
-
 def _bias_node(model: onnx.ModelProto, layer: BiasLayer) -> onnx.NodeProto | None:
     target = layer.bias_node or layer.name
     return next((n for n in model.graph.node if n.name == target), None)
@@ -324,7 +237,7 @@ def read_bias(model: onnx.ModelProto, layer: BiasLayer) -> np.ndarray | None:
     node, k = _bias_input(model, layer)
     if node is None or k < 0:
         return None
-    value = _float_const(*_locate(model, node.input[k]))
+    value = float_constant(*_locate(model, node.input[k]))
     return None if value is None else value.astype(np.float64).reshape(-1)
 
 
@@ -340,7 +253,7 @@ def write_bias(model: onnx.ModelProto, layer: BiasLayer, new_bias: np.ndarray) -
     node, k = _bias_input(model, layer)
     name = node.input[k]
     init, const = _locate(model, name)
-    old = _float_const(init, const)
+    old = float_constant(init, const)
     array = np.asarray(new_bias, dtype=old.dtype).reshape(old.shape)
     readers = sum(1 for n in graph.node for i in n.input if i == name)
     if readers > 1 or any(o.name == name for o in graph.output):
@@ -351,8 +264,8 @@ def write_bias(model: onnx.ModelProto, layer: BiasLayer, new_bias: np.ndarray) -
     if init is not None:
         init.CopyFrom(numpy_helper.from_array(array, name))
     else:
-        attr = next(a for a in const.attribute if a.name == "value")
-        attr.t.CopyFrom(numpy_helper.from_array(array, attr.t.name))
+        value = next(a for a in const.attribute if a.name == "value")
+        value.t.CopyFrom(numpy_helper.from_array(array, value.t.name))
     return name
 
 

@@ -29,14 +29,13 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ptqflow.algorithms.bias_layers import (
     BiasLayer,
-    GraphIndex,
-    _attr,
     channel_mean,
     judge_shift,
     read_bias,
     summary,
     write_bias,
 )
+from ptqflow.graph.index import GraphIndex, attr
 from ptqflow.graph.prepare import MAX_IR_VERSION
 from ptqflow.runtime import make_session
 
@@ -69,14 +68,14 @@ def _synthetic_shape(layer: BiasLayer, node: onnx.NodeProto, idx: GraphIndex, c_
     if known is not None and len(known) >= 3 and all(d > 0 for d in known[2:]):
         return (1, c_in, *known[2:]), True
     w_shape = idx.const_shape(node.input[1])
-    kernel = list(_attr(node, "kernel_shape", w_shape[2:] if w_shape else []))
+    kernel = list(attr(node, "kernel_shape", w_shape[2:] if w_shape else []))
     if not kernel:
         raise ValueError("kernel shape unknown")
-    dil = list(_attr(node, "dilations", [1] * len(kernel)))
+    dil = list(attr(node, "dilations", [1] * len(kernel)))
     extent = [(k - 1) * d + 1 for k, d in zip(kernel, dil)]
     if layer.op_type == "Conv":
         return (1, c_in, *extent), False
-    strides = list(_attr(node, "strides", [1] * len(kernel)))
+    strides = list(attr(node, "strides", [1] * len(kernel)))
     return (1, c_in, *[2 * e + 2 * s for e, s in zip(extent, strides)]), False
 
 
@@ -85,9 +84,9 @@ def _interior(out: np.ndarray, layer: BiasLayer, node: onnx.NodeProto, idx: Grap
     if layer.op_type != "ConvTranspose":
         return out
     w_shape = idx.const_shape(node.input[1])
-    kernel = list(_attr(node, "kernel_shape", w_shape[2:] if w_shape else []))
-    dil = list(_attr(node, "dilations", [1] * len(kernel)))
-    strides = list(_attr(node, "strides", [1] * len(kernel)))
+    kernel = list(attr(node, "kernel_shape", w_shape[2:] if w_shape else []))
+    dil = list(attr(node, "dilations", [1] * len(kernel)))
+    strides = list(attr(node, "strides", [1] * len(kernel)))
     slices = [slice(None), slice(None)]
     for axis, (k, d, s) in enumerate(zip(kernel, dil, strides)):
         start = (k - 1) * d
@@ -127,10 +126,10 @@ def _quantizers_between(idx: GraphIndex, layer_node: onnx.NodeProto, bias_node: 
     """The Q -> DQ pair (if any) between a layer's output and the node adding its bias, in order."""
     if layer_node.output[0] in bias_node.input:
         return []
-    users = idx.consumers.get(layer_node.output[0], [])
+    users = idx.consumer_nodes(layer_node.output[0])
     if len(users) == 1 and users[0].op_type == "QuantizeLinear":
         q = users[0]
-        dqs = [n for n in idx.consumers.get(q.output[0], []) if n.op_type == "DequantizeLinear"]
+        dqs = [n for n in idx.consumer_nodes(q.output[0]) if n.op_type == "DequantizeLinear"]
         for dq in dqs:
             if dq.output[0] in bias_node.input:
                 return [q, dq]
@@ -160,8 +159,8 @@ def _bias_tail(idx: GraphIndex, layer: BiasLayer, layer_node: onnx.NodeProto, in
 
     Returns (nodes, extra initializers).
     """
-    node = idx.nodes[layer.name]
-    bias_node = idx.nodes[layer.bias_node]
+    node = idx.by_name[layer.name]
+    bias_node = idx.by_name[layer.bias_node]
     between = _quantizers_between(idx, node, bias_node)
     nodes = [layer_node]
     if include_quantizers:
@@ -194,7 +193,7 @@ def extract_layer_model(q_model: onnx.ModelProto, layer: BiasLayer, input_shape:
     Holds the weight's constant subgraph (DequantizeLinear of the int8 weight) and, when asked, the activation
     Q/DQ pairs with the quantized model's scale and zero point.
     """
-    node = idx.nodes[layer.name]
+    node = idx.by_name[layer.name]
     nodes, act = _input_part(idx, node, include_activation_quantizers)
     nodes += idx.constant_closure(node.input[1])  # the q_model's weight (DQ output)
     layer_node = _copy_node(node)
@@ -229,7 +228,7 @@ def extract_layer_model(q_model: onnx.ModelProto, layer: BiasLayer, input_shape:
 
 def _quantized_output_mean(q_model, layer, idx, mean_in, known_shape, include_activation_quantizers, device):
     """Per-channel output mean (without bias) of the quantized layer on the synthetic mean input."""
-    node = idx.nodes[layer.name]
+    node = idx.by_name[layer.name]
     c_in = mean_in.size
     shape, keep_pads = _synthetic_shape(layer, node, idx, c_in, known_shape)
     model = extract_layer_model(q_model, layer, shape, keep_pads, include_activation_quantizers, idx)
@@ -299,7 +298,7 @@ def _static_input_shapes(model: onnx.ModelProto, layers: list[BiasLayer]) -> dic
 def _correct_layer(q_model, idx, layer, m_in, m_out, shape, ref, threshold, include_quantizers, device) -> dict:
     """Correct one layer's bias in place. Returns its summary record."""
     bias = read_bias(q_model, layer)
-    if layer.name not in idx.nodes or bias is None:
+    if layer.name not in idx.by_name or bias is None:
         return summary(layer, False, "layer or float bias not found in the quantized model", None, bias)
     if m_in is None or (m_out is None and ref is None):
         return summary(layer, False, "statistics missing", None, bias)

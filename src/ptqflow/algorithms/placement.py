@@ -14,20 +14,14 @@ import onnx
 
 from ptqflow.config import IgnoredScope, ModelType, QuantizationConfig, QuantizationPreset, TargetDevice
 from ptqflow.errors import InputError
-
-
-def _attr(node: onnx.NodeProto, name: str, default):
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
+from ptqflow.graph.index import GraphIndex, attr
 
 
 # Weight input index and per-output-channel axis of the weight, per op type (the axis may depend on attributes).
 WEIGHTED = {
     "Conv": lambda n: (1, 0),
-    "ConvTranspose": lambda n: (1, 1 if _attr(n, "group", 1) == 1 else None),
-    "Gemm": lambda n: (1, 0 if _attr(n, "transB", 0) else 1),
+    "ConvTranspose": lambda n: (1, 1 if attr(n, "group", 1) == 1 else None),
+    "Gemm": lambda n: (1, 0 if attr(n, "transB", 0) else 1),
     "MatMul": lambda n: (1, -1),
 }
 
@@ -63,33 +57,6 @@ POINTWISE = {"Add", "Sub", "Mul", "Div", "Clip", "Relu", "HardSigmoid", "Sigmoid
              "Softplus", "Neg", "Identity"}
 
 
-class _Graph:
-    """Producer/consumer maps of a prepared model."""
-
-    def __init__(self, model: onnx.ModelProto):
-        g = model.graph
-        self.nodes = list(g.node)
-        self.inits = {t.name: t for t in g.initializer}
-        self.producer = {o: n for n in g.node for o in n.output if o}
-        self.consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
-        for n in g.node:
-            for i, name in enumerate(n.input):
-                if name:
-                    self.consumers.setdefault(name, []).append((n, i))
-        self.outputs = {o.name for o in g.output}
-        self._const: dict[str, bool] = {}
-
-    def is_const(self, name: str) -> bool:
-        """True for initializers and tensors computed only from them."""
-        if name not in self._const:
-            self._const[name] = False
-            node = self.producer.get(name)
-            self._const[name] = name in self.inits or (
-                node is not None and node.op_type not in ("RandomNormal", "RandomUniform")
-                and all(self.is_const(i) for i in node.input if i))
-        return self._const[name]
-
-
 def ignored_nodes(model: onnx.ModelProto, scope: IgnoredScope | None) -> set[str]:
     """Node names matched by ``scope``; InputError naming an entry that matches nothing when validating."""
     if scope is None or scope.is_empty():
@@ -121,8 +88,8 @@ def ignored_nodes(model: onnx.ModelProto, scope: IgnoredScope | None) -> set[str
 
 def _subgraph_nodes(model: onnx.ModelProto, inputs: list[str], outputs: list[str]) -> set[str]:
     """Nodes on a path from a tensor or node in ``inputs`` to one in ``outputs`` (both ends included)."""
-    g = _Graph(model)
-    by_name = {n.name: n for n in g.nodes}
+    g = GraphIndex(model)
+    by_name = g.by_name
     start = {by_name[i].output[0] if i in by_name else i for i in inputs}
     # nodes reachable backwards from outputs, stopping at inputs
     back: set[str] = set()
@@ -174,12 +141,12 @@ def transformer_nodes(model: onnx.ModelProto, config: QuantizationConfig) -> set
         return {n.name for n in model.graph.node}
     if not (config.advanced.auto_safeguards and looks_like_transformer(model)):
         return set()
-    g = _Graph(model)
+    g = GraphIndex(model)
     norms = [n for n in g.nodes if n.op_type in ("LayerNormalization", "ReduceMean")]
     return {n.name for n in norms} | _downstream(g, norms)
 
 
-def _downstream(g: _Graph, roots) -> set[str]:
+def _downstream(g: GraphIndex, roots) -> set[str]:
     """Names of every node fed, directly or not, by the outputs of ``roots``."""
     seen: set[str] = set()
     queue = deque(roots)
@@ -193,7 +160,7 @@ def _downstream(g: _Graph, roots) -> set[str]:
     return seen
 
 
-def _non_float(model: onnx.ModelProto, g: _Graph) -> set[str]:
+def _non_float(model: onnx.ModelProto, g: GraphIndex) -> set[str]:
     """Tensors known not to be float32: typed non-float by shape inference or derived from Shape/Size."""
     bad = set()
     for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
@@ -203,7 +170,7 @@ def _non_float(model: onnx.ModelProto, g: _Graph) -> set[str]:
     shape_ops = [n for n in g.nodes if n.op_type in ("Shape", "Size", "NonZero", "ArgMax", "ArgMin")]
     for n in shape_ops:
         bad.update(n.output)
-    by_name = {n.name: n for n in g.nodes}
+    by_name = g.by_name
     typed = _typed_float(model)
     for name in _downstream(g, shape_ops):  # shape arithmetic: integer unless typed float by inference
         node = by_name[name]
@@ -225,7 +192,7 @@ def _typed_float(model: onnx.ModelProto) -> set[str]:
 HEAD_GATES = {"Softmax", "LogSoftmax"}
 
 
-def _sensitive_heads(g: _Graph) -> dict[str, str]:
+def _sensitive_heads(g: GraphIndex) -> dict[str, str]:
     """Weighted layers whose output reaches a graph output only through a Softmax/LogSoftmax head.
 
     Their inputs and weights stay in float (see HEAD_GATES).
@@ -239,12 +206,12 @@ def _sensitive_heads(g: _Graph) -> dict[str, str]:
             if node is None or node.name in seen:
                 continue
             seen.add(node.name)
-            if node.op_type in WEIGHTED and not g.is_const(node.input[0]):
+            if node.op_type in WEIGHTED and not g.is_const_input(node.input[0]):
                 if gate:
                     found[node.name] = f"auto_safeguard: last layer before the {gate} output head"
                 continue
             g2 = gate or (node.op_type if node.op_type in HEAD_GATES else None)
-            queue.extend((i, g2) for i in node.input if i and not g.is_const(i))
+            queue.extend((i, g2) for i in node.input if i and not g.is_const_input(i))
     return found
 
 
@@ -252,7 +219,7 @@ def build_plan(model: onnx.ModelProto, config: QuantizationConfig, warnings: lis
     """The quantization plan (plain JSON) for a prepared model; InputError when nothing can be quantized."""
     from ptqflow.graph.prepare import onnx_opset
 
-    g = _Graph(model)
+    g = GraphIndex(model)
     adv = config.advanced
     ignored = ignored_nodes(model, config.ignored_scope)
     transformer = config.model_type == ModelType.TRANSFORMER
@@ -280,7 +247,7 @@ def build_plan(model: onnx.ModelProto, config: QuantizationConfig, warnings: lis
             continue
         w_idx, axis = WEIGHTED[n.op_type](n) if n.op_type in WEIGHTED else (None, None)
         act_idx = [i for i in ACT_INPUTS[n.op_type](n) if i < len(n.input) and n.input[i]]
-        consts = [i for i in act_idx if g.is_const(n.input[i])]
+        consts = [i for i in act_idx if g.is_const_input(n.input[i])]
         if n.op_type in ELEMENTWISE and (consts or len(act_idx) < 2):
             continue  # bias/scale constants: part of the preceding layer, never quantized here
         if n.op_type == "Mul" and _self_gated(g, n):
@@ -318,19 +285,19 @@ def build_plan(model: onnx.ModelProto, config: QuantizationConfig, warnings: lis
     }
 
 
-def _self_gated(g: _Graph, n: onnx.NodeProto) -> bool:
+def _self_gated(g: GraphIndex, n: onnx.NodeProto) -> bool:
     """True when one input of the binary op ``n`` is computed from the other by pointwise ops alone (x * f(x))."""
     a, b = n.input[0], n.input[1]
     return _pointwise_from(g, b, a) or _pointwise_from(g, a, b)
 
 
-def _pointwise_from(g: _Graph, t: str, root: str, depth: int = 4) -> bool:
+def _pointwise_from(g: GraphIndex, t: str, root: str, depth: int = 4) -> bool:
     """True when tensor ``t`` is ``root`` transformed by at most ``depth`` single-input pointwise ops."""
     for _ in range(depth):
         node = g.producer.get(t)
         if node is None or node.op_type not in POINTWISE:
             return False
-        acts = [i for i in node.input if i and not g.is_const(i)]
+        acts = [i for i in node.input if i and not g.is_const_input(i)]
         if len(acts) != 1:
             return False
         t = acts[0]
@@ -356,7 +323,7 @@ def _float_reason(n, g, ignored, after_stop, heads, transformer, dev_ops, auto_t
     return None
 
 
-def _overflow_fix(g: _Graph, weights: dict, mode: str) -> None:
+def _overflow_fix(g: GraphIndex, weights: dict, mode: str) -> None:
     """7-bit weight codes for the first Conv after each input (first_layer) or every Conv (enable)."""
     if mode == "disable":
         return
@@ -374,7 +341,7 @@ def _overflow_fix(g: _Graph, weights: dict, mode: str) -> None:
                     entry["narrow_bits"] = 7
 
 
-def _reaches_input(g: _Graph, tensor: str, graph_inputs: set[str]) -> bool:
+def _reaches_input(g: GraphIndex, tensor: str, graph_inputs: set[str]) -> bool:
     """True when ``tensor`` comes from a graph input without passing another weighted layer."""
     seen, queue = set(), deque([tensor])
     while queue:
@@ -385,11 +352,11 @@ def _reaches_input(g: _Graph, tensor: str, graph_inputs: set[str]) -> bool:
         if node is None or node.name in seen or node.op_type in WEIGHTED:
             continue
         seen.add(node.name)
-        queue.extend(i for i in node.input if i and not g.is_const(i))
+        queue.extend(i for i in node.input if i and not g.is_const_input(i))
     return False
 
 
-def _place_activations(g: _Graph, requests, ignored: set[str], symmetric: bool,
+def _place_activations(g: GraphIndex, requests, ignored: set[str], symmetric: bool,
                        asymmetric_nodes: set[str] = frozenset()) -> list[dict]:
     """Merge the requested input quantizers: move each up through agnostic ops, one quantizer per tensor."""
     req_edges = {(node, idx) for _, node, idx, _ in requests}
@@ -412,7 +379,7 @@ def _place_activations(g: _Graph, requests, ignored: set[str], symmetric: bool,
         if node is None or node.op_type not in AGNOSTIC or node.name in ignored:
             return [(t, edge)]
         data = [i for i, name in enumerate(node.input) if name and (AGNOSTIC[node.op_type] is None or i in AGNOSTIC[node.op_type])]
-        if any(g.is_const(node.input[i]) for i in data) or not all(all_quantized(node.input[i]) for i in data):
+        if any(g.is_const_input(node.input[i]) for i in data) or not all(all_quantized(node.input[i]) for i in data):
             return [(t, edge)]
         out: list = []
         for i in data:

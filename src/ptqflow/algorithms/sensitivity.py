@@ -14,6 +14,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ptqflow.algorithms.minmax import _topological_insert, insert_qdq
+from ptqflow.graph.index import GraphIndex
 
 GATE = "ptqflow_quantizer_gate"
 
@@ -24,10 +25,7 @@ def gated_model(prepared: onnx.ModelProto, plan: dict, ranges: dict) -> tuple[on
     records = [r for r in insert_qdq(q, plan, ranges) if r["kind"] == "activation"]
     g = q.graph
     g.input.append(helper.make_tensor_value_info(GATE, onnx.TensorProto.FLOAT, [len(records)]))
-    consumers: dict[str, list] = {}
-    for n in g.node:
-        for i, name in enumerate(n.input):
-            consumers.setdefault(name, []).append((n, i))
+    consumers = GraphIndex(g).consumers  # the readers of each DequantizeLinear output, before rewiring
     new = []
     for k, r in enumerate(records):
         dq, x = r["output"], r["tensor"]

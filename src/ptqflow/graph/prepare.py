@@ -12,6 +12,7 @@ from onnx import numpy_helper, shape_inference, version_converter
 
 from ptqflow.scratch import scratch_dir
 from ptqflow.errors import InputError
+from ptqflow.graph.index import GraphIndex
 
 log = logging.getLogger(__name__)
 
@@ -174,21 +175,17 @@ def _ort_basic_optimize(model: onnx.ModelProto) -> onnx.ModelProto:
 def fold_batchnorm(model: onnx.ModelProto) -> int:
     """Fold BatchNormalization into a preceding Conv whose output has no other reader (in place); returns count."""
     g = model.graph
-    inits = {t.name: t for t in g.initializer}
-    readers: dict[str, int] = {}
-    for n in g.node:
-        for i in n.input:
-            readers[i] = readers.get(i, 0) + 1
-    outputs = {o.name for o in g.output}
-    producer = {o: n for n in g.node for o in n.output}
+    idx = GraphIndex(g)  # a snapshot of the unfolded graph, not updated while pairs are folded
+    inits = idx.inits
     folded = 0
     for bn in [n for n in g.node if n.op_type == "BatchNormalization" and len(n.output) == 1]:
-        conv = producer.get(bn.input[0])
-        if conv is None or conv.op_type != "Conv" or readers.get(bn.input[0]) != 1 or bn.input[0] in outputs:
+        conv = idx.producer.get(bn.input[0])
+        if conv is None or conv.op_type != "Conv" or len(idx.consumers.get(bn.input[0], [])) != 1 \
+                or bn.input[0] in idx.outputs:
             continue
         if len(conv.input) < 2 or conv.input[1] not in inits or not all(i in inits for i in bn.input[1:5]):
             continue
-        if readers.get(conv.input[1], 0) != 1:
+        if len(idx.consumers.get(conv.input[1], [])) != 1:
             continue
         eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
         scale, b, mean, var = (numpy_helper.to_array(inits[i]).astype(np.float64) for i in bn.input[1:5])
