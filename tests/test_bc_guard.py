@@ -11,6 +11,7 @@ from ptqflow.algorithms import bc_guard
 from ptqflow.algorithms.bias_layers import find_bias_layers, read_bias, write_bias
 from ptqflow.api import collect_statistics, quantize_with_summary
 from ptqflow.config import AdvancedParameters, QuantizationConfig
+from ptqflow.graph.prepare import prepare_model
 
 TIE = AdvancedParameters().bias_correction_guard_tie_weight  # the default a run uses
 
@@ -79,7 +80,7 @@ def test_quantize_reverts_a_correction_that_raises_the_output_error(monkeypatch)
     assert rows and all(not r["bias_correction"]["applied"] for r in rows)
     assert all("reverted: bias correction raised the model's output error on 8 calibration samples (1 -> 2)"
                in r["bias_correction"]["reason"] for r in rows)
-    for layer in find_bias_layers(stats._prepared):
+    for layer in find_bias_layers(prepare_model(model)[0]):
         np.testing.assert_array_equal(read_bias(result.model, layer), read_bias(plain.model, layer))
 
 

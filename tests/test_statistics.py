@@ -56,8 +56,8 @@ def test_subset_size_limits_samples_and_means_recorded():
 def test_batched_statistics_equal_per_sample(monkeypatch):
     samples = B.random_inputs(10, (16,), seed=1)
     batched = ptqflow.collect_statistics(B.mlp(), samples, QuantizationConfig())
-    import ptqflow.api as api
-    monkeypatch.setattr(api, "_batchable", lambda *a: False)
+    from ptqflow.statistics import accumulate
+    monkeypatch.setattr(accumulate, "batchable", lambda *a: False)
     single = ptqflow.collect_statistics(B.mlp(), samples, QuantizationConfig())
     for n in single.mins:
         np.testing.assert_allclose(batched.mins[n], single.mins[n], rtol=1e-5)
