@@ -254,7 +254,7 @@ def _changed_config(base: dict, key: str, ann):
     for part in key.split("."):
         old = getattr(old, part)
     candidates = [*_choices(ann), not old if isinstance(old, bool) else None, 7, 0.5, 0.25, "a" * 64, "m:f",
-                  "x", [3, 3], ["x"], [{"inputs": ["x"], "outputs": ["y"]}]]
+                  "x", [3, 3], ["x"], [{"inputs": ["x"], "outputs": ["y"]}], True]  # True: bool | None = None
     for value in candidates:
         data = copy.deepcopy(base)
         set_dotted(data, key, value)

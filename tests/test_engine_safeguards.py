@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from onnx import TensorProto, helper
 
 import builders as B
@@ -74,3 +75,74 @@ def test_safeguard_thresholds_come_from_the_config():
     small = quantize_with_config(model, samples, QuantizationConfig(advanced=AdvancedParameters(outlier_abs_max=1e-3)))
     reasons = [r["reason"] for r in small.layers if r["op_type"] == "tensor"]
     assert any("extreme activation range" in why for why in reasons), reasons
+
+
+def _floats(result) -> dict[str, str]:
+    """Name -> reason of the summary rows kept in float."""
+    return {r["name"]: r["reason"] for r in result.layers if r["status"] == "float"}
+
+
+def test_each_safeguard_has_its_own_switch_defaulting_to_auto_safeguards():
+    for auto in (True, False):
+        adv = AdvancedParameters(auto_safeguards=auto)
+        assert all(adv.safeguard(name) is auto for name in ("outliers", "depthwise", "softmax_heads",
+                                                             "detected_transformer"))
+        assert AdvancedParameters(auto_safeguards=auto, safeguard_depthwise=not auto).safeguard("depthwise") is not auto
+    # the sensitivity search keeps its own switch, which needs auto_safeguards
+    assert not AdvancedParameters().safeguard("sensitivity")
+    assert AdvancedParameters(sensitivity_search=True).safeguard("sensitivity")
+    assert not AdvancedParameters(sensitivity_search=True, auto_safeguards=False).safeguard("sensitivity")
+    with pytest.raises(ValueError, match="unknown safeguard"):
+        AdvancedParameters().safeguard("outlier")
+
+
+def test_depthwise_and_softmax_head_switches_turn_their_safeguard_off_or_on():
+    model, samples = _dw_softmax_model(), _spread_inputs(6, [1.0, 0.05, 0.05, 0.05])
+
+    def run(**adv):
+        return _floats(quantize_with_config(model, samples, QuantizationConfig(advanced=AdvancedParameters(**adv))))
+
+    no_dw = run(safeguard_depthwise=False)
+    assert "input" not in no_dw and "Softmax" in no_dw["head"]
+    no_head = run(safeguard_softmax_heads=False)
+    assert "head" not in no_head and "depthwise" in no_head["input"]
+    only_dw = run(auto_safeguards=False, safeguard_depthwise=True)
+    assert "depthwise" in only_dw["input"] and "head" not in only_dw
+    only_head = run(auto_safeguards=False, safeguard_softmax_heads=True)
+    assert "Softmax" in only_head["head"] and "input" not in only_head
+
+
+def test_outlier_switch_turns_its_safeguard_off_or_on():
+    model, samples = _dw_softmax_model(), _spread_inputs(6, [1.0, 0.05, 0.05, 0.05])
+
+    def reasons(**adv):
+        cfg = QuantizationConfig(advanced=AdvancedParameters(outlier_abs_max=1e-3, **adv))
+        return [r["reason"] for r in quantize_with_config(model, samples, cfg).layers if r["op_type"] == "tensor"]
+
+    assert any("extreme activation range" in why for why in reasons())
+    assert not any("extreme activation range" in why for why in reasons(safeguard_outliers=False))
+    on = reasons(auto_safeguards=False, safeguard_outliers=True)
+    assert any("extreme activation range" in why for why in on), on
+
+
+def test_detected_transformer_switch():
+    from ptqflow.algorithms import placement
+    from ptqflow.graph.prepare import prepare_model
+
+    prepared, _ = prepare_model(B.tiny_encoder())
+
+    def plan(**adv):
+        cfg = QuantizationConfig(advanced=AdvancedParameters(**adv))
+        return placement.build_plan(prepared, cfg), placement.transformer_nodes(prepared, cfg)
+
+    (default, region), (off, off_region) = plan(), plan(safeguard_detected_transformer=False)
+    assert default["transformer"] is True and region
+    assert off["transformer"] is False and not off_region
+    assert not any("auto_safeguard" in w for w in off["warnings"])
+    on, on_region = plan(auto_safeguards=False, safeguard_detected_transformer=True)
+    assert on["transformer"] is True and on_region == region
+    assert on["activations"] == default["activations"]
+    # a declared transformer is not a detected one: the switch leaves it alone
+    declared = placement.build_plan(prepared, QuantizationConfig(
+        model_type="transformer", advanced=AdvancedParameters(safeguard_detected_transformer=False)))
+    assert declared["transformer"] is True

@@ -124,8 +124,8 @@ def _collect(model, dataset, config: QuantizationConfig, device: str, keep_sampl
     # FastBiasCorrection's input means; its reference is the FP32 layer
     means = {"in\0" + layer.name: (layer.input, layer.input_channel_axis)
              for layer in (layers if request["bias_input_means"] else [])}
-    spread = {t: (t, 1) for t in depthwise.inputs(prepared, plan["activations"])} if adv.auto_safeguards else {}
-    search = adv.auto_safeguards and adv.sensitivity_search
+    spread = {t: (t, 1) for t in depthwise.inputs(prepared, plan["activations"])} if adv.safeguard("depthwise") else {}
+    search = adv.safeguard("sensitivity")
     seen = observe(prepared, plan, stream, means=means, channel_absmax=spread, device=device,
                    runtime=adv.statistics_runtime, keep=max(keep_samples, adv.sensitivity_samples if search else 0))
     stats = seen.statistics

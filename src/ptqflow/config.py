@@ -173,6 +173,11 @@ class IgnoredScope:
 BIAS_CORRECTION_SUBSET_SHARE = 0.2
 
 
+# The automatic safeguards with their own switch (AdvancedParameters.safeguard_<name>; None follows
+# auto_safeguards). The sensitivity search is switched by sensitivity_search (and needs auto_safeguards).
+SAFEGUARDS = ("outliers", "depthwise", "softmax_heads", "detected_transformer", "sensitivity")
+
+
 class AdvancedParameters(_Strict):
     """Less common knobs; the defaults are what a user should ship with."""
 
@@ -214,12 +219,36 @@ class AdvancedParameters(_Strict):
     auto_safeguards: bool = Field(
         True,
         description="Keep layers in float automatically where quantization is known to destroy accuracy "
-        "(reported in the per-layer summary).",
+        "(reported in the per-layer summary). The default of each safeguard_* switch left at None; "
+        "sensitivity_search needs it on.",
+    )
+    safeguard_outliers: bool | None = Field(
+        None,
+        description="Automatic safeguard: keep activations with extreme outlier ranges in float (see "
+        "outlier_range_ratio, outlier_abs_max). None (default) follows auto_safeguards.",
+    )
+    safeguard_depthwise: bool | None = Field(
+        None,
+        description="Automatic safeguard: observe the per-channel max |x| of depthwise-convolution inputs and keep "
+        "the two-sided ones with widely differing channel ranges in float (see depthwise_channel_spread, "
+        "depthwise_two_sided_ratio). None (default) follows auto_safeguards.",
+    )
+    safeguard_softmax_heads: bool | None = Field(
+        None,
+        description="Automatic safeguard: keep the last weighted layer before a Softmax/LogSoftmax output head "
+        "(classifier and CTC logits) in float, its input and weights. None (default) follows auto_safeguards.",
+    )
+    safeguard_detected_transformer: bool | None = Field(
+        None,
+        description="Automatic safeguard: give a graph that looks like a transformer (attention and a "
+        "normalization) transformer placement from its first normalization on: its elementwise/normalization "
+        "ops stay in float, its activations asymmetric unless a preset is given (it is also the region "
+        "SmoothQuant works on). None (default) follows auto_safeguards; model_type='transformer' is not affected.",
     )
     sensitivity_search: bool = Field(
         False,
         description="Measure each activation quantizer's own output error on a few samples and keep the worst "
-        "in float (slower; part of the automatic safeguards when enabled).",
+        "in float (slower; part of the automatic safeguards: it runs only when auto_safeguards is on too).",
     )
     outlier_range_ratio: float = Field(
         64.0, ge=1,
@@ -288,6 +317,17 @@ class AdvancedParameters(_Strict):
         description="First calibration samples on which SmoothQuant measures the per-channel max |x| of the "
         "MatMul inputs (when smooth_quant_alpha is set); they are replayed into the statistics pass.",
     )
+
+    def safeguard(self, name: str) -> bool:
+        """Whether the automatic safeguard ``name`` is on: ``"outliers"``, ``"depthwise"``, ``"softmax_heads"``
+        and ``"detected_transformer"`` follow their ``safeguard_<name>`` field, or ``auto_safeguards`` when that is
+        None; ``"sensitivity"`` is ``sensitivity_search`` and ``auto_safeguards`` together."""
+        if name == "sensitivity":
+            return self.sensitivity_search and self.auto_safeguards
+        if name not in SAFEGUARDS:
+            raise ValueError(f"unknown safeguard {name!r}; expected one of {', '.join(SAFEGUARDS)}")
+        own = getattr(self, f"safeguard_{name}")
+        return self.auto_safeguards if own is None else own
 
 
 class QuantizationConfig(_Strict):

@@ -139,7 +139,7 @@ def transformer_nodes(model: onnx.ModelProto, config: QuantizationConfig) -> set
     safeguards), the first normalization and everything downstream of it; none otherwise."""
     if config.model_type == ModelType.TRANSFORMER:
         return {n.name for n in model.graph.node}
-    if not (config.advanced.auto_safeguards and looks_like_transformer(model)):
+    if not (config.advanced.safeguard("detected_transformer") and looks_like_transformer(model)):
         return set()
     g = GraphIndex(model)
     norms = [n for n in g.nodes if n.op_type in ("LayerNormalization", "ReduceMean")]
@@ -223,10 +223,10 @@ def build_plan(model: onnx.ModelProto, config: QuantizationConfig, warnings: lis
     adv = config.advanced
     ignored = ignored_nodes(model, config.ignored_scope)
     transformer = config.model_type == ModelType.TRANSFORMER
-    auto_tf = not transformer and adv.auto_safeguards and looks_like_transformer(model)
+    auto_tf = not transformer and adv.safeguard("detected_transformer") and looks_like_transformer(model)
     after_stop = _downstream(g, [n for n in g.nodes if n.op_type in STOPPERS])
     non_float = _non_float(model, g)
-    heads = _sensitive_heads(g) if adv.auto_safeguards else {}
+    heads = _sensitive_heads(g) if adv.safeguard("softmax_heads") else {}
     # Detected (not declared) transformers: only the region from the first normalization on is treated as
     # one; a convolutional backbone in front of it (OCR recognizers) keeps CNN placement, which is more accurate.
     norms = [n for n in g.nodes if n.op_type in ("LayerNormalization", "ReduceMean")]

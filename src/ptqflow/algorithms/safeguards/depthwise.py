@@ -35,7 +35,7 @@ def float_decisions(prepared: onnx.ModelProto, stats: Statistics, config: Quanti
     PP-OCR: quantizing the detector's depthwise inputs keeps its stem in int8 at no cost).
     """
     adv = config.advanced
-    if not adv.auto_safeguards:
+    if not adv.safeguard("depthwise"):
         return []
     ranges = stats.ranges(True)
     depthwise = inputs(prepared, stats.plan["activations"])

@@ -15,7 +15,7 @@ def float_decisions(stats: Statistics, config: QuantizationConfig) -> list[dict]
     outliers (at 8 bits the typical values would collapse onto a few codes); values beyond
     ``advanced.outlier_abs_max`` are out of int8's reach next to ordinary ones."""
     adv = config.advanced
-    if not adv.auto_safeguards:
+    if not adv.safeguard("outliers"):
         return []
     decisions = []
     for p in stats.plan["activations"]:

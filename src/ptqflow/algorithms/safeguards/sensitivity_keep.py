@@ -13,11 +13,11 @@ from ptqflow.statistics import Statistics
 def float_decisions(prepared: onnx.ModelProto, stats: Statistics, config: QuantizationConfig, samples: list,
                     make_session) -> list[dict]:
     """The activation tensors of the plan to keep in float, each with its reason; none unless
-    ``advanced.auto_safeguards`` and ``advanced.sensitivity_search`` and samples are at hand
+    ``advanced.safeguard("sensitivity")`` (``sensitivity_search`` and ``auto_safeguards``) and samples are at hand
     (``advanced.sensitivity_*`` bound the samples, the runs and how many are kept).
     ``make_session(model)`` makes the session the search runs."""
     adv = config.advanced
-    if not (adv.auto_safeguards and adv.sensitivity_search and samples):
+    if not (adv.safeguard("sensitivity") and samples):
         return []
     points = len(stats.plan["activations"])
     n = max(2, min(adv.sensitivity_samples, adv.sensitivity_max_runs // max(points, 1)))
