@@ -12,12 +12,12 @@ Readers open one shard at a time, so memory stays at one shard however large the
 from __future__ import annotations
 
 import json
-import zipfile
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
+from ptqflow.arrays import NpzError, read_npz
 from ptqflow.errors import InputError
 
 # Reserved key for labels inside a shard: a model input may itself be called "labels".
@@ -49,14 +49,9 @@ def _shard_paths(artifact_dir, split: str) -> list[Path]:
 def _read_shard(path: Path) -> dict[str, np.ndarray]:
     """The arrays of one shard; InputError naming it when it is damaged or holds pickled (object) arrays."""
     try:
-        with open(path, "rb") as fh:
-            if fh.read(4) != b"PK\x03\x04":  # np.load would take anything else for a pickle
-                raise ValueError("not an .npz (zip) archive")
-        with np.load(path, allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
-        raise InputError(f"{path}: damaged calibration shard ({type(err).__name__}: {err}); rebuild it with "
-                         "build-calibration --force") from None
+        return read_npz(path)
+    except NpzError as err:
+        raise InputError(f"{path}: damaged calibration shard ({err}); rebuild it with build-calibration --force") from None
 
 
 def iter_labeled(artifact_dir, split: str = "calibration") -> Iterator[tuple[dict[str, np.ndarray], int | None]]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import zipfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -20,6 +19,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from ptqflow.artifacts.storage import is_ptqflow_dir
+from ptqflow.arrays import NpzError, read_npz
 from ptqflow.errors import InputError
 from ptqflow.logs import get_logger
 
@@ -117,22 +117,12 @@ def _npy(path: Path) -> np.ndarray:
 @lru_cache(maxsize=2)
 def _npz(path: str) -> dict[str, np.ndarray]:
     """Every array of an .npz; InputError naming the file (and the key) for pickled arrays and bad archives."""
-    key = None
     try:
-        if not _magic(path, b"PK\x03\x04"):  # np.load would take it for a pickle
-            raise InputError(f"{path}: not an .npz file (not a zip archive); pickles and other formats are refused")
-        with np.load(path, allow_pickle=False) as z:
-            data = {}
-            for key in z.files:
-                data[key] = z[key]
-            return data
-    except ValueError as err:
-        what = f"array {key!r}" if key is not None else "archive"
-        if "Object arrays" in str(err):
-            raise InputError(f"{path}: {what} {_PICKLED}") from None
-        raise InputError(f"{path}: {what} is not readable ({err})") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as err:
-        raise InputError(f"{path}: not a readable .npz file ({type(err).__name__}: {err})") from None
+        return read_npz(path)
+    except NpzError as err:
+        what = f"array {err.key!r} " if err.key is not None else ""
+        reason = _PICKLED if err.pickled else err.reason
+        raise InputError(f"{path}: {what}{reason}") from None
 
 
 def _batch_count(shape: tuple, rank: int, where: str, name: str, expected: list) -> int:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ptqflow.arrays import read_npz
 from ptqflow.errors import InputError
 
 NPZ, PLAN = "statistics.npz", "plan.json"
@@ -64,16 +64,12 @@ class Statistics:
         try:
             doc = json.loads((d / PLAN).read_text(encoding="utf-8"))
             index = doc["index"]
-            with open(d / NPZ, "rb") as fh:
-                if fh.read(4) != b"PK\x03\x04":  # np.load would take anything else for a pickle
-                    raise ValueError(f"{NPZ} is not an .npz archive")
-            kw = {}
-            with np.load(d / NPZ, allow_pickle=False) as data:
-                for kind in ("mins", "maxs", "means_in", "means_out"):
-                    kw[kind] = {name: data[f"{kind}_{k}"] for k, name in enumerate(index[kind])}
+            data = read_npz(d / NPZ)
+            kw = {kind: {name: data[f"{kind}_{k}"] for k, name in enumerate(index[kind])}
+                  for kind in ("mins", "maxs", "means_in", "means_out")}
             return cls(plan=doc["plan"], num_samples=int(index["num_samples"]), **kw)
-        except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
-            reason = "an object array (ptqflow never loads pickles)" if "Object arrays" in str(exc) else (
+        except (OSError, ValueError, KeyError, TypeError) as exc:  # NpzError is a ValueError
+            reason = "an object array (ptqflow never loads pickles)" if getattr(exc, "pickled", False) else (
                 f"{type(exc).__name__}: {exc}")
             raise InputError(f"statistics in {str(d)!r} are missing or damaged: {reason}; collect them again") from None
 
