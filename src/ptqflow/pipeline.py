@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ptqflow import __version__, devicecheck
 from ptqflow.artifacts import storage
-from ptqflow.artifacts.manifest import Manifest, cache_key, read_manifest
+from ptqflow.artifacts.manifest import Manifest, cache_key, read_manifest, verify_outputs
 from ptqflow.config import PipelineConfig
 from ptqflow.errors import ConfigError, GateFailedError, InputError
 from ptqflow.graph.prepare import check_model_file
@@ -111,8 +111,7 @@ def _stage_inputs(names, input_uris, work: Path, staged: dict[str, Path] | None)
         if manifest is None:
             raise InputError(f"input '{name}' at {uri} has no manifest.json: not a finished ptqflow artifact")
         # Presence and size only: hashing every input (models of gigabytes) on every step would cost too much.
-        bad = [rel for rel, info in manifest.outputs.items()
-               if not (local / rel).is_file() or (local / rel).stat().st_size != info.get("size")]
+        bad = verify_outputs(local, manifest, hashes=False)
         if bad:
             raise InputError(f"input '{name}' at {uri} is damaged: {', '.join(sorted(bad)[:5])} missing or not as "
                              "its manifest.json records; rerun the step that made it (--force)")
