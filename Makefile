@@ -1,5 +1,5 @@
 # Container images, their lock files and the test environments' constraints. Image names and tags come from
-# ptqflow.faces.images (tag = package version), the same place the Airflow DAG and the KFP components take them from.
+# ptqflow.orchestration.images (tag = package version), the same place the Airflow DAG and the KFP components take them from.
 #   make images         build the cpu, gpu (CUDA) and npu images (needs a Docker engine with BuildKit)
 #   make image-gpu      build one of them
 #   make locks          re-resolve containers/*/requirements.lock and scripts/constraints/*.txt from pyproject.toml,
@@ -22,7 +22,7 @@ $(addprefix image-,$(IMAGES)): image-%: containers/%/Dockerfile containers/%/req
 	@command -v $(DOCKER) >/dev/null || { echo "make $@: no Docker engine here ($(DOCKER) not found)" >&2; exit 1; }
 	DOCKER_BUILDKIT=1 $(DOCKER) build -f containers/$*/Dockerfile \
 		--build-arg PTQFLOW_VERSION="$$($(PYTHON) -c 'import ptqflow; print(ptqflow.__version__)')" \
-		-t "$$($(PYTHON) -m ptqflow.faces.images --device $*)" .
+		-t "$$($(PYTHON) -m ptqflow.orchestration.images --device $*)" .
 
 locks:
 	$(PYTHON) containers/locks.py compile

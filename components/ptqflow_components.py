@@ -1,5 +1,5 @@
-"""ptqflow's Kubeflow Pipelines components and pipeline (definitions live in ptqflow.faces.kfp_face and
-ptqflow.faces.kfp_local). Recompile the checked-in YAML after changing them:
+"""ptqflow's Kubeflow Pipelines components and pipeline (definitions live in ptqflow.orchestration.kfp_face and
+ptqflow.orchestration.kfp_local). Recompile the checked-in YAML after changing them:
 
     python components/ptqflow_components.py [--device cpu|cuda|npu] [--kind container|local] [--out FILE]
                                             [--placement FILE]
@@ -10,9 +10,9 @@ ptqflow.faces.kfp_local). Recompile the checked-in YAML after changing them:
 
 import argparse
 
-from ptqflow.faces import STEP_INPUTS
-from ptqflow.faces.kfp_face import build_pipeline, compile_pipeline
-from ptqflow.faces.kfp_local import STEP_COMPONENTS as LOCAL_COMPONENTS
+from ptqflow.orchestration import STEP_INPUTS
+from ptqflow.orchestration.kfp_face import build_pipeline, compile_pipeline
+from ptqflow.orchestration.kfp_local import STEP_COMPONENTS as LOCAL_COMPONENTS
 
 CHECKED_IN = "components/ptqflow_pipeline.yaml"  # container kind, cpu placement
 

@@ -3,7 +3,7 @@
     python scripts/gen_helm_schema.py [--check]
 
 - values.schema.json: ``properties.pipelineConfig`` is ptqflow's config schema (``ptqflow config-schema``),
-  ``properties.hook.properties.config`` the hook service's (``ptqflow.hooks.config.HookConfig``), the root
+  ``properties.hook.properties.config`` the hook service's (``ptqflow.registry.hooks.config.HookConfig``), the root
   ``$defs`` what both refer to; every other key of the file is written by hand and kept as it is.
 - files/ptqflow_quantize.py (the DAG file of the Airflow ConfigMap) is a copy of dags/ptqflow_quantize.py;
   files/ptqflow_pipeline.yaml (the pipeline the KFP upload Job uses by default) of
@@ -68,7 +68,7 @@ def pipeline_config_schema() -> tuple[dict, dict]:
 
 def hook_config_schema() -> tuple[dict, dict]:
     """(the hook.config property, the $defs it refers to): {} (no hook) or a valid hook.yaml."""
-    from ptqflow.hooks.config import HookConfig
+    from ptqflow.registry.hooks.config import HookConfig
 
     schema, defs = _split(HookConfig.model_json_schema())
     defs["HookConfig"] = schema

@@ -20,9 +20,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 
-AIRFLOW_FACE = ("ptqflow.faces.airflow_face", "ptqflow.faces.airflow_k8s")
-KFP_FACE = ("ptqflow.faces.kfp_face", "ptqflow.faces.kfp_local", "ptqflow.faces.kfp_runtime",
-            "ptqflow.faces.kfp_submit")
+AIRFLOW_FACE = ("ptqflow.orchestration.airflow_face", "ptqflow.orchestration.airflow_k8s")
+KFP_FACE = ("ptqflow.orchestration.kfp_face", "ptqflow.orchestration.kfp_local", "ptqflow.orchestration.kfp_runtime",
+            "ptqflow.orchestration.kfp_submit")
 
 
 def _lint_imports(cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -45,13 +45,13 @@ def test_a_forbidden_import_breaks_a_contract(tmp_path):
     shutil.copytree(ROOT / "src" / "ptqflow", tmp_path / "src" / "ptqflow",
                     ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
-    (tmp_path / "src" / "ptqflow" / "algorithms" / "_forbidden.py").write_text(
-        "from ptqflow.steps import load_step  # an algorithm reaching into the steps\n")
+    (tmp_path / "src" / "ptqflow" / "quantization" / "algorithms" / "_forbidden.py").write_text(
+        "from ptqflow.pipeline.steps import load_step  # an algorithm reaching into the steps\n")
     # The copy comes first on the path, ahead of the installed (editable) ptqflow.
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "src")}
     result = _lint_imports(tmp_path, env)
     assert result.returncode != 0, result.stdout
-    assert "ptqflow.algorithms._forbidden -> ptqflow.steps" in result.stdout, result.stdout
+    assert "ptqflow.quantization.algorithms._forbidden -> ptqflow.pipeline.steps" in result.stdout, result.stdout
 
 
 def _imports(path: Path) -> set[str]:
@@ -70,9 +70,9 @@ def _allowed(module: str, sdk: str, face: tuple[str, ...]) -> bool:
     top = module.split(".")[0]
     if top in sys.stdlib_module_names or top == "__future__" or top == sdk:
         return True
-    if module == "ptqflow.faces":
+    if module == "ptqflow.orchestration":
         return True
-    if module.startswith("ptqflow.faces."):
+    if module.startswith("ptqflow.orchestration."):
         other = KFP_FACE if face == AIRFLOW_FACE else AIRFLOW_FACE
         return not any(module == m or module.startswith(m + ".") for m in other)
     return False
@@ -81,11 +81,11 @@ def _allowed(module: str, sdk: str, face: tuple[str, ...]) -> bool:
 @pytest.mark.parametrize(("folder", "sdk", "face"), [("dags", "airflow", AIRFLOW_FACE),
                                                      ("components", "kfp", KFP_FACE)])
 def test_orchestrator_files_only_wire(folder, sdk, face):
-    """dags/ and components/ import only ptqflow.faces (their own orchestrator's modules and the shared ones),
+    """dags/ and components/ import only ptqflow.orchestration (their own orchestrator's modules and the shared ones),
     their orchestrator's SDK and the standard library: the quantization logic stays in the package."""
     files = sorted((ROOT / folder).glob("*.py"))
     assert files, f"no Python files in {folder}/"
     wrong = {f"{path.relative_to(ROOT)}: {module}" for path in files for module in _imports(path)
              if not _allowed(module, sdk, face)}
-    assert not wrong, (f"{folder}/ may import only ptqflow.faces.*, {sdk} and the standard library "
+    assert not wrong, (f"{folder}/ may import only ptqflow.orchestration.*, {sdk} and the standard library "
                        f"(docs/architecture.md); found: {sorted(wrong)}")

@@ -23,7 +23,7 @@ from ptqflow.cli import main
 from ptqflow.config import PipelineConfig
 from ptqflow.data.build import build, model_inputs
 from ptqflow.errors import InputError, OutputError, StorageError
-from ptqflow.pipeline import run_step
+from ptqflow.pipeline.runner import run_step
 
 CONFIG = {"quantization": {"subset_size": 8}, "data": {"validation_size": 4}}
 
@@ -83,7 +83,7 @@ def test_badly_named_zoo_inputs_and_non_utf8_text_are_input_errors(tmp_path):
 def test_a_model_onnxruntime_cannot_load_is_an_input_error(tmp_path):
     from onnx import TensorProto, helper
 
-    from ptqflow.graph.prepare import prepare_model
+    from ptqflow.quantization.graph.prepare import prepare_model
 
     custom = builders.mlp()
     custom.graph.node.append(helper.make_node("Foo", ["output"], ["y"], domain="custom.dom", name="foo"))
@@ -118,8 +118,8 @@ def test_damaged_calibration_shard_is_an_input_error(tmp_path):
 
 def test_initializers_listed_as_inputs_are_weights(tmp_path):
     import ptqflow
-    from ptqflow.graph.prepare import graph_inputs, prepare_model
-    from ptqflow.statistics.collector import input_specs
+    from ptqflow.quantization.graph.prepare import graph_inputs, prepare_model
+    from ptqflow.quantization.statistics.collector import input_specs
 
     old = builders.initializers_as_inputs(builders.conv_classifier(), ir_version=3)
     assert [vi.name for vi in graph_inputs(old)] == ["input"] and len(old.graph.input) > 1
@@ -185,7 +185,7 @@ def test_external_data_outside_the_artifact_is_an_input_error(tmp_path, artifact
     with pytest.raises(InputError, match=r"input 'model' at .*fm: model\.onnx: tensor 'w1' has external data "
                                          r"location '\.\./\.\./etc/passwd' outside the model directory"):
         run_step("collect-stats", inputs, str(tmp_path / "stats"), artifacts["cfg"])
-    from ptqflow.graph.prepare import load_model
+    from ptqflow.quantization.graph.prepare import load_model
 
     with pytest.raises(InputError, match="outside the model directory"):  # the Python API as well
         load_model(model / "model.onnx")
@@ -316,8 +316,8 @@ def test_links_out_of_the_data_directory_are_skipped_and_counted(tmp_path, caplo
 KILLED_RUN = """
 import os, signal, sys
 from ptqflow.config import PipelineConfig
-from ptqflow.pipeline import run_pipeline
-from ptqflow.steps import fetch_model
+from ptqflow.pipeline.runner import run_pipeline
+from ptqflow.pipeline.steps import fetch_model
 
 def killed(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)  # no cleanup of any kind runs

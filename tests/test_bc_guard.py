@@ -7,11 +7,11 @@ import onnx
 from onnx import helper
 
 from builders import conv_classifier, mask_and_class_heads, random_inputs
-from ptqflow.algorithms import bc_guard
-from ptqflow.algorithms.bias_layers import find_bias_layers, read_bias, write_bias
+from ptqflow.quantization.algorithms import bc_guard
+from ptqflow.quantization.algorithms.bias_layers import find_bias_layers, read_bias, write_bias
 from ptqflow.api import collect_statistics, quantize_with_summary
 from ptqflow.config import AdvancedParameters, QuantizationConfig
-from ptqflow.graph.prepare import prepare_model
+from ptqflow.quantization.graph.prepare import prepare_model
 
 TIE = AdvancedParameters().bias_correction_guard_tie_weight  # the default a run uses
 

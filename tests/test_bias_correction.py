@@ -12,9 +12,9 @@ from builders import (
     coarse_qdq, conv_classifier, conv_zero_bias, deep_mlp, mlp, mlp_rank_lost, random_inputs, tiny_encoder,
     token_inputs, upsample_head,
 )
-from ptqflow.algorithms.bias_correction import apply_bias_correction
-from ptqflow.algorithms.bias_layers import channel_mean, find_bias_layers, judge_shift
-from ptqflow.algorithms.fast_bias_correction import apply_fast_bias_correction
+from ptqflow.quantization.algorithms.bias_correction import apply_bias_correction
+from ptqflow.quantization.algorithms.bias_layers import channel_mean, find_bias_layers, judge_shift
+from ptqflow.quantization.algorithms.fast_bias_correction import apply_fast_bias_correction
 from ptqflow.api import collect_statistics, quantize_with_config
 from ptqflow.config import AdvancedParameters, QuantizationConfig
 

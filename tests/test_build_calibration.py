@@ -14,7 +14,7 @@ from ptqflow.artifacts.manifest import read_manifest, verify_outputs, write_mani
 from ptqflow.config import PipelineConfig
 from ptqflow.data import iter_labeled, read_index
 from ptqflow.errors import ConfigError, InputError
-from ptqflow.steps import build_calibration as step
+from ptqflow.pipeline.steps import build_calibration as step
 
 
 def _model_artifact(tmp_path):

@@ -135,7 +135,7 @@ def test_json_logs_are_one_object_per_line(tmp_path):
 
 
 def test_unexpected_error_exits_1_with_traceback_under_v(tmp_path, monkeypatch, capsys):
-    import ptqflow.pipeline as pipeline
+    import ptqflow.pipeline.runner as pipeline
 
     def broken(*a, **k):
         raise RuntimeError("boom")
@@ -272,7 +272,7 @@ def _changed_config(base: dict, key: str, ann):
 
 def test_config_reads_table_matches_each_steps_config_section():
     from ptqflow.config import PipelineConfig, parse_config
-    from ptqflow.steps import CONFIG_READS, load_step, reads
+    from ptqflow.pipeline.steps import CONFIG_READS, load_step, reads
 
     base = {"registry": {}}  # publish needs the section to exist
     leaves = list(_leaves(PipelineConfig))

@@ -12,7 +12,7 @@ import builders as B
 import ptqflow
 from ptqflow.config import AdvancedParameters, QuantizationConfig
 from ptqflow.errors import DeviceUnavailableError, InputError
-from ptqflow.runtime import available_providers, make_session
+from ptqflow.runtime.sessions import available_providers, make_session
 
 
 @pytest.mark.parametrize("builder,shape", [(B.conv_classifier, (3, 16, 16)), (B.mlp, (16,)), (B.residual_concat, (3, 8, 8))])

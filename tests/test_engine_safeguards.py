@@ -60,7 +60,7 @@ def test_sensitivity_search_runs_and_keeps_model_valid():
     cfg = QuantizationConfig(advanced=AdvancedParameters(sensitivity_search=True))
     result = quantize_with_config(model, samples, cfg)
     assert any(r["status"] == "quantized" for r in result.layers)
-    ptqflow.runtime.make_session(result.model).run(None, samples[0])
+    ptqflow.runtime.sessions.make_session(result.model).run(None, samples[0])
 
 
 def test_safeguard_thresholds_come_from_the_config():
@@ -126,8 +126,8 @@ def test_outlier_switch_turns_its_safeguard_off_or_on():
 
 
 def test_detected_transformer_switch():
-    from ptqflow.algorithms import placement
-    from ptqflow.graph.prepare import prepare_model
+    from ptqflow.quantization.algorithms import quantizer_placement as placement
+    from ptqflow.quantization.graph.prepare import prepare_model
 
     prepared, _ = prepare_model(B.tiny_encoder())
 

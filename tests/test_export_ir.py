@@ -14,7 +14,7 @@ from ptqflow.artifacts.manifest import read_manifest, write_manifest
 from ptqflow.config import PipelineConfig
 from ptqflow.data.shards import INDEX_FILE, ShardWriter
 from ptqflow.errors import DeviceUnavailableError, InputError
-from ptqflow.steps import export_ir
+from ptqflow.pipeline.steps import export_ir
 
 FEATURES, HIDDEN, OUT = 64, 128, 16
 

@@ -1,4 +1,4 @@
-"""ptqflow.graph.index.GraphIndex: the one graph index, and where its two constant-ness predicates differ."""
+"""ptqflow.quantization.graph.index.GraphIndex: the one graph index, and where its two constant-ness predicates differ."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from builders import conv_classifier, tiny_encoder
-from ptqflow.graph.index import GraphIndex, attr
-from ptqflow.graph.prepare import prepare_model
+from ptqflow.quantization.graph.index import GraphIndex, attr
+from ptqflow.quantization.graph.prepare import prepare_model
 
 
 def _model(nodes, inits, outputs=("y",)):

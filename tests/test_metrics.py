@@ -9,7 +9,7 @@ import types
 import numpy as np
 import pytest
 
-from ptqflow import metrics as M
+from ptqflow.pipeline import metrics as M
 from ptqflow.errors import ConfigError
 
 

@@ -18,12 +18,12 @@ import pytest
 
 import builders
 import s3server
-from ptqflow import pipeline
+from ptqflow.pipeline import runner as pipeline
 from ptqflow.artifacts import input_digests, storage
 from ptqflow.artifacts.manifest import read_manifest, write_manifest
 from ptqflow.config import parse_config, section_dump
 from ptqflow.errors import GateFailedError, StorageError
-from ptqflow.steps import collect_stats, quantize
+from ptqflow.pipeline.steps import collect_stats, quantize
 
 CALLS: Counter = Counter()
 

@@ -31,8 +31,8 @@ def need(*modules: str) -> None:
             pytest.skip(f"{mod} is not available: {err}")
 
 
-STEPS_ALL = ("ptqflow.steps.build_calibration", "ptqflow.steps.collect_stats", "ptqflow.steps.quantize",
-             "ptqflow.steps.validate", "ptqflow.steps.export_ir", "ptqflow.api", "ptqflow.data")
+STEPS_ALL = ("ptqflow.pipeline.steps.build_calibration", "ptqflow.pipeline.steps.collect_stats", "ptqflow.pipeline.steps.quantize",
+             "ptqflow.pipeline.steps.validate", "ptqflow.pipeline.steps.export_ir", "ptqflow.api", "ptqflow.data")
 
 
 def write_npy_dataset(directory: Path, n: int = 24, shape=(3, 16, 16), seed: int = 0) -> Path:
@@ -68,7 +68,7 @@ def _step(ws, name: str, *args: str) -> Path:
 
 
 def test_each_step_through_the_cli(workspace):
-    need("ptqflow.steps.build_calibration", "ptqflow.data", "ptqflow.api")
+    need("ptqflow.pipeline.steps.build_calibration", "ptqflow.data", "ptqflow.api")
     ws = workspace
     model = _step(ws, "fetch-model", "--model", str(ws["model"]))
     cal = _step(ws, "build-calibration", "--in-model", str(model), "--data", str(ws["data"]))
@@ -83,8 +83,8 @@ def test_each_step_through_the_cli(workspace):
     assert summary["layers"] and read_manifest(q).metrics["layers"] == len(summary["layers"])
     assert read_manifest(stats).inputs == {"model": read_manifest(model).digest, "calibration": read_manifest(cal).digest}
     try:
-        importlib.import_module("ptqflow.steps.validate")
-        importlib.import_module("ptqflow.steps.export_ir")
+        importlib.import_module("ptqflow.pipeline.steps.validate")
+        importlib.import_module("ptqflow.pipeline.steps.export_ir")
     except ImportError:
         return
     _step(ws, "validate", "--in-model", str(model), "--in-quantized", str(q), "--in-calibration", str(cal))
@@ -122,7 +122,7 @@ def test_run_reuses_upstream_when_only_quantize_settings_change(workspace, capsy
 
 @pytest.mark.slow
 def test_sigkill_mid_step_leaves_no_manifest_and_rerun_matches(workspace, tmp_path):
-    need("ptqflow.steps.build_calibration", "ptqflow.data", "ptqflow.api")
+    need("ptqflow.pipeline.steps.build_calibration", "ptqflow.data", "ptqflow.api")
     ws = workspace
     # Enough calibration work that the step is still running when it is killed.
     ws["data"] = write_npy_dataset(tmp_path / "big", n=400, shape=(3, 64, 64))

@@ -13,7 +13,7 @@ from ptqflow.artifacts.manifest import read_manifest, verify_outputs
 from ptqflow.cli import main
 
 pytest.importorskip("ptqflow.api")
-pytest.importorskip("ptqflow.steps.build_calibration")
+pytest.importorskip("ptqflow.pipeline.steps.build_calibration")
 from test_pipeline_real import CONFIG, write_npy_dataset  # noqa: E402
 
 

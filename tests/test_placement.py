@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 import builders as B
-from ptqflow.algorithms.placement import build_plan
+from ptqflow.quantization.algorithms.quantizer_placement import build_plan
 from ptqflow.config import IgnoredScope, ModelType, QuantizationConfig, Subgraph, TargetDevice
 from ptqflow.errors import InputError
-from ptqflow.graph.prepare import prepare_model
+from ptqflow.quantization.graph.prepare import prepare_model
 
 
 def _plan(model, **kw):

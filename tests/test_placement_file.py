@@ -1,4 +1,4 @@
-"""Step pod placement: the built-in table and the placement file that replaces it (ptqflow.faces.placement)."""
+"""Step pod placement: the built-in table and the placement file that replaces it (ptqflow.orchestration.pod_placement)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from ptqflow.errors import ConfigError
-from ptqflow.faces import placement as P
+from ptqflow.orchestration import pod_placement as P
 
 FILE = {
     "devices": {

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ptqflow.report import SCHEMA_PATH, write_report
-from ptqflow.report.html import FAIL_COLOUR, INT8_COLOUR, PASS_COLOUR
+from ptqflow.pipeline.report import SCHEMA_PATH, write_report
+from ptqflow.pipeline.report.html import FAIL_COLOUR, INT8_COLOUR, PASS_COLOUR
 
 jsonschema = pytest.importorskip("jsonschema")
 CHROMIUM = "/usr/bin/chromium"

@@ -7,7 +7,7 @@ import onnxruntime as ort
 import pytest
 
 import ptqflow
-from ptqflow import runtime
+from ptqflow.runtime import sessions as runtime
 from ptqflow.errors import DeviceUnavailableError
 from builders import conv_classifier, random_inputs
 

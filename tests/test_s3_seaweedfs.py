@@ -88,7 +88,7 @@ def test_unreachable_endpoint_exit_5_without_manifest(tmp_path):
 
 def _real_steps_available() -> bool:
     try:
-        from ptqflow.steps import load_step
+        from ptqflow.pipeline.steps import load_step
 
         for name in ("build-calibration", "collect-stats", "quantize", "validate", "export-ir"):
             load_step(name)

@@ -19,7 +19,7 @@ from ptqflow.cli import main
 from ptqflow.config import parse_config
 from ptqflow.data.selection import MIN_CALIBRATION, plan_split
 from ptqflow.errors import ConfigError, InputError
-from ptqflow.steps import build_calibration
+from ptqflow.pipeline.steps import build_calibration
 
 LATER_STEPS = ("collect-stats", "quantize", "validate", "export-ir")
 
@@ -134,7 +134,7 @@ def test_kfp_resolved_config_keeps_which_sizes_the_run_set(tmp_path):
     # KFP's resolve-config writes the config every step reads: a size left at its default must stay unset
     # there, or a small data set is refused on KFP where `ptqflow run` splits it.
     from ptqflow.config import load_config
-    from ptqflow.faces.kfp_runtime import resolve_config
+    from ptqflow.orchestration.kfp_runtime import resolve_config
 
     data = resolve_config(tmp_path / "a.json", {"model": "m.onnx", "data.validation_size": 300})
     assert data["data"]["validation_size"] == 300  # the full config is returned

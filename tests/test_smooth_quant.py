@@ -9,12 +9,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 import ptqflow
 from builders import tiny_encoder, token_inputs
-from ptqflow.algorithms import smooth_quant
-from ptqflow.algorithms.placement import transformer_nodes
+from ptqflow.quantization.algorithms import smooth_quant
+from ptqflow.quantization.algorithms.quantizer_placement import transformer_nodes
 from ptqflow.config import AdvancedParameters, ModelType, QuantizationConfig
-from ptqflow.graph.prepare import prepare_model
-from ptqflow.runtime import make_session
-from ptqflow.statistics.runner import OnnxRuntimeRunner
+from ptqflow.quantization.graph.prepare import prepare_model
+from ptqflow.runtime.sessions import make_session
+from ptqflow.quantization.statistics.runner import OnnxRuntimeRunner
 
 
 def _run(model, samples):

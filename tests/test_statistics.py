@@ -12,8 +12,8 @@ import builders as B
 import ptqflow
 from ptqflow.config import AdvancedParameters, QuantizationConfig, RangeEstimator
 from ptqflow.errors import InputError
-from ptqflow.graph.prepare import prepare_model
-from ptqflow.runtime import make_session
+from ptqflow.quantization.graph.prepare import prepare_model
+from ptqflow.runtime.sessions import make_session
 
 
 def _fp32_tensors(model, names, samples):
@@ -56,7 +56,7 @@ def test_subset_size_limits_samples_and_means_recorded():
 def test_batched_statistics_equal_per_sample(monkeypatch):
     samples = B.random_inputs(10, (16,), seed=1)
     batched = ptqflow.collect_statistics(B.mlp(), samples, QuantizationConfig())
-    from ptqflow.statistics import accumulate
+    from ptqflow.quantization.statistics import accumulate
     monkeypatch.setattr(accumulate, "batchable", lambda *a: False)
     single = ptqflow.collect_statistics(B.mlp(), samples, QuantizationConfig())
     for n in single.mins:
@@ -112,7 +112,7 @@ def test_openvino_statistics_runtime_equals_onnxruntime_sample_by_sample(dynamic
     samples = B.random_inputs(23, (3, 16, 16), seed=5)
     for i, s in enumerate(samples):  # sample i has its own range, so an order mix-up cannot go unseen
         s["input"] = s["input"] * np.float32(1 + i)
-    with caplog.at_level("INFO", logger="ptqflow.statistics.runner"):
+    with caplog.at_level("INFO", logger="ptqflow.quantization.statistics.runner"):
         on_ov = ptqflow.collect_statistics(model, samples, _with_runtime("openvino"))
     assert "statistics pass on OpenVINO CPU" in caplog.text
     on_ort = ptqflow.collect_statistics(model, samples, _with_runtime("onnxruntime"))
@@ -128,14 +128,14 @@ def test_openvino_statistics_runtime_equals_onnxruntime_sample_by_sample(dynamic
 
 
 def test_auto_statistics_runtime_falls_back_to_onnxruntime_and_says_why(monkeypatch, caplog):
-    from ptqflow.statistics import runner
+    from ptqflow.quantization.statistics import runner
 
     def broken(*a, **k):
         raise RuntimeError("no plugin for this op")
 
     monkeypatch.setattr(runner, "OpenVINORunner", broken)
     model, samples = B.conv_classifier(), B.random_inputs(4, (3, 16, 16), seed=1)
-    with caplog.at_level("INFO", logger="ptqflow.statistics.runner"):
+    with caplog.at_level("INFO", logger="ptqflow.quantization.statistics.runner"):
         stats = ptqflow.collect_statistics(model, samples, _with_runtime("auto"))
     assert stats.num_samples == 4
     assert "statistics pass on onnxruntime (OpenVINO not usable: no plugin for this op)" in caplog.text

@@ -20,9 +20,9 @@ import pytest
 from PIL import Image
 
 import builders
-from ptqflow import pipeline
+from ptqflow.pipeline import runner as pipeline
 from ptqflow.config import PipelineConfig, parse_config, set_dotted
-from ptqflow.steps import STEP_MODULES, load_step
+from ptqflow.pipeline.steps import STEP_MODULES, load_step
 
 # A valid other value for each field whose default has no obvious alternative (None, free text, lists).
 # Booleans flip, numbers move, enums and literals take another member: see _alternative.

@@ -1,4 +1,4 @@
-"""ptqflow.steps.STEPS is the one table of the step graph: the step modules, the pipeline, the command line, the
+"""ptqflow.pipeline.steps.STEPS is the one table of the step graph: the step modules, the pipeline, the command line, the
 device check and the faces' tables are derived from it and agree with it."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from ptqflow import steps
-from ptqflow.steps import STEPS, load_step
+from ptqflow.pipeline import steps
+from ptqflow.pipeline.steps import STEPS, load_step
 
 
 def test_table_shape():
@@ -32,8 +32,9 @@ def test_step_modules_take_name_and_inputs_from_the_table():
 
 
 def test_derived_tables_agree():
-    from ptqflow import faces, pipeline
-    from ptqflow.faces import placement
+    from ptqflow import orchestration as faces
+    from ptqflow.orchestration import pod_placement as placement
+    from ptqflow.pipeline import runner as pipeline
 
     assert list(steps.STEP_MODULES) + list(steps.OPTIONAL_STEPS) == [s.name for s in STEPS]
     assert steps.CONFIG_READS == {s.name: s.config_reads for s in STEPS}
@@ -55,8 +56,8 @@ def test_cli_offers_each_steps_inputs_from_the_table():
 
 
 def test_table_imports_no_step_module_nor_orchestrator():
-    """Importing ptqflow.steps (after the ptqflow package itself) loads nothing else: no step module, no face."""
-    code = ("import sys, ptqflow; before = set(sys.modules); import ptqflow.steps; "
+    """Importing ptqflow.pipeline.steps (after the ptqflow package itself) loads nothing else: no step module, no face."""
+    code = ("import sys, ptqflow; before = set(sys.modules); import ptqflow.pipeline.steps; "
             "print(sorted(set(sys.modules) - before))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "['ptqflow.steps']"
+    assert out.strip() == "['ptqflow.pipeline', 'ptqflow.pipeline.steps']"  # the package is docstring-only

@@ -13,7 +13,7 @@ from ptqflow.config import PipelineConfig
 from ptqflow.data import iter_labeled, read_index
 from ptqflow.data.build import build
 from ptqflow.errors import InputError
-from ptqflow.steps.validate import load_validation
+from ptqflow.pipeline.steps.validate import load_validation
 
 
 def _cfg(label_file="labels.txt", **data):

@@ -15,7 +15,7 @@ from ptqflow.artifacts.manifest import read_manifest, write_manifest
 from ptqflow.config import GateConfig, PipelineConfig
 from ptqflow.data.shards import INDEX_FILE, ShardWriter
 from ptqflow.errors import ConfigError, GateFailedError, InputError
-from ptqflow.steps import validate
+from ptqflow.pipeline.steps import validate
 
 jsonschema = pytest.importorskip("jsonschema")
 

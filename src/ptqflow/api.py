@@ -1,9 +1,9 @@
 """ptqflow's public API: Dataset, quantize, and its two halves collect_statistics / apply_quantization.
 
 collect_statistics prepares the graph, decides placement (the plan), observes the tensors the plan needs
-(ptqflow.statistics.accumulate) and lets the safeguards keep quantizers in float (ptqflow.algorithms.safeguards);
+(ptqflow.quantization.statistics.accumulate) and lets the safeguards keep quantizers in float (ptqflow.quantization.algorithms.safeguards);
 apply_quantization turns the FP32 model and those statistics into an INT8 QDQ model, then corrects biases
-(ptqflow.algorithms.bias_step). The halves are separate pipeline steps (collect-stats, quantize) and may run in
+(ptqflow.quantization.algorithms.bias_step). The halves are separate pipeline steps (collect-stats, quantize) and may run in
 different processes; quantize_with_config runs both in one, reusing the prepared model and kept samples.
 """
 
@@ -16,20 +16,20 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import onnx
 
-from ptqflow.algorithms import placement, smooth_quant
-from ptqflow.algorithms.bias_layers import find_bias_layers
-from ptqflow.algorithms.bias_step import Samples, correct_and_guard, statistics_request
-from ptqflow.algorithms.minmax import insert_qdq
-from ptqflow.algorithms.safeguards import depthwise, keep_in_float, outlier, sensitivity_keep
-from ptqflow.algorithms.summary import layer_summary
+from ptqflow.quantization.algorithms import quantizer_placement as placement, smooth_quant
+from ptqflow.quantization.algorithms.bias_layers import find_bias_layers
+from ptqflow.quantization.algorithms.bias_step import Samples, correct_and_guard, statistics_request
+from ptqflow.quantization.algorithms.minmax import insert_qdq
+from ptqflow.quantization.algorithms.safeguards import depthwise, keep_in_float, outlier, sensitivity_keep
+from ptqflow.quantization.algorithms.summary import layer_summary
 from ptqflow.config import (AdvancedParameters, IgnoredScope, ModelType, QuantizationConfig, QuantizationPreset,
                             RangeEstimator, TargetDevice)
 from ptqflow.errors import InputError
-from ptqflow.graph.prepare import MAX_IR_VERSION, is_large, prepare_model
-from ptqflow.statistics import Statistics
-from ptqflow.statistics.accumulate import observe, session
-from ptqflow.statistics.collector import check_sample, input_specs
-from ptqflow.statistics.runner import make_runner
+from ptqflow.quantization.graph.prepare import MAX_IR_VERSION, is_large, prepare_model
+from ptqflow.quantization.statistics import Statistics
+from ptqflow.quantization.statistics.accumulate import observe, session
+from ptqflow.quantization.statistics.collector import check_sample, input_specs
+from ptqflow.quantization.statistics.runner import make_runner
 
 
 class Dataset:

@@ -2,7 +2,7 @@
 ``check-device``.
 
 Configuration precedence: defaults < ``--config FILE`` < typed flags < ``--set dotted.key=value``.
-A step offers the typed flags of the config keys it reads (its ``config_reads`` in ``ptqflow.steps.STEPS``, the
+A step offers the typed flags of the config keys it reads (its ``config_reads`` in ``ptqflow.pipeline.steps.STEPS``, the
 table the subcommands and their ``--in-*`` flags come from too); ``run`` offers all.
 Errors print one message on stderr and exit with the exception's exit code (see README "Exit codes");
 an unexpected exception exits 1 (with its traceback under ``-v``).
@@ -22,7 +22,7 @@ from ptqflow import __version__
 from ptqflow.config import load_config
 from ptqflow.errors import ConfigError, PtqflowError
 from ptqflow.logs import get_logger, setup_logging
-from ptqflow.steps import STEP_MODULES, STEPS, reads
+from ptqflow.pipeline.steps import STEP_MODULES, STEPS, reads
 
 # Typed shortcut flags: (flag, dotted config key, argparse kwargs).
 _FLAGS: list[tuple[str, str, dict[str, Any]]] = [
@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", dest="output", metavar="URI", help="output prefix; each step writes <output>/<step>/")
     _add_common(run)
     sub.add_parser("config-schema", help="print the JSON schema of the config file")
-    from ptqflow.hooks.cli import add_hook_parser
+    from ptqflow.registry.hooks.cli import add_hook_parser
 
     add_hook_parser(sub)
     check = sub.add_parser("check-device", help="check that the devices the config asks for are present (exit 6 if not)")
@@ -146,7 +146,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _command(args: argparse.Namespace) -> int:
-    from ptqflow import pipeline
+    from ptqflow.pipeline import runner as pipeline
 
     if args.command == "config-schema":
         from ptqflow.config import config_schema
@@ -156,7 +156,7 @@ def _command(args: argparse.Namespace) -> int:
     if args.command == "demo":
         return _demo(args)
     if args.command == "hook":
-        from ptqflow.hooks.cli import run_hook
+        from ptqflow.registry.hooks.cli import run_hook
 
         return run_hook(args)
     cfg = load_config(args.config, overrides_from_args(args))
@@ -178,7 +178,7 @@ def _command(args: argparse.Namespace) -> int:
 
 def _check_device(steps: list[str], cfg) -> int:
     """Print what ``steps`` need beyond the CPU and whether it is here; exit 6 when something is missing."""
-    from ptqflow import devicecheck
+    from ptqflow.pipeline import devicecheck
     from ptqflow.errors import DeviceUnavailableError
 
     found = devicecheck.report(steps, cfg)
@@ -195,7 +195,8 @@ def _print_run_summary(output: str, manifests: dict) -> None:
 def _demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ptqflow import demo, pipeline
+    from ptqflow import demo
+    from ptqflow.pipeline import runner as pipeline
     from ptqflow.config import parse_config
     from ptqflow.errors import GateFailedError
 

@@ -29,7 +29,7 @@ def test_dagbag_imports_without_errors(mode, monkeypatch, tmp_path):
 
 
 def test_params_are_typed_from_the_schema():
-    from ptqflow.faces.airflow_face import dag_params
+    from ptqflow.orchestration.airflow_face import dag_params
 
     params = dag_params("cuda")
     assert params["preset"].schema["enum"] == ["performance", "mixed", None]
@@ -44,7 +44,7 @@ def test_params_are_typed_from_the_schema():
 def _render_pods(device, conf, kubeconfig, tasks=STEPS):
     from airflow.sdk.definitions.param import ParamsDict
 
-    from ptqflow.faces.airflow_face import build_dag
+    from ptqflow.orchestration.airflow_face import build_dag
 
     dag = build_dag("ptqflow_k8s_test", mode="kubernetes", device=device)
     params = ParamsDict(dag.params)
@@ -137,7 +137,7 @@ def test_registry_secret_env_only_on_the_fetch_model_and_publish_pods(kubeconfig
     import kubernetes_validate
     from kubernetes.client import ApiClient
 
-    from ptqflow.faces.placement import REGISTRY_SECRET_ENV, REGISTRY_SECRET_NAME
+    from ptqflow.orchestration.pod_placement import REGISTRY_SECRET_ENV, REGISTRY_SECRET_NAME
 
     pods = _render_pods("cuda", CONF, kubeconfig, STEPS + ["publish_registry"])
     for tid, (op, pod) in pods.items():
@@ -157,8 +157,8 @@ def test_registry_secret_env_only_on_the_fetch_model_and_publish_pods(kubeconfig
 def test_exit_codes_map_to_retry_policy():
     from kubernetes.client import models as k8s
 
-    from ptqflow.faces.airflow_k8s import exit_code
-    from ptqflow.faces.commands import should_retry
+    from ptqflow.orchestration.airflow_k8s import exit_code
+    from ptqflow.orchestration.commands import should_retry
 
     def pod(code):
         term = k8s.V1ContainerStateTerminated(exit_code=code)

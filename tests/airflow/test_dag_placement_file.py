@@ -32,7 +32,7 @@ def test_pods_follow_the_placement_file(tmp_path, monkeypatch, kubeconfig):
     import kubernetes_validate
     from kubernetes.client import ApiClient
 
-    from ptqflow.faces.airflow_face import build_dag
+    from ptqflow.orchestration.airflow_face import build_dag
 
     placement = tmp_path / "placement.yaml"
     placement.write_text(yaml.safe_dump(PLACEMENT))
@@ -90,7 +90,7 @@ def test_chart_values_reach_the_pods(tmp_path, monkeypatch, kubeconfig):
     monkeypatch.setenv("PTQFLOW_PLACEMENT_FILE", str(path))
     from kubernetes.client import ApiClient
 
-    from ptqflow.faces.airflow_face import build_dag
+    from ptqflow.orchestration.airflow_face import build_dag
 
     op = build_dag("ptqflow_chart_test", mode="kubernetes", device="cuda").get_task("validate")
     op.config_file, op.arguments = str(kubeconfig), []

@@ -18,10 +18,10 @@ import pytest
 
 import builders
 from container_support import ROOT, load_locks
-from ptqflow import devicecheck
+from ptqflow.pipeline import devicecheck
 from ptqflow.config import load_config
 from ptqflow.errors import DeviceUnavailableError
-from ptqflow.steps import STEP_MODULES
+from ptqflow.pipeline.steps import STEP_MODULES
 
 PTQFLOW = [sys.executable, "-m", "ptqflow.cli"]
 HAS_CUDA_EP = "CUDAExecutionProvider" in ort.get_available_providers()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from container_support import ROOT
-from ptqflow.faces import images
+from ptqflow.orchestration import images
 
 DOCKERFILES = {device: ROOT / path for device, path in images.DOCKERFILES.items()}
 
@@ -91,7 +91,7 @@ def _dockerignored(path: str, patterns: list[str]) -> bool:
 def test_dockerignore_sends_only_what_the_images_copy():
     patterns = [ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()
                 if ln.strip() and not ln.startswith("#")]
-    for needed in ("pyproject.toml", "README.md", "src/ptqflow/cli.py", "src/ptqflow/faces/images.py",
+    for needed in ("pyproject.toml", "README.md", "src/ptqflow/cli.py", "src/ptqflow/orchestration/images.py",
                    "containers/cpu/requirements.lock", "containers/gpu/requirements.lock",
                    "containers/npu/requirements.lock"):
         assert not _dockerignored(needed, patterns), needed
@@ -112,6 +112,6 @@ def test_images_cli_prints_the_tags_the_makefile_builds(capsys):
     assert images.main(["--device", "npu", "--dockerfile"]) == 0
     assert capsys.readouterr().out.strip() == "containers/npu/Dockerfile"
     makefile = (ROOT / "Makefile").read_text()
-    assert "-m ptqflow.faces.images --device $*" in makefile
+    assert "-m ptqflow.orchestration.images --device $*" in makefile
     assert "IMAGES := cpu gpu npu" in makefile
     assert all((ROOT / p).is_file() for p in images.DOCKERFILES.values())

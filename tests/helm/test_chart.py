@@ -69,7 +69,7 @@ def _placement_configmap(objects, namespace=NAMESPACE):
 
 def _loaded(objects, tmp_path, namespace=NAMESPACE):
     """The rendered placement ConfigMap, written out and read back by ptqflow's placement loader."""
-    from ptqflow.faces.placement import load_placement_file
+    from ptqflow.orchestration.pod_placement import load_placement_file
 
     path = tmp_path / f"placement-{namespace}.yaml"
     path.write_text(yaml.safe_dump(_placement_configmap(objects, namespace)), encoding="utf-8")
@@ -77,8 +77,8 @@ def _loaded(objects, tmp_path, namespace=NAMESPACE):
 
 
 def test_default_placement_is_the_builtin_table_with_the_project_images(render, tmp_path):
-    from ptqflow.faces.images import image
-    from ptqflow.faces.placement import (BUILTIN, REGISTRY_SECRET_ENV, REGISTRY_SECRET_NAME, S3_SECRET_ENV,
+    from ptqflow.orchestration.images import image
+    from ptqflow.orchestration.pod_placement import (BUILTIN, REGISTRY_SECRET_ENV, REGISTRY_SECRET_NAME, S3_SECRET_ENV,
                                          S3_SECRET_NAME)
 
     table = _loaded(render(), tmp_path)
@@ -204,7 +204,7 @@ def test_every_pod_runs_non_root_read_only_without_capabilities(render):
 
 
 def test_hook_deployment_probes_secrets_and_config(render, tmp_path, monkeypatch):
-    from ptqflow.hooks.config import load_hook_config
+    from ptqflow.registry.hooks.config import load_hook_config
 
     objects = render({"pipelineConfig": {"quantization": {"preset": "mixed"}},
                       "hook": {"config": HOOK_CONFIG, "serve": {"enabled": True},
@@ -431,7 +431,7 @@ def test_schema_staleness_is_detected(tmp_path, monkeypatch):
 
 def test_helm_template_output_is_a_placement_file(chart, tmp_path):
     """What `helm template --show-only templates/placement-configmap.yaml` prints feeds the KFP compile."""
-    from ptqflow.faces.placement import load_placement_file
+    from ptqflow.orchestration.pod_placement import load_placement_file
 
     values = dict(example("values-npu-pool.yaml"), airflow={"namespace": "airflow"})
     text = chart.render(values, name=RELEASE, namespace=NAMESPACE)["ptqflow/templates/placement-configmap.yaml"]

@@ -21,11 +21,11 @@ from mlflow.webhooks.delivery import _generate_hmac_signature as mlflow_signatur
 import builders
 from mlflow_server import register_onnx
 from recording_orchestrator import recording_airflow
-from ptqflow.hooks.config import HookConfig
-from ptqflow.hooks.core import HookCore
-from ptqflow.hooks.orchestrators import AirflowOrchestrator
-from ptqflow.hooks.poll import poll_once
-from ptqflow.hooks.server import HookService, make_server
+from ptqflow.registry.hooks.config import HookConfig
+from ptqflow.registry.hooks.core import HookCore
+from ptqflow.registry.hooks.orchestrators import AirflowOrchestrator
+from ptqflow.registry.hooks.poll import poll_once
+from ptqflow.registry.hooks.server import HookService, make_server
 
 SECRET = "webhook-secret-for-tests"
 

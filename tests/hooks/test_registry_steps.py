@@ -10,10 +10,10 @@ import pytest
 
 import builders
 from mlflow_server import register_onnx
-from ptqflow import pipeline
+from ptqflow.pipeline import runner as pipeline
 from ptqflow.config import parse_config
 from ptqflow.errors import ConfigError, InputError
-from ptqflow.registry import parse_registry_uri
+from ptqflow.registry.client import parse_registry_uri
 
 
 def _name(prefix: str) -> str:
@@ -105,7 +105,7 @@ def test_run_publishes_the_int8_version_once(mlflow_client, tmp_path):
 
 def test_publish_needs_a_target_name_for_plain_uris(tmp_path):
     from ptqflow.artifacts.manifest import write_manifest
-    from ptqflow.steps import publish
+    from ptqflow.pipeline.steps import publish
 
     dirs = {}
     for n, step, metrics in (("model", "fetch-model", {}), ("quantized", "quantize", {}),

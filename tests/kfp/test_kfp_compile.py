@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ptqflow.faces import STEP_INPUTS
-from ptqflow.faces.kfp_face import compile_pipeline, pipeline_params
-from ptqflow.faces.kfp_local import resolve_config
-from ptqflow.faces.params import EXPOSED
+from ptqflow.orchestration import STEP_INPUTS
+from ptqflow.orchestration.kfp_face import compile_pipeline, pipeline_params
+from ptqflow.orchestration.kfp_local import resolve_config
+from ptqflow.orchestration.params import EXPOSED
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKED_IN = ROOT / "components" / "ptqflow_pipeline.yaml"
@@ -92,7 +92,7 @@ def test_accelerator_placement(tmp_path, device, resource, label):
 def test_registry_secret_env_only_on_fetch_model_and_publish(tmp_path):
     """The tasks that talk to the model registry take MLflow's env from the registry Secret, optional (a Secret
     holding only some keys, or none, lets the pod start); the S3 Secret stays required everywhere."""
-    from ptqflow.faces.placement import REGISTRY_SECRET_ENV, REGISTRY_SECRET_NAME
+    from ptqflow.orchestration.pod_placement import REGISTRY_SECRET_ENV, REGISTRY_SECRET_NAME
 
     spec, platform = _compiled(tmp_path, "container", "cuda")
     for task_name, task in spec["root"]["dag"]["tasks"].items():
@@ -130,8 +130,8 @@ def test_container_command_is_the_cli(tmp_path):
 def test_submit_arguments_from_config_file(tmp_path):
     import json
 
-    from ptqflow.faces.kfp_runtime import resolve_config as resolve
-    from ptqflow.faces.kfp_submit import run_arguments
+    from ptqflow.orchestration.kfp_runtime import resolve_config as resolve
+    from ptqflow.orchestration.kfp_submit import run_arguments
 
     cfg = tmp_path / "run.yaml"
     cfg.write_text("model: s3://b/m.onnx\nquantization:\n  preset: mixed\n  subset_size: 32\n"
@@ -149,7 +149,7 @@ def test_submit_arguments_from_config_file(tmp_path):
 
 def test_resolve_config_rejects_bad_values(tmp_path):
     from ptqflow.errors import ConfigError
-    from ptqflow.faces.kfp_runtime import main
+    from ptqflow.orchestration.kfp_runtime import main
 
     assert main(["resolve-config", "--out", str(tmp_path / "c.json"), "--set", "quantization.subset_size=-3"]) \
         == ConfigError.exit_code
@@ -158,9 +158,9 @@ def test_resolve_config_rejects_bad_values(tmp_path):
 
 def test_lightweight_components_match_the_steps_table():
     """kfp_local's components spell their artifacts in their signatures (KFP ships their source): they must
-    take the inputs and make the output that ptqflow.steps.STEPS gives each step."""
-    from ptqflow.faces.kfp_local import STEP_COMPONENTS, publish_local
-    from ptqflow.steps import STEPS
+    take the inputs and make the output that ptqflow.pipeline.steps.STEPS gives each step."""
+    from ptqflow.orchestration.kfp_local import STEP_COMPONENTS, publish_local
+    from ptqflow.pipeline.steps import STEPS
 
     components = {**STEP_COMPONENTS, "publish": publish_local}
     assert list(components) == [s.name for s in STEPS]

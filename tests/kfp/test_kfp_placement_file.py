@@ -10,8 +10,8 @@ import yaml
 
 from ptqflow import __version__
 from ptqflow.errors import ConfigError
-from ptqflow.faces import STEP_INPUTS
-from ptqflow.faces.kfp_face import compile_pipeline
+from ptqflow.orchestration import STEP_INPUTS
+from ptqflow.orchestration.kfp_face import compile_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE_AFFINITY = {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [

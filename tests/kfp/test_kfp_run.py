@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 import builders
-from ptqflow.faces import STEP_INPUTS
-from ptqflow.faces.kfp_face import OUTPUTS, compile_pipeline
+from ptqflow.orchestration import STEP_INPUTS
+from ptqflow.orchestration.kfp_face import OUTPUTS, compile_pipeline
 
 BASE = {"quantization": {"subset_size": 16}, "data": {"validation_size": 8, "preprocess": {"method": "none"}},
         "validation": {"latency_iterations": 2, "gate": {"min_speedup": None, "max_accuracy_drop": None}}}
@@ -76,7 +76,7 @@ def test_container_command_lines_run_locally(tmp_path, inputs):
 def test_lightweight_pipeline_under_kfp_local(tmp_path, inputs, monkeypatch):
     from kfp import local
 
-    from ptqflow.faces.kfp_face import build_pipeline
+    from ptqflow.orchestration.kfp_face import build_pipeline
 
     monkeypatch.chdir(tmp_path)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))

@@ -46,14 +46,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
 
-{{/* A step image: devices.<key>.image; an empty tag is <appVersion>[-cuda|-npu] as ptqflow.faces.images. */}}
+{{/* A step image: devices.<key>.image; an empty tag is <appVersion>[-cuda|-npu] as ptqflow.orchestration.images. */}}
 {{- define "ptqflow.deviceImage" -}}
 {{- $image := (index .root.Values.devices .key).image }}
 {{- $suffix := get (dict "cpu" "" "gpu" "-cuda" "npu" "-npu") .key }}
 {{- printf "%s:%s" $image.repository (default (printf "%s%s" .root.Chart.AppVersion $suffix) $image.tag) }}
 {{- end }}
 
-{{/* The placement file (read by ptqflow.faces.placement.load_placement_file). */}}
+{{/* The placement file (read by ptqflow.orchestration.pod_placement.load_placement_file). */}}
 {{- define "ptqflow.placement" -}}
 {{- $devices := dict }}
 {{- range $key := list "cpu" "gpu" "npu" }}

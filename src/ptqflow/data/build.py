@@ -17,7 +17,7 @@ from ptqflow.data.shards import INDEX_FILE, ShardWriter
 from ptqflow.data.sources import clear_caches, list_items
 from ptqflow.data.transform import fit_sample, load_transform
 from ptqflow.errors import InputError
-from ptqflow.graph.prepare import graph_inputs
+from ptqflow.quantization.graph.prepare import graph_inputs
 from ptqflow.logs import get_logger
 
 log = get_logger("data")

@@ -1,1 +1,0 @@
-"""ptqflow.graph."""

@@ -1,0 +1,164 @@
+"""Builds ptqflow's Airflow 3 DAG (dags/ptqflow_quantize.py only calls ``build_dag``).
+
+Two modes, picked at parse time by env var PTQFLOW_AIRFLOW_MODE or Airflow Variable ``ptqflow_mode``:
+
+- ``local``: each step is a @task calling ``ptqflow.pipeline.runner.run_step`` in the worker. A ptqflow error that a
+  retry cannot fix (bad config/input, failed gate, missing device) becomes AirflowFailException (no
+  retries); StorageError and unexpected errors are retried.
+- ``kubernetes``: each step is a pod running ``ptqflow <step> --in-... --out ... --set ...`` in ptqflow's
+  image, placed per ``ptqflow.orchestration.pod_placement`` for the device in PTQFLOW_AIRFLOW_DEVICE / Variable
+  ``ptqflow_device``. The container's exit code is mapped back: 2, 3, 4, 6 fail at once, others retry.
+
+Artifacts live at ``<output>/<step>`` (S3 or a shared path); XCom carries only URIs and digests. The final
+INT8 ONNX model and OpenVINO IR are published as Assets by the ``publish`` task after export-ir. When the
+run's config has a ``registry`` section, the ``publish_registry`` task runs ptqflow's publish step (the INT8
+version registered in MLflow); without one it is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+from airflow.sdk import DAG, Asset, Param, task
+
+from ptqflow.orchestration import OPTIONAL_STEP_INPUTS, PRODUCERS, STEP_INPUTS, step_output_uri
+from ptqflow.orchestration.params import param_specs
+
+INT8_ONNX = Asset(name="ptqflow_int8_onnx", uri="ptqflow://artifacts/int8-onnx")
+INT8_IR = Asset(name="ptqflow_int8_openvino_ir", uri="ptqflow://artifacts/int8-openvino-ir")
+MODES = ("local", "kubernetes")
+REGISTRY_TASK = "publish_registry"  # the publish step's task (the Assets' task is "publish")
+DEFAULT_RETRIES = 2
+
+DOC_MD = """
+### ptqflow: post-training INT8 quantization
+
+Six steps, each writing `<output>/<step>/` with a `manifest.json`: fetch-model, build-calibration,
+collect-stats, quantize, validate (gate), export-ir. Reruns skip steps whose identical result is already
+at the output. Trigger with conf such as `{"model": "s3://b/m.onnx", "data": "s3://b/images/",
+"output": "s3://b/runs/r1", "preset": "mixed"}`. Parameters come from ptqflow's config schema.
+
+Retries: storage errors (exit 5) are retried; bad config (2), bad input (3), failed gate (4) and an
+unavailable device (6) fail the task at once. On success the INT8 ONNX model and IR are published as the
+Assets `ptqflow_int8_onnx` and `ptqflow_int8_openvino_ir` (event extra: uri, digest).
+
+Model registry: with a `registry` section in `config` (`{"tracking_uri": ..., "target_name": ..., "alias": ...}`)
+and a model such as `models:/resnet50/3`, `publish_registry` registers the gated INT8 model as a new version
+(default name `<model>-int8`) with its lineage tags; without that section the task is skipped.
+"""
+
+
+def setting(name: str, default: str) -> str:
+    """A face setting from env var PTQFLOW_AIRFLOW_<NAME>, else Airflow Variable ptqflow_<name>, else default."""
+    value = os.environ.get(f"PTQFLOW_AIRFLOW_{name.upper()}")
+    if value:
+        return value
+    try:
+        from airflow.sdk import Variable
+
+        return Variable.get(f"ptqflow_{name}", default=default)
+    except Exception:  # no metadata DB / API while parsing: the default applies
+        return default
+
+
+def dag_params(device: str | None = None) -> dict[str, Param]:
+    """Airflow Params for every exposed config field (types, enums, defaults from the schema) plus ``force``."""
+    params = {}
+    for name, spec in param_specs().items():
+        default = device if name == "device" and device else spec["default"]
+        kwargs = {"type": spec["type"], "description": spec["description"]}
+        if spec["enum"]:
+            kwargs["enum"] = spec["enum"] + ([None] if "null" in spec["type"] else [])
+        params[name] = Param(default, **kwargs)
+    params["config"] = Param({}, type="object", description="Base ptqflow config (nested, as the YAML file); "
+                             "the parameters above override it.")
+    params["force"] = Param(False, type="boolean", description="Rerun steps even if identical results exist.")
+    return params
+
+
+def build_dag(dag_id: str = "ptqflow_quantize", mode: str | None = None, device: str | None = None) -> DAG:
+    """The ptqflow DAG in ``mode`` (local or kubernetes; default from settings)."""
+    mode = mode or setting("mode", "local")
+    if mode not in MODES:
+        raise ValueError(f"ptqflow DAG mode {mode!r}: expected one of {', '.join(MODES)}")
+    device = device or setting("device", "cpu")
+    with DAG(dag_id=dag_id, doc_md=DOC_MD, schedule=None, catchup=False, params=dag_params(device),
+             tags=["ptqflow", mode], default_args={"retries": DEFAULT_RETRIES,
+                                                   "retry_delay": timedelta(seconds=30)},
+             render_template_as_native_obj=False) as dag:
+        if mode == "local":
+            done = _local_tasks()
+            last = done["export-ir"]
+            # Its inputs' XComs order it after export-ir (and so after the gate).
+            local_step.override(task_id=REGISTRY_TASK)(
+                "publish", {name: done[PRODUCERS[name]] for name in OPTIONAL_STEP_INPUTS["publish"]})
+        else:
+            from ptqflow.orchestration.airflow_k8s import pod_operator, pod_tasks
+
+            last = pod_tasks(device)
+            last >> registry_configured() >> pod_operator("publish", device, task_id=REGISTRY_TASK)
+        last >> publish()
+    return dag
+
+
+def _local_tasks() -> dict:
+    """Wire six @task steps; returns {step: task}."""
+    done = {}
+    for step, inputs in STEP_INPUTS.items():
+        upstream = {name: done[PRODUCERS[name]] for name in inputs}
+        done[step] = local_step.override(task_id=step.replace("-", "_"))(step, upstream)
+    done["validate"] >> done["export-ir"]  # export only what passed the gate
+    return done
+
+
+@task.short_circuit(task_id="registry_configured")
+def registry_configured(**context) -> bool:
+    """Whether the run's config has a ``registry`` section (else the publish pod is skipped)."""
+    return bool((context["params"].get("config") or {}).get("registry"))
+
+
+@task
+def local_step(step: str, upstream: dict, **context) -> dict:
+    """Run one step in this worker; returns {"uri", "digest"} of its output artifact."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from ptqflow.errors import PtqflowError
+    from ptqflow.orchestration.params import config_from_params
+    from ptqflow.pipeline.runner import run_step
+
+    params = context["params"]
+    try:
+        cfg = config_from_params(params, params.get("config") or {})
+        if step == "publish" and cfg.registry is None:
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            raise AirflowSkipException("no 'registry' section in the run's config: nothing to publish")
+        if not cfg.output:
+            raise AirflowFailException("parameter 'output' (output prefix URI) is required")
+        out = step_output_uri(cfg.output, step)
+        manifest = run_step(step, {n: r["uri"] for n, r in upstream.items()}, out, cfg,
+                            force=bool(params.get("force")))
+    except PtqflowError as err:
+        if err.retryable:
+            raise
+        raise AirflowFailException(f"{step}: {type(err).__name__} (exit {err.exit_code}): {err}") from err
+    return {"uri": out, "digest": manifest.digest}
+
+
+@task(outlets=[INT8_ONNX, INT8_IR], retries=DEFAULT_RETRIES)
+def publish(**context) -> dict:
+    """Read the quantize and export-ir manifests at the output prefix and emit both Asset events with
+    {uri, digest} extras; returns those extras."""
+    from ptqflow.artifacts import storage
+
+    output = context["params"]["output"]
+    extras = {}
+    for asset, step in ((INT8_ONNX, "quantize"), (INT8_IR, "export-ir")):
+        uri = step_output_uri(output, step)
+        manifest = storage.read_remote_manifest(uri)
+        if manifest is None:
+            raise RuntimeError(f"publish: no manifest at {uri}")
+        extras[asset.name] = {"uri": uri, "digest": manifest.digest}
+        context["outlet_events"][asset].extra = extras[asset.name]
+    return extras

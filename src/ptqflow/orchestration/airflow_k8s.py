@@ -1,0 +1,133 @@
+"""The kubernetes mode of ptqflow's DAG: one KubernetesPodOperator per step.
+
+Placement (image, node selector, tolerations, affinity, requests/limits) and the S3 and registry Secrets come
+from ``ptqflow.orchestration.pod_placement``: the placement file named by PTQFLOW_PLACEMENT_FILE when set (the Helm chart's
+ConfigMap), else the built-in table; S3 credentials reach every pod as env vars from the S3 Secret, MLflow's
+address and credentials reach the fetch-model and publish pods from the registry Secret (each key optional).
+``PtqflowPodOperator`` reads the failed container's exit code and turns ptqflow's do-not-retry codes
+(2 config, 3 input, 4 gate, 6 device) into AirflowFailException, so only storage errors (5) and crashes use
+the task's retries.
+"""
+
+from __future__ import annotations
+
+import os
+
+from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+from airflow.providers.cncf.kubernetes.secret import Secret
+from kubernetes.client import models as k8s
+
+from ptqflow.orchestration import STEP_INPUTS, step_input_uris
+from ptqflow.orchestration.commands import NO_RETRY_EXIT_CODES, should_retry, step_arguments
+from ptqflow.orchestration.images import step_image
+from ptqflow.orchestration.params import param_specs
+from ptqflow.orchestration.pod_placement import PlacementTable, active_table, toleration_kwargs
+
+OUTPUT = "{{ params.output }}"
+CONTAINER = "base"
+SECTIONS = ("quantization", "data", "validation", "export")  # KubernetesPodOperator's main container name
+
+
+def exit_code(pod: k8s.V1Pod | None, container: str = CONTAINER) -> int | None:
+    """The terminated exit code of ``container`` in ``pod``, or None when it did not terminate."""
+    statuses = (pod.status.container_statuses or []) if pod is not None and pod.status else []
+    for status in statuses:
+        if status.name == container and status.state and status.state.terminated:
+            return status.state.terminated.exit_code
+    return None
+
+
+class PtqflowPodOperator(KubernetesPodOperator):
+    """KubernetesPodOperator that fails without retries when ptqflow exits with a do-not-retry code."""
+
+    def cleanup(self, pod, remote_pod, *args, **kwargs):  # noqa: D102 (see class docstring)
+        try:
+            return super().cleanup(pod, remote_pod, *args, **kwargs)
+        except Exception as err:
+            code = exit_code(remote_pod, self.base_container_name)
+            if should_retry(code):
+                raise
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException(f"ptqflow exited {code}: {NO_RETRY_EXIT_CODES[code]}") from err
+
+
+def templated_sets() -> dict[str, str]:
+    """``--set`` values rendered from the run's params (tojson: YAML-readable, null for None): first every
+    top-level config field from the ``config`` param (absent sections become {} = defaults), then the typed
+    params on top. Keys repeat on purpose: the CLI applies ``--set`` in order."""
+    from ptqflow.config import PipelineConfig
+
+    base = {f"{field}": f"{{{{ params.config.get('{field}', {{}} if '{field}' in {SECTIONS!r} else none) | tojson }}}}"
+            for field in PipelineConfig.model_fields}
+    typed = {}
+    for name, spec in param_specs().items():
+        default = _jinja_literal(spec["default"])
+        lookup = "params.config" + "".join(f".get('{p}', {{}})" for p in spec["key"].split(".")[:-1])
+        lookup += f".get('{spec['key'].split('.')[-1]}', {default})"
+        # A param left at its default does not override the config param's value (as in local mode).
+        typed[spec["key"]] = f"{{{{ ({lookup} if params.{name} == {default} else params.{name}) | tojson }}}}"
+    return base, typed
+
+
+def _jinja_literal(value) -> str:
+    """A Python value as a Jinja literal (none/true/false, JSON numbers and strings)."""
+    import json
+
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value)
+
+
+def pod_operator(step: str, device: str, namespace: str | None = None,
+                 table: PlacementTable | None = None, task_id: str | None = None) -> PtqflowPodOperator:
+    """The pod task of one step, placed for ``device`` by ``table`` (default: ``active_table()``); its task id
+    is the step's name with underscores unless ``task_id`` is given."""
+    table = table or active_table()
+    place = table.placement(step, device)
+    inputs = step_input_uris(OUTPUT, step)
+    base, typed = templated_sets()
+    args = step_arguments(step, inputs, f"{OUTPUT}/{step}", base)
+    for key, value in typed.items():
+        args += ["--set", f"{key}={value}"]
+    return PtqflowPodOperator(
+        task_id=task_id or step.replace("-", "_"),
+        name=f"ptqflow-{step}",
+        namespace=namespace or os.environ.get("PTQFLOW_K8S_NAMESPACE", "ptqflow"),
+        image=place.image or step_image(step, device),
+        cmds=["ptqflow"],
+        arguments=["--log-format", "json", *args],
+        node_selector=dict(place.node_selector),
+        tolerations=[k8s.V1Toleration(**toleration_kwargs(t)) for t in place.tolerations],
+        affinity=dict(place.affinity) or None,  # the operator converts the camelCase dict to V1Affinity
+        container_resources=k8s.V1ResourceRequirements(requests=dict(place.requests), limits=dict(place.limits)),
+        secrets=[Secret("env", env, table.s3_secret_name, key) for env, key in table.s3_secret_env.items()],
+        env_vars=[k8s.V1EnvVar(name="PTQFLOW_STEP", value=step), *registry_env_vars(table, step)],
+        labels={"app.kubernetes.io/name": "ptqflow", "ptqflow.io/step": step},
+        on_finish_action="delete_succeeded_pod",
+        get_logs=True,
+        do_xcom_push=False,
+    )
+
+
+def registry_env_vars(table: PlacementTable, step: str) -> list[k8s.V1EnvVar]:
+    """MLflow's env vars of ``step``'s pod from the registry Secret, each key optional (the provider's Secret
+    has no optional flag), so a Secret holding only some keys, or none, still lets the pod start."""
+    return [k8s.V1EnvVar(name=env, value_from=k8s.V1EnvVarSource(secret_key_ref=k8s.V1SecretKeySelector(
+        name=table.registry_secret_name, key=key, optional=True)))
+        for env, key in table.registry_env(step).items()]
+
+
+def pod_tasks(device: str):
+    """Six chained pod tasks (data dependencies as in the artifact contract); returns export-ir's."""
+    table = active_table()
+    ops = {step: pod_operator(step, device, table=table) for step in STEP_INPUTS}
+    from ptqflow.orchestration import PRODUCERS
+
+    for step, inputs in STEP_INPUTS.items():
+        for name in inputs:
+            ops[PRODUCERS[name]] >> ops[step]
+    ops["validate"] >> ops["export-ir"]
+    return ops["export-ir"]

@@ -1,0 +1,199 @@
+"""ptqflow's Kubeflow Pipelines face: components per step and the six-step pipeline (plus ``publish``, which
+registers the INT8 version in the model registry when the run's config has a ``registry`` section).
+
+Two component kinds share the wiring: ``container`` components run the ptqflow image's CLI
+(``ptqflow <step> --in-<name> PATH --out PATH --config PATH``) and get kfp-kubernetes placement per device;
+``local`` components are lightweight Python components that call ``ptqflow.pipeline.runner.run_step`` on the
+artifacts' ``.path`` (what ``kfp.local`` can run). A first ``resolve-config`` task validates the run
+parameters (generated from ptqflow's config schema) and hands every step the same config file.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from kfp import dsl, kubernetes
+from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
+
+from ptqflow.errors import ConfigError
+from ptqflow.orchestration import OPTIONAL_STEP_INPUTS, STEP_INPUTS
+from ptqflow.orchestration.images import image, step_image
+from ptqflow.orchestration.params import EXPOSED, param_specs
+from ptqflow.orchestration.pod_placement import PlacementTable, active_table, toleration_kwargs
+from ptqflow.pipeline.steps import SPECS, STEPS
+
+_PY = {"integer": int, "number": float, "boolean": bool, "string": str}
+# The KFP artifact type of each artifact a step produces and later steps consume.
+INPUT_TYPES = {"model": Model, "calibration": Dataset, "statistics": Artifact, "quantized": Model,
+               "report": Artifact, "ir": Model}
+# Output name (from ptqflow.pipeline.steps.STEPS) and artifact type per producer step.
+OUTPUTS = {s.name: (s.output, INPUT_TYPES[s.output]) for s in STEPS if not s.optional}
+
+
+def pipeline_params() -> list[tuple[str, type, object, str]]:
+    """(name, python type, default, description) per exposed config field. Nullable fields become str
+    parameters where "" means unset (KFP parameters cannot be null); others keep their schema type."""
+    out = []
+    for name, spec in param_specs().items():
+        types = [t for t in spec["type"] if t != "null"]
+        if "null" in spec["type"] or len(types) != 1:
+            py, default = str, "" if spec["default"] is None else str(spec["default"])
+        else:
+            py, default = _PY[types[0]], spec["default"]
+        out.append((name, py, default, spec["description"]))
+    out.append(("base_config", str, "", "Full ptqflow config as YAML/JSON text; the parameters above override it."))
+    return out
+
+
+def _signed(name: str, params: list[tuple[str, type]], impl, extra: list[inspect.Parameter] = (),
+            defaults: dict | None = None):
+    """A function named ``name`` with a real signature (KFP reads it) that calls impl(**values)."""
+    plist = [inspect.Parameter(p, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=t,
+                               default=(defaults or {}).get(p, inspect.Parameter.empty)) for p, t in params]
+    plist += list(extra)
+    sig = inspect.Signature(plist)
+
+    def fn(*args, **kwargs):
+        bound = sig.bind(*args, **kwargs)
+        return impl(**bound.arguments)
+
+    fn.__name__ = fn.__qualname__ = name
+    fn.__signature__ = sig
+    fn.__annotations__ = {p.name: p.annotation for p in plist}
+    return fn
+
+
+def _resolve_container(table: PlacementTable):
+    """Container component: validate parameters, write the run's config JSON."""
+    params = [(n, t) for n, t, _, _ in pipeline_params()]
+
+    def impl(config, base_config, **values):
+        args = ["-m", "ptqflow.orchestration.kfp_runtime", "resolve-config", "--out", config.path, "--base", base_config]
+        for name, value in values.items():
+            args += ["--set", dsl.ConcatPlaceholder([f"{EXPOSED[name]}=", value])]
+        return dsl.ContainerSpec(image=table.light.image or image("cpu"), command=["python"], args=args)
+
+    out = inspect.Parameter("config", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Output[Artifact])
+    return dsl.container_component(_signed("resolve_config", params, impl, [out]))
+
+
+def _step_container(step: str, device: str, table: PlacementTable):
+    """Container component of one step: the CLI on KFP-staged artifact paths."""
+    out_name, out_type = OUTPUTS[step]
+    params = [("config", Input[Artifact])] + [(n, Input[INPUT_TYPES[n]]) for n in STEP_INPUTS[step]]
+
+    def impl(config, **arts):
+        outp = arts.pop(out_name)
+        args = [step]
+        for n, a in arts.items():
+            args += [f"--in-{n}", a.path]
+        args += ["--out", outp.path, "--config", config.path]
+        img = table.placement(step, device).image or step_image(step, device)
+        return dsl.ContainerSpec(image=img, command=["ptqflow", "--log-format", "json"],
+                                 args=args)
+
+    out = inspect.Parameter(out_name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Output[out_type])
+    return dsl.container_component(_signed(step.replace("-", "_"), params, impl, [out]))
+
+
+# PipelineTask setters per requests/limits resource name.
+_SETTERS = {("requests", "cpu"): "set_cpu_request", ("limits", "cpu"): "set_cpu_limit",
+            ("requests", "memory"): "set_memory_request", ("limits", "memory"): "set_memory_limit"}
+
+
+def _publish_container(table: PlacementTable):
+    """Container component of the publish step: runs it when the config has a registry section, else skips."""
+    params = [("config", Input[Artifact])] + [(n, Input[INPUT_TYPES[n]]) for n in OPTIONAL_STEP_INPUTS["publish"]]
+
+    out_name = SPECS["publish"].output
+
+    def impl(config, **arts):
+        outp = arts.pop(out_name)
+        args = ["-m", "ptqflow.orchestration.kfp_runtime", "publish", "--config", config.path, "--out", outp.path]
+        for n, a in arts.items():
+            args += [f"--in-{n}", a.path]
+        return dsl.ContainerSpec(image=table.light.image or image("cpu"), command=["python"], args=args)
+
+    out = inspect.Parameter(out_name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Output[Artifact])
+    return dsl.container_component(_signed("publish", params, impl, [out]))
+
+
+def place(task: dsl.PipelineTask, step: str, device: str, table: PlacementTable | None = None) -> dsl.PipelineTask:
+    """Apply ptqflow's placement for ``step`` on ``device`` (from ``table``, default ``active_table()``), the
+    S3 secret env and, for the steps that talk to the model registry, the registry secret env (optional keys)
+    to a container task. KFP sets node affinity only: pod (anti-)affinity is an error."""
+    table = table or active_table()
+    p = table.placement(step, device)
+    for (kind, name), setter in _SETTERS.items():
+        value = getattr(p, kind).get(name)
+        if value is not None:
+            getattr(task, setter)(value)
+    if p.accelerator:
+        task.set_accelerator_type(p.accelerator).set_accelerator_limit(p.limits[p.accelerator])
+    for key, value in p.node_selector.items():
+        kubernetes.add_node_selector(task, label_key=key, label_value=value)
+    for t in p.tolerations:
+        kubernetes.add_toleration(task, **toleration_kwargs(t))
+    unsupported = sorted(set(p.affinity) - {"nodeAffinity"})
+    if unsupported:
+        raise ConfigError(f"placement of {step} on {device}: affinity.{unsupported[0]} cannot be set on a KFP "
+                          "task (kfp-kubernetes supports nodeAffinity only)")
+    if p.affinity.get("nodeAffinity"):
+        kubernetes.add_node_affinity_json(task, p.affinity["nodeAffinity"])
+    kubernetes.use_secret_as_env(task, secret_name=table.s3_secret_name,
+                                 secret_key_to_env={v: k for k, v in table.s3_secret_env.items()})
+    registry = table.registry_env(step)
+    if registry:
+        kubernetes.use_secret_as_env(task, secret_name=table.registry_secret_name,
+                                     secret_key_to_env={v: k for k, v in registry.items()}, optional=True)
+    return task
+
+
+def build_pipeline(kind: str = "container", device: str = "cpu", table: PlacementTable | None = None):
+    """The six-step pipeline function (kind: container | local), parameters from the config schema,
+    container tasks placed by ``table`` (default: ``active_table()``)."""
+    table = table or active_table()
+    if kind == "local":
+        from ptqflow.orchestration import kfp_local as comps
+
+        resolve, steps, publish = comps.resolve_config, comps.STEP_COMPONENTS, comps.publish_local
+    else:
+        resolve, publish = _resolve_container(table), _publish_container(table)
+        steps = {s: _step_container(s, device, table) for s in STEP_INPUTS}
+    specs = pipeline_params()
+
+    def body(**values):
+        cfg = resolve(**values).set_display_name("resolve-config")
+        if kind == "container":
+            place(cfg, "resolve-config", device, table)
+        made = {}
+        for step, inputs in STEP_INPUTS.items():
+            arts = {n: made[n] for n in inputs}
+            task = steps[step](config=cfg.outputs["config"], **arts).set_display_name(step)
+            if kind == "container":
+                place(task, step, device, table)
+            made[OUTPUTS[step][0]] = task.outputs[OUTPUTS[step][0]]
+            made[f"task:{step}"] = task
+        made["task:export-ir"].after(made["task:validate"])  # export only what passed the gate
+        # Registers the INT8 version when the config has a registry section; a no-op otherwise.
+        pub = publish(config=cfg.outputs["config"], **{n: made[n] for n in OPTIONAL_STEP_INPUTS["publish"]})
+        pub.set_display_name("publish")
+        if kind == "container":
+            place(pub, "publish", device, table)
+
+    fn = _signed(f"ptqflow_{kind}", [(n, t) for n, t, _, _ in specs], body,
+                 defaults={n: d for n, _, d, _ in specs})
+    fn.__doc__ = ("ptqflow: fetch-model, build-calibration, collect-stats, quantize, validate, export-ir, "
+                  "publish (to the model registry, when configured).")
+    return dsl.pipeline(name=f"ptqflow-quantize-{kind}-{device}" if kind == "container" else "ptqflow-quantize-local",
+                        description=fn.__doc__)(fn)
+
+
+def compile_pipeline(path: str, kind: str = "container", device: str = "cpu", placement_file: str | None = None) -> str:
+    """Compile the pipeline to YAML at ``path``, placed per ``placement_file`` (default: PTQFLOW_PLACEMENT_FILE,
+    else the built-in table); returns the path."""
+    from kfp import compiler
+
+    table = active_table(placement_file)
+    compiler.Compiler().compile(build_pipeline(kind, device, table), package_path=str(path))
+    return str(path)

@@ -1,0 +1,104 @@
+"""Lightweight (Python-function) versions of ptqflow's KFP components, for ``kfp.local`` and clusters that
+run them in ptqflow's image. Each calls ``ptqflow.orchestration.kfp_runtime`` on the artifacts' ``.path``.
+
+KFP ships each function's source into the container, so every import happens inside the body.
+``resolve_config``'s parameters must match ``kfp_face.pipeline_params()`` (a test checks it).
+"""
+
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
+
+from ptqflow.orchestration.images import image
+
+BASE = image("cpu")
+
+
+@dsl.component(base_image=BASE)
+def resolve_config(model: str, data: str, output: str, preset: str, target_device: str, subset_size: int,
+                   fast_bias_correction: bool, max_accuracy_drop: str, min_cosine: str, min_sqnr_db: str,
+                   min_speedup: str, device: str, base_config: str, config: Output[Artifact]):
+    """Validate the run parameters and write the config JSON every step reads."""
+    from ptqflow.orchestration.kfp_runtime import resolve_config as resolve
+    from ptqflow.orchestration.params import EXPOSED
+
+    values = dict(locals())
+    resolve(config.path, {EXPOSED[k]: v for k, v in values.items() if k in EXPOSED}, base_config)
+
+
+@dsl.component(base_image=BASE)
+def fetch_model_local(config: Input[Artifact], model: Output[Model]) -> str:
+    """fetch-model; returns the artifact digest."""
+    from ptqflow.orchestration.kfp_runtime import run_step_on_paths
+
+    return run_step_on_paths("fetch-model", {}, model.path, config.path)["digest"]
+
+
+@dsl.component(base_image=BASE)
+def build_calibration_local(config: Input[Artifact], model: Input[Model], calibration: Output[Dataset]) -> str:
+    """build-calibration; returns the artifact digest."""
+    from ptqflow.orchestration.kfp_runtime import run_step_on_paths
+
+    return run_step_on_paths("build-calibration", {"model": model.path}, calibration.path, config.path)["digest"]
+
+
+@dsl.component(base_image=BASE)
+def collect_stats_local(config: Input[Artifact], model: Input[Model], calibration: Input[Dataset],
+                        statistics: Output[Artifact]) -> str:
+    """collect-stats; returns the artifact digest."""
+    from ptqflow.orchestration.kfp_runtime import run_step_on_paths
+
+    inputs = {"model": model.path, "calibration": calibration.path}
+    return run_step_on_paths("collect-stats", inputs, statistics.path, config.path)["digest"]
+
+
+@dsl.component(base_image=BASE)
+def quantize_local(config: Input[Artifact], model: Input[Model], calibration: Input[Dataset],
+                   statistics: Input[Artifact], quantized: Output[Model]) -> str:
+    """quantize; returns the artifact digest."""
+    from ptqflow.orchestration.kfp_runtime import run_step_on_paths
+
+    inputs = {"model": model.path, "calibration": calibration.path, "statistics": statistics.path}
+    return run_step_on_paths("quantize", inputs, quantized.path, config.path)["digest"]
+
+
+@dsl.component(base_image=BASE)
+def validate_local(config: Input[Artifact], model: Input[Model], quantized: Input[Model],
+                   calibration: Input[Dataset], report: Output[Artifact], metrics: Output[Metrics],
+                   html: Output[HTML]) -> str:
+    """validate: report artifact, its numbers as KFP Metrics, report.html as HTML; returns the digest."""
+    from ptqflow.orchestration.kfp_runtime import copy_report_html, numeric_metrics, run_step_on_paths
+
+    inputs = {"model": model.path, "quantized": quantized.path, "calibration": calibration.path}
+    result = run_step_on_paths("validate", inputs, report.path, config.path)
+    for name, value in numeric_metrics(result["metrics"]).items():
+        metrics.log_metric(name, value)
+    copy_report_html(report.path, html.path)
+    return result["digest"]
+
+
+@dsl.component(base_image=BASE)
+def export_ir_local(config: Input[Artifact], quantized: Input[Model], model: Input[Model],
+                    calibration: Input[Dataset], ir: Output[Model]) -> str:
+    """export-ir; returns the artifact digest."""
+    from ptqflow.orchestration.kfp_runtime import run_step_on_paths
+
+    inputs = {"quantized": quantized.path, "model": model.path, "calibration": calibration.path}
+    return run_step_on_paths("export-ir", inputs, ir.path, config.path)["digest"]
+
+
+@dsl.component(base_image=BASE)
+def publish_local(config: Input[Artifact], model: Input[Model], quantized: Input[Model], report: Input[Artifact],
+                  ir: Input[Model], registration: Output[Artifact]) -> str:
+    """publish (when the config has a registry section, else skipped); returns the outcome as JSON."""
+    import json
+
+    from ptqflow.orchestration.kfp_runtime import publish_if_configured
+
+    inputs = {"model": model.path, "quantized": quantized.path, "report": report.path, "ir": ir.path}
+    return json.dumps(publish_if_configured(inputs, registration.path, config.path), default=str)
+
+
+STEP_COMPONENTS = {"fetch-model": fetch_model_local, "build-calibration": build_calibration_local,
+                   "collect-stats": collect_stats_local, "quantize": quantize_local,
+                   "validate": validate_local, "export-ir": export_ir_local}

@@ -1,0 +1,144 @@
+"""Code that runs inside ptqflow's KFP components (no kfp import): resolving the run's config file, running
+one step on artifact paths, and turning validate's manifest into KFP Metrics numbers.
+
+``python -m ptqflow.orchestration.kfp_runtime resolve-config --out PATH --set key=value ...`` is the container
+command of the ``resolve-config`` component: it validates the run parameters once (a bad value fails the
+run before any data moves) and writes the full config as JSON for every step's ``--config``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ptqflow.config import load_config
+from ptqflow.errors import ConfigError, PtqflowError
+from ptqflow.pipeline.steps import SPECS
+
+PUBLISH_INPUTS = SPECS["publish"].inputs  # the publish component's --in-* artifacts
+
+
+def param_value(raw: Any) -> Any:
+    """A KFP parameter value as the config wants it: "" means unset (None); strings are YAML-parsed like
+    the CLI's ``--set`` (so "0.5" -> 0.5, "true" -> True); other types pass through."""
+    if isinstance(raw, str):
+        return None if raw == "" else yaml.safe_load(raw)
+    return raw
+
+
+def resolve_config(out: str | Path, values: dict[str, Any], base: str = "") -> dict:
+    """Validate ``base`` (config YAML/JSON text, may be empty) with {dotted key: value} applied into a
+    PipelineConfig and write it as JSON at ``out``; returns the dict."""
+    try:
+        base_data = yaml.safe_load(base) if base else {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"base_config is not valid YAML: {err}") from None
+    if not isinstance(base_data, dict):
+        raise ConfigError("base_config must be a mapping")
+    from ptqflow.orchestration.params import EXPOSED, overrides
+
+    by_name = {name: values[key] for name, key in EXPOSED.items() if key in values}
+    flat = {k: param_value(v) for k, v in overrides(by_name).items()}
+    cfg = load_config(None, {**_flatten(base_data), **flat})
+    # Only what the run set is written: the steps fill in the defaults themselves, and a field left at its
+    # default stays distinguishable from one set to the same value (a small data set is split only when
+    # data.validation_size was not set).
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(cfg.model_dump(mode="json", exclude_unset=True), indent=2, sort_keys=True),
+                         encoding="utf-8")
+    return cfg.model_dump(mode="json")
+
+
+def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1} (mappings only; lists stay values)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def run_step_on_paths(step: str, inputs: dict[str, str], out: str, config_path: str) -> dict:
+    """Run ``step`` from local artifact directories into ``out`` (a KFP artifact path); returns the manifest
+    as a dict (digest, metrics)."""
+    from ptqflow.pipeline.runner import run_step
+
+    cfg = load_config(config_path)
+    manifest = run_step(step, inputs, out, cfg)
+    return {"digest": manifest.digest, "metrics": manifest.metrics}
+
+
+def publish_if_configured(inputs: dict[str, str], out: str, config_path: str) -> dict:
+    """The publish step when the run's config has a ``registry`` section; otherwise write ``skipped.json``
+    into ``out`` and return {"skipped": reason} (a run without a registry publishes nothing)."""
+    cfg = load_config(config_path)
+    if cfg.registry is None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        reason = "no 'registry' section in the run's config"
+        (Path(out) / "skipped.json").write_text(json.dumps({"skipped": reason}), encoding="utf-8")
+        return {"skipped": reason}
+    return run_step_on_paths("publish", inputs, out, config_path)
+
+
+def numeric_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:
+    """Flatten a manifest's metrics to {dotted name: float}, keeping only finite numbers (KFP Metrics)."""
+    flat: dict[str, float] = {}
+    for key, value in (metrics or {}).items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(numeric_metrics(value, f"{name}."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and value == value \
+                and abs(value) != float("inf"):
+            flat[name] = float(value)
+    return flat
+
+
+def copy_report_html(validate_dir: str, html_path: str) -> None:
+    """Copy validate's report.html to the KFP HTML artifact path."""
+    Path(html_path).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(Path(validate_dir) / "report.html", html_path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``resolve-config --out PATH --set key=value ...`` or ``publish --config PATH --in-model ... --out PATH``;
+    exit code as the ptqflow CLI's."""
+    parser = argparse.ArgumentParser(prog="python -m ptqflow.orchestration.kfp_runtime")
+    sub = parser.add_subparsers(dest="command", required=True)
+    rc = sub.add_parser("resolve-config")
+    rc.add_argument("--out", required=True)
+    rc.add_argument("--base", default="", help="base config as YAML/JSON text")
+    rc.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    pub = sub.add_parser("publish", help="the publish step if the config has a registry section, else skip")
+    pub.add_argument("--config", required=True)
+    pub.add_argument("--out", required=True)
+    for name in PUBLISH_INPUTS:
+        pub.add_argument(f"--in-{name}", dest=name, required=True)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "publish":
+            inputs = {n: getattr(args, n) for n in PUBLISH_INPUTS}
+            print(json.dumps(publish_if_configured(inputs, args.out, args.config), default=str))
+            return 0
+        values = {}
+        for item in args.sets:
+            if "=" not in item:
+                raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+            key, raw = item.split("=", 1)
+            values[key] = raw
+        resolve_config(args.out, values, args.base)
+    except PtqflowError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""ptqflow.pipeline.report: the validate step's report.json (schema-checked) and self-contained report.html."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+SCHEMA_PATH = Path(__file__).with_name("schema.json")
+
+
+def jsonable(obj):
+    """``obj`` with non-finite floats as the strings "inf", "-inf", "nan" (JSON has no such numbers)."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    return obj
+
+
+def schema() -> dict:
+    """The report.json JSON schema."""
+    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+def validate_report(data: dict) -> None:
+    """jsonschema.ValidationError when ``data`` breaks the schema; a no-op when jsonschema is not installed."""
+    try:
+        import jsonschema
+    except ImportError:  # optional dependency; the tests run with it
+        return
+    jsonschema.validate(data, schema())
+
+
+def write_report(out: Path, report: dict) -> dict:
+    """Writes ``out/report.json`` and ``out/report.html``; returns the JSON-ready report."""
+    from ptqflow.pipeline.report.html import render
+
+    data = jsonable(report)
+    validate_report(data)
+    out = Path(out)
+    (out / "report.json").write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
+    (out / "report.html").write_text(render(data), encoding="utf-8")
+    return data

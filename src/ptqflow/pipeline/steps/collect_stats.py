@@ -1,0 +1,75 @@
+"""collect-stats: run the FP32 model on the calibration shards and save the quantization plan and statistics.
+
+Only the quantization fields that change the statistics are in this step's cache key: switching the
+bias-correction mode reruns quantize but reuses these statistics.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import onnx
+
+from ptqflow.artifacts import input_digests, reproducible_zip
+from ptqflow.artifacts.manifest import Manifest, write_manifest
+from ptqflow.config import PipelineConfig, section_dump
+from ptqflow.logs import progress
+from ptqflow.pipeline.steps import spec
+
+_SPEC = spec("collect-stats")  # its entry in the steps table
+NAME: str = _SPEC.name
+INPUTS: tuple[str, ...] = _SPEC.inputs
+
+# Fields read only when the statistics are applied (quantize), never while collecting them. What the
+# bias-correction switches change in the collection itself is captured by api.statistics_request, which is in
+# the key; tests/test_step_keys.py checks every other field: in the key, or the output stays byte-identical.
+_APPLY_ONLY = {"fast_bias_correction"}
+_APPLY_ONLY_ADVANCED = {"disable_bias_correction", "bias_correction_subset_size", "bias_correction_threshold",
+                        "bias_correction_guard_samples", "bias_correction_guard_samples_no_softmax",
+                        "bias_correction_guard_tie_weight"}
+
+
+def config_section(cfg: PipelineConfig) -> dict:
+    """The quantization fields that affect statistics, what the collection gathers for them
+    (``api.statistics_request``), and the execution device."""
+    from ptqflow.api import statistics_request
+
+    q = section_dump(cfg.quantization)
+    for key in _APPLY_ONLY:
+        q.pop(key, None)
+    q["advanced"] = {k: v for k, v in q.get("advanced", {}).items() if k not in _APPLY_ONLY_ADVANCED}
+    return {"quantization": q, "collects": statistics_request(cfg.quantization), "device": cfg.device.value}
+
+
+def calibration_samples(calibration: Path, desc: str, limit: int | None = None):
+    """The calibration split's samples (input-name -> array dicts) with progress reporting; at most
+    ``limit`` of them are expected to be read (the progress total)."""
+    from ptqflow.data import iter_samples, read_index
+
+    try:
+        total = int(read_index(calibration).get("counts", {}).get("calibration"))
+    except Exception:  # the count only sizes the progress bar
+        total = None
+    if total is not None and limit is not None:
+        total = min(total, limit)
+    return progress(iter_samples(calibration, "calibration"), total=total, desc=desc)
+
+
+def run(inputs: dict[str, Path], out: Path, cfg: PipelineConfig) -> Manifest:
+    """Collect statistics into ``out`` (statistics.npz + plan.json); returns the manifest."""
+    import ptqflow
+
+    start = time.monotonic()
+    model = onnx.load(str(Path(inputs["model"]) / "model.onnx"))
+    samples = calibration_samples(Path(inputs["calibration"]), "collect-stats", cfg.quantization.subset_size)
+    stats = ptqflow.collect_statistics(model, samples, cfg.quantization, device=cfg.device.value)
+    stats.save(out)
+    for npz in sorted(Path(out).glob("*.npz")):
+        reproducible_zip(npz)  # equal statistics must give equal bytes, so a rerun has the same digest
+    metrics = {}
+    for attr in ("num_samples", "num_points"):
+        if hasattr(stats, attr):
+            metrics[attr] = getattr(stats, attr)
+    return write_manifest(out, step=NAME, config=config_section(cfg), inputs=input_digests(inputs),
+                          metrics=metrics, timings={"total_s": round(time.monotonic() - start, 3)})

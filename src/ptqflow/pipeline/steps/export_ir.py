@@ -1,0 +1,156 @@
+"""export-ir: OpenVINO IR (model.xml/model.bin, INT8 weights) from the INT8 QDQ model, checked before publishing."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from ptqflow.artifacts import input_digests
+from ptqflow.artifacts.manifest import Manifest, write_manifest
+from ptqflow.config import PipelineConfig, section_dump
+from ptqflow.errors import InputError
+from ptqflow.pipeline.steps import spec
+
+_SPEC = spec("export-ir")  # its entry in the steps table
+NAME: str = _SPEC.name
+INPUTS: tuple[str, ...] = _SPEC.inputs
+_PARITY_SAMPLES = 32
+
+
+def config_section(cfg: PipelineConfig) -> dict:
+    """The export section (device, FP32 IR, parity tolerance)."""
+    return {"export": section_dump(cfg.export)}
+
+
+def ir_stats(model) -> dict:
+    """FakeQuantize count, Constant element types ({"i8": n, "f32": m, ...}) and constant bytes of an ov.Model."""
+    ops = Counter(op.get_type_name() for op in model.get_ordered_ops())
+    consts = Counter()
+    const_bytes = 0
+    for op in model.get_ordered_ops():
+        if op.get_type_name() == "Constant":
+            et = op.get_output_element_type(0)
+            consts[et.get_type_name()] += 1
+            const_bytes += int(np.prod(list(op.get_output_shape(0)), dtype=np.int64)) * et.size
+    return {"fake_quantize": ops.get("FakeQuantize", 0), "constants_by_precision": dict(consts),
+            "int8_constants": consts.get("i8", 0) + consts.get("u8", 0), "constant_bytes": const_bytes}
+
+
+def relative_l2(ref: np.ndarray, got: np.ndarray) -> float:
+    """||got - ref|| / ||ref|| (absolute norm when ref is all zeros)."""
+    ref, got = ref.astype(np.float64).ravel(), got.astype(np.float64).ravel()
+    denom = np.linalg.norm(ref)
+    err = np.linalg.norm(got - ref)
+    return float(err / denom) if denom > 0 else float(err)
+
+
+def check_parity(xml_path: Path, int8_path: Path, fp32_path: Path, samples: list[dict], device: str,
+                 tolerance: float) -> dict:
+    """Checks that the saved IR is as faithful to the FP32 model as the validated INT8 ONNX model.
+
+    The IR (compiled with f32 inference precision, so the check sees the conversion and not the device's
+    default bf16/f16 arithmetic), the INT8 ONNX model (onnxruntime) and the FP32 ONNX model run on ``samples``.
+    Per output, over all samples together: ``ir_vs_fp32`` and ``int8_vs_fp32`` are the relative L2 errors
+    of the IR and of the INT8 ONNX model against FP32; ``ir_vs_int8`` compares the two INT8 executions.
+    Two runtimes executing the same QDQ graph round differently (fused integer kernels vs FakeQuantize), and a
+    softmax near a decision boundary amplifies that, so the IR is not held to the INT8 ONNX model sample by
+    sample; it must not be further from FP32 than the model the gate validated by more than ``tolerance``.
+    A broken conversion (wrong weights, lost quantizer parameters) fails that by far. Raises InputError
+    naming the output and its worst sample; returns the figures.
+    """
+    from ptqflow.runtime import openvino as ov
+    from ptqflow.runtime.sessions import make_session
+
+    c = ov.core()
+    req = ov.compile_model(c, c.read_model(str(xml_path)), device, precision="f32").create_infer_request()
+    int8, fp32 = make_session(int8_path, "cpu"), make_session(fp32_path, "cpu")
+    names = [o.name for o in int8.get_outputs()]
+    runs: dict[str, list[list[np.ndarray]]] = {n: [[], [], []] for n in names}  # fp32, int8, ir
+    for sample in samples:
+        ref, q = fp32.run(names, sample), int8.run(names, sample)
+        ir = list(req.infer(sample).values())
+        for j, name in enumerate(names):
+            for k, arr in enumerate((ref[j], q[j], ir[j])):
+                runs[name][k].append(np.asarray(arr))
+    per_output = {}
+    for name, (ref, q, ir) in runs.items():
+        flat_ref, flat_q, flat_ir = (np.concatenate([a.ravel() for a in arrs]) for arrs in (ref, q, ir))
+        figures = {"ir_vs_fp32": relative_l2(flat_ref, flat_ir), "int8_vs_fp32": relative_l2(flat_ref, flat_q),
+                   "ir_vs_int8": relative_l2(flat_q, flat_ir)}
+        per_output[name] = figures
+        excess = figures["ir_vs_fp32"] - figures["int8_vs_fp32"]
+        if not np.isfinite(figures["ir_vs_fp32"]) or excess > tolerance:
+            worst = int(np.argmax([relative_l2(r, g) for r, g in zip(ref, ir)]))
+            raise InputError(
+                f"IR parity check failed: output {name!r} of the IR is further from the FP32 model than the INT8 "
+                f"ONNX model is (relative L2 {figures['ir_vs_fp32']:.4g} vs {figures['int8_vs_fp32']:.4g} over "
+                f"{len(samples)} validation samples, worst sample {worst}); excess {excess:.4g} > "
+                f"export.parity_tolerance {tolerance}")
+    worst_of = {key: max((f[key] for f in per_output.values()), default=0.0)
+                for key in ("ir_vs_fp32", "int8_vs_fp32", "ir_vs_int8")}
+    return {**worst_of, "per_output": per_output, "samples": len(samples)}
+
+
+def _samples(calibration_dir: Path) -> list[dict]:
+    from ptqflow.data import iter_samples
+
+    out = []
+    for s in iter_samples(calibration_dir, "validation"):
+        out.append(s)
+        if len(out) >= _PARITY_SAMPLES:
+            break
+    if not out:
+        raise InputError(f"{calibration_dir}/validation: no validation samples for the IR parity check")
+    return out
+
+
+def run(inputs: dict[str, Path], out: Path, cfg: PipelineConfig) -> Manifest:
+    """Export into ``out`` (model.xml/.bin, optional fp32/); removes them and raises on a failed check."""
+    import openvino as ov_
+
+    from ptqflow.runtime import openvino as ov
+
+    start = time.monotonic()
+    out = Path(out)
+    ec = cfg.export
+    int8_path, fp32_path = Path(inputs["quantized"]) / "model.onnx", Path(inputs["model"]) / "model.onnx"
+    for p in (int8_path, fp32_path):
+        if not p.is_file():
+            raise InputError(f"{p}: model.onnx missing")
+    digests = input_digests(inputs)
+    c = ov.core()
+    ov.check_device(c, ec.openvino_device)  # before any work: an absent device is a clear error at once
+    samples = _samples(Path(inputs["calibration"]))
+    int8_model = ov.convert(int8_path)
+    fp32_model = ov.convert(fp32_path)
+    written = [out / "model.xml", out / "model.bin"]
+    try:
+        ov_.save_model(int8_model, str(out / "model.xml"), compress_to_fp16=False)
+        ov.compile_model(c, c.read_model(str(out / "model.xml")), ec.openvino_device)
+        parity = check_parity(out / "model.xml", int8_path, fp32_path, samples, ec.openvino_device,
+                              ec.parity_tolerance)
+        if ec.export_fp32:
+            (out / "fp32").mkdir(exist_ok=True)
+            written += [out / "fp32" / "model.xml", out / "fp32" / "model.bin"]
+            ov_.save_model(fp32_model, str(out / "fp32" / "model.xml"), compress_to_fp16=False)
+    except BaseException:
+        # No half-written artifact: a failed check leaves no IR behind.
+        for p in written:
+            p.unlink(missing_ok=True)
+        raise
+    int8_stats, fp32_stats = ir_stats(c.read_model(str(out / "model.xml"))), ir_stats(fp32_model)
+    bin_bytes = (out / "model.bin").stat().st_size
+    fp32_bytes = (out / "fp32" / "model.bin").stat().st_size if ec.export_fp32 else fp32_stats["constant_bytes"]
+    metrics = {"parity_ir_vs_fp32": parity["ir_vs_fp32"], "parity_int8_vs_fp32": parity["int8_vs_fp32"],
+               "parity_ir_vs_int8": parity["ir_vs_int8"], "parity_tolerance": ec.parity_tolerance,
+               "fake_quantize": int8_stats["fake_quantize"], "int8_constants": int8_stats["int8_constants"],
+               "bin_bytes": bin_bytes, "fp32_bin_bytes": fp32_bytes,
+               "fp32_bin_bytes_source": "fp32/model.bin" if ec.export_fp32 else "constant bytes of the FP32 model",
+               "size_ratio": bin_bytes / fp32_bytes if fp32_bytes else None}
+    return write_manifest(out, step=NAME, config=config_section(cfg), inputs=digests, metrics=metrics,
+                          timings={"total_s": round(time.monotonic() - start, 3)},
+                          extra={"device": ec.openvino_device, "parity": parity,
+                                 "weight_precisions": int8_stats["constants_by_precision"]})

@@ -1,0 +1,60 @@
+"""quantize: apply the statistics to the FP32 model and write the INT8 QDQ model with a per-layer summary."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+import onnx
+
+from ptqflow.artifacts import input_digests
+from ptqflow.artifacts.manifest import Manifest, write_manifest
+from ptqflow.config import PipelineConfig, section_dump
+from ptqflow.quantization.graph.prepare import MAX_IR_VERSION, PROTO_LIMIT
+from ptqflow.pipeline.steps import spec
+
+_SPEC = spec("quantize")  # its entry in the steps table
+NAME: str = _SPEC.name
+INPUTS: tuple[str, ...] = _SPEC.inputs
+
+
+def config_section(cfg: PipelineConfig) -> dict:
+    """All quantization parameters and the execution device."""
+    return {"quantization": section_dump(cfg.quantization), "device": cfg.device.value}
+
+
+def run(inputs: dict[str, Path], out: Path, cfg: PipelineConfig) -> Manifest:
+    """Quantize into ``out`` (model.onnx + summary.json); returns the manifest."""
+    from ptqflow.api import Statistics, quantize_with_summary
+    from ptqflow.data import iter_samples
+
+    start = time.monotonic()
+    model = onnx.load(str(Path(inputs["model"]) / "model.onnx"))
+    stats = Statistics.load(Path(inputs["statistics"]))
+    # Only full bias correction reads samples, and only a subset: no progress bar around it.
+    samples = iter_samples(Path(inputs["calibration"]), "calibration")
+    result = quantize_with_summary(model, stats, cfg.quantization, dataset=samples, device=cfg.device.value)
+    save_model(result.model, Path(out) / "model.onnx")
+    layers = list(result.layers)
+    (Path(out) / "summary.json").write_text(json.dumps({"layers": layers}, indent=2, default=str), encoding="utf-8")
+    return write_manifest(out, step=NAME, config=config_section(cfg), inputs=input_digests(inputs),
+                          metrics=summary_metrics(layers), timings={"total_s": round(time.monotonic() - start, 3)})
+
+
+def save_model(model: onnx.ModelProto, path: Path) -> None:
+    """Save with ir_version <= MAX_IR_VERSION; weights go to ``<name>.data`` beside it over 2 GB (PROTO_LIMIT)."""
+    model.ir_version = min(model.ir_version or MAX_IR_VERSION, MAX_IR_VERSION)
+    large = model.ByteSize() > PROTO_LIMIT
+    onnx.save(model, str(path), save_as_external_data=large, all_tensors_to_one_file=True,
+              location=f"{path.name}.data" if large else None)
+
+
+def summary_metrics(layers: list[dict]) -> dict:
+    """Counts of quantized / kept-float / bias-corrected layers from the per-layer summary."""
+    status = Counter(str(layer.get("status", layer.get("decision", "unknown"))) for layer in layers)
+    quantized = sum(n for s, n in status.items() if s.startswith("quantized") or s == "int8")
+    corrected = sum(1 for layer in layers if layer.get("bias_corrected") or layer.get("bias_shift") is not None)
+    return {"layers": len(layers), "quantized_layers": quantized, "float_layers": len(layers) - quantized,
+            "bias_corrected_layers": corrected, "status_counts": dict(status)}

@@ -1,0 +1,1 @@
+"""ptqflow.quantization.algorithms."""

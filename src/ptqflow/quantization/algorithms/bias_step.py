@@ -1,0 +1,102 @@
+"""The bias-correction step of quantization: what it needs collected (``statistics_request``), the configured
+correction (FastBiasCorrection from the collected input means, or full BiasCorrection on calibration samples) and
+its guard (ptqflow.quantization.algorithms.bc_guard), which reverts a correction that raised the model's output error."""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import onnx
+
+from ptqflow.quantization.algorithms import bc_guard, bias_correction, fast_bias_correction
+from ptqflow.quantization.algorithms.bias_layers import find_bias_layers
+from ptqflow.config import QuantizationConfig
+from ptqflow.errors import InputError
+from ptqflow.quantization.graph.prepare import is_large
+from ptqflow.quantization.statistics import Statistics
+
+log = logging.getLogger(__name__)
+
+Samples = Callable[[int], list]  # n -> at most n calibration sample dicts (empty when none are at hand)
+
+
+def statistics_request(config: QuantizationConfig) -> dict:
+    """What ``collect_statistics`` observes for ``config`` beyond the planned ranges, as a JSON-ready dict.
+
+    The one place that decides it: collect_statistics gathers exactly this and records it in the plan
+    (``plan["collected"]``), the collect-stats step puts it in its cache key, and quantize refuses statistics
+    that lack what its own config needs instead of quietly skipping the layers."""
+    return {"bias_input_means": bool(config.fast_bias_correction and not config.advanced.disable_bias_correction)}
+
+
+def correct_and_guard(prepared: onnx.ModelProto, q: onnx.ModelProto, statistics: Statistics,
+                      config: QuantizationConfig, samples: Samples, device: str) -> list[dict]:
+    """Run the configured bias correction on ``q`` in place, then the guard (ptqflow.quantization.algorithms.bc_guard): when
+    the corrected model's output error against FP32 on a few calibration samples is higher than without the
+    correction, ``q`` goes back to its uncorrected biases and every record says why. Returns the records.
+    Samples: ``advanced.bias_correction_guard_samples``, or ``..._no_softmax`` for models without a decision
+    (Softmax/LogSoftmax) output, whose squared error alone is continuous and settles on fewer samples."""
+    adv = config.advanced
+    n_guard = adv.bias_correction_guard_samples
+    uncorrected = None
+    if n_guard and not config.advanced.disable_bias_correction and not is_large(q):
+        uncorrected = onnx.ModelProto()
+        uncorrected.CopyFrom(q)
+    records = correct_biases(prepared, q, statistics, config, samples, device)
+    if uncorrected is None or not any(r.get("applied") for r in records):
+        return records
+    if not bc_guard.decision_outputs(prepared):
+        n_guard = adv.bias_correction_guard_samples_no_softmax
+        if not n_guard:
+            return records
+    guard_samples = samples(n_guard)
+    if not guard_samples:
+        log.info("bias correction guard skipped: no calibration samples at hand")
+        return records
+    keep, before, after = bc_guard.judge(prepared, uncorrected, q, guard_samples, device,
+                                         tie_weight=adv.bias_correction_guard_tie_weight)
+    verdict = "kept" if keep else "reverted"
+    log.info("bias correction %s: model output error on %d calibration samples %.4g without, %.4g with it",
+             verdict, len(guard_samples), before, after)
+    if not keep:
+        q.CopyFrom(uncorrected)
+        for r in records:
+            if r.get("applied"):
+                r["applied"] = False
+                r["reason"] = (f"reverted: bias correction raised the model's output error on {len(guard_samples)} "
+                               f"calibration samples ({before:.4g} -> {after:.4g})")
+    return records
+
+
+def correct_biases(prepared: onnx.ModelProto, q: onnx.ModelProto, statistics: Statistics,
+                   config: QuantizationConfig, samples: Samples, device: str) -> list[dict]:
+    """Run the configured bias correction on ``q`` in place; returns its per-layer records."""
+    if config.advanced.disable_bias_correction:
+        return []
+    wanted = set(statistics.plan.get("bias_layers", []))
+    layers = [layer for layer in find_bias_layers(prepared) if layer.name in wanted]
+    if not layers:
+        return []
+    threshold = config.advanced.bias_correction_threshold
+    if config.fast_bias_correction:
+        require_collected(statistics, config, "bias_input_means", "FastBiasCorrection's per-channel input means")
+        return fast_bias_correction.apply_fast_bias_correction(
+            q, layers, statistics.means_in, statistics.means_out, threshold=threshold, fp32_model=prepared,
+            device=device)
+    calibration = samples(config.bias_correction_samples())
+    if not calibration:
+        raise InputError("full bias correction (fast_bias_correction=False) needs the calibration dataset")
+    return bias_correction.apply_bias_correction(prepared, q, layers, calibration, threshold=threshold,
+                                                 device=device, runtime=config.advanced.statistics_runtime)
+
+
+def require_collected(statistics: Statistics, config: QuantizationConfig, key: str, what: str) -> None:
+    """InputError when ``statistics`` were collected without ``key`` of this config's statistics request (they
+    came from a run with other settings); statistics from before the plan recorded it pass when not empty."""
+    collected = statistics.plan.get("collected")
+    held = collected.get(key, False) if collected is not None else bool(statistics.means_in)
+    if statistics_request(config)[key] and not held:
+        raise InputError(f"the statistics lack {what}: they were collected with other settings "
+                         f"({', '.join(f'{k}={v}' for k, v in (collected or {}).items()) or 'none recorded'}); "
+                         "collect statistics again with this quantization config")

@@ -1,0 +1,96 @@
+"""Automatic safeguard: find the few activation quantizers that alone cost most of the accuracy.
+
+One model holds every quantizer behind a switch (a gate input: out = x + g_i * (QDQ(x) - x)), so a single
+session measures, on a handful of calibration samples, the output error each quantizer causes on its own
+(all weights quantized). Quantizers whose error dominates the rest are kept in float and reported.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ptqflow.quantization.algorithms.minmax import _topological_insert, insert_qdq
+from ptqflow.quantization.graph.index import GraphIndex
+
+GATE = "ptqflow_quantizer_gate"
+
+
+def gated_model(prepared: onnx.ModelProto, plan: dict, ranges: dict) -> tuple[onnx.ModelProto, list[str]]:
+    """The quantized model with every activation quantizer switchable; and the point tensors in gate order."""
+    q = copy.deepcopy(prepared)
+    records = [r for r in insert_qdq(q, plan, ranges) if r["kind"] == "activation"]
+    g = q.graph
+    g.input.append(helper.make_tensor_value_info(GATE, onnx.TensorProto.FLOAT, [len(records)]))
+    consumers = GraphIndex(g).consumers  # the readers of each DequantizeLinear output, before rewiring
+    new = []
+    for k, r in enumerate(records):
+        dq, x = r["output"], r["tensor"]
+        idx = f"{GATE}_{k}_idx"
+        g.initializer.append(numpy_helper.from_array(np.array(k, np.int64), idx))
+        names = [f"{GATE}_{k}_{s}" for s in ("g", "diff", "scaled", "out")]
+        for n, i in consumers.get(dq, []):
+            n.input[i] = names[3]
+        new += [helper.make_node("Gather", [GATE, idx], [names[0]], name=names[0]),
+                helper.make_node("Sub", [dq, x], [names[1]], name=names[1]),
+                helper.make_node("Mul", [names[1], names[0]], [names[2]], name=names[2]),
+                helper.make_node("Add", [x, names[2]], [names[3]], name=names[3])]
+    _topological_insert(g, new)
+    return q, [r["tensor"] for r in records]
+
+
+def output_error(outs: list[np.ndarray], refs: list[np.ndarray]) -> float:
+    """Relative squared error plus, for score-like outputs, the share of changed argmax decisions."""
+    total = 0.0
+    for out, ref in zip(outs, refs):
+        if not np.issubdtype(ref.dtype, np.floating):
+            total += float(np.mean(out != ref))
+            continue
+        total += float(np.sum((out - ref) ** 2) / max(np.sum(ref.astype(np.float64) ** 2), 1e-12))
+        if ref.ndim >= 2 and ref.shape[-1] >= 2:
+            total += float(np.mean(out.argmax(-1) != ref.argmax(-1)))
+    return total
+
+
+def leave_one_out(session, n_points: int, samples: list[dict], refs: list[list[np.ndarray]],
+                  off: set[int]) -> tuple[float, np.ndarray]:
+    """(error with every quantizer on except ``off``, error when each other quantizer is also switched off)."""
+    def err(gate):
+        return sum(output_error(session.run(None, {**s, GATE: gate}), r) for s, r in zip(samples, refs)) / len(samples)
+
+    base_gate = np.ones(n_points, np.float32)
+    base_gate[list(off)] = 0.0
+    base = err(base_gate)
+    errs = np.full(n_points, np.inf)
+    for k in range(n_points):
+        if k in off:
+            continue
+        gate = base_gate.copy()
+        gate[k] = 0.0
+        errs[k] = err(gate)
+    return base, errs
+
+
+def find_sensitive(prepared: onnx.ModelProto, plan: dict, ranges: dict, samples: list[dict], make_session, *,
+                   max_points: int, min_gain: float, min_error: float) -> list[tuple[str, float, float]]:
+    """Greedy: switch off, one pass at a time (at most ``max_points``), the quantizer whose removal cuts the
+    output error by at least ``min_gain`` of it, while that error is at least ``min_error`` (the
+    advanced.sensitivity_* fields). Returns (tensor, error before, error after) per quantizer to keep in float."""
+    if not samples or len(plan["activations"]) < 2:
+        return []
+    gated, tensors = gated_model(prepared, plan, ranges)
+    fp32, sess = make_session(prepared), make_session(gated)
+    refs = [fp32.run(None, s) for s in samples]
+    off: set[int] = set()
+    found = []
+    for _ in range(max_points):
+        base, errs = leave_one_out(sess, len(tensors), samples, refs, off)
+        k = int(np.argmin(errs))
+        if base < min_error or not np.isfinite(errs[k]) or errs[k] > (1 - min_gain) * base:
+            break
+        off.add(k)
+        found.append((tensors[k], base, float(errs[k])))
+    return found

@@ -1,0 +1,116 @@
+"""SmoothQuant for the linear layers of transformers: move activation outliers into the weights.
+
+Transformer activations carry a few channels far larger than the rest, and one per-tensor int8 scale then
+leaves the ordinary channels a handful of codes; the weights are easy to quantize per output channel. For each
+activation ``x`` feeding MatMuls with a constant 2-D weight ``W[K, N]``, a per-channel factor
+``s_k = max|x_k|^alpha / max_n |W[k, n]|^(1 - alpha)`` divides the activation (a Mul inserted before the
+MatMuls, kept in float) and multiplies the weight rows, which leaves the FP32 function unchanged. MatMuls that
+read the same activation share one factor, computed from the largest of their weight rows.
+
+The factors come from a short pass over the first calibration samples (advanced.smooth_quant_samples), before
+placement and statistics, which
+then see the smoothed graph. They are recorded in the plan, so another process re-applies them exactly.
+Measured on MiniLM-L6 (300 sentences, declared transformer): Spearman of the embedding similarities vs FP32
+0.9949 without, 0.99963 at alpha 0.5 (cosine of the whole last_hidden_state 0.981 -> 0.9992), 0.9990 at 0.8,
+0.9979 at 0.95 (NNCF's choice for MatMul, whose output cosine falls to 0.79: padding positions go wrong).
+
+It is off by default: OpenVINO's CPU plugin does not fold the per-channel Mul into the int8 MatMul that
+follows, and MiniLM's INT8 latency speedup over FP32 fell from 2.0x to 1.35x (bench, 2026-12-01). Folding the
+factor into the LayerNorm instead is not exact here: its output also feeds the residual Add.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ptqflow.quantization.algorithms.minmax import _topological_insert
+from ptqflow.quantization.statistics.collector import augment
+
+_MIN_SCALE = 1e-5  # floor on a factor, so 1/s stays finite
+
+
+def candidates(model: onnx.ModelProto, nodes: set[str]) -> dict[str, list[onnx.NodeProto]]:
+    """Activation tensor -> the MatMuls among ``nodes`` that read it against a constant 2-D weight."""
+    inits = {t.name: t for t in model.graph.initializer}
+    out: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        if (n.op_type == "MatMul" and n.name in nodes and len(n.input) == 2 and n.input[1] in inits
+                and len(inits[n.input[1]].dims) == 2 and n.input[0] not in inits):
+            out.setdefault(n.input[0], []).append(n)
+    return out
+
+
+def channel_absmax(model: onnx.ModelProto, tensors: list[str], samples: list[dict], runner_factory) -> dict:
+    """Per tensor, the per-channel (last axis) max |x| over ``samples``."""
+    aug, out_map = augment(model, [], {}, per_sample=False, channel_absmax={t: (t, -1) for t in tensors})
+    runner = runner_factory(aug, list(out_map))
+    found: dict[str, np.ndarray] = {}
+    for outs, _ in runner.map({"arrays": s, "count": 1} for s in samples):
+        for out, value in outs.items():
+            key = out_map[out][1]
+            v = np.asarray(value, np.float64).reshape(-1)
+            found[key] = np.maximum(found[key], v) if key in found else v
+    return found
+
+
+def factors(model: onnx.ModelProto, groups: dict[str, list[onnx.NodeProto]], absmax: dict[str, np.ndarray],
+            alpha: float) -> dict[str, np.ndarray]:
+    """Per activation tensor, the smoothing factors s (float32 [K]); tensors without statistics are skipped."""
+    inits = {t.name: t for t in model.graph.initializer}
+    table = {}
+    for tensor, users in groups.items():
+        amax = absmax.get(tensor)
+        if amax is None or not np.all(np.isfinite(amax)):
+            continue
+        wmax = np.max([np.abs(numpy_helper.to_array(inits[u.input[1]])).max(axis=1) for u in users], axis=0)
+        if wmax.shape != amax.shape:
+            continue
+        s = np.power(np.maximum(amax, 0.0), alpha) / np.power(np.maximum(wmax, 1e-12), 1.0 - alpha)
+        s = np.where(amax > 0, np.maximum(s, _MIN_SCALE), 1.0)
+        table[tensor] = s.astype(np.float32)
+    return table
+
+
+def apply(model: onnx.ModelProto, table: dict[str, dict]) -> None:
+    """For each tensor of ``table`` ({"scales": s, "nodes": MatMul names}): insert ``x * (1/s)`` before those
+    MatMuls and scale their weight rows by s, in place (a weight shared with other nodes is copied first). Other
+    readers of the tensor keep reading it unchanged."""
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    by_name = {n.name: n for n in g.node}
+    readers: dict[str, int] = {}
+    for n in g.node:
+        for i in n.input:
+            readers[i] = readers.get(i, 0) + 1
+    new_nodes = []
+    for tensor, entry in table.items():
+        s = np.asarray(entry["scales"], np.float32)
+        inv_name, out = f"{tensor}_ptqflow_smooth_inv", f"{tensor}_ptqflow_smoothed"
+        g.initializer.append(numpy_helper.from_array((1.0 / s).astype(np.float32), inv_name))
+        new_nodes.append(helper.make_node("Mul", [tensor, inv_name], [out], name=f"{tensor}_ptqflow_smooth"))
+        for name in entry["nodes"]:
+            u = by_name[name]
+            w_name = u.input[1]
+            w = numpy_helper.to_array(inits[w_name]).astype(np.float32) * s[:, None]
+            if readers.get(w_name, 0) > 1:
+                w_name = f"{w_name}_ptqflow_smoothed_{u.name}"
+                u.input[1] = w_name
+                g.initializer.append(numpy_helper.from_array(w, w_name))
+            else:
+                inits[w_name].CopyFrom(numpy_helper.from_array(w, w_name))
+            u.input[0] = out
+    _topological_insert(g, new_nodes)
+
+
+def smooth(model: onnx.ModelProto, nodes: set[str], samples: list[dict], alpha: float, runner_factory) -> dict:
+    """Compute and apply the factors on ``model`` (in place). Returns the table for the plan (JSON lists)."""
+    groups = candidates(model, nodes)
+    if not groups or not samples:
+        return {}
+    absmax = channel_absmax(model, sorted(groups), samples, runner_factory)
+    table = {t: {"scales": [float(v) for v in s], "nodes": [u.name for u in groups[t]]}
+             for t, s in factors(model, groups, absmax, alpha).items()}
+    apply(model, table)
+    return table

@@ -1,0 +1,138 @@
+"""Statistics by augmenting a copy of the graph with reduce nodes, streamed over the calibration data.
+
+Only scalars (per-tensor min/max) and per-channel vectors (means for bias correction) leave the runtime, so
+memory per sample stays bounded whatever the activation sizes. An explicit map ties each added output to the
+tensor and statistic it observes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ptqflow.errors import InputError
+from ptqflow.quantization.graph.prepare import graph_inputs, onnx_opset
+
+
+def _reduce(op: str, src: str, out: str, axes: list[int] | None, opset: int, extra: list) -> onnx.NodeProto:
+    """One Reduce* node (axes as attribute before opset 18, as input from 18; ReduceMean likewise)."""
+    if axes is None:
+        return helper.make_node(op, [src], [out], keepdims=0, name=out)
+    if opset >= 18:
+        axes_name = out + "_axes"
+        extra.append(numpy_helper.from_array(np.array(axes, np.int64), axes_name))
+        return helper.make_node(op, [src, axes_name], [out], keepdims=0, name=out)
+    return helper.make_node(op, [src], [out], keepdims=0, axes=axes, name=out)
+
+
+def _rank(model: onnx.ModelProto, tensor: str) -> int | None:
+    for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
+        if vi.name == tensor and vi.type.tensor_type.HasField("shape"):
+            return len(vi.type.tensor_type.shape.dim)
+    return None
+
+
+def _channel_mean_nodes(src: str, out: str, axis: int, rank: int | None, opset: int,
+                        extra: list) -> list[onnx.NodeProto] | None:
+    """Nodes computing the per-channel mean of ``src`` over every axis but ``axis`` into ``out``.
+
+    Without a known rank, a last-axis channel (MatMul inputs and outputs, whose rank shape inference often
+    loses after a Reshape with a computed shape) is still observed: Flatten to [N, C], then the mean over N.
+    Returns None when the channel axis cannot be located.
+    """
+    if rank is not None:
+        ax = axis % rank
+        return [_reduce("ReduceMean", src, out, [a for a in range(rank) if a != ax], opset, extra)]
+    if axis != -1 or opset < 11:  # Flatten takes a negative axis from opset 11
+        return None
+    flat = out + "_flat"
+    return [helper.make_node("Flatten", [src], [flat], axis=-1, name=flat),
+            _reduce("ReduceMean", flat, out, [0], opset, extra)]
+
+
+def augment(model: onnx.ModelProto, tensors: list[str], means: dict[str, tuple[str, int]],
+            per_sample: bool, channel_absmax: dict[str, tuple[str, int]] | None = None,
+            ) -> tuple[onnx.ModelProto, dict[str, tuple[str, str]]]:
+    """A copy of ``model`` with reduce outputs; and the map added output -> (statistic, key).
+
+    ``tensors``: observed for min and max (reduced over all axes but the batch when ``per_sample``).
+    ``means``: key -> (tensor, channel axis) observed for the per-channel mean.
+    ``channel_absmax``: key -> (tensor, channel axis) observed for the per-channel maximum of |x| ("absmax").
+    """
+    aug = onnx.ModelProto()
+    aug.CopyFrom(model)
+    g = aug.graph
+    opset = onnx_opset(aug)
+    extra: list = []
+    out_map: dict[str, tuple[str, str]] = {}
+    existing = {o.name for o in g.output}
+    for i, t in enumerate(tensors):
+        rank = _rank(aug, t) if per_sample else None
+        axes = list(range(1, rank)) if rank and rank > 1 else None
+        for op, stat in (("ReduceMin", "min"), ("ReduceMax", "max")):
+            out = f"ptqflow_stat_{stat}_{i}"
+            g.node.append(_reduce(op, t, out, axes, opset, extra))
+            out_map[out] = (stat, t)
+    for j, (key, (t, axis)) in enumerate(means.items()):
+        out = f"ptqflow_stat_mean_{j}"
+        nodes = _channel_mean_nodes(t, out, axis, _rank(aug, t), opset, extra)
+        if nodes is None:
+            continue
+        g.node.extend(nodes)
+        out_map[out] = ("mean", key)
+    for j, (key, (t, axis)) in enumerate((channel_absmax or {}).items()):
+        rank = _rank(aug, t)
+        if rank is None:
+            continue
+        ax = axis % rank
+        abs_out, out = f"ptqflow_stat_abs_{j}", f"ptqflow_stat_absmax_{j}"
+        g.node.append(helper.make_node("Abs", [t], [abs_out], name=abs_out))
+        g.node.append(_reduce("ReduceMax", abs_out, out, [a for a in range(rank) if a != ax], opset, extra))
+        out_map[out] = ("absmax", key)
+    g.initializer.extend(extra)
+    for out in out_map:
+        if out not in existing:
+            g.output.append(helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, None))
+    return aug, out_map
+
+
+def check_sample(sample: dict, index: int, specs: dict[str, tuple[list, int]]) -> dict[str, np.ndarray]:
+    """The sample as arrays of the model's dtypes; InputError naming sample, input and expected shape/dtype."""
+    if not isinstance(sample, dict):
+        raise InputError(f"calibration sample {index}: expected a dict of input name -> array, got {type(sample).__name__}")
+    unknown = sorted(set(sample) - set(specs))
+    missing = sorted(set(specs) - set(sample))
+    if unknown or missing:
+        raise InputError(f"calibration sample {index}: unknown input(s) {unknown}, missing input(s) {missing}; "
+                         f"the model expects {sorted(specs)}")
+    out = {}
+    for name, (shape, np_dtype) in specs.items():
+        arr = np.asarray(sample[name])
+        if arr.ndim != len(shape) or any(isinstance(d, int) and d != a for d, a in zip(shape, arr.shape)):
+            raise InputError(f"calibration sample {index}: input {name!r} expects shape {_fmt(shape)}, "
+                             f"got {_fmt(list(arr.shape))}")
+        if arr.dtype != np_dtype:
+            same_kind = np.issubdtype(arr.dtype, np.floating) == np.issubdtype(np_dtype, np.floating)
+            if not same_kind:
+                raise InputError(f"calibration sample {index}: input {name!r} expects dtype {np.dtype(np_dtype).name}, "
+                                 f"got {arr.dtype.name}")
+            arr = arr.astype(np_dtype)
+        if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
+            raise InputError(f"calibration sample {index}: input {name!r} holds NaN or Inf")
+        out[name] = arr
+    return out
+
+
+def _fmt(shape) -> str:
+    return "[" + ",".join(str(d) if isinstance(d, int) else (d or "N") for d in shape) + "]"
+
+
+def input_specs(model: onnx.ModelProto) -> dict[str, tuple[list, type]]:
+    """Model input name -> (shape with ints for static dims and names/None for dynamic ones, numpy dtype)."""
+    specs = {}
+    for vi in graph_inputs(model):
+        tt = vi.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
+        specs[vi.name] = (shape, helper.tensor_dtype_to_np_dtype(tt.elem_type))
+    return specs

@@ -1,0 +1,1 @@
+"""ptqflow.runtime.sessions: inference sessions (onnxruntime, explicit device) and OpenVINO helpers."""

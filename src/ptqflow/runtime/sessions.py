@@ -1,0 +1,136 @@
+"""The one place ptqflow creates inference sessions: explicit device, all cores, no silent CPU fallback.
+
+``cpu`` and ``cuda`` run on onnxruntime's CPU and CUDA execution providers; ``npu`` runs on OpenVINO's NPU
+device through :class:`OpenVINOSession`, which offers the small part of onnxruntime's session interface that
+ptqflow uses (``run(names, feeds)`` and ``get_outputs()``).
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from ptqflow.errors import DeviceUnavailableError
+
+_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+# Execution device -> (OpenVINO device, compile properties); the NPU runs at its native precision.
+_OPENVINO_DEVICES: dict[str, tuple[str, dict]] = {"npu": ("NPU", {})}
+
+
+def available_providers() -> list[str]:
+    """The execution providers this onnxruntime build offers."""
+    return list(ort.get_available_providers())
+
+
+def make_session(model, device: str = "cpu", intra_op_threads: int | None = None):
+    """A session for ``model`` (ModelProto, path or serialized bytes) on ``device`` ("cpu", "cuda" or "npu").
+
+    Intra-op threads use every core unless ``intra_op_threads`` says otherwise (callers that run one session
+    from several threads at once, one sample each, ask for 1). Asking for a device whose provider is missing raises
+    DeviceUnavailableError naming the providers that are available, instead of falling back to CPU.
+    """
+    device = str(getattr(device, "value", device)).lower()
+    if device in _OPENVINO_DEVICES:
+        ov_device, properties = _OPENVINO_DEVICES[device]
+        return OpenVINOSession(model, ov_device, properties)
+    if device not in _PROVIDERS:
+        raise DeviceUnavailableError(f"no runner for device {device!r}; available: cpu, cuda, npu")
+    provider = _PROVIDERS[device]
+    available = available_providers()
+    if provider not in available:
+        raise DeviceUnavailableError(
+            f"device {device!r} needs onnxruntime's {provider}, which this installation lacks; "
+            f"available providers: {', '.join(available)}"
+        )
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = intra_op_threads or os.cpu_count() or 1
+    opts.log_severity_level = 3
+    providers = [provider] if device == "cpu" else [provider, "CPUExecutionProvider"]
+    if isinstance(model, onnx.ModelProto):
+        model = model.SerializeToString()
+    elif isinstance(model, (str, Path)):
+        model = str(model)
+    return ort.InferenceSession(model, sess_options=opts, providers=providers)
+
+
+def run_each(model, feeds: list[dict], device: str = "cpu", outputs: list[str] | None = None) -> list[list]:
+    """Each feed through ``model`` (``outputs``, all when None), in order. On CPU one session serves every core at
+    once, one feed per thread with one intra-op thread each: the small graphs ptqflow runs per sample (bias
+    correction segments, the guard's models on batch-1 samples) keep several cores busy that way."""
+    workers = min(os.cpu_count() or 1, len(feeds)) if str(getattr(device, "value", device)).lower() == "cpu" else 1
+    if workers <= 1:
+        session = make_session(model, device)
+        return [session.run(outputs, feed) for feed in feeds]
+    session = make_session(model, device, intra_op_threads=1)
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(lambda feed: session.run(outputs, feed), feeds))
+
+
+class _Output:
+    """An output's name, as onnxruntime's NodeArg offers it."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+
+class OpenVINOSession:
+    """An ONNX model compiled by OpenVINO on ``ov_device``, run through onnxruntime's ``run`` interface.
+
+    Devices such as the NPU compile static shapes only, so the model is compiled once per distinct set of
+    input shapes (calibration batches of one shape compile once). ``properties`` go to compile_model (e.g.
+    ``{"INFERENCE_PRECISION_HINT": "f32"}``). An absent device raises DeviceUnavailableError naming the
+    devices OpenVINO sees.
+    """
+
+    def __init__(self, model, ov_device: str, properties: dict | None = None):
+        import openvino as ov
+
+        from ptqflow.runtime import openvino as ov_helpers
+
+        self._core = ov_helpers.core()
+        ov_helpers.check_device(self._core, ov_device)
+        if isinstance(model, onnx.ModelProto):
+            model = model.SerializeToString()
+        if isinstance(model, bytes):
+            import io
+
+            model = io.BytesIO(model)
+        elif isinstance(model, Path):
+            model = str(model)
+        self._model = ov.convert_model(model)
+        self._device = ov_device
+        self._properties = dict(properties or {})
+        self._compiled: dict[tuple, object] = {}
+        self._outputs = [out.get_any_name() for out in self._model.outputs]
+
+    def get_outputs(self) -> list[_Output]:
+        """The model's outputs (objects with ``.name``), in graph order."""
+        return [_Output(n) for n in self._outputs]
+
+    def run(self, output_names, feeds: dict) -> list:
+        """The outputs named in ``output_names`` (all when None) for ``feeds``, as numpy arrays."""
+        names = list(output_names) if output_names else self._outputs
+        request = self._request({k: tuple(np.shape(v)) for k, v in feeds.items()})
+        results = request.infer(feeds)
+        by_name = {}
+        for port, value in results.items():
+            for name in port.get_names():
+                by_name[name] = value
+        missing = [n for n in names if n not in by_name]
+        if missing:
+            raise KeyError(f"model has no output(s) {', '.join(missing)}")
+        return [np.array(by_name[n]) for n in names]
+
+    def _request(self, shapes: dict[str, tuple]):
+        key = tuple(sorted(shapes.items()))
+        if key not in self._compiled:
+            model = self._model.clone()
+            model.reshape({name: list(shape) for name, shape in shapes.items()})
+            compiled = self._core.compile_model(model, self._device, self._properties)
+            self._compiled[key] = compiled.create_infer_request()
+        return self._compiled[key]
