@@ -1,0 +1,171 @@
+"""AdvancedParameters: the less common quantization knobs, each a typed, documented field."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from ptqflow.config.base import _Strict
+from ptqflow.config.enums import OverflowFix, RangeEstimator
+
+
+# Full BiasCorrection's default sample count as a share of subset_size (see QuantizationConfig.bias_correction_samples).
+BIAS_CORRECTION_SUBSET_SHARE = 0.2
+
+
+# The automatic safeguards with their own switch (AdvancedParameters.safeguard_<name>; None follows
+# auto_safeguards). The sensitivity search is switched by sensitivity_search (and needs auto_safeguards).
+SAFEGUARDS = ("outliers", "depthwise", "softmax_heads", "detected_transformer", "sensitivity")
+
+
+class AdvancedParameters(_Strict):
+    """Less common knobs; the defaults are what a user should ship with."""
+
+    disable_bias_correction: bool = Field(False, description="Skip bias correction entirely.")
+    activations_range: RangeEstimator = Field(
+        RangeEstimator.MEAN_MINMAX, description="Per-tensor activation range estimator."
+    )
+    per_channel: bool = Field(True, description="Per-output-channel weight scales (per-tensor if false).")
+    overflow_fix: OverflowFix = Field(
+        OverflowFix.DISABLE, description="7-bit weights to avoid int16 overflow on pre-VNNI CPUs."
+    )
+    bias_correction_subset_size: int | None = Field(
+        None, gt=0, description=f"Samples used by full BiasCorrection (default: {BIAS_CORRECTION_SUBSET_SHARE} * "
+        "subset_size, at least 1)."
+    )
+    bias_correction_threshold: float = Field(
+        2.0, gt=0, description="Skip a layer whose max |shift| / max |bias| exceeds this (implausible)."
+    )
+    bias_correction_guard_samples: int = Field(
+        32, ge=0,
+        description="Calibration samples on which the model's output error against FP32 is compared with and "
+        "without bias correction; the correction is reverted (and the summary says so) when it makes the outputs "
+        "worse. Models without a Softmax/LogSoftmax output use bias_correction_guard_samples_no_softmax "
+        "instead. 0 turns the guard off.",
+    )
+    bias_correction_guard_samples_no_softmax: int = Field(
+        8, ge=0,
+        description="Guard samples for models without a Softmax/LogSoftmax output: their outputs are judged by "
+        "squared error alone, which is continuous and settles on fewer samples than argmax decisions (8: a "
+        "quarter of the default bias_correction_guard_samples). 0 turns the guard off for such models.",
+    )
+    bias_correction_guard_tie_weight: float = Field(
+        1e-3, ge=0,
+        description="Weight of a Softmax/LogSoftmax output's relative squared error next to its class-balanced "
+        "share of changed argmax decisions in the guard's output error: small, so the decisions decide and the "
+        "squared error only breaks ties (on PP-OCRv4 rec, full BiasCorrection lowered the squared error while "
+        "doubling the decision disagreement).",
+    )
+    auto_safeguards: bool = Field(
+        True,
+        description="Keep layers in float automatically where quantization is known to destroy accuracy "
+        "(reported in the per-layer summary). The default of each safeguard_* switch left at None; "
+        "sensitivity_search needs it on.",
+    )
+    safeguard_outliers: bool | None = Field(
+        None,
+        description="Automatic safeguard: keep activations with extreme outlier ranges in float (see "
+        "outlier_range_ratio, outlier_abs_max). None (default) follows auto_safeguards.",
+    )
+    safeguard_depthwise: bool | None = Field(
+        None,
+        description="Automatic safeguard: observe the per-channel max |x| of depthwise-convolution inputs and keep "
+        "the two-sided ones with widely differing channel ranges in float (see depthwise_channel_spread, "
+        "depthwise_two_sided_ratio). None (default) follows auto_safeguards.",
+    )
+    safeguard_softmax_heads: bool | None = Field(
+        None,
+        description="Automatic safeguard: keep the last weighted layer before a Softmax/LogSoftmax output head "
+        "(classifier and CTC logits) in float, its input and weights. None (default) follows auto_safeguards.",
+    )
+    safeguard_detected_transformer: bool | None = Field(
+        None,
+        description="Automatic safeguard: give a graph that looks like a transformer (attention and a "
+        "normalization) transformer placement from its first normalization on: its elementwise/normalization "
+        "ops stay in float, its activations asymmetric unless a preset is given (it is also the region "
+        "SmoothQuant works on). None (default) follows auto_safeguards; model_type='transformer' is not affected.",
+    )
+    sensitivity_search: bool = Field(
+        False,
+        description="Measure each activation quantizer's own output error on a few samples and keep the worst "
+        "in float (slower; part of the automatic safeguards: it runs only when auto_safeguards is on too).",
+    )
+    outlier_range_ratio: float = Field(
+        64.0, ge=1,
+        description="Automatic safeguard: keep an activation in float when its range over all calibration samples "
+        "is more than this many times its typical one (median per-sample min and max): rare outliers then own "
+        "the scale and the typical values fall on at most 256/64 = 4 of the int8 codes.",
+    )
+    outlier_abs_max: float = Field(
+        1e4, gt=0,
+        description="Automatic safeguard: keep an activation in float when any calibration value exceeds this "
+        "magnitude (a range int8 cannot cover next to ordinary values).",
+    )
+    depthwise_channel_spread: float = Field(
+        0.2, ge=0, le=1,
+        description="Automatic safeguard: keep a two-sided input of a depthwise convolution in float when its "
+        "median channel's max |x| is below this share of the tensor's largest channel (such a channel gets fewer "
+        "than ~25 of the 127 codes, and a depthwise conv never mixes channels). 0.2 measured on PP-OCR: the "
+        "recognizer's stem output (0.16) costs a third of the exact matches when quantized, the detector's "
+        "depthwise inputs (0.27, 0.29) lose nothing.",
+    )
+    depthwise_two_sided_ratio: float = Field(
+        0.25, ge=0,
+        description="A depthwise-convolution input counts as two-sided (a pre-activation, e.g. a BatchNorm "
+        "output) for the depthwise_channel_spread safeguard when its minimum is below -this x its maximum.",
+    )
+    sensitivity_samples: int = Field(
+        8, gt=0,
+        description="Calibration samples the sensitivity search (sensitivity_search) measures each quantizer's "
+        "output error on, at most (see sensitivity_max_runs).",
+    )
+    sensitivity_max_runs: int = Field(
+        600, gt=0,
+        description="Bound on the sensitivity search's inference runs: its samples are cut to this divided by "
+        "the number of activation quantizers when that is fewer (but not below 2), so models with many "
+        "quantizers stay affordable.",
+    )
+    sensitivity_max_points: int = Field(
+        2, ge=0,
+        description="Most activation quantizers the sensitivity search keeps in float (one per greedy pass): "
+        "it is for the few quantizers that alone cost most of the accuracy.",
+    )
+    sensitivity_min_gain: float = Field(
+        0.3, gt=0, le=1,
+        description="The sensitivity search keeps a quantizer in float only when removing it alone cuts the "
+        "model's output error by at least this share.",
+    )
+    sensitivity_min_error: float = Field(
+        1e-3, ge=0,
+        description="The sensitivity search stops when the model's output error (relative squared error plus "
+        "changed argmax decisions) is below this: nothing left worth a float layer.",
+    )
+    statistics_runtime: Literal["auto", "onnxruntime", "openvino"] = Field(
+        "auto",
+        description="Runtime of the statistics pass on CPU: 'auto' takes OpenVINO's CPU plugin (f32, two parallel "
+        "streams) when installed and able to compile the model, else onnxruntime; other devices always use "
+        "onnxruntime's provider.",
+    )
+    smooth_quant_alpha: float | None = Field(
+        None, ge=0, le=1,
+        description="SmoothQuant migration strength for the linear layers of transformers (declared, or detected "
+        "by the automatic safeguards), e.g. 0.5; None (default) leaves it off: the Mul it puts before each MatMul "
+        "costs OpenVINO speed (MiniLM INT8 speedup 2.0x -> 1.35x) for accuracy (Spearman 0.9949 -> 0.9996).",
+    )
+    smooth_quant_samples: int = Field(
+        64, gt=0,
+        description="First calibration samples on which SmoothQuant measures the per-channel max |x| of the "
+        "MatMul inputs (when smooth_quant_alpha is set); they are replayed into the statistics pass.",
+    )
+
+    def safeguard(self, name: str) -> bool:
+        """Whether the automatic safeguard ``name`` is on: ``"outliers"``, ``"depthwise"``, ``"softmax_heads"``
+        and ``"detected_transformer"`` follow their ``safeguard_<name>`` field, or ``auto_safeguards`` when that is
+        None; ``"sensitivity"`` is ``sensitivity_search`` and ``auto_safeguards`` together."""
+        if name == "sensitivity":
+            return self.sensitivity_search and self.auto_safeguards
+        if name not in SAFEGUARDS:
+            raise ValueError(f"unknown safeguard {name!r}; expected one of {', '.join(SAFEGUARDS)}")
+        own = getattr(self, f"safeguard_{name}")
+        return self.auto_safeguards if own is None else own

@@ -1,0 +1,53 @@
+"""The enumerations of the configuration (names and meanings as NNCF users know them)."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class QuantizationPreset(str, Enum):
+    """PERFORMANCE: symmetric activations. MIXED: asymmetric activations (better for skewed ranges)."""
+
+    PERFORMANCE = "performance"
+    MIXED = "mixed"
+
+
+class TargetDevice(str, Enum):
+    """The hardware that will run the INT8 model; it decides quantizer placement."""
+
+    ANY = "ANY"
+    CPU = "CPU"
+    CPU_SPR = "CPU_SPR"
+    GPU = "GPU"
+    NPU = "NPU"
+    VPU = "NPU"  # NNCF's name for NPU before 2.7: an alias (TargetDevice.VPU is TargetDevice.NPU)
+
+
+class ModelType(str, Enum):
+    """Special handling for a model family. TRANSFORMER keeps LayerNorm/Softmax/GELU regions in float."""
+
+    TRANSFORMER = "transformer"
+    Transformer = "transformer"  # the spelling of NNCF's and OpenVINO's docs: an alias of TRANSFORMER
+
+
+class RangeEstimator(str, Enum):
+    """How a per-tensor activation range is formed from per-sample statistics."""
+
+    MEAN_MINMAX = "mean_minmax"  # mean over samples of each sample's min and max (robust to outliers)
+    MINMAX = "minmax"  # global min and max over all samples
+
+
+class OverflowFix(str, Enum):
+    """Use 7-bit weight codes to avoid int16 accumulator saturation on CPUs without VNNI."""
+
+    DISABLE = "disable"
+    FIRST_LAYER = "first_layer"
+    ENABLE = "enable"
+
+
+class ExecutionDevice(str, Enum):
+    """Where a step runs models: onnxruntime's CPU or CUDA provider, or OpenVINO's NPU."""
+
+    CPU = "cpu"
+    CUDA = "cuda"
+    NPU = "npu"
