@@ -136,13 +136,13 @@ def test_detected_transformer_switch():
         return placement.build_plan(prepared, cfg), placement.transformer_nodes(prepared, cfg)
 
     (default, region), (off, off_region) = plan(), plan(safeguard_detected_transformer=False)
-    assert default["transformer"] is True and region
-    assert off["transformer"] is False and not off_region
-    assert not any("auto_safeguard" in w for w in off["warnings"])
+    assert default.transformer is True and region
+    assert off.transformer is False and not off_region
+    assert not any("auto_safeguard" in w for w in off.warnings)
     on, on_region = plan(auto_safeguards=False, safeguard_detected_transformer=True)
-    assert on["transformer"] is True and on_region == region
-    assert on["activations"] == default["activations"]
+    assert on.transformer is True and on_region == region
+    assert on.activations == default.activations
     # a declared transformer is not a detected one: the switch leaves it alone
     declared = placement.build_plan(prepared, QuantizationConfig(
         model_type="transformer", advanced=AdvancedParameters(safeguard_detected_transformer=False)))
-    assert declared["transformer"] is True
+    assert declared.transformer is True

@@ -17,7 +17,7 @@ def _plan(model, **kw):
 
 
 def _points(plan):
-    return {p["tensor"]: p for p in plan["activations"]}
+    return {p.tensor: p for p in plan.activations}
 
 
 def test_conv_bn_relu_chain_folds_bn_and_quantizes_after_activations():
@@ -28,17 +28,17 @@ def test_conv_bn_relu_chain_folds_bn_and_quantizes_after_activations():
     assert set(points) == {"input", "r1", "r2", "gap"}
     conv_outputs = {n.output[0] for n in prepared.graph.node if n.op_type == "Conv"}
     assert not conv_outputs & set(points), "no quantizer between a Conv and its activation"
-    assert {w["op_type"] for w in plan["weights"]} == {"Conv", "Gemm"}
-    assert all(w["axis"] is not None for w in plan["weights"])
+    assert {w.op_type for w in plan.weights} == {"Conv", "Gemm"}
+    assert all(w.axis is not None for w in plan.weights)
 
 
 def test_residual_add_and_concat_share_one_quantizer_per_tensor():
     _, plan = _plan(B.residual_concat())
     points = _points(plan)
     assert set(points) == {"input", "r1", "r2", "res"}
-    assert points["r1"]["group"] == points["r2"]["group"], "Concat inputs share one scale"
-    assert {e[0] for e in points["r1"]["edges"]} == {"conv_b", "residual", "concat"}
-    assert len(plan["activations"]) == len({p["tensor"] for p in plan["activations"]})
+    assert points["r1"].group == points["r2"].group, "Concat inputs share one scale"
+    assert {e[0] for e in points["r1"].edges} == {"conv_b", "residual", "concat"}
+    assert len(plan.activations) == len({p.tensor for p in plan.activations})
 
 
 def test_decomposed_activations_get_no_inner_quantizers():
@@ -48,11 +48,11 @@ def test_decomposed_activations_get_no_inner_quantizers():
     points = _points(plan)
     inner = {"d", "d3", "d3c", "dm", "e", "eh", "h", "hsg"}  # conv outputs feeding activations, activation internals
     assert not inner & set(points)
-    consumers = {e[0] for p in plan["activations"] for e in p["edges"]}
+    consumers = {e[0] for p in plan.activations for e in p.edges}
     assert not {"hs_mul", "act_mul", "swish_mul"} & consumers
-    assert {e[0] for e in points["hs"]["edges"]} == {"se_gap", "se_mul"}, "one quantizer after the whole hard-swish"
-    assert {e[0] for e in points["a"]["edges"]} == {"head"}
-    assert not plan["float_layers"], "activations are not float layers either"
+    assert {e[0] for e in points["hs"].edges} == {"se_gap", "se_mul"}, "one quantizer after the whole hard-swish"
+    assert {e[0] for e in points["a"].edges} == {"head"}
+    assert not plan.float_layers, "activations are not float layers either"
 
 
 def test_squeeze_excite_gate_multiply_quantized_on_both_inputs():
@@ -60,60 +60,60 @@ def test_squeeze_excite_gate_multiply_quantized_on_both_inputs():
     pooling branch (so the producing conv fuses it) and the gate its own."""
     _, plan = _plan(B.mobile_block())
     points = _points(plan)
-    assert ["se_mul", 0] in points["hs"]["edges"] and ["se_gap", 0] in points["hs"]["edges"]
-    assert points["gate"]["edges"] == [["se_mul", 1]]
-    assert points["se"]["edges"] == [["proj", 0]]
+    assert ("se_mul", 0) in points["hs"].edges and ("se_gap", 0) in points["hs"].edges
+    assert points["gate"].edges == [("se_mul", 1)]
+    assert points["se"].edges == [("proj", 0)]
 
 
 def test_residual_add_of_linear_conv_output_quantizes_both_inputs():
     _, plan = _plan(B.mobile_block())
     points = _points(plan)
-    assert points["p"]["edges"] == [["residual", 0]], "the conv side: fused by the runtime as a sum post-op"
-    assert {tuple(e) for e in points["r0"]["edges"]} == {("dw", 0), ("residual", 1)}
-    assert points["res"]["edges"] == [["expand", 0]]
+    assert points["p"].edges == [("residual", 0)], "the conv side: fused by the runtime as a sum post-op"
+    assert {tuple(e) for e in points["r0"].edges} == {("dw", 0), ("residual", 1)}
+    assert points["res"].edges == [("expand", 0)]
 
 
 def test_softmax_head_float_sigmoid_map_head_quantized():
     _, plan = _plan(B.mask_and_class_heads())
-    floats = {f["node"]: f["reason"] for f in plan["float_layers"]}
+    floats = {f.node: f.reason for f in plan.float_layers}
     assert "Softmax" in floats["fc"]
     assert "mask_up" not in floats
-    weighted = {n for w in plan["weights"] for n, _ in w["nodes"]}
+    weighted = {n for w in plan.weights for n, _ in w.nodes}
     assert "mask_up" in weighted and "fc" not in weighted
-    assert ["mask_up", 0] in _points(plan)["r"]["edges"]
+    assert ("mask_up", 0) in _points(plan)["r"].edges
 
 
 def test_npu_target_skips_elementwise_quantizers():
     _, plan = _plan(B.residual_concat(), target_device=TargetDevice.NPU)
-    edges = {e[0] for p in plan["activations"] for e in p["edges"]}
+    edges = {e[0] for p in plan.activations for e in p.edges}
     assert "residual" in edges  # Add is quantizable on NPU
     _, plan_gpu = _plan(B.conv_classifier(), target_device=TargetDevice.GPU)
-    assert plan_gpu["target_device"] == "GPU"
+    assert plan_gpu.target_device == "GPU"
 
 
 def test_attention_block_transformer_keeps_softmax_layernorm_float():
     prepared, plan = _plan(B.tiny_encoder(), model_type=ModelType.TRANSFORMER)
     ops = {n.name: n.op_type for n in prepared.graph.node}
-    consumers = {e[0] for p in plan["activations"] for e in p["edges"]}
+    consumers = {e[0] for p in plan.activations for e in p.edges}
     assert {ops[c] for c in consumers} <= {"MatMul", "Gemm", "Reshape", "Transpose"}
-    float_ops = {ops[f["node"]] for f in plan["float_layers"]}
+    float_ops = {ops[f.node] for f in plan.float_layers}
     assert "Add" in float_ops
     inits = {t.name for t in prepared.graph.initializer}
     act_act = {n.name for n in prepared.graph.node if n.op_type == "MatMul" and n.input[1] not in inits}
     assert len(act_act) == 2
-    aa_points = [p for p in plan["activations"] if any(e[0] in act_act for e in p["edges"])]
-    assert aa_points and all(p["symmetric"] for p in aa_points), "activation x activation MatMul is symmetric"
-    assert any(not p["symmetric"] for p in plan["activations"]), "MIXED: other activations asymmetric"
-    assert plan["preset"] == "mixed"
+    aa_points = [p for p in plan.activations if any(e[0] in act_act for e in p.edges)]
+    assert aa_points and all(p.symmetric for p in aa_points), "activation x activation MatMul is symmetric"
+    assert any(not p.symmetric for p in plan.activations), "MIXED: other activations asymmetric"
+    assert plan.preset == "mixed"
 
 
 def test_transformer_detected_automatically_by_safeguard():
     prepared, plan = _plan(B.tiny_encoder())
-    assert plan["transformer"] is True
-    assert any("auto_safeguard" in w and "asymmetric (MIXED)" in w for w in plan["warnings"])
+    assert plan.transformer is True
+    assert any("auto_safeguard" in w and "asymmetric (MIXED)" in w for w in plan.warnings)
     # as a declared transformer would, from the first LayerNorm on: inputs of the weighted MatMuls asymmetric,
     # activation x activation MatMul inputs (Q, K, V heads, attention probabilities) symmetric
-    sym = {p["tensor"]: p["symmetric"] for p in plan["activations"]}
+    sym = {p.tensor: p.symmetric for p in plan.activations}
     assert not sym["x0"] and not sym["x1"] and not sym["gelu"], sym
     assert sym["q_lin"] and sym["k_lin"] and sym["v_lin"] and sym["probs"], sym
     assert sym["tok"], "the embedding sum before the first LayerNorm is outside the region: symmetric"
@@ -123,28 +123,28 @@ def test_detected_transformer_keeps_a_preset_the_user_chose():
     from ptqflow.config import QuantizationPreset
 
     _, plan = _plan(B.tiny_encoder(), preset=QuantizationPreset.PERFORMANCE)
-    assert plan["transformer"] is True and all(p["symmetric"] for p in plan["activations"])
-    assert not any("asymmetric" in w for w in plan["warnings"])
+    assert plan.transformer is True and all(p.symmetric for p in plan.activations)
+    assert not any("asymmetric" in w for w in plan.warnings)
 
 
 def test_nothing_downstream_of_nms_or_topk():
     _, plan = _plan(B.detection_head())
-    floats = {f["node"]: f["reason"] for f in plan["float_layers"]}
+    floats = {f.node: f.reason for f in plan.float_layers}
     assert "NonMaxSuppression" in floats["post_fc"] or "TopK" in floats["post_fc"]
-    weighted = {n for w in plan["weights"] for n, _ in w["nodes"]}
+    weighted = {n for w in plan.weights for n, _ in w.nodes}
     assert "box_fc" in weighted and "post_fc" not in weighted
 
 
 def test_ignored_scope_names_patterns_types_subgraphs():
     base = B.residual_concat()
     _, plan = _plan(base, ignored_scope=IgnoredScope(names=["conv_c"]))
-    assert "conv_c" in {f["node"] for f in plan["float_layers"]}
+    assert "conv_c" in {f.node for f in plan.float_layers}
     _, plan = _plan(base, ignored_scope=IgnoredScope(patterns=["conv_[cd]"]))
-    assert {"conv_c", "conv_d"} <= {f["node"] for f in plan["float_layers"]}
+    assert {"conv_c", "conv_d"} <= {f.node for f in plan.float_layers}
     _, plan = _plan(base, ignored_scope=IgnoredScope(types=["Add"]))
-    assert "residual" in {f["node"] for f in plan["float_layers"]}
+    assert "residual" in {f.node for f in plan.float_layers}
     _, plan = _plan(base, ignored_scope=IgnoredScope(subgraphs=[Subgraph(inputs=["r1"], outputs=["out_d"])]))
-    assert "conv_d" in {f["node"] for f in plan["float_layers"]}
+    assert "conv_d" in {f.node for f in plan.float_layers}
 
 
 @pytest.mark.parametrize("scope,needle", [

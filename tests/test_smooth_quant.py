@@ -84,7 +84,7 @@ def test_smoothing_cuts_the_error_of_an_outlier_channel_and_replays_in_another_p
     # the factors travel in the plan: a second process applies exactly what collect-stats chose
     config = QuantizationConfig(subset_size=24, model_type=ModelType.TRANSFORMER, advanced=strong)
     stats = ptqflow.collect_statistics(model, calib, config)
-    assert stats.plan["smooth_quant"]["alpha"] == 0.95 and "ln" in stats.plan["smooth_quant"]["tensors"]
+    assert stats.plan.smooth_quant.alpha == 0.95 and "ln" in stats.plan.smooth_quant.tensors
     stats.save(tmp_path / "stats")
     again = ptqflow.apply_quantization(model, ptqflow.Statistics.load(tmp_path / "stats"), config, dataset=calib)
     assert again.SerializeToString() == smoothed.SerializeToString()
@@ -94,6 +94,6 @@ def test_no_smoothing_without_a_transformer_or_with_alpha_none():
     model, calib = _outlier_mlp(), [{"x": np.ones((1, 4, 32), np.float32)}] * 4
     off = ptqflow.collect_statistics(model, calib, QuantizationConfig(
         model_type=ModelType.TRANSFORMER, advanced=AdvancedParameters(smooth_quant_alpha=None)))
-    assert "smooth_quant" not in off.plan
+    assert off.plan.smooth_quant is None
     cnn = ptqflow.collect_statistics(model, calib, QuantizationConfig(advanced=AdvancedParameters(auto_safeguards=False)))
-    assert "smooth_quant" not in cnn.plan
+    assert cnn.plan.smooth_quant is None

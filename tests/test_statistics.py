@@ -13,6 +13,8 @@ import ptqflow
 from ptqflow.config import AdvancedParameters, QuantizationConfig, RangeEstimator
 from ptqflow.errors import InputError
 from ptqflow.quantization.graph.prepare import prepare_model
+from ptqflow.quantization.plan import QuantizationPlan
+from ptqflow.quantization.statistics.points import StatisticPoint
 from ptqflow.runtime.sessions import make_session
 
 
@@ -36,21 +38,22 @@ def test_minmax_equals_numpy(builder, shape):
         np.testing.assert_allclose(stats.maxs[n], [f[n].max() for f in fp32], rtol=1e-5, atol=1e-6)
     mean_ranges = stats.ranges(mean_minmax=True)
     global_ranges = stats.ranges(mean_minmax=False)
-    p = stats.plan["activations"][0]
-    lo, hi = global_ranges[p["group"]]
-    assert lo == pytest.approx(min(f[p["tensor"]].min() for f in fp32), rel=1e-5)
-    assert hi == pytest.approx(max(f[p["tensor"]].max() for f in fp32), rel=1e-5)
-    assert mean_ranges[p["group"]][1] <= hi
+    p = stats.plan.activations[0]
+    lo, hi = global_ranges[p.group]
+    assert lo == pytest.approx(min(f[p.tensor].min() for f in fp32), rel=1e-5)
+    assert hi == pytest.approx(max(f[p.tensor].max() for f in fp32), rel=1e-5)
+    assert mean_ranges[p.group][1] <= hi
 
 
 def test_subset_size_limits_samples_and_means_recorded():
     stats = ptqflow.collect_statistics(B.conv_classifier(), B.random_inputs(9, (3, 16, 16)),
                                        QuantizationConfig(subset_size=4))
     assert stats.num_samples == 4
-    assert stats.plan["bias_layers"], "bias layers are listed in the plan"
-    for name in stats.plan["bias_layers"]:
+    assert stats.plan.bias_layers, "bias layers are listed in the plan"
+    for name in stats.plan.bias_layers:
         assert stats.means_in[name].ndim == 1
-    assert stats.means_out == {}, "output means are not observed (FastBiasCorrection runs the FP32 layer instead)"
+    assert {(p.consumer, p.reducer.value) for p in stats.points if p.reducer.value == "mean"} == {
+        ("fast_bias_correction", "mean")}, "output means are not observed (FastBiasCorrection runs the FP32 layer instead)"
 
 
 def test_batched_statistics_equal_per_sample(monkeypatch):
@@ -88,10 +91,12 @@ def test_save_load_roundtrip_without_pickle(tmp_path):
 
 @pytest.mark.parametrize("damage", ["object array", "not a zip", "plan without index"])
 def test_damaged_statistics_are_an_input_error_that_never_suggests_pickles(tmp_path, damage):
-    ptqflow.Statistics(plan={"activations": []}, mins={"a": np.zeros(2)}, maxs={"a": np.ones(2)},
-                       num_samples=2).save(tmp_path)
+    points = [StatisticPoint("minmax", "a", "a", r) for r in ("min", "max")]
+    plan = QuantizationPlan(preset="performance", target_device="ANY", transformer=False, per_channel=True)
+    ptqflow.Statistics(plan=plan, points=points, values={points[0].observation: np.zeros(2),
+                                                         points[1].observation: np.ones(2)}, num_samples=2).save(tmp_path)
     if damage == "object array":
-        np.savez(tmp_path / "statistics.npz", mins_0=np.array([object()], dtype=object))
+        np.savez(tmp_path / "statistics.npz", v_0=np.array([object()], dtype=object))
     elif damage == "not a zip":
         (tmp_path / "statistics.npz").write_bytes(b"\x80\x04K\x01.")  # a pickle
     else:

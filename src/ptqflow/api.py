@@ -1,7 +1,8 @@
 """ptqflow's public API: Dataset, quantize, and its two halves collect_statistics / apply_quantization.
 
-collect_statistics prepares the graph, decides placement (the plan), observes the tensors the plan needs
-(ptqflow.quantization.statistics.accumulate) and lets the safeguards keep quantizers in float (ptqflow.quantization.algorithms.safeguards);
+collect_statistics prepares the graph, decides placement (the QuantizationPlan), gathers the statistic points that
+MinMax, FastBiasCorrection and the enabled plan passes declare, observes them in one pass
+(ptqflow.quantization.statistics) and runs the plan passes (ptqflow.quantization.passes: the safeguards);
 apply_quantization turns the FP32 model and those statistics into an INT8 QDQ model, then corrects biases
 (ptqflow.quantization.algorithms.bias_step). The halves are separate pipeline steps (collect-stats, quantize) and may run in
 different processes; quantize_with_config runs both in one, reusing the prepared model and kept samples.
@@ -16,20 +17,25 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import onnx
 
-from ptqflow.quantization.algorithms import quantizer_placement as placement, smooth_quant
+from ptqflow.logs import get_logger
+
+from ptqflow.quantization.algorithms import fast_bias_correction, minmax, smooth_quant
+from ptqflow.quantization.algorithms import quantizer_placement as placement
 from ptqflow.quantization.algorithms.bias_layers import find_bias_layers
 from ptqflow.quantization.algorithms.bias_step import Samples, correct_and_guard, statistics_request
-from ptqflow.quantization.algorithms.minmax import insert_qdq
-from ptqflow.quantization.algorithms.safeguards import depthwise, keep_in_float, outlier, sensitivity_keep
 from ptqflow.quantization.algorithms.summary import layer_summary
 from ptqflow.config import (AdvancedParameters, IgnoredScope, ModelType, QuantizationConfig, QuantizationPreset,
                             RangeEstimator, TargetDevice)
 from ptqflow.errors import InputError
 from ptqflow.quantization.graph.prepare import MAX_IR_VERSION, is_large, prepare_model
+from ptqflow.quantization.passes import PlanContext, plan_passes
+from ptqflow.quantization.plan import QuantizationPlan, SmoothQuantFactors
 from ptqflow.quantization.statistics import Statistics
 from ptqflow.quantization.statistics.accumulate import observe, session
 from ptqflow.quantization.statistics.collector import check_sample, input_specs
 from ptqflow.quantization.statistics.runner import make_runner
+
+log = get_logger("engine")
 
 
 class Dataset:
@@ -117,23 +123,22 @@ def _collect(model, dataset, config: QuantizationConfig, device: str, keep_sampl
         stream = chain(head, stream)
     plan = placement.build_plan(prepared, config, warnings)
     if smoothing:
-        plan["smooth_quant"] = {"alpha": adv.smooth_quant_alpha, "tensors": smoothing}
+        plan.smooth_quant = SmoothQuantFactors(adv.smooth_quant_alpha, smoothing)
     layers = find_bias_layers(prepared)
-    plan["bias_layers"] = [layer.name for layer in layers]
-    plan["collected"] = request = statistics_request(config)
-    # FastBiasCorrection's input means; its reference is the FP32 layer
-    means = {"in\0" + layer.name: (layer.input, layer.input_channel_axis)
-             for layer in (layers if request["bias_input_means"] else [])}
-    spread = {t: (t, 1) for t in depthwise.inputs(prepared, plan["activations"])} if adv.safeguard("depthwise") else {}
-    search = adv.safeguard("sensitivity")
-    seen = observe(prepared, plan, stream, means=means, channel_absmax=spread, device=device,
-                   runtime=adv.statistics_runtime, keep=max(keep_samples, adv.sensitivity_samples if search else 0))
-    stats = seen.statistics
-    keep_in_float(stats.plan, outlier.float_decisions(stats, config))
-    keep_in_float(stats.plan, depthwise.float_decisions(prepared, stats, config, seen.channel_absmax))
-    keep_in_float(stats.plan, sensitivity_keep.float_decisions(prepared, stats, config, seen.kept,
-                                                               lambda m: session(m, device)))
-    return _Collected(stats, prepared, seen.kept)
+    plan.bias_layers = [layer.name for layer in layers]
+    plan.collected = statistics_request(config)
+    passes = [p for p in plan_passes() if p.enabled(adv)]
+    points = minmax.statistic_points(plan)  # FastBiasCorrection's reference is the FP32 layer: input means only
+    points += fast_bias_correction.statistic_points(layers) if plan.collected["bias_input_means"] else []
+    for p in passes:
+        points += p.statistic_points(prepared, plan, config)
+    keep = max([keep_samples] + [p.samples(config) for p in passes])
+    seen = observe(prepared, plan, points, stream, device=device, runtime=adv.statistics_runtime, keep=keep)
+    ctx = PlanContext(prepared, plan, seen.statistics, config, seen.kept, lambda m: session(m, device))
+    for p in passes:
+        for change in p.run(ctx).changes:
+            log.info("%s: %s", p.name, change)
+    return _Collected(seen.statistics, prepared, seen.kept)
 
 
 def quantize_with_summary(model, statistics: Statistics, config: QuantizationConfig | None = None, *,
@@ -143,8 +148,8 @@ def quantize_with_summary(model, statistics: Statistics, config: QuantizationCon
     Returns the INT8 QDQ model (ir_version <= MAX_IR_VERSION, checked) and the per-layer summary.
     """
     prepared = prepare_model(model)[0]
-    if statistics.plan.get("smooth_quant"):  # the factors collect-stats chose, re-applied exactly
-        smooth_quant.apply(prepared, statistics.plan["smooth_quant"]["tensors"])
+    if statistics.plan.smooth_quant:  # the factors collect-stats chose, re-applied exactly
+        smooth_quant.apply(prepared, statistics.plan.smooth_quant.tensors)
     samples = (lambda n: list(_samples(dataset, prepared, n))) if dataset is not None else (lambda n: [])
     return _quantize(prepared, statistics, config or QuantizationConfig(), samples, device)
 
@@ -162,7 +167,7 @@ def _quantize(prepared: onnx.ModelProto, statistics: Statistics, config: Quantiz
     q = onnx.ModelProto()
     q.CopyFrom(prepared)
     mean_minmax = RangeEstimator(config.advanced.activations_range) == RangeEstimator.MEAN_MINMAX
-    records = insert_qdq(q, plan, statistics.ranges(mean_minmax))
+    records = minmax.insert_qdq(q, plan, statistics.ranges(mean_minmax))
     bc = correct_and_guard(prepared, q, statistics, config, samples, device)
     q.ir_version = min(q.ir_version or MAX_IR_VERSION, MAX_IR_VERSION)
     if not is_large(q):
@@ -170,16 +175,16 @@ def _quantize(prepared: onnx.ModelProto, statistics: Statistics, config: Quantiz
     return QuantizationResult(model=q, layers=layer_summary(prepared, plan, records, bc))
 
 
-def _check_plan_matches(prepared: onnx.ModelProto, plan: dict) -> None:
+def _check_plan_matches(prepared: onnx.ModelProto, plan: QuantizationPlan) -> None:
     names = {n.name for n in prepared.graph.node}
     tensors = {o for n in prepared.graph.node for o in n.output} | {i.name for i in prepared.graph.input}
     tensors |= {t.name for t in prepared.graph.initializer}
-    for p in plan["activations"]:
-        if p["tensor"] not in tensors or any(e[0] not in names for e in p["edges"]):
-            raise InputError(f"statistics do not match this model: tensor {p['tensor']!r} of the plan is not in it")
-    for w in plan["weights"]:
-        if w["tensor"] not in tensors:
-            raise InputError(f"statistics do not match this model: weight {w['tensor']!r} of the plan is not in it")
+    for p in plan.activations:
+        if p.tensor not in tensors or any(e[0] not in names for e in p.edges):
+            raise InputError(f"statistics do not match this model: tensor {p.tensor!r} of the plan is not in it")
+    for w in plan.weights:
+        if w.tensor not in tensors:
+            raise InputError(f"statistics do not match this model: weight {w.tensor!r} of the plan is not in it")
 
 
 def quantize(model, calibration_dataset, *, preset: QuantizationPreset | None = None,

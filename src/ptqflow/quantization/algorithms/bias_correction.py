@@ -27,9 +27,10 @@ from ptqflow.quantization.algorithms.bias_layers import (
 )
 from ptqflow.quantization.graph.index import GraphIndex
 from ptqflow.quantization.graph.prepare import MAX_IR_VERSION, graph_inputs
-from ptqflow.runtime.sessions import make_session, run_each
 from ptqflow.quantization.statistics.collector import augment
+from ptqflow.quantization.statistics.points import Reducer, observation_id
 from ptqflow.quantization.statistics.runner import make_runner
+from ptqflow.runtime.sessions import make_session, run_each
 
 
 def _subgraph_reads(node: onnx.NodeProto) -> set[str]:
@@ -63,16 +64,20 @@ def _fp32_output_means(fp32_model, layers, samples, device, runtime="onnxruntime
     produced = {o for n in model.graph.node for o in n.output}
     layers = [layer for layer in layers if layer.output in produced]  # others get no mean and are skipped
     ranked = {vi.name for vi in model.graph.value_info if vi.type.tensor_type.HasField("shape")}
-    means = {layer.name: (layer.output, layer.channel_axis) for layer in layers if layer.output in ranked}
-    aug, out_map = augment(model, [], means, per_sample=False)  # out_map: output -> ("mean", layer name)
-    observed = {key for _, key in out_map.values()}
+    wanted: dict[str, list[str]] = {}  # observation id -> the layers reading it
+    for layer in layers:
+        if layer.output in ranked:
+            wanted.setdefault(observation_id(layer.output, Reducer.MEAN, layer.channel_axis), []).append(layer.name)
+    aug, observations = augment(model, list(wanted), per_sample=False)
+    out_map = {out: ("mean", wanted[oid]) for out, oid in observations.items()}  # output -> (kind, layer names)
+    observed = {name for _, names in out_map.values() for name in names}
     present = {o.name for o in aug.graph.output}
     for layer in layers:
         if layer.name not in observed:
             if layer.output not in present:
                 aug.graph.output.append(helper.make_empty_tensor_value_info(layer.output))
                 present.add(layer.output)
-            out_map[layer.output] = ("raw", layer.name)
+            out_map.setdefault(layer.output, ("raw", []))[1].append(layer.name)
     aug.ir_version = min(aug.ir_version or MAX_IR_VERSION, MAX_IR_VERSION)
     axes = {layer.name: layer.channel_axis for layer in layers}
     runner = make_runner(aug, list(out_map), device, runtime, make_session)
@@ -80,10 +85,11 @@ def _fp32_output_means(fp32_model, layers, samples, device, runtime="onnxruntime
     n = 0
     for outs, count in runner.map({"arrays": s, "count": 1} for s in samples):
         for out, value in outs.items():
-            kind, key = out_map[out]
-            mean = (np.asarray(value, np.float64).reshape(-1) if kind == "mean"
-                    else channel_mean(value, axes[key]))
-            sums[key] = sums.get(key, 0) + mean * count
+            kind, names = out_map[out]
+            for key in names:
+                mean = (np.asarray(value, np.float64).reshape(-1) if kind == "mean"
+                        else channel_mean(value, axes[key]))
+                sums[key] = sums.get(key, 0) + mean * count
         n += count
     return {k: v / max(n, 1) for k, v in sums.items()}
 

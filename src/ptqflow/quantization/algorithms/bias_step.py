@@ -25,8 +25,8 @@ def statistics_request(config: QuantizationConfig) -> dict:
     """What ``collect_statistics`` observes for ``config`` beyond the planned ranges, as a JSON-ready dict.
 
     The one place that decides it: collect_statistics gathers exactly this and records it in the plan
-    (``plan["collected"]``), the collect-stats step puts it in its cache key, and quantize refuses statistics
-    that lack what its own config needs instead of quietly skipping the layers."""
+    (``plan.collected``), the collect-stats step puts it in its cache key; quantize checks the statistic points
+    themselves (``require_collected``)."""
     return {"bias_input_means": bool(config.fast_bias_correction and not config.advanced.disable_bias_correction)}
 
 
@@ -74,16 +74,17 @@ def correct_biases(prepared: onnx.ModelProto, q: onnx.ModelProto, statistics: St
     """Run the configured bias correction on ``q`` in place; returns its per-layer records."""
     if config.advanced.disable_bias_correction:
         return []
-    wanted = set(statistics.plan.get("bias_layers", []))
+    wanted = set(statistics.plan.bias_layers)
     layers = [layer for layer in find_bias_layers(prepared) if layer.name in wanted]
     if not layers:
         return []
     threshold = config.advanced.bias_correction_threshold
     if config.fast_bias_correction:
-        require_collected(statistics, config, "bias_input_means", "FastBiasCorrection's per-channel input means")
+        require_collected(statistics, fast_bias_correction.statistic_points(layers),
+                          "FastBiasCorrection's per-channel input means")
         return fast_bias_correction.apply_fast_bias_correction(
-            q, layers, statistics.means_in, statistics.means_out, threshold=threshold, fp32_model=prepared,
-            device=device)
+            q, layers, statistics.of(fast_bias_correction.FAST_BIAS_CORRECTION), {}, threshold=threshold,
+            fp32_model=prepared, device=device)
     calibration = samples(config.bias_correction_samples())
     if not calibration:
         raise InputError("full bias correction (fast_bias_correction=False) needs the calibration dataset")
@@ -91,12 +92,13 @@ def correct_biases(prepared: onnx.ModelProto, q: onnx.ModelProto, statistics: St
                                                  device=device, runtime=config.advanced.statistics_runtime)
 
 
-def require_collected(statistics: Statistics, config: QuantizationConfig, key: str, what: str) -> None:
-    """InputError when ``statistics`` were collected without ``key`` of this config's statistics request (they
-    came from a run with other settings); statistics from before the plan recorded it pass when not empty."""
-    collected = statistics.plan.get("collected")
-    held = collected.get(key, False) if collected is not None else bool(statistics.means_in)
-    if statistics_request(config)[key] and not held:
-        raise InputError(f"the statistics lack {what}: they were collected with other settings "
-                         f"({', '.join(f'{k}={v}' for k, v in (collected or {}).items()) or 'none recorded'}); "
+def require_collected(statistics: Statistics, points: list, what: str) -> None:
+    """InputError when ``statistics`` were collected without ``points`` (they came from a run with other
+    settings) instead of quietly skipping the layers that would use them."""
+    missing = statistics.missing(points)
+    if missing:
+        collected = statistics.plan.collected
+        raise InputError(f"the statistics lack {what} ({len(missing)} of {len(points)} statistic points, e.g. "
+                         f"{missing[0].key!r}): they were collected with other settings "
+                         f"({', '.join(f'{k}={v}' for k, v in collected.items()) or 'none recorded'}); "
                          "collect statistics again with this quantization config")

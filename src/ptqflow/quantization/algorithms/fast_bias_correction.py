@@ -37,6 +37,8 @@ from ptqflow.quantization.algorithms.bias_layers import (
 )
 from ptqflow.quantization.graph.index import GraphIndex, attr
 from ptqflow.quantization.graph.prepare import MAX_IR_VERSION
+from ptqflow.quantization.statistics.points import Reducer, StatisticPoint
+from ptqflow.quantization.statistics.store import FAST_BIAS_CORRECTION
 from ptqflow.runtime.sessions import make_session
 
 SYNTH_INPUT = "ptqflow_fbc_input"
@@ -240,6 +242,12 @@ def _quantized_output_mean(q_model, layer, idx, mean_in, known_shape, include_ac
     if not keep_pads:
         out = _interior(out, layer, node, idx)
     return channel_mean(out, layer.channel_axis)
+
+
+def statistic_points(layers: list[BiasLayer]) -> list[StatisticPoint]:
+    """FastBiasCorrection's statistics: the FP32 per-channel mean of each bias layer's input, keyed by layer."""
+    return [StatisticPoint(FAST_BIAS_CORRECTION, layer.name, layer.input, Reducer.MEAN, layer.input_channel_axis)
+            for layer in layers]
 
 
 def apply_fast_bias_correction(

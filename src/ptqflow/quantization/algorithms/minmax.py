@@ -6,6 +6,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ptqflow.quantization.plan import QuantizationPlan, WeightQuantizer
+from ptqflow.quantization.statistics.points import Reducer, StatisticPoint
+from ptqflow.quantization.statistics.store import MINMAX
+
 # Floor on a range so constant or all-zero tensors still get a valid (positive) scale.
 _MIN_RANGE = 8e-5
 
@@ -52,7 +56,13 @@ def _unique(name: str, used: set[str]) -> str:
     return name
 
 
-def insert_qdq(model: onnx.ModelProto, plan: dict, ranges: dict[str, tuple[float, float]]) -> list[dict]:
+def statistic_points(plan: QuantizationPlan) -> list[StatisticPoint]:
+    """MinMax's statistics: the per-sample minimum and maximum of every planned activation tensor."""
+    tensors = sorted({p.tensor for p in plan.activations})
+    return [StatisticPoint(MINMAX, t, t, r) for t in tensors for r in (Reducer.MIN, Reducer.MAX)]
+
+
+def insert_qdq(model: onnx.ModelProto, plan: QuantizationPlan, ranges: dict[str, tuple[float, float]]) -> list[dict]:
     """Quantize ``model`` in place per ``plan`` and ``ranges`` (tensor -> (min, max)); returns per-point records."""
     g = model.graph
     used = {n.name for n in g.node} | {o for n in g.node for o in n.output} | {t.name for t in g.initializer}
@@ -61,34 +71,34 @@ def insert_qdq(model: onnx.ModelProto, plan: dict, ranges: dict[str, tuple[float
     inits = {t.name: t for t in g.initializer}
     new_nodes: list[onnx.NodeProto] = []
     records = []
-    for entry in plan["weights"]:
+    for entry in plan.weights:
         records.append(_quantize_weight(g, entry, inits, nodes_by_name, used, new_nodes))
-    for point in plan["activations"]:
-        lo, hi = ranges[point["group"]]
-        signed = bool(point["signed"]) if point["signed"] is not None else lo < 0
-        scale, zp, dtype = activation_params(lo, hi, point["symmetric"], signed)
-        t = point["tensor"]
+    for point in plan.activations:
+        lo, hi = ranges[point.group]
+        signed = bool(point.signed) if point.signed is not None else lo < 0
+        scale, zp, dtype = activation_params(lo, hi, point.symmetric, signed)
+        t = point.tensor
         s_name, z_name = _unique(t + "_scale", used), _unique(t + "_zero_point", used)
         g.initializer.append(numpy_helper.from_array(np.array(scale, np.float32), s_name))
         g.initializer.append(helper.make_tensor(z_name, dtype, [], [zp]))
         q_out, dq_out = _unique(t + "_quantized", used), _unique(t + "_dequantized", used)
         new_nodes.append(helper.make_node("QuantizeLinear", [t, s_name, z_name], [q_out], name=_unique(t + "_QuantizeLinear", used)))
         new_nodes.append(helper.make_node("DequantizeLinear", [q_out, s_name, z_name], [dq_out], name=_unique(t + "_DequantizeLinear", used)))
-        for node_name, idx in point["edges"]:
+        for node_name, idx in point.edges:
             nodes_by_name[node_name].input[idx] = dq_out
         records.append({"tensor": t, "kind": "activation", "scale": scale, "zero_point": zp,
                         "dtype": "int8" if dtype == TensorProto.INT8 else "uint8", "range": [lo, hi],
-                        "consumers": sorted({e[0] for e in point["edges"]}), "output": dq_out})
+                        "consumers": sorted({e[0] for e in point.edges}), "output": dq_out})
     _topological_insert(g, new_nodes)
     return records
 
 
-def _quantize_weight(g, entry, inits, nodes_by_name, used, new_nodes) -> dict:
+def _quantize_weight(g, entry: WeightQuantizer, inits, nodes_by_name, used, new_nodes) -> dict:
     """Replace a float weight by an int8 initializer + DequantizeLinear; returns its record."""
-    name = entry["tensor"]
+    name = entry.tensor
     w = numpy_helper.to_array(inits[name]).astype(np.float32)
-    axis = entry["axis"]
-    scale, q = weight_params(w, axis, entry.get("narrow_bits", 8))
+    axis = entry.axis
+    scale, q = weight_params(w, axis, entry.narrow_bits)
     q_name, s_name, z_name = _unique(name + "_int8", used), _unique(name + "_scale", used), _unique(name + "_zero_point", used)
     g.initializer.append(numpy_helper.from_array(q, q_name))
     g.initializer.append(numpy_helper.from_array(scale, s_name))
@@ -97,13 +107,13 @@ def _quantize_weight(g, entry, inits, nodes_by_name, used, new_nodes) -> dict:
     attrs = {"axis": axis} if axis is not None else {}
     new_nodes.append(helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [dq_out],
                                       name=_unique(name + "_DequantizeLinear", used), **attrs))
-    for node_name, idx in entry["nodes"]:
+    for node_name, idx in entry.nodes:
         nodes_by_name[node_name].input[idx] = dq_out
     still_used = any(name in n.input for n in g.node) or name in {o.name for o in g.output}
     if not still_used:
         g.initializer.remove(inits[name])
-    return {"tensor": name, "kind": "weight", "axis": axis, "dtype": "int8", "bits": entry.get("narrow_bits", 8),
-            "consumers": [n for n, _ in entry["nodes"]], "max_scale": float(scale.max())}
+    return {"tensor": name, "kind": "weight", "axis": axis, "dtype": "int8", "bits": entry.narrow_bits,
+            "consumers": [n for n, _ in entry.nodes], "max_scale": float(scale.max())}
 
 
 def _topological_insert(g: onnx.GraphProto, new_nodes: list[onnx.NodeProto]) -> None:

@@ -1,8 +1,7 @@
 """Quantizer placement: which weights and which activation tensors get a quantizer, and how.
 
-The result is a plain-JSON plan (it is saved with the statistics so another process can apply it):
-weights (per-output-channel int8), activation points (tensor -> consumer edges to rewire, scale group), and the
-layers kept in float with the reason why.
+The result is a QuantizationPlan (ptqflow.quantization.plan): weights (per-output-channel int8), activation
+points (tensor -> consumer edges to rewire, scale group), and the layers kept in float with the pass and reason.
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ import onnx
 from ptqflow.config import IgnoredScope, ModelType, QuantizationConfig, QuantizationPreset, TargetDevice
 from ptqflow.errors import InputError
 from ptqflow.quantization.graph.index import GraphIndex, attr
+from ptqflow.quantization.plan import ActivationQuantizer, FloatLayer, QuantizationPlan, WeightQuantizer
 
 
 # Weight input index and per-output-channel axis of the weight, per op type (the axis may depend on attributes).
@@ -215,8 +215,9 @@ def _sensitive_heads(g: GraphIndex) -> dict[str, str]:
     return found
 
 
-def build_plan(model: onnx.ModelProto, config: QuantizationConfig, warnings: list[str] | None = None) -> dict:
-    """The quantization plan (plain JSON) for a prepared model; InputError when nothing can be quantized."""
+def build_plan(model: onnx.ModelProto, config: QuantizationConfig,
+               warnings: list[str] | None = None) -> QuantizationPlan:
+    """The quantization plan for a prepared model; InputError when nothing can be quantized."""
     from ptqflow.quantization.graph.prepare import onnx_opset
 
     g = GraphIndex(model)
@@ -234,7 +235,7 @@ def build_plan(model: onnx.ModelProto, config: QuantizationConfig, warnings: lis
     dev_ops = _DEVICE_OPS[TargetDevice(config.target_device)]
     per_channel = adv.per_channel and onnx_opset(model) >= 13
     symmetric = config.effective_preset() == QuantizationPreset.PERFORMANCE
-    floats: dict[str, str] = {}
+    floats: dict[str, tuple[str, str]] = {}  # node -> (deciding pass, reason)
     weights: dict[str, dict] = {}
     requests: list[tuple[str, str, int, bool]] = []  # tensor, consumer node, input index, act x act
 
@@ -275,14 +276,17 @@ def build_plan(model: onnx.ModelProto, config: QuantizationConfig, warnings: lis
     # unless the user chose a preset. MiniLM, default settings: Spearman 0.9864 symmetric, 0.9948 asymmetric.
     asym = region if auto_tf and config.preset is None else set()
     acts = _place_activations(g, requests, ignored, symmetric, asym)
-    return {
-        "version": 1, "preset": config.effective_preset().value, "target_device": TargetDevice(config.target_device).value,
-        "transformer": transformer or auto_tf, "per_channel": per_channel, "weights": list(weights.values()),
-        "activations": acts, "float_layers": [{"node": k, "reason": v} for k, v in floats.items()],
-        "bias_layers": [], "warnings": list(warnings or []) + (
+    return QuantizationPlan(
+        preset=config.effective_preset().value, target_device=TargetDevice(config.target_device).value,
+        transformer=transformer or auto_tf, per_channel=per_channel,
+        weights=[WeightQuantizer(w["tensor"], w["axis"], [tuple(e) for e in w["nodes"]], w["op_type"], w["narrow_bits"])
+                 for w in weights.values()],
+        activations=[ActivationQuantizer(a["tensor"], [tuple(e) for e in a["edges"]], a["symmetric"], a["signed"],
+                                         a["group"]) for a in acts],
+        float_layers=[FloatLayer(k, reason, by) for k, (by, reason) in floats.items()],
+        warnings=list(warnings or []) + (
             ["auto_safeguard: transformer-like graph; LayerNorm/Softmax/GELU regions kept in float"
-             + ("; activations in it asymmetric (MIXED)" if asym else "")] if auto_tf else []),
-    }
+             + ("; activations in it asymmetric (MIXED)" if asym else "")] if auto_tf else []))
 
 
 def _self_gated(g: GraphIndex, n: onnx.NodeProto) -> bool:
@@ -306,20 +310,21 @@ def _pointwise_from(g: GraphIndex, t: str, root: str, depth: int = 4) -> bool:
     return False
 
 
-def _float_reason(n, g, ignored, after_stop, heads, transformer, dev_ops, auto_tf) -> str | None:
-    """Why node ``n`` is kept in float, or None when it may be quantized."""
+def _float_reason(n, g, ignored, after_stop, heads, transformer, dev_ops, auto_tf) -> tuple[str, str] | None:
+    """Which part of placement keeps node ``n`` in float and why, or None when it may be quantized."""
     if n.op_type not in WEIGHTED and n.op_type not in ACT_INPUTS:
-        return "not a quantizable op"
+        return "placement", "not a quantizable op"
     if n.name in ignored:
-        return "ignored_scope"
+        return "ignored_scope", "ignored_scope"
     if n.name in after_stop:
-        return "downstream of NonMaxSuppression/TopK"
+        return "placement", "downstream of NonMaxSuppression/TopK"
     if n.name in heads:
-        return heads[n.name]
+        return "safeguard_softmax_heads", heads[n.name]
     if transformer and n.op_type in TRANSFORMER_FLOAT:
-        return ("auto_safeguard: " if auto_tf else "") + "transformer: elementwise/normalization region kept in float"
+        what = "transformer: elementwise/normalization region kept in float"
+        return ("safeguard_detected_transformer", "auto_safeguard: " + what) if auto_tf else ("model_type", what)
     if n.op_type not in dev_ops and n.op_type not in WEIGHTED:
-        return "not quantized on this target device"
+        return "target_device", "not quantized on this target device"
     return None
 
 

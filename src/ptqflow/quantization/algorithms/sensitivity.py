@@ -15,11 +15,12 @@ from onnx import helper, numpy_helper
 
 from ptqflow.quantization.algorithms.minmax import _topological_insert, insert_qdq
 from ptqflow.quantization.graph.index import GraphIndex
+from ptqflow.quantization.plan import QuantizationPlan
 
 GATE = "ptqflow_quantizer_gate"
 
 
-def gated_model(prepared: onnx.ModelProto, plan: dict, ranges: dict) -> tuple[onnx.ModelProto, list[str]]:
+def gated_model(prepared: onnx.ModelProto, plan: QuantizationPlan, ranges: dict) -> tuple[onnx.ModelProto, list[str]]:
     """The quantized model with every activation quantizer switchable; and the point tensors in gate order."""
     q = copy.deepcopy(prepared)
     records = [r for r in insert_qdq(q, plan, ranges) if r["kind"] == "activation"]
@@ -74,12 +75,12 @@ def leave_one_out(session, n_points: int, samples: list[dict], refs: list[list[n
     return base, errs
 
 
-def find_sensitive(prepared: onnx.ModelProto, plan: dict, ranges: dict, samples: list[dict], make_session, *,
+def find_sensitive(prepared: onnx.ModelProto, plan: QuantizationPlan, ranges: dict, samples: list[dict], make_session, *,
                    max_points: int, min_gain: float, min_error: float) -> list[tuple[str, float, float]]:
     """Greedy: switch off, one pass at a time (at most ``max_points``), the quantizer whose removal cuts the
     output error by at least ``min_gain`` of it, while that error is at least ``min_error`` (the
     advanced.sensitivity_* fields). Returns (tensor, error before, error after) per quantizer to keep in float."""
-    if not samples or len(plan["activations"]) < 2:
+    if not samples or len(plan.activations) < 2:
         return []
     gated, tensors = gated_model(prepared, plan, ranges)
     fp32, sess = make_session(prepared), make_session(gated)

@@ -27,6 +27,7 @@ from onnx import helper, numpy_helper
 
 from ptqflow.quantization.algorithms.minmax import _topological_insert
 from ptqflow.quantization.statistics.collector import augment
+from ptqflow.quantization.statistics.points import Reducer, observation_id, parse_observation
 
 _MIN_SCALE = 1e-5  # floor on a factor, so 1/s stays finite
 
@@ -44,12 +45,12 @@ def candidates(model: onnx.ModelProto, nodes: set[str]) -> dict[str, list[onnx.N
 
 def channel_absmax(model: onnx.ModelProto, tensors: list[str], samples: list[dict], runner_factory) -> dict:
     """Per tensor, the per-channel (last axis) max |x| over ``samples``."""
-    aug, out_map = augment(model, [], {}, per_sample=False, channel_absmax={t: (t, -1) for t in tensors})
+    aug, out_map = augment(model, [observation_id(t, Reducer.ABSMAX, -1) for t in tensors], per_sample=False)
     runner = runner_factory(aug, list(out_map))
     found: dict[str, np.ndarray] = {}
     for outs, _ in runner.map({"arrays": s, "count": 1} for s in samples):
         for out, value in outs.items():
-            key = out_map[out][1]
+            key = parse_observation(out_map[out])[0]
             v = np.asarray(value, np.float64).reshape(-1)
             found[key] = np.maximum(found[key], v) if key in found else v
     return found

@@ -5,9 +5,10 @@ from __future__ import annotations
 import onnx
 
 from ptqflow.quantization.algorithms import quantizer_placement as placement
+from ptqflow.quantization.plan import QuantizationPlan
 
 
-def layer_summary(prepared: onnx.ModelProto, plan: dict, records: list[dict], bc: list[dict]) -> list[dict]:
+def layer_summary(prepared: onnx.ModelProto, plan: QuantizationPlan, records: list[dict], bc: list[dict]) -> list[dict]:
     """One dict per quantizable layer: status quantized/float, reason, weight and input quantizers, bias shift.
     ``records``: what insert_qdq inserted; ``bc``: the bias-correction records."""
     weights = {r["tensor"]: r for r in records if r["kind"] == "weight"}
@@ -16,7 +17,7 @@ def layer_summary(prepared: onnx.ModelProto, plan: dict, records: list[dict], bc
         if r["kind"] == "activation":
             for c in r["consumers"]:
                 acts_by_node.setdefault(c, []).append(r["tensor"])
-    floats = {f["node"]: f["reason"] for f in plan.get("float_layers", [])}
+    floats = {f.node: f.reason for f in plan.float_layers}
     bc_by = {d.get("layer"): d for d in bc}
     rows = []
     for n in prepared.graph.node:
@@ -38,6 +39,6 @@ def layer_summary(prepared: onnx.ModelProto, plan: dict, records: list[dict], bc
             row["bias_correction"] = d
             row["bias_corrected"] = bool(d.get("applied"))
         rows.append(row)
-    for f in plan.get("float_tensors", []):
-        rows.append({"name": f["tensor"], "op_type": "tensor", "status": "float", "reason": f["reason"]})
+    for f in plan.float_tensors:
+        rows.append({"name": f.tensor, "op_type": "tensor", "status": "float", "reason": f.reason})
     return rows

@@ -1,6 +1,7 @@
-"""The statistics pass: run the augmented model (reduce nodes, ptqflow.quantization.statistics.collector) over the calibration
-samples, stacking same-shape batch-1 samples when the batch dim allows it, and accumulate what the runs return
-into Statistics (per-sample minima/maxima, per-channel means), checked finite and with signedness in the plan."""
+"""The statistics pass: run the model augmented for the declared statistic points (ptqflow.quantization.statistics
+.collector) over the calibration samples, stacking same-shape batch-1 samples when the batch dim allows it, and
+accumulate what the runs return into Statistics (per-sample minima/maxima, per-channel means and max |x|),
+checked finite and with signedness in the plan."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ import onnx
 from ptqflow.errors import InputError
 from ptqflow.quantization.graph.prepare import graph_inputs, is_large
 from ptqflow.runtime.sessions import make_session
+from ptqflow.quantization.plan import QuantizationPlan
 from ptqflow.quantization.statistics.collector import augment
+from ptqflow.quantization.statistics.points import PER_SAMPLE, Reducer, StatisticPoint, parse_observation
 from ptqflow.quantization.statistics.runner import make_runner
 from ptqflow.quantization.statistics.store import Statistics
 
@@ -24,21 +27,21 @@ MAX_BATCH = 8  # samples stacked per run when the batch dim is dynamic
 
 @dataclass
 class Observed:
-    """What ``observe`` returns: the Statistics, the per-channel max |x| of the tensors asked for, the samples
-    kept aside (the first ``keep`` of the stream, for the algorithms that run the model again)."""
+    """What ``observe`` returns: the Statistics and the samples kept aside (the first ``keep`` of the stream, for
+    the algorithms that run the model again)."""
 
     statistics: Statistics
-    channel_absmax: dict[str, np.ndarray]
     kept: list[dict]
 
 
-def observe(prepared: onnx.ModelProto, plan: dict, samples: Iterator[dict], *, means: dict, channel_absmax: dict,
-            device: str, runtime: str, keep: int = 0) -> Observed:
-    """Observe the plan's activation tensors (and ``means``: key -> (tensor, channel axis); ``channel_absmax``:
-    key -> (tensor, channel axis)) on ``samples``; InputError when there are none or a tensor holds NaN/Inf."""
-    tensors = sorted({p["tensor"] for p in plan["activations"]})
-    stackable = batchable(prepared, tensors)
-    aug, out_map = augment(prepared, tensors, means, per_sample=stackable, channel_absmax=channel_absmax)
+def observe(prepared: onnx.ModelProto, plan: QuantizationPlan, points: list[StatisticPoint],
+            samples: Iterator[dict], *, device: str, runtime: str, keep: int = 0) -> Observed:
+    """Observe every distinct observation of ``points`` on ``samples``; InputError when there are no samples or
+    an activation range holds NaN/Inf."""
+    observations = list(dict.fromkeys(p.observation for p in points))
+    ranged = sorted({p.tensor for p in points if p.reducer in PER_SAMPLE})
+    stackable = batchable(prepared, ranged)
+    aug, out_map = augment(prepared, observations, per_sample=stackable)
     runner = make_runner(aug, list(out_map), device, runtime, session)
     acc = Accumulator(out_map)
     n = 0
@@ -48,10 +51,10 @@ def observe(prepared: onnx.ModelProto, plan: dict, samples: Iterator[dict], *, m
         n += count
     if n == 0:
         raise InputError("calibration dataset is empty: at least one sample is needed")
-    stats = acc.result(plan, n)
+    stats = Statistics(plan=plan, points=list(points), values=acc.result(n), num_samples=n)
     check_finite(stats)
     fill_signedness(stats)
-    return Observed(stats, acc.channel_absmax(n), kept)
+    return Observed(stats, kept)
 
 
 def session(model: onnx.ModelProto, device: str):
@@ -112,44 +115,37 @@ def batches(samples: Iterator[dict], batchable: bool, keep: int, kept: list | No
 
 
 class Accumulator:
-    """Per-sample minima/maxima lists and running per-channel mean sums."""
+    """Per-sample value lists (MIN/MAX) and running per-channel sums weighted by samples (MEAN/ABSMAX)."""
 
-    def __init__(self, out_map: dict[str, tuple[str, str]]):
+    def __init__(self, out_map: dict[str, str]):
         self.out_map = out_map
-        self.mins: dict[str, list] = {}
-        self.maxs: dict[str, list] = {}
+        self.lists: dict[str, list] = {}
         self.sums: dict[str, np.ndarray] = {}
-        self.absmax_sums: dict[str, np.ndarray] = {}
 
     def add(self, outs: dict[str, np.ndarray], count: int) -> None:
         for out, value in outs.items():
-            stat, key = self.out_map[out]
-            if stat in ("mean", "absmax"):
-                sums = self.sums if stat == "mean" else self.absmax_sums
-                v = np.asarray(value, np.float64) * count
-                sums[key] = sums[key] + v if key in sums else v
+            oid = self.out_map[out]
+            if parse_observation(oid)[1] in PER_SAMPLE:
+                self.lists.setdefault(oid, []).extend(np.atleast_1d(np.asarray(value, np.float64)).ravel())
             else:
-                target = self.mins if stat == "min" else self.maxs
-                target.setdefault(key, []).extend(np.atleast_1d(np.asarray(value, np.float64)).ravel())
+                v = np.asarray(value, np.float64) * count
+                self.sums[oid] = self.sums[oid] + v if oid in self.sums else v
 
-    def channel_absmax(self, n: int) -> dict[str, np.ndarray]:
-        """Per observed tensor: the per-channel max |x|, averaged over the runs (weighted by samples)."""
-        return {key: s / max(n, 1) for key, s in self.absmax_sums.items()}
-
-    def result(self, plan: dict, n: int) -> Statistics:
-        means_in, means_out = {}, {}
-        for key, s in self.sums.items():
-            kind, name = key.split("\0", 1)
-            (means_in if kind == "in" else means_out)[name] = (s / n).astype(np.float32)
-        return Statistics(plan=plan, mins={k: np.array(v) for k, v in self.mins.items()},
-                          maxs={k: np.array(v) for k, v in self.maxs.items()},
-                          means_in=means_in, means_out=means_out, num_samples=n)
+    def result(self, n: int) -> dict[str, np.ndarray]:
+        """Per observation: the per-sample values, or the per-channel values averaged over the ``n`` samples
+        (MEAN as float32, as FastBiasCorrection computes in; ABSMAX in float64)."""
+        values: dict[str, np.ndarray] = {oid: np.array(v) for oid, v in self.lists.items()}
+        for oid, s in self.sums.items():
+            mean = s / max(n, 1)
+            values[oid] = mean.astype(np.float32) if parse_observation(oid)[1] == Reducer.MEAN else mean
+        return values
 
 
 def check_finite(stats: Statistics) -> None:
     """InputError naming the first activation tensor that held NaN or Inf."""
-    for t in stats.mins:
-        if not (np.all(np.isfinite(stats.mins[t])) and np.all(np.isfinite(stats.maxs[t]))):
+    mins, maxs = stats.mins, stats.maxs
+    for t in mins:
+        if not (np.all(np.isfinite(mins[t])) and np.all(np.isfinite(maxs[t]))):
             raise InputError(f"activation tensor {t!r} holds NaN or Inf on the calibration data; "
                              "check the input preprocessing")
 
@@ -157,5 +153,5 @@ def check_finite(stats: Statistics) -> None:
 def fill_signedness(stats: Statistics) -> None:
     """Record in the plan whether each quantizer is signed (int8) or not (uint8) from the observed ranges."""
     groups = stats.ranges(mean_minmax=False)
-    for p in stats.plan["activations"]:
-        p["signed"] = bool(groups[p["group"]][0] < 0)
+    for p in stats.plan.activations:
+        p.signed = bool(groups[p.group][0] < 0)

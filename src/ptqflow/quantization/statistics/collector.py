@@ -1,8 +1,8 @@
 """Statistics by augmenting a copy of the graph with reduce nodes, streamed over the calibration data.
 
-Only scalars (per-tensor min/max) and per-channel vectors (means for bias correction) leave the runtime, so
-memory per sample stays bounded whatever the activation sizes. An explicit map ties each added output to the
-tensor and statistic it observes.
+The reductions are the distinct observations of the declared statistic points (ptqflow.quantization.statistics
+.points). Only scalars (per-sample min/max) and per-channel vectors leave the runtime, so memory per sample stays
+bounded whatever the activation sizes. An explicit map ties each added output to the observation it computes.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from onnx import helper, numpy_helper
 
 from ptqflow.errors import InputError
 from ptqflow.quantization.graph.prepare import graph_inputs, onnx_opset
+from ptqflow.quantization.statistics.points import Reducer, parse_observation
 
 
 def _reduce(op: str, src: str, out: str, axes: list[int] | None, opset: int, extra: list) -> onnx.NodeProto:
@@ -51,45 +52,43 @@ def _channel_mean_nodes(src: str, out: str, axis: int, rank: int | None, opset: 
             _reduce("ReduceMean", flat, out, [0], opset, extra)]
 
 
-def augment(model: onnx.ModelProto, tensors: list[str], means: dict[str, tuple[str, int]],
-            per_sample: bool, channel_absmax: dict[str, tuple[str, int]] | None = None,
-            ) -> tuple[onnx.ModelProto, dict[str, tuple[str, str]]]:
-    """A copy of ``model`` with reduce outputs; and the map added output -> (statistic, key).
+def augment(model: onnx.ModelProto, observations: list[str], per_sample: bool,
+            ) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """A copy of ``model`` with one reduction output per observation (ptqflow.quantization.statistics.points ids,
+    each computed once); and the map added output -> observation id.
 
-    ``tensors``: observed for min and max (reduced over all axes but the batch when ``per_sample``).
-    ``means``: key -> (tensor, channel axis) observed for the per-channel mean.
-    ``channel_absmax``: key -> (tensor, channel axis) observed for the per-channel maximum of |x| ("absmax").
+    MIN/MAX reduce over all axes but the batch when ``per_sample`` (stacked samples), else over all axes; MEAN
+    and ABSMAX over all axes but their channel axis. An observation whose tensor's rank (needed to locate the
+    channel axis) is unknown is left out, and its consumer finds no value for it.
     """
     aug = onnx.ModelProto()
     aug.CopyFrom(model)
     g = aug.graph
     opset = onnx_opset(aug)
     extra: list = []
-    out_map: dict[str, tuple[str, str]] = {}
+    out_map: dict[str, str] = {}
     existing = {o.name for o in g.output}
-    for i, t in enumerate(tensors):
-        rank = _rank(aug, t) if per_sample else None
-        axes = list(range(1, rank)) if rank and rank > 1 else None
-        for op, stat in (("ReduceMin", "min"), ("ReduceMax", "max")):
-            out = f"ptqflow_stat_{stat}_{i}"
-            g.node.append(_reduce(op, t, out, axes, opset, extra))
-            out_map[out] = (stat, t)
-    for j, (key, (t, axis)) in enumerate(means.items()):
-        out = f"ptqflow_stat_mean_{j}"
-        nodes = _channel_mean_nodes(t, out, axis, _rank(aug, t), opset, extra)
+    for i, oid in enumerate(observations):
+        tensor, reducer, axis = parse_observation(oid)
+        out = f"ptqflow_stat_{reducer.value}_{i}"
+        if reducer in (Reducer.MIN, Reducer.MAX):
+            rank = _rank(aug, tensor) if per_sample else None
+            axes = list(range(1, rank)) if rank and rank > 1 else None
+            nodes = [_reduce("ReduceMin" if reducer == Reducer.MIN else "ReduceMax", tensor, out, axes, opset, extra)]
+        elif reducer == Reducer.MEAN:
+            nodes = _channel_mean_nodes(tensor, out, axis, _rank(aug, tensor), opset, extra)
+        else:  # ABSMAX
+            rank = _rank(aug, tensor)
+            if rank is None:
+                continue
+            ax = axis % rank
+            abs_out = f"ptqflow_stat_abs_{i}"
+            nodes = [helper.make_node("Abs", [tensor], [abs_out], name=abs_out),
+                     _reduce("ReduceMax", abs_out, out, [a for a in range(rank) if a != ax], opset, extra)]
         if nodes is None:
             continue
         g.node.extend(nodes)
-        out_map[out] = ("mean", key)
-    for j, (key, (t, axis)) in enumerate((channel_absmax or {}).items()):
-        rank = _rank(aug, t)
-        if rank is None:
-            continue
-        ax = axis % rank
-        abs_out, out = f"ptqflow_stat_abs_{j}", f"ptqflow_stat_absmax_{j}"
-        g.node.append(helper.make_node("Abs", [t], [abs_out], name=abs_out))
-        g.node.append(_reduce("ReduceMax", abs_out, out, [a for a in range(rank) if a != ax], opset, extra))
-        out_map[out] = ("absmax", key)
+        out_map[out] = oid
     g.initializer.extend(extra)
     for out in out_map:
         if out not in existing:

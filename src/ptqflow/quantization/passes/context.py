@@ -1,0 +1,56 @@
+"""Plan passes: they refine the QuantizationPlan once the statistics are in (the automatic safeguards), each in
+its own file of ptqflow.quantization.passes, found there by ``plan_passes()``.
+
+A plan pass declares what it needs before the statistics pass runs (``statistic_points``: statistics of its own;
+``samples``: calibration samples kept aside to run the model again), then ``run`` sees the plan, the statistics
+and those samples, changes the plan (``plan.keep_in_float``) and returns a PassResult saying what it changed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+import onnx
+
+from ptqflow.config import QuantizationConfig
+from ptqflow.quantization.passes.base import Pass, PassResult
+from ptqflow.quantization.plan import FloatTensor, QuantizationPlan
+from ptqflow.quantization.statistics.points import StatisticPoint
+from ptqflow.quantization.statistics.store import Statistics
+
+
+@dataclass
+class PlanContext:
+    """What a plan pass sees: the prepared FP32 model the plan refers to, the plan, the statistics (with this
+    pass's own points), the config, the kept calibration samples and a session maker for the model's device."""
+
+    prepared: onnx.ModelProto
+    plan: QuantizationPlan
+    statistics: Statistics
+    config: QuantizationConfig
+    samples: list[dict]
+    make_session: Callable[[onnx.ModelProto], Any]
+
+
+class PlanPass(Pass):
+    """A pass over the plan after the statistics pass; ``order`` places it among the others (lower first)."""
+
+    order: ClassVar[int]
+
+    def statistic_points(self, prepared: onnx.ModelProto, plan: QuantizationPlan,
+                         config: QuantizationConfig) -> list[StatisticPoint]:
+        """The statistics this pass reads, declared before the statistics pass (none by default)."""
+        return []
+
+    def samples(self, config: QuantizationConfig) -> int:
+        """How many calibration samples this pass needs kept aside (none by default)."""
+        return 0
+
+    def run(self, ctx: PlanContext) -> PassResult:
+        raise NotImplementedError
+
+    def keep_in_float(self, ctx: PlanContext, decisions: list[tuple[str, str]]) -> PassResult:
+        """Record ``decisions`` ((tensor, reason) pairs) in the plan as this pass's; the PassResult saying so."""
+        ctx.plan.keep_in_float([FloatTensor(t, reason, self.name) for t, reason in decisions])
+        return PassResult(self.name, bool(decisions), [f"{t}: {reason}" for t, reason in decisions])

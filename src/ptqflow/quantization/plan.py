@@ -1,0 +1,143 @@
+"""The quantization plan: which weights and activation tensors get a quantizer and how, what stays in float (each
+decision with the pass that made it and why), and SmoothQuant's factors.
+
+Format-neutral: it names tensors, edges and number formats, not QDQ nodes. Writing it as ONNX QDQ is one writer
+(ptqflow.quantization.algorithms.minmax.insert_qdq); other formats would be other writers of the same plan. It is
+saved as JSON next to the statistics (``to_json`` / ``from_json``, with a version) so another process applies it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from ptqflow.errors import InputError
+
+PLAN_VERSION = 2  # 2: float decisions record the pass that made them ("by"); 1 is read with by=""
+
+Edge = tuple[str, int]  # (consumer node name, input index)
+
+
+@dataclass
+class WeightQuantizer:
+    """An int8 weight: ``axis`` the per-output-channel axis (None: per tensor); ``nodes`` its consumer edges."""
+
+    tensor: str
+    axis: int | None
+    nodes: list[Edge]
+    op_type: str
+    narrow_bits: int = 8  # 7 with overflow_fix
+
+
+@dataclass
+class ActivationQuantizer:
+    """A per-tensor activation quantizer on ``tensor``, rewiring ``edges``; quantizers of one ``group`` share a
+    scale (they meet at a Concat or another op that only moves values). ``signed`` is known once the statistics
+    are (None before)."""
+
+    tensor: str
+    edges: list[Edge]
+    symmetric: bool
+    signed: bool | None = None
+    group: str = ""
+
+
+@dataclass
+class FloatLayer:
+    """A quantizable layer kept in float: ``by`` the pass that decided it, ``reason`` why."""
+
+    node: str
+    reason: str
+    by: str = ""
+
+
+@dataclass
+class FloatTensor:
+    """An activation quantizer dropped after placement (the tensor stays float): ``by`` the pass, ``reason`` why."""
+
+    tensor: str
+    reason: str
+    by: str = ""
+
+
+@dataclass
+class SmoothQuantFactors:
+    """SmoothQuant's migration strength and, per smoothed activation tensor, its per-channel factors."""
+
+    alpha: float
+    tensors: dict[str, list[float]]
+
+
+@dataclass
+class QuantizationPlan:
+    """What quantize inserts (see the module docstring). ``collected``: what the statistics pass observed beyond
+    the activation ranges (ptqflow.quantization.statistics.points), so quantize can refuse statistics that lack
+    what its config needs."""
+
+    preset: str
+    target_device: str
+    transformer: bool
+    per_channel: bool
+    weights: list[WeightQuantizer] = field(default_factory=list)
+    activations: list[ActivationQuantizer] = field(default_factory=list)
+    float_layers: list[FloatLayer] = field(default_factory=list)
+    float_tensors: list[FloatTensor] = field(default_factory=list)
+    bias_layers: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    collected: dict[str, Any] = field(default_factory=dict)
+    smooth_quant: SmoothQuantFactors | None = None
+    version: int = PLAN_VERSION
+
+    def keep_in_float(self, decisions: list[FloatTensor]) -> None:
+        """Record ``decisions`` and drop their tensors' activation quantizers."""
+        self.float_tensors.extend(decisions)
+        drop = {d.tensor for d in decisions}
+        self.activations = [p for p in self.activations if p.tensor not in drop]
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (edges as [node, index] lists)."""
+        doc = asdict(self)
+        if self.smooth_quant is None:
+            del doc["smooth_quant"]
+        for w in doc["weights"]:
+            w["nodes"] = [list(e) for e in w["nodes"]]
+        for a in doc["activations"]:
+            a["edges"] = [list(e) for e in a["edges"]]
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> "QuantizationPlan":
+        """The plan ``to_json`` wrote (this version or 1); InputError naming the field that does not fit."""
+        if not isinstance(doc, dict):
+            raise InputError(f"plan: expected a JSON object, got {type(doc).__name__}")
+        version = doc.get("version")
+        if version not in (1, PLAN_VERSION):
+            raise InputError(f"plan: version {version!r} is not one this ptqflow reads (1, {PLAN_VERSION}); "
+                             "collect statistics again")
+        try:
+            sq = doc.get("smooth_quant")
+            return cls(
+                preset=doc["preset"], target_device=doc["target_device"], transformer=bool(doc["transformer"]),
+                per_channel=bool(doc["per_channel"]),
+                weights=[_make(WeightQuantizer, w, nodes=[_edge(e) for e in w["nodes"]]) for w in doc["weights"]],
+                activations=[_make(ActivationQuantizer, a, edges=[_edge(e) for e in a["edges"]])
+                             for a in doc["activations"]],
+                float_layers=[_make(FloatLayer, f) for f in doc.get("float_layers", [])],
+                float_tensors=[_make(FloatTensor, f) for f in doc.get("float_tensors", [])],
+                bias_layers=list(doc.get("bias_layers", [])), warnings=list(doc.get("warnings", [])),
+                collected=dict(doc.get("collected") or {}),
+                smooth_quant=SmoothQuantFactors(float(sq["alpha"]), dict(sq["tensors"])) if sq else None,
+                version=PLAN_VERSION)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"plan: field {exc} is missing or malformed; collect statistics again") from None
+
+
+def _edge(e) -> Edge:
+    node, index = e
+    return str(node), int(index)
+
+
+def _make(kind, doc: dict, **override):
+    """``kind`` from the JSON object ``doc``, its known fields only (unknown ones are newer additions)."""
+    names = {f.name for f in fields(kind)}
+    return kind(**{**{k: v for k, v in doc.items() if k in names}, **override})

@@ -1,0 +1,71 @@
+"""Statistic points: what an algorithm needs observed on the FP32 model, declared rather than wired by hand.
+
+Each consumer (MinMax's activation ranges, FastBiasCorrection's input means, the depthwise safeguard's channel
+ranges, any later algorithm) returns StatisticPoints; the collector (ptqflow.quantization.statistics.collector)
+adds one reduction per distinct observation (tensor, reducer, axis) to a copy of the graph, one pass over the
+calibration data fills them all, and each consumer reads its own back by its key (Statistics.of).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from enum import Enum
+
+
+class Reducer(str, Enum):
+    """How a tensor is reduced, per calibration run.
+
+    MIN / MAX: one value per sample (over every axis but the batch when samples are stacked), kept per sample;
+    MEAN: the per-channel mean over every axis but ``axis``, averaged over the samples;
+    ABSMAX: the per-channel maximum of |x| over every axis but ``axis``, averaged over the samples.
+    """
+
+    MIN = "min"
+    MAX = "max"
+    MEAN = "mean"
+    ABSMAX = "absmax"
+
+
+PER_SAMPLE = (Reducer.MIN, Reducer.MAX)  # reduced to one value per sample, no channel axis
+
+
+@dataclass(frozen=True)
+class StatisticPoint:
+    """One statistic a consumer needs: ``tensor`` reduced by ``reducer`` (keeping channel ``axis`` for MEAN and
+    ABSMAX; None for MIN/MAX), known to ``consumer`` as ``key`` (a tensor name, a layer name)."""
+
+    consumer: str
+    key: str
+    tensor: str
+    reducer: Reducer
+    axis: int | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "reducer", Reducer(self.reducer))
+        if (self.reducer in PER_SAMPLE) != (self.axis is None):
+            raise ValueError(f"statistic point {self.key!r} of {self.consumer}: {self.reducer.value} takes "
+                             f"{'no' if self.reducer in PER_SAMPLE else 'a channel'} axis, got {self.axis!r}")
+
+    @property
+    def observation(self) -> str:
+        """What the collector computes once for every point that asks for it: reducer, axis and tensor."""
+        return observation_id(self.tensor, self.reducer, self.axis)
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "reducer": self.reducer.value}
+
+    @classmethod
+    def from_json(cls, doc: dict) -> "StatisticPoint":
+        return cls(str(doc["consumer"]), str(doc["key"]), str(doc["tensor"]), Reducer(doc["reducer"]),
+                   None if doc.get("axis") is None else int(doc["axis"]))
+
+
+def observation_id(tensor: str, reducer: Reducer, axis: int | None) -> str:
+    """``reducer:axis:tensor`` (the tensor last: its name may hold any character)."""
+    return f"{Reducer(reducer).value}:{'' if axis is None else axis}:{tensor}"
+
+
+def parse_observation(oid: str) -> tuple[str, Reducer, int | None]:
+    """(tensor, reducer, axis) of an observation id."""
+    reducer, axis, tensor = oid.split(":", 2)
+    return tensor, Reducer(reducer), (int(axis) if axis else None)
