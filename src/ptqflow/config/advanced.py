@@ -158,6 +158,18 @@ class AdvancedParameters(_Strict):
         description="First calibration samples on which SmoothQuant measures the per-channel max |x| of the "
         "MatMul inputs (when smooth_quant_alpha is set); they are replayed into the statistics pass.",
     )
+    graph_constant_folding: bool = Field(
+        True,
+        description="Graph preparation: run onnxruntime's basic (level 1) offline optimizer on the FP32 model before "
+        "placement: constant folding and Conv+BatchNormalization/Add/Mul fusion, ONNX ops only. Off: constant "
+        "subgraphs stay in the graph as exported (and may get quantizers).",
+    )
+    graph_fold_batchnorm: bool = Field(
+        True,
+        description="Graph preparation: fold a BatchNormalization into the Conv before it (when nothing else reads "
+        "the Conv's output or weights), so its scale is part of the quantized weights. onnxruntime's optimizer "
+        "(graph_constant_folding) fuses such pairs first; this folds the ones it left or all of them when it is off.",
+    )
 
     def safeguard(self, name: str) -> bool:
         """Whether the automatic safeguard ``name`` is on: ``"outliers"``, ``"depthwise"``, ``"softmax_heads"``

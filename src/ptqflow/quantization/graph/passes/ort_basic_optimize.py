@@ -1,0 +1,75 @@
+"""Constant folding and Conv+BatchNorm/Add/Mul fusion by onnxruntime's basic (level 1) offline optimizer."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+
+import onnx
+
+from ptqflow.errors import InputError
+from ptqflow.quantization.graph.passes.base import GraphPass, GraphPassResult
+from ptqflow.quantization.graph.prepare import is_large
+from ptqflow.scratch import scratch_dir
+
+log = logging.getLogger(__name__)
+
+
+class OrtBasicOptimize(GraphPass):
+    """onnxruntime's basic optimizer (switch ``graph_constant_folding``); skipped for models over 2 GB.
+
+    Level 1 keeps every node in the ONNX domain; the result is rejected (the model kept as it was, with a
+    warning in the log) if any ORT-only op appears anyway, or if the optimizer fails otherwise. InputError when
+    onnxruntime cannot load the model at all (an unknown op, weights of the wrong shape): every later step would
+    fail on it too.
+    """
+
+    name = "ort_basic_optimize"
+    switch = "graph_constant_folding"
+
+    def run(self, model: onnx.ModelProto) -> tuple[onnx.ModelProto, GraphPassResult]:
+        """The optimized copy and one change line per op type whose node count moved, or ``model`` unchanged."""
+        if is_large(model):
+            log.info("%s skipped: the model is over protobuf's 2 GB limit", self.name)
+            return model, self.result([])
+        try:
+            optimized = _optimize(model)
+        except InputError:
+            raise
+        except Exception as exc:  # fall back to our own folding
+            log.warning("basic graph optimization skipped: %s", exc)
+            return model, self.result([])
+        return optimized, self.result(_op_count_changes(model, optimized))
+
+
+def _optimize(model: onnx.ModelProto) -> onnx.ModelProto:
+    import onnxruntime as ort
+
+    with scratch_dir("ptqflow-prep-") as tmp:
+        out = Path(tmp) / "opt.onnx"
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        opts.optimized_model_filepath = str(out)
+        opts.log_severity_level = 3
+        try:
+            ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime's Fail, InvalidGraph, NotImplemented...
+            raise InputError(f"onnxruntime cannot load the model: {exc}") from None
+        optimized = onnx.load(str(out))
+    domains = {n.domain for n in optimized.graph.node} - {n.domain for n in model.graph.node} - {"", "ai.onnx"}
+    if domains:
+        raise RuntimeError(f"optimizer introduced ops of domains {sorted(domains)}")
+    return optimized
+
+
+def _op_count_changes(before: onnx.ModelProto, after: onnx.ModelProto) -> list[str]:
+    """'<op type> nodes: 3 -> 0' for each op type whose count differs, in op-type order; the initializer count
+    when it moved (constant folding turns nodes into initializers)."""
+    old = Counter(n.op_type for n in before.graph.node)
+    new = Counter(n.op_type for n in after.graph.node)
+    changes = [f"{op} nodes: {old[op]} -> {new[op]}" for op in sorted(old | new) if old[op] != new[op]]
+    inits_before, inits_after = len(before.graph.initializer), len(after.graph.initializer)
+    if changes and inits_before != inits_after:
+        changes.append(f"initializers: {inits_before} -> {inits_after}")
+    return changes
