@@ -17,7 +17,8 @@ from ptqflow.config import AdvancedParameters, IgnoredScope, QuantizationConfig
 from ptqflow.errors import InputError
 from ptqflow.quantization.algorithms.quantizer_placement import build_plan
 from ptqflow.quantization.graph.prepare import prepare_model
-from ptqflow.quantization.passes import PlanContext, PlanPass, plan_passes
+from ptqflow.quantization.passes.context import PlanContext, PlanPass
+from ptqflow.quantization.passes.registry import plan_passes
 from ptqflow.quantization.passes.base import PassResult
 from ptqflow.quantization.plan import FloatTensor, QuantizationPlan, SmoothQuantFactors
 from ptqflow.quantization.statistics import Statistics
@@ -290,7 +291,7 @@ def _quantize_linear_inputs(model):
 
 
 def test_new_algorithm_declares_statistics_and_decides(monkeypatch):
-    # Static batch: every sample runs alone (see the xfail below for stacked samples).
+    # Static batch: every sample runs alone (stacked samples: test_absmax_is_the_per_sample_average_...).
     model, samples = B.conv_classifier(dynamic_batch=False), B.random_inputs(8, SHAPE, seed=5)
     config = QuantizationConfig()
     baseline = ptqflow.api.quantize_with_config(model, samples, config)
@@ -327,10 +328,9 @@ def test_new_algorithm_point_on_an_intermediate_tensor_matches_onnxruntime(monke
     expected = np.mean([f["r1"].max(axis=(0, 2, 3)) for f in fp32], axis=0)  # r1 is after a Relu: |x| == x
     np.testing.assert_allclose(probe.seen["r1"], expected, rtol=1e-5)
 
-
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="BUG: ABSMAX reduces over the batch axis of stacked samples, so the value is "
-                                       "the max over each stack, not the per-sample max averaged over the samples")
 def test_absmax_is_the_per_sample_average_when_samples_are_stacked(monkeypatch):
+    """Stacked samples (dynamic batch) give the same ABSMAX as samples run one by one: the per-sample maximum,
+    averaged over the samples, not the maximum over each stack."""
     model, samples = B.conv_classifier(), B.random_inputs(8, SHAPE, seed=5)  # dynamic batch: samples are stacked
     probe = ChannelRangeProbe("channel_probe")
     _with_passes(monkeypatch, probe)
@@ -365,3 +365,20 @@ def test_shared_observation_is_made_once(monkeypatch):
     np.testing.assert_array_equal(a.seen["first_conv_input"], b.seen["first_conv_input"])
     np.testing.assert_array_equal(c.seen["first_conv_input"], stats.means_in["conv1"])
     assert stats.of("probe_d")["first_conv_input"] is stats.of("fast_bias_correction")["conv1"]
+
+
+def test_absmax_of_a_rank_2_tensor_over_stacked_samples_keeps_one_row_per_sample():
+    """[N, C] with samples stacked: nothing is left to reduce but |x| itself (a Reduce with empty axes would
+    reduce everything), and the accumulated value is still the per-sample |x| averaged over the samples."""
+    from ptqflow.quantization.statistics.collector import augment
+
+    model = prepare_model(B.mlp())[0]
+    oid = observation_id("input", Reducer.ABSMAX, -1)
+    aug, out_map = augment(model, [oid], per_sample=True)
+    (out,) = out_map
+    batch = np.random.default_rng(3).normal(size=(4, 16)).astype(np.float32)
+    value = make_session(aug).run([out], {"input": batch})[0]
+    np.testing.assert_allclose(value, np.abs(batch), rtol=1e-6)
+    acc = accumulate.Accumulator(out_map)
+    acc.add({out: value}, 4)
+    np.testing.assert_allclose(acc.result(4)[oid], np.abs(batch).mean(axis=0), rtol=1e-6)

@@ -28,7 +28,8 @@ from ptqflow.config import (AdvancedParameters, IgnoredScope, ModelType, Quantiz
                             RangeEstimator, TargetDevice)
 from ptqflow.errors import InputError
 from ptqflow.quantization.graph.prepare import MAX_IR_VERSION, is_large, prepare_model
-from ptqflow.quantization.passes import PlanContext, plan_passes
+from ptqflow.quantization.passes.context import PlanContext
+from ptqflow.quantization.passes.registry import plan_passes
 from ptqflow.quantization.plan import QuantizationPlan, SmoothQuantFactors
 from ptqflow.quantization.statistics import Statistics
 from ptqflow.quantization.statistics.accumulate import observe, session
@@ -111,7 +112,7 @@ def collect_statistics(model, dataset, config: QuantizationConfig | None = None,
 
 def _collect(model, dataset, config: QuantizationConfig, device: str, keep_samples: int) -> _Collected:
     adv = config.advanced
-    prepared, warnings = prepare_model(model)
+    prepared, warnings = prepare_model(model, adv)
     stream = _samples(dataset, prepared, config.subset_size)
     smoothing = {}
     region = placement.transformer_nodes(prepared, config) if adv.smooth_quant_alpha is not None else set()
@@ -147,11 +148,12 @@ def quantize_with_summary(model, statistics: Statistics, config: QuantizationCon
 
     Returns the INT8 QDQ model (ir_version <= MAX_IR_VERSION, checked) and the per-layer summary.
     """
-    prepared = prepare_model(model)[0]
+    config = config or QuantizationConfig()
+    prepared = prepare_model(model, config.advanced)[0]  # as collect_statistics prepared it: the plan's names match
     if statistics.plan.smooth_quant:  # the factors collect-stats chose, re-applied exactly
         smooth_quant.apply(prepared, statistics.plan.smooth_quant.tensors)
     samples = (lambda n: list(_samples(dataset, prepared, n))) if dataset is not None else (lambda n: [])
-    return _quantize(prepared, statistics, config or QuantizationConfig(), samples, device)
+    return _quantize(prepared, statistics, config, samples, device)
 
 
 def apply_quantization(model, statistics: Statistics, config: QuantizationConfig | None = None, *,

@@ -1,22 +1,3 @@
-"""Plan passes (ptqflow.quantization.passes.context): each module of this package that defines ``PASS`` (a PlanPass)
-is one, found by ``plan_passes`` and run in its ``order``. Adding a pass is adding a file here."""
-
-from __future__ import annotations
-
-import importlib
-import pkgutil
-
-from ptqflow.quantization.passes.context import PlanContext, PlanPass
-
-
-def plan_passes() -> list[PlanPass]:
-    """Every plan pass of this package, in run order (``order``, then name)."""
-    found = []
-    for info in pkgutil.iter_modules(__path__):
-        instance = getattr(importlib.import_module(f"{__name__}.{info.name}"), "PASS", None)
-        if isinstance(instance, PlanPass):
-            found.append(instance)
-    return sorted(found, key=lambda p: (p.order, p.name))
-
-
-__all__ = ["PlanContext", "PlanPass", "plan_passes"]
+"""Passes. ``base``: what every pass has (name, switch, PassResult). The plan passes (``context``: PlanPass,
+PlanContext) are this package's other modules, one per file, found by ``registry.plan_passes``; graph passes live
+in ptqflow.quantization.graph.passes, placement refinements in ptqflow.quantization.algorithms.quantizer_placement."""

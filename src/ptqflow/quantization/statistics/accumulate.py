@@ -128,7 +128,10 @@ class Accumulator:
             if parse_observation(oid)[1] in PER_SAMPLE:
                 self.lists.setdefault(oid, []).extend(np.atleast_1d(np.asarray(value, np.float64)).ravel())
             else:
-                v = np.asarray(value, np.float64) * count
+                v = np.asarray(value, np.float64)
+                # ABSMAX over stacked samples comes per sample ([count, C]); a MEAN over a stack is its mean
+                v = v.sum(axis=0) if v.ndim == 2 and v.shape[0] == count and parse_observation(oid)[1] == Reducer.ABSMAX \
+                    else v * count
                 self.sums[oid] = self.sums[oid] + v if oid in self.sums else v
 
     def result(self, n: int) -> dict[str, np.ndarray]:

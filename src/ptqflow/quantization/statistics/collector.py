@@ -58,7 +58,9 @@ def augment(model: onnx.ModelProto, observations: list[str], per_sample: bool,
     each computed once); and the map added output -> observation id.
 
     MIN/MAX reduce over all axes but the batch when ``per_sample`` (stacked samples), else over all axes; MEAN
-    and ABSMAX over all axes but their channel axis. An observation whose tensor's rank (needed to locate the
+    over all axes but its channel axis (a mean over a stack is the mean of its samples' means); ABSMAX over all
+    axes but its channel axis and, when ``per_sample``, the batch (a max over a stack is not the mean of its
+    samples' maxima). An observation whose tensor's rank (needed to locate the
     channel axis) is unknown is left out, and its consumer finds no value for it.
     """
     aug = onnx.ModelProto()
@@ -82,9 +84,14 @@ def augment(model: onnx.ModelProto, observations: list[str], per_sample: bool,
             if rank is None:
                 continue
             ax = axis % rank
-            abs_out = f"ptqflow_stat_abs_{i}"
-            nodes = [helper.make_node("Abs", [tensor], [abs_out], name=abs_out),
-                     _reduce("ReduceMax", abs_out, out, [a for a in range(rank) if a != ax], opset, extra)]
+            keep = {ax, 0} if per_sample and ax != 0 else {ax}  # stacked samples: one row per sample
+            axes = [a for a in range(rank) if a not in keep]
+            if not axes:  # nothing to reduce ([N, C] stacked): |x| is the statistic (empty axes would mean all)
+                nodes = [helper.make_node("Abs", [tensor], [out], name=out)]
+            else:
+                abs_out = f"ptqflow_stat_abs_{i}"
+                nodes = [helper.make_node("Abs", [tensor], [abs_out], name=abs_out),
+                         _reduce("ReduceMax", abs_out, out, axes, opset, extra)]
         if nodes is None:
             continue
         g.node.extend(nodes)
