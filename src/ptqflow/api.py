@@ -30,7 +30,7 @@ from ptqflow.errors import InputError
 from ptqflow.quantization.graph.prepare import MAX_IR_VERSION, is_large, prepare_model
 from ptqflow.quantization.passes.context import PlanContext
 from ptqflow.quantization.passes.registry import plan_passes
-from ptqflow.quantization.plan import QuantizationPlan, SmoothQuantFactors
+from ptqflow.quantization.plan import SmoothQuantFactors
 from ptqflow.quantization.statistics import Statistics
 from ptqflow.quantization.statistics.accumulate import observe, session
 from ptqflow.quantization.statistics.collector import check_sample, input_specs
@@ -165,7 +165,7 @@ def apply_quantization(model, statistics: Statistics, config: QuantizationConfig
 def _quantize(prepared: onnx.ModelProto, statistics: Statistics, config: QuantizationConfig, samples: Samples,
               device: str) -> QuantizationResult:
     plan = statistics.plan
-    _check_plan_matches(prepared, plan)
+    plan.check_matches(prepared)
     q = onnx.ModelProto()
     q.CopyFrom(prepared)
     mean_minmax = RangeEstimator(config.advanced.activations_range) == RangeEstimator.MEAN_MINMAX
@@ -175,18 +175,6 @@ def _quantize(prepared: onnx.ModelProto, statistics: Statistics, config: Quantiz
     if not is_large(q):
         onnx.checker.check_model(q)
     return QuantizationResult(model=q, layers=layer_summary(prepared, plan, records, bc))
-
-
-def _check_plan_matches(prepared: onnx.ModelProto, plan: QuantizationPlan) -> None:
-    names = {n.name for n in prepared.graph.node}
-    tensors = {o for n in prepared.graph.node for o in n.output} | {i.name for i in prepared.graph.input}
-    tensors |= {t.name for t in prepared.graph.initializer}
-    for p in plan.activations:
-        if p.tensor not in tensors or any(e[0] not in names for e in p.edges):
-            raise InputError(f"statistics do not match this model: tensor {p.tensor!r} of the plan is not in it")
-    for w in plan.weights:
-        if w.tensor not in tensors:
-            raise InputError(f"statistics do not match this model: weight {w.tensor!r} of the plan is not in it")
 
 
 def quantize(model, calibration_dataset, *, preset: QuantizationPreset | None = None,

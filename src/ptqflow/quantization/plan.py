@@ -94,6 +94,19 @@ class QuantizationPlan:
         drop = {d.tensor for d in decisions}
         self.activations = [p for p in self.activations if p.tensor not in drop]
 
+    def check_matches(self, model) -> None:
+        """InputError when a tensor or consumer node of this plan is not in ``model`` (the prepared ModelProto): the
+        statistics came from another model, or one prepared with other settings."""
+        g = model.graph
+        names = {n.name for n in g.node}
+        tensors = {o for n in g.node for o in n.output} | {i.name for i in g.input} | {t.name for t in g.initializer}
+        for p in self.activations:
+            if p.tensor not in tensors or any(e[0] not in names for e in p.edges):
+                raise InputError(f"statistics do not match this model: tensor {p.tensor!r} of the plan is not in it")
+        for w in self.weights:
+            if w.tensor not in tensors:
+                raise InputError(f"statistics do not match this model: weight {w.tensor!r} of the plan is not in it")
+
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (edges as [node, index] lists)."""
         doc = asdict(self)
