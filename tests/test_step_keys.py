@@ -250,3 +250,18 @@ def test_quantize_refuses_statistics_without_what_fast_bias_correction_needs(tmp
     (tmp_path / "q").mkdir()
     with pytest.raises(InputError, match="lack FastBiasCorrection's per-channel input means.*bias_input_means=False"):
         step.run(inputs, tmp_path / "q", fast)
+
+
+def test_collect_stats_key_changes_with_the_saved_statistics_format(monkeypatch):
+    """A cached collect-stats artifact written in another statistics or plan format is not reused."""
+    from ptqflow.config import parse_config
+    from ptqflow.pipeline.steps import collect_stats
+    from ptqflow.quantization import plan
+    from ptqflow.quantization.statistics import store
+
+    cfg = parse_config({"model": "m.onnx", "data": {"source": "d"}, "output": "o"})
+    before = collect_stats.config_section(cfg)
+    monkeypatch.setattr(store, "FORMAT", store.FORMAT + 1)
+    after_statistics = collect_stats.config_section(cfg)
+    monkeypatch.setattr(plan, "PLAN_VERSION", plan.PLAN_VERSION + 1)
+    assert before != after_statistics != collect_stats.config_section(cfg)

@@ -32,14 +32,18 @@ _APPLY_ONLY_ADVANCED = {"disable_bias_correction", "bias_correction_subset_size"
 
 def config_section(cfg: PipelineConfig) -> dict:
     """The quantization fields that affect statistics, what the collection gathers for them
-    (``api.statistics_request``), and the execution device."""
+    (``api.statistics_request``), the execution device, and the saved formats of statistics and plan (a cached
+    artifact in an older format is collected again, not handed to a quantize that cannot read it)."""
     from ptqflow.api import statistics_request
+    from ptqflow.quantization.plan import PLAN_VERSION
+    from ptqflow.quantization.statistics.store import FORMAT
 
     q = section_dump(cfg.quantization)
     for key in _APPLY_ONLY:
         q.pop(key, None)
     q["advanced"] = {k: v for k, v in q.get("advanced", {}).items() if k not in _APPLY_ONLY_ADVANCED}
-    return {"quantization": q, "collects": statistics_request(cfg.quantization), "device": cfg.device.value}
+    return {"quantization": q, "collects": statistics_request(cfg.quantization), "device": cfg.device.value,
+            "formats": {"statistics": FORMAT, "plan": PLAN_VERSION}}
 
 
 def calibration_samples(calibration: Path, desc: str, limit: int | None = None):
