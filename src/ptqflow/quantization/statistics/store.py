@@ -121,6 +121,6 @@ class Statistics:
         return groups
 
 
-# The consumers whose statistics the engine itself reads (ptqflow.quantization.statistics.consumers declares them).
+# The consumers whose statistics the engine itself reads: MinMax (minmax.statistic_points) and FastBiasCorrection.
 MINMAX = "minmax"
 FAST_BIAS_CORRECTION = "fast_bias_correction"
