@@ -54,8 +54,7 @@ class AdvancedParameters(_Strict):
         1e-3, ge=0,
         description="Weight of a Softmax/LogSoftmax output's relative squared error next to its class-balanced "
         "share of changed argmax decisions in the guard's output error: small, so the decisions decide and the "
-        "squared error only breaks ties (on PP-OCRv4 rec, full BiasCorrection lowered the squared error while "
-        "doubling the decision disagreement).",
+        "squared error only breaks ties (evidence: docs/algorithms.md#the-bias-correction-guard).",
     )
     auto_safeguards: bool = Field(
         True,
@@ -106,9 +105,8 @@ class AdvancedParameters(_Strict):
         0.2, ge=0, le=1,
         description="Automatic safeguard: keep a two-sided input of a depthwise convolution in float when its "
         "median channel's max |x| is below this share of the tensor's largest channel (such a channel gets fewer "
-        "than ~25 of the 127 codes, and a depthwise conv never mixes channels). 0.2 measured on PP-OCR: the "
-        "recognizer's stem output (0.16) costs a third of the exact matches when quantized, the detector's "
-        "depthwise inputs (0.27, 0.29) lose nothing.",
+        "than ~25 of the 127 codes, and a depthwise conv never mixes channels). 0.2 was measured on PP-OCR "
+        "(evidence: docs/algorithms.md#depthwise-inputs).",
     )
     depthwise_two_sided_ratio: float = Field(
         0.25, ge=0,
@@ -151,7 +149,7 @@ class AdvancedParameters(_Strict):
         None, ge=0, le=1,
         description="SmoothQuant migration strength for the linear layers of transformers (declared, or detected "
         "by the automatic safeguards), e.g. 0.5; None (default) leaves it off: the Mul it puts before each MatMul "
-        "costs OpenVINO speed (MiniLM INT8 speedup 2.0x -> 1.35x) for accuracy (Spearman 0.9949 -> 0.9996).",
+        "trades OpenVINO speed for accuracy (evidence: docs/algorithms.md#smoothquant).",
     )
     smooth_quant_samples: int = Field(
         64, gt=0,

@@ -1,19 +1,15 @@
 """Bias correction guard: keep the corrected biases only when the model's outputs do not get worse.
 
-Each correction moves one layer's output mean back to FP32's, and each one is right on its own (on PP-OCRv4 rec
-FastBiasCorrection's predicted shift correlates at 0.98-1.00 with the mean error measured on real inputs). What
-the corrections do to the model's decisions is another question: on rec, where the int8 network amplifies
-small perturbations, FastBiasCorrection raised the output error on held calibration lines by 40-70 % and cost
-5 points of exact match (0.963 -> 0.910), and BiasCorrection, better in squared error, flipped the rare
-characters (spaces) that CTC decodes from a few frames: 0.933.
+Each correction moves one layer's output mean back to FP32's and is right on its own; together they can still
+make the model's decisions worse, e.g. on a CTC recognizer that amplifies small perturbations (evidence:
+docs/algorithms.md#the-bias-correction-guard).
 
 So after bias correction the FP32, uncorrected and corrected models run on a few calibration samples, and the
 correction is reverted when it raises the output error. The error is the relative squared error of every float
 output, except for outputs produced by a Softmax/LogSoftmax (classifier and CTC heads), which are judged by
 their decisions: the class-balanced share of changed argmax decisions (the disagreement rate per FP32 class,
 averaged over the classes, so a frequent class such as CTC blank cannot hide flips of the rare ones), with the
-squared error as a tie-breaker. Ties keep the correction. On rec, BiasCorrection lowered the squared error
-(0.066 -> 0.052 on 16 lines) while doubling the balanced disagreement (0.041 -> 0.075).
+squared error as a tie-breaker (squared error alone can fall while decisions get worse). Ties keep the correction.
 """
 
 from __future__ import annotations

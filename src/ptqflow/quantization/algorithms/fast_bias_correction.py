@@ -6,15 +6,13 @@ tensor whose channel c is constant at the FP32 input mean, and its per-channel o
 reference; the difference moves the bias. Cost: one tiny inference per layer, no data pass.
 
 Given the FP32 model, the FP32 layer is run on the same synthetic tensor and that run is the reference instead of
-the measured output mean. A constant input is not real data: near borders (padding) and where means vary over
-positions the two differ by far more than the weight error on small feature maps (PP-OCR cls, 2-3 rows deep
-down); comparing two runs on the same input cancels that. Measured on PP-OCR cls (random smooth inputs, ORT QDQ
-per-channel int8): relative MSE of the last layer 0.094 without correction, 0.53 against the measured means,
-0.090 with the FP32 reference.
+the measured output mean: a constant input is not real data (borders, position-dependent means), and comparing
+two runs on the same input cancels that (evidence: docs/algorithms.md#fastbiascorrection).
 
 ptqflow's own statistics pass therefore observes the input means only: an extra consumer of every layer output
-also keeps the runtime from fusing the layer with its activation, which cost PP-OCRv4 det 10-25 % of its
-statistics pass time. Output means, where a caller has them, are still honoured when no FP32 model is given.
+would also keep the runtime from fusing the layer with its activation, slowing the statistics pass (evidence:
+docs/algorithms.md#fastbiascorrection). Output means, where a caller has them, are still honoured when no FP32
+model is given.
 
 Why the activation quantizer is left out by default: on real data the input's rounding errors average out, but
 a constant synthetic input rounds every position the same way, which would "correct" an error the model does not

@@ -10,13 +10,11 @@ read the same activation share one factor, computed from the largest of their we
 The factors come from a short pass over the first calibration samples (advanced.smooth_quant_samples), before
 placement and statistics, which
 then see the smoothed graph. They are recorded in the plan, so another process re-applies them exactly.
-Measured on MiniLM-L6 (300 sentences, declared transformer): Spearman of the embedding similarities vs FP32
-0.9949 without, 0.99963 at alpha 0.5 (cosine of the whole last_hidden_state 0.981 -> 0.9992), 0.9990 at 0.8,
-0.9979 at 0.95 (NNCF's choice for MatMul, whose output cosine falls to 0.79: padding positions go wrong).
+A moderate alpha (0.5) helps accuracy most; NNCF's 0.95 hurts padded positions.
 
 It is off by default: OpenVINO's CPU plugin does not fold the per-channel Mul into the int8 MatMul that
-follows, and MiniLM's INT8 latency speedup over FP32 fell from 2.0x to 1.35x (bench, 2026-12-01). Folding the
-factor into the LayerNorm instead is not exact here: its output also feeds the residual Add.
+follows, which costs INT8 speed (evidence: docs/algorithms.md#smoothquant). Folding the factor into the
+LayerNorm instead is not exact here: its output also feeds the residual Add.
 """
 
 from __future__ import annotations

@@ -31,8 +31,8 @@ def inputs(prepared: onnx.ModelProto, points: list[ActivationQuantizer]) -> set[
 class DepthwiseSafeguard(PlanPass):
     """A depthwise conv never mixes channels, so the channels whose range is far below the per-tensor scale lose
     their precision for good; two-sided (pre-activation, e.g. a BatchNorm output) inputs are where this bites.
-    Thresholds: ``advanced.depthwise_channel_spread`` and ``advanced.depthwise_two_sided_ratio`` (measured on
-    PP-OCR: quantizing the detector's depthwise inputs keeps its stem in int8 at no cost)."""
+    Thresholds: ``advanced.depthwise_channel_spread`` and ``advanced.depthwise_two_sided_ratio`` (evidence:
+    docs/algorithms.md#depthwise-inputs)."""
 
     name = "safeguard_depthwise"
     switch = "safeguard_depthwise"

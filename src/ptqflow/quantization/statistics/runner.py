@@ -2,10 +2,9 @@
 
 The statistics pass is one inference per calibration batch, and on CPU most of ptqflow's quantization time.
 Models whose batch dim is fixed at 1 (PP-OCR det, many detectors) run one sample at a time, and one
-onnxruntime session then leaves cores idle between its small ops. OpenVINO's CPU plugin runs the same ONNX
-graph as two inference streams that share the weights, each sample on one stream: measured on PP-OCRv4 det
-(480x640, 2 cores, 101 observed tensors) 61 ms per sample against 108 ms for one onnxruntime session, for
-+140 MB of peak memory (two onnxruntime sessions: 81-90 ms, +330 MB).
+onnxruntime session then leaves cores idle between its small ops; OpenVINO's CPU plugin runs the same ONNX
+graph as two inference streams that share the weights, each sample on one stream, faster for little more memory
+(evidence: docs/algorithms.md#the-statistics-pass).
 
 ``statistics_runtime`` chooses: ``onnxruntime`` always runs the session of ``device``; ``openvino`` runs OpenVINO
 CPU and fails when it cannot; ``auto`` (default) takes OpenVINO for ``device="cpu"`` when it is installed and
@@ -30,8 +29,8 @@ from ptqflow.quantization.graph.prepare import is_large
 log = logging.getLogger(__name__)
 
 RUNTIMES = ("auto", "onnxruntime", "openvino")
-# Streams (parallel inference requests) on OpenVINO: two keeps memory close to one onnxruntime session while
-# filling two cores with batch-1 samples; more streams on more cores cost one set of activations each.
+# Streams (parallel inference requests) on OpenVINO: two fill two cores with batch-1 samples at about one
+# onnxruntime session's memory (evidence: docs/algorithms.md#the-statistics-pass).
 _OV_STREAMS = 2
 
 
@@ -56,7 +55,8 @@ class OpenVINORunner:
 
         core = ov_helpers.core()
         ov_helpers.check_device(core, "CPU")
-        # The ONNX frontend reads the model directly (convert_model's extra passes cost ~1 s on PP-OCR det).
+        # The ONNX frontend reads the model directly: convert_model's extra passes cost time (evidence:
+        # docs/algorithms.md#the-statistics-pass).
         with tempfile.TemporaryDirectory(prefix="ptqflow-stats-") as tmp:
             path = os.path.join(tmp, "statistics.onnx")
             onnx.save(model, path)
