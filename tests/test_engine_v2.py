@@ -307,7 +307,7 @@ def test_new_algorithm_declares_statistics_and_decides(monkeypatch):
     assert probe.plan.float_tensors == [FloatTensor("input", "channel_probe: channel range probe", "channel_probe")]
     rows = [r for r in result.layers if r["name"] == "input"]
     assert rows == [{"name": "input", "op_type": "tensor", "status": "float",
-                     "reason": "channel_probe: channel range probe"}]
+                     "reason": "channel_probe: channel range probe", "decided_by": "channel_probe"}]
     assert "input" not in _quantize_linear_inputs(result.model)
     assert _quantize_linear_inputs(result.model) == _quantize_linear_inputs(baseline.model) - {"input"}
 

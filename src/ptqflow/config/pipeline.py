@@ -37,9 +37,10 @@ class PreprocessConfig(_Strict):
         None, min_length=1, description="Per-channel std (each > 0) divided after mean subtraction."
     )
     scale: float = Field(1.0 / 255.0, gt=0, description="Multiplier (> 0) applied to raw pixel values first.")
-    channel_order: Literal["RGB", "BGR"] = "RGB"
-    layout: Literal["NCHW", "NHWC"] = "NCHW"
-    dtype: Literal["float32", "float16", "uint8", "int8"] = "float32"
+    channel_order: Literal["RGB", "BGR"] = Field("RGB", description="Channel order the model expects.")
+    layout: Literal["NCHW", "NHWC"] = Field("NCHW", description="Tensor layout the model expects.")
+    dtype: Literal["float32", "float16", "uint8", "int8"] = Field(
+        "float32", description="Element type of the model input the images are converted to.")
 
     @model_validator(mode="after")
     def _one_value_per_channel(self) -> "PreprocessConfig":
@@ -80,7 +81,9 @@ class GateConfig(_Strict):
     max_accuracy_drop: float | None = Field(
         0.01, ge=0, description="Largest allowed drop of the task metric (a fraction <= 1 in relative mode)."
     )
-    accuracy_drop_mode: Literal["absolute", "relative"] = "absolute"
+    accuracy_drop_mode: Literal["absolute", "relative"] = Field(
+        "absolute", description="max_accuracy_drop as a difference of the metric (absolute) or as a fraction of the "
+        "FP32 value (relative).")
     accuracy_metric: str | None = Field(
         None, description="Task metric the accuracy drop applies to, e.g. 'char_accuracy' from validation.metric "
         "(default: top1 when labels are classes, else the first metric)."

@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from pydantic import ConfigDict
+from typing import Annotated
+
+from pydantic import ConfigDict, Field
 
 from ptqflow.config.base import _str_list
 from ptqflow.errors import ConfigError
@@ -18,8 +20,10 @@ class Subgraph:
     A single string is one name, as in NNCF."""
 
     __pydantic_config__ = ConfigDict(extra="forbid")
-    inputs: list[str] = field(default_factory=list)
-    outputs: list[str] = field(default_factory=list)
+    inputs: Annotated[list[str], Field(description="Node or tensor names where the region starts (included).")] = \
+        field(default_factory=list)
+    outputs: Annotated[list[str], Field(description="Node or tensor names where the region ends (included).")] = \
+        field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.inputs = _str_list(self.inputs, "Subgraph.inputs")
@@ -36,11 +40,15 @@ class IgnoredScope:
     """
 
     __pydantic_config__ = ConfigDict(extra="forbid")
-    names: list[str] = field(default_factory=list)
-    patterns: list[str] = field(default_factory=list)
-    types: list[str] = field(default_factory=list)
-    subgraphs: list[Subgraph] = field(default_factory=list)
-    validate: bool = True
+    names: Annotated[list[str], Field(description="Exact node names kept in float.")] = field(default_factory=list)
+    patterns: Annotated[list[str], Field(description="Regular expressions; a node whose name matches one (search or "
+                                                     "full match) is kept in float.")] = field(default_factory=list)
+    types: Annotated[list[str], Field(description="ONNX op types kept in float, e.g. Softmax.")] = \
+        field(default_factory=list)
+    subgraphs: Annotated[list[Subgraph], Field(description="Regions between input and output names kept in "
+                                                           "float.")] = field(default_factory=list)
+    validate: Annotated[bool, Field(description="An entry that matches no node of the model is an error naming it "
+                                                "(false: it is ignored).")] = True
 
     def __post_init__(self) -> None:
         self.names = _str_list(self.names, "ignored_scope.names")

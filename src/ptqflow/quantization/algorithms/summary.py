@@ -9,7 +9,8 @@ from ptqflow.quantization.plan import QuantizationPlan
 
 
 def layer_summary(prepared: onnx.ModelProto, plan: QuantizationPlan, records: list[dict], bc: list[dict]) -> list[dict]:
-    """One dict per quantizable layer: status quantized/float, reason, weight and input quantizers, bias shift.
+    """One dict per quantizable layer: status quantized/float, reason and the pass or placement rule that decided
+    it (``decided_by``), weight and input quantizers, bias shift.
     ``records``: what insert_qdq inserted; ``bc``: the bias-correction records."""
     weights = {r["tensor"]: r for r in records if r["kind"] == "weight"}
     acts_by_node: dict[str, list] = {}
@@ -17,7 +18,7 @@ def layer_summary(prepared: onnx.ModelProto, plan: QuantizationPlan, records: li
         if r["kind"] == "activation":
             for c in r["consumers"]:
                 acts_by_node.setdefault(c, []).append(r["tensor"])
-    floats = {f.node: f.reason for f in plan.float_layers}
+    floats = {f.node: f for f in plan.float_layers}
     bc_by = {d.get("layer"): d for d in bc}
     rows = []
     for n in prepared.graph.node:
@@ -31,7 +32,9 @@ def layer_summary(prepared: onnx.ModelProto, plan: QuantizationPlan, records: li
                                                     "bits": w["bits"]} if w else None),
                        quantized_inputs=inputs)
         else:
-            row.update(status="float", reason=floats.get(n.name, "no activation input to quantize"))
+            decision = floats.get(n.name)
+            row.update(status="float", reason=decision.reason if decision else "no activation input to quantize",
+                       decided_by=decision.by if decision else "placement")
             if n.name not in floats and n.op_type in placement.ELEMENTWISE:
                 continue  # bias adds / constant scales: part of a layer, not layers themselves
         if n.name in bc_by:
@@ -40,5 +43,6 @@ def layer_summary(prepared: onnx.ModelProto, plan: QuantizationPlan, records: li
             row["bias_corrected"] = bool(d.get("applied"))
         rows.append(row)
     for f in plan.float_tensors:
-        rows.append({"name": f.tensor, "op_type": "tensor", "status": "float", "reason": f.reason})
+        rows.append({"name": f.tensor, "op_type": "tensor", "status": "float", "reason": f.reason,
+                     "decided_by": f.by})
     return rows
