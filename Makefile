@@ -1,6 +1,9 @@
 # Container images, their lock files and the test environments' constraints. Image names and tags come from
 # ptqflow.orchestration.images (tag = package version), the same place the Airflow DAG and the KFP components take them from.
-#   make images         build the cpu, gpu (CUDA) and npu images (needs a Docker engine with BuildKit)
+#   make images         build the cpu, gpu (CUDA) and npu images with scripts/build_image.sh: a Docker engine with
+#                       BuildKit, or buildah where none answers (BUILDER=docker|buildah to choose); its header lists
+#                       the rest (PYTHON_IMAGE, CA_BUNDLE, PIP_CONF; BUILD_OPTS go to the builder, e.g.
+#                       BUILD_OPTS="--build-arg NPU_DRIVER_URL=")
 #   make image-gpu      build one of them
 #   make locks          re-resolve containers/*/requirements.lock and scripts/constraints/*.txt from pyproject.toml,
 #                       each as of the instant it records and keeping its pins where they still fit (needs uv and
@@ -11,6 +14,8 @@
 #   make lint           hadolint on the Dockerfiles
 PYTHON ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
 DOCKER ?= docker
+BUILDER ?=
+BUILD_OPTS ?=
 HADOLINT ?= $(if $(wildcard .venv/bin/hadolint),.venv/bin/hadolint,hadolint)
 IMAGES := cpu gpu npu
 
@@ -19,10 +24,8 @@ IMAGES := cpu gpu npu
 images: $(addprefix image-,$(IMAGES))
 
 $(addprefix image-,$(IMAGES)): image-%: containers/%/Dockerfile containers/%/requirements.lock
-	@command -v $(DOCKER) >/dev/null || { echo "make $@: no Docker engine here ($(DOCKER) not found)" >&2; exit 1; }
-	DOCKER_BUILDKIT=1 $(DOCKER) build -f containers/$*/Dockerfile \
-		--build-arg PTQFLOW_VERSION="$$($(PYTHON) -c 'import ptqflow; print(ptqflow.__version__)')" \
-		-t "$$($(PYTHON) -m ptqflow.orchestration.images --device $*)" .
+	IMAGE="$$($(PYTHON) -m ptqflow.orchestration.images --device $*)" PYTHON="$(PYTHON)" DOCKER="$(DOCKER)" \
+		BUILDER="$(BUILDER)" scripts/build_image.sh $* $(BUILD_OPTS)
 
 locks:
 	$(PYTHON) containers/locks.py compile
