@@ -9,24 +9,33 @@ Intel Corporation), the parts that apply to ONNX models:
 - ``TUNE_*``: the "Tune quantization parameters" section of that page
   (docs/articles_en/openvino-workflow/model-optimization-guide/quantizing-models-post-training/
   basic-quantization-flow.rst);
-- ``SCOPE_*``: the examples in the docstring of NNCF's ``nncf.IgnoredScope`` (src/nncf/scopes.py), its ONNX ones.
+- ``SCOPE_*``: the examples in the docstring of NNCF's ``nncf.IgnoredScope`` (src/nncf/scopes.py), its ONNX ones;
+- ``AA_ONNX_*``: openvinotoolkit/openvino, docs/optimization_guide/nncf/ptq/code/ptq_aa_onnx.py (the ONNX tab of
+  OpenVINO's "Quantizing with Accuracy Control" page).
 
 They run on tiny models built in code (``builders.nncf_doc_names`` has the node names the examples use) with
-real data through ``nncf.Dataset``. Two things are filled in by the test, never edited into the text:
+real data through ``nncf.Dataset``. Three things are filled in by the test, never edited into the text:
 placeholder lines a reader completes (``name = ...`` and ``name = Something(...)``) keep the test's value of
-``name``, and ``import torch`` is dropped (torch is not a ptqflow dependency; the test's loader yields numpy
-batches with torch's ``.numpy()``). A snippet's last expression is its result, as in a notebook cell.
+``name``; ``import torch`` is dropped and annotations are not evaluated (torch is not a ptqflow dependency; the
+test's loader yields numpy batches with torch's ``.numpy()``, and ``def validate(..., validation_loader:
+torch.utils.data.DataLoader)`` names a torch type); and where scikit-learn is not installed, the test supplies
+``sklearn.metrics.accuracy_score`` (the share of equal labels). A snippet's last expression is its result, as in a
+notebook cell.
 """
 
 from __future__ import annotations
 
+import __future__
 import ast
 import importlib
 import re
 import sys
 
+import types
+
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 
 import builders
@@ -153,6 +162,67 @@ operation_types = ['Mul', 'Conv', 'Resize']
 ignored_scope = nncf.IgnoredScope(types=operation_types)
 """
 
+# --- openvinotoolkit/openvino: docs/optimization_guide/nncf/ptq/code/ptq_aa_onnx.py ----------------------
+
+AA_ONNX_DATASET = """\
+import nncf
+import torch
+
+calibration_loader = torch.utils.data.DataLoader(...)
+
+def transform_fn(data_item):
+    images, _ = data_item
+    return {input_name: images.numpy()} # input_name should be taken from the model, 
+                                        # e.g. model.graph.input[0].name
+
+calibration_dataset = nncf.Dataset(calibration_loader, transform_fn)
+validation_dataset = nncf.Dataset(calibration_loader, transform_fn)
+"""
+
+AA_ONNX_VALIDATION = """\
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score
+
+import onnx
+import onnxruntime
+
+
+def validate(model: onnx.ModelProto,
+             validation_loader: torch.utils.data.DataLoader) -> float:
+    predictions = []
+    references = []
+
+    input_name = model.graph.input[0].name
+    serialized_model = model.SerializeToString()
+    session = onnxruntime.InferenceSession(serialized_model, providers=["CPUExecutionProvider"])
+    output_names = [output.name for output in session.get_outputs()]
+
+    for images, target in validation_loader:
+        pred = session.run(output_names, input_feed={input_name: images.numpy()})[0]
+        predictions.append(np.argmax(pred, axis=1))
+        references.append(target)
+
+    predictions = np.concatenate(predictions, axis=0)
+    references = np.concatenate(references, axis=0)
+    return accuracy_score(predictions, references)
+"""
+
+AA_ONNX_QUANTIZATION = """\
+import onnx
+
+model = onnx.load("model_path")
+
+quantized_model = nncf.quantize_with_accuracy_control(
+    model,
+    calibration_dataset=calibration_dataset,
+    validation_dataset=validation_dataset,
+    validation_fn=validate,
+    max_drop=0.01,
+    drop_type=nncf.DropType.ABSOLUTE,
+)
+"""
+
 # ---------------------------------------------------------------------------------------------------------
 
 _PLACEHOLDER = re.compile(r"^\s*([A-Za-z_]\w*)\s*=\s*(?:\.\.\.|[\w.]+\(\.\.\.\))\s*(#.*)?$")
@@ -172,7 +242,7 @@ def run_snippet(code: str, namespace: dict):
         lines.append(line)
     tree = ast.parse("\n".join(lines))
     last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
-    exec(compile(tree, "<nncf snippet>", "exec"), namespace)
+    exec(compile(tree, "<nncf snippet>", "exec", flags=__future__.annotations.compiler_flag), namespace)
     if last is not None:
         return eval(compile(ast.Expression(last.value), "<nncf snippet>", "eval"), namespace)
     return None
@@ -291,6 +361,36 @@ def test_ignored_scope_docstring_examples(doc_model, code, kept_float):
     assert quantized and not quantized & kept_float
 
 
+@pytest.fixture
+def sklearn_metrics(monkeypatch):
+    """``sklearn.metrics.accuracy_score`` for the snippets: scikit-learn's when installed, else the share of equal
+    labels (what it computes for label vectors)."""
+    try:
+        importlib.import_module("sklearn.metrics")
+    except ModuleNotFoundError:
+        sklearn, metrics = types.ModuleType("sklearn"), types.ModuleType("sklearn.metrics")
+        metrics.accuracy_score = lambda y_true, y_pred: float(np.mean(np.asarray(y_true) == np.asarray(y_pred)))
+        sklearn.metrics = metrics
+        monkeypatch.setitem(sys.modules, "sklearn", sklearn)
+        monkeypatch.setitem(sys.modules, "sklearn.metrics", metrics)
+
+
+def test_accuracy_control_onnx_dataset_validation_quantization(nncf, sklearn_metrics, tmp_path, monkeypatch):
+    model = builders.nncf_doc_names()
+    monkeypatch.chdir(tmp_path)
+    onnx.save(model, "model_path")
+    # Labels: the FP32 model's own top-1 class, so that it scores 1.0 and the INT8 model's drop is what it loses.
+    fp32 = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    loader = [(images, fp32.run(None, {"input": np.asarray(images)})[0].argmax(1)) for images, _ in _images(16)]
+    ns = {"calibration_loader": loader, "input_name": model.graph.input[0].name}
+    for code in (AA_ONNX_DATASET, AA_ONNX_VALIDATION, AA_ONNX_QUANTIZATION):
+        run_snippet(code, ns)
+    assert ns["nncf"] is nncf and ns["validate"](model, loader) == 1.0
+    quantized = ns["quantized_model"]
+    assert isinstance(quantized, onnx.ModelProto) and quantized_nodes(quantized)
+    assert ns["validate"](quantized, loader) >= 0.99  # max_drop=0.01, absolute
+
+
 # --- NNCF's names and spellings beyond the snippets ------------------------------------------------------
 
 
@@ -332,6 +432,17 @@ def test_enum_aliases_keep_config_strings(nncf):
     assert q.quantization.model_type is nncf.ModelType.Transformer
     assert q.quantization.target_device is nncf.TargetDevice.VPU
     assert nncf.scopes.IgnoredScope is nncf.IgnoredScope and nncf.scopes.Subgraph is nncf.Subgraph
+    assert nncf.parameters.DropType is nncf.DropType and [d.value for d in nncf.DropType] == ["absolute", "relative"]
+
+
+def test_accuracy_restorer_parameters_nncf_names(nncf):
+    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters, RestoreMode
+
+    assert AdvancedAccuracyRestorerParameters is nncf.AdvancedAccuracyRestorerParameters
+    p = AdvancedAccuracyRestorerParameters(max_num_iterations=3, ranking_subset_size=10, num_ranking_workers=2,
+                                           restore_mode=RestoreMode.ONLY_ACTIVATIONS)
+    assert (p.max_num_iterations, p.tune_hyperparams, p.intermediate_model_dir) == (3, False, None)
+    assert AdvancedAccuracyRestorerParameters().restore_mode is RestoreMode.ACTIVATIONS_AND_WEIGHTS
 
 
 def test_advanced_quantization_parameters_nncf_names(nncf):

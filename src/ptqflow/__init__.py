@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 
 from ptqflow.config import (  # noqa: E402
     AdvancedParameters,
+    DropType,
     IgnoredScope,
     ModelType,
     OverflowFix,
@@ -24,6 +25,7 @@ from ptqflow.config import (  # noqa: E402
 
 from ptqflow import parameters, quantization, scopes  # noqa: E402,F401  (NNCF's module paths: nncf.parameters...)
 from ptqflow.quantization.advanced_parameters import (  # noqa: E402  (NNCF's names)
+    AdvancedAccuracyRestorerParameters,
     AdvancedBiasCorrectionParameters,
     AdvancedQuantizationParameters,
     AdvancedSmoothQuantParameters,
@@ -31,10 +33,12 @@ from ptqflow.quantization.advanced_parameters import (  # noqa: E402  (NNCF's na
 
 __all__ = [
     "__version__",
+    "AdvancedAccuracyRestorerParameters",
     "AdvancedBiasCorrectionParameters",
     "AdvancedParameters",
     "AdvancedQuantizationParameters",
     "AdvancedSmoothQuantParameters",
+    "DropType",
     "IgnoredScope",
     "ModelType",
     "OverflowFix",
@@ -57,3 +61,11 @@ from ptqflow.api import (  # noqa: E402
 
 __all__ += ["Dataset", "QuantizationResult", "Statistics", "apply_quantization", "collect_statistics", "quantize",
             "quantize_with_summary"]
+
+from ptqflow.accuracy_control import (  # noqa: E402  (NNCF's nncf.quantize_with_accuracy_control)
+    AccuracyControlResult,
+    quantize_with_accuracy_control,
+    quantize_with_accuracy_control_result,
+)
+
+__all__ += ["AccuracyControlResult", "quantize_with_accuracy_control", "quantize_with_accuracy_control_result"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from ptqflow.config.advanced import BIAS_CORRECTION_SUBSET_SHARE, SAFEGUARDS, AdvancedParameters
 from ptqflow.config.enums import (
+    DropType,
     ExecutionDevice,
     ModelType,
     OverflowFix,
@@ -49,6 +50,7 @@ __all__ = [
     "SAFEGUARDS",
     "AdvancedParameters",
     "DataConfig",
+    "DropType",
     "ExecutionDevice",
     "ExportConfig",
     "GateConfig",

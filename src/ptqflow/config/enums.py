@@ -51,3 +51,11 @@ class ExecutionDevice(str, Enum):
     CPU = "cpu"
     CUDA = "cuda"
     NPU = "npu"
+
+
+class DropType(str, Enum):
+    """How quantize_with_accuracy_control measures the accuracy drop: ABSOLUTE fp32 - int8; RELATIVE
+    (fp32 - int8) / |fp32| (NNCF's nncf.DropType)."""
+
+    ABSOLUTE = "absolute"
+    RELATIVE = "relative"

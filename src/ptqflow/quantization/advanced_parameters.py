@@ -13,11 +13,16 @@ takes NNCF's field names:
 
 Any other NNCF parameter (range estimators, quantization parameters, propagation rules) is refused by name:
 ptqflow has no equivalent, and silently dropping it would quantize differently from what was asked.
+
+``AdvancedAccuracyRestorerParameters`` and ``RestoreMode`` are the knobs of ``quantize_with_accuracy_control``
+(ptqflow.accuracy_control), with NNCF's names and defaults.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from pydantic import model_validator
@@ -51,6 +56,27 @@ class AdvancedBiasCorrectionParameters:
 
     apply_for_all_nodes: bool = False
     threshold: float | None = None
+
+
+class RestoreMode(str, Enum):
+    """What accuracy control reverts with an activation quantizer: ACTIVATIONS_AND_WEIGHTS also the weights of the
+    layers left with no quantized input (the layer runs in float, NNCF's default); ONLY_ACTIVATIONS keeps every
+    weight int8."""
+
+    ACTIVATIONS_AND_WEIGHTS = "activations_and_weights"
+    ONLY_ACTIVATIONS = "only_activations"
+
+
+@dataclass
+class AdvancedAccuracyRestorerParameters:
+    """NNCF's knobs of quantize_with_accuracy_control (see ptqflow.accuracy_control)."""
+
+    max_num_iterations: int = sys.maxsize  # reverts tried (one validation_fn call each), at most
+    tune_hyperparams: bool = False  # NNCF's parameter grid search before reverting: not implemented, True is refused
+    ranking_subset_size: int | None = None  # validation samples that rank the quantizers; None: subset_size
+    num_ranking_workers: int | None = None  # accepted and ignored: one session ranks every quantizer (gated model)
+    intermediate_model_dir: str | None = None  # where to save the fully quantized model (intermediate_model.onnx)
+    restore_mode: RestoreMode = RestoreMode.ACTIVATIONS_AND_WEIGHTS
 
 
 def _alpha(value: float | None) -> float | None:
@@ -100,5 +126,5 @@ class AdvancedQuantizationParameters(AdvancedParameters):
         return data
 
 
-__all__ = ["AdvancedBiasCorrectionParameters", "AdvancedQuantizationParameters", "AdvancedSmoothQuantParameters",
-           "OverflowFix"]
+__all__ = ["AdvancedAccuracyRestorerParameters", "AdvancedBiasCorrectionParameters", "AdvancedQuantizationParameters",
+           "AdvancedSmoothQuantParameters", "OverflowFix", "RestoreMode"]

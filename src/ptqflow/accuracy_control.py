@@ -1,0 +1,336 @@
+"""Quantization with accuracy control: NNCF's ``quantize_with_accuracy_control`` for ptqflow.
+
+Quantize as ``ptqflow.quantize`` does; measure the user's metric (``validation_fn``, higher is better) on the FP32
+and the INT8 model; when the drop is larger than ``max_drop``, rank the plan's activation quantizers by the
+harm each does (the output error it alone adds on ``ranking_subset_size`` validation samples, measured in one
+session by the sensitivity search's gated model) and revert them to float in that order. After each revert the
+model is quantized again from the same Statistics with the changed plan (nothing is collected again) and
+measured with ``validation_fn``; a revert that makes the drop worse is undone. It stops when the drop is within
+``max_drop``, when every quantizer was tried or after ``max_num_iterations`` reverts; it returns the best model
+it found and says in the result (and a warning) when that is not good enough.
+
+Ranking uses the model's output error, not ``validation_fn`` (as NNCF's logits-based ranker): one session
+measures every quantizer, while ranking by the metric would cost one model and one validation per quantizer.
+Each revert is measured with ``validation_fn`` on its own (no groups): the metric is what the user trusts,
+and one revert per evaluation keeps the set of float tensors minimal in rank order.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import numbers
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ptqflow.api import Dataset, QuantizationResult, _collect, _quantize, _samples
+from ptqflow.config import (AdvancedParameters, DropType, IgnoredScope, ModelType, QuantizationConfig,
+                            QuantizationPreset, RangeEstimator, TargetDevice)
+from ptqflow.errors import ConfigError, InputError
+from ptqflow.logs import get_logger
+from ptqflow.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters, RestoreMode
+from ptqflow.quantization.algorithms import sensitivity
+from ptqflow.quantization.plan import FloatLayer, FloatTensor, QuantizationPlan
+from ptqflow.quantization.statistics import Statistics
+from ptqflow.quantization.statistics.accumulate import session
+
+log = get_logger("accuracy_control")
+
+BY = "accuracy_control"  # the ``by`` of the plan's float decisions taken here
+
+
+@dataclass
+class RevertStep:
+    """One revert tried: the activation quantizer (``tensor``), its measured ``harm`` (output error of the quantized
+    model minus that error without this quantizer, on the ranking samples), the layers whose weights went back to
+    float with it (RestoreMode.ACTIVATIONS_AND_WEIGHTS), the metric and drop after it, and whether it was kept (a
+    revert that made the drop worse is undone)."""
+
+    tensor: str
+    harm: float
+    layers: list[str]
+    metric: float
+    drop: float
+    kept: bool
+
+
+@dataclass
+class AccuracyControlResult:
+    """What quantize_with_accuracy_control did, for reports. ``model``: the INT8 model returned (the best found);
+    ``drop``: its drop (``drop_type``: fp32 - metric, or that divided by |fp32|); ``met``: drop <= ``max_drop``;
+    ``ranking``: every activation quantizer with its measured harm, most harmful first; ``steps``: the reverts
+    tried in order; ``layers``: the per-layer summary of ``model``."""
+
+    model: onnx.ModelProto
+    fp32_metric: float
+    int8_metric: float  # the fully quantized model
+    metric: float  # the returned model
+    drop: float
+    max_drop: float
+    drop_type: DropType
+    met: bool
+    ranking: list[tuple[str, float]] = field(default_factory=list)
+    steps: list[RevertStep] = field(default_factory=list)
+    layers: list[dict] = field(default_factory=list)
+
+    @property
+    def reverted(self) -> list[RevertStep]:
+        """The reverts kept in the returned model, in order."""
+        return [s for s in self.steps if s.kept]
+
+
+def quantize_with_accuracy_control(
+        model, calibration_dataset, validation_dataset, validation_fn: Callable[[onnx.ModelProto, Iterable], float],
+        max_drop: float = 0.01, drop_type: DropType = DropType.ABSOLUTE, preset: QuantizationPreset | None = None,
+        target_device: TargetDevice = TargetDevice.ANY, subset_size: int = 300, fast_bias_correction: bool = True,
+        model_type: ModelType | None = None, ignored_scope: IgnoredScope | None = None,
+        advanced_quantization_parameters: AdvancedParameters | None = None,
+        advanced_accuracy_restorer_parameters: AdvancedAccuracyRestorerParameters | None = None,
+        device: str = "cpu") -> onnx.ModelProto:
+    """NNCF's ``quantize_with_accuracy_control`` (see the module docstring). ``validation_fn(model, data)`` gets
+    an ``onnx.ModelProto`` and the validation items as given (a ``Dataset``'s ``data_source``, untransformed, as
+    NNCF passes them) and returns a number, higher is better (or a tuple whose first item is that number).
+    Returns the INT8 QDQ ModelProto; quantize_with_accuracy_control_result also returns what was done."""
+    return quantize_with_accuracy_control_result(
+        model, calibration_dataset, validation_dataset, validation_fn, max_drop, drop_type, preset, target_device,
+        subset_size, fast_bias_correction, model_type, ignored_scope, advanced_quantization_parameters,
+        advanced_accuracy_restorer_parameters, device).model
+
+
+def quantize_with_accuracy_control_result(
+        model, calibration_dataset, validation_dataset, validation_fn: Callable[[onnx.ModelProto, Iterable], float],
+        max_drop: float = 0.01, drop_type: DropType = DropType.ABSOLUTE, preset: QuantizationPreset | None = None,
+        target_device: TargetDevice = TargetDevice.ANY, subset_size: int = 300, fast_bias_correction: bool = True,
+        model_type: ModelType | None = None, ignored_scope: IgnoredScope | None = None,
+        advanced_quantization_parameters: AdvancedParameters | None = None,
+        advanced_accuracy_restorer_parameters: AdvancedAccuracyRestorerParameters | None = None,
+        device: str = "cpu") -> AccuracyControlResult:
+    """quantize_with_accuracy_control, returning the AccuracyControlResult (model, metrics, ranking, steps)."""
+    drop_type, params = _check_arguments(max_drop, drop_type, validation_fn, advanced_accuracy_restorer_parameters)
+    fp32_model = onnx.load(str(model)) if isinstance(model, (str, Path)) else model
+    data = _validation_data(validation_dataset)
+    fp32 = _metric(validation_fn, fp32_model, data, "the FP32 model")
+
+    config = QuantizationConfig(
+        preset=preset, target_device=target_device, subset_size=subset_size,
+        fast_bias_correction=fast_bias_correction, model_type=model_type,
+        ignored_scope=ignored_scope or IgnoredScope(),
+        advanced=advanced_quantization_parameters or AdvancedParameters())
+    adv = config.advanced
+    keep = 0 if config.fast_bias_correction else config.bias_correction_samples()  # as api.quantize_with_config
+    if not adv.disable_bias_correction:
+        keep = max(keep, adv.bias_correction_guard_samples, adv.bias_correction_guard_samples_no_softmax)
+    collected = _collect(fp32_model, calibration_dataset, config, device, keep)
+    prepared, stats = collected.prepared, collected.statistics
+
+    def requantize(plan: QuantizationPlan) -> QuantizationResult:  # the same statistics, another plan
+        return _quantize(prepared, dataclasses.replace(stats, plan=plan), config,
+                         lambda n: list(collected.kept[:n]), device)
+
+    current = requantize(copy.deepcopy(stats.plan))
+    if params.intermediate_model_dir:
+        Path(params.intermediate_model_dir).mkdir(parents=True, exist_ok=True)
+        onnx.save(current.model, str(Path(params.intermediate_model_dir) / "intermediate_model.onnx"))
+    int8 = _metric(validation_fn, current.model, data, "the INT8 model")
+    drop = _drop(fp32, int8, drop_type)
+    log.info("accuracy control: FP32 metric %.6g, INT8 metric %.6g, drop %.6g (%s, max_drop %g)",
+             fp32, int8, drop, drop_type.value, max_drop)
+    result = AccuracyControlResult(current.model, fp32, int8, int8, drop, max_drop, drop_type, drop <= max_drop,
+                                   layers=current.layers)
+    if result.met:
+        return result
+
+    n_rank = params.ranking_subset_size or subset_size
+    if isinstance(validation_dataset, Dataset):
+        ranking_source = Dataset(data, validation_dataset.transform_fn)
+    else:
+        ranking_source = data
+    samples = list(_samples(ranking_source, prepared, n_rank))
+    ranking = _rank(prepared, stats, adv, samples, device)
+    result.ranking = ranking
+    log.info("accuracy control: %d activation quantizers ranked on %d validation samples; most harmful: %s",
+             len(ranking), len(samples), ", ".join(f"{t} ({h:.4g})" for t, h in ranking[:5]))
+
+    def measure(m: onnx.ModelProto, what: str) -> tuple[float, float]:  # (metric, drop)
+        metric = _metric(validation_fn, m, data, what)
+        return metric, _drop(fp32, metric, drop_type)
+
+    _revert_in_rank_order(result, copy.deepcopy(stats.plan), requantize, measure, params)
+    return result
+
+
+def _revert_in_rank_order(result: AccuracyControlResult, plan: QuantizationPlan,
+                          requantize: Callable[[QuantizationPlan], QuantizationResult],
+                          measure: Callable[[onnx.ModelProto, str], tuple[float, float]],
+                          params: AdvancedAccuracyRestorerParameters) -> None:
+    """Revert ``result.ranking``'s quantizers in order, one per iteration, keeping each revert that does not make
+    the drop worse, until ``result.max_drop`` is met or ``params.max_num_iterations`` reverts were tried; updates
+    ``result`` (model, metric, drop, met, steps) and logs each step, and a warning when max_drop is not met."""
+    for tensor, harm in result.ranking:
+        if len(result.steps) >= params.max_num_iterations:
+            break
+        trial = copy.deepcopy(plan)
+        layers = _revert(trial, tensor, harm, params.restore_mode)
+        quantized = requantize(trial)
+        metric, drop = measure(quantized.model, f"the model with {tensor!r} in float")
+        kept = drop <= result.drop
+        result.steps.append(RevertStep(tensor, harm, layers, metric, drop, kept))
+        with_weights = f" (and the weights of {', '.join(layers)})" if layers else ""
+        log.info("accuracy control: step %d, %s %s%s: metric %.6g, drop %.6g%s", len(result.steps),
+                 "reverted" if kept else "tried", tensor, with_weights, metric, drop,
+                 "" if kept else " (worse: undone)")
+        if kept:
+            plan = trial
+            result.model, result.metric, result.drop, result.layers = quantized.model, metric, drop, quantized.layers
+        if result.drop <= result.max_drop:
+            result.met = True
+            return
+    if not result.ranking:
+        why = "no activation quantizer to revert"
+    elif len(result.steps) < len(result.ranking):
+        why = f"max_num_iterations={params.max_num_iterations} reached"
+    else:
+        why = "every activation quantizer tried"
+    log.warning("accuracy control could not meet max_drop %g (%s): %s after %d reverts tried, %d kept; returning "
+                "the best model found (drop %.6g)", result.max_drop, result.drop_type.value, why, len(result.steps),
+                len(result.reverted), result.drop)
+
+
+def _check_arguments(max_drop, drop_type, validation_fn,
+                     params) -> tuple[DropType, AdvancedAccuracyRestorerParameters]:
+    """The checked drop type and restorer parameters; ConfigError naming the argument that is wrong."""
+    if isinstance(max_drop, bool) or not isinstance(max_drop, numbers.Real) or not max_drop >= 0:
+        raise ConfigError(f"max_drop must be a number >= 0 (e.g. 0.01 for a metric in [0, 1]), got {max_drop!r}")
+    try:
+        drop_type = DropType(drop_type)
+    except ValueError:
+        raise ConfigError(f"drop_type {drop_type!r} is not one of "
+                          f"{', '.join(repr(d.value) for d in DropType)} (ptqflow.DropType)") from None
+    if not callable(validation_fn):
+        raise ConfigError(f"validation_fn must be a function (model, validation data) -> float, got "
+                          f"{type(validation_fn).__name__}")
+    params = params if params is not None else AdvancedAccuracyRestorerParameters()
+    name = "advanced_accuracy_restorer_parameters"
+    if isinstance(params, dict):
+        try:
+            params = AdvancedAccuracyRestorerParameters(**params)
+        except TypeError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+    if not isinstance(params, AdvancedAccuracyRestorerParameters):
+        raise ConfigError(f"{name} must be an AdvancedAccuracyRestorerParameters, got {type(params).__name__}")
+    if params.tune_hyperparams:
+        raise ConfigError(f"{name}.tune_hyperparams=True is not supported: ptqflow does not search quantization "
+                          "parameters before reverting; leave it False")
+    n = params.max_num_iterations
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+        raise ConfigError(f"{name}.max_num_iterations must be an integer >= 0, got {n!r}")
+    r = params.ranking_subset_size
+    if r is not None and (isinstance(r, bool) or not isinstance(r, numbers.Integral) or r < 1):
+        raise ConfigError(f"{name}.ranking_subset_size must be an integer >= 1 or None, got {r!r}")
+    try:
+        mode = RestoreMode(params.restore_mode)
+    except ValueError:
+        raise ConfigError(f"{name}.restore_mode {params.restore_mode!r} is not one of "
+                          f"{', '.join(repr(m.value) for m in RestoreMode)}") from None
+    if params.num_ranking_workers not in (None, 1):
+        log.info("num_ranking_workers=%s ignored: one session ranks every quantizer", params.num_ranking_workers)
+    return drop_type, dataclasses.replace(params, restore_mode=mode)
+
+
+def _validation_data(dataset) -> Iterable:
+    """What validation_fn gets: the items as given (a Dataset's data_source, as NNCF's ``get_data()``), read
+    into a list when they are a one-shot iterator (validation_fn runs many times)."""
+    source = dataset.data_source if isinstance(dataset, Dataset) else dataset
+    if source is None:
+        raise InputError("validation_dataset is None; give the validation items (a ptqflow.Dataset or a list)")
+    return list(source) if iter(source) is source else source
+
+
+def _metric(validation_fn, model: onnx.ModelProto, data: Iterable, what: str) -> float:
+    """validation_fn's number for ``model``; InputError when it is not a finite number."""
+    value = validation_fn(model, data)
+    if isinstance(value, tuple) and value:  # NNCF's validation_fn may also return per-sample values
+        value = value[0]
+    if isinstance(value, np.ndarray) and value.size == 1:
+        value = value.reshape(()).item()
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, np.floating, np.integer)):
+        raise InputError(f"validation_fn returned {value!r} ({type(value).__name__}) for {what}; it must return a "
+                         "number, higher is better")
+    if not math.isfinite(float(value)):
+        raise InputError(f"validation_fn returned {value!r} for {what}; it must return a finite number")
+    return float(value)
+
+
+def _drop(fp32: float, metric: float, drop_type: DropType) -> float:
+    """The accuracy drop of ``metric`` from ``fp32``: absolute, or relative to |fp32| (as NNCF computes it)."""
+    if drop_type == DropType.ABSOLUTE:
+        return fp32 - metric
+    if fp32 == 0:
+        raise InputError("a relative drop is undefined when the FP32 metric is 0; use drop_type=DropType.ABSOLUTE")
+    return (fp32 - metric) / abs(fp32)
+
+
+def _rank(prepared: onnx.ModelProto, stats: Statistics, adv: AdvancedParameters, samples: list[dict],
+          device: str) -> list[tuple[str, float]]:
+    """Every activation quantizer of the plan with its harm (the model's output error minus that error with this
+    quantizer alone in float, all weights quantized), most harmful first."""
+    if not stats.plan.activations or not samples:
+        return []
+    mean_minmax = RangeEstimator(adv.activations_range) == RangeEstimator.MEAN_MINMAX
+    gated, tensors = sensitivity.gated_model(prepared, stats.plan, stats.ranges(mean_minmax))
+    _fold_constant_dequantize(gated)
+    fp32, sess = session(prepared, device), session(gated, device)
+    refs = [fp32.run(None, s) for s in samples]
+    base, errs = sensitivity.leave_one_out(sess, len(tensors), samples, refs, set())
+    harm = [(t, float(base - e)) for t, e in zip(tensors, errs)]
+    return sorted(harm, key=lambda th: -th[1])
+
+
+def _fold_constant_dequantize(model: onnx.ModelProto) -> None:
+    """Replace each DequantizeLinear of an int8 initializer (the weights) by its float result, in place: the same
+    numbers, but onnxruntime (1.2x, CPU) fuses DequantizeLinear -> MatMul/Gemm whose other input is float into
+    MatMulNBits, which quantizes that input per block at run time, so the gated model (whose gates make every
+    activation input float) would measure that quantization instead of ptqflow's."""
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    folded = []
+    for n in g.node:
+        if n.op_type != "DequantizeLinear" or not all(i in inits for i in n.input if i):
+            continue
+        x, scale = (numpy_helper.to_array(inits[i]) for i in n.input[:2])
+        zp = numpy_helper.to_array(inits[n.input[2]]) if len(n.input) > 2 and n.input[2] else np.zeros_like(scale)
+        axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
+        if scale.ndim == 1 and x.ndim > 1:
+            shape = [-1 if i == axis % x.ndim else 1 for i in range(x.ndim)]
+            scale, zp = scale.reshape(shape), zp.reshape(shape)
+        value = ((x.astype(np.float32) - zp.astype(np.float32)) * scale).astype(np.float32)
+        g.initializer.append(numpy_helper.from_array(value, n.output[0]))
+        folded.append(n)
+    for n in folded:
+        g.node.remove(n)
+
+
+def _revert(plan: QuantizationPlan, tensor: str, harm: float, mode: RestoreMode) -> list[str]:
+    """Keep ``tensor`` in float in ``plan``; with ACTIVATIONS_AND_WEIGHTS also the weights of the layers it fed that
+    are left with no quantized activation input (their biases are then not corrected). Returns those layers."""
+    point = next(p for p in plan.activations if p.tensor == tensor)
+    plan.keep_in_float([FloatTensor(tensor, f"accuracy control: reverted to restore the metric (harm {harm:.4g}: "
+                                            "the output error it alone adds)", BY)])
+    if mode != RestoreMode.ACTIVATIONS_AND_WEIGHTS:
+        return []
+    still_quantized = {node for p in plan.activations for node, _ in p.edges}
+    layers = sorted({node for node, _ in point.edges} - still_quantized)
+    layers = [n for n in layers if any(n == node for w in plan.weights for node, _ in w.nodes)]
+    for w in plan.weights:
+        w.nodes = [e for e in w.nodes if e[0] not in layers]
+    plan.weights = [w for w in plan.weights if w.nodes]
+    plan.float_layers += [FloatLayer(n, f"accuracy control: its input {tensor!r} was reverted to float", BY)
+                          for n in layers]
+    plan.bias_layers = [b for b in plan.bias_layers if b not in layers]
+    return layers
