@@ -389,6 +389,11 @@ def test_accuracy_control_onnx_dataset_validation_quantization(nncf, sklearn_met
     quantized = ns["quantized_model"]
     assert isinstance(quantized, onnx.ModelProto) and quantized_nodes(quantized)
     assert ns["validate"](quantized, loader) >= 0.99  # max_drop=0.01, absolute
+    from nncf.quantization import quantize_with_accuracy_control  # NNCF's other import path, same function
+
+    again = quantize_with_accuracy_control(model, ns["calibration_dataset"], ns["validation_dataset"],
+                                           validation_fn=ns["validate"], max_drop=0.01)
+    assert again.SerializeToString() == quantized.SerializeToString()
 
 
 # --- NNCF's names and spellings beyond the snippets ------------------------------------------------------

@@ -18,4 +18,11 @@ def quantize(*args, **kwargs):
     return _quantize(*args, **kwargs)
 
 
-__all__ = ["AdvancedQuantizationParameters", "QuantizationPreset", "quantize"]
+def quantize_with_accuracy_control(*args, **kwargs):
+    """``ptqflow.quantize_with_accuracy_control`` (imported when called); returns the INT8 model."""
+    from ptqflow.accuracy_control import quantize_with_accuracy_control as _quantize_with_accuracy_control
+
+    return _quantize_with_accuracy_control(*args, **kwargs)
+
+
+__all__ = ["AdvancedQuantizationParameters", "QuantizationPreset", "quantize", "quantize_with_accuracy_control"]
