@@ -1,0 +1,60 @@
+"""Render the KubernetesPodOperator pods of ptqflow's DAG (kubernetes mode) for one run, as Airflow would start
+them, and print each pod's main container as JSON. Needs Airflow, so the container test runs it with
+.venv-airflow's Python:
+
+    python render_kpo.py '{"device": "npu", "conf": {...run conf...}}' OUT.json
+
+writes {step: {"image", "command", "args", "env", "working_dir"}} for the six steps to OUT.json (not stdout:
+Airflow logs there), env as the pod spec's list of {"name", "value"} or {"name", "valueFrom"}."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+STEPS = ("fetch-model", "build-calibration", "collect-stats", "quantize", "validate", "export-ir")
+
+
+def main(argv: list[str]) -> int:
+    request = json.loads(argv[1])
+    home = Path(tempfile.mkdtemp(prefix="ptqflow-kpo-render-"))
+    os.environ["AIRFLOW_HOME"] = str(home)  # Airflow reads its home at import
+    os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+    # Building the pod reads a kubeconfig; no API server is ever contacted.
+    kubeconfig = home / "kubeconfig"
+    kubeconfig.write_text("""apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:6443", insecure-skip-tls-verify: true}}]
+users: [{name: u, user: {token: dummy}}]
+contexts: [{name: x, context: {cluster: c, user: u, namespace: ptqflow}}]
+current-context: x
+""")
+    from airflow.sdk.definitions.param import ParamsDict
+    from kubernetes.client import ApiClient
+
+    from ptqflow.orchestration.airflow_face import build_dag
+
+    dag = build_dag("ptqflow_container_test", mode="kubernetes", device=request["device"])
+    params = ParamsDict(dag.params)
+    params.update(request["conf"])
+    params.validate()
+    pods = {}
+    for step in STEPS:
+        op = dag.get_task(step.replace("-", "_"))
+        op.config_file = str(kubeconfig)
+        # As the task runner does before execute(): the templated fields rendered with the run's params.
+        op.arguments = op.render_template(op.arguments, {"params": params.dump()}, jinja_env=dag.get_template_env())
+        pod = ApiClient().sanitize_for_serialization(op.build_pod_request_obj(context=None))
+        (container,) = [c for c in pod["spec"]["containers"] if c["name"] == op.base_container_name]
+        pods[step] = {"image": container["image"], "command": container.get("command", []),
+                      "args": container.get("args", []), "env": container.get("env", []),
+                      "working_dir": container.get("workingDir")}
+    Path(argv[2]).write_text(json.dumps(pods, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
