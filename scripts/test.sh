@@ -23,6 +23,11 @@ install_env "$VENV" dev -e ".[openvino,s3,demo,dev,registry]"
 if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium || true
 fi
+# The image test (tests/containers/test_images_run.py) builds and runs the images with buildah where no Docker
+# engine answers; mmdebstrap makes the base image when python:3.11-slim-trixie cannot be pulled, podman imports it.
+if ! { command -v podman && command -v buildah && command -v mmdebstrap; } >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman buildah mmdebstrap || true
+fi
 set +e
 
 status=0
