@@ -29,7 +29,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ptqflow.api import Dataset, QuantizationResult, _collect, _quantize, _samples
+from ptqflow.api import Dataset, QuantizationResult, _samples, _stream_for
+from ptqflow.quantization import engine
 from ptqflow.config import (AdvancedParameters, DropType, IgnoredScope, ModelType, QuantizationConfig,
                             QuantizationPreset, RangeEstimator, TargetDevice)
 from ptqflow.errors import ConfigError, InputError
@@ -126,11 +127,11 @@ def quantize_with_accuracy_control_result(
     keep = 0 if config.fast_bias_correction else config.bias_correction_samples()  # as api.quantize_with_config
     if not adv.disable_bias_correction:
         keep = max(keep, adv.bias_correction_guard_samples, adv.bias_correction_guard_samples_no_softmax)
-    collected = _collect(fp32_model, calibration_dataset, config, device, keep)
+    collected = engine.collect(fp32_model, _stream_for(calibration_dataset), config, device, keep)
     prepared, stats = collected.prepared, collected.statistics
 
     def requantize(plan: QuantizationPlan) -> QuantizationResult:  # the same statistics, another plan
-        return _quantize(prepared, dataclasses.replace(stats, plan=plan), config,
+        return engine.quantize(prepared, dataclasses.replace(stats, plan=plan), config,
                          lambda n: list(collected.kept[:n]), device)
 
     current = requantize(copy.deepcopy(stats.plan))

@@ -22,10 +22,12 @@ from ptqflow.quantization.statistics.store import Statistics
 
 @dataclass
 class PlanContext:
-    """What a plan pass sees: the prepared FP32 model the plan refers to, the plan, the statistics (with this
-    pass's own points), the config, the kept calibration samples and a session maker for the model's device."""
+    """What a plan pass sees: the prepared FP32 model the plan refers to (None when shards' statistics are merged:
+    a pass that needs the model or ``samples`` declares ``samples`` and is refused for sharding), the plan, the
+    statistics (with this pass's own points), the config, the kept calibration samples and a session maker for
+    the model's device."""
 
-    prepared: onnx.ModelProto
+    prepared: onnx.ModelProto | None
     plan: QuantizationPlan
     statistics: Statistics
     config: QuantizationConfig

@@ -46,7 +46,7 @@ class DepthwiseSafeguard(PlanPass):
         adv = ctx.config.advanced
         ranges = ctx.statistics.ranges(True)
         channel_absmax = ctx.statistics.of(self.name)
-        depthwise = inputs(ctx.prepared, ctx.plan.activations)
+        depthwise = {p.tensor for p in ctx.statistics.points if p.consumer == self.name}  # as declared
         decisions = []
         for p in ctx.plan.activations:
             lo, hi = ranges[p.group]

@@ -17,6 +17,7 @@ from ptqflow.errors import InputError
 from ptqflow.quantization.graph.prepare import graph_inputs, is_large
 from ptqflow.runtime.sessions import make_session
 from ptqflow.quantization.plan import QuantizationPlan
+from ptqflow.quantization.statistics import exact
 from ptqflow.quantization.statistics.collector import augment
 from ptqflow.quantization.statistics.points import PER_SAMPLE, Reducer, StatisticPoint, parse_observation
 from ptqflow.quantization.statistics.runner import make_runner
@@ -38,23 +39,36 @@ def observe(prepared: onnx.ModelProto, plan: QuantizationPlan, points: list[Stat
             samples: Iterator[dict], *, device: str, runtime: str, keep: int = 0) -> Observed:
     """Observe every distinct observation of ``points`` on ``samples``; InputError when there are no samples or
     an activation range holds NaN/Inf."""
+    kept: list[dict] = []
+    acc = accumulate(prepared, points, samples, device=device, runtime=runtime, keep=keep, kept=kept)
+    if acc.count == 0:
+        raise InputError("calibration dataset is empty: at least one sample is needed")
+    return Observed(finalize(plan, points, acc), kept)
+
+
+def accumulate(prepared: onnx.ModelProto, points: list[StatisticPoint], samples: Iterator[dict], *, device: str,
+               runtime: str, keep: int = 0, kept: list | None = None, first: int = 0) -> "Accumulator":
+    """Run the statistics model over ``samples`` (the calibration samples from global index ``first`` on) and
+    return what was accumulated; the first ``keep`` samples are also appended to ``kept``."""
     observations = list(dict.fromkeys(p.observation for p in points))
     ranged = sorted({p.tensor for p in points if p.reducer in PER_SAMPLE})
     stackable = batchable(prepared, ranged)
     aug, out_map = augment(prepared, observations, per_sample=stackable)
     runner = make_runner(aug, list(out_map), device, runtime, session)
     acc = Accumulator(out_map)
-    n = 0
-    kept: list[dict] = []
-    for outs, count in runner.map(batches(samples, stackable, keep, kept)):
+    for outs, count in runner.map(batches(samples, stackable, keep, kept, first)):
         acc.add(outs, count)
-        n += count
-    if n == 0:
-        raise InputError("calibration dataset is empty: at least one sample is needed")
-    stats = Statistics(plan=plan, points=list(points), values=acc.result(n), num_samples=n)
+    return acc
+
+
+def finalize(plan: QuantizationPlan, points: list[StatisticPoint], acc: "Accumulator") -> Statistics:
+    """The Statistics of what ``acc`` accumulated: checked finite, signedness filled in the plan."""
+    raw = acc.result()
+    values = {oid: raw[oid] for oid in dict.fromkeys(p.observation for p in points) if oid in raw}  # points' order
+    stats = Statistics(plan=plan, points=list(points), values=values, num_samples=acc.count)
     check_finite(stats)
     fill_signedness(stats)
-    return Observed(stats, kept)
+    return stats
 
 
 def session(model: onnx.ModelProto, device: str):
@@ -85,18 +99,23 @@ def batchable(model: onnx.ModelProto, tensors: list[str]) -> bool:
     return True
 
 
-def batches(samples: Iterator[dict], batchable: bool, keep: int, kept: list | None) -> Iterator[dict]:
-    """Runs to execute: consecutive same-shape batch-1 samples stacked up to MAX_BATCH when ``batchable``; the
-    first ``keep`` samples are also appended to ``kept``."""
+def batches(samples: Iterator[dict], batchable: bool, keep: int, kept: list | None, first: int = 0) -> Iterator[dict]:
+    """Runs to execute: consecutive same-shape batch-1 samples stacked up to MAX_BATCH when ``batchable``, never
+    across a multiple of MAX_BATCH in the global sample index (``first`` is the first sample's), so a run of all
+    samples and runs of block-aligned shards stack the same samples together; the first ``keep`` samples are also
+    appended to ``kept``."""
     pending: list[dict] = []
 
     def flush():
         arrays = {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
         return {"arrays": arrays, "count": len(pending)}
 
-    for s in samples:
+    for index, s in enumerate(samples, start=first):
         if kept is not None and len(kept) < keep:
             kept.append(s)
+        if pending and index % MAX_BATCH == 0:
+            yield flush()
+            pending = []
         if not batchable or any(a.shape[0] != 1 for a in s.values()):
             if pending:
                 yield flush()
@@ -115,31 +134,44 @@ def batches(samples: Iterator[dict], batchable: bool, keep: int, kept: list | No
 
 
 class Accumulator:
-    """Per-sample value lists (MIN/MAX) and running per-channel sums weighted by samples (MEAN/ABSMAX)."""
+    """Per-sample value lists (MIN/MAX) and exact per-channel sums over the samples (MEAN/ABSMAX, see
+    ptqflow.quantization.statistics.exact): the result does not depend on how the samples were grouped, and
+    accumulators of consecutive parts of the samples merge into the accumulator of the whole (``merge``)."""
 
-    def __init__(self, out_map: dict[str, str]):
-        self.out_map = out_map
+    def __init__(self, out_map: dict[str, str] | None = None):
+        self.out_map = out_map or {}
         self.lists: dict[str, list] = {}
         self.sums: dict[str, np.ndarray] = {}
+        self.count = 0
 
     def add(self, outs: dict[str, np.ndarray], count: int) -> None:
         for out, value in outs.items():
             oid = self.out_map[out]
             if parse_observation(oid)[1] in PER_SAMPLE:
                 self.lists.setdefault(oid, []).extend(np.atleast_1d(np.asarray(value, np.float64)).ravel())
-            else:
-                v = np.asarray(value, np.float64)
-                # ABSMAX over stacked samples comes per sample ([count, C]); a MEAN over a stack is its mean
-                v = v.sum(axis=0) if v.ndim == 2 and v.shape[0] == count and parse_observation(oid)[1] == Reducer.ABSMAX \
-                    else v * count
-                self.sums[oid] = self.sums[oid] + v if oid in self.sums else v
+                continue
+            v = np.asarray(value, np.float64)
+            if v.ndim == 2 and v.shape[0] == count and count > 1:  # one row per stacked sample
+                total = exact.to_exact(v).sum(axis=0)
+            else:  # one sample, or a mean over a stack (unknown rank: the stack's mean, weighted by its samples)
+                total = exact.to_exact(v * count)
+            self.sums[oid] = self.sums[oid] + total if oid in self.sums else total
+        self.count += count
 
-    def result(self, n: int) -> dict[str, np.ndarray]:
-        """Per observation: the per-sample values, or the per-channel values averaged over the ``n`` samples
-        (MEAN as float32, as FastBiasCorrection computes in; ABSMAX in float64)."""
+    def merge(self, later: "Accumulator") -> None:
+        """Append what ``later`` accumulated on the samples that follow this accumulator's."""
+        for oid, values in later.lists.items():
+            self.lists.setdefault(oid, []).extend(values)
+        for oid, total in later.sums.items():
+            self.sums[oid] = self.sums[oid] + total if oid in self.sums else total
+        self.count += later.count
+
+    def result(self) -> dict[str, np.ndarray]:
+        """Per observation: the per-sample values, or the per-channel values averaged over the samples, each
+        correctly rounded (MEAN as float32, as FastBiasCorrection computes in; ABSMAX in float64)."""
         values: dict[str, np.ndarray] = {oid: np.array(v) for oid, v in self.lists.items()}
-        for oid, s in self.sums.items():
-            mean = s / max(n, 1)
+        for oid, total in self.sums.items():
+            mean = exact.mean(total, max(self.count, 1))
             values[oid] = mean.astype(np.float32) if parse_observation(oid)[1] == Reducer.MEAN else mean
         return values
 

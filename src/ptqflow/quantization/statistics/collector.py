@@ -34,17 +34,22 @@ def _rank(model: onnx.ModelProto, tensor: str) -> int | None:
     return None
 
 
-def _channel_mean_nodes(src: str, out: str, axis: int, rank: int | None, opset: int,
-                        extra: list) -> list[onnx.NodeProto] | None:
-    """Nodes computing the per-channel mean of ``src`` over every axis but ``axis`` into ``out``.
+def _channel_mean_nodes(src: str, out: str, axis: int, rank: int | None, opset: int, extra: list,
+                        per_sample: bool = False) -> list[onnx.NodeProto] | None:
+    """Nodes computing the per-channel mean of ``src`` over every axis but ``axis`` (and the batch, one row per
+    sample, when ``per_sample``) into ``out``.
 
     Without a known rank, a last-axis channel (MatMul inputs and outputs, whose rank shape inference often
-    loses after a Reshape with a computed shape) is still observed: Flatten to [N, C], then the mean over N.
-    Returns None when the channel axis cannot be located.
+    loses after a Reshape with a computed shape) is still observed: Flatten to [N, C], then the mean over N
+    (observe() never stacks samples then: see batchable). Returns None when the channel axis cannot be located.
     """
     if rank is not None:
         ax = axis % rank
-        return [_reduce("ReduceMean", src, out, [a for a in range(rank) if a != ax], opset, extra)]
+        keep = {ax, 0} if per_sample and ax != 0 else {ax}
+        axes = [a for a in range(rank) if a not in keep]
+        if not axes:  # [N, C] stacked: the tensor is its own per-sample mean (empty axes would reduce all)
+            return [helper.make_node("Identity", [src], [out], name=out)]
+        return [_reduce("ReduceMean", src, out, axes, opset, extra)]
     if axis != -1 or opset < 11:  # Flatten takes a negative axis from opset 11
         return None
     flat = out + "_flat"
@@ -57,10 +62,10 @@ def augment(model: onnx.ModelProto, observations: list[str], per_sample: bool,
     """A copy of ``model`` with one reduction output per observation (ptqflow.quantization.statistics.points ids,
     each computed once); and the map added output -> observation id.
 
-    MIN/MAX reduce over all axes but the batch when ``per_sample`` (stacked samples), else over all axes; MEAN
-    over all axes but its channel axis (a mean over a stack is the mean of its samples' means); ABSMAX over all
-    axes but its channel axis and, when ``per_sample``, the batch (a max over a stack is not the mean of its
-    samples' maxima). An observation whose tensor's rank (needed to locate the
+    MIN/MAX reduce over all axes but the batch when ``per_sample`` (stacked samples), else over all axes; MEAN and
+    ABSMAX over all axes but their channel axis and, when ``per_sample``, the batch: every statistic comes back
+    per sample, so it does not depend on how samples were stacked (and partial statistics of any split of the
+    samples merge exactly, ptqflow.quantization.statistics.partial). An observation whose tensor's rank (needed to locate the
     channel axis) is unknown is left out, and its consumer finds no value for it.
     """
     aug = onnx.ModelProto()
@@ -78,7 +83,7 @@ def augment(model: onnx.ModelProto, observations: list[str], per_sample: bool,
             axes = list(range(1, rank)) if rank and rank > 1 else None
             nodes = [_reduce("ReduceMin" if reducer == Reducer.MIN else "ReduceMax", tensor, out, axes, opset, extra)]
         elif reducer == Reducer.MEAN:
-            nodes = _channel_mean_nodes(tensor, out, axis, _rank(aug, tensor), opset, extra)
+            nodes = _channel_mean_nodes(tensor, out, axis, _rank(aug, tensor), opset, extra, per_sample)
         else:  # ABSMAX
             rank = _rank(aug, tensor)
             if rank is None:
