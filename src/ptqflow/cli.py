@@ -52,6 +52,17 @@ _FLAGS: list[tuple[str, str, dict[str, Any]]] = [
 ]
 
 
+def _shard(text: str) -> tuple[int, int]:
+    """``I/N`` -> (I, N) with 0 <= I < N."""
+    try:
+        i, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected I/N, e.g. 0/4") from None
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected 0 <= I < N")
+    return i, n
+
+
 def _csv(text: str) -> list[str]:
     return [part for part in (p.strip() for p in text.split(",")) if part]
 
@@ -107,6 +118,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="output artifact location (--out is the same flag)")
         _add_common(p, name)
         p.set_defaults(step_inputs=inputs)
+        if name == "collect-stats":
+            p.add_argument("--shard", type=_shard, metavar="I/N",
+                           help="collect only shard I (0-based) of N of the calibration split: partial statistics "
+                                "for merge-stats")
+    merge = sub.add_parser("merge-stats", help="merge collect-stats --shard partials into the statistics artifact")
+    merge.add_argument("--in-partials", dest="in_partials", nargs="+", required=True, metavar="URI",
+                       help="the partial statistics of shards 0..N-1 (any order)")
+    merge.add_argument("--output", "--out", dest="out", required=True, metavar="URI", help="output artifact location")
+    _add_common(merge, "collect-stats")  # the shards' config: the merged artifact is collect-stats'
+    merge.set_defaults(step_inputs=())
     run = sub.add_parser("run", help="run all six steps in order")
     run.add_argument("--output", dest="output", metavar="URI", help="output prefix; each step writes <output>/<step>/")
     _add_common(run)
@@ -166,11 +187,17 @@ def _command(args: argparse.Namespace) -> int:
         manifests = pipeline.run_pipeline(cfg, force=args.force)
         _print_run_summary(cfg.output, manifests)
         return 0
+    if args.command == "merge-stats":
+        manifest = pipeline.merge_stats(args.in_partials, args.out, cfg, force=args.force)
+        print(json.dumps({"step": manifest.step, "output": args.out, "digest": manifest.digest,
+                          "metrics": manifest.metrics}, default=str))
+        return 0
     uris = {name: getattr(args, f"in_{name}") for name in args.step_inputs}
     missing = [n for n, u in uris.items() if not u]
     if missing:
         raise ConfigError(f"{args.command}: missing --in-{missing[0]} URI (inputs: {', '.join(args.step_inputs)})")
-    manifest = pipeline.run_step(args.command, uris, args.out, cfg, force=args.force)
+    manifest = pipeline.run_step(args.command, uris, args.out, cfg, force=args.force,
+                                 shard=getattr(args, "shard", None))
     print(json.dumps({"step": manifest.step, "output": args.out, "digest": manifest.digest,
                       "metrics": manifest.metrics}, default=str))
     return 0

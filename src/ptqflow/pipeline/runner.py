@@ -39,30 +39,51 @@ def run_step(
     cfg: PipelineConfig,
     force: bool = False,
     staged: dict[str, Path] | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> Manifest:
     """Run step ``name`` on the artifacts at ``input_uris`` into ``output_uri`` unless an identical run's
     intact output is already there; return the output's manifest.
 
     ``staged`` maps URIs to local directories already downloaded (``run_pipeline`` passes it so a chain
-    on S3 does not download an artifact twice); newly staged inputs are added to it.
+    on S3 does not download an artifact twice); newly staged inputs are added to it. ``shard`` (i, n): run only
+    shard i of n (collect-stats: partial statistics for merge-stats).
     """
     step = load_step(name)
     missing = [i for i in step.INPUTS if not input_uris.get(i)]
     if missing:
         raise ConfigError(f"step {name}: missing input artifact(s) {', '.join(missing)} (--in-{missing[0]} URI)")
+    if shard is not None and name != "collect-stats":
+        raise ConfigError(f"--shard: only collect-stats runs on shards, not {name}")
     devicecheck.require([name], cfg)  # before staging: an absent device fails at once, never falls back
+    return _run(step, list(step.INPUTS), input_uris, output_uri, cfg, force, staged, shard)
+
+
+def merge_stats(partial_uris: list[str], output_uri: str, cfg: PipelineConfig, force: bool = False) -> Manifest:
+    """Merge the partial statistics at ``partial_uris`` (collect-stats --shard I/N outputs) into ``output_uri``,
+    as collect-stats would have written it on the whole split; cached like a step."""
+    from ptqflow.pipeline.steps import merge_stats as step
+
+    if not partial_uris:
+        raise ConfigError("merge-stats: give the partial statistics (--in-partials URI ...)")
+    uris = {f"partial-{k}": uri for k, uri in enumerate(partial_uris)}
+    return _run(step, list(uris), uris, output_uri, cfg, force, None, None)
+
+
+def _run(step, names: list[str], input_uris: dict[str, str], output_uri: str, cfg: PipelineConfig, force: bool,
+         staged: dict[str, Path] | None, shard: tuple[int, int] | None) -> Manifest:
+    name = step.NAME
     if not storage.is_s3(output_uri):
         storage.check_replaceable(storage.parse_uri(output_uri).path)  # before the work, not at its end
-    section = step.config_section(cfg)
+    section = step.config_section(cfg) | ({"shard": f"{shard[0]}/{shard[1]}"} if shard else {})
     with _work_dir(output_uri, f"ptqflow-{name}-") as work:
-        inputs, digests = _stage_inputs(step.INPUTS, input_uris, work, staged)
+        inputs, digests = _stage_inputs(names, input_uris, work, staged)
         key = cache_key(step.NAME, __version__, section, digests)
         if not force:
             found = _cached(name, output_uri, key)
             if found is not None:
                 return found
         try:
-            return _execute(step, inputs, output_uri, cfg, work)
+            return _execute(step, inputs, output_uri, cfg, work, shard)
         finally:
             _keep_published(output_uri, work / "out", staged)
 
@@ -157,7 +178,8 @@ def _raise_if_gate_failed(name: str, manifest: Manifest) -> None:
                               "(report.html) at the validate output")
 
 
-def _execute(step, inputs: dict[str, Path], output_uri: str, cfg: PipelineConfig, work: Path) -> Manifest:
+def _execute(step, inputs: dict[str, Path], output_uri: str, cfg: PipelineConfig, work: Path,
+             shard: tuple[int, int] | None = None) -> Manifest:
     """Run the step into a fresh directory and publish it; a gate failure is published, then re-raised."""
     loc = storage.parse_uri(output_uri)
     out = work / "out"
@@ -167,7 +189,7 @@ def _execute(step, inputs: dict[str, Path], output_uri: str, cfg: PipelineConfig
     gate_error: GateFailedError | None = None
     try:
         try:
-            manifest = step.run(inputs, out, cfg)
+            manifest = step.run(inputs, out, cfg, **({"shard": shard} if shard else {}))
         except OSError as err:
             # The disk is full (a zip writer does not say which file), or writing into ``work`` (beside a local
             # output) was refused: name the output instead of reporting an internal error.

@@ -60,12 +60,16 @@ def calibration_samples(calibration: Path, desc: str, limit: int | None = None):
     return progress(iter_samples(calibration, "calibration"), total=total, desc=desc)
 
 
-def run(inputs: dict[str, Path], out: Path, cfg: PipelineConfig) -> Manifest:
-    """Collect statistics into ``out`` (statistics.npz + plan.json); returns the manifest."""
+def run(inputs: dict[str, Path], out: Path, cfg: PipelineConfig, shard: tuple[int, int] | None = None) -> Manifest:
+    """Collect statistics into ``out`` (statistics.npz + plan.json); with ``shard`` (i, n), only shard i of n of
+    the calibration split, as partial statistics (partial.npz + partial.json) for merge-stats. Returns the
+    manifest."""
     import ptqflow
 
     start = time.monotonic()
     model = onnx.load(str(Path(inputs["model"]) / "model.onnx"))
+    if shard is not None:
+        return _run_shard(inputs, out, cfg, model, shard, start)
     samples = calibration_samples(Path(inputs["calibration"]), "collect-stats", cfg.quantization.subset_size)
     stats = ptqflow.collect_statistics(model, samples, cfg.quantization, device=cfg.device.value)
     stats.save(out)
@@ -77,3 +81,23 @@ def run(inputs: dict[str, Path], out: Path, cfg: PipelineConfig) -> Manifest:
             metrics[attr] = getattr(stats, attr)
     return write_manifest(out, step=NAME, config=config_section(cfg), inputs=input_digests(inputs),
                           metrics=metrics, timings={"total_s": round(time.monotonic() - start, 3)})
+
+
+def _run_shard(inputs: dict[str, Path], out: Path, cfg: PipelineConfig, model, shard: tuple[int, int],
+               start: float) -> Manifest:
+    from ptqflow.api import collect_partial_statistics
+    from ptqflow.data import read_index
+
+    calibration = Path(inputs["calibration"])
+    count = int(read_index(calibration)["counts"]["calibration"])
+    samples = calibration_samples(calibration, f"collect-stats {shard[0]}/{shard[1]}", cfg.quantization.subset_size)
+    part = collect_partial_statistics(model, samples, cfg.quantization, shard=shard[0], shards=shard[1],
+                                      num_samples=count, device=cfg.device.value)
+    part.save(out)
+    for npz in sorted(Path(out).glob("*.npz")):
+        reproducible_zip(npz)
+    return write_manifest(out, step=NAME, config=config_section(cfg) | {"shard": f"{shard[0]}/{shard[1]}"},
+                          inputs=input_digests(inputs),
+                          metrics={"shard": shard[0], "shards": shard[1], "num_samples": part.accumulator.count,
+                                   "first_sample": part.start},
+                          timings={"total_s": round(time.monotonic() - start, 3)})
