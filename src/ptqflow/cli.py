@@ -122,11 +122,21 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--shard", type=_shard, metavar="I/N",
                            help="collect only shard I (0-based) of N of the calibration split: partial statistics "
                                 "for merge-stats")
+        if name == "validate":
+            p.add_argument("--shard", type=_shard, metavar="I/N",
+                           help="evaluate only shard I (0-based) of N of the validation split: partial results for "
+                                "merge-validation (shard 0 also measures speed)")
     merge = sub.add_parser("merge-stats", help="merge collect-stats --shard partials into the statistics artifact")
     merge.add_argument("--in-partials", dest="in_partials", nargs="+", required=True, metavar="URI",
                        help="the partial statistics of shards 0..N-1 (any order)")
     merge.add_argument("--output", "--out", dest="out", required=True, metavar="URI", help="output artifact location")
     _add_common(merge, "collect-stats")  # the shards' config: the merged artifact is collect-stats'
+    merge.set_defaults(step_inputs=())
+    merge = sub.add_parser("merge-validation", help="merge validate --shard partials into the validation report")
+    merge.add_argument("--in-partials", dest="in_partials", nargs="+", required=True, metavar="URI",
+                       help="the partial validation results of shards 0..N-1 (any order)")
+    merge.add_argument("--output", "--out", dest="out", required=True, metavar="URI", help="output artifact location")
+    _add_common(merge, "validate")  # the shards' config: the merged artifact is validate's
     merge.set_defaults(step_inputs=())
     run = sub.add_parser("run", help="run all six steps in order")
     run.add_argument("--output", dest="output", metavar="URI", help="output prefix; each step writes <output>/<step>/")
@@ -187,8 +197,9 @@ def _command(args: argparse.Namespace) -> int:
         manifests = pipeline.run_pipeline(cfg, force=args.force)
         _print_run_summary(cfg.output, manifests)
         return 0
-    if args.command == "merge-stats":
-        manifest = pipeline.merge_stats(args.in_partials, args.out, cfg, force=args.force)
+    if args.command in ("merge-stats", "merge-validation"):
+        merge = pipeline.merge_stats if args.command == "merge-stats" else pipeline.merge_validation
+        manifest = merge(args.in_partials, args.out, cfg, force=args.force)
         print(json.dumps({"step": manifest.step, "output": args.out, "digest": manifest.digest,
                           "metrics": manifest.metrics}, default=str))
         return 0

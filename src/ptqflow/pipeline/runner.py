@@ -46,14 +46,15 @@ def run_step(
 
     ``staged`` maps URIs to local directories already downloaded (``run_pipeline`` passes it so a chain
     on S3 does not download an artifact twice); newly staged inputs are added to it. ``shard`` (i, n): run only
-    shard i of n (collect-stats: partial statistics for merge-stats).
+    shard i of n (collect-stats: partial statistics for merge-stats; validate: partial results for
+    merge-validation).
     """
     step = load_step(name)
     missing = [i for i in step.INPUTS if not input_uris.get(i)]
     if missing:
         raise ConfigError(f"step {name}: missing input artifact(s) {', '.join(missing)} (--in-{missing[0]} URI)")
-    if shard is not None and name != "collect-stats":
-        raise ConfigError(f"--shard: only collect-stats runs on shards, not {name}")
+    if shard is not None and name not in ("collect-stats", "validate"):
+        raise ConfigError(f"--shard: only collect-stats and validate run on shards, not {name}")
     devicecheck.require([name], cfg)  # before staging: an absent device fails at once, never falls back
     return _run(step, list(step.INPUTS), input_uris, output_uri, cfg, force, staged, shard)
 
@@ -67,6 +68,20 @@ def merge_stats(partial_uris: list[str], output_uri: str, cfg: PipelineConfig, f
         raise ConfigError("merge-stats: give the partial statistics (--in-partials URI ...)")
     uris = {f"partial-{k}": uri for k, uri in enumerate(partial_uris)}
     return _run(step, list(uris), uris, output_uri, cfg, force, None, None)
+
+
+def merge_validation(partial_uris: list[str], output_uri: str, cfg: PipelineConfig, force: bool = False) -> Manifest:
+    """Merge the partial validation results at ``partial_uris`` (validate --shard I/N outputs) into ``output_uri``,
+    as validate would have written it on the whole split; cached like a step. A failed gate is published, then
+    raised (GateFailedError), from a cached result too, as validate's."""
+    from ptqflow.pipeline.steps import merge_validation as step
+
+    if not partial_uris:
+        raise ConfigError("merge-validation: give the partial validation results (--in-partials URI ...)")
+    uris = {f"partial-{k}": uri for k, uri in enumerate(partial_uris)}
+    manifest = _run(step, list(uris), uris, output_uri, cfg, force, None, None)
+    _raise_if_gate_failed("validate", manifest)  # a cached merge is not re-run: its verdict still decides
+    return manifest
 
 
 def _run(step, names: list[str], input_uris: dict[str, str], output_uri: str, cfg: PipelineConfig, force: bool,

@@ -1,8 +1,17 @@
-"""validate: FP32 vs INT8 on the held-out validation split: accuracy, fidelity, speed, gate, report."""
+"""validate: FP32 vs INT8 on the held-out validation split: accuracy, fidelity, speed, gate, report.
+
+The models run one sample at a time and each sample is added to sums (``metrics.ValidationSums``: counts, exact
+sums, per-class tallies) that ``finalize`` turns into the report. ``validate --shard I/N`` evaluates only shard I of
+N of the split and writes those sums (partial.json); merge-validation merges the shards' sums and finalizes them
+with the same code, so its report is the one validate writes on the whole split, the speed figures aside (shard 0
+measures speed, on the same first sample, in its own process).
+"""
 
 from __future__ import annotations
 
+import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,48 +41,135 @@ def _session(path, device: str):
     return make_session(path, device=device)
 
 
-def _run_all(sess, samples: list[dict]) -> dict[str, np.ndarray]:
-    """Outputs of every sample, concatenated along the batch axis, keyed by output name."""
-    names = [o.name for o in sess.get_outputs()]
-    per = {n: [] for n in names}
-    for s in samples:
-        for n, v in zip(names, sess.run(names, s)):
-            per[n].append(np.asarray(v))
-    return {n: np.concatenate(v, axis=0) if v and v[0].ndim else np.stack(v) for n, v in per.items()}
+def iter_validation(calibration_dir: Path):
+    """(sample, label) per validation sample, in the split's order: class indices, or the label strings when the
+    data came with a text label file."""
+    from ptqflow.data import iter_labeled, read_index
+
+    index = read_index(calibration_dir)
+    names = index.get("label_names") if index.get("label_kind") == "text" else None
+    for sample, label in iter_labeled(calibration_dir, "validation"):
+        yield sample, (names[label] if names is not None and label is not None else label)
+
+
+def _no_samples(calibration_dir: Path) -> InputError:
+    return InputError(f"{calibration_dir}/validation: no validation samples: build-calibration held none out "
+                      "(data.validation_size 0); rebuild it with data.validation_size > 0 or unset")
 
 
 def load_validation(calibration_dir: Path) -> tuple[list[dict], list]:
     """Validation samples and labels: class indices, or the label strings when the data came with a text label
     file; InputError when the split is empty (never falls back to calibration)."""
-    from ptqflow.data import iter_labeled, read_index
-
-    pairs = list(iter_labeled(calibration_dir, "validation"))
+    pairs = list(iter_validation(calibration_dir))
     if not pairs:
-        raise InputError(f"{calibration_dir}/validation: no validation samples: build-calibration "
-                         "held none out (data.validation_size 0); rebuild it with data.validation_size > 0 or unset")
-    labels = [p[1] for p in pairs]
-    index = read_index(calibration_dir)
-    if index.get("label_kind") == "text":
-        names = index["label_names"]
-        labels = [None if label is None else names[label] for label in labels]
-    return [p[0] for p in pairs], labels
+        raise _no_samples(calibration_dir)
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def shard_range(num_samples: int, shard: int, shards: int) -> tuple[int, int]:
+    """The validation samples [start, stop) of ``shard`` (0-based) of ``shards``, as even as they divide (each
+    sample runs alone, so no block alignment is needed; a shard is empty when there are more shards than samples)."""
+    return shard * num_samples // shards, (shard + 1) * num_samples // shards
+
+
+def check_shardable(vc, what: str = "validate --shard") -> None:
+    """ConfigError naming each configured metric that cannot be merged from shards: a validation.metric function
+    sees every output at once (fn(outputs, labels)), so its value on a shard says nothing about the whole split."""
+    if vc.metric:
+        raise ConfigError(f"{what}: validation.metric {vc.metric!r} is computed on all outputs at once and cannot "
+                          "be merged from shards; validate in one process (no --shard), or unset validation.metric")
+
+
+def layer_pairs(fp32_model: onnx.ModelProto, int8_model: onnx.ModelProto) -> list[tuple[str, str, str]]:
+    """(layer, FP32 output, INT8 output) of each quantized layer: a node whose weight comes from a
+    DequantizeLinear, matched to the FP32 model's node of the same name, in the INT8 graph's order."""
+    producers = {o: n for n in int8_model.graph.node for o in n.output}
+    fp32_nodes = {n.name: n for n in fp32_model.graph.node if n.name}
+    pairs = []
+    for node in int8_model.graph.node:
+        if node.name in fp32_nodes and node.op_type not in ("QuantizeLinear", "DequantizeLinear") and any(
+            producers.get(i) is not None and producers[i].op_type == "DequantizeLinear" for i in node.input[1:2]
+        ):
+            pairs.append((node.name, fp32_nodes[node.name].output[0], node.output[0]))
+    return pairs
+
+
+def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    existing = {o.name for o in m.graph.output}
+    for n in names:
+        if n not in existing:
+            m.graph.output.append(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None))
+            existing.add(n)
+    return m
+
+
+@dataclass
+class Evaluation:
+    """What evaluating a range of validation samples gives: the sums, the first sample of the split (speed is
+    measured on it) and, for a validation.metric, every output and label (one process only)."""
+
+    sums: M.ValidationSums
+    first: dict | None
+    split_samples: int
+    kept: tuple[dict, dict, list] | None = None
+
+
+def evaluate(fp32_path: Path, int8_path: Path, calibration: Path, cfg: PipelineConfig,
+             span: tuple[int, int] | None = None, keep: bool = False) -> Evaluation:
+    """Run the FP32 and INT8 models on the validation samples [span) (all when None), one sample at a time, and
+    accumulate them (per-layer rows too when configured); ``keep``: also keep every output and label."""
+    device = cfg.device.value
+    fp32, int8 = _session(fp32_path, device), _session(int8_path, device)
+    names = [o.name for o in fp32.get_outputs()]
+    pairs, layer_sessions = [], None
+    if cfg.validation.per_layer_sensitivity:
+        fp32_model, int8_model = onnx.load(str(fp32_path)), onnx.load(str(int8_path))
+        pairs = layer_pairs(fp32_model, int8_model)
+        if pairs:  # their outputs added to copies of both models, run beside them
+            layer_sessions = (_session(_with_outputs(fp32_model, [p[1] for p in pairs]), device),
+                              _session(_with_outputs(int8_model, [p[2] for p in pairs]), device))
+    sums = M.ValidationSums(outputs={n: M.OutputSums() for n in names}, layers={p[0]: M.OutputSums() for p in pairs})
+    kept = ({n: [] for n in names}, {n: [] for n in names}, []) if keep else None
+    first, seen = None, 0
+    for index, (sample, label) in enumerate(iter_validation(calibration)):
+        seen += 1
+        first = sample if index == 0 else first
+        if span is not None and not span[0] <= index < span[1]:
+            continue
+        a = dict(zip(names, fp32.run(names, sample)))
+        b = dict(zip(names, int8.run(names, sample)))
+        layers = None
+        if layer_sessions is not None:
+            la = layer_sessions[0].run([p[1] for p in pairs], sample)
+            lb = layer_sessions[1].run([p[2] for p in pairs], sample)
+            layers = {p[0]: (x, y) for p, x, y in zip(pairs, la, lb)}
+        sums.add(a, b, label, layers)
+        if kept is not None:
+            for n in names:
+                kept[0][n].append(np.asarray(a[n]))
+                kept[1][n].append(np.asarray(b[n]))
+            kept[2].append(label)
+    if not seen:
+        raise _no_samples(calibration)
+    if kept is not None:
+        kept = (_concat(kept[0]), _concat(kept[1]), kept[2])
+    return Evaluation(sums, first, seen, kept)
+
+
+def _concat(per: dict[str, list]) -> dict[str, np.ndarray]:
+    """Each output's arrays along the batch axis (scalars stacked)."""
+    return {n: np.concatenate(v, axis=0) if v and v[0].ndim else np.stack(v) for n, v in per.items()}
 
 
 def accuracy_metrics(fp32: dict, int8: dict, labels: list) -> dict:
-    """Top-1/top-5 of the first classifier-like output when every sample has a label; {} otherwise."""
-    if not labels or any(label is None or isinstance(label, str) for label in labels):
-        return {}
-    for name, ref in fp32.items():
-        if M.is_classifier_like(ref) and ref.shape[0] == len(labels):
-            y = np.asarray(labels)
-            # Counts ride along so that the gate compares exact drops (4 of 200 is 0.02, not 0.02 + 1.7e-17).
-            return {"output": name, "samples": len(labels),
-                    "fp32": {"top1": M.topk_accuracy(ref, y, 1), "top5": M.topk_accuracy(ref, y, 5)},
-                    "int8": {"top1": M.topk_accuracy(int8[name], y, 1), "top5": M.topk_accuracy(int8[name], y, 5)},
-                    "correct": {"fp32": {"top1": M.topk_correct(ref, y, 1), "top5": M.topk_correct(ref, y, 5)},
-                                "int8": {"top1": M.topk_correct(int8[name], y, 1),
-                                         "top5": M.topk_correct(int8[name], y, 5)}}}
-    return {}
+    """Top-1/top-5 of the first classifier-like output when every sample has a label; {} otherwise. ``fp32`` and
+    ``int8`` hold every sample's outputs, one row per sample (as ``ValidationSums.accuracy`` sees them)."""
+    sums = M.ValidationSums(outputs={n: M.OutputSums() for n in fp32})
+    for i, label in enumerate(labels):
+        sums.add({n: v[i:i + 1] for n, v in fp32.items()}, {n: v[i:i + 1] for n, v in int8.items()}, label)
+    return sums.accuracy()
 
 
 def measure_speed(run_fp32, run_int8, iterations: int) -> dict:
@@ -114,49 +210,21 @@ def speed_openvino(fp32_path, int8_path, sample, device: str, precision: str, it
     from ptqflow.runtime import openvino as ov
 
     c = ov.core()
-    fp32_model = ov.convert(fp32_path)
-    a = ov.compile_model(c, fp32_model, device, precision).create_infer_request()
-    b = ov.compile_model(c, ov.convert(int8_path), device).create_infer_request()
+    # Each FP32 compilation is released before the next is made: for a model over 2 GB two at once would hold
+    # its weights twice more (models with external data are read, not converted: see ov.for_compile).
+    a = ov.compile_model(c, ov.for_compile(c, fp32_path), device, precision).create_infer_request()
+    b = ov.compile_model(c, ov.for_compile(c, int8_path), device).create_infer_request()
     out = {"runtime": "openvino", "device": device, "fp32_inference_precision": precision,
            **measure_speed(lambda: a.infer(sample), lambda: b.infer(sample), iterations)}
+    del a
     default = ov.default_precision(c, device)
     if default is not None and default != precision:
-        d = ov.compile_model(c, fp32_model, device).create_infer_request()
+        d = ov.compile_model(c, ov.for_compile(c, fp32_path), device).create_infer_request()
         timed = measure_speed(lambda: d.infer(sample), lambda: b.infer(sample), iterations)
         out["default_precision"] = {"fp32_inference_precision": default, "speedup": timed["speedup"],
                                     "fp32_latency_ms_median": timed["fp32"]["latency_ms_median"],
                                     "int8_latency_ms_median": timed["int8"]["latency_ms_median"]}
     return out
-
-
-def layer_sensitivity(fp32_model: onnx.ModelProto, int8_model: onnx.ModelProto, samples, device: str) -> list[dict]:
-    """SQNR (dB) of each quantized layer's output vs FP32: layers whose weight comes from a DequantizeLinear,
-    matched to the FP32 model by node name; their outputs are added as extra graph outputs in both models."""
-    producers = {o: n for n in int8_model.graph.node for o in n.output}
-    fp32_nodes = {n.name: n for n in fp32_model.graph.node if n.name}
-    pairs = []
-    for node in int8_model.graph.node:
-        if node.name in fp32_nodes and node.op_type not in ("QuantizeLinear", "DequantizeLinear") and any(
-            producers.get(i) is not None and producers[i].op_type == "DequantizeLinear" for i in node.input[1:2]
-        ):
-            pairs.append((node.name, fp32_nodes[node.name].output[0], node.output[0]))
-    if not pairs:
-        return []
-    fp32_out = _run_all(_session(_with_outputs(fp32_model, [p[1] for p in pairs]), device), samples)
-    int8_out = _run_all(_session(_with_outputs(int8_model, [p[2] for p in pairs]), device), samples)
-    return [{"layer": name, "sqnr_db": M.sqnr_db(fp32_out[a], int8_out[b]), "cosine": M.cosine(fp32_out[a], int8_out[b])}
-            for name, a, b in pairs]
-
-
-def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    existing = {o.name for o in m.graph.output}
-    for n in names:
-        if n not in existing:
-            m.graph.output.append(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None))
-            existing.add(n)
-    return m
 
 
 # Relative tolerance of every gate comparison: a value equal to its threshold passes even when the two were
@@ -211,42 +279,40 @@ def evaluate_gate(gate: GateConfig, accuracy: dict, fidelity: dict, speed: dict)
     return checks
 
 
-def run(inputs: dict[str, Path], out: Path, cfg: PipelineConfig) -> Manifest:
-    """Validate into ``out`` (report.json, report.html, manifest); GateFailedError after writing when the gate fails."""
-    from ptqflow.pipeline.report import write_report
-
-    start = time.monotonic()
-    out = Path(out)
+def measure(fp32_path: Path, int8_path: Path, sample: dict, cfg: PipelineConfig) -> dict:
+    """Speed at batch 1 on ``sample``: {"onnxruntime": ..., "openvino": ...}."""
     vc = cfg.validation
-    fp32_path, int8_path = Path(inputs["model"]) / "model.onnx", Path(inputs["quantized"]) / "model.onnx"
-    for p in (fp32_path, int8_path):
-        if not p.is_file():
-            raise InputError(f"{p}: model.onnx missing")
-    digests = input_digests(inputs)
-    samples, labels = load_validation(Path(inputs["calibration"]))
-    device = cfg.device.value
-    fp32_out = _run_all(_session(fp32_path, device), samples)
-    int8_out = _run_all(_session(int8_path, device), samples)
-    accuracy = accuracy_metrics(fp32_out, int8_out, labels)
+    return {"onnxruntime": speed_onnxruntime(fp32_path, int8_path, sample, cfg.device.value, vc.latency_iterations),
+            "openvino": speed_openvino(fp32_path, int8_path, sample, vc.openvino_device, vc.fp32_inference_precision,
+                                       vc.latency_iterations)}
+
+
+def finalize(sums: M.ValidationSums, speed: dict, cfg: PipelineConfig,
+             kept: tuple[dict, dict, list] | None = None) -> dict:
+    """The report of the whole split from its sums, the speed figures and, for a validation.metric, every output
+    and label (``kept``); validate and merge-validation both end here."""
+    vc = cfg.validation
+    accuracy = sums.accuracy()
     if vc.metric:
         fn = M.load_metric(vc.metric)
+        fp32_out, int8_out, labels = kept
         accuracy.setdefault("fp32", {}).update(M.user_metric(fn, fp32_out, labels))
         accuracy.setdefault("int8", {}).update(M.user_metric(fn, int8_out, labels))
-    fidelity = {name: M.fidelity(ref, int8_out[name]) for name, ref in fp32_out.items()}
-    t_eval = time.monotonic() - start
-    speed = {"onnxruntime": speed_onnxruntime(fp32_path, int8_path, samples[0], device, vc.latency_iterations),
-             "openvino": speed_openvino(fp32_path, int8_path, samples[0], vc.openvino_device,
-                                        vc.fp32_inference_precision, vc.latency_iterations)}
-    layers = []
-    if vc.per_layer_sensitivity:
-        layers = layer_sensitivity(onnx.load(str(fp32_path)), onnx.load(str(int8_path)), samples, device)
+    fidelity = sums.fidelity()
     checks = evaluate_gate(vc.gate, accuracy, fidelity, speed)
-    passed = all(c["passed"] for c in checks)
-    report = {"verdict": "pass" if passed else "fail", "gate": checks, "samples": len(samples),
-              "labeled": sum(label is not None for label in labels), "accuracy": accuracy, "fidelity": fidelity,
-              "speed": speed, "layers": layers, "config": section_dump(vc), "device": device}
+    return {"verdict": "pass" if all(c["passed"] for c in checks) else "fail", "gate": checks, "samples": sums.samples,
+            "labeled": sums.labeled, "accuracy": accuracy, "fidelity": fidelity, "speed": speed,
+            "layers": sums.layer_rows(), "config": section_dump(vc), "device": cfg.device.value}
+
+
+def publish_report(out: Path, report: dict, step: str, config: dict, inputs: dict, timings: dict,
+                   extra: dict | None = None) -> Manifest:
+    """Write report.json, report.html and the manifest into ``out``; then GateFailedError when the gate failed."""
+    from ptqflow.pipeline.report import write_report
+
     write_report(out, report)
-    summary = {"verdict": report["verdict"], "samples": len(samples),
+    fidelity, speed, accuracy, checks = report["fidelity"], report["speed"], report["accuracy"], report["gate"]
+    summary = {"verdict": report["verdict"], "samples": report["samples"],
                "min_cosine": min(f["cosine"] for f in fidelity.values()),
                "speedup_openvino": speed["openvino"]["speedup"], "speedup_onnxruntime": speed["onnxruntime"]["speedup"],
                "openvino_fp32_precision": speed["openvino"]["fp32_inference_precision"]}
@@ -257,11 +323,51 @@ def run(inputs: dict[str, Path], out: Path, cfg: PipelineConfig) -> Manifest:
     if accuracy.get("fp32"):
         summary.update({f"fp32_{k}": v for k, v in accuracy["fp32"].items()})
         summary.update({f"int8_{k}": v for k, v in accuracy["int8"].items()})
-    manifest = write_manifest(out, step=NAME, config=config_section(cfg), inputs=digests, metrics=summary,
-                              timings={"evaluate_s": round(t_eval, 3), "total_s": round(time.monotonic() - start, 3)},
-                              extra={"gate": checks})
-    if not passed:
+    manifest = write_manifest(out, step=step, config=config, inputs=inputs, metrics=summary, timings=timings,
+                              extra={"gate": checks, **(extra or {})})
+    if report["verdict"] != "pass":
         failed = "; ".join(f"{c['name']}: {c['value']:.6g} vs threshold {c['threshold']:.6g} (off by {-c['margin']:.6g})"
                            for c in checks if not c["passed"])
         raise GateFailedError(f"quality gate failed: {failed}; see {out / 'report.html'}")
     return manifest
+
+
+# validate --shard writes partial.json: its shard's sums, where in the split it lies, and (shard 0) the speed.
+PARTIAL, PARTIAL_FORMAT = "partial.json", 1
+
+
+def run(inputs: dict[str, Path], out: Path, cfg: PipelineConfig, shard: tuple[int, int] | None = None) -> Manifest:
+    """Validate into ``out`` (report.json, report.html, manifest); GateFailedError after writing when the gate fails.
+    With ``shard`` (i, n): evaluate only shard i of n of the validation split and write partial.json for
+    merge-validation (shard 0 also measures speed, on the split's first sample); no report, no gate."""
+    start = time.monotonic()
+    out = Path(out)
+    fp32_path, int8_path = Path(inputs["model"]) / "model.onnx", Path(inputs["quantized"]) / "model.onnx"
+    for p in (fp32_path, int8_path):
+        if not p.is_file():
+            raise InputError(f"{p}: model.onnx missing")
+    calibration, span = Path(inputs["calibration"]), None
+    if shard is not None:
+        from ptqflow.data import read_index
+
+        check_shardable(cfg.validation)
+        count = int(read_index(calibration).get("counts", {}).get("validation", 0))
+        span = shard_range(count, *shard)
+    digests = input_digests(inputs)
+    ev = evaluate(fp32_path, int8_path, calibration, cfg, span, keep=bool(cfg.validation.metric))
+    if shard is not None and ev.split_samples != count:  # the shards would not cover the split exactly
+        raise InputError(f"{calibration}: index.json counts {count} validation samples, the split holds "
+                         f"{ev.split_samples}; rebuild the calibration artifact (build-calibration --force)")
+    t_eval = time.monotonic() - start
+    speed = measure(fp32_path, int8_path, ev.first, cfg) if shard is None or shard[0] == 0 else None
+    timings = {"evaluate_s": round(t_eval, 3), "total_s": round(time.monotonic() - start, 3)}
+    if shard is None:
+        return publish_report(out, finalize(ev.sums, speed, cfg, ev.kept), NAME, config_section(cfg), digests,
+                              timings)
+    doc = {"format": PARTIAL_FORMAT, "shard": shard[0], "shards": shard[1], "start": span[0], "stop": span[1],
+           "split_samples": count, "sums": ev.sums.to_json(), "speed": speed}
+    (out / PARTIAL).write_text(json.dumps(doc), encoding="utf-8")  # floats round-trip, inf/nan included
+    return write_manifest(out, step=NAME, config=config_section(cfg) | {"shard": f"{shard[0]}/{shard[1]}"},
+                          inputs=digests, metrics={"shard": shard[0], "shards": shard[1],
+                                                   "num_samples": ev.sums.samples, "first_sample": span[0]},
+                          timings=timings)
