@@ -7,6 +7,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = ["fetch_model", "build_calibration", "collect_stats", "quantize", "validate", "export_ir"]
+FAN_OUT = ["statistics_unsharded", "statistics_shards", "collect_stats_shard", "merge_stats"]
 
 
 @pytest.mark.parametrize("mode", ["local", "kubernetes"])
@@ -18,11 +19,18 @@ def test_dagbag_imports_without_errors(mode, monkeypatch, tmp_path):
     assert bag.import_errors == {}
     dag = bag.dags["ptqflow_quantize"]
     gate = ["registry_configured"] if mode == "kubernetes" else []
-    assert sorted(dag.task_dict) == sorted(STEPS + ["publish", "publish_registry"] + gate)
+    assert sorted(dag.task_dict) == sorted(STEPS + FAN_OUT + ["publish", "publish_registry"] + gate)
     upstream = {"export_ir", "fetch_model", "quantize", "validate"} if mode == "local" else set(gate)
     assert dag.get_task("publish_registry").upstream_task_ids == upstream
     assert dag.doc_md and "ptqflow" in dag.doc_md
-    assert dag.get_task("quantize").upstream_task_ids == {"fetch_model", "build_calibration", "collect_stats"}
+    # Statistics from the one collect_stats task, or the shards' merge: quantize runs after whichever ran.
+    assert dag.get_task("quantize").upstream_task_ids == {"fetch_model", "build_calibration", "collect_stats",
+                                                          "merge_stats"}
+    assert dag.get_task("quantize").trigger_rule == "none_failed_min_one_success"
+    assert dag.get_task("collect_stats").upstream_task_ids >= {"statistics_unsharded"}
+    assert dag.get_task("collect_stats_shard").is_mapped
+    assert dag.get_task("merge_stats").upstream_task_ids == {"collect_stats_shard"}
+    assert dag.params.get_param("statistics_shards").value == 1
     assert "validate" in dag.get_task("export_ir").upstream_task_ids
     assert {"preset", "subset_size", "fast_bias_correction", "min_cosine", "device", "model", "data",
             "output"} <= set(dag.params)
@@ -169,3 +177,71 @@ def test_exit_codes_map_to_retry_policy():
     assert [should_retry(exit_code(pod(c))) for c in (2, 3, 4, 5, 6, 1, 137)] == \
         [False, False, False, True, False, True, True]
     assert exit_code(k8s.V1Pod(status=k8s.V1PodStatus(phase="Running"))) is None
+
+
+@pytest.mark.parametrize("device,resource", [("cuda", "nvidia.com/gpu"), ("npu", "npu.intel.com/accel")])
+def test_shard_pods_are_placed_as_collect_stats_and_the_merge_pod_on_cpu(kubeconfig, device, resource):
+    """statistics_shards=3 in kubernetes mode: each mapped shard pod is collect-stats' pod (image, node selector,
+    tolerations, accelerator) running ``collect-stats --shard I/3`` into its own directory; the merge pod runs
+    ``merge-stats`` on the three on a CPU node into <output>/collect-stats, with the shards' config."""
+    import kubernetes_validate
+    from airflow.sdk.definitions.param import ParamsDict
+    from kubernetes.client import ApiClient
+
+    from ptqflow.cli import build_parser, overrides_from_args
+    from ptqflow.config import load_config
+    from ptqflow.orchestration.airflow_face import build_dag
+    from ptqflow.orchestration.airflow_k8s import with_partials
+
+    conf = {**CONF, "statistics_shards": 3}
+    (whole, whole_pod), = _render_pods(device, conf, kubeconfig, ["collect_stats"]).values()
+    dag = build_dag("ptqflow_k8s_shards", mode="kubernetes", device=device)
+    params = ParamsDict(dag.params)
+    params.update(conf)
+    params.validate()
+    env = dag.get_template_env()
+
+    def rendered(op):
+        op.config_file = str(kubeconfig)
+        op.arguments = op.render_template(op.arguments, {"params": params.dump()}, jinja_env=env)
+        return op.build_pod_request_obj(context=None)
+
+    whole_args = build_parser().parse_args(whole_pod.spec.containers[0].args)
+    for i in range(3):
+        pod = rendered(dag.get_task("collect_stats_shard").unmap({"shard": f"{i}/3"}))
+        c, w = pod.spec.containers[0], whole_pod.spec.containers[0]
+        assert c.image == w.image and c.image.endswith(f"-{device}")
+        assert c.resources.limits == w.resources.limits and c.resources.limits[resource] == "1"
+        assert pod.spec.node_selector == whole_pod.spec.node_selector
+        assert pod.spec.tolerations == whole_pod.spec.tolerations
+        assert pod.metadata.labels["ptqflow.io/shard"] == f"{i}-of-3"
+        args = build_parser().parse_args(c.args)
+        assert args.command == "collect-stats" and args.shard == (i, 3)
+        assert args.out == f"s3://runs/r1/collect-stats-shards/{i}-of-3"
+        assert (args.in_model, args.in_calibration) == (whole_args.in_model, whole_args.in_calibration)
+        assert args.sets == whole_args.sets
+        kubernetes_validate.validate(ApiClient().sanitize_for_serialization(pod), "1.31.0", strict=True)
+    merge = dag.get_task("merge_stats")
+    pod = rendered(merge)
+    c = pod.spec.containers[0]
+    assert not c.image.endswith(f"-{device}") and resource not in (c.resources.limits or {})
+    assert pod.spec.node_selector == {"kubernetes.io/arch": "amd64"} and not pod.spec.tolerations
+    args = build_parser().parse_args(with_partials(c.args, 3))  # what execute() runs
+    assert args.command == "merge-stats" and args.out == "s3://runs/r1/collect-stats"
+    assert args.in_partials == [f"s3://runs/r1/collect-stats-shards/{i}-of-3" for i in range(3)]
+    assert args.sets == whole_args.sets  # the merge checks the partials were collected with its config
+    cfg = load_config(None, overrides_from_args(args))
+    assert cfg.device.value == device and cfg.quantization.preset.value == "mixed"
+    kubernetes_validate.validate(ApiClient().sanitize_for_serialization(pod), "1.31.0", strict=True)
+
+
+def test_statistics_shards_param():
+    from airflow.sdk.definitions.param import ParamsDict
+
+    from ptqflow.orchestration.airflow_face import dag_params
+
+    params = ParamsDict({"statistics_shards": dag_params()["statistics_shards"]})
+    params["statistics_shards"] = 4
+    for bad in (0, "two", 1.5):
+        with pytest.raises(Exception):
+            params["statistics_shards"] = bad

@@ -9,6 +9,12 @@ Two modes, picked at parse time by env var PTQFLOW_AIRFLOW_MODE or Airflow Varia
   image, placed per ``ptqflow.orchestration.pod_placement`` for the device in PTQFLOW_AIRFLOW_DEVICE / Variable
   ``ptqflow_device``. The container's exit code is mapped back: 2, 3, 4, 6 fail at once, others retry.
 
+Statistics in shards (DAG param ``statistics_shards``, N): with 1 (the default) collect-stats is one task as it
+always was; with N > 1 the gate ``statistics_unsharded`` skips it, ``collect_stats_shard`` runs once per shard
+(dynamic task mapping over the list the ``statistics_shards`` task computes from the param, each writing
+``<output>/collect-stats-shards/<i>-of-<N>``) and ``merge_stats`` merges them into ``<output>/collect-stats``,
+where quantize reads them either way (it runs after whichever of collect_stats and merge_stats ran).
+
 Artifacts live at ``<output>/<step>`` (S3 or a shared path); XCom carries only URIs and digests. The final
 INT8 ONNX model and OpenVINO IR are published as Assets by the ``publish`` task after export-ir. When the
 run's config has a ``registry`` section, the ``publish_registry`` task runs ptqflow's publish step (the INT8
@@ -20,15 +26,19 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 
-from airflow.sdk import DAG, Asset, Param, task
+from airflow.sdk import DAG, Asset, Param, TriggerRule, task
 
-from ptqflow.orchestration import OPTIONAL_STEP_INPUTS, PRODUCERS, STEP_INPUTS, step_output_uri
+from ptqflow.orchestration import (MERGE_STEP, OPTIONAL_STEP_INPUTS, PRODUCERS, SHARDED_STEP, STEP_INPUTS,
+                                   parse_shard, shard_labels, shard_output_uri, step_output_uri)
 from ptqflow.orchestration.params import param_specs
 
 INT8_ONNX = Asset(name="ptqflow_int8_onnx", uri="ptqflow://artifacts/int8-onnx")
 INT8_IR = Asset(name="ptqflow_int8_openvino_ir", uri="ptqflow://artifacts/int8-openvino-ir")
 MODES = ("local", "kubernetes")
 REGISTRY_TASK = "publish_registry"  # the publish step's task (the Assets' task is "publish")
+# The statistics fan-out's tasks: the gate of the one-task collect-stats, the shard list, the mapped shards, the merge.
+UNSHARDED_TASK, SHARDS_TASK, SHARD_TASK, MERGE_TASK = (
+    "statistics_unsharded", "statistics_shards", "collect_stats_shard", "merge_stats")
 DEFAULT_RETRIES = 2
 
 DOC_MD = """
@@ -42,6 +52,10 @@ at the output. Trigger with conf such as `{"model": "s3://b/m.onnx", "data": "s3
 Retries: storage errors (exit 5) are retried; bad config (2), bad input (3), failed gate (4) and an
 unavailable device (6) fail the task at once. On success the INT8 ONNX model and IR are published as the
 Assets `ptqflow_int8_onnx` and `ptqflow_int8_openvino_ir` (event extra: uri, digest).
+
+Statistics in shards: `statistics_shards` N > 1 runs collect-stats as N mapped tasks (`collect_stats_shard`, each
+on 1/N of the calibration samples, writing `<output>/collect-stats-shards/<i>-of-<N>/`) and `merge_stats`, which
+writes `<output>/collect-stats/` (the same statistics one task collects); with 1, `collect_stats` runs alone.
 
 Model registry: with a `registry` section in `config` (`{"tracking_uri": ..., "target_name": ..., "alias": ...}`)
 and a model such as `models:/resnet50/3`, `publish_registry` registers the gated INT8 model as a new version
@@ -74,6 +88,9 @@ def dag_params(device: str | None = None) -> dict[str, Param]:
     params["config"] = Param({}, type="object", description="Base ptqflow config (nested, as the YAML file); "
                              "the parameters above override it.")
     params["force"] = Param(False, type="boolean", description="Rerun steps even if identical results exist.")
+    params["statistics_shards"] = Param(1, type="integer", minimum=1, description=(
+        "Collect statistics in this many shards of the calibration samples, one task (pod) each, merged after; "
+        "1: one collect-stats task."))
     return params
 
 
@@ -96,20 +113,52 @@ def build_dag(dag_id: str = "ptqflow_quantize", mode: str | None = None, device:
         else:
             from ptqflow.orchestration.airflow_k8s import pod_operator, pod_tasks
 
-            last = pod_tasks(device)
+            last = pod_tasks(device, statistics_unsharded(), statistics_shards())
             last >> registry_configured() >> pod_operator("publish", device, task_id=REGISTRY_TASK)
         last >> publish()
     return dag
 
 
 def _local_tasks() -> dict:
-    """Wire six @task steps; returns {step: task}."""
+    """Wire six @task steps and the statistics fan-out; returns {step: task}."""
     done = {}
     for step, inputs in STEP_INPUTS.items():
         upstream = {name: done[PRODUCERS[name]] for name in inputs}
-        done[step] = local_step.override(task_id=step.replace("-", "_"))(step, upstream)
+        if step == SHARDED_STEP:
+            shards = local_step.override(task_id=SHARD_TASK, map_index_template="{{ task.op_kwargs['shard'] }}") \
+                .partial(step=step, upstream=upstream).expand(shard=statistics_shards())
+            merged = merge_local(shards)
+            whole = local_step.override(task_id=step.replace("-", "_"))(step, upstream)
+            statistics_unsharded() >> whole
+            done[step] = [whole, merged]  # whichever ran: the other is skipped and resolves to None
+            continue
+        # After the statistics: runs after whichever of collect_stats and merge_stats ran (the other is skipped).
+        after = {"trigger_rule": TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS} \
+            if SHARDED_STEP in (PRODUCERS[n] for n in inputs) else {}
+        done[step] = local_step.override(task_id=step.replace("-", "_"), **after)(step, upstream)
     done["validate"] >> done["export-ir"]  # export only what passed the gate
     return done
+
+
+@task(task_id=SHARDS_TASK)
+def statistics_shards(**context) -> list[str]:
+    """The shards of the run's ``statistics_shards`` param, ``["0/N", ..., "N-1/N"]``, or [] for 1 (then the mapped
+    shard task has nothing to run and is skipped, and with it the merge)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from ptqflow.errors import ConfigError
+
+    try:
+        return shard_labels(context["params"].get("statistics_shards", 1))
+    except ConfigError as err:
+        raise AirflowFailException(str(err)) from err
+
+
+@task.short_circuit(task_id=UNSHARDED_TASK, ignore_downstream_trigger_rules=False)
+def statistics_unsharded(**context) -> bool:
+    """Whether statistics are collected in one task (``statistics_shards`` is 1); else the one-task collect_stats
+    is skipped (only it: quantize's trigger rule lets it run after the merge instead)."""
+    return context["params"].get("statistics_shards", 1) == 1
 
 
 @task.short_circuit(task_id="registry_configured")
@@ -119,8 +168,10 @@ def registry_configured(**context) -> bool:
 
 
 @task
-def local_step(step: str, upstream: dict, **context) -> dict:
-    """Run one step in this worker; returns {"uri", "digest"} of its output artifact."""
+def local_step(step: str, upstream: dict, shard: str = "", **context) -> dict:
+    """Run one step in this worker (collect-stats: only ``shard`` "I/N" of the calibration split when given);
+    returns {"uri", "digest"} of its output artifact. An upstream value may be a list of alternatives: the first
+    that is not None (the one of its tasks that ran) is used."""
     from airflow.sdk.exceptions import AirflowFailException
 
     from ptqflow.errors import PtqflowError
@@ -136,13 +187,42 @@ def local_step(step: str, upstream: dict, **context) -> dict:
             raise AirflowSkipException("no 'registry' section in the run's config: nothing to publish")
         if not cfg.output:
             raise AirflowFailException("parameter 'output' (output prefix URI) is required")
-        out = step_output_uri(cfg.output, step)
-        manifest = run_step(step, {n: r["uri"] for n, r in upstream.items()}, out, cfg,
-                            force=bool(params.get("force")))
+        part = parse_shard(shard)
+        out = shard_output_uri(cfg.output, step, part) if part else step_output_uri(cfg.output, step)
+        uris = {n: _ran(r)["uri"] for n, r in upstream.items()}
+        manifest = run_step(step, uris, out, cfg, force=bool(params.get("force")), shard=part)
     except PtqflowError as err:
         if err.retryable:
             raise
         raise AirflowFailException(f"{step}: {type(err).__name__} (exit {err.exit_code}): {err}") from err
+    return {"uri": out, "digest": manifest.digest}
+
+
+def _ran(result):
+    """An upstream task's result, or of a list of alternatives the first that is not None."""
+    if isinstance(result, dict):
+        return result
+    return next(r for r in result if r is not None)
+
+
+@task(task_id=MERGE_TASK)
+def merge_local(partials, **context) -> dict:
+    """Merge the shards' partial statistics into ``<output>/collect-stats``; returns its {"uri", "digest"}."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from ptqflow.errors import PtqflowError
+    from ptqflow.orchestration.params import config_from_params
+    from ptqflow.pipeline.runner import merge_stats
+
+    params = context["params"]
+    try:
+        cfg = config_from_params(params, params.get("config") or {})
+        out = step_output_uri(cfg.output, SHARDED_STEP)
+        manifest = merge_stats([p["uri"] for p in partials], out, cfg, force=bool(params.get("force")))
+    except PtqflowError as err:
+        if err.retryable:
+            raise
+        raise AirflowFailException(f"{MERGE_STEP}: {type(err).__name__} (exit {err.exit_code}): {err}") from err
     return {"uri": out, "digest": manifest.digest}
 
 

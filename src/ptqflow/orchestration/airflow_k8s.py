@@ -7,6 +7,11 @@ address and credentials reach the fetch-model and publish pods from the registry
 ``PtqflowPodOperator`` reads the failed container's exit code and turns ptqflow's do-not-retry codes
 (2 config, 3 input, 4 gate, 6 device) into AirflowFailException, so only storage errors (5) and crashes use
 the task's retries.
+
+The statistics fan-out: ``ShardPodOperator`` is collect-stats' pod with ``--shard I/N`` and its own output
+(``<output>/collect-stats-shards/<i>-of-<N>``), mapped over the run's shards with collect-stats' placement;
+``MergeStatsPodOperator`` runs ``ptqflow merge-stats`` on a CPU node, its ``--in-partials`` filled in when it runs
+(the number of shards is a run parameter).
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperato
 from airflow.providers.cncf.kubernetes.secret import Secret
 from kubernetes.client import models as k8s
 
-from ptqflow.orchestration import STEP_INPUTS, step_input_uris
+from ptqflow.orchestration import (MERGE_STEP, SHARDED_STEP, STEP_INPUTS, parse_shard, shard_name,
+                                   shard_output_uri, shards_uri, step_input_uris)
 from ptqflow.orchestration.commands import NO_RETRY_EXIT_CODES, should_retry, step_arguments
 from ptqflow.orchestration.images import step_image
 from ptqflow.orchestration.params import param_specs
@@ -81,18 +87,59 @@ def _jinja_literal(value) -> str:
     return json.dumps(value)
 
 
+class ShardPodOperator(PtqflowPodOperator):
+    """collect-stats' pod for one shard ``"I/N"`` of the calibration split: the step's arguments with its own
+    output (``<output>/collect-stats-shards/<i>-of-<N>``) and ``--shard I/N``; mapped over the run's shards."""
+
+    def __init__(self, *, shard: str, **kwargs):
+        part = parse_shard(shard)
+        args = list(kwargs.pop("arguments"))
+        args[args.index("--out") + 1] = shard_output_uri(OUTPUT, SHARDED_STEP, part)
+        labels = {**kwargs.pop("labels", {}), "ptqflow.io/shard": shard_name(part)}
+        super().__init__(arguments=[*args, "--shard", shard], labels=labels, **kwargs)
+        self.shard = shard
+
+
+class MergeStatsPodOperator(PtqflowPodOperator):
+    """The merge-stats pod. Its rendered arguments hold ``--in-partials <output>/collect-stats-shards``; when it
+    runs, that one value becomes the run's N shard outputs (``with_partials``)."""
+
+    def execute(self, context):  # noqa: D102 (see class docstring)
+        self.arguments = with_partials(self.arguments, int(context["params"]["statistics_shards"]))
+        return super().execute(context)
+
+
+def with_partials(arguments: list[str], shards: int) -> list[str]:
+    """``arguments`` with the value after ``--in-partials`` (the shards' directory) replaced by the N shard outputs
+    under it, ``<dir>/0-of-N`` ... ``<dir>/N-1-of-N`` (``ptqflow.orchestration.shard_output_uri``)."""
+    i = arguments.index("--in-partials")
+    parts = [f"{arguments[i + 1].rstrip('/')}/{shard_name((k, shards))}" for k in range(shards)]
+    return [*arguments[:i + 1], *parts, *arguments[i + 2:]]
+
+
 def pod_operator(step: str, device: str, namespace: str | None = None,
                  table: PlacementTable | None = None, task_id: str | None = None) -> PtqflowPodOperator:
     """The pod task of one step, placed for ``device`` by ``table`` (default: ``active_table()``); its task id
     is the step's name with underscores unless ``task_id`` is given."""
+    return PtqflowPodOperator(**pod_kwargs(step, device, namespace, table, task_id))
+
+
+def pod_kwargs(step: str, device: str, namespace: str | None = None, table: PlacementTable | None = None,
+               task_id: str | None = None) -> dict:
+    """The operator arguments of ``step``'s pod (see ``pod_operator``); merge-stats' ``--in-partials`` is the
+    shards' directory until ``MergeStatsPodOperator`` runs."""
     table = table or active_table()
     place = table.placement(step, device)
-    inputs = step_input_uris(OUTPUT, step)
+    if step == MERGE_STEP:
+        inputs = {"partials": shards_uri(OUTPUT, SHARDED_STEP)}
+        out = f"{OUTPUT}/{SHARDED_STEP}"  # what quantize reads, as if one collect-stats had written it
+    else:
+        inputs, out = step_input_uris(OUTPUT, step), f"{OUTPUT}/{step}"
     base, typed = templated_sets()
-    args = step_arguments(step, inputs, f"{OUTPUT}/{step}", base)
+    args = step_arguments(step, inputs, out, base)
     for key, value in typed.items():
         args += ["--set", f"{key}={value}"]
-    return PtqflowPodOperator(
+    return dict(
         task_id=task_id or step.replace("-", "_"),
         name=f"ptqflow-{step}",
         namespace=namespace or os.environ.get("PTQFLOW_K8S_NAMESPACE", "ptqflow"),
@@ -120,14 +167,27 @@ def registry_env_vars(table: PlacementTable, step: str) -> list[k8s.V1EnvVar]:
         for env, key in table.registry_env(step).items()]
 
 
-def pod_tasks(device: str):
-    """Six chained pod tasks (data dependencies as in the artifact contract); returns export-ir's."""
-    table = active_table()
-    ops = {step: pod_operator(step, device, table=table) for step in STEP_INPUTS}
+def pod_tasks(device: str, unsharded, shards):
+    """Six chained pod tasks (data dependencies as in the artifact contract) and the statistics fan-out: the
+    one-pod collect-stats after the gate ``unsharded``, the shard pods mapped over ``shards`` (the list task's
+    output) and the merge pod; quantize waits for whichever ran. Returns export-ir's task."""
+    from airflow.sdk import TriggerRule
+
     from ptqflow.orchestration import PRODUCERS
 
+    table = active_table()
+    ops = {step: pod_operator(step, device, table=table) for step in STEP_INPUTS}
+    shard_pods = ShardPodOperator.partial(**pod_kwargs(SHARDED_STEP, device, table=table,
+                                                       task_id="collect_stats_shard"),
+                                          map_index_template="{{ task.shard }}").expand(shard=shards)
+    merge = MergeStatsPodOperator(**pod_kwargs(MERGE_STEP, device, table=table))
+    unsharded >> ops[SHARDED_STEP]
+    shard_pods >> merge
     for step, inputs in STEP_INPUTS.items():
         for name in inputs:
             ops[PRODUCERS[name]] >> ops[step]
+            if PRODUCERS[name] == SHARDED_STEP:
+                merge >> ops[step]
+                ops[step].trigger_rule = TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS
     ops["validate"] >> ops["export-ir"]
     return ops["export-ir"]
