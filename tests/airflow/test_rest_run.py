@@ -1,5 +1,6 @@
 """Slow: a real Airflow (api-server, scheduler, dag-processor; LocalExecutor on SQLite) on loopback runs the
-ptqflow DAG triggered through the REST API with conf, every artifact on an S3 server on loopback (moto).
+ptqflow DAG triggered through the REST API with conf, every artifact on an S3 server on loopback (moto), with
+statistics collected in 3 shards (mapped tasks the executor runs side by side) and merged.
 
 The task states and durations are printed and written to PTQFLOW_AIRFLOW_REST_RUN_REPORT when it is set."""
 
@@ -14,16 +15,16 @@ import pytest
 from tiny_run import BUCKET, DAG_ID, STEPS, TINY_CONFIG, task_table
 
 
-def run_conf(output: str) -> dict:
+def run_conf(output: str, **params) -> dict:
     """Run conf for the tiny model: flat parameters plus a nested base config."""
     return {"model": f"s3://{BUCKET}/in/model.onnx", "data": f"s3://{BUCKET}/in/data/", "output": output,
-            "subset_size": 16, "min_cosine": 0.5, "config": TINY_CONFIG}
+            "subset_size": 16, "min_cosine": 0.5, "config": TINY_CONFIG, **params}
 
 
 @pytest.mark.slow
 def test_rest_triggered_run_succeeds(rest_s3, airflow_rest):
     client, af = rest_s3[1], airflow_rest
-    created = af.trigger(DAG_ID, run_conf(f"s3://{BUCKET}/runs/rest"))
+    created = af.trigger(DAG_ID, run_conf(f"s3://{BUCKET}/runs/rest", statistics_shards=3))
     assert created["state"] == "queued" and created["triggered_by"] == "rest_api"
     assert created["conf"]["output"] == f"s3://{BUCKET}/runs/rest"
     run = af.wait_run(DAG_ID, created["dag_run_id"])
@@ -34,12 +35,18 @@ def test_rest_triggered_run_succeeds(rest_s3, airflow_rest):
     if report:
         Path(report).write_text(table + "\n")
     assert run["state"] == "success", table + "\n" + af.log_tails()
-    states = {ti["task_id"]: ti["state"] for ti in tis}
-    # No registry section in the conf: the publish step's task is skipped.
-    assert states == {**{s: "success" for s in STEPS}, "publish": "success", "publish_registry": "skipped"}, table
+    states = {ti["task_id"] + (f"[{ti['map_index']}]" if ti["map_index"] >= 0 else ""): ti["state"] for ti in tis}
+    # No registry section in the conf: the publish step's task is skipped. Statistics in 3 shards: the gate skips
+    # the one-task collect_stats; the 3 mapped shard tasks and the merge run.
+    assert states == {**{s: "success" for s in STEPS}, "collect_stats": "skipped", "publish": "success",
+                      "publish_registry": "skipped", "statistics_unsharded": "success", "statistics_shards": "success",
+                      **{f"collect_stats_shard[{i}]": "success" for i in range(3)}, "merge_stats": "success"}, table
     assert all(ti["try_number"] <= 1 for ti in tis), table
     keys = {o["Key"] for o in client.list_objects_v2(Bucket=BUCKET, Prefix="runs/rest/")["Contents"]}
     for step in ("fetch-model", "build-calibration", "collect-stats", "quantize", "validate", "export-ir"):
         assert f"runs/rest/{step}/manifest.json" in keys
     manifest = json.loads(client.get_object(Bucket=BUCKET, Key="runs/rest/export-ir/manifest.json")["Body"].read())
     assert manifest["metrics"]["fake_quantize"] > 0
+    merged = json.loads(client.get_object(Bucket=BUCKET, Key="runs/rest/collect-stats/manifest.json")["Body"].read())
+    assert merged["step"] == "merge-stats" and merged["metrics"]["shards"] == 3
+    assert {f"runs/rest/collect-stats-shards/{i}-of-3/manifest.json" for i in range(3)} <= keys

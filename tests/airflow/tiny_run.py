@@ -44,9 +44,11 @@ def task_table(run: dict, tis: list[dict]) -> str:
     """A plain-text table of the run's task states and durations."""
     lines = [f"dag_id={run['dag_id']} run_id={run['dag_run_id']} state={run['state']} "
              f"triggered_by={run.get('triggered_by')} start={run.get('start_date')} end={run.get('end_date')}",
-             f"{'task':<20} {'state':<10} {'try':>3} {'seconds':>8}"]
-    order = {t: i for i, t in enumerate((*STEPS, "publish", "publish_registry"))}
-    for ti in sorted(tis, key=lambda t: order.get(t["task_id"], 99)):
-        lines.append(f"{ti['task_id']:<20} {str(ti['state']):<10} {ti.get('try_number', 0):>3} "
+             f"{'task':<22} {'state':<10} {'try':>3} {'seconds':>8}"]
+    fan_out = ("statistics_unsharded", "statistics_shards", "collect_stats_shard", "merge_stats")
+    order = {t: i for i, t in enumerate((*STEPS[:2], *fan_out, *STEPS[2:], "publish", "publish_registry"))}
+    for ti in sorted(tis, key=lambda t: (order.get(t["task_id"], 99), t.get("map_index", -1))):
+        name = ti["task_id"] + (f"[{ti['map_index']}]" if ti.get("map_index", -1) >= 0 else "")
+        lines.append(f"{name:<22} {str(ti['state']):<10} {ti.get('try_number', 0):>3} "
                      f"{_seconds(ti) if _seconds(ti) is not None else '-':>8}")
     return "\n".join(lines)
