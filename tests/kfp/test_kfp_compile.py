@@ -1,4 +1,5 @@
-"""KFP face: compile, checked-in YAML freshness, parameters from the schema, placement per device."""
+"""KFP face: compile, checked-in YAML freshness, parameters from the schema, placement per device, the statistics
+fan-out (ParallelFor over the shards, their merge)."""
 
 import inspect
 from pathlib import Path
@@ -21,6 +22,26 @@ def _compiled(tmp_path, kind="container", device="cpu"):
     return docs[0], (docs[1] if len(docs) > 1 else {})
 
 
+def _all_tasks(spec, dag=None) -> dict:
+    """{display name: task spec} of every task, those in sub-DAGs (the ParallelFor's) included."""
+    out = {}
+    for task in (dag or spec["root"]["dag"])["tasks"].values():
+        out[task["taskInfo"]["name"]] = task
+        inner = spec["components"][task["componentRef"]["name"]].get("dag")
+        if inner:
+            out.update(_all_tasks(spec, inner))
+    return out
+
+
+def _executor(spec, platform, name):
+    """The container and kfp-kubernetes settings of the task displayed as ``name`` (in the loop or not)."""
+    comp = _all_tasks(spec)[name]["componentRef"]["name"]
+    exec_name = spec["components"][comp]["executorLabel"]
+    container = spec["deploymentSpec"]["executors"][exec_name]["container"]
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"][exec_name]
+    return container, k8s
+
+
 def test_checked_in_yaml_is_current(tmp_path):
     fresh = Path(compile_pipeline(tmp_path / "p.yaml")).read_text()
     assert CHECKED_IN.read_text() == fresh, "stale: run python components/ptqflow_components.py"
@@ -29,7 +50,9 @@ def test_checked_in_yaml_is_current(tmp_path):
 def test_pipeline_parameters_come_from_the_schema(tmp_path):
     spec, _ = _compiled(tmp_path)
     params = spec["root"]["inputDefinitions"]["parameters"]
-    assert set(params) == set(EXPOSED) | {"base_config"}
+    assert set(params) == set(EXPOSED) | {"base_config", "statistics_shards"}
+    assert params["statistics_shards"]["parameterType"] == "NUMBER_INTEGER"
+    assert params["statistics_shards"]["defaultValue"] == 1
     assert params["subset_size"]["parameterType"] == "NUMBER_INTEGER"
     assert params["subset_size"]["defaultValue"] == 300
     assert params["fast_bias_correction"]["parameterType"] == "BOOLEAN"
@@ -46,23 +69,64 @@ def test_lightweight_resolve_config_matches_pipeline_parameters():
 def test_six_steps_wired_by_artifacts(tmp_path, kind):
     spec, _ = _compiled(tmp_path, kind)
     tasks = spec["root"]["dag"]["tasks"]
-    assert len(tasks) == 8  # resolve-config + six steps + publish (a no-op without a registry section)
+    # resolve-config, six steps (collect-stats in the loop), the shard list and the merge, publish (a no-op
+    # without a registry section)
+    assert sorted(t["taskInfo"]["name"] for t in tasks.values()) == sorted(
+        ["resolve-config", "fetch-model", "build-calibration", "statistics-shards", "for-loop-1", "merge-stats",
+         "quantize", "validate", "export-ir", "publish"])
     by_display = {t["taskInfo"]["name"]: t for t in tasks.values()}
     pub = by_display["publish"]["inputs"]["artifacts"]
     assert {k: v["taskOutputArtifact"]["outputArtifactKey"] for k, v in pub.items()} == {
         "config": "config", "model": "model", "quantized": "quantized", "report": "report", "ir": "ir"}
     q = by_display["quantize"]["inputs"]["artifacts"]
-    assert q["statistics"]["taskOutputArtifact"]["outputArtifactKey"] == "statistics"
+    source = q["statistics"]["taskOutputArtifact"]
+    assert source["outputArtifactKey"] == "statistics" and tasks[source["producerTask"]]["taskInfo"]["name"] == \
+        "merge-stats"
     assert set(q) == {"config", "model", "calibration", "statistics"}
     assert "validate" in [tasks[d]["taskInfo"]["name"] for d in by_display["export-ir"]["dependentTasks"]]
 
 
-def _executor(spec, platform, step):
-    comp = spec["root"]["dag"]["tasks"][step.replace("-", "-")]["componentRef"]["name"]
-    exec_name = spec["components"][comp]["executorLabel"]
-    container = spec["deploymentSpec"]["executors"][exec_name]["container"]
-    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"][exec_name]
-    return container, k8s
+@pytest.mark.parametrize("kind", ["container", "local"])
+def test_statistics_fan_out(tmp_path, kind):
+    """statistics-shards turns the statistics_shards parameter into the loop's items; ParallelFor runs
+    collect-stats once per item (its ``shard``); merge-stats takes the loop's outputs as one list
+    (dsl.Collected) and gives quantize its statistics."""
+    spec, _ = _compiled(tmp_path, kind)
+    tasks = spec["root"]["dag"]["tasks"]
+    shards = next(k for k, t in tasks.items() if t["taskInfo"]["name"] == "statistics-shards")
+    assert tasks[shards]["inputs"]["parameters"] == {"shards": {"componentInputParameter": "statistics_shards"}}
+    loop = tasks["for-loop-1"]
+    items = loop["parameterIterator"]["items"]["inputParameter"]
+    assert loop["inputs"]["parameters"][items]["taskOutputParameter"]["producerTask"] == shards
+    inner = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
+    (collect,) = inner.values()
+    assert collect["taskInfo"]["name"] == "collect-stats"
+    assert collect["inputs"]["parameters"]["shard"] == {
+        "componentInputParameter": loop["parameterIterator"]["itemInput"]}
+    assert set(collect["inputs"]["artifacts"]) == {"config", "model", "calibration"}
+    merge = next(t for t in tasks.values() if t["taskInfo"]["name"] == "merge-stats")
+    source = merge["inputs"]["artifacts"]["partials"]["taskOutputArtifact"]
+    assert source["producerTask"] == "for-loop-1"
+    loop_out = spec["components"][loop["componentRef"]["name"]]["outputDefinitions"]["artifacts"]
+    assert loop_out[source["outputArtifactKey"]]["isArtifactList"] is True
+    merge_in = spec["components"][merge["componentRef"]["name"]]["inputDefinitions"]["artifacts"]
+    assert merge_in["partials"]["isArtifactList"] is True
+
+
+def test_fan_out_containers(tmp_path):
+    """The shard list, a shard's collect-stats and the merge run kfp_runtime in the image; collect-stats takes the
+    loop item as ``--shard``, merge-stats its partials from the executor input ({{$}})."""
+    spec, platform = _compiled(tmp_path, "container", "cuda")
+    container, _ = _executor(spec, platform, "collect-stats")
+    assert container["command"] == ["python", "-m", "ptqflow.orchestration.kfp_runtime"]
+    args = container["args"]
+    assert args[0] == "collect-stats" and args[args.index("--shard") + 1] == "{{$.inputs.parameters['shard']}}"
+    assert args[args.index("--out") + 1] == "{{$.outputs.artifacts['statistics'].path}}"
+    container, _ = _executor(spec, platform, "merge-stats")
+    assert container["args"][0] == "merge-stats" and container["args"][-2:] == ["--executor-input", "{{$}}"]
+    container, _ = _executor(spec, platform, "statistics-shards")
+    assert container["args"] == ["statistics-shards", "--shards", "{{$.inputs.parameters['shards']}}", "--out",
+                                 "{{$.outputs.parameters['items'].output_file}}"]
 
 
 @pytest.mark.parametrize("device,resource,label", [
@@ -71,7 +135,7 @@ def _executor(spec, platform, step):
 ])
 def test_accelerator_placement(tmp_path, device, resource, label):
     spec, platform = _compiled(tmp_path, "container", device)
-    for step in STEP_INPUTS:
+    for step in [*STEP_INPUTS, "statistics-shards", "merge-stats"]:  # each shard's pod is collect-stats'
         container, k8s = _executor(spec, platform, step)
         env = {e["envVar"] for s in k8s["secretAsEnv"] for e in s["keyToEnv"]}
         assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= env
@@ -95,7 +159,10 @@ def test_registry_secret_env_only_on_fetch_model_and_publish(tmp_path):
     from ptqflow.orchestration.pod_placement import REGISTRY_SECRET_ENV, REGISTRY_SECRET_NAME
 
     spec, platform = _compiled(tmp_path, "container", "cuda")
-    for task_name, task in spec["root"]["dag"]["tasks"].items():
+    containers = {n: t for n, t in _all_tasks(spec).items() if "executorLabel" in spec["components"][
+        t["componentRef"]["name"]]}
+    assert len(containers) == 10 and "collect-stats" in containers  # the loop's collect-stats included
+    for task_name, task in containers.items():
         _, k8s = _executor(spec, platform, task_name)
         s3, *registry = k8s["secretAsEnv"]
         assert s3["secretName"] == "ptqflow-s3" and s3["optional"] is False
@@ -109,7 +176,7 @@ def test_registry_secret_env_only_on_fetch_model_and_publish(tmp_path):
 
 def test_cpu_placement_has_no_accelerator(tmp_path):
     spec, platform = _compiled(tmp_path, "container", "cpu")
-    for step in STEP_INPUTS:
+    for step in [*STEP_INPUTS, "statistics-shards", "merge-stats"]:
         container, k8s = _executor(spec, platform, step)
         assert "accelerator" not in container["resources"]
         assert container["resources"]["resourceCpuLimit"] in ("2", "4")
@@ -166,5 +233,36 @@ def test_lightweight_components_match_the_steps_table():
     assert list(components) == [s.name for s in STEPS]
     for s in STEPS:
         spec = components[s.name].component_spec
-        assert list(spec.inputs) == ["config", *s.inputs], s.name
+        shard = ["shard"] if s.name == "collect-stats" else []  # the loop item: "I/N", or "" for the whole split
+        assert list(spec.inputs) == ["config", *s.inputs, *shard], s.name
         assert s.output in spec.outputs, s.name
+
+
+def test_fan_out_runtime(tmp_path):
+    """kfp_runtime's side of the fan-out: the loop's items, the partials' paths from an executor input (where the
+    launcher downloads each URI), the pass-through of one whole-split artifact, and a bad shard count."""
+    import json
+    import shutil
+
+    from ptqflow.artifacts.manifest import write_manifest
+    from ptqflow.errors import ConfigError
+    from ptqflow.orchestration.kfp_runtime import (input_artifact_paths, main, merge_on_paths,
+                                                   statistics_shards)
+
+    assert statistics_shards(1) == [""] and statistics_shards(3) == ["0/3", "1/3", "2/3"]
+    executor_input = {"inputs": {"artifacts": {"partials": {"artifacts": [
+        {"uri": "s3://b/root/run/collect-stats/statistics"}, {"uri": "minio://b/k"}, {"uri": "gs://b/k"},
+        {"uri": str(tmp_path / "local")}]}}}}
+    assert input_artifact_paths(json.dumps(executor_input), "partials") == [
+        "/s3/b/root/run/collect-stats/statistics", "/minio/b/k", "/gcs/b/k", str(tmp_path / "local")]
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    (whole / "statistics.npz").write_bytes(b"npz")
+    manifest = write_manifest(whole, step="collect-stats", config={"device": "cpu"}, inputs={}, metrics={"n": 1})
+    result = merge_on_paths([str(whole)], str(tmp_path / "out"), str(tmp_path / "unused.json"))
+    assert result["digest"] == manifest.digest
+    assert (tmp_path / "out" / "statistics.npz").read_bytes() == b"npz"
+    shutil.rmtree(tmp_path / "out")
+    assert main(["statistics-shards", "--shards", "0", "--out", str(tmp_path / "items.json")]) == ConfigError.exit_code
+    assert main(["statistics-shards", "--shards", "2", "--out", str(tmp_path / "items.json")]) == 0
+    assert json.loads((tmp_path / "items.json").read_text()) == ["0/2", "1/2"]

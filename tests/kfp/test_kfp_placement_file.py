@@ -42,11 +42,16 @@ def _configmap(tmp_path, placement=PLACEMENT):
     return path
 
 
-def _executors(path):
-    spec, platform = list(yaml.safe_load_all(Path(path).read_text()))
+def _executors(path, dag=None, docs=None):
+    """{display name: (container, kfp-kubernetes settings)} of every container task, the loop's included."""
+    spec, platform = docs or list(yaml.safe_load_all(Path(path).read_text()))
     out = {}
-    for task_name, task in spec["root"]["dag"]["tasks"].items():
-        exec_name = spec["components"][task["componentRef"]["name"]]["executorLabel"]
+    for task in (dag or spec["root"]["dag"])["tasks"].values():
+        component = spec["components"][task["componentRef"]["name"]]
+        if "dag" in component:  # the statistics loop
+            out.update(_executors(path, component["dag"], (spec, platform)))
+            continue
+        exec_name = component["executorLabel"]
         out[task["taskInfo"]["name"]] = (spec["deploymentSpec"]["executors"][exec_name]["container"],
                                          platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"][exec_name])
     return out
@@ -57,7 +62,7 @@ def test_compile_entry_point_takes_the_placement_file(tmp_path):
     subprocess.run([sys.executable, str(ROOT / "components" / "ptqflow_components.py"), "--device", "cuda",
                     "--placement", str(_configmap(tmp_path)), "--out", str(out)], check=True, timeout=120)
     executors = _executors(out)
-    steps = set(STEP_INPUTS) | {"resolve-config"}
+    steps = set(STEP_INPUTS) | {"resolve-config", "statistics-shards", "merge-stats"}
     assert steps | {"publish"} <= set(executors)
     for step in steps | {"publish"}:
         container, k8s = executors[step]

@@ -1,5 +1,7 @@
 """KFP face end to end on a tiny generated model: the compiled container command lines run as local
-subprocesses, and the lightweight pipeline under kfp.local (real Metrics/HTML from validate)."""
+subprocesses (statistics_shards 1: the loop's one whole-split collect-stats, passed on by merge-stats), and the
+lightweight pipeline under kfp.local with statistics in 3 shards (ParallelFor, dsl.Collected into merge-stats),
+whose statistics and INT8 model are byte for byte those of one collect-stats (real Metrics/HTML from validate)."""
 
 import json
 import os
@@ -31,40 +33,79 @@ def inputs(tmp_path):
     return {"model": str(model), "data": str(data)}
 
 
-def _fill(args, arts: dict[str, str], params: dict[str, str]):
-    """Replace KFP placeholders with local paths / parameter values."""
+def _text(value) -> str:
+    """A parameter as the launcher substitutes it: numbers without a needless ".0" (Go's FormatFloat 'f', -1)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _fill(args, arts: dict[str, str], params: dict[str, str], executor_input: str = ""):
+    """Replace KFP placeholders with local paths / parameter values (``{{$}}``: ``executor_input``)."""
     out = []
     for a in args:
+        if a == "{{$}}":
+            out.append(executor_input)
+            continue
         if isinstance(a, str) and a.startswith('{"Concat"'):  # compiled as JSON text
             a = json.loads(a)
         if isinstance(a, dict):  # a ConcatPlaceholder: {"Concat": [...]}
             a = "".join(_fill(a["Concat"], arts, params))
         a = re.sub(r"\{\{\$\.(?:inputs|outputs)\.artifacts\['(\w+)'\]\.path\}\}", lambda m: arts[m.group(1)], a)
-        a = re.sub(r"\{\{\$\.inputs\.parameters\['(\w+)'\]\}\}", lambda m: str(params[m.group(1)]), a)
+        a = re.sub(r"\{\{\$\.outputs\.parameters\['(\w+)'\]\.output_file\}\}", lambda m: arts[m.group(1)], a)
+        a = re.sub(r"\{\{\$\.inputs\.parameters\['(\w+)'\]\}\}", lambda m: _text(params[m.group(1)]), a)
         out.append(a)
     return out
 
 
+def _container(spec, name):
+    """The container of the task displayed as ``name``, the loop's collect-stats included."""
+    tasks = dict(spec["root"]["dag"]["tasks"])
+    for task in list(tasks.values()):
+        tasks.update(spec["components"][task["componentRef"]["name"]].get("dag", {}).get("tasks", {}))
+    task = next(t for t in tasks.values() if t["taskInfo"]["name"] == name)
+    executor = spec["components"][task["componentRef"]["name"]]["executorLabel"]
+    return spec["deploymentSpec"]["executors"][executor]["container"]
+
+
 @pytest.mark.slow
 def test_container_command_lines_run_locally(tmp_path, inputs):
+    """Every container as KFP's launcher starts it, in dependency order, statistics_shards at its default 1: the
+    shard list is [""], the loop's one collect-stats runs on the whole split and merge-stats passes its artifact on
+    (its partials found through the executor input, as on a cluster)."""
     spec = yaml.safe_load(Path(compile_pipeline(tmp_path / "p.yaml")).read_text().split("\n---\n")[0])
     params = {n: p.get("defaultValue", "") for n, p in spec["root"]["inputDefinitions"]["parameters"].items()}
     params.update(model=inputs["model"], data=inputs["data"], output=str(tmp_path / "unused"),
                   base_config=json.dumps(BASE), min_cosine="0.5")
-    arts = {"config": str(tmp_path / "a" / "config.json")}
+    params["shards"] = params["statistics_shards"]  # the statistics-shards task's input
+    a = tmp_path / "a"
+    arts = {"config": str(a / "config.json"), "items": str(a / "items.json"), "registration": str(a / "registration")}
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
-    tasks = spec["root"]["dag"]["tasks"]
-    arts["registration"] = str(tmp_path / "a" / "registration")
-    for task_name in ["resolve-config", *STEP_INPUTS, "publish"]:
-        comp = tasks[task_name]["componentRef"]["name"]
-        container = spec["deploymentSpec"]["executors"][spec["components"][comp]["executorLabel"]]["container"]
-        if task_name in OUTPUTS:
-            arts[OUTPUTS[task_name][0]] = str(tmp_path / "a" / OUTPUTS[task_name][0])
-        cmd = _fill(container["command"] + container["args"], arts, params)
+
+    def run(name, executor_input=""):
+        container = _container(spec, name)
+        cmd = _fill(container["command"] + container["args"], arts, params, executor_input)
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, f"{task_name}: {proc.stderr[-2000:]}"
+        assert proc.returncode == 0, f"{name}: {proc.stderr[-2000:]}"
+
+    for name in ["resolve-config", "fetch-model", "build-calibration", "statistics-shards", "collect-stats",
+                 "merge-stats", "quantize", "validate", "export-ir", "publish"]:
+        if name in OUTPUTS:
+            arts[OUTPUTS[name][0]] = str(a / OUTPUTS[name][0])
+        if name == "collect-stats":
+            (params["shard"],) = json.loads(Path(arts["items"]).read_text())  # one item: the whole split
+            assert params["shard"] == ""
+            arts["statistics"] = str(a / "loop-0" / "statistics")
+        if name == "merge-stats":
+            partial, arts["statistics"] = arts["statistics"], str(a / "statistics")
+            run(name, json.dumps({"inputs": {"artifacts": {"partials": {"artifacts": [{"uri": partial}]}}}}))
+            continue
+        run(name)
     assert json.loads(Path(arts["config"]).read_text())["data"]["validation_size"] == 8
+    for name in ("statistics.npz", "plan.json", "manifest.json"):  # passed on as collect-stats wrote it
+        assert (a / "statistics" / name).read_bytes() == (a / "loop-0" / "statistics" / name).read_bytes()
+    assert json.loads((a / "statistics" / "manifest.json").read_text())["step"] == "collect-stats"
     report = json.loads((Path(arts["report"]) / "manifest.json").read_text())
     assert report["step"] == "validate"
     assert (Path(arts["ir"]) / "model.xml").is_file()
@@ -74,21 +115,28 @@ def test_container_command_lines_run_locally(tmp_path, inputs):
 
 @pytest.mark.slow
 def test_lightweight_pipeline_under_kfp_local(tmp_path, inputs, monkeypatch):
+    """statistics_shards=3 under kfp.local: three collect-stats in the ParallelFor (uneven shards), merge-stats
+    on their dsl.Collected outputs; the statistics and the INT8 model are those one collect-stats gives."""
     from kfp import local
 
+    from ptqflow.config import load_config
     from ptqflow.orchestration.kfp_face import build_pipeline
+    from ptqflow.pipeline.runner import run_step
 
     monkeypatch.chdir(tmp_path)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
     pipeline = build_pipeline("local")
+    base = json.loads(json.dumps(BASE))
+    base["quantization"]["subset_size"] = 20  # 20 of the 24 samples calibrate: shards of 8, 8 and 4
+    base["data"]["validation_size"] = 4
     run = pipeline(model=inputs["model"], data=inputs["data"], output=str(tmp_path / "unused"),
-                   base_config=json.dumps(BASE), min_cosine="0.5")
+                   base_config=json.dumps(base), min_cosine="0.5", subset_size=20, statistics_shards=3)
     del run
     root = tmp_path / "root"
     executor = json.loads(next(root.glob("**/validate-local/executor_output.json")).read_text())
     # Metrics are KFP metadata (numbers from validate's manifest); the HTML artifact is the report file.
     metrics = executor["artifacts"]["metrics"]["artifacts"][0]["metadata"]
-    assert metrics["samples"] == 8.0 and 0.5 <= metrics["min_cosine"] <= 1.0
+    assert metrics["samples"] == 4.0 and 0.5 <= metrics["min_cosine"] <= 1.0
     assert all(isinstance(v, float) for v in metrics.values())
     html = Path(executor["artifacts"]["html"]["artifacts"][0]["uri"])
     assert "<html" in html.read_text().lower()
@@ -97,3 +145,20 @@ def test_lightweight_pipeline_under_kfp_local(tmp_path, inputs, monkeypatch):
     assert manifest["metrics"], "validate recorded no metrics"
     assert list(root.glob("**/export-ir-local/ir/model.xml"))
     assert list(root.glob("**/publish-local/registration/skipped.json"))
+    # The fan-out: three shards, merged; the same bytes as one collect-stats on the run's own artifacts.
+    shards = sorted(json.loads((p / "manifest.json").read_text())["config"]["shard"]
+                    for p in root.glob("**/collect-stats-local*/statistics"))
+    assert shards == ["0/3", "1/3", "2/3"], shards
+    (merged,) = root.glob("**/merge-stats-local/statistics")
+    assert json.loads((merged / "manifest.json").read_text())["metrics"]["shards"] == 3
+    (model,) = root.glob("**/fetch-model-local/model")
+    (calibration,) = root.glob("**/build-calibration-local/calibration")
+    (config,) = root.glob("**/resolve-config/config")
+    cfg = load_config(str(config))
+    run_step("collect-stats", {"model": str(model), "calibration": str(calibration)}, str(tmp_path / "whole"), cfg)
+    for name in ("statistics.npz", "plan.json"):
+        assert (merged / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+    run_step("quantize", {"model": str(model), "calibration": str(calibration), "statistics": str(tmp_path / "whole")},
+             str(tmp_path / "q"), cfg)
+    (quantized,) = root.glob("**/quantize-local/quantized")
+    assert (quantized / "model.onnx").read_bytes() == (tmp_path / "q" / "model.onnx").read_bytes()

@@ -6,6 +6,8 @@ KFP ships each function's source into the container, so every import happens ins
 """
 
 
+from typing import List
+
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
 
@@ -43,13 +45,30 @@ def build_calibration_local(config: Input[Artifact], model: Input[Model], calibr
 
 
 @dsl.component(base_image=BASE)
-def collect_stats_local(config: Input[Artifact], model: Input[Model], calibration: Input[Dataset],
+def statistics_shards_local(shards: int) -> list:
+    """The collect-stats loop's items: "I/N" per shard, or [""] (the whole split) for 1."""
+    from ptqflow.orchestration.kfp_runtime import statistics_shards
+
+    return statistics_shards(shards)
+
+
+@dsl.component(base_image=BASE)
+def collect_stats_local(config: Input[Artifact], model: Input[Model], calibration: Input[Dataset], shard: str,
                         statistics: Output[Artifact]) -> str:
-    """collect-stats; returns the artifact digest."""
+    """collect-stats on ``shard`` "I/N" of the calibration split ("": all of it); returns the artifact digest."""
     from ptqflow.orchestration.kfp_runtime import run_step_on_paths
 
     inputs = {"model": model.path, "calibration": calibration.path}
-    return run_step_on_paths("collect-stats", inputs, statistics.path, config.path)["digest"]
+    return run_step_on_paths("collect-stats", inputs, statistics.path, config.path, shard)["digest"]
+
+
+@dsl.component(base_image=BASE)
+def merge_stats_local(config: Input[Artifact], partials: Input[List[Artifact]], statistics: Output[Artifact]) -> str:
+    """merge-stats of the loop's collect-stats outputs (one whole-split artifact is passed on); returns the
+    digest."""
+    from ptqflow.orchestration.kfp_runtime import merge_on_paths
+
+    return merge_on_paths([p.path for p in partials], statistics.path, config.path)["digest"]
 
 
 @dsl.component(base_image=BASE)

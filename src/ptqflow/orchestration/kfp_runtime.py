@@ -1,9 +1,13 @@
 """Code that runs inside ptqflow's KFP components (no kfp import): resolving the run's config file, running
-one step on artifact paths, and turning validate's manifest into KFP Metrics numbers.
+one step on artifact paths, the statistics fan-out (the shard list, a collect-stats shard, the merge), and turning
+validate's manifest into KFP Metrics numbers.
 
 ``python -m ptqflow.orchestration.kfp_runtime resolve-config --out PATH --set key=value ...`` is the container
 command of the ``resolve-config`` component: it validates the run parameters once (a bad value fails the
-run before any data moves) and writes the full config as JSON for every step's ``--config``.
+run before any data moves) and writes the full config as JSON for every step's ``--config``. The fan-out's
+containers run ``statistics-shards``, ``collect-stats`` (``--shard I/N``, or ``""`` for the whole split) and
+``merge-stats`` (its partials read from the executor input, ``{{$}}``: a container has no placeholder for the
+paths of a list of artifacts).
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from typing import Any
 import yaml
 
 from ptqflow.config import load_config
-from ptqflow.errors import ConfigError, PtqflowError
+from ptqflow.errors import ConfigError, InputError, PtqflowError
+from ptqflow.orchestration import SHARDED_STEP, parse_shard, shard_labels
 from ptqflow.pipeline.steps import SPECS
 
 PUBLISH_INPUTS = SPECS["publish"].inputs  # the publish component's --in-* artifacts
@@ -66,14 +71,57 @@ def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def run_step_on_paths(step: str, inputs: dict[str, str], out: str, config_path: str) -> dict:
-    """Run ``step`` from local artifact directories into ``out`` (a KFP artifact path); returns the manifest
-    as a dict (digest, metrics)."""
+def run_step_on_paths(step: str, inputs: dict[str, str], out: str, config_path: str, shard: str = "") -> dict:
+    """Run ``step`` from local artifact directories into ``out`` (a KFP artifact path); collect-stats: only
+    ``shard`` "I/N" of the calibration split when it is not "". Returns the manifest as a dict (digest, metrics)."""
     from ptqflow.pipeline.runner import run_step
 
     cfg = load_config(config_path)
-    manifest = run_step(step, inputs, out, cfg)
+    manifest = run_step(step, inputs, out, cfg, shard=parse_shard(shard))
     return {"digest": manifest.digest, "metrics": manifest.metrics}
+
+
+def statistics_shards(count: int) -> list[str]:
+    """What the collect-stats loop iterates over: ``["0/N", ..., "N-1/N"]`` for N > 1 shards, ``[""]`` for 1 (one
+    collect-stats on the whole split, whose artifact the merge then passes on unchanged)."""
+    return shard_labels(count) or [""]
+
+
+def merge_on_paths(partials: list[str], out: str, config_path: str) -> dict:
+    """The statistics artifact at ``out`` from the loop's collect-stats outputs ``partials``: merge-stats of the
+    shards' partials, or a copy of the one whole-split artifact (statistics_shards 1: the bytes and manifest
+    collect-stats wrote). Returns the manifest as a dict (digest, metrics)."""
+    from ptqflow.artifacts.manifest import read_manifest
+    from ptqflow.pipeline.runner import merge_stats
+
+    first = read_manifest(Path(partials[0])) if len(partials) == 1 else None
+    if first is not None and first.step == SHARDED_STEP and "shard" not in first.config:
+        shutil.copytree(partials[0], out, dirs_exist_ok=True)
+        return {"digest": first.digest, "metrics": first.metrics}
+    manifest = merge_stats(partials, out, load_config(config_path))
+    return {"digest": manifest.digest, "metrics": manifest.metrics}
+
+
+# Where the KFP launcher puts an artifact of a remote URI (its LocalPathForURI); other URIs are local paths.
+_MOUNTS = {"gs://": "/gcs/", "minio://": "/minio/", "s3://": "/s3/"}
+
+
+def input_artifact_paths(executor_input: str | dict, name: str) -> list[str]:
+    """The local paths of the artifacts of input ``name`` (a list of artifacts, ``dsl.Collected``) in a KFP
+    executor input (the ``{{$}}`` JSON): where the launcher downloaded each one, by its URI."""
+    data = json.loads(executor_input) if isinstance(executor_input, str) else executor_input
+    try:
+        artifacts = data["inputs"]["artifacts"][name]["artifacts"]
+    except (KeyError, TypeError):
+        raise InputError(f"executor input has no input artifact list {name!r}") from None
+    paths = []
+    for artifact in artifacts:
+        uri = artifact["uri"]
+        prefix = next((p for p in _MOUNTS if uri.startswith(p)), None)
+        paths.append(_MOUNTS[prefix] + uri[len(prefix):] if prefix else uri)
+    if not paths:
+        raise InputError(f"executor input: input {name!r} holds no artifacts")
+    return paths
 
 
 def publish_if_configured(inputs: dict[str, str], out: str, config_path: str) -> dict:
@@ -108,8 +156,9 @@ def copy_report_html(validate_dir: str, html_path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``resolve-config --out PATH --set key=value ...`` or ``publish --config PATH --in-model ... --out PATH``;
-    exit code as the ptqflow CLI's."""
+    """``resolve-config --out PATH --set key=value ...``, ``publish --config PATH --in-model ... --out PATH``, or
+    the statistics fan-out's ``statistics-shards``, ``collect-stats`` and ``merge-stats``; exit code as the ptqflow
+    CLI's."""
     parser = argparse.ArgumentParser(prog="python -m ptqflow.orchestration.kfp_runtime")
     sub = parser.add_subparsers(dest="command", required=True)
     rc = sub.add_parser("resolve-config")
@@ -121,11 +170,39 @@ def main(argv: list[str] | None = None) -> int:
     pub.add_argument("--out", required=True)
     for name in PUBLISH_INPUTS:
         pub.add_argument(f"--in-{name}", dest=name, required=True)
+    shards = sub.add_parser("statistics-shards", help="write the collect-stats loop's items (a JSON list)")
+    shards.add_argument("--shards", required=True, type=int)
+    shards.add_argument("--out", required=True, help="the output parameter's file")
+    collect = sub.add_parser("collect-stats", help="collect-stats on shard I/N of the calibration split ('': all)")
+    collect.add_argument("--shard", default="")
+    collect.add_argument("--config", required=True)
+    collect.add_argument("--out", required=True)
+    for name in SPECS[SHARDED_STEP].inputs:
+        collect.add_argument(f"--in-{name}", dest=name, required=True)
+    merge = sub.add_parser("merge-stats", help="merge the collect-stats loop's outputs into the statistics artifact")
+    merge.add_argument("--config", required=True)
+    merge.add_argument("--out", required=True)
+    merge.add_argument("--executor-input", required=True, help="the KFP executor input JSON ({{$}})")
     args = parser.parse_args(argv)
     try:
         if args.command == "publish":
             inputs = {n: getattr(args, n) for n in PUBLISH_INPUTS}
             print(json.dumps(publish_if_configured(inputs, args.out, args.config), default=str))
+            return 0
+        if args.command == "statistics-shards":
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(statistics_shards(args.shards)), encoding="utf-8")
+            return 0
+        if args.command in ("collect-stats", "merge-stats"):
+            from ptqflow.logs import setup_logging
+
+            setup_logging("json")
+            if args.command == "collect-stats":
+                inputs = {n: getattr(args, n) for n in SPECS[SHARDED_STEP].inputs}
+                result = run_step_on_paths(SHARDED_STEP, inputs, args.out, args.config, args.shard)
+            else:
+                result = merge_on_paths(input_artifact_paths(args.executor_input, "partials"), args.out, args.config)
+            print(json.dumps(result, default=str))
             return 0
         values = {}
         for item in args.sets:
