@@ -45,7 +45,12 @@ class Pod:
 
 def kfp_pods(values: dict, artifact_root: str) -> list[Pod]:
     """Every task of the compiled pipeline in dependency order, run with pipeline parameters ``values`` (the
-    rest at their defaults); output artifacts at ``artifact_root/<task>/<name>``."""
+    rest at their defaults); output artifacts at ``artifact_root/<task>/<name>``. A ``dsl.ParallelFor`` task (the
+    collect-stats loop over the statistics shards) becomes one pod per item, as the launcher runs it
+    (``<loop>/<k>/<inner task>``): the items are what the loop's list task computes
+    (``kfp_runtime.statistics_shards``, the function its container runs)."""
+    from ptqflow.orchestration.kfp_runtime import statistics_shards
+
     docs = list(yaml.safe_load_all(KFP_PIPELINE.read_text()))
     spec, platform = docs[0], (docs[1] if len(docs) > 1 else {})
     k8s = platform.get("platforms", {}).get("kubernetes", {}).get("deploymentSpec", {}).get("executors", {})
@@ -54,28 +59,32 @@ def kfp_pods(values: dict, artifact_root: str) -> list[Pod]:
     assert not unknown, f"not parameters of the compiled pipeline: {sorted(unknown)}"
     params = {name: values.get(name, d.get("defaultValue")) for name, d in defined.items()}
     tasks = spec["root"]["dag"]["tasks"]
-    produced: dict[str, dict[str, str]] = {}
-    pods = []
-    for task in TopologicalSorter({t: s.get("dependentTasks", []) for t, s in tasks.items()}).static_order():
-        t = tasks[task]
-        component = spec["components"][t["componentRef"]["name"]]
+    produced: dict[str, dict] = {}  # task -> output artifact name -> path (a list of paths for a loop's output)
+    out_params: dict[str, dict] = {}  # task -> output parameter name -> its value
+    pods: list[Pod] = []
+
+    def container_pod(task, component, artifacts, parameters, out_dir):
         executor = component["executorLabel"]
         container = spec["deploymentSpec"]["executors"][executor]["container"]
-        outputs = {name: f"{artifact_root}/{task}/{name}"
-                   for name in component.get("outputDefinitions", {}).get("artifacts", {})}
-        produced[task] = outputs
-        sources = {name: src["taskOutputArtifact"] for name, src in t.get("inputs", {}).get("artifacts", {}).items()}
-        inputs = {name: produced[src["producerTask"]][src["outputArtifactKey"]] for name, src in sources.items()}
-        task_params = {name: _kfp_text(params[src["componentInputParameter"]])
-                       for name, src in t.get("inputs", {}).get("parameters", {}).items()}
+        outputs = {name: f"{out_dir}/{name}" for name in component.get("outputDefinitions", {}).get("artifacts", {})}
+        param_files = {name: f"{out_dir}/{name}.json"
+                       for name in component.get("outputDefinitions", {}).get("parameters", {})}
 
         def fill(text: str) -> str:
+            if text == "{{$}}":  # the executor input: the artifact lists' URIs are what the launcher downloaded
+                return json.dumps({"inputs": {"artifacts": {
+                    name: {"artifacts": [{"uri": path} for path in paths]}
+                    for name, paths in artifacts.items() if isinstance(paths, list)}}})
+
             def one(m: re.Match) -> str:
                 io, kind, name, path = m.groups()
                 if kind == "parameters":
-                    return task_params[name]
+                    return parameters[name]
                 assert path, f"{task}: unsupported placeholder {m.group(0)}"
-                return (inputs if io == "inputs" else outputs)[name]
+                return (artifacts if io == "inputs" else outputs)[name]
+            text = text.replace("{{$.outputs.parameters['", "{{$.outputs.parameters['")
+            for name, file in param_files.items():
+                text = text.replace(f"{{{{$.outputs.parameters['{name}'].output_file}}}}", file)
             return _PLACEHOLDER.sub(one, text)
 
         argv = [fill(a) for a in container.get("command", [])] + [_kfp_arg(a, fill) for a in container.get("args", [])]
@@ -84,7 +93,53 @@ def kfp_pods(values: dict, artifact_root: str) -> list[Pod]:
         secret_env = [e["envVar"] for s in k8s.get(executor, {}).get("secretAsEnv", []) for e in s["keyToEnv"]]
         pods.append(Pod(task, container["image"], argv, {e["name"]: e["value"] for e in container.get("env", [])},
                         secret_env, container.get("workingDir"), list(outputs.values())))
+        return outputs
+
+    for task in TopologicalSorter({t: s.get("dependentTasks", []) for t, s in tasks.items()}).static_order():
+        t = tasks[task]
+        component = spec["components"][t["componentRef"]["name"]]
+        sources = {name: src["taskOutputArtifact"] for name, src in t.get("inputs", {}).get("artifacts", {}).items()}
+        artifacts = {name: produced[src["producerTask"]][src["outputArtifactKey"]] for name, src in sources.items()}
+        parameters = {}
+        for name, src in t.get("inputs", {}).get("parameters", {}).items():
+            if "componentInputParameter" in src:
+                parameters[name] = _kfp_text(params[src["componentInputParameter"]])
+            else:
+                ref = src["taskOutputParameter"]
+                parameters[name] = out_params[ref["producerTask"]][ref["outputParameterKey"]]
+        if "dag" not in component:
+            produced[task] = container_pod(task, component, artifacts, parameters, f"{artifact_root}/{task}")
+            if task == "statistics-shards":
+                out_params[task] = {"items": statistics_shards(int(parameters["shards"]))}
+            continue
+        # A ParallelFor: its inner tasks once per item of the list it iterates over.
+        loop = t["parameterIterator"]
+        items_ref = loop["items"]["inputParameter"]
+        item_name = loop["itemInput"]
+        items = _loop_items(t, items_ref, out_params)
+        collected: dict[str, list] = {name: [] for name in component["dag"].get("outputs", {}).get("artifacts", {})}
+        for k, item in enumerate(items):
+            inner_out = {}
+            for inner, it in component["dag"]["tasks"].items():
+                inner_component = spec["components"][it["componentRef"]["name"]]
+                inner_artifacts = {name: artifacts[src["componentInputArtifact"]]
+                                   for name, src in it.get("inputs", {}).get("artifacts", {}).items()}
+                inner_params = {name: (item if src["componentInputParameter"] == item_name
+                                       else parameters.get(src["componentInputParameter"], ""))
+                                for name, src in it.get("inputs", {}).get("parameters", {}).items()}
+                inner_out[inner] = container_pod(f"{task}/{k}/{inner}", inner_component, inner_artifacts,
+                                                 inner_params, f"{artifact_root}/{task}/{k}/{inner}")
+            for name, selector in component["dag"].get("outputs", {}).get("artifacts", {}).items():
+                for sel in selector["artifactSelectors"]:
+                    collected[name].append(inner_out[sel["producerSubtask"]][sel["outputArtifactKey"]])
+        produced[task] = collected
     return pods
+
+
+def _loop_items(task: dict, items_input: str, out_params: dict) -> list:
+    """The items a ParallelFor task iterates over: a list parameter produced by an upstream task."""
+    src = task["inputs"]["parameters"][items_input]["taskOutputParameter"]
+    return list(out_params[src["producerTask"]][src["outputParameterKey"]])
 
 
 def _kfp_text(value) -> str:

@@ -135,8 +135,11 @@ def test_kubeflow_pods_run_in_the_cpu_image(engine, built, run_dir):
                      "output": f"{ARTIFACTS}/kfp-run", "subset_size": SUBSET,
                      "max_accuracy_drop": str(GATE["max_accuracy_drop"]), "min_cosine": str(GATE["min_cosine"]),
                      "base_config": json.dumps(config)}, f"{ARTIFACTS}/kfp")
-    assert [p.task for p in pods][:7] == ["resolve-config", "fetch-model", "build-calibration", "collect-stats",
-                                          "quantize", "validate", "export-ir"]
+    # statistics_shards is 1 by default: the collect-stats loop runs once (on the whole split) and merge-stats
+    # passes its artifact on.
+    assert [p.task for p in pods][:9] == ["resolve-config", "statistics-shards", "fetch-model", "build-calibration",
+                                          "for-loop-1/0/collect-stats", "merge-stats", "quantize", "validate",
+                                          "export-ir"]
     # KFP's launcher creates each output artifact's parent directory before the command starts.
     for pod in pods:
         (root / "kfp" / pod.task).mkdir(parents=True)
