@@ -39,7 +39,8 @@ from ptqflow.quantization.advanced_parameters import AdvancedAccuracyRestorerPar
 from ptqflow.quantization.algorithms import sensitivity
 from ptqflow.quantization.plan import FloatLayer, FloatTensor, QuantizationPlan
 from ptqflow.quantization.statistics import Statistics
-from ptqflow.quantization.statistics.accumulate import session
+from ptqflow.runtime.model_files import save_model
+from ptqflow.runtime.sessions import make_session
 
 log = get_logger("accuracy_control")
 
@@ -137,7 +138,7 @@ def quantize_with_accuracy_control_result(
     current = requantize(copy.deepcopy(stats.plan))
     if params.intermediate_model_dir:
         Path(params.intermediate_model_dir).mkdir(parents=True, exist_ok=True)
-        onnx.save(current.model, str(Path(params.intermediate_model_dir) / "intermediate_model.onnx"))
+        save_model(current.model, Path(params.intermediate_model_dir) / "intermediate_model.onnx")
     int8 = _metric(validation_fn, current.model, data, "the INT8 model")
     drop = _drop(fp32, int8, drop_type)
     log.info("accuracy control: FP32 metric %.6g, INT8 metric %.6g, drop %.6g (%s, max_drop %g)",
@@ -286,7 +287,7 @@ def _rank(prepared: onnx.ModelProto, stats: Statistics, adv: AdvancedParameters,
     mean_minmax = RangeEstimator(adv.activations_range) == RangeEstimator.MEAN_MINMAX
     gated, tensors = sensitivity.gated_model(prepared, stats.plan, stats.ranges(mean_minmax))
     _fold_constant_dequantize(gated)
-    fp32, sess = session(prepared, device), session(gated, device)
+    fp32, sess = make_session(prepared, device), make_session(gated, device)
     refs = [fp32.run(None, s) for s in samples]
     base, errs = sensitivity.leave_one_out(sess, len(tensors), samples, refs, set())
     harm = [(t, float(base - e)) for t, e in zip(tensors, errs)]

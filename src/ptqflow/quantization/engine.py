@@ -26,10 +26,11 @@ from ptqflow.quantization.passes.context import PlanContext, PlanPass
 from ptqflow.quantization.passes.registry import plan_passes
 from ptqflow.quantization.plan import QuantizationPlan, SmoothQuantFactors
 from ptqflow.quantization.statistics import Statistics
-from ptqflow.quantization.statistics.accumulate import accumulate, finalize, observe, session
+from ptqflow.quantization.statistics.accumulate import accumulate, finalize, observe
 from ptqflow.quantization.statistics.partial import PartialStatistics, merge, shard_range
 from ptqflow.quantization.statistics.points import StatisticPoint
 from ptqflow.quantization.statistics.runner import make_runner
+from ptqflow.runtime.sessions import make_session
 
 log = get_logger("engine")
 
@@ -74,7 +75,7 @@ def _declare(model, stream_for: StreamFor, config: QuantizationConfig, device: s
         region -= placement.ignored_nodes(prepared, config.ignored_scope)
         head = list(islice(stream, adv.smooth_quant_samples))  # replayed below: the dataset may be a one-shot iterator
         smoothing = smooth_quant.smooth(prepared, region, head, adv.smooth_quant_alpha, lambda m, outs: make_runner(
-            m, outs, device, adv.statistics_runtime, session))
+            m, outs, device, adv.statistics_runtime, make_session))
         stream = chain(head, stream)
     plan = placement.build_plan(prepared, config, warnings)
     if smoothing:
@@ -103,7 +104,7 @@ def collect(model, stream_for: StreamFor, config: QuantizationConfig, device: st
     seen = observe(d.prepared, d.plan, d.points, d.stream, device=device, runtime=config.advanced.statistics_runtime,
                    keep=keep)
     _run_passes(d.passes, PlanContext(d.prepared, d.plan, seen.statistics, config, seen.kept,
-                                      lambda m: session(m, device)))
+                                      lambda m: make_session(m, device)))
     return Collected(seen.statistics, d.prepared, seen.kept)
 
 
@@ -145,7 +146,7 @@ def merge_partials(partials: list[PartialStatistics], config: QuantizationConfig
         raise InputError("calibration dataset is empty: at least one sample is needed")
     statistics = finalize(plan, points, acc)
     passes = [p for p in plan_passes() if p.enabled(config.advanced)]
-    _run_passes(passes, PlanContext(None, plan, statistics, config, [], lambda m: session(m, device)))
+    _run_passes(passes, PlanContext(None, plan, statistics, config, [], lambda m: make_session(m, device)))
     return statistics
 
 
@@ -166,6 +167,11 @@ def quantize(prepared: onnx.ModelProto, statistics: Statistics, config: Quantiza
     q.CopyFrom(prepared)
     mean_minmax = RangeEstimator(config.advanced.activations_range) == RangeEstimator.MEAN_MINMAX
     records = minmax.insert_qdq(q, plan, statistics.ranges(mean_minmax))
+    # The float weights insert_qdq replaced stay in q's memory until q is freed (protobuf frees a message's
+    # memory as a whole): a fresh copy holds the INT8 model alone (for a model over 2 GB, gigabytes less).
+    compact = onnx.ModelProto()
+    compact.CopyFrom(q)
+    q = compact
     bc = correct_and_guard(prepared, q, statistics, config, samples, device)
     q.ir_version = min(q.ir_version or MAX_IR_VERSION, MAX_IR_VERSION)
     if not is_large(q):

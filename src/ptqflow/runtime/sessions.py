@@ -2,7 +2,9 @@
 
 ``cpu`` and ``cuda`` run on onnxruntime's CPU and CUDA execution providers; ``npu`` runs on OpenVINO's NPU
 device through :class:`OpenVINOSession`, which offers the small part of onnxruntime's session interface that
-ptqflow uses (``run(names, feeds)`` and ``get_outputs()``).
+ptqflow uses (``run(names, feeds)`` and ``get_outputs()``). A ModelProto over protobuf's 2 GB limit reaches either
+runtime as a temporary file with external data (ptqflow.runtime.model_files), so every caller may hand over a
+ModelProto of any size.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import onnx
 import onnxruntime as ort
 
 from ptqflow.errors import DeviceUnavailableError
+from ptqflow.runtime.model_files import is_large, model_file, save_model
+from ptqflow.scratch import scratch_dir
 
 _PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 # Execution device -> (OpenVINO device, compile properties); the NPU runs at its native precision.
@@ -28,7 +32,9 @@ def available_providers() -> list[str]:
 
 
 def make_session(model, device: str = "cpu", intra_op_threads: int | None = None):
-    """A session for ``model`` (ModelProto, path or serialized bytes) on ``device`` ("cpu", "cuda" or "npu").
+    """A session for ``model`` (ModelProto of any size, path or serialized bytes) on ``device`` ("cpu", "cuda" or
+    "npu"). A ModelProto over 2 GB is written to a temporary file with external data first (the running step's
+    scratch directory), which is removed once the session has read it.
 
     Intra-op threads use every core unless ``intra_op_threads`` says otherwise (callers that run one session
     from several threads at once, one sample each, ask for 1). Asking for a device whose provider is missing raises
@@ -51,11 +57,9 @@ def make_session(model, device: str = "cpu", intra_op_threads: int | None = None
     opts.intra_op_num_threads = intra_op_threads or os.cpu_count() or 1
     opts.log_severity_level = 3
     providers = [provider] if device == "cpu" else [provider, "CPUExecutionProvider"]
-    if isinstance(model, onnx.ModelProto):
-        model = model.SerializeToString()
-    elif isinstance(model, (str, Path)):
-        model = str(model)
-    return ort.InferenceSession(model, sess_options=opts, providers=providers)
+    with model_file(model, "ptqflow-session-") as loadable:
+        return ort.InferenceSession(loadable if isinstance(loadable, bytes) else str(loadable), sess_options=opts,
+                                    providers=providers)
 
 
 def run_each(model, feeds: list[dict], device: str = "cpu", outputs: list[str] | None = None) -> list[list]:
@@ -94,7 +98,12 @@ class OpenVINOSession:
 
         self._core = ov_helpers.core()
         ov_helpers.check_device(self._core, ov_device)
-        if isinstance(model, onnx.ModelProto):
+        self._scratch = None
+        if isinstance(model, onnx.ModelProto) and is_large(model):
+            # kept for the session's lifetime: OpenVINO may map the external data file instead of reading it
+            self._scratch = scratch_dir("ptqflow-session-")
+            model = save_model(model, Path(self._scratch.name) / "model.onnx")
+        elif isinstance(model, onnx.ModelProto):
             model = model.SerializeToString()
         if isinstance(model, bytes):
             import io

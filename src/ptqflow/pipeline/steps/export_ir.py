@@ -124,14 +124,15 @@ def run(inputs: dict[str, Path], out: Path, cfg: PipelineConfig) -> Manifest:
     c = ov.core()
     ov.check_device(c, ec.openvino_device)  # before any work: an absent device is a clear error at once
     samples = _samples(Path(inputs["calibration"]))
-    int8_model = ov.convert(int8_path)
-    fp32_model = ov.convert(fp32_path)
     written = [out / "model.xml", out / "model.bin"]
     try:
+        int8_model = ov.convert(int8_path)
         ov_.save_model(int8_model, str(out / "model.xml"), compress_to_fp16=False)
+        del int8_model  # one model in memory at a time: for a model over 2 GB each copy is gigabytes
         ov.compile_model(c, c.read_model(str(out / "model.xml")), ec.openvino_device)
         parity = check_parity(out / "model.xml", int8_path, fp32_path, samples, ec.openvino_device,
                               ec.parity_tolerance)
+        fp32_model = ov.convert(fp32_path)  # after the parity check has released its FP32 session
         if ec.export_fp32:
             (out / "fp32").mkdir(exist_ok=True)
             written += [out / "fp32" / "model.xml", out / "fp32" / "model.bin"]

@@ -31,6 +31,7 @@ from ptqflow.errors import ConfigError, InputError, StorageError
 from ptqflow.quantization.graph.prepare import MAX_IR_VERSION, external_data_files, graph_inputs
 from ptqflow.logs import get_logger
 from ptqflow.pipeline.steps import spec
+from ptqflow.runtime.model_files import save_model
 
 _SPEC = spec("fetch-model")  # its entry in the steps table
 NAME: str = _SPEC.name
@@ -243,7 +244,8 @@ def _copy_model(model_path: Path, out: Path, uri: str) -> dict:
     if not proto.graph.node:
         raise InputError(f"{uri}: the ONNX graph has no nodes (truncated or not a model)")
     externals = external_data_files(proto, model_path.parent, uri)
-    rewrite = proto.ir_version > MAX_IR_VERSION and not externals
+    # Only the .onnx file is rewritten: tensors with external data keep their references to the files copied below.
+    rewrite = proto.ir_version > MAX_IR_VERSION
     original_ir = proto.ir_version
     try:
         onnx.checker.check_model(str(model_path))
@@ -252,7 +254,7 @@ def _copy_model(model_path: Path, out: Path, uri: str) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     if rewrite:
         proto.ir_version = MAX_IR_VERSION
-        onnx.save(proto, str(out / MODEL_FILE))
+        save_model(proto, out / MODEL_FILE)
     else:
         shutil.copyfile(model_path, out / MODEL_FILE)
     for rel in externals:

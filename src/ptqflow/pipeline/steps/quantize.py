@@ -7,13 +7,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import onnx
-
 from ptqflow.artifacts import input_digests
 from ptqflow.artifacts.manifest import Manifest, write_manifest
 from ptqflow.config import PipelineConfig, section_dump
-from ptqflow.quantization.graph.prepare import MAX_IR_VERSION, PROTO_LIMIT
+from ptqflow.quantization.graph.prepare import MAX_IR_VERSION
 from ptqflow.pipeline.steps import spec
+from ptqflow.runtime.model_files import save_model
 
 _SPEC = spec("quantize")  # its entry in the steps table
 NAME: str = _SPEC.name
@@ -31,24 +30,19 @@ def run(inputs: dict[str, Path], out: Path, cfg: PipelineConfig) -> Manifest:
     from ptqflow.data import iter_samples
 
     start = time.monotonic()
-    model = onnx.load(str(Path(inputs["model"]) / "model.onnx"))
     stats = Statistics.load(Path(inputs["statistics"]))
     # Only full bias correction reads samples, and only a subset: no progress bar around it.
     samples = iter_samples(Path(inputs["calibration"]), "calibration")
-    result = quantize_with_summary(model, stats, cfg.quantization, dataset=samples, device=cfg.device.value)
-    save_model(result.model, Path(out) / "model.onnx")
+    # The path, not a loaded ModelProto: graph preparation then loads the model once and works on it without
+    # copying it (a copy is a model's size of memory, several GB for a model over 2 GB).
+    result = quantize_with_summary(Path(inputs["model"]) / "model.onnx", stats, cfg.quantization, dataset=samples,
+                                   device=cfg.device.value)
+    result.model.ir_version = min(result.model.ir_version or MAX_IR_VERSION, MAX_IR_VERSION)
+    save_model(result.model, Path(out) / "model.onnx")  # over 2 GB: weights in model.onnx.data beside it
     layers = list(result.layers)
     (Path(out) / "summary.json").write_text(json.dumps({"layers": layers}, indent=2, default=str), encoding="utf-8")
     return write_manifest(out, step=NAME, config=config_section(cfg), inputs=input_digests(inputs),
                           metrics=summary_metrics(layers), timings={"total_s": round(time.monotonic() - start, 3)})
-
-
-def save_model(model: onnx.ModelProto, path: Path) -> None:
-    """Save with ir_version <= MAX_IR_VERSION; weights go to ``<name>.data`` beside it over 2 GB (PROTO_LIMIT)."""
-    model.ir_version = min(model.ir_version or MAX_IR_VERSION, MAX_IR_VERSION)
-    large = model.ByteSize() > PROTO_LIMIT
-    onnx.save(model, str(path), save_as_external_data=large, all_tensors_to_one_file=True,
-              location=f"{path.name}.data" if large else None)
 
 
 def summary_metrics(layers: list[dict]) -> dict:

@@ -13,7 +13,6 @@ from ptqflow.quantization.algorithms import bc_guard, bias_correction, fast_bias
 from ptqflow.quantization.algorithms.bias_layers import find_bias_layers
 from ptqflow.config import QuantizationConfig
 from ptqflow.errors import InputError
-from ptqflow.quantization.graph.prepare import is_large
 from ptqflow.quantization.statistics import Statistics
 
 log = logging.getLogger(__name__)
@@ -40,7 +39,7 @@ def correct_and_guard(prepared: onnx.ModelProto, q: onnx.ModelProto, statistics:
     adv = config.advanced
     n_guard = adv.bias_correction_guard_samples
     uncorrected = None
-    if n_guard and not config.advanced.disable_bias_correction and not is_large(q):
+    if n_guard and not config.advanced.disable_bias_correction:
         uncorrected = onnx.ModelProto()
         uncorrected.CopyFrom(q)
     records = correct_biases(prepared, q, statistics, config, samples, device)

@@ -10,6 +10,7 @@ import onnx
 
 from ptqflow.config import AdvancedParameters
 from ptqflow.errors import InputError
+from ptqflow.runtime.model_files import PROTO_LIMIT, is_large  # noqa: F401  (the format constant and its test, here too)
 
 log = logging.getLogger(__name__)
 
@@ -17,7 +18,6 @@ log = logging.getLogger(__name__)
 # thresholds of the algorithms are not here: they are fields of config.AdvancedParameters.
 MIN_OPSET = 13  # per-axis QuantizeLinear/DequantizeLinear exist from opset 13
 MAX_IR_VERSION = 10  # onnxruntime 1.31 rejects the IR version onnx 1.23 writes by default
-PROTO_LIMIT = 2 * 1024**3 - 64 * 1024**2  # protobuf's 2 GB limit, with headroom for the graph structure
 
 
 def load_model(model) -> onnx.ModelProto:
@@ -110,11 +110,6 @@ def onnx_opset(model: onnx.ModelProto) -> int:
     return 1
 
 
-def is_large(model: onnx.ModelProto) -> bool:
-    """True when ``model`` cannot be serialized as one protobuf (> 2 GB)."""
-    return sum(t.ByteSize() for t in model.graph.initializer) > PROTO_LIMIT
-
-
 def prepare_model(model, advanced: AdvancedParameters | None = None) -> tuple[onnx.ModelProto, list[str]]:
     """The FP32 model (a copy; ``model`` may be a ModelProto, a path or bytes) ready for placement, and the
     warnings raised on the way.
@@ -125,8 +120,12 @@ def prepare_model(model, advanced: AdvancedParameters | None = None) -> tuple[on
     """
     from ptqflow.quantization.graph.passes import run_graph_passes  # the passes import this module's helpers
 
-    proto = onnx.ModelProto()
-    proto.CopyFrom(load_model(model))
+    loaded = load_model(model)
+    if loaded is model:  # the caller's ModelProto stays as it was
+        proto = onnx.ModelProto()
+        proto.CopyFrom(loaded)
+    else:  # loaded here from a path or bytes: nobody else holds it, no copy needed (a model's size saved)
+        proto = loaded
     proto, results = run_graph_passes(proto, advanced if advanced is not None else AdvancedParameters())
     warnings: list[str] = []
     for result in results:

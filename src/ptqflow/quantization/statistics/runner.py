@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections import deque
 from collections.abc import Iterable, Iterator
 
@@ -24,7 +23,8 @@ import numpy as np
 import onnx
 
 from ptqflow.errors import DeviceUnavailableError
-from ptqflow.quantization.graph.prepare import is_large
+from ptqflow.runtime.model_files import is_large, save_model
+from ptqflow.scratch import scratch_dir
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +57,9 @@ class OpenVINORunner:
         ov_helpers.check_device(core, "CPU")
         # The ONNX frontend reads the model directly: convert_model's extra passes cost time (evidence:
         # docs/algorithms.md#the-statistics-pass).
-        with tempfile.TemporaryDirectory(prefix="ptqflow-stats-") as tmp:
+        with scratch_dir("ptqflow-stats-") as tmp:
             path = os.path.join(tmp, "statistics.onnx")
-            onnx.save(model, path)
+            save_model(model, path)
             ov_model = core.read_model(path)
         # f32 explicitly: on CPUs with bf16 units OpenVINO would otherwise observe bf16 activations.
         self.compiled = core.compile_model(ov_model, "CPU", {

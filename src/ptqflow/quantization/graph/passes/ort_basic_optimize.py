@@ -10,14 +10,15 @@ import onnx
 
 from ptqflow.errors import InputError
 from ptqflow.quantization.graph.passes.base import GraphPass, GraphPassResult
-from ptqflow.quantization.graph.prepare import is_large
+from ptqflow.runtime.model_files import EXTERNAL_MIN_BYTES, is_large, model_file
 from ptqflow.scratch import scratch_dir
 
 log = logging.getLogger(__name__)
 
 
 class OrtBasicOptimize(GraphPass):
-    """onnxruntime's basic optimizer (switch ``graph_constant_folding``); skipped for models over 2 GB.
+    """onnxruntime's basic optimizer (switch ``graph_constant_folding``). A model over 2 GB reaches it as a file
+    with external data (ptqflow.runtime.model_files) and comes back the same way.
 
     Level 1 keeps every node in the ONNX domain; the result is rejected (the model kept as it was, with a
     warning in the log) if any ORT-only op appears anyway, or if the optimizer fails otherwise. InputError when
@@ -30,9 +31,6 @@ class OrtBasicOptimize(GraphPass):
 
     def run(self, model: onnx.ModelProto) -> tuple[onnx.ModelProto, GraphPassResult]:
         """The optimized copy and one change line per op type whose node count moved, or ``model`` unchanged."""
-        if is_large(model):
-            log.info("%s skipped: the model is over protobuf's 2 GB limit", self.name)
-            return model, self.result([])
         try:
             optimized = _optimize(model)
         except InputError:
@@ -46,17 +44,25 @@ class OrtBasicOptimize(GraphPass):
 def _optimize(model: onnx.ModelProto) -> onnx.ModelProto:
     import onnxruntime as ort
 
-    with scratch_dir("ptqflow-prep-") as tmp:
+    large = is_large(model)
+    with scratch_dir("ptqflow-prep-") as tmp, model_file(model, "ptqflow-prep-in-") as loadable:
         out = Path(tmp) / "opt.onnx"
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         opts.optimized_model_filepath = str(out)
         opts.log_severity_level = 3
+        # the session is thrown away once the optimized model is written: no packed weights for its kernels
+        opts.add_session_config_entry("session.disable_prepacking", "1")
+        if large:  # the optimized model cannot be one protobuf either
+            opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", "opt.onnx.data")
+            opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
+                                          str(EXTERNAL_MIN_BYTES))
         try:
-            ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+            ort.InferenceSession(loadable if isinstance(loadable, bytes) else str(loadable), opts,
+                                 providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime's Fail, InvalidGraph, NotImplemented...
             raise InputError(f"onnxruntime cannot load the model: {exc}") from None
-        optimized = onnx.load(str(out))
+        optimized = onnx.load(str(out))  # external data too, before the directory goes
     domains = {n.domain for n in optimized.graph.node} - {n.domain for n in model.graph.node} - {"", "ai.onnx"}
     if domains:
         raise RuntimeError(f"optimizer introduced ops of domains {sorted(domains)}")
