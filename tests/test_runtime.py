@@ -59,3 +59,28 @@ def test_statistics_on_the_openvino_runner_match_onnxruntime(monkeypatch):
     for kind in ("mins", "maxs", "means_in"):
         for name, value in getattr(on_cpu, kind).items():
             np.testing.assert_allclose(getattr(on_ov, kind)[name], value, rtol=1e-3, atol=1e-4, err_msg=f"{kind} {name}")
+
+
+def test_a_float_input_to_an_int8_weight_matmul_stays_float():
+    """onnxruntime fuses DequantizeLinear(int8 weight) -> MatMul into MatMulNBits and, by default, quantizes the
+    float input at run time; ptqflow's sessions compute what the graph says (the input ptqflow kept float)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    k, n = 64, 32
+    wq = rng.integers(-127, 128, size=(k, n)).astype(np.int8)
+    scale = ((rng.random(n) + 0.5) * 0.01).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"], axis=1),
+         helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(wq, "wq"), numpy_helper.from_array(scale, "ws"),
+         numpy_helper.from_array(np.zeros(n, np.int8), "wz")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    x = rng.normal(size=(4, k)).astype(np.float32)
+    x[:, 0] *= 1000  # one outlier channel: int8 input quantization would lose the others
+    reference = x.astype(np.float64) @ (wq.astype(np.float64) * scale)
+    y = runtime.make_session(model).run(None, {"x": x})[0]
+    assert np.abs(y - reference).max() / np.abs(reference).max() < 1e-5

@@ -26,6 +26,9 @@ _PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 _OPENVINO_DEVICES: dict[str, tuple[str, dict]] = {"npu": ("NPU", {})}
 
 
+FLOAT_MATMUL_ACCURACY_LEVEL = "1"  # MatMulNBits compute type for a float input: fp32 (onnxruntime's default: int8)
+
+
 def available_providers() -> list[str]:
     """The execution providers this onnxruntime build offers."""
     return list(ort.get_available_providers())
@@ -56,6 +59,10 @@ def make_session(model, device: str = "cpu", intra_op_threads: int | None = None
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = intra_op_threads or os.cpu_count() or 1
     opts.log_severity_level = 3
+    # A MatMul/Gemm with an int8 weight (DequantizeLinear) and a float input is fused into MatMulNBits, which by
+    # default quantizes that input to int8 at run time: a layer ptqflow kept float there would be measured
+    # quantized. Accuracy level 1 (fp32) computes what the graph says.
+    opts.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", FLOAT_MATMUL_ACCURACY_LEVEL)
     providers = [provider] if device == "cpu" else [provider, "CPUExecutionProvider"]
     with model_file(model, "ptqflow-session-") as loadable:
         return ort.InferenceSession(loadable if isinstance(loadable, bytes) else str(loadable), sess_options=opts,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import onnx
 
 from ptqflow.artifacts import input_digests, reproducible_zip
 from ptqflow.artifacts.manifest import Manifest, write_manifest
@@ -67,7 +66,7 @@ def run(inputs: dict[str, Path], out: Path, cfg: PipelineConfig, shard: tuple[in
     import ptqflow
 
     start = time.monotonic()
-    model = onnx.load(str(Path(inputs["model"]) / "model.onnx"))
+    model = Path(inputs["model"]) / "model.onnx"  # a path: preparation loads it once, without a second copy
     if shard is not None:
         return _run_shard(inputs, out, cfg, model, shard, start)
     samples = calibration_samples(Path(inputs["calibration"]), "collect-stats", cfg.quantization.subset_size)

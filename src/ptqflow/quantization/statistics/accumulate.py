@@ -5,16 +5,14 @@ checked finite and with signedness in the plan."""
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import onnx
 
 from ptqflow.errors import InputError
-from ptqflow.quantization.graph.prepare import graph_inputs, is_large
+from ptqflow.quantization.graph.prepare import graph_inputs
 from ptqflow.runtime.sessions import make_session
 from ptqflow.quantization.plan import QuantizationPlan
 from ptqflow.quantization.statistics import exact
@@ -72,13 +70,8 @@ def finalize(plan: QuantizationPlan, points: list[StatisticPoint], acc: "Accumul
 
 
 def session(model: onnx.ModelProto, device: str):
-    """A session over ``model``; models over 2 GB go through a temporary file with external data."""
-    if not is_large(model):
-        return make_session(model, device)
-    with tempfile.TemporaryDirectory(prefix="ptqflow-large-") as tmp:
-        path = Path(tmp) / "model.onnx"
-        onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="model.data")
-        return make_session(path, device)
+    """A session over ``model`` on ``device`` (runtime.sessions.make_session: any size, the model untouched)."""
+    return make_session(model, device)
 
 
 def batchable(model: onnx.ModelProto, tensors: list[str]) -> bool:
