@@ -48,7 +48,7 @@ def tensor_nbytes(t: onnx.TensorProto) -> int:
         return t.ByteSize()
 
 
-def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+def all_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
     """Every TensorProto of ``graph``: initializers, sparse initializers' values and node attributes, subgraphs
     included."""
     yield from graph.initializer
@@ -60,14 +60,14 @@ def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
                 yield attr.t
             yield from attr.tensors
             if attr.HasField("g"):
-                yield from _tensors(attr.g)
+                yield from all_tensors(attr.g)
             for sub in attr.graphs:
-                yield from _tensors(sub)
+                yield from all_tensors(sub)
 
 
 def model_nbytes(model: onnx.ModelProto) -> int:
     """The bytes of tensor data ``model`` holds in memory (external data not counted)."""
-    return sum(tensor_nbytes(t) for t in _tensors(model.graph))
+    return sum(tensor_nbytes(t) for t in all_tensors(model.graph))
 
 
 def is_large(model: onnx.ModelProto) -> bool:
@@ -83,7 +83,7 @@ def _repeated(field) -> bool:
 def has_external_data(path: Path) -> bool:
     """True when the model file at ``path`` keeps tensor data in external files (reads the .onnx file only)."""
     header = onnx.load(str(path), load_external_data=False)
-    return any(t.data_location == TensorProto.EXTERNAL for t in _tensors(header.graph))
+    return any(t.data_location == TensorProto.EXTERNAL for t in all_tensors(header.graph))
 
 
 def _repeated(field) -> bool:

@@ -10,7 +10,7 @@ import onnx
 
 from ptqflow.config import AdvancedParameters
 from ptqflow.errors import InputError
-from ptqflow.runtime.model_files import PROTO_LIMIT, is_large  # noqa: F401  (the format constant and its test, here too)
+from ptqflow.runtime.model_files import PROTO_LIMIT, all_tensors, is_large  # noqa: F401  (the format constant and its test, here too)
 
 log = logging.getLogger(__name__)
 
@@ -56,20 +56,6 @@ def check_model_file(path: Path, where: str | None = None) -> onnx.ModelProto:
     return proto
 
 
-def _all_tensors(graph: onnx.GraphProto):
-    """Every TensorProto of ``graph``: initializers and node attributes, subgraphs included."""
-    yield from graph.initializer
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("t"):
-                yield attr.t
-            yield from attr.tensors
-            if attr.HasField("g"):
-                yield from _all_tensors(attr.g)
-            for sub in attr.graphs:
-                yield from _all_tensors(sub)
-
-
 def external_data_files(model: onnx.ModelProto, base: Path, where: str) -> set[str]:
     """Relative paths of the external data files ``model`` (whose file lies in ``base``) references.
 
@@ -78,7 +64,7 @@ def external_data_files(model: onnx.ModelProto, base: Path, where: str) -> set[s
     """
     base = Path(base)
     files: set[str] = set()
-    for t in _all_tensors(model.graph):
+    for t in all_tensors(model.graph):
         if t.data_location != onnx.TensorProto.EXTERNAL:
             continue
         loc = next((e.value for e in t.external_data if e.key == "location"), "")
