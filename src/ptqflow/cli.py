@@ -52,6 +52,17 @@ _FLAGS: list[tuple[str, str, dict[str, Any]]] = [
 ]
 
 
+# The steps that run on shards: --shard help, the command merging their partials, its help, what the partials are.
+_SHARDED = {
+    "collect-stats": ("collect only shard I (0-based) of N of the calibration split: partial statistics for "
+                      "merge-stats", "merge-stats", "merge collect-stats --shard partials into the statistics artifact",
+                      "the partial statistics"),
+    "validate": ("evaluate only shard I (0-based) of N of the validation split: partial results for merge-validation "
+                 "(shard 0 also measures speed)", "merge-validation",
+                 "merge validate --shard partials into the validation report", "the partial validation results"),
+}
+
+
 def _shard(text: str) -> tuple[int, int]:
     """``I/N`` -> (I, N) with 0 <= I < N."""
     try:
@@ -118,26 +129,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="output artifact location (--out is the same flag)")
         _add_common(p, name)
         p.set_defaults(step_inputs=inputs)
-        if name == "collect-stats":
-            p.add_argument("--shard", type=_shard, metavar="I/N",
-                           help="collect only shard I (0-based) of N of the calibration split: partial statistics "
-                                "for merge-stats")
-        if name == "validate":
-            p.add_argument("--shard", type=_shard, metavar="I/N",
-                           help="evaluate only shard I (0-based) of N of the validation split: partial results for "
-                                "merge-validation (shard 0 also measures speed)")
-    merge = sub.add_parser("merge-stats", help="merge collect-stats --shard partials into the statistics artifact")
-    merge.add_argument("--in-partials", dest="in_partials", nargs="+", required=True, metavar="URI",
-                       help="the partial statistics of shards 0..N-1 (any order)")
-    merge.add_argument("--output", "--out", dest="out", required=True, metavar="URI", help="output artifact location")
-    _add_common(merge, "collect-stats")  # the shards' config: the merged artifact is collect-stats'
-    merge.set_defaults(step_inputs=())
-    merge = sub.add_parser("merge-validation", help="merge validate --shard partials into the validation report")
-    merge.add_argument("--in-partials", dest="in_partials", nargs="+", required=True, metavar="URI",
-                       help="the partial validation results of shards 0..N-1 (any order)")
-    merge.add_argument("--output", "--out", dest="out", required=True, metavar="URI", help="output artifact location")
-    _add_common(merge, "validate")  # the shards' config: the merged artifact is validate's
-    merge.set_defaults(step_inputs=())
+        if name in _SHARDED:
+            p.add_argument("--shard", type=_shard, metavar="I/N", help=_SHARDED[name][0])
+    for step, (_, merge_name, merge_help, partials) in _SHARDED.items():
+        merge = sub.add_parser(merge_name, help=merge_help)
+        merge.add_argument("--in-partials", dest="in_partials", nargs="+", required=True, metavar="URI",
+                           help=f"{partials} of shards 0..N-1 (any order)")
+        merge.add_argument("--output", "--out", dest="out", required=True, metavar="URI",
+                           help="output artifact location")
+        _add_common(merge, step)  # the shards' config: the merged artifact is the step's
+        merge.set_defaults(step_inputs=())
     run = sub.add_parser("run", help="run all six steps in order")
     run.add_argument("--output", dest="output", metavar="URI", help="output prefix; each step writes <output>/<step>/")
     _add_common(run)

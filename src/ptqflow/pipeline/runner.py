@@ -62,26 +62,32 @@ def run_step(
 def merge_stats(partial_uris: list[str], output_uri: str, cfg: PipelineConfig, force: bool = False) -> Manifest:
     """Merge the partial statistics at ``partial_uris`` (collect-stats --shard I/N outputs) into ``output_uri``,
     as collect-stats would have written it on the whole split; cached like a step."""
-    from ptqflow.pipeline.steps import merge_stats as step
-
-    if not partial_uris:
-        raise ConfigError("merge-stats: give the partial statistics (--in-partials URI ...)")
-    uris = {f"partial-{k}": uri for k, uri in enumerate(partial_uris)}
-    return _run(step, list(uris), uris, output_uri, cfg, force, None, None)
+    return _merge("merge-stats", partial_uris, output_uri, cfg, force)
 
 
 def merge_validation(partial_uris: list[str], output_uri: str, cfg: PipelineConfig, force: bool = False) -> Manifest:
     """Merge the partial validation results at ``partial_uris`` (validate --shard I/N outputs) into ``output_uri``,
     as validate would have written it on the whole split; cached like a step. A failed gate is published, then
     raised (GateFailedError), from a cached result too, as validate's."""
-    from ptqflow.pipeline.steps import merge_validation as step
-
-    if not partial_uris:
-        raise ConfigError("merge-validation: give the partial validation results (--in-partials URI ...)")
-    uris = {f"partial-{k}": uri for k, uri in enumerate(partial_uris)}
-    manifest = _run(step, list(uris), uris, output_uri, cfg, force, None, None)
+    manifest = _merge("merge-validation", partial_uris, output_uri, cfg, force)
     _raise_if_gate_failed("validate", manifest)  # a cached merge is not re-run: its verdict still decides
     return manifest
+
+
+# The merge commands: step module and what their partials are (for the message when none are given).
+MERGES = {"merge-stats": ("ptqflow.pipeline.steps.merge_stats", "the partial statistics"),
+          "merge-validation": ("ptqflow.pipeline.steps.merge_validation", "the partial validation results")}
+
+
+def _merge(command: str, partial_uris: list[str], output_uri: str, cfg: PipelineConfig, force: bool) -> Manifest:
+    """Run merge ``command`` on the partials, named partial-0 .. partial-N-1 in the order given."""
+    import importlib
+
+    module, partials = MERGES[command]
+    if not partial_uris:
+        raise ConfigError(f"{command}: give {partials} (--in-partials URI ...)")
+    uris = {f"partial-{k}": uri for k, uri in enumerate(partial_uris)}
+    return _run(importlib.import_module(module), list(uris), uris, output_uri, cfg, force, None, None)
 
 
 def _run(step, names: list[str], input_uris: dict[str, str], output_uri: str, cfg: PipelineConfig, force: bool,

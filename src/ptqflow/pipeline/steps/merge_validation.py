@@ -23,6 +23,7 @@ from ptqflow.config import PipelineConfig
 from ptqflow.errors import InputError
 from ptqflow.pipeline import metrics as M
 from ptqflow.pipeline.steps import validate
+from ptqflow.quantization.statistics.partial import require_all_shards
 
 NAME = "merge-validation"
 INPUTS: tuple[str, ...] = ()  # one input per partial, named partial-0 .. partial-N-1 (given at run time)
@@ -65,10 +66,7 @@ def merge(partials: list[Partial]) -> tuple[M.ValidationSums, dict]:
     """The sums of all ``partials`` and shard 0's speed; InputError when they are not shards 0..N-1 of one split,
     once each, cut from the same sample count."""
     ordered = sorted(partials, key=lambda p: p.shard)
-    n = ordered[0].shards
-    if {p.shards for p in ordered} != {len(ordered)} or [p.shard for p in ordered] != list(range(len(ordered))):
-        raise InputError(f"merge-validation: expected shards 0..{n - 1} of {n} once each, got "
-                         f"{sorted((p.shard, p.shards) for p in partials)}")
+    require_all_shards([(p.shard, p.shards) for p in partials], "merge-validation")
     sums, expected = M.ValidationSums(), 0
     for p in ordered:
         if p.start != expected or p.split_samples != ordered[0].split_samples:

@@ -85,6 +85,14 @@ class PartialStatistics:
                              f"{type(exc).__name__}: {exc}") from None
 
 
+def require_all_shards(shards: list[tuple[int, int]], what: str) -> None:
+    """InputError (naming ``what``) unless ``shards``, (shard, of) pairs, are shards 0..N-1 of N, once each."""
+    ordered = sorted(shards)
+    n = ordered[0][1]
+    if {of for _, of in ordered} != {len(ordered)} or [i for i, _ in ordered] != list(range(len(ordered))):
+        raise InputError(f"{what}: expected shards 0..{n - 1} of {n} once each, got {ordered}")
+
+
 def merge(partials: list[PartialStatistics]) -> tuple[QuantizationPlan, list[StatisticPoint], Accumulator]:
     """The plan, points and accumulator of all ``partials`` together, as one process would have had them;
     InputError when they are not the shards 0..N-1 of one collection (another plan, other points, a shard
@@ -93,10 +101,7 @@ def merge(partials: list[PartialStatistics]) -> tuple[QuantizationPlan, list[Sta
         raise InputError("merge-stats: no partial statistics given")
     ordered = sorted(partials, key=lambda p: p.shard)
     first = ordered[0]
-    shards = {p.shards for p in ordered}
-    if shards != {len(ordered)} or [p.shard for p in ordered] != list(range(len(ordered))):
-        raise InputError(f"merge-stats: expected shards 0..{first.shards - 1} of {first.shards} once each, got "
-                         f"{sorted((p.shard, p.shards) for p in partials)}")
+    require_all_shards([(p.shard, p.shards) for p in partials], "merge-stats")
     plan_doc, points = first.plan.to_json(), first.points
     acc, expected_start = Accumulator(), 0
     for p in ordered:
