@@ -6,7 +6,10 @@ import json
 import math
 from pathlib import Path
 
+from ptqflow.errors import InputError
+
 SCHEMA_PATH = Path(__file__).with_name("schema.json")
+SUMMARY = "summary.json"  # the quantize step's per-layer summary, in its artifact
 
 
 def jsonable(obj):
@@ -34,6 +37,21 @@ def validate_report(data: dict) -> None:
     except ImportError:  # optional dependency; the tests run with it
         return
     jsonschema.validate(data, schema())
+
+
+def load_decisions(quantized_dir: Path) -> list[dict] | None:
+    """The quantize step's per-layer summary rows (``summary.json``'s ``layers``) that report.html shows as the
+    decisions; None when the artifact has no summary; InputError naming the file when it is damaged."""
+    path = Path(quantized_dir) / SUMMARY
+    if not path.is_file():
+        return None
+    try:
+        layers = json.loads(path.read_text(encoding="utf-8"))["layers"]
+        if not isinstance(layers, list) or not all(isinstance(r, dict) for r in layers):
+            raise TypeError("'layers' is not a list of objects")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{path}: per-layer summary damaged ({type(exc).__name__}: {exc}); quantize again") from None
+    return layers
 
 
 def write_report(out: Path, report: dict) -> dict:

@@ -37,7 +37,7 @@ def config_section(cfg: PipelineConfig) -> dict:
 @dataclass
 class Partial:
     """One shard's partial validation: which shard of how many, its samples [start, stop) of the split, its sums,
-    and (shard 0) the speed figures."""
+    and (shard 0) the speed figures and the per-layer decisions."""
 
     shard: int
     shards: int
@@ -46,6 +46,7 @@ class Partial:
     split_samples: int
     sums: M.ValidationSums
     speed: dict | None
+    decisions: list[dict] | None = None  # shard 0: the quantize step's per-layer summary, for report.html
 
     @classmethod
     def load(cls, directory: Path) -> "Partial":
@@ -57,7 +58,7 @@ class Partial:
                 raise InputError(f"{path}: partial validation format {doc.get('format')!r}, this ptqflow reads "
                                  f"{validate.PARTIAL_FORMAT}; validate the shard again")
             return cls(int(doc["shard"]), int(doc["shards"]), int(doc["start"]), int(doc["stop"]),
-                       int(doc["split_samples"]), M.ValidationSums.from_json(doc["sums"]), doc["speed"])
+                       int(doc["split_samples"]), M.ValidationSums.from_json(doc["sums"]), doc["speed"], doc.get("decisions"))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise InputError(f"{path}: partial validation missing or damaged: {type(exc).__name__}: {exc}") from None
 
@@ -108,7 +109,8 @@ def run(inputs: dict[str, Path], out: Path, cfg: PipelineConfig) -> Manifest:
         validated, first = manifest.inputs, first or shard
         partials.append(Partial.load(Path(path)))
     sums, speed = merge(partials)
-    report = validate.finalize(sums, speed, cfg)
+    decisions = next((p.decisions for p in partials if p.shard == 0), None)
+    report = validate.finalize(sums, speed, cfg, decisions=decisions)
     return validate.publish_report(out, report, NAME, section, input_digests(inputs),
                                    {"total_s": round(time.monotonic() - start, 3)},
                                    extra={"shards": len(partials), "validated": validated})

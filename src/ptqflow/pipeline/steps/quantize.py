@@ -39,10 +39,26 @@ def run(inputs: dict[str, Path], out: Path, cfg: PipelineConfig) -> Manifest:
                                    device=cfg.device.value)
     result.model.ir_version = min(result.model.ir_version or MAX_IR_VERSION, MAX_IR_VERSION)
     save_model(result.model, Path(out) / "model.onnx")  # over 2 GB: weights in model.onnx.data beside it
-    layers = list(result.layers)
+    layers = with_readers(list(result.layers), result.model)
     (Path(out) / "summary.json").write_text(json.dumps({"layers": layers}, indent=2, default=str), encoding="utf-8")
     return write_manifest(out, step=NAME, config=config_section(cfg), inputs=input_digests(inputs),
                           metrics=summary_metrics(layers), timings={"total_s": round(time.monotonic() - start, 3)})
+
+
+def with_readers(layers: list[dict], model) -> list[dict]:
+    """``layers`` with ``consumers`` on each activation kept in float (``op_type: tensor``): the summary's layers
+    that read it in ``model``. An ignored_scope names nodes, so these are what keeps it float on another run
+    (report.html's snippet)."""
+    names = {r["name"] for r in layers if r.get("op_type") != "tensor"}
+    readers: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        if node.name in names:
+            for i in dict.fromkeys(node.input):
+                readers.setdefault(i, []).append(node.name)
+    for r in layers:
+        if r.get("op_type") == "tensor" and r.get("status") == "float" and "consumers" not in r:
+            r["consumers"] = readers.get(r["name"], [])
+    return layers
 
 
 def summary_metrics(layers: list[dict]) -> dict:

@@ -22,6 +22,7 @@ from ptqflow.artifacts import input_digests
 from ptqflow.artifacts.manifest import Manifest, write_manifest
 from ptqflow.config import GateConfig, PipelineConfig, section_dump
 from ptqflow.errors import ConfigError, GateFailedError, InputError
+from ptqflow.pipeline.report import load_decisions
 from ptqflow.pipeline.steps import spec
 
 _SPEC = spec("validate")  # its entry in the steps table
@@ -288,9 +289,10 @@ def measure(fp32_path: Path, int8_path: Path, sample: dict, cfg: PipelineConfig)
 
 
 def finalize(sums: M.ValidationSums, speed: dict, cfg: PipelineConfig,
-             kept: tuple[dict, dict, list] | None = None) -> dict:
-    """The report of the whole split from its sums, the speed figures and, for a validation.metric, every output
-    and label (``kept``); validate and merge-validation both end here."""
+             kept: tuple[dict, dict, list] | None = None, decisions: list[dict] | None = None) -> dict:
+    """The report of the whole split from its sums, the speed figures, for a validation.metric every output and
+    label (``kept``) and the quantize step's per-layer ``decisions`` (report.html's decision table; left out when
+    None); validate and merge-validation both end here."""
     vc = cfg.validation
     accuracy = sums.accuracy()
     if vc.metric:
@@ -300,9 +302,12 @@ def finalize(sums: M.ValidationSums, speed: dict, cfg: PipelineConfig,
         accuracy.setdefault("int8", {}).update(M.user_metric(fn, int8_out, labels))
     fidelity = sums.fidelity()
     checks = evaluate_gate(vc.gate, accuracy, fidelity, speed)
-    return {"verdict": "pass" if all(c["passed"] for c in checks) else "fail", "gate": checks, "samples": sums.samples,
-            "labeled": sums.labeled, "accuracy": accuracy, "fidelity": fidelity, "speed": speed,
-            "layers": sums.layer_rows(), "config": section_dump(vc), "device": cfg.device.value}
+    report = {"verdict": "pass" if all(c["passed"] for c in checks) else "fail", "gate": checks,
+              "samples": sums.samples, "labeled": sums.labeled, "accuracy": accuracy, "fidelity": fidelity,
+              "speed": speed, "layers": sums.layer_rows(), "config": section_dump(vc), "device": cfg.device.value}
+    if decisions is not None:
+        report["decisions"] = decisions
+    return report
 
 
 def publish_report(out: Path, report: dict, step: str, config: dict, inputs: dict, timings: dict,
@@ -354,6 +359,7 @@ def run(inputs: dict[str, Path], out: Path, cfg: PipelineConfig, shard: tuple[in
         count = int(read_index(calibration).get("counts", {}).get("validation", 0))
         span = shard_range(count, *shard)
     digests = input_digests(inputs)
+    decisions = load_decisions(Path(inputs["quantized"]))  # before the models run: a damaged summary fails fast
     ev = evaluate(fp32_path, int8_path, calibration, cfg, span, keep=bool(cfg.validation.metric))
     if shard is not None and ev.split_samples != count:  # the shards would not cover the split exactly
         raise InputError(f"{calibration}: index.json counts {count} validation samples, the split holds "
@@ -362,10 +368,12 @@ def run(inputs: dict[str, Path], out: Path, cfg: PipelineConfig, shard: tuple[in
     speed = measure(fp32_path, int8_path, ev.first, cfg) if shard is None or shard[0] == 0 else None
     timings = {"evaluate_s": round(t_eval, 3), "total_s": round(time.monotonic() - start, 3)}
     if shard is None:
-        return publish_report(out, finalize(ev.sums, speed, cfg, ev.kept), NAME, config_section(cfg), digests,
-                              timings)
+        return publish_report(out, finalize(ev.sums, speed, cfg, ev.kept, decisions), NAME, config_section(cfg),
+                              digests, timings)
+    # Shard 0 carries the decisions to merge-validation (which reads only the partials), as it carries the speed.
     doc = {"format": PARTIAL_FORMAT, "shard": shard[0], "shards": shard[1], "start": span[0], "stop": span[1],
-           "split_samples": count, "sums": ev.sums.to_json(), "speed": speed}
+           "split_samples": count, "sums": ev.sums.to_json(), "speed": speed,
+           "decisions": decisions if shard[0] == 0 else None}
     (out / PARTIAL).write_text(json.dumps(doc), encoding="utf-8")  # floats round-trip, inf/nan included
     return write_manifest(out, step=NAME, config=config_section(cfg) | {"shard": f"{shard[0]}/{shard[1]}"},
                           inputs=digests, metrics={"shard": shard[0], "shards": shard[1],
