@@ -138,8 +138,9 @@ def test_lightweight_pipeline_under_kfp_local(tmp_path, inputs, monkeypatch):
     metrics = executor["artifacts"]["metrics"]["artifacts"][0]["metadata"]
     assert metrics["samples"] == 4.0 and 0.5 <= metrics["min_cosine"] <= 1.0
     assert all(isinstance(v, float) for v in metrics.values())
-    html = Path(executor["artifacts"]["html"]["artifacts"][0]["uri"])
-    assert "<html" in html.read_text().lower()
+    html = Path(executor["artifacts"]["html"]["artifacts"][0]["uri"]).read_text()
+    # The HTML artifact is validate's report.html: the same page, the quantize step's decisions included.
+    assert "<html" in html.lower() and 'id="decisions"' in html and 'id="ignored-scope-yaml"' in html
     report = list(root.glob("**/validate-local/report"))[0]
     manifest = json.loads((report / "manifest.json").read_text())
     assert manifest["metrics"], "validate recorded no metrics"

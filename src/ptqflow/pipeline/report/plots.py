@@ -28,7 +28,18 @@ FLOAT_COLOUR = "#bf8700"  # a layer kept in float
 
 # At most this many bars per chart: the worst ones; the tables list every layer.
 MAX_BARS = 40
+MAX_LABEL = 48  # characters of a bar's label
+_CHAR_IN = 0.075  # inches per label character at 8 pt (DejaVu Sans, wide glyphs included)
 _STANDALONE = re.compile(r'<\?xml[^>]*>\s*|<!DOCTYPE[^>]*>\s*|\s+xmlns(:\w+)?="[^"]*"')
+
+
+def _short(label: str) -> str:
+    """``label`` on one line, at most MAX_LABEL characters (the middle elided; the tables show the whole name)."""
+    label = re.sub(r"\s+", " ", str(label))
+    if len(label) <= MAX_LABEL:
+        return label
+    half = (MAX_LABEL - 1) // 2
+    return label[:half] + "\u2026" + label[-half:]
 
 
 def finite(value) -> float | None:
@@ -50,8 +61,13 @@ def barh(title: str, labels: list[str], values: list[float], colours: list[str],
          legend: dict[str, str] | None = None) -> str:
     """Horizontal bars, first label on top, each bar annotated with its value; inline SVG. ``legend``:
     {label: colour} of the colours used."""
-    height = 1.0 + 0.28 * max(len(labels), 1)
-    fig = Figure(figsize=(9.0, height), layout="constrained")
+    labels = [_short(label) for label in labels]
+    width, height = 9.0, 1.0 + 0.28 * max(len(labels), 1)
+    # Margins from the label lengths rather than a layout engine: constrained layout draws the figure once
+    # more to measure it, which doubled the time of a chart.
+    left = 0.15 + _CHAR_IN * max([len(label) for label in labels] + [4])
+    fig = Figure(figsize=(width, height))
+    fig.subplots_adjust(left=left / width, right=0.97, top=1 - 0.4 / height, bottom=0.45 / height)
     ax = fig.subplots()
     ys = list(range(len(labels)))[::-1]
     ax.barh(ys, values, color=colours, height=0.7)
