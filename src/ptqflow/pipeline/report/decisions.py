@@ -34,6 +34,15 @@ def _weight(row: dict) -> str:
     return f"int{w.get('bits', 8)} " + ("per-channel" if w.get("per_channel") else "per-tensor")
 
 
+def _precision(row: dict) -> str:
+    """float, int8, or int8 weights with float inputs (an activation a pass kept in float feeds the layer)."""
+    if row.get("status") == "float":
+        return "float"
+    if row.get("weight") and not row.get("quantized_inputs"):
+        return "int8 weights, float input"
+    return "int8"
+
+
 def layer_rows(decisions: list[dict], validation_layers: list[dict] | None = None) -> list[dict]:
     """One display row per summary row, in graph order: name, op, precision (int8/float), weight, inputs,
     decided_by, why, the measured figures (``measured`` of a float decision, ``output_error``), the validation
@@ -44,13 +53,13 @@ def layer_rows(decisions: list[dict], validation_layers: list[dict] | None = Non
         is_float = d.get("status") == "float"
         tensor = d.get("op_type") == "tensor"
         measured = d.get("measured") or {}
-        why = d.get("reason") or ("" if is_float else "quantizable: placement")
+        why = d.get("reason") or ("" if is_float else "no pass kept it in float")
         if tensor and d.get("consumers"):
             why += f" (read by {', '.join(map(str, d['consumers']))})"
         bc = d.get("bias_correction") or {}
         rows.append({
             "name": str(d.get("name", "")), "op_type": "activation" if tensor else str(d.get("op_type", "")),
-            "precision": "float" if is_float else "int8", "weight": _weight(d),
+            "precision": _precision(d), "weight": _weight(d),
             "inputs": "" if is_float else len(d.get("quantized_inputs") or []),
             "decided_by": d.get("decided_by") or ("" if is_float else "placement"), "why": why,
             **{f"measured_{k}": measured.get(k) for k in MEASURED_KEYS},
