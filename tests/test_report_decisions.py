@@ -288,3 +288,16 @@ def test_chromium_shows_the_decisions(tmp_path):
     img = _screenshot(out / "report.html", tmp_path)
     assert _has_colour(img, FLOAT_COLOUR) > 500  # the measured-error chart's bar of the layer kept in float
     assert _has_colour(img, "#fff8c5") > 2000  # the table's float rows
+
+
+def test_snippets_survive_any_name():
+    from ptqflow.config import IgnoredScope
+    from ptqflow.pipeline.report.decisions import ignored_scope_python, ignored_scope_yaml
+
+    names = ["a\x00b", "x\ny: 1 # z", "\u2028\x85\ufeff\U0001F600", "'\"\\", "- [x]", "&amp;", "  lead"]
+    pairs = [(n, f"pass {n}") for n in names]  # the deciding pass text goes into comments: as hostile
+    namespace: dict = {}
+    exec(compile(ignored_scope_python(pairs), "snippet", "exec"), namespace)  # noqa: S102
+    assert isinstance(namespace["ignored_scope"], IgnoredScope) and namespace["ignored_scope"].names == names
+    loaded = yaml.safe_load(ignored_scope_yaml(pairs))
+    assert PipelineConfig.model_validate(loaded).quantization.ignored_scope.names == names

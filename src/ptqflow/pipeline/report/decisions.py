@@ -16,18 +16,8 @@ import yaml
 MEASURED_KEYS = ("error_int8", "error_float", "gain", "output", "samples")
 
 
-def _num(value) -> float | None:
-    """``value`` as a float when it is a finite-or-not number (report.json writes inf/nan as strings)."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    if value in ("inf", "-inf", "nan"):
-        return float(value)
-    return None
-
-
 def _weight(row: dict) -> str:
+    """The weight's precision: int<bits> per-channel/per-tensor, float for a float layer, - for none."""
     w = row.get("weight")
     if not w:
         return "float" if row.get("status") == "float" and row.get("op_type") != "tensor" else "-"
@@ -102,8 +92,9 @@ def float_names(decisions: list[dict]) -> list[tuple[str, str]]:
 
 
 def _comment(text: str) -> str:
-    """``text`` safe inside a one-line # comment of Python or YAML (no line break can end the comment)."""
-    return re.sub(r"\s+", " ", text).strip()
+    """``text`` safe inside a one-line # comment of Python or YAML: no line break can end the comment and no
+    unprintable character (a NUL, which Python source cannot hold) reaches it."""
+    return re.sub(r"\s+", " ", "".join(c if c.isprintable() else " " for c in text)).strip()
 
 
 def unscoped_tensors(decisions: list[dict]) -> list[str]:
