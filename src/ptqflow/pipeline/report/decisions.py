@@ -40,23 +40,30 @@ def layer_rows(decisions: list[dict], validation_layers: list[dict] | None = Non
     sqnr = {r.get("layer"): r.get("sqnr_db") for r in validation_layers or []}
     rows = []
     for d in decisions:
-        is_float = d.get("status") == "float"
         tensor = d.get("op_type") == "tensor"
         measured = d.get("measured") or {}
-        why = d.get("reason") or ("" if is_float else "no pass kept it in float")
+        why = d.get("reason") or ""
         if tensor and d.get("consumers"):
             why += f" (read by {', '.join(map(str, d['consumers']))})"
         bc = d.get("bias_correction") or {}
         rows.append({
             "name": str(d.get("name", "")), "op_type": "activation" if tensor else str(d.get("op_type", "")),
             "precision": _precision(d), "weight": _weight(d),
-            "inputs": "" if is_float else len(d.get("quantized_inputs") or []),
-            "decided_by": d.get("decided_by") or ("" if is_float else "placement"), "why": why,
+            "inputs": "" if d.get("status") == "float" else len(d.get("quantized_inputs") or []),
+            "decided_by": d.get("decided_by") or ("" if d.get("status") == "float" else "placement"), "why": why,
             **{f"measured_{k}": measured.get(k) for k in MEASURED_KEYS},
             "output_error": d.get("output_error"), "sqnr_db": sqnr.get(d.get("name")),
             "bias": ("applied" if bc.get("applied") else "not applied") if bc else "",
         })
     return rows
+
+
+def columns(rows: list[dict]) -> dict[str, bool]:
+    """Which optional columns of the table any row fills: measured (a measured float decision), output_error,
+    sqnr (validation per-layer SQNR), bias (a bias-correction verdict); empty columns are left out."""
+    return {"measured": any(r["measured_error_int8"] is not None or r["measured_gain"] is not None for r in rows),
+            "output_error": any(r["output_error"] is not None for r in rows),
+            "sqnr": any(r["sqnr_db"] is not None for r in rows), "bias": any(r["bias"] for r in rows)}
 
 
 def bias_rows(decisions: list[dict]) -> list[dict]:

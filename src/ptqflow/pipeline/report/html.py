@@ -57,7 +57,7 @@ def _decision_context(report: dict) -> dict:
     bias = D.bias_rows(summary)
     names = D.float_names(summary)
     charts = {"error": plots.error_chart(rows), "bias": plots.bias_chart(bias)}
-    return {"decisions": rows, "bias": bias, "counts": D.counts(summary), "float_names": names,
+    return {"decisions": rows, "columns": D.columns(rows), "bias": bias, "counts": D.counts(summary), "float_names": names,
             "scope_python": D.ignored_scope_python(names), "scope_yaml": D.ignored_scope_yaml(names),
             "unscoped": D.unscoped_tensors(summary), "charts": charts}
 
