@@ -302,3 +302,15 @@ def test_snippets_survive_any_name():
     assert isinstance(namespace["ignored_scope"], IgnoredScope) and namespace["ignored_scope"].names == names
     loaded = yaml.safe_load(ignored_scope_yaml(pairs))
     assert PipelineConfig.model_validate(loaded).quantization.ignored_scope.names == names
+
+
+def test_non_finite_and_null_measurements_render(tmp_path):
+    rows = _contract_rows()
+    rows[0]["output_error"] = float("inf")
+    rows[1]["measured"] = {**rows[1]["measured"], "error_int8": float("nan"), "gain": None}
+    rows[2]["output_error"] = None
+    page, parsed = _page(tmp_path, rows)  # report.json writes inf/nan as strings; the schema takes them
+    table = _table(parsed, "layer", "op")
+    assert table["conv"]["output error"] == "inf" and table["fc"]["gain"] == ""
+    assert table["fc"]["measured error: int8 \u2192 float"].startswith("nan \u2192 0.05")
+    assert "Measured output error per layer in int8" in page  # fc's output_error is finite: still charted
