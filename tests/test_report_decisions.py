@@ -202,9 +202,9 @@ def test_measured_keys_render_in_the_table_the_chart_and_the_bias_verdicts(tmp_p
     assert table["fc"]["measured error: int8 \u2192 float"] == "0.25 \u2192 0.05 (8 samples)"
     assert table["r"]["gain"] == "0.0625" and table["r"]["output that decided"] == "mask"
     assert table["conv"]["output error"] == "0.01" and table["conv"]["gain"] == ""
-    bias = next(t for t in parsed.tables if t and "held-out error before" in t[0])
+    bias = next(t for t in parsed.tables if t and "model error without" in t[0])
     row = dict(zip(bias[0], bias[1]))
-    assert (row["held-out error before"], row["held-out error after"], row["held-out samples"]) == ("0.5", "0.75", "16")
+    assert (row["model error without"], row["model error with"], row["held-out samples"]) == ("0.5", "0.75", "16")
     assert "Measured output error per layer in int8" in page
     assert page.count("<svg") == 4  # latency, measured error, bias shifts, validation SQNR
     names = yaml.safe_load(parsed.pre["ignored-scope-yaml"])["quantization"]["ignored_scope"]["names"]
