@@ -16,11 +16,14 @@ from ptqflow.config import (  # noqa: E402
     IgnoredScope,
     ModelType,
     OverflowFix,
+    QuantFormat,
     QuantizationConfig,
     QuantizationPreset,
+    QuantType,
     RangeEstimator,
     Subgraph,
     TargetDevice,
+    TargetRuntime,
 )
 
 from ptqflow import parameters, quantization, scopes  # noqa: E402,F401  (NNCF's module paths: nncf.parameters...)
@@ -42,11 +45,14 @@ __all__ = [
     "IgnoredScope",
     "ModelType",
     "OverflowFix",
+    "QuantFormat",
+    "QuantType",
     "QuantizationConfig",
     "QuantizationPreset",
     "RangeEstimator",
     "Subgraph",
     "TargetDevice",
+    "TargetRuntime",
 ]
 
 from ptqflow.api import (  # noqa: E402

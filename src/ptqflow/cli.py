@@ -47,6 +47,12 @@ _FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--min-top1-agreement", "validation.gate.min_top1_agreement", {"type": float}),
     ("--min-speedup", "validation.gate.min_speedup", {"type": float}),
     ("--model-sha256", "model_sha256", {}),
+    ("--quant-format", "quantization.quant_format", {"choices": ["qdq", "qoperator", "integer_ops"]}),
+    ("--target-runtime", "quantization.target_runtime", {"choices": ["openvino", "onnxruntime"]}),
+    ("--activation-type", "quantization.activation_type", {"choices": ["uint8", "int8"]}),
+    ("--weight-type", "quantization.weight_type", {"choices": ["uint8", "int8"]}),
+    ("--static", "quantization.static",
+     {"action": argparse.BooleanOptionalAction, "help": "static (default) or, with --no-static, dynamic quantization"}),
     ("--fast-bias-correction", "quantization.fast_bias_correction",
      {"action": argparse.BooleanOptionalAction, "help": "FastBiasCorrection (default) or full BiasCorrection"}),
 ]
