@@ -133,3 +133,22 @@ def test_given_parameters_for_an_unknown_tensor_are_refused():
 def test_nbits_other_than_8_refused():
     with pytest.raises(ValidationError, match="(?s)nbits.*8-bit integers only.*nbits=4"):
         ptqflow.quantize(B.mlp(), B.random_inputs(4, (16,)), nbits=4)
+
+
+@pytest.mark.parametrize("builder,inputs", [(B.mlp, lambda: B.random_inputs(4, (16,))),
+                                            (B.tiny_encoder, lambda: B.token_inputs(4))])
+def test_quantize_dynamic_needs_no_data_and_fuses_on_onnxruntime(builder, inputs, tmp_path):
+    model = builder()
+    q = ptqflow.quantize_dynamic(model)
+    ops = _ops(q)
+    assert ops.count("DynamicQuantizeLinear") == ops.count("MatMulInteger") > 0 and "QuantizeLinear" not in ops
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    sess = ort.InferenceSession(q.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    fused = _ops(onnx.load(so.optimized_model_filepath))
+    assert "DynamicQuantizeMatMul" in fused and "MatMulInteger" not in fused  # onnxruntime's fused kernel
+    ref, fp32 = _reference(q), ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for s in inputs():
+        f, ours, oracle = fp32.run(None, s)[0], sess.run(None, s)[0], ref.run(None, s)[0]
+        assert np.abs(ours - oracle).max() <= 1e-4 * np.abs(f).max()  # onnxruntime computes what the graph says
+        assert np.abs(ours - f).max() <= 0.05 * np.abs(f).max()

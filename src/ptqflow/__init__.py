@@ -62,11 +62,12 @@ from ptqflow.api import (  # noqa: E402
     apply_quantization,
     collect_statistics,
     quantize,
+    quantize_dynamic,
     quantize_with_summary,
 )
 
 __all__ += ["Dataset", "QuantizationResult", "Statistics", "apply_quantization", "collect_statistics", "quantize",
-            "quantize_with_summary"]
+            "quantize_dynamic", "quantize_with_summary"]
 
 from ptqflow.accuracy_control import (  # noqa: E402  (NNCF's nncf.quantize_with_accuracy_control)
     AccuracyControlResult,

@@ -151,3 +151,21 @@ def quantize_with_config(model, dataset, config: QuantizationConfig, *, device: 
         keep = max(keep, adv.bias_correction_guard_samples, adv.bias_correction_guard_samples_no_softmax)
     collected = engine.collect(model, _stream_for(dataset), config, device, keep)
     return engine.quantize(collected.prepared, collected.statistics, config, lambda n: list(collected.kept[:n]), device)
+
+
+def quantize_dynamic(model, *, weight_type: QuantType | str = QuantType.INT8, per_channel: bool = True,
+                     model_type: ModelType | None = None, ignored_scope: IgnoredScope | None = None,
+                     advanced_parameters: AdvancedParameters | None = None) -> onnx.ModelProto:
+    """Dynamic quantization of ``model`` (ModelProto or path), no calibration data: weights as ``weight_type``
+    integers offline, the activations of MatMul/Gemm/Conv quantized at run time by DynamicQuantizeLinear
+    (IntegerOps, onnxruntime). Returns the INT8 ModelProto."""
+    advanced = (advanced_parameters or AdvancedParameters()).model_copy(update={"per_channel": per_channel})
+    config = QuantizationConfig(static=False, quant_format=QuantFormat.IntegerOps, weight_type=weight_type,
+                                model_type=model_type, ignored_scope=ignored_scope or IgnoredScope(), advanced=advanced)
+    return engine.quantize_dynamic(model, config).model
+
+
+def quantize_dynamic_with_summary(model, config: QuantizationConfig) -> QuantizationResult:
+    """Dynamic quantization of ``model`` with ``config`` (its ``static`` ignored): the model and the per-layer
+    summary (see quantize_dynamic)."""
+    return engine.quantize_dynamic(model, config)

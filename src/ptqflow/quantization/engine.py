@@ -30,7 +30,7 @@ from ptqflow.quantization.statistics.accumulate import accumulate, finalize, obs
 from ptqflow.quantization.statistics.partial import PartialStatistics, merge, shard_range
 from ptqflow.quantization.statistics.points import StatisticPoint
 from ptqflow.quantization.statistics.runner import make_runner
-from ptqflow.quantization.writers import write
+from ptqflow.quantization.writers import integer_ops, write
 from ptqflow.runtime.sessions import make_session
 
 log = get_logger("engine")
@@ -203,3 +203,21 @@ def number_formats(prepared: onnx.ModelProto, plan: QuantizationPlan, config: Qu
     if activation is None and config.effective_target_runtime() == TargetRuntime.ONNXRUNTIME:
         activation = "uint8"
     return minmax.NumberFormats(activation, config.weight_type.value, given)
+
+
+def quantize_dynamic(model, config: QuantizationConfig) -> QuantizationResult:
+    """Dynamic quantization of ``model`` (no calibration data): the weights placement chooses, as integers, and
+    each MatMul/Gemm/Conv reading them as DynamicQuantizeLinear + MatMulInteger/ConvInteger (onnxruntime), its
+    activation quantized at run time; other weights stay DequantizeLinear of integers. Returns the model and the
+    per-layer summary."""
+    prepared, warnings = prepare_model(model, config.advanced)
+    plan = placement.build_plan(prepared, config, warnings)
+    plan.activations = []  # quantized at run time, not from calibrated ranges
+    q = onnx.ModelProto()
+    q.CopyFrom(prepared)
+    records = minmax.insert_qdq(q, plan, {}, minmax.NumberFormats(weight=config.weight_type.value))
+    q = integer_ops.write_dynamic(q)
+    q.ir_version = min(q.ir_version or MAX_IR_VERSION, MAX_IR_VERSION)
+    if not is_large(q):
+        onnx.checker.check_model(q)
+    return QuantizationResult(model=q, layers=layer_summary(prepared, plan, records, []))

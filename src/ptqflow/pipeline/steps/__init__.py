@@ -88,6 +88,20 @@ def spec(name: str) -> StepSpec:
     return SPECS[name]
 
 
+def inputs_for(name: str, cfg) -> tuple[str, ...]:
+    """The input artifacts step ``name`` reads with ``cfg``: its ``inputs``, except the statistics for dynamic
+    quantization (``quantization.static: false``), which needs no calibration statistics."""
+    names = spec(name).inputs
+    if not cfg.quantization.static:
+        names = tuple(i for i in names if i != "statistics")
+    return names
+
+
+def skipped(name: str, cfg) -> bool:
+    """True when ``ptqflow run`` skips step ``name`` for ``cfg``: collect-stats for dynamic quantization."""
+    return name == "collect-stats" and not cfg.quantization.static
+
+
 def reads(step: str, key: str) -> bool:
     """True when ``step``'s config_section reads the dotted config ``key`` (per its ``config_reads``)."""
     def covers(entry: str) -> bool:

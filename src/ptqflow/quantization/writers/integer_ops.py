@@ -20,16 +20,17 @@ from ptqflow.quantization.writers.units import Context, Converter, Dq, rewrite
 
 def _rescale(ctx: Context, node: onnx.NodeProto, acc: str, x_scale: str | None, scale: np.ndarray,
              bias: np.ndarray | None, shape: list[int]) -> list[onnx.NodeProto]:
-    """int32 ``acc`` -> float * (x_scale, a runtime tensor when given) * ``scale`` (+ ``bias``), both reshaped to
-    ``shape``, into ``node``'s output."""
+    """int32 ``acc`` -> float * (``x_scale``, a run-time tensor when given, * ``scale``) (+ ``bias``), both
+    reshaped to ``shape``, into ``node``'s output. The scales are multiplied first, the pattern onnxruntime fuses
+    into MatMulIntegerToFloat / DynamicQuantizeMatMul."""
     base = node.name or node.output[0]
     f = ctx.name(base + "_float")
     nodes = [helper.make_node("Cast", [acc], [f], name=ctx.name(base + "_Cast"), to=TensorProto.FLOAT)]
-    if x_scale is not None:
-        scaled = ctx.name(base + "_xscaled")
-        nodes.append(helper.make_node("Mul", [f, x_scale], [scaled], name=ctx.name(base + "_MulX")))
-        f = scaled
     c = ctx.const(base + "_rescale", scale.astype(np.float32).reshape(shape))
+    if x_scale is not None:
+        both = ctx.name(base + "_scale")
+        nodes.append(helper.make_node("Mul", [x_scale, c], [both], name=ctx.name(base + "_MulScales")))
+        c = both
     out = node.output[0] if bias is None else ctx.name(base + "_nobias")
     nodes.append(helper.make_node("Mul", [f, c], [out], name=ctx.name(base + "_Mul")))
     if bias is not None:
