@@ -31,7 +31,7 @@ METHODS = ["ptqflow_default", "ptqflow_bc", "ptqflow_nobc", "ptqflow_untold", "n
            "ort_minmax", "ptqflow_ort", "ptqflow_qop", "ort_qop", "ptqflow_dynamic", "ort_dynamic"]
 # ptqflow with default settings and no model_type even where the task is a transformer (the other methods are told
 # ModelType.TRANSFORMER on the encoder): what a user who does not say gets. Run on transformer tasks only.
-TRANSFORMER_ONLY = {"ptqflow_untold"}
+TRANSFORMER_ONLY = {"ptqflow_untold", "ptqflow_dynamic", "ort_dynamic"}  # dynamic: for MatMul-heavy models
 PRIMARY = {"cls": "accuracy", "rec": "exact_match", "det": "box_f1", "encoder": "spearman"}
 
 

@@ -257,6 +257,9 @@ def run_pipeline(cfg: PipelineConfig, force: bool = False) -> dict[str, Manifest
     if cfg.data.validation_size == 0:  # validate would find nothing to run on, after every other step
         raise ConfigError("data.validation_size is 0, but ptqflow run validates the INT8 model on held-out samples: "
                           "set it above 0, or leave it unset to hold out a share of a small data set")
+    if cfg.registry is not None and skipped("export-ir", cfg):
+        raise ConfigError("registry: publish needs the OpenVINO IR, which export-ir cannot make from "
+                          "quantization.quant_format qoperator; use qdq with quantization.target_runtime onnxruntime")
     devicecheck.require(STEP_MODULES, cfg)  # every step's devices, before the first step runs
     manifests: dict[str, Manifest] = {}
     with _work_dir(cfg.output, "ptqflow-run-") as root:

@@ -62,7 +62,9 @@ STEPS: tuple[StepSpec, ...] = (
     StepSpec("quantize", "ptqflow.pipeline.steps.quantize", inputs=("model", "calibration", "statistics"), output="quantized",
              accelerated=True, optional=False, config_reads=("quantization", "device")),
     StepSpec("validate", "ptqflow.pipeline.steps.validate", inputs=("model", "quantized", "calibration"), output="report",
-             accelerated=True, optional=False, config_reads=("validation", "device")),
+             accelerated=True, optional=False,
+             config_reads=("validation", "device", "quantization.target_runtime", "quantization.quant_format",
+                           "quantization.static")),
     StepSpec("export-ir", "ptqflow.pipeline.steps.export_ir", inputs=("quantized", "model", "calibration"), output="ir",
              accelerated=False, optional=False, config_reads=("export",)),
     StepSpec("publish", "ptqflow.pipeline.steps.publish", inputs=("model", "quantized", "report", "ir"), output="registration",
@@ -98,8 +100,11 @@ def inputs_for(name: str, cfg) -> tuple[str, ...]:
 
 
 def skipped(name: str, cfg) -> bool:
-    """True when ``ptqflow run`` skips step ``name`` for ``cfg``: collect-stats for dynamic quantization."""
-    return name == "collect-stats" and not cfg.quantization.static
+    """True when ``ptqflow run`` skips step ``name`` for ``cfg``: collect-stats for dynamic quantization;
+    export-ir for the QOperator format, which OpenVINO cannot read (QLinearConv with per-channel weights)."""
+    if name == "collect-stats":
+        return not cfg.quantization.static
+    return name == "export-ir" and cfg.quantization.quant_format.value == "qoperator"
 
 
 def reads(step: str, key: str) -> bool:
