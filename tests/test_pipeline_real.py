@@ -170,3 +170,12 @@ def test_run_for_onnxruntime(workspace, flags, ops):
     assert report["speed"]["onnxruntime"]["speedup"] > 0
     skipped = "export-ir" if "qoperator" in flags else "collect-stats"
     assert not (workspace["out"] / skipped).exists()
+
+
+def test_dynamic_quantize_step_takes_no_statistics(workspace):
+    need("ptqflow.pipeline.steps.build_calibration", "ptqflow.data", "ptqflow.api")
+    ws = workspace
+    model = _step(ws, "fetch-model", "--model", str(ws["model"]))
+    cal = _step(ws, "build-calibration", "--in-model", str(model), "--data", str(ws["data"]))
+    q = _step(ws, "quantize", "--in-model", str(model), "--in-calibration", str(cal), "--no-static")
+    assert set(read_manifest(q).inputs) == {"model", "calibration"}

@@ -22,7 +22,7 @@ from ptqflow import __version__
 from ptqflow.config import load_config
 from ptqflow.errors import ConfigError, PtqflowError
 from ptqflow.logs import get_logger, setup_logging
-from ptqflow.pipeline.steps import STEP_MODULES, STEPS, reads
+from ptqflow.pipeline.steps import STEP_MODULES, STEPS, inputs_for, reads
 
 # Typed shortcut flags: (flag, dotted config key, argparse kwargs).
 _FLAGS: list[tuple[str, str, dict[str, Any]]] = [
@@ -210,7 +210,8 @@ def _command(args: argparse.Namespace) -> int:
         print(json.dumps({"step": manifest.step, "output": args.out, "digest": manifest.digest,
                           "metrics": manifest.metrics}, default=str))
         return 0
-    uris = {name: getattr(args, f"in_{name}") for name in args.step_inputs}
+    needed = inputs_for(args.command, cfg)  # dynamic quantization reads no statistics
+    uris = {name: getattr(args, f"in_{name}") for name in args.step_inputs if name in needed}
     missing = [n for n, u in uris.items() if not u]
     if missing:
         raise ConfigError(f"{args.command}: missing --in-{missing[0]} URI (inputs: {', '.join(args.step_inputs)})")
