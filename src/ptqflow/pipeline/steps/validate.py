@@ -34,8 +34,11 @@ _WARMUP = 3
 
 def config_section(cfg: PipelineConfig) -> dict:
     """The validation section, the execution device and the runtime the model is for (its speed is gated)."""
+    q = cfg.quantization
     return {"validation": section_dump(cfg.validation), "device": cfg.device.value,
-            "target_runtime": cfg.quantization.effective_target_runtime().value}
+            "target_runtime": q.effective_target_runtime().value,  # and the fields it is derived from:
+            "runtime_fields": {"target_runtime": q.target_runtime and q.target_runtime.value,
+                               "quant_format": q.quant_format.value, "static": q.static}}
 
 
 def _session(path, device: str):
