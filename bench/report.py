@@ -23,10 +23,11 @@ def _standing(ours: float | None, theirs: float | None, higher_better: bool, tol
 def _fig(res: dict, model: str) -> dict:
     if not res or not res.get("ok"):
         return {}
-    m, f, s = res.get("metrics", {}), res.get("fidelity", {}), res.get("speed", {})
+    m, f, s, o = res.get("metrics", {}), res.get("fidelity", {}), res.get("speed", {}), res.get("ort_speed", {})
     return {"metric": m.get(PRIMARY.get(model, "")), "cosine": f.get("cosine"), "sqnr": f.get("sqnr_db"),
             "time": res.get("quantize_s"), "rss": res.get("peak_rss_mb"), "speedup": s.get("latency_speedup"),
-            "tput": s.get("throughput_speedup")}
+            "tput": s.get("throughput_speedup"), "ort": o.get("latency_speedup"), "ort_best": o.get("best_speedup"),
+            "ort_ms": o.get("int8_best_ms")}
 
 
 def _num(v, fmt="{:.4f}"):
@@ -38,7 +39,9 @@ def markdown(report: dict) -> str:
            f"Versions: {json.dumps(report['versions'])}; total {report.get('total_s', 0):.0f}s.", "",
            *([f"Note: {report['note']}", ""] if report.get("note") else []),
            "Quantize time and peak RSS are of the quantizing process; speedup = FP32/INT8 OpenVINO CPU latency "
-           "(FP32 with INFERENCE_PRECISION_HINT f32), measured alternately in one run.", ""]
+           "(FP32 with INFERENCE_PRECISION_HINT f32), measured alternately in one run; onnxruntime speedup = "
+           "FP32/INT8 batch-1 latency on onnxruntime's CPU provider, 2 threads, alternating in one run (median, and "
+           "best run: on a loaded machine the median also counts waits for other processes).", ""]
     for m in report["models"]:
         name = m["model"]
         if "error" in m:
@@ -48,7 +51,8 @@ def markdown(report: dict) -> str:
         out += [f"## {name} ({m['model_file']}, {m['n_calibration']} calibration / {m['n_validation']} validation)",
                 "", f"FP32: {json.dumps(m['fp32'])}", "",
                 "| method | task metrics | drop (" + metric + ") | cosine | SQNR dB | quantize s | peak RSS MB "
-                "| latency speedup | throughput speedup |", "|---|---|---|---|---|---|---|---|---|"]
+                "| latency speedup | throughput speedup | onnxruntime speedup (median) | onnxruntime speedup (best) "
+                "| onnxruntime INT8 best ms |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         base = m["fp32"].get(metric)
         for meth, res in m["methods"].items():
             if not res.get("ok"):
@@ -60,8 +64,9 @@ def markdown(report: dict) -> str:
             speed = (f"{_num(fg['speedup'], '{:.2f}')} | {_num(fg['tput'], '{:.2f}')}" if "speed_error" not in res
                      else "failed (note) | failed (note)")
             out.append(f"| {meth} | {mets} | {_num(drop)} | {_num(fg['cosine'])} | {_num(fg['sqnr'], '{:.1f}')} "
-                       f"| {_num(fg['time'], '{:.1f}')} | {_num(fg['rss'], '{:.0f}')} | {speed} |")
-        out += ["", *speed_notes(m), *standing_table(m), ""]
+                       f"| {_num(fg['time'], '{:.1f}')} | {_num(fg['rss'], '{:.0f}')} | {speed} "
+                       f"| {_num(fg['ort'], '{:.2f}')} | {_num(fg['ort_best'], '{:.2f}')} | {_num(fg['ort_ms'], '{:.2f}')} |")
+        out += ["", *speed_notes(m), *standing_table(m), "", *profiles(m), ""]
     return "\n".join(out) + "\n"
 
 
@@ -75,23 +80,34 @@ def speed_notes(m: dict) -> list[str]:
     return [*notes, ""] if notes else []
 
 
+def profiles(m: dict) -> list[str]:
+    """onnxruntime's per-op profile (ms per run, nodes) of the FP32 model and each INT8 model, when measured."""
+    rows = [("fp32", m.get("fp32_ort_profile"))] + [(k, r.get("ort_profile")) for k, r in m["methods"].items()]
+    lines = [f"- {k}: " + ", ".join(f"{p['op']} {p['ms_per_run']:.2f} ms ({p['nodes']})" for p in prof)
+             for k, prof in rows if prof]
+    return ["onnxruntime per-op profile (2 threads, kernel ms per run, node count):", "", *lines, ""] if lines else []
+
+
 def standing_table(m: dict) -> list[str]:
     """ptqflow (each mode) vs each peer: metric, fidelity, time, memory, speedup; plus ptqflow/NNCF ratios."""
     name, meths = m["model"], m["methods"]
     rows = ["| ptqflow vs peer | task metric | cosine | quantize time | peak RSS | latency speedup | time ratio "
-            "| RSS ratio | speedup ratio |", "|---|---|---|---|---|---|---|---|---|"]
+            "| RSS ratio | speedup ratio | onnxruntime speedup (best) |", "|---|---|---|---|---|---|---|---|---|---|"]
     pairs = [("ptqflow_default", "nncf_default"), ("ptqflow_bc", "nncf_bc"), ("ptqflow_nobc", "nncf_nobc"),
-             ("ptqflow_default", "ort_minmax")]
+             ("ptqflow_default", "ort_minmax"), ("ptqflow_ort", "ort_minmax"), ("ptqflow_qop", "ort_qop"),
+             ("ptqflow_dynamic", "ort_dynamic")]
     for ours, peer in pairs:
         a, b = _fig(meths.get(ours, {}), name), _fig(meths.get(peer, {}), name)
         if not a or not b:
-            rows.append(f"| {ours} vs {peer} | n/a ({'ours' if not a else 'peer'} failed or missing) | | | | | | | |")
+            if meths.get(ours) or meths.get(peer):
+                rows.append(f"| {ours} vs {peer} | n/a ({'ours' if not a else 'peer'} failed or missing) | | | | | | | | |")
             continue
         ratio = lambda k: _num(a[k] / b[k] if a[k] and b[k] else None, "{:.2f}")  # noqa: E731
         rows.append(f"| {ours} vs {peer} | {_standing(a['metric'], b['metric'], True, 0.005)} "
                     f"| {_standing(a['cosine'], b['cosine'], True, 0.001)} | {_standing(a['time'], b['time'], False, 0.1)}"
                     f" | {_standing(a['rss'], b['rss'], False, 0.1)} | {_standing(a['speedup'], b['speedup'], True, 0.05)}"
-                    f" | {ratio('time')} | {ratio('rss')} | {ratio('speedup')} |")
+                    f" | {ratio('time')} | {ratio('rss')} | {ratio('speedup')} "
+                    f"| {_standing(a['ort_best'], b['ort_best'], True, 0.05)} |")
     return rows
 
 

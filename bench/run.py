@@ -28,10 +28,10 @@ import speed  # noqa: E402
 import tasks  # noqa: E402
 
 METHODS = ["ptqflow_default", "ptqflow_bc", "ptqflow_nobc", "ptqflow_untold", "nncf_default", "nncf_bc", "nncf_nobc",
-           "ort_minmax"]
+           "ort_minmax", "ptqflow_ort", "ptqflow_qop", "ort_qop", "ptqflow_dynamic", "ort_dynamic"]
 # ptqflow with default settings and no model_type even where the task is a transformer (the other methods are told
 # ModelType.TRANSFORMER on the encoder): what a user who does not say gets. Run on transformer tasks only.
-TRANSFORMER_ONLY = {"ptqflow_untold"}
+TRANSFORMER_ONLY = {"ptqflow_untold", "ptqflow_dynamic", "ort_dynamic"}  # dynamic: for MatMul-heavy models
 PRIMARY = {"cls": "accuracy", "rec": "exact_match", "det": "box_f1", "encoder": "spearman"}
 
 
@@ -135,6 +135,8 @@ def bench_model(name: str, args, work: Path) -> dict:
     result = {"model": name, "model_file": Path(task.model_path).name, "n_calibration": n_cal, "n_validation": n_val,
               "fp32": task_metrics(task, refs, labels, refs), "methods": {}}
     print(f"[{name}] fp32 {result['fp32']}", flush=True)
+    if args.ort_profile:
+        result["fp32_ort_profile"] = speed.ort_profile(Path(task.model_path), val[0])
     for method in args.methods:
         if method in TRANSFORMER_ONLY and task.kind != "encoder":
             continue
@@ -155,6 +157,13 @@ def bench_model(name: str, args, work: Path) -> dict:
                 res["speed_error"] = f"{type(err).__name__}: {err}"[:500]
                 if note := speed_note(res["speed_error"]):
                     res["speed_note"] = note
+        if res.get("ok") and args.ort_speed_iters:
+            try:
+                res["ort_speed"] = speed.compare_ort(task.model_path, out, val[0], args.ort_speed_iters)
+                if args.ort_profile:
+                    res["ort_profile"] = speed.ort_profile(out, val[0])
+            except Exception as err:
+                res["ort_speed_error"] = f"{type(err).__name__}: {err}"[:500]
         print(f"[{name}] {method}: " + json.dumps({k: v for k, v in res.items() if k != "trace"}), flush=True)
         result["methods"][method] = res
     return result
@@ -170,6 +179,9 @@ def main() -> None:
     ap.add_argument("--cal", type=int, help="calibration samples (override)")
     ap.add_argument("--val", type=int, help="validation samples (override)")
     ap.add_argument("--speed-iters", type=int, help="timed OpenVINO runs per model (override; 0: no speed)")
+    ap.add_argument("--ort-speed-iters", type=int, default=100,
+                    help="timed onnxruntime batch-1 runs per model and model kind, 2 threads (0: no onnxruntime speed)")
+    ap.add_argument("--ort-profile", action="store_true", help="also onnxruntime's per-op profile of each INT8 model")
     args = ap.parse_args()
     over = {k: getattr(args, k) for k in ("cal", "val", "speed_iters")}
     if args.quick:

@@ -1,4 +1,6 @@
-"""OpenVINO latency/throughput of FP32 vs INT8, measured alternately in one run so machine load hits both."""
+"""Latency of FP32 vs INT8, measured alternately in one run so machine load hits both: OpenVINO (latency and
+throughput, ``compare``) and onnxruntime's CPU provider (batch-1 latency on 2 threads, ``compare_ort``, with the
+per-op profile of the fused graph on request)."""
 
 from __future__ import annotations
 
@@ -58,3 +60,89 @@ def compare(fp32_path: Path, int8_path: Path, sample: dict, iters: int, rounds: 
     res["throughput_speedup"] = res["int8_throughput"] / res["fp32_throughput"]
     res["fp32_precision_hint"] = "f32"
     return res
+
+
+def _ort_session(path: Path, threads: int, profile: str | None = None):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    if threads == 1:  # the caller's thread computes: its CPU time is the run's own cost
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if profile:
+        so.enable_profiling, so.profile_file_prefix = True, profile
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def compare_ort(fp32_path: Path, int8_path: Path, sample: dict, iters: int, threads: int = 2, rounds: int = 5) -> dict:
+    """Median batch-1 latency (ms) of both models on onnxruntime's CPU provider, ``threads`` intra-op threads,
+    FP32 and INT8 alternating in rounds; ratio fp32/int8 = speedup."""
+    sess = {"fp32": _ort_session(fp32_path, threads), "int8": _ort_session(int8_path, threads)}
+    names = [i.name for i in sess["fp32"].get_inputs()]
+    inputs = {k: v for k, v in sample.items() if k in names}
+    for s in sess.values():
+        s.run(None, inputs)  # warm-up
+    per = max(1, iters // rounds)
+    times: dict[str, list] = {"fp32": [], "int8": []}
+    for _ in range(rounds):
+        for key in ("fp32", "int8"):
+            for _ in range(per):
+                t = time.perf_counter()
+                sess[key].run(None, inputs)
+                times[key].append(time.perf_counter() - t)
+    res = {f"{k}_latency_ms": float(np.median(v) * 1000) for k, v in times.items()}
+    # On a loaded machine a run longer than a scheduler slice waits for the other processes, so the median
+    # punishes the slower model beyond its own cost; the best run is what each model costs by itself.
+    res.update({f"{k}_best_ms": float(np.min(v) * 1000) for k, v in times.items()})
+    res["latency_speedup"] = res["fp32_latency_ms"] / res["int8_latency_ms"]
+    res["best_speedup"] = res["fp32_best_ms"] / res["int8_best_ms"]
+    res["threads"] = threads
+    res.update(_cpu_times(fp32_path, int8_path, inputs, per * rounds, rounds))
+    return res
+
+
+def _cpu_times(fp32_path: Path, int8_path: Path, inputs: dict, iters: int, rounds: int) -> dict:
+    """Median CPU time (ms) of a batch-1 run on one thread, FP32 and INT8 alternating: the thread's CPU time
+    (time.thread_time) does not count the time other processes hold the core, so on a shared machine it is each
+    model's own cost where wall-clock latency is not."""
+    sess = {"fp32": _ort_session(fp32_path, 1), "int8": _ort_session(int8_path, 1)}
+    for s in sess.values():
+        s.run(None, inputs)
+    times: dict[str, list] = {"fp32": [], "int8": []}
+    for _ in range(rounds):
+        for key in ("fp32", "int8"):
+            for _ in range(max(1, iters // rounds)):
+                t = time.thread_time()
+                sess[key].run(None, inputs)
+                times[key].append(time.thread_time() - t)
+    res = {f"{k}_cpu_ms": float(np.median(v) * 1000) for k, v in times.items()}
+    res["cpu_speedup"] = res["fp32_cpu_ms"] / res["int8_cpu_ms"]
+    return res
+
+
+def ort_profile(path: Path, sample: dict, iters: int = 20, threads: int = 2, top: int = 12) -> list[dict]:
+    """onnxruntime's profiler on ``path`` (the fused, optimized graph): per op type, total kernel time (ms per
+    run) and node count, largest first."""
+    import json
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        sess = _ort_session(path, threads, profile=os.path.join(tmp, "prof"))
+        names = [i.name for i in sess.get_inputs()]
+        inputs = {k: v for k, v in sample.items() if k in names}
+        sess.run(None, inputs)
+        for _ in range(iters):
+            sess.run(None, inputs)
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    per_op: dict[str, dict] = {}
+    for e in events:
+        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
+            continue
+        op = e.get("args", {}).get("op_name", "?")
+        d = per_op.setdefault(op, {"op": op, "ms": 0.0, "nodes": set()})
+        d["ms"] += e["dur"] / 1000 / (iters + 1)
+        d["nodes"].add(e["name"])
+    rows = sorted(per_op.values(), key=lambda d: -d["ms"])[:top]
+    return [{"op": d["op"], "ms_per_run": round(d["ms"], 3), "nodes": len(d["nodes"])} for d in rows]

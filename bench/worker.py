@@ -36,6 +36,12 @@ def run_ptqflow(model, samples, variant: str, transformer: bool):
         kw["fast_bias_correction"] = False
     if variant == "nobc":
         kw["advanced_parameters"] = ptqflow.AdvancedParameters(disable_bias_correction=True)
+    if variant == "ort":  # placed for onnxruntime, written as QDQ
+        kw["target_runtime"] = ptqflow.TargetRuntime.ONNXRUNTIME
+    if variant == "qop":
+        kw["quant_format"] = ptqflow.QuantFormat.QOperator
+    if variant == "dynamic":
+        return ptqflow.quantize_dynamic(model)
     return ptqflow.quantize(model, ptqflow.Dataset(samples), **kw)
 
 
@@ -53,8 +59,13 @@ def run_nncf(model, samples, variant: str, transformer: bool):
     return nncf.quantize(model, nncf.Dataset(samples), **kw)
 
 
-def run_ort(model_path, samples, out_path):
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, quantize_static
+def run_ort(model_path, samples, out_path, variant: str = "minmax"):
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_dynamic, quantize_static)
+
+    if variant == "dynamic":  # onnxruntime's defaults for its dynamic quantization: int8 weights, per tensor
+        quantize_dynamic(model_path, out_path, weight_type=QuantType.QInt8)
+        return
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -63,7 +74,8 @@ def run_ort(model_path, samples, out_path):
         def get_next(self):
             return next(self.it, None)
 
-    quantize_static(model_path, out_path, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+    fmt = QuantFormat.QOperator if variant == "qop" else QuantFormat.QDQ
+    quantize_static(model_path, out_path, Reader(), quant_format=fmt, per_channel=True,
                     calibrate_method=CalibrationMethod.MinMax)
 
 
@@ -88,7 +100,7 @@ def main() -> None:
     try:
         tool, _, variant = method.partition("_")
         if tool == "ort":
-            run_ort(model_path, samples, out)
+            run_ort(model_path, samples, out, variant)
         else:
             model = onnx.load(model_path)
             q = (run_ptqflow if tool == "ptqflow" else run_nncf)(model, samples, variant, transformer)

@@ -191,3 +191,15 @@ def test_chain_on_s3_with_moto(tmp_path, stand_ins, moto_endpoint, monkeypatch):
     assert second["collect-stats"].digest == first["collect-stats"].digest
     with pytest.raises(StorageError, match="s3://missing-bucket/x"):
         pipeline.run_pipeline(_cfg(tmp_path, "s3://missing-bucket/x"))
+
+
+def test_dynamic_quantization_skips_collect_stats(tmp_path, stand_ins):
+    manifests = pipeline.run_pipeline(_cfg(tmp_path, str(tmp_path / "run"), static=False))
+    assert "collect-stats" not in manifests and CALLS["collect-stats"] == 0
+    assert CALLS["quantize"] == 1 and not (tmp_path / "run" / "collect-stats").exists()
+    assert "statistics" not in read_manifest(tmp_path / "run" / "quantize").inputs
+
+
+def test_qoperator_skips_export_ir(tmp_path, stand_ins):
+    manifests = pipeline.run_pipeline(_cfg(tmp_path, str(tmp_path / "run"), quant_format="qoperator"))
+    assert "export-ir" not in manifests and CALLS["export-ir"] == 0 and CALLS["validate"] == 1

@@ -153,3 +153,29 @@ def test_sigkill_mid_step_leaves_no_manifest_and_rerun_matches(workspace, tmp_pa
                  "--config", str(ws["cfg"])]) == 0
     assert read_manifest(out).outputs == read_manifest(reference).outputs
     assert read_manifest(out).digest == read_manifest(reference).digest
+
+
+@pytest.mark.parametrize("flags,ops", [(["--quant-format", "qoperator"], {"QLinearConv"}),
+                                       (["--no-static"], {"DynamicQuantizeLinear", "ConvInteger"})])
+def test_run_for_onnxruntime(workspace, flags, ops):
+    need(*STEPS_ALL)
+    import onnx
+
+    code = main(["run", "--model", str(workspace["model"]), "--data", str(workspace["data"]), *flags,
+                 "--output", str(workspace["out"]), "--config", str(workspace["cfg"])])
+    assert code == 0
+    q = onnx.load(workspace["out"] / "quantize" / "model.onnx")
+    assert ops <= {n.op_type for n in q.graph.node}
+    report = json.loads((workspace["out"] / "validate" / "report.json").read_text())
+    assert report["speed"]["onnxruntime"]["speedup"] > 0
+    skipped = "export-ir" if "qoperator" in flags else "collect-stats"
+    assert not (workspace["out"] / skipped).exists()
+
+
+def test_dynamic_quantize_step_takes_no_statistics(workspace):
+    need("ptqflow.pipeline.steps.build_calibration", "ptqflow.data", "ptqflow.api")
+    ws = workspace
+    model = _step(ws, "fetch-model", "--model", str(ws["model"]))
+    cal = _step(ws, "build-calibration", "--in-model", str(model), "--data", str(ws["data"]))
+    q = _step(ws, "quantize", "--in-model", str(model), "--in-calibration", str(cal), "--no-static")
+    assert set(read_manifest(q).inputs) == {"model", "calibration"}

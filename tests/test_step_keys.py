@@ -36,6 +36,9 @@ ALTERNATIVES: dict[str, object] = {
     "quantization.ignored_scope.patterns": ["no_such_.*"],
     "quantization.ignored_scope.types": ["LSTM"],
     "quantization.ignored_scope.subgraphs": [{"inputs": ["a"], "outputs": ["b"]}],
+    "quantization.nbits": 8,  # its only valid value: nothing to change
+    "quantization.input_quantization_params": {"r1": [0, 0.05]},
+    "quantization.output_quantization_params": {"r2": [0, 0.05]},
     "quantization.advanced.bias_correction_subset_size": 2,
     "quantization.advanced.smooth_quant_alpha": 0.5,
     "quantization.advanced.safeguard_outliers": False,

@@ -199,3 +199,16 @@ def test_accuracy_metric_names_the_gated_metric():
     assert "char_accuracy" in check["name"] and check["passed"]
     with pytest.raises(ConfigError, match="accuracy_metric 'f1'.*exact_match, char_accuracy"):
         validate.evaluate_gate(GateConfig(accuracy_metric="f1"), acc, FID, SPEED)
+
+
+@pytest.mark.parametrize("runtime,passed", [("onnxruntime", True), ("openvino", False)])
+def test_speed_gate_applies_to_the_target_runtime(runtime, passed):
+    speed = {"openvino": {"speedup": 0.9}, "onnxruntime": {"speedup": 1.3}}
+    checks = validate.evaluate_gate(GateConfig(), {}, FID, speed, runtime)
+    (check,) = [c for c in checks if c["name"].startswith("min_speedup")]
+    assert check["name"] == f"min_speedup ({runtime})" and check["passed"] == passed
+
+
+def test_speed_gate_without_a_figure_on_the_target_runtime_is_an_error():
+    with pytest.raises(ConfigError, match="no speed was measured on onnxruntime"):
+        validate.evaluate_gate(GateConfig(), {}, FID, {"openvino": {"speedup": 2.0}}, "onnxruntime")

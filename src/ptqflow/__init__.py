@@ -16,11 +16,14 @@ from ptqflow.config import (  # noqa: E402
     IgnoredScope,
     ModelType,
     OverflowFix,
+    QuantFormat,
     QuantizationConfig,
     QuantizationPreset,
+    QuantType,
     RangeEstimator,
     Subgraph,
     TargetDevice,
+    TargetRuntime,
 )
 
 from ptqflow import parameters, quantization, scopes  # noqa: E402,F401  (NNCF's module paths: nncf.parameters...)
@@ -42,11 +45,14 @@ __all__ = [
     "IgnoredScope",
     "ModelType",
     "OverflowFix",
+    "QuantFormat",
+    "QuantType",
     "QuantizationConfig",
     "QuantizationPreset",
     "RangeEstimator",
     "Subgraph",
     "TargetDevice",
+    "TargetRuntime",
 ]
 
 from ptqflow.api import (  # noqa: E402
@@ -56,11 +62,12 @@ from ptqflow.api import (  # noqa: E402
     apply_quantization,
     collect_statistics,
     quantize,
+    quantize_dynamic,
     quantize_with_summary,
 )
 
 __all__ += ["Dataset", "QuantizationResult", "Statistics", "apply_quantization", "collect_statistics", "quantize",
-            "quantize_with_summary"]
+            "quantize_dynamic", "quantize_with_summary"]
 
 from ptqflow.accuracy_control import (  # noqa: E402  (NNCF's nncf.quantize_with_accuracy_control)
     AccuracyControlResult,

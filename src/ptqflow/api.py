@@ -16,7 +16,8 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import onnx
 
-from ptqflow.config import AdvancedParameters, IgnoredScope, ModelType, QuantizationConfig, QuantizationPreset, TargetDevice
+from ptqflow.config import (AdvancedParameters, IgnoredScope, ModelType, QuantFormat, QuantizationConfig, QuantizationPreset,
+                            QuantType, TargetDevice, TargetRuntime)
 from ptqflow.errors import InputError
 from ptqflow.quantization import engine
 from ptqflow.quantization.algorithms.bias_step import statistics_request  # noqa: F401  (collect-stats' cache key)
@@ -121,12 +122,24 @@ def quantize(model, calibration_dataset, *, preset: QuantizationPreset | None = 
              target_device: TargetDevice = TargetDevice.ANY, subset_size: int = 300,
              fast_bias_correction: bool = True, model_type: ModelType | None = None,
              ignored_scope: IgnoredScope | None = None, advanced_parameters: AdvancedParameters | None = None,
-             device: str = "cpu") -> onnx.ModelProto:
-    """Quantize ``model`` (ModelProto or path) on ``calibration_dataset``; returns the INT8 QDQ ModelProto."""
+             device: str = "cpu", quant_format: QuantFormat | str = QuantFormat.QDQ,
+             target_runtime: TargetRuntime | str | None = None, activation_type: QuantType | str | None = None,
+             weight_type: QuantType | str = QuantType.INT8, per_channel: bool | None = None, nbits: int = 8,
+             input_quantization_params: dict | None = None,
+             output_quantization_params: dict | None = None) -> onnx.ModelProto:
+    """Quantize ``model`` (ModelProto or path) on ``calibration_dataset``; returns the INT8 ModelProto in
+    ``quant_format`` (QDQ by default; see QuantizationConfig for the other arguments; ``per_channel`` None keeps
+    ``advanced_parameters.per_channel``)."""
+    advanced = advanced_parameters or AdvancedParameters()
+    if per_channel is not None:
+        advanced = advanced.model_copy(update={"per_channel": per_channel})
     config = QuantizationConfig(
         preset=preset, target_device=target_device, subset_size=subset_size,
         fast_bias_correction=fast_bias_correction, model_type=model_type,
-        ignored_scope=ignored_scope or IgnoredScope(), advanced=advanced_parameters or AdvancedParameters())
+        ignored_scope=ignored_scope or IgnoredScope(), advanced=advanced, quant_format=quant_format,
+        target_runtime=target_runtime, activation_type=activation_type, weight_type=weight_type, nbits=nbits,
+        input_quantization_params=input_quantization_params or {},
+        output_quantization_params=output_quantization_params or {})
     return quantize_with_config(model, calibration_dataset, config, device=device).model
 
 
@@ -138,3 +151,21 @@ def quantize_with_config(model, dataset, config: QuantizationConfig, *, device: 
         keep = max(keep, adv.bias_correction_guard_samples, adv.bias_correction_guard_samples_no_softmax)
     collected = engine.collect(model, _stream_for(dataset), config, device, keep)
     return engine.quantize(collected.prepared, collected.statistics, config, lambda n: list(collected.kept[:n]), device)
+
+
+def quantize_dynamic(model, *, weight_type: QuantType | str = QuantType.INT8, per_channel: bool = True,
+                     model_type: ModelType | None = None, ignored_scope: IgnoredScope | None = None,
+                     advanced_parameters: AdvancedParameters | None = None) -> onnx.ModelProto:
+    """Dynamic quantization of ``model`` (ModelProto or path), no calibration data: weights as ``weight_type``
+    integers offline, the activations of MatMul/Gemm/Conv quantized at run time by DynamicQuantizeLinear
+    (IntegerOps, onnxruntime). Returns the INT8 ModelProto."""
+    advanced = (advanced_parameters or AdvancedParameters()).model_copy(update={"per_channel": per_channel})
+    config = QuantizationConfig(static=False, quant_format=QuantFormat.IntegerOps, weight_type=weight_type,
+                                model_type=model_type, ignored_scope=ignored_scope or IgnoredScope(), advanced=advanced)
+    return engine.quantize_dynamic(model, config).model
+
+
+def quantize_dynamic_with_summary(model, config: QuantizationConfig) -> QuantizationResult:
+    """Dynamic quantization of ``model`` with ``config`` (its ``static`` ignored): the model and the per-layer
+    summary (see quantize_dynamic)."""
+    return engine.quantize_dynamic(model, config)

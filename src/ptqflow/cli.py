@@ -22,7 +22,7 @@ from ptqflow import __version__
 from ptqflow.config import load_config
 from ptqflow.errors import ConfigError, PtqflowError
 from ptqflow.logs import get_logger, setup_logging
-from ptqflow.pipeline.steps import STEP_MODULES, STEPS, reads
+from ptqflow.pipeline.steps import STEP_MODULES, STEPS, inputs_for, reads
 
 # Typed shortcut flags: (flag, dotted config key, argparse kwargs).
 _FLAGS: list[tuple[str, str, dict[str, Any]]] = [
@@ -47,6 +47,12 @@ _FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--min-top1-agreement", "validation.gate.min_top1_agreement", {"type": float}),
     ("--min-speedup", "validation.gate.min_speedup", {"type": float}),
     ("--model-sha256", "model_sha256", {}),
+    ("--quant-format", "quantization.quant_format", {"choices": ["qdq", "qoperator", "integer_ops"]}),
+    ("--target-runtime", "quantization.target_runtime", {"choices": ["openvino", "onnxruntime"]}),
+    ("--activation-type", "quantization.activation_type", {"choices": ["uint8", "int8"]}),
+    ("--weight-type", "quantization.weight_type", {"choices": ["uint8", "int8"]}),
+    ("--static", "quantization.static",
+     {"action": argparse.BooleanOptionalAction, "help": "static (default) or, with --no-static, dynamic quantization"}),
     ("--fast-bias-correction", "quantization.fast_bias_correction",
      {"action": argparse.BooleanOptionalAction, "help": "FastBiasCorrection (default) or full BiasCorrection"}),
 ]
@@ -204,7 +210,8 @@ def _command(args: argparse.Namespace) -> int:
         print(json.dumps({"step": manifest.step, "output": args.out, "digest": manifest.digest,
                           "metrics": manifest.metrics}, default=str))
         return 0
-    uris = {name: getattr(args, f"in_{name}") for name in args.step_inputs}
+    needed = inputs_for(args.command, cfg)  # dynamic quantization reads no statistics
+    uris = {name: getattr(args, f"in_{name}") for name in args.step_inputs if name in needed}
     missing = [n for n, u in uris.items() if not u]
     if missing:
         raise ConfigError(f"{args.command}: missing --in-{missing[0]} URI (inputs: {', '.join(args.step_inputs)})")

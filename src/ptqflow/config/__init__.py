@@ -21,9 +21,12 @@ from ptqflow.config.enums import (
     ExecutionDevice,
     ModelType,
     OverflowFix,
+    QuantFormat,
     QuantizationPreset,
+    QuantType,
     RangeEstimator,
     TargetDevice,
+    TargetRuntime,
 )
 from ptqflow.config.load import (
     _format_validation_error,  # noqa: F401  (imported by ptqflow.orchestration.pod_placement)
@@ -60,11 +63,14 @@ __all__ = [
     "PipelineConfig",
     "PreprocessConfig",
     "QuantizationConfig",
+    "QuantFormat",
+    "QuantType",
     "QuantizationPreset",
     "RangeEstimator",
     "RegistryConfig",
     "Subgraph",
     "TargetDevice",
+    "TargetRuntime",
     "ValidationConfig",
     "config_schema",
     "load_config",

@@ -59,3 +59,31 @@ class DropType(str, Enum):
 
     ABSOLUTE = "absolute"
     RELATIVE = "relative"
+
+
+class QuantFormat(str, Enum):
+    """How the INT8 model is written (onnxruntime's names). QDQ: QuantizeLinear/DequantizeLinear pairs around
+    float ops; QOperator: QLinearConv, QLinearMatMul, QLinearAdd, ... (and com.microsoft contrib ops);
+    IntegerOps: ConvInteger / MatMulInteger with float rescaling."""
+
+    QDQ = "qdq"
+    QOperator = "qoperator"
+    IntegerOps = "integer_ops"
+
+
+class TargetRuntime(str, Enum):
+    """The runtime that will run the INT8 model: it decides where activation quantizers go. OPENVINO: inputs
+    of the layers (OpenVINO's CPU plugin); ONNXRUNTIME: also the output of each quantized node unit, so
+    onnxruntime's graph optimizer fuses DequantizeLinear -> op -> QuantizeLinear into its QLinear kernels."""
+
+    OPENVINO = "openvino"
+    ONNXRUNTIME = "onnxruntime"
+
+
+class QuantType(str, Enum):
+    """An 8-bit integer type of activations or weights (onnxruntime's QuantType.QUInt8 / QInt8)."""
+
+    UINT8 = "uint8"
+    INT8 = "int8"
+    QUInt8 = "uint8"  # onnxruntime's spelling: an alias
+    QInt8 = "int8"

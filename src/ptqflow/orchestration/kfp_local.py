@@ -18,7 +18,8 @@ BASE = image("cpu")
 
 @dsl.component(base_image=BASE)
 def resolve_config(model: str, data: str, output: str, preset: str, target_device: str, subset_size: int,
-                   fast_bias_correction: bool, max_accuracy_drop: str, min_cosine: str, min_sqnr_db: str,
+                   fast_bias_correction: bool, quant_format: str, target_runtime: str, static: bool,
+                   max_accuracy_drop: str, min_cosine: str, min_sqnr_db: str,
                    min_speedup: str, device: str, base_config: str, config: Output[Artifact]):
     """Validate the run parameters and write the config JSON every step reads."""
     from ptqflow.orchestration.kfp_runtime import resolve_config as resolve

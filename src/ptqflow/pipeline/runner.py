@@ -25,7 +25,7 @@ from ptqflow.config import PipelineConfig
 from ptqflow.errors import ConfigError, GateFailedError, InputError
 from ptqflow.quantization.graph.prepare import check_model_file
 from ptqflow.logs import get_logger
-from ptqflow.pipeline.steps import PRODUCERS, STEP_MODULES, load_step
+from ptqflow.pipeline.steps import PRODUCERS, SPECS, STEP_MODULES, inputs_for, load_step, skipped
 
 log = get_logger("pipeline")
 MODEL_FILE = "model.onnx"  # the model file of a fetch-model or quantize artifact
@@ -50,13 +50,14 @@ def run_step(
     merge-validation).
     """
     step = load_step(name)
-    missing = [i for i in step.INPUTS if not input_uris.get(i)]
+    names = [i for i in step.INPUTS if name not in SPECS or i in inputs_for(name, cfg)]
+    missing = [i for i in names if not input_uris.get(i)]
     if missing:
         raise ConfigError(f"step {name}: missing input artifact(s) {', '.join(missing)} (--in-{missing[0]} URI)")
     if shard is not None and name not in ("collect-stats", "validate"):
         raise ConfigError(f"--shard: only collect-stats and validate run on shards, not {name}")
     devicecheck.require([name], cfg)  # before staging: an absent device fails at once, never falls back
-    return _run(step, list(step.INPUTS), input_uris, output_uri, cfg, force, staged, shard)
+    return _run(step, names, input_uris, output_uri, cfg, force, staged, shard)
 
 
 def merge_stats(partial_uris: list[str], output_uri: str, cfg: PipelineConfig, force: bool = False) -> Manifest:
@@ -256,12 +257,17 @@ def run_pipeline(cfg: PipelineConfig, force: bool = False) -> dict[str, Manifest
     if cfg.data.validation_size == 0:  # validate would find nothing to run on, after every other step
         raise ConfigError("data.validation_size is 0, but ptqflow run validates the INT8 model on held-out samples: "
                           "set it above 0, or leave it unset to hold out a share of a small data set")
+    if cfg.registry is not None and skipped("export-ir", cfg):
+        raise ConfigError("registry: publish needs the OpenVINO IR, which export-ir cannot make from "
+                          "quantization.quant_format qoperator; use qdq with quantization.target_runtime onnxruntime")
     devicecheck.require(STEP_MODULES, cfg)  # every step's devices, before the first step runs
     manifests: dict[str, Manifest] = {}
     with _work_dir(cfg.output, "ptqflow-run-") as root:
         staged: dict = {"__root__": root}
         for name in [*STEP_MODULES, *(["publish"] if cfg.registry is not None else [])]:
+            if skipped(name, cfg):
+                continue
             step = load_step(name)
-            uris = {i: step_output(cfg.output, PRODUCERS[i]) for i in step.INPUTS}
+            uris = {i: step_output(cfg.output, PRODUCERS[i]) for i in step.INPUTS if i in inputs_for(name, cfg)}
             manifests[name] = run_step(name, uris, step_output(cfg.output, name), cfg, force=force, staged=staged)
     return manifests

@@ -13,7 +13,7 @@ from typing import Callable, Iterator
 
 import onnx
 
-from ptqflow.config import QuantizationConfig, RangeEstimator
+from ptqflow.config import QuantizationConfig, RangeEstimator, TargetRuntime
 from ptqflow.errors import ConfigError, InputError
 from ptqflow.logs import get_logger
 from ptqflow.quantization.algorithms import fast_bias_correction, minmax, smooth_quant
@@ -30,6 +30,7 @@ from ptqflow.quantization.statistics.accumulate import accumulate, finalize, obs
 from ptqflow.quantization.statistics.partial import PartialStatistics, merge, shard_range
 from ptqflow.quantization.statistics.points import StatisticPoint
 from ptqflow.quantization.statistics.runner import make_runner
+from ptqflow.quantization.writers import integer_ops, write
 from ptqflow.runtime.sessions import make_session
 
 log = get_logger("engine")
@@ -160,20 +161,63 @@ def prepare_for(model, statistics: Statistics, config: QuantizationConfig) -> on
 
 def quantize(prepared: onnx.ModelProto, statistics: Statistics, config: QuantizationConfig, samples: Samples,
              device: str) -> QuantizationResult:
-    """The INT8 QDQ model of ``prepared`` per the statistics' plan, biases corrected, and the per-layer summary."""
+    """The INT8 model of ``prepared`` per the statistics' plan, biases corrected, in ``config.quant_format``, and
+    the per-layer summary."""
     plan = statistics.plan
     plan.check_matches(prepared)
     q = onnx.ModelProto()
     q.CopyFrom(prepared)
     mean_minmax = RangeEstimator(config.advanced.activations_range) == RangeEstimator.MEAN_MINMAX
-    records = minmax.insert_qdq(q, plan, statistics.ranges(mean_minmax))
+    records = minmax.insert_qdq(q, plan, statistics.ranges(mean_minmax), number_formats(prepared, plan, config))
     # The float weights insert_qdq replaced stay in q's memory until q is freed (protobuf frees a message's
     # memory as a whole): a fresh copy holds the INT8 model alone (for a model over 2 GB, gigabytes less).
     compact = onnx.ModelProto()
     compact.CopyFrom(q)
     q = compact
     bc = correct_and_guard(prepared, q, statistics, config, samples, device)
+    # onnxruntime computes biases in int32: so does the model; QOperator / IntegerOps re-express the QDQ units
+    q = write(q, config.quant_format, int32_bias=config.effective_target_runtime() == TargetRuntime.ONNXRUNTIME)
     q.ir_version = min(q.ir_version or MAX_IR_VERSION, MAX_IR_VERSION)
     if not is_large(q):
         onnx.checker.check_model(q)
     return QuantizationResult(model=q, layers=layer_summary(prepared, plan, records, bc))
+
+
+def number_formats(prepared: onnx.ModelProto, plan: QuantizationPlan, config: QuantizationConfig) -> minmax.NumberFormats:
+    """The integer types and given parameters of ``config`` for the QDQ writer. Activations default to one type
+    (uint8) for onnxruntime, whose fused kernels need it, and to OpenVINO's per-tensor choice otherwise.
+    InputError naming a given tensor that is not in the model; a given tensor without a quantizer is a plan
+    warning (it stays float)."""
+    given: dict[str, tuple[int, float]] = {}
+    tensors = {o for n in prepared.graph.node for o in n.output} | {i.name for i in prepared.graph.input}
+    quantized = {p.tensor for p in plan.activations}
+    for field_name in ("input_quantization_params", "output_quantization_params"):
+        for tensor, params in getattr(config, field_name).items():
+            if tensor not in tensors:
+                raise InputError(f"quantization.{field_name}: tensor {tensor!r} is not in the model")
+            if tensor not in quantized:
+                plan.warnings.append(f"quantization.{field_name}: tensor {tensor!r} has no quantizer (kept in float "
+                                     "or its quantizer sits on another tensor); its parameters are unused")
+            given[tensor] = params
+    activation = config.activation_type.value if config.activation_type else None
+    if activation is None and config.effective_target_runtime() == TargetRuntime.ONNXRUNTIME:
+        activation = "uint8"
+    return minmax.NumberFormats(activation, config.weight_type.value, given)
+
+
+def quantize_dynamic(model, config: QuantizationConfig) -> QuantizationResult:
+    """Dynamic quantization of ``model`` (no calibration data): the weights placement chooses, as integers, and
+    each MatMul/Gemm/Conv reading them as DynamicQuantizeLinear + MatMulInteger/ConvInteger (onnxruntime), its
+    activation quantized at run time; other weights stay DequantizeLinear of integers. Returns the model and the
+    per-layer summary."""
+    prepared, warnings = prepare_model(model, config.advanced)
+    plan = placement.build_plan(prepared, config, warnings)
+    plan.activations = []  # quantized at run time, not from calibrated ranges
+    q = onnx.ModelProto()
+    q.CopyFrom(prepared)
+    records = minmax.insert_qdq(q, plan, {}, minmax.NumberFormats(weight=config.weight_type.value))
+    q = integer_ops.write_dynamic(q)
+    q.ir_version = min(q.ir_version or MAX_IR_VERSION, MAX_IR_VERSION)
+    if not is_large(q):
+        onnx.checker.check_model(q)
+    return QuantizationResult(model=q, layers=layer_summary(prepared, plan, records, []))

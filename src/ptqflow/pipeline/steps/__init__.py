@@ -62,7 +62,9 @@ STEPS: tuple[StepSpec, ...] = (
     StepSpec("quantize", "ptqflow.pipeline.steps.quantize", inputs=("model", "calibration", "statistics"), output="quantized",
              accelerated=True, optional=False, config_reads=("quantization", "device")),
     StepSpec("validate", "ptqflow.pipeline.steps.validate", inputs=("model", "quantized", "calibration"), output="report",
-             accelerated=True, optional=False, config_reads=("validation", "device")),
+             accelerated=True, optional=False,
+             config_reads=("validation", "device", "quantization.target_runtime", "quantization.quant_format",
+                           "quantization.static")),
     StepSpec("export-ir", "ptqflow.pipeline.steps.export_ir", inputs=("quantized", "model", "calibration"), output="ir",
              accelerated=False, optional=False, config_reads=("export",)),
     StepSpec("publish", "ptqflow.pipeline.steps.publish", inputs=("model", "quantized", "report", "ir"), output="registration",
@@ -86,6 +88,23 @@ def spec(name: str) -> StepSpec:
     if name not in SPECS:
         raise ValueError(f"unknown step {name!r}; steps: {', '.join(SPECS)}")
     return SPECS[name]
+
+
+def inputs_for(name: str, cfg) -> tuple[str, ...]:
+    """The input artifacts step ``name`` reads with ``cfg``: its ``inputs``, except the statistics for dynamic
+    quantization (``quantization.static: false``), which needs no calibration statistics."""
+    names = spec(name).inputs
+    if not cfg.quantization.static:
+        names = tuple(i for i in names if i != "statistics")
+    return names
+
+
+def skipped(name: str, cfg) -> bool:
+    """True when ``ptqflow run`` skips step ``name`` for ``cfg``: collect-stats for dynamic quantization;
+    export-ir for the QOperator format, which OpenVINO cannot read (QLinearConv with per-channel weights)."""
+    if name == "collect-stats":
+        return not cfg.quantization.static
+    return name == "export-ir" and cfg.quantization.quant_format.value == "qoperator"
 
 
 def reads(step: str, key: str) -> bool:

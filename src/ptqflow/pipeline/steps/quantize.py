@@ -1,4 +1,5 @@
-"""quantize: apply the statistics to the FP32 model and write the INT8 QDQ model with a per-layer summary."""
+"""quantize: apply the statistics to the FP32 model and write the INT8 model (in ``quantization.quant_format``;
+dynamic quantization, ``quantization.static: false``, needs no statistics) with a per-layer summary."""
 
 from __future__ import annotations
 
@@ -26,17 +27,20 @@ def config_section(cfg: PipelineConfig) -> dict:
 
 def run(inputs: dict[str, Path], out: Path, cfg: PipelineConfig) -> Manifest:
     """Quantize into ``out`` (model.onnx + summary.json); returns the manifest."""
-    from ptqflow.api import Statistics, quantize_with_summary
+    from ptqflow.api import Statistics, quantize_dynamic_with_summary, quantize_with_summary
     from ptqflow.data import iter_samples
 
     start = time.monotonic()
-    stats = Statistics.load(Path(inputs["statistics"]))
-    # Only full bias correction reads samples, and only a subset: no progress bar around it.
-    samples = iter_samples(Path(inputs["calibration"]), "calibration")
     # The path, not a loaded ModelProto: graph preparation then loads the model once and works on it without
     # copying it (a copy is a model's size of memory, several GB for a model over 2 GB).
-    result = quantize_with_summary(Path(inputs["model"]) / "model.onnx", stats, cfg.quantization, dataset=samples,
-                                   device=cfg.device.value)
+    model = Path(inputs["model"]) / "model.onnx"
+    if not cfg.quantization.static:  # dynamic quantization: no statistics (collect-stats was skipped)
+        result = quantize_dynamic_with_summary(model, cfg.quantization)
+    else:
+        stats = Statistics.load(Path(inputs["statistics"]))
+        # Only full bias correction reads samples, and only a subset: no progress bar around it.
+        samples = iter_samples(Path(inputs["calibration"]), "calibration")
+        result = quantize_with_summary(model, stats, cfg.quantization, dataset=samples, device=cfg.device.value)
     result.model.ir_version = min(result.model.ir_version or MAX_IR_VERSION, MAX_IR_VERSION)
     save_model(result.model, Path(out) / "model.onnx")  # over 2 GB: weights in model.onnx.data beside it
     layers = with_readers(list(result.layers), result.model)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -30,21 +32,50 @@ def weight_params(w: np.ndarray, axis: int | None, bits: int = 8) -> tuple[np.nd
     return scale.astype(np.float32), q
 
 
-def activation_params(lo: float, hi: float, symmetric: bool, signed: bool) -> tuple[float, int, int]:
+def activation_params(lo: float, hi: float, symmetric: bool, signed: bool,
+                      qtype: str | None = None) -> tuple[float, int, int]:
     """(scale, zero_point, onnx elem type) for one activation range.
 
-    Non-negative ranges use uint8 [0, 255]; symmetric signed ranges int8 with zero point 0; asymmetric signed
-    ranges uint8 with an integer zero point (the range is widened so 0 is exactly representable).
+    ``qtype`` None (OpenVINO's choice per tensor): non-negative ranges use uint8 [0, 255]; symmetric signed
+    ranges int8 with zero point 0; asymmetric signed ranges uint8 with an integer zero point (the range is widened
+    so 0 is exactly representable). ``qtype`` "uint8" / "int8": every range in that type (onnxruntime's fused
+    kernels take one type in and out); a symmetric signed range then has the type's middle as zero point.
     """
     lo, hi = float(min(lo, 0.0)), float(max(hi, 0.0))
+    if qtype is None:
+        if not signed:
+            return max(hi, _MIN_RANGE) / 255.0, 0, TensorProto.UINT8
+        if symmetric:
+            return max(abs(lo), abs(hi), _MIN_RANGE) / 127.0, 0, TensorProto.INT8
+        qtype = "uint8"
+    qmin, dtype = (0, TensorProto.UINT8) if qtype == "uint8" else (-128, TensorProto.INT8)
+    if signed and symmetric:
+        absmax = max(abs(lo), abs(hi), _MIN_RANGE)
+        return 2 * absmax / 255.0, qmin + 128, dtype
     if not signed:
-        return max(hi, _MIN_RANGE) / 255.0, 0, TensorProto.UINT8
-    if symmetric:
-        return max(abs(lo), abs(hi), _MIN_RANGE) / 127.0, 0, TensorProto.INT8
-    span = max(hi - lo, _MIN_RANGE)
-    scale = span / 255.0
-    zp = int(np.clip(np.round(-lo / scale), 0, 255))
-    return scale, zp, TensorProto.UINT8
+        return max(hi, _MIN_RANGE) / 255.0, qmin, dtype
+    scale = max(hi - lo, _MIN_RANGE) / 255.0
+    return scale, int(np.clip(qmin + np.round(-lo / scale), qmin, qmin + 255)), dtype
+
+
+@dataclass(frozen=True)
+class NumberFormats:
+    """How the plan's quantizers are written: ``activation`` the activation type ("uint8", "int8" or None:
+    per tensor), ``weight`` the weight type ("int8": zero point 0; "uint8": zero point 128), ``given``
+    parameters by tensor ({tensor: (zero_point, scale)}) that replace the calibrated ones."""
+
+    activation: str | None = None
+    weight: str = "int8"
+    given: dict = field(default_factory=dict)
+
+    def activation_of(self, tensor: str, lo: float, hi: float, symmetric: bool,
+                      signed: bool) -> tuple[float, int, int]:
+        """(scale, zero_point, onnx elem type) of ``tensor``: the given parameters, else from its range."""
+        if tensor not in self.given:
+            return activation_params(lo, hi, symmetric, signed, self.activation)
+        zp, scale = self.given[tensor]
+        int8 = self.activation == "int8" if self.activation else zp < 0
+        return float(scale), int(zp), TensorProto.INT8 if int8 else TensorProto.UINT8
 
 
 def _unique(name: str, used: set[str]) -> str:
@@ -62,8 +93,10 @@ def statistic_points(plan: QuantizationPlan) -> list[StatisticPoint]:
     return [StatisticPoint(MINMAX, t, t, r) for t in tensors for r in (Reducer.MIN, Reducer.MAX)]
 
 
-def insert_qdq(model: onnx.ModelProto, plan: QuantizationPlan, ranges: dict[str, tuple[float, float]]) -> list[dict]:
-    """Quantize ``model`` in place per ``plan`` and ``ranges`` (tensor -> (min, max)); returns per-point records."""
+def insert_qdq(model: onnx.ModelProto, plan: QuantizationPlan, ranges: dict[str, tuple[float, float]],
+               formats: NumberFormats = NumberFormats()) -> list[dict]:
+    """Quantize ``model`` in place per ``plan`` and ``ranges`` (tensor -> (min, max)) in ``formats``; returns
+    per-point records."""
     g = model.graph
     used = {n.name for n in g.node} | {o for n in g.node for o in n.output} | {t.name for t in g.initializer}
     used |= {i.name for i in g.input}
@@ -72,11 +105,11 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantizationPlan, ranges: dict[str,
     new_nodes: list[onnx.NodeProto] = []
     records = []
     for entry in plan.weights:
-        records.append(_quantize_weight(g, entry, inits, nodes_by_name, used, new_nodes))
+        records.append(_quantize_weight(g, entry, inits, nodes_by_name, used, new_nodes, formats.weight))
     for point in plan.activations:
         lo, hi = ranges[point.group]
         signed = bool(point.signed) if point.signed is not None else lo < 0
-        scale, zp, dtype = activation_params(lo, hi, point.symmetric, signed)
+        scale, zp, dtype = formats.activation_of(point.tensor, lo, hi, point.symmetric, signed)
         t = point.tensor
         s_name, z_name = _unique(t + "_scale", used), _unique(t + "_zero_point", used)
         g.initializer.append(numpy_helper.from_array(np.array(scale, np.float32), s_name))
@@ -88,21 +121,26 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantizationPlan, ranges: dict[str,
             nodes_by_name[node_name].input[idx] = dq_out
         records.append({"tensor": t, "kind": "activation", "scale": scale, "zero_point": zp,
                         "dtype": "int8" if dtype == TensorProto.INT8 else "uint8", "range": [lo, hi],
+                        "given": t in formats.given,
                         "consumers": sorted({e[0] for e in point.edges}), "output": dq_out})
     _topological_insert(g, new_nodes)
     return records
 
 
-def _quantize_weight(g, entry: WeightQuantizer, inits, nodes_by_name, used, new_nodes) -> dict:
-    """Replace a float weight by an int8 initializer + DequantizeLinear; returns its record."""
+def _quantize_weight(g, entry: WeightQuantizer, inits, nodes_by_name, used, new_nodes, wtype: str = "int8") -> dict:
+    """Replace a float weight by an int8 (or uint8, codes + 128) initializer + DequantizeLinear; returns its
+    record."""
     name = entry.tensor
     w = numpy_helper.to_array(inits[name]).astype(np.float32)
     axis = entry.axis
     scale, q = weight_params(w, axis, entry.narrow_bits)
     q_name, s_name, z_name = _unique(name + "_int8", used), _unique(name + "_scale", used), _unique(name + "_zero_point", used)
+    zero = np.zeros(scale.shape, np.int8)
+    if wtype == "uint8":  # the same symmetric codes around 128
+        q, zero = (q.astype(np.int16) + 128).astype(np.uint8), np.full(scale.shape, 128, np.uint8)
     g.initializer.append(numpy_helper.from_array(q, q_name))
     g.initializer.append(numpy_helper.from_array(scale, s_name))
-    g.initializer.append(numpy_helper.from_array(np.zeros(scale.shape, np.int8), z_name))
+    g.initializer.append(numpy_helper.from_array(zero, z_name))
     dq_out = _unique(name + "_dequantized", used)
     attrs = {"axis": axis} if axis is not None else {}
     new_nodes.append(helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [dq_out],
@@ -112,7 +150,7 @@ def _quantize_weight(g, entry: WeightQuantizer, inits, nodes_by_name, used, new_
     still_used = any(name in n.input for n in g.node) or name in {o.name for o in g.output}
     if not still_used:
         g.initializer.remove(inits[name])
-    return {"tensor": name, "kind": "weight", "axis": axis, "dtype": "int8", "bits": entry.narrow_bits,
+    return {"tensor": name, "kind": "weight", "axis": axis, "dtype": wtype, "bits": entry.narrow_bits,
             "consumers": [n for n, _ in entry.nodes], "max_scale": float(scale.max())}
 
 

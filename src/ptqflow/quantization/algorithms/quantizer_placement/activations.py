@@ -32,8 +32,10 @@ def _pointwise_from(g: GraphIndex, t: str, root: str, depth: int = 4) -> bool:
 
 
 def place_activations(g: GraphIndex, requests, ignored: set[str], symmetric: bool,
-                       asymmetric_nodes: set[str] = frozenset()) -> list[dict]:
-    """Merge the requested input quantizers: move each up through agnostic ops, one quantizer per tensor."""
+                       asymmetric_nodes: set[str] = frozenset(), movable: dict | None = None) -> list[dict]:
+    """Merge the requested input quantizers: move each up through the ops of ``movable`` (op -> data input
+    indices, None: all; default AGNOSTIC), one quantizer per tensor."""
+    movable = AGNOSTIC if movable is None else movable
     req_edges = {(node, idx) for _, node, idx, _ in requests}
     memo: dict[str, bool] = {}
 
@@ -45,15 +47,15 @@ def place_activations(g: GraphIndex, requests, ignored: set[str], symmetric: boo
         return memo[t]
 
     def _movable(c, i) -> bool:
-        if c.op_type not in AGNOSTIC or c.name in ignored or (AGNOSTIC[c.op_type] and i not in AGNOSTIC[c.op_type]):
+        if c.op_type not in movable or c.name in ignored or (movable[c.op_type] and i not in movable[c.op_type]):
             return False
         return all(all_quantized(o) for o in c.output if o)
 
     def walk(t: str, edge: tuple[str, int]) -> list[tuple[str, tuple[str, int]]]:
         node = g.producer.get(t)
-        if node is None or node.op_type not in AGNOSTIC or node.name in ignored:
+        if node is None or node.op_type not in movable or node.name in ignored:
             return [(t, edge)]
-        data = [i for i, name in enumerate(node.input) if name and (AGNOSTIC[node.op_type] is None or i in AGNOSTIC[node.op_type])]
+        data = [i for i, name in enumerate(node.input) if name and (movable[node.op_type] is None or i in movable[node.op_type])]
         if any(g.is_const_input(node.input[i]) for i in data) or not all(all_quantized(node.input[i]) for i in data):
             return [(t, edge)]
         out: list = []

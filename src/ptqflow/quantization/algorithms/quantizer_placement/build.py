@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import onnx
 
-from ptqflow.config import ModelType, QuantizationConfig, QuantizationPreset, TargetDevice
+from ptqflow.config import ModelType, QuantFormat, QuantizationConfig, QuantizationPreset, TargetDevice, TargetRuntime
 from ptqflow.errors import InputError
 from ptqflow.logs import get_logger
-from ptqflow.quantization.algorithms.quantizer_placement import detected_transformer, overflow_fix, softmax_heads
+from ptqflow.quantization.algorithms.quantizer_placement import (detected_transformer, overflow_fix, runtime_units,
+                                                                 softmax_heads)
 from ptqflow.quantization.algorithms.quantizer_placement.activations import place_activations, self_gated
 from ptqflow.quantization.algorithms.quantizer_placement.ignored_scope import ignored_nodes
 from ptqflow.quantization.algorithms.quantizer_placement.ops import (ACT_INPUTS, DEVICE_OPS, ELEMENTWISE, STOPPERS,
@@ -87,7 +88,13 @@ def build_plan(model: onnx.ModelProto, config: QuantizationConfig,
     # unless the user chose a preset: they are the more accurate there (evidence:
     # docs/algorithms.md#detected-transformer).
     asym = region if auto_tf and config.preset is None else set()
-    acts = place_activations(g, requests, ignored, symmetric, asym)
+    # IntegerOps layers read the integer tensor itself: their quantizers stay where they are requested
+    integer_ops = config.quant_format == QuantFormat.IntegerOps
+    units = config.effective_target_runtime() == TargetRuntime.ONNXRUNTIME and not integer_ops
+    movable = {} if integer_ops else runtime_units.ORT_MOVABLE if units else None
+    acts = place_activations(g, requests, ignored, symmetric, asym, movable)
+    if units:  # onnxruntime fuses a layer into its int8 kernel only with a quantizer on its output too
+        acts = runtime_units.add_unit_outputs(g, acts, non_float, symmetric)
     return QuantizationPlan(
         preset=config.effective_preset().value, target_device=TargetDevice(config.target_device).value,
         transformer=transformer or auto_tf, per_channel=per_channel,
