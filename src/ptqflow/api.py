@@ -21,6 +21,7 @@ from ptqflow.errors import InputError
 from ptqflow.quantization import engine
 from ptqflow.quantization.algorithms.bias_step import statistics_request  # noqa: F401  (collect-stats' cache key)
 from ptqflow.quantization.engine import QuantizationResult
+from ptqflow.quantization.graph.openvino_view import is_openvino
 from ptqflow.quantization.statistics import Statistics
 from ptqflow.quantization.statistics.collector import check_sample, input_specs
 from ptqflow.quantization.statistics.partial import PartialStatistics
@@ -76,12 +77,22 @@ def _stream_for(dataset) -> Callable:
     return lambda prepared, limit: _samples(dataset, prepared, limit)
 
 
+def _engine(model):
+    """The engine backend for ``model``: the OpenVINO one for an ov.Model or an IR path, else the ONNX one."""
+    if not is_openvino(model):
+        return engine
+    from ptqflow.quantization import openvino_engine  # imports openvino only when an IR is given
+
+    return openvino_engine
+
+
 def collect_statistics(model, dataset, config: QuantizationConfig | None = None, *, device: str = "cpu",
                        keep_samples: int = 0) -> Statistics:
-    """Prepare ``model``, plan the quantizers and observe the planned tensors on at most ``config.subset_size``
-    samples of ``dataset``. Returns the Statistics (with the plan).
+    """Prepare ``model`` (an ONNX ModelProto or path, an ov.Model or an IR's .xml path), plan the quantizers and
+    observe the planned tensors on at most ``config.subset_size`` samples of ``dataset``. Returns the Statistics
+    (with the plan).
     """
-    return engine.collect(model, _stream_for(dataset), config or QuantizationConfig(), device, keep_samples).statistics
+    return _engine(model).collect(model, _stream_for(dataset), config or QuantizationConfig(), device, keep_samples).statistics
 
 
 def collect_partial_statistics(model, dataset, config: QuantizationConfig | None = None, *, shard: int, shards: int,
@@ -106,9 +117,12 @@ def quantize_with_summary(model, statistics: Statistics, config: QuantizationCon
     Returns the INT8 QDQ model (ir_version <= MAX_IR_VERSION, checked) and the per-layer summary.
     """
     config = config or QuantizationConfig()
-    prepared = engine.prepare_for(model, statistics, config)
-    samples = (lambda n: list(_samples(dataset, prepared, n))) if dataset is not None else (lambda n: [])
-    return engine.quantize(prepared, statistics, config, samples, device)
+    backend = _engine(model)
+    prepared = backend.prepare_for(model, statistics, config)
+    graph = getattr(prepared, "view", None)
+    graph = graph.view if graph is not None else prepared  # an OpenVINO model's inputs are read from its view
+    samples = (lambda n: list(_samples(dataset, graph, n))) if dataset is not None else (lambda n: [])
+    return backend.quantize(prepared, statistics, config, samples, device)
 
 
 def apply_quantization(model, statistics: Statistics, config: QuantizationConfig | None = None, *,
@@ -122,7 +136,8 @@ def quantize(model, calibration_dataset, *, preset: QuantizationPreset | None = 
              fast_bias_correction: bool = True, model_type: ModelType | None = None,
              ignored_scope: IgnoredScope | None = None, advanced_parameters: AdvancedParameters | None = None,
              device: str = "cpu") -> onnx.ModelProto:
-    """Quantize ``model`` (ModelProto or path) on ``calibration_dataset``; returns the INT8 QDQ ModelProto."""
+    """Quantize ``model`` on ``calibration_dataset``: an ONNX ModelProto or path gives the INT8 QDQ ModelProto, an
+    ov.Model or an IR's ``.xml`` path (its ``.bin`` beside it) the INT8 ov.Model with FakeQuantize nodes."""
     config = QuantizationConfig(
         preset=preset, target_device=target_device, subset_size=subset_size,
         fast_bias_correction=fast_bias_correction, model_type=model_type,
@@ -136,5 +151,6 @@ def quantize_with_config(model, dataset, config: QuantizationConfig, *, device: 
     keep = 0 if config.fast_bias_correction else config.bias_correction_samples()
     if not adv.disable_bias_correction:
         keep = max(keep, adv.bias_correction_guard_samples, adv.bias_correction_guard_samples_no_softmax)
-    collected = engine.collect(model, _stream_for(dataset), config, device, keep)
-    return engine.quantize(collected.prepared, collected.statistics, config, lambda n: list(collected.kept[:n]), device)
+    backend = _engine(model)
+    collected = backend.collect(model, _stream_for(dataset), config, device, keep)
+    return backend.quantize(collected.prepared, collected.statistics, config, lambda n: list(collected.kept[:n]), device)

@@ -58,3 +58,25 @@ def default_precision(c, device: str) -> str | None:
     except Exception:  # a plugin without the property: nothing to compare against
         return None
     return value.to_string() if hasattr(value, "to_string") else str(value)
+
+
+def read_ir(xml, weights=None):
+    """The ov.Model of the IR ``xml`` with its weights ``weights`` (default: the ``.bin`` beside it).
+
+    InputError naming the file when the xml or the bin is missing, the xml is not an IR or the bin does not hold
+    what the xml says (a truncated file)."""
+    from ptqflow.errors import InputError
+
+    xml = Path(xml)
+    bin_path = Path(weights) if weights is not None else xml.with_suffix(".bin")
+    if not xml.is_file():
+        raise InputError(f"OpenVINO IR {str(xml)!r} not found")
+    if not bin_path.is_file():
+        raise InputError(f"OpenVINO IR {str(xml)!r}: its weights file {str(bin_path)!r} is not found; put the .bin "
+                         "beside the .xml or give its path")
+    try:
+        return core().read_model(str(xml), str(bin_path))
+    except Exception as err:  # OpenVINO raises a bare RuntimeError for every parse failure
+        detail = str(err).strip().splitlines()
+        raise InputError(f"OpenVINO IR {str(xml)!r} (weights {str(bin_path)!r}) cannot be read: "
+                         f"{(detail[0] if detail else type(err).__name__)[:300]}") from None

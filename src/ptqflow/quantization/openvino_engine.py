@@ -1,0 +1,99 @@
+"""The engine's two halves for an OpenVINO model (``ov.Model``): the second backend beside engine.py's ONNX one.
+
+Placement, the plan, the statistic points and the plan passes are the ONNX path's, read from the model's view
+(graph.openvino_view); what differs is where the graph lives: the statistics are observed by OpenVINO on the model
+itself (statistics.openvino_collector), the plan is written as FakeQuantize nodes (algorithms.fake_quantize) and
+FastBiasCorrection runs on OpenVINO (algorithms.openvino_bias). What needs the ONNX graph to run is refused by
+name (SmoothQuant, full BiasCorrection) or left out with a warning in the plan (the plan passes that run the model
+on kept samples: the sensitivity search).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ptqflow.config import QuantizationConfig, RangeEstimator
+from ptqflow.errors import ConfigError
+from ptqflow.logs import get_logger
+from ptqflow.quantization.algorithms import minmax
+from ptqflow.quantization.algorithms import quantizer_placement as placement
+from ptqflow.quantization.algorithms.bias_step import statistics_request
+from ptqflow.quantization.algorithms.fake_quantize import insert_fake_quantize
+from ptqflow.quantization.algorithms.summary import layer_summary
+from ptqflow.quantization.engine import Collected, QuantizationResult, StreamFor, run_passes
+from ptqflow.quantization.graph.openvino_view import OVView, build_view, is_openvino  # noqa: F401
+from ptqflow.quantization.passes.context import PlanContext
+from ptqflow.quantization.passes.registry import plan_passes
+from ptqflow.quantization.statistics import Statistics, openvino_collector
+from ptqflow.runtime.openvino import read_ir
+
+log = get_logger("engine")
+
+
+@dataclass
+class Prepared:
+    """The caller's model cloned (never changed by the engine) and its view, which the plan's names refer to."""
+
+    model: object  # ov.Model
+    view: OVView
+
+
+def prepare(model) -> Prepared:
+    """The Prepared form of ``model`` (an ov.Model, or an IR's ``.xml`` path with its ``.bin`` beside it); the same
+    model gives the same view names every time."""
+    clone = read_ir(model) if isinstance(model, (str, os.PathLike)) else model.clone()
+    return Prepared(clone, build_view(clone))
+
+
+def prepare_for(model, statistics: Statistics, config: QuantizationConfig) -> Prepared:
+    """``model`` prepared as the collection prepared it (the view's names are the plan's)."""
+    return prepare(model)
+
+
+def check_supported(config: QuantizationConfig, device: str) -> None:
+    """ConfigError naming what an OpenVINO model cannot get."""
+    if str(getattr(device, "value", device)).lower() != "cpu":
+        raise ConfigError(f"device {device!r}: an OpenVINO model's statistics are observed on OpenVINO CPU; "
+                          "use device 'cpu' (the INT8 IR runs on any OpenVINO device afterwards)")
+    if config.advanced.smooth_quant_alpha is not None:
+        raise ConfigError("quantization.advanced.smooth_quant_alpha: SmoothQuant is not available for an OpenVINO "
+                          "model; leave it unset, or quantize the ONNX model")
+
+
+def _no_session(model):
+    raise ConfigError("this plan pass runs the model on onnxruntime, which an OpenVINO model cannot")
+
+
+def collect(model, stream_for: StreamFor, config: QuantizationConfig, device: str, keep_samples: int) -> Collected:
+    """Plan and observe ``model`` (an ov.Model) on at most ``config.subset_size`` samples; the Collected."""
+    check_supported(config, device)
+    prepared = prepare(model)
+    view = prepared.view.view
+    plan = placement.build_plan(view, config, [])
+    plan.collected = statistics_request(config)
+    passes = []
+    for p in (p for p in plan_passes() if p.enabled(config.advanced)):
+        if p.samples(config):  # runs the model on onnxruntime: not for an IR
+            plan.warnings.append(f"{p.name}: not run on an OpenVINO model (it runs the model on onnxruntime)")
+            continue
+        passes.append(p)
+    points = minmax.statistic_points(plan)
+    for p in passes:
+        points += p.statistic_points(view, plan, config)
+    seen = openvino_collector.observe(prepared.model, prepared.view.bind(prepared.model), plan, points,
+                                      stream_for(view, config.subset_size), keep=keep_samples)
+    run_passes(passes, PlanContext(view, plan, seen.statistics, config, seen.kept, _no_session))
+    return Collected(seen.statistics, prepared, seen.kept)
+
+
+def quantize(prepared: Prepared, statistics: Statistics, config: QuantizationConfig, samples,
+             device: str) -> QuantizationResult:
+    """The INT8 ov.Model (FakeQuantize nodes) of ``prepared`` per the statistics' plan, and the per-layer summary."""
+    check_supported(config, device)
+    plan = statistics.plan
+    plan.check_matches(prepared.view.view)
+    q = prepared.model.clone()
+    mean_minmax = RangeEstimator(config.advanced.activations_range) == RangeEstimator.MEAN_MINMAX
+    records = insert_fake_quantize(q, prepared.view.bind(q), plan, statistics.ranges(mean_minmax))
+    return QuantizationResult(model=q, layers=layer_summary(prepared.view.view, plan, records, []))

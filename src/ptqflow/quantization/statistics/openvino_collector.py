@@ -1,0 +1,72 @@
+"""Statistics of an OpenVINO model, observed by OpenVINO itself: the ov.Model counterpart of ``collector.augment``.
+
+The same observations (ptqflow.quantization.statistics.points ids) become OpenVINO reduce ops on the observed
+output ports, each a Result of a statistics model that shares the FP32 graph; the runner (OpenVINO CPU at f32,
+statistics.runner.OpenVINORunner) runs it and ``accumulate.Accumulator`` accumulates the values exactly as on the
+ONNX path. Samples are never stacked: an IR's dynamic batch dims carry no names to prove every observed tensor
+keeps the batch in axis 0, and OpenVINO's parallel requests keep batch-1 runs busy anyway.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import openvino as ov
+import openvino.opset13 as ops
+
+from ptqflow.errors import InputError
+from ptqflow.quantization.graph.openvino_view import BoundView
+from ptqflow.quantization.plan import QuantizationPlan
+from ptqflow.quantization.statistics.accumulate import Accumulator, Observed, batches, finalize
+from ptqflow.quantization.statistics.points import Reducer, StatisticPoint, parse_observation
+from ptqflow.quantization.statistics.runner import OpenVINORunner
+
+
+def _axes(rank: int, keep: int | None) -> np.ndarray:
+    return np.array([a for a in range(rank) if a != keep], np.int64)
+
+
+def augment(model: ov.Model, bound: BoundView, observations: list[str]) -> tuple[ov.Model, dict[str, str]]:
+    """A statistics model over ``model``'s graph with one reduction output per observation (its tensor a view
+    tensor of ``bound``), and the map added output name -> observation id. MIN/MAX reduce each sample to a
+    scalar, MEAN and ABSMAX to the per-channel vector of their axis; an observation whose tensor's rank is unknown
+    is left out (its consumer finds no value, as on the ONNX path)."""
+    results, out_map = [], {}
+    for i, oid in enumerate(observations):
+        tensor, reducer, axis = parse_observation(oid)
+        port = bound.port(tensor)
+        rank = port.get_partial_shape().rank
+        if rank.is_dynamic:
+            continue
+        r = rank.get_length()
+        if reducer in (Reducer.MIN, Reducer.MAX):
+            fn = ops.reduce_min if reducer == Reducer.MIN else ops.reduce_max
+            node = fn(port, _axes(r, None), keep_dims=False)  # rank 0: empty axes, the value itself
+        else:
+            keep = axis % r if r else None
+            src = ops.abs(port) if reducer == Reducer.ABSMAX else port
+            fn = ops.reduce_max if reducer == Reducer.ABSMAX else ops.reduce_mean
+            node = fn(src, _axes(r, keep), keep_dims=False)
+        out = f"ptqflow_stat_{reducer.value}_{i}"
+        output = node.output(0)
+        output.get_tensor().set_names({out})
+        results.append(ops.result(output))
+        out_map[out] = oid
+    return ov.Model(results, model.get_parameters(), "ptqflow-statistics"), out_map
+
+
+def observe(model: ov.Model, bound: BoundView, plan: QuantizationPlan, points: list[StatisticPoint],
+            samples: Iterator[dict], *, keep: int = 0) -> Observed:
+    """Observe every distinct observation of ``points`` on ``samples`` with OpenVINO CPU; the Statistics checked
+    as on the ONNX path, and the first ``keep`` samples. InputError when there are no samples."""
+    observations = list(dict.fromkeys(p.observation for p in points))
+    aug, out_map = augment(model, bound, observations)
+    runner = OpenVINORunner(aug, list(out_map))
+    acc = Accumulator(out_map)
+    kept: list[dict] = []
+    for outs, count in runner.map(batches(samples, False, keep, kept)):
+        acc.add(outs, count)
+    if acc.count == 0:
+        raise InputError("calibration dataset is empty: at least one sample is needed")
+    return Observed(finalize(plan, points, acc), kept)
