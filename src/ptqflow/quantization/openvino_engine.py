@@ -13,12 +13,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import numpy as np
+from onnx import numpy_helper
+
 from ptqflow.config import QuantizationConfig, RangeEstimator
 from ptqflow.errors import ConfigError
 from ptqflow.logs import get_logger
-from ptqflow.quantization.algorithms import minmax
+from ptqflow.quantization.algorithms import bc_guard, fast_bias_correction, minmax, openvino_bias
 from ptqflow.quantization.algorithms import quantizer_placement as placement
-from ptqflow.quantization.algorithms.bias_step import statistics_request
+from ptqflow.quantization.algorithms.bias_layers import find_bias_layers
+from ptqflow.quantization.algorithms.bias_step import (guard_sample_count, report_guard, require_collected,
+                                                      statistics_request)
 from ptqflow.quantization.algorithms.fake_quantize import insert_fake_quantize
 from ptqflow.quantization.algorithms.summary import layer_summary
 from ptqflow.quantization.engine import Collected, QuantizationResult, StreamFor, run_passes
@@ -56,6 +61,9 @@ def check_supported(config: QuantizationConfig, device: str) -> None:
     if str(getattr(device, "value", device)).lower() != "cpu":
         raise ConfigError(f"device {device!r}: an OpenVINO model's statistics are observed on OpenVINO CPU; "
                           "use device 'cpu' (the INT8 IR runs on any OpenVINO device afterwards)")
+    if not config.fast_bias_correction and not config.advanced.disable_bias_correction:
+        raise ConfigError("quantization.fast_bias_correction: full BiasCorrection is not available for an OpenVINO "
+                          "model; keep fast_bias_correction true, or set advanced.disable_bias_correction")
     if config.advanced.smooth_quant_alpha is not None:
         raise ConfigError("quantization.advanced.smooth_quant_alpha: SmoothQuant is not available for an OpenVINO "
                           "model; leave it unset, or quantize the ONNX model")
@@ -71,6 +79,8 @@ def collect(model, stream_for: StreamFor, config: QuantizationConfig, device: st
     prepared = prepare(model)
     view = prepared.view.view
     plan = placement.build_plan(view, config, [])
+    layers = find_bias_layers(view)
+    plan.bias_layers = [layer.name for layer in layers]
     plan.collected = statistics_request(config)
     passes = []
     for p in (p for p in plan_passes() if p.enabled(config.advanced)):
@@ -79,6 +89,7 @@ def collect(model, stream_for: StreamFor, config: QuantizationConfig, device: st
             continue
         passes.append(p)
     points = minmax.statistic_points(plan)
+    points += fast_bias_correction.statistic_points(layers) if plan.collected["bias_input_means"] else []
     for p in passes:
         points += p.statistic_points(view, plan, config)
     seen = openvino_collector.observe(prepared.model, prepared.view.bind(prepared.model), plan, points,
@@ -95,5 +106,34 @@ def quantize(prepared: Prepared, statistics: Statistics, config: QuantizationCon
     plan.check_matches(prepared.view.view)
     q = prepared.model.clone()
     mean_minmax = RangeEstimator(config.advanced.activations_range) == RangeEstimator.MEAN_MINMAX
-    records = insert_fake_quantize(q, prepared.view.bind(q), plan, statistics.ranges(mean_minmax))
-    return QuantizationResult(model=q, layers=layer_summary(prepared.view.view, plan, records, []))
+    bound = prepared.view.bind(q)  # before the writer changes q: its nodes stay q's nodes afterwards
+    records = insert_fake_quantize(q, bound, plan, statistics.ranges(mean_minmax))
+    q, bc = _correct_and_guard(prepared, q, bound, statistics, config, samples)
+    return QuantizationResult(model=q, layers=layer_summary(prepared.view.view, plan, records, bc))
+
+
+def _correct_and_guard(prepared: Prepared, q, bound, statistics: Statistics, config: QuantizationConfig,
+                       samples) -> tuple[object, list[dict]]:
+    """FastBiasCorrection on ``q`` (``bound``: the view bound to it), then the guard (bias_step.correct_and_guard's, on OpenVINO): the model to
+    return (``q`` corrected, or uncorrected when the correction raised the output error) and the records."""
+    adv = config.advanced
+    wanted = set(statistics.plan.bias_layers)
+    layers = [layer for layer in find_bias_layers(prepared.view.view) if layer.name in wanted]
+    if adv.disable_bias_correction or not layers:
+        return q, []
+    require_collected(statistics, fast_bias_correction.statistic_points(layers),
+                      "FastBiasCorrection's per-channel input means")
+    uncorrected = q.clone() if adv.bias_correction_guard_samples else None
+    inits = {t.name: t for t in prepared.view.view.graph.initializer}
+    biases = {layer.name: numpy_helper.to_array(inits[layer.bias]).astype(np.float64).reshape(-1) for layer in layers}
+    records = openvino_bias.fast_bias_correction(
+        prepared.view.bind(prepared.model), bound, layers,
+        statistics.of(fast_bias_correction.FAST_BIAS_CORRECTION), biases, adv.bias_correction_threshold)
+    n_guard = guard_sample_count(config, bool(bc_guard.decision_outputs(prepared.view.view)))
+    guard_samples = samples(n_guard) if uncorrected is not None and n_guard else []
+    if not guard_samples or not any(r.get("applied") for r in records):
+        return q, records
+    keep, before, after = openvino_bias.judge(prepared.model, uncorrected, q, prepared.view.view, guard_samples,
+                                              tie_weight=adv.bias_correction_guard_tie_weight)
+    report_guard(records, keep, len(guard_samples), before, after)
+    return (q if keep else uncorrected), records
