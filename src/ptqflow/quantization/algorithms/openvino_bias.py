@@ -69,11 +69,16 @@ def _synthetic(node, mean_in: np.ndarray) -> tuple[np.ndarray, tuple] | None:
     kernel = list(node.input(1).get_partial_shape().to_shape())[-len(a["strides"]):]
     extent = [(k - 1) * d + 1 for k, d in zip(kernel, a["dilations"])]
     pads, strides = a["pads_begin"], a["strides"]
-    size = [e + 2 * p + 2 * s for e, p, s in zip(extent, pads, strides)]
-    # output position o reads input [o*s - p, o*s - p + extent): inside when o*s >= p and o*s - p + e <= size
-    inside = tuple(slice(-(-p // s), (n + p - e) // s + 1) for e, p, s, n in zip(extent, pads, strides, size))
+    real = node.input(0).get_partial_shape()
+    if real.rank.is_static and all(d.is_static for d in list(real)[2:]):
+        # the real size: the layer runs as in the model, borders included, as the ONNX path does
+        size, inside = [d.get_length() for d in list(real)[2:]], ()
+    else:  # a patch; output o reads input [o*s - p, o*s - p + extent): inside when o*s >= p, o*s - p + e <= size
+        size = [e + 2 * p + 2 * s for e, p, s in zip(extent, pads, strides)]
+        inside = (slice(None), slice(None)) + tuple(
+            slice(-(-p // s), (n + p - e) // s + 1) for e, p, s, n in zip(extent, pads, strides, size))
     x = np.broadcast_to(mean_in.astype(np.float32).reshape((1, c) + (1,) * len(size)), (1, c, *size)).copy()
-    return x, (slice(None), slice(None)) + inside
+    return x, inside
 
 
 def _layer_mean_model(pairs: list[tuple[str, object, np.ndarray, np.ndarray, np.ndarray]]):

@@ -1,0 +1,151 @@
+"""OpenVINO IR in, INT8 IR out: the OpenVINO backend of the engine (quantization.openvino_engine) on tiny models
+built with ov.opset, on a builder ONNX model converted with ov.convert_model, and on the real PP-OCR classifier."""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+ov = pytest.importorskip("openvino")
+
+import ptqflow  # noqa: E402
+from ptqflow import api  # noqa: E402
+from builders import conv_classifier, ov_conv_block, random_inputs, save  # noqa: E402
+from ptqflow.config import AdvancedParameters, QuantizationConfig  # noqa: E402
+from ptqflow.errors import ConfigError, InputError  # noqa: E402
+from ptqflow.quantization.graph.openvino_view import build_view  # noqa: E402
+
+FP32 = {"INFERENCE_PRECISION_HINT": "f32"}
+
+
+def _types(model) -> collections.Counter:
+    return collections.Counter(n.get_type_name() for n in model.get_ordered_ops())
+
+
+def _fq_inputs(model) -> list[tuple[str, tuple]]:
+    """(consumer op type, input index) of every FakeQuantize's readers, sorted."""
+    found = []
+    for n in model.get_ordered_ops():
+        if n.get_type_name() == "FakeQuantize":
+            for t in n.output(0).get_target_inputs():
+                found.append((t.get_node().get_type_name(), t.get_index()))
+    return sorted(found)
+
+
+def _run(model, samples, config=None):
+    compiled = ov.Core().compile_model(model, "CPU", config or {})
+    return [compiled(s)[0] for s in samples]
+
+
+def test_view_maps_ops_and_weights_to_onnx_form():
+    view = build_view(ov_conv_block(f16_weights=True)).view
+    ops = [n.op_type for n in view.graph.node]
+    assert ops == ["Conv", "Add", "Relu", "Conv", "Add", "Relu", "GlobalAveragePool", "Reshape", "Gemm", "Add",
+                   "Softmax"]
+    inits = {t.name: tuple(t.dims) for t in view.graph.initializer}
+    dw = view.graph.node[3]
+    assert next(a.i for a in dw.attribute if a.name == "group") == 8
+    assert inits[dw.input[1]] == (8, 1, 3, 3)  # [G, 1, 1, 3, 3] in ONNX's layout
+    assert view.graph.initializer[0].data_type == onnx.TensorProto.FLOAT  # the f16 weight decompressed
+
+
+@pytest.mark.parametrize("f16", [False, True])
+def test_ir_built_in_code_gets_fake_quantize_like_qdq(f16):
+    model = ov_conv_block(f16_weights=f16)
+    samples = random_inputs(8, (3, 12, 12))
+    cfg = QuantizationConfig(advanced=AdvancedParameters(safeguard_softmax_heads=False))
+    result = api.quantize_with_config(model, samples, cfg)
+    q = result.model
+    assert isinstance(q, ov.Model)
+    # 3 weights and the inputs of the two convolutions, the global pooling and the MatMul (moved up through the
+    # Reshape), as ONNX's QDQ has them
+    assert _types(q)["FakeQuantize"] == 7
+    assert _fq_inputs(q) == sorted([("Convolution", 0), ("Convolution", 1), ("GroupConvolution", 0),
+                                    ("GroupConvolution", 1), ("ReduceMean", 0), ("Reshape", 0), ("MatMul", 1)])
+    assert _types(model)["FakeQuantize"] == 0  # the caller's model is left as it was
+    fp32, int8 = _run(model, samples, FP32), _run(q, samples)
+    assert max(float(np.abs(a - b).max()) for a, b in zip(fp32, int8)) < 0.05
+    applied = [row["bias_correction"]["applied"] for row in result.layers if "bias_correction" in row]
+    assert len(applied) == 3
+
+
+def test_ir_path_matches_onnx_path_on_converted_builder(tmp_path):
+    onnx_path = save(conv_classifier(), tmp_path / "m.onnx")
+    samples = random_inputs(8, (3, 16, 16))
+    cfg = QuantizationConfig(advanced=AdvancedParameters(safeguard_softmax_heads=False))
+    r_onnx = api.quantize_with_config(str(onnx_path), samples, cfg)
+    r_ir = api.quantize_with_config(ov.convert_model(str(onnx_path)), samples, cfg)
+    dq = sum(n.op_type == "DequantizeLinear" for n in r_onnx.model.graph.node)
+    assert _types(r_ir.model)["FakeQuantize"] == dq
+    q_onnx = save(r_onnx.model, tmp_path / "q.onnx")
+    ref = _run(ov.convert_model(str(q_onnx)), samples)
+    got = _run(r_ir.model, samples)
+    scale = max(float(np.abs(r).max()) for r in ref)
+    assert max(float(np.abs(a - b).max()) for a, b in zip(got, ref)) < 0.02 * scale
+    shifts = lambda r: [row["bias_correction"]["max_abs_shift"] for row in r.layers if "bias_correction" in row]
+    np.testing.assert_allclose(shifts(r_ir), shifts(r_onnx), rtol=1e-3, atol=1e-6)
+
+
+def test_xml_path_and_statistics_round_trip(tmp_path):
+    xml = tmp_path / "m.xml"
+    ov.save_model(ov_conv_block(), str(xml), compress_to_fp16=False)
+    samples = random_inputs(6, (3, 12, 12))
+    stats = ptqflow.collect_statistics(str(xml), samples)
+    stats.save(tmp_path / "stats")
+    loaded = type(stats).load(tmp_path / "stats")
+    q = ptqflow.apply_quantization(str(xml), loaded, dataset=samples)
+    direct = ptqflow.quantize(str(xml), samples)
+    a, b = _run(q, samples), _run(direct, samples)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("config, field", [
+    (QuantizationConfig(fast_bias_correction=False), "fast_bias_correction"),
+    (QuantizationConfig(advanced=AdvancedParameters(smooth_quant_alpha=0.5)), "smooth_quant_alpha"),
+])
+def test_ir_refuses_what_it_cannot_do_by_name(config, field):
+    with pytest.raises(ConfigError, match=field):
+        api.quantize_with_config(ov_conv_block(), random_inputs(2, (3, 12, 12)), config)
+
+
+def _broken_ir(tmp_path: Path, how: str) -> Path:
+    xml = tmp_path / "m.xml"
+    ov.save_model(ov_conv_block(), str(xml), compress_to_fp16=False)
+    bin_path = xml.with_suffix(".bin")
+    if how == "no bin":
+        bin_path.unlink()
+    elif how == "truncated bin":
+        bin_path.write_bytes(bin_path.read_bytes()[:100])
+    else:
+        xml.write_text("<net><layers><layer></net>")
+    return xml
+
+
+@pytest.mark.parametrize("how, words", [("no bin", "weights file"), ("truncated bin", "cannot be read"),
+                                        ("not IR", "cannot be read")])
+def test_malformed_ir_is_an_input_error(tmp_path, how, words):
+    xml = _broken_ir(tmp_path, how)
+    with pytest.raises(InputError, match=words) as err:
+        ptqflow.quantize(str(xml), random_inputs(2, (3, 12, 12)))
+    assert "m.xml" in str(err.value) and err.value.exit_code == 3
+
+
+@pytest.mark.slow
+def test_ppocr_cls_ir_matches_onnx_path():
+    rapidocr = pytest.importorskip("rapidocr_onnxruntime")
+    path = next((Path(rapidocr.__file__).parent / "models").glob("*cls*.onnx"))
+    rng = np.random.default_rng(0)
+    samples = [{"x": rng.uniform(-1, 1, (1, 3, 48, 192)).astype(np.float32)} for _ in range(8)]
+    cfg = QuantizationConfig(advanced=AdvancedParameters(safeguard_softmax_heads=False))
+    r_onnx = api.quantize_with_config(str(path), samples, cfg)
+    r_ir = api.quantize_with_config(ov.convert_model(str(path)), samples, cfg)
+    dq = sum(n.op_type == "DequantizeLinear" for n in r_onnx.model.graph.node)
+    assert _types(r_ir.model)["FakeQuantize"] == dq == 134
+    layers = lambda r: sorted((row["op_type"], row["status"]) for row in r.layers if row["op_type"] == "Conv")
+    assert layers(r_ir) == layers(r_onnx)
+    shifts = lambda r: [row["bias_correction"]["max_abs_shift"] for row in r.layers if "bias_correction" in row]
+    np.testing.assert_allclose(shifts(r_ir), shifts(r_onnx), rtol=1e-3, atol=1e-6)
