@@ -149,3 +149,38 @@ def test_ppocr_cls_ir_matches_onnx_path():
     assert layers(r_ir) == layers(r_onnx)
     shifts = lambda r: [row["bias_correction"]["max_abs_shift"] for row in r.layers if "bias_correction" in row]
     np.testing.assert_allclose(shifts(r_ir), shifts(r_onnx), rtol=1e-3, atol=1e-6)
+
+
+class PotLoader:
+    """A POT DataLoader: __len__ and __getitem__ returning (data, annotation[, metadata])."""
+
+    def __init__(self, samples, metadata: bool):
+        self.samples, self.metadata = samples, metadata
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        label = np.array([i % 4])  # an array annotation: not to be taken for a second input
+        return (self.samples[i]["input"], label, {"id": i}) if self.metadata else (self.samples[i], label)
+
+
+@pytest.mark.parametrize("metadata", [False, True])
+def test_pot_dataloader_is_a_dataset(metadata):
+    samples = random_inputs(5, (3, 12, 12))
+    cfg = QuantizationConfig(advanced=AdvancedParameters(disable_bias_correction=True))
+    model = ov_conv_block()
+    ref = api.collect_statistics(model, samples, cfg)
+    for dataset in (PotLoader(samples, metadata), ptqflow.Dataset(PotLoader(samples, metadata))):
+        got = api.collect_statistics(model, dataset, cfg)
+        assert got.num_samples == 5
+        assert all(np.array_equal(got.values[k], ref.values[k]) for k in ref.values)
+
+
+def test_pot_dataloader_item_of_wrong_shape_is_named():
+    class Bad(PotLoader):
+        def __getitem__(self, i):
+            return self.samples[i]
+
+    with pytest.raises(InputError, match="POT DataLoader item 0"):
+        api.collect_statistics(ov_conv_block(), Bad(random_inputs(2, (3, 12, 12)), False))

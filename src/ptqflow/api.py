@@ -41,7 +41,11 @@ class Dataset:
 
     def get_inference_data(self) -> Iterator:
         """The transformed items, in order."""
-        for item in self.data_source:
+        if is_pot_loader(self.data_source) and self.transform_fn is None:
+            yield from pot_items(self.data_source)
+            return
+        source = _indexed(self.data_source) if is_pot_loader(self.data_source) else self.data_source
+        for item in source:
             if self.transform_fn is not None:
                 yield self.transform_fn(item)
             elif isinstance(item, tuple) and 2 <= len(item) <= 3 and not all(isinstance(x, np.ndarray) for x in item):
@@ -51,6 +55,27 @@ class Dataset:
 
     def __iter__(self) -> Iterator:
         return self.get_inference_data()
+
+
+def is_pot_loader(source) -> bool:
+    """True for an OpenVINO POT DataLoader: an object with ``__len__`` and ``__getitem__`` that is not a plain
+    container (a list, tuple, dict or array of samples is iterated as it is)."""
+    plain = (list, tuple, dict, np.ndarray, str, bytes)
+    return hasattr(source, "__len__") and hasattr(source, "__getitem__") and not isinstance(source, plain)
+
+
+def _indexed(loader) -> Iterator:
+    return (loader[i] for i in range(len(loader)))
+
+
+def pot_items(loader) -> Iterator:
+    """The model inputs of a POT DataLoader: ``data`` of each ``(data, annotation)`` or ``(data, annotation,
+    metadata)`` item (an array, or a dict by input name); InputError naming the item that is neither."""
+    for i, item in enumerate(_indexed(loader)):
+        if not isinstance(item, tuple) or not 2 <= len(item) <= 3:
+            raise InputError(f"POT DataLoader item {i}: expected (data, annotation) or (data, annotation, metadata), "
+                             f"got {type(item).__name__}" + (f" of {len(item)}" if isinstance(item, tuple) else ""))
+        yield item[0]
 
 
 def _as_dict(item, names: list[str], index: int) -> dict:
@@ -68,7 +93,10 @@ def _as_dict(item, names: list[str], index: int) -> dict:
 def _samples(dataset, model: onnx.ModelProto, limit: int | None) -> Iterator[dict[str, np.ndarray]]:
     """Checked sample dicts from ``dataset`` (a Dataset or any iterable), at most ``limit``."""
     specs = input_specs(model)
-    items = dataset.get_inference_data() if isinstance(dataset, Dataset) else iter(dataset)
+    if isinstance(dataset, Dataset):
+        items = dataset.get_inference_data()
+    else:
+        items = pot_items(dataset) if is_pot_loader(dataset) else iter(dataset)
     for i, item in enumerate(islice(items, limit)):
         yield check_sample(_as_dict(item, list(specs), i), i, specs)
 
