@@ -29,7 +29,7 @@ from ptqflow.config import QuantizationConfig
 
 def _load(folder: Path, truth: dict) -> tuple[list[dict], list[str]]:
     names = sorted(truth)
-    return [{"x": transforms.cls(Image.open(folder / n))} for n in names], [truth[n] for n in names]
+    return [{"x": transforms.cls(Image.open(folder / n))[None]} for n in names], [truth[n] for n in names]
 
 
 def _throughput(compiled, sample: dict, seconds: float = 2.0) -> float:

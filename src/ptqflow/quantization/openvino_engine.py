@@ -27,7 +27,7 @@ from ptqflow.quantization.algorithms.bias_step import (guard_sample_count, repor
 from ptqflow.quantization.algorithms.fake_quantize import insert_fake_quantize
 from ptqflow.quantization.algorithms.summary import layer_summary
 from ptqflow.quantization.engine import Collected, QuantizationResult, StreamFor, run_passes
-from ptqflow.quantization.graph.openvino_view import OVView, build_view, is_openvino  # noqa: F401
+from ptqflow.quantization.graph.openvino_view import OVView, build_view, is_openvino, mark_batch  # noqa: F401
 from ptqflow.quantization.passes.context import PlanContext
 from ptqflow.quantization.passes.registry import plan_passes
 from ptqflow.quantization.statistics import Statistics, openvino_collector
@@ -48,7 +48,7 @@ def prepare(model) -> Prepared:
     """The Prepared form of ``model`` (an ov.Model, or an IR's ``.xml`` path with its ``.bin`` beside it); the same
     model gives the same view names every time."""
     clone = read_ir(model) if isinstance(model, (str, os.PathLike)) else model.clone()
-    return Prepared(clone, build_view(clone))
+    return Prepared(clone, build_view(clone, mark_batch(clone)))
 
 
 def prepare_for(model, statistics: Statistics, config: QuantizationConfig) -> Prepared:
@@ -92,7 +92,7 @@ def collect(model, stream_for: StreamFor, config: QuantizationConfig, device: st
     points += fast_bias_correction.statistic_points(layers) if plan.collected["bias_input_means"] else []
     for p in passes:
         points += p.statistic_points(view, plan, config)
-    seen = openvino_collector.observe(prepared.model, prepared.view.bind(prepared.model), plan, points,
+    seen = openvino_collector.observe(prepared.model, prepared.view, plan, points,
                                       stream_for(view, config.subset_size), keep=keep_samples)
     run_passes(passes, PlanContext(view, plan, seen.statistics, config, seen.kept, _no_session))
     return Collected(seen.statistics, prepared, seen.kept)

@@ -85,9 +85,35 @@ def _onnx_type(ov_type) -> int:
         return 0
 
 
-def _value_info(name: str, port) -> onnx.ValueInfoProto:
+BATCH = "batch"  # the view's dim_param of a dim 0 that carries the batch symbol (see mark_batch)
+
+
+def mark_batch(model) -> object | None:
+    """Give the dynamic dim 0 of ``model``'s only input a symbol and propagate it (OpenVINO's symbolic shape
+    inference), so the view knows which tensors keep the batch in axis 0 and calibration samples can be stacked;
+    returns the symbol, or None (several inputs, a static batch, or a symbol already there that is kept)."""
+    import openvino as ov
+
+    params = model.get_parameters()
+    if len(params) != 1:
+        return None
+    shape = params[0].get_partial_shape()
+    if shape.rank.is_dynamic or shape.rank.get_length() < 2 or shape[0].is_static:
+        return None
+    if shape[0].get_symbol() is not None:
+        return shape[0].get_symbol()
+    dims = [shape[i] for i in range(shape.rank.get_length())]
+    dims[0].set_symbol(ov.Symbol())
+    params[0].set_partial_shape(ov.PartialShape(dims))
+    model.validate_nodes_and_infer_types()
+    return dims[0].get_symbol()
+
+
+def _value_info(name: str, port, batch=None) -> onnx.ValueInfoProto:
     shape = port.get_partial_shape()
     dims = None if shape.rank.is_dynamic else [d.get_length() if d.is_static else None for d in shape]
+    if dims and dims[0] is None and batch is not None and shape[0].get_symbol() == batch:
+        dims[0] = BATCH
     return helper.make_tensor_value_info(name, _onnx_type(port.get_element_type()), dims)
 
 
@@ -142,8 +168,9 @@ def _is_constant(op) -> bool:
                                                and op.input_value(0).get_node().get_type_name() == _CONSTANT)
 
 
-def build_view(model) -> OVView:
-    """The OVView of ``model`` (an ov.Model; read only)."""
+def build_view(model, batch=None) -> OVView:
+    """The OVView of ``model`` (an ov.Model; read only); dim 0 of tensors carrying the symbol ``batch``
+    (mark_batch) is the dim_param BATCH."""
     ops = model.get_ordered_ops()
     index = {op.get_name(): i for i, op in enumerate(ops)}  # get_name: unique per node, unlike friendly names
     names: dict[tuple[int, int], str] = {}
@@ -188,10 +215,10 @@ def build_view(model) -> OVView:
     for i, op in enumerate(ops):
         kind = op.get_type_name()
         if kind == _PARAMETER:
-            inputs.append(_value_info(tensor(i, 0), op.output(0)))
+            inputs.append(_value_info(tensor(i, 0), op.output(0), batch))
             continue
         if kind == _RESULT:
-            outputs.append(_value_info(source(op.input(0)), op.input_value(0)))
+            outputs.append(_value_info(source(op.input(0)), op.input_value(0), batch))
             continue
         if _is_constant(op) and _constant_value(op) is not None:
             continue
@@ -203,7 +230,7 @@ def build_view(model) -> OVView:
         name = unique(op.get_friendly_name(), used_nodes)
         result.nodes[name] = i
         nodes.append(helper.make_node(op_type, [source(inp) for inp in op.inputs()], outs, name=name, **attrs))
-        infos += [_value_info(t, op.output(k)) for k, t in enumerate(outs) if t]
+        infos += [_value_info(t, op.output(k), batch) for k, t in enumerate(outs) if t]
     graph = helper.make_graph(nodes, model.get_friendly_name() or "ov_model", inputs, outputs,
                               initializer=list(inits.values()), value_info=infos)
     result.view = helper.make_model(graph, opset_imports=[helper.make_opsetid("", VIEW_OPSET)],

@@ -3,8 +3,8 @@
 The same observations (ptqflow.quantization.statistics.points ids) become OpenVINO reduce ops on the observed
 output ports, each a Result of a statistics model that shares the FP32 graph; the runner (OpenVINO CPU at f32,
 statistics.runner.OpenVINORunner) runs it and ``accumulate.Accumulator`` accumulates the values exactly as on the
-ONNX path. Samples are never stacked: an IR's dynamic batch dims carry no names to prove every observed tensor
-keeps the batch in axis 0, and OpenVINO's parallel requests keep batch-1 runs busy anyway.
+ONNX path. Samples are stacked as on the ONNX path when the view shows every observed tensor keeping the batch in
+axis 0 (the input's batch symbol propagated by OpenVINO's shape inference, graph.openvino_view.mark_batch).
 """
 
 from __future__ import annotations
@@ -16,22 +16,24 @@ import openvino as ov
 import openvino.opset13 as ops
 
 from ptqflow.errors import InputError
-from ptqflow.quantization.graph.openvino_view import BoundView
+from ptqflow.quantization.graph.openvino_view import BoundView, OVView
 from ptqflow.quantization.plan import QuantizationPlan
-from ptqflow.quantization.statistics.accumulate import Accumulator, Observed, batches, finalize
-from ptqflow.quantization.statistics.points import Reducer, StatisticPoint, parse_observation
+from ptqflow.quantization.statistics.accumulate import Accumulator, Observed, batchable, batches, finalize
+from ptqflow.quantization.statistics.points import PER_SAMPLE, Reducer, StatisticPoint, parse_observation
 from ptqflow.quantization.statistics.runner import OpenVINORunner
 
 
-def _axes(rank: int, keep: int | None) -> np.ndarray:
-    return np.array([a for a in range(rank) if a != keep], np.int64)
+def _axes(rank: int, keep: set[int]) -> np.ndarray:
+    return np.array([a for a in range(rank) if a not in keep], np.int64)
 
 
-def augment(model: ov.Model, bound: BoundView, observations: list[str]) -> tuple[ov.Model, dict[str, str]]:
+def augment(model: ov.Model, bound: BoundView, observations: list[str], per_sample: bool
+            ) -> tuple[ov.Model, dict[str, str]]:
     """A statistics model over ``model``'s graph with one reduction output per observation (its tensor a view
-    tensor of ``bound``), and the map added output name -> observation id. MIN/MAX reduce each sample to a
-    scalar, MEAN and ABSMAX to the per-channel vector of their axis; an observation whose tensor's rank is unknown
-    is left out (its consumer finds no value, as on the ONNX path)."""
+    tensor of ``bound``), and the map added output name -> observation id; collector.augment's reductions: MIN/MAX
+    reduce each run to a scalar, or to one value per sample when ``per_sample`` (stacked samples); MEAN and ABSMAX
+    to the per-channel vector of their axis (one row per sample when ``per_sample``). An observation whose tensor's
+    rank is unknown is left out (its consumer finds no value, as on the ONNX path)."""
     results, out_map = [], {}
     for i, oid in enumerate(observations):
         tensor, reducer, axis = parse_observation(oid)
@@ -40,14 +42,16 @@ def augment(model: ov.Model, bound: BoundView, observations: list[str]) -> tuple
         if rank.is_dynamic:
             continue
         r = rank.get_length()
+        batch = {0} if per_sample and r > 1 else set()
         if reducer in (Reducer.MIN, Reducer.MAX):
-            fn = ops.reduce_min if reducer == Reducer.MIN else ops.reduce_max
-            node = fn(port, _axes(r, None), keep_dims=False)  # rank 0: empty axes, the value itself
+            fn, src, axes = (ops.reduce_min if reducer == Reducer.MIN else ops.reduce_max), port, _axes(r, batch)
         else:
-            keep = axis % r if r else None
             src = ops.abs(port) if reducer == Reducer.ABSMAX else port
             fn = ops.reduce_max if reducer == Reducer.ABSMAX else ops.reduce_mean
-            node = fn(src, _axes(r, keep), keep_dims=False)
+            axes = _axes(r, batch | ({axis % r} if r else set()))
+        # nothing to reduce (a scalar; [N, C] stacked): the value is the statistic (the CPU plugin refuses a
+        # reduction over no axes)
+        node = fn(src, axes, keep_dims=False) if axes.size else ops.convert(src, ov.Type.f32)
         out = f"ptqflow_stat_{reducer.value}_{i}"
         output = node.output(0)
         output.get_tensor().set_names({out})
@@ -56,16 +60,18 @@ def augment(model: ov.Model, bound: BoundView, observations: list[str]) -> tuple
     return ov.Model(results, model.get_parameters(), "ptqflow-statistics"), out_map
 
 
-def observe(model: ov.Model, bound: BoundView, plan: QuantizationPlan, points: list[StatisticPoint],
+def observe(model: ov.Model, view: OVView, plan: QuantizationPlan, points: list[StatisticPoint],
             samples: Iterator[dict], *, keep: int = 0) -> Observed:
-    """Observe every distinct observation of ``points`` on ``samples`` with OpenVINO CPU; the Statistics checked
-    as on the ONNX path, and the first ``keep`` samples. InputError when there are no samples."""
+    """Observe every distinct observation of ``points`` on ``samples`` with OpenVINO CPU, stacking samples when the
+    view shows every input and observed tensor keeps the batch in axis 0 (accumulate.batchable); the Statistics
+    checked as on the ONNX path, and the first ``keep`` samples. InputError when there are no samples."""
     observations = list(dict.fromkeys(p.observation for p in points))
-    aug, out_map = augment(model, bound, observations)
+    stackable = batchable(view.view, sorted({p.tensor for p in points if p.reducer in PER_SAMPLE}))
+    aug, out_map = augment(model, view.bind(model), observations, stackable)
     runner = OpenVINORunner(aug, list(out_map))
     acc = Accumulator(out_map)
     kept: list[dict] = []
-    for outs, count in runner.map(batches(samples, False, keep, kept)):
+    for outs, count in runner.map(batches(samples, stackable, keep, kept)):
         acc.add(outs, count)
     if acc.count == 0:
         raise InputError("calibration dataset is empty: at least one sample is needed")
