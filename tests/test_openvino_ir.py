@@ -4,6 +4,7 @@ built with ov.opset, on a builder ONNX model converted with ov.convert_model, an
 from __future__ import annotations
 
 import collections
+import json
 from pathlib import Path
 
 import numpy as np
@@ -184,3 +185,45 @@ def test_pot_dataloader_item_of_wrong_shape_is_named():
 
     with pytest.raises(InputError, match="POT DataLoader item 0"):
         api.collect_statistics(ov_conv_block(), Bad(random_inputs(2, (3, 12, 12)), False))
+
+
+PIPELINE_CONFIG = ("quantization:\n  subset_size: 12\ndata:\n  validation_size: 6\n  preprocess:\n    method: none\n"
+                   "validation:\n  latency_iterations: 2\n  gate:\n    min_speedup: null\n    min_cosine: 0.5\n"
+                   "    max_accuracy_drop: null\n")
+
+
+def test_run_on_an_ir(tmp_path):
+    """``ptqflow run --model model.xml``: every step on an IR; the exported IR holds int8 weights."""
+    from ptqflow.artifacts.manifest import read_manifest
+    from ptqflow.cli import main
+
+    src = tmp_path / "src" / "net.xml"
+    src.parent.mkdir()
+    ov.save_model(ov_conv_block(size=16), str(src))  # fp16-compressed weights, as ovc writes them
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(18):
+        np.save(data / f"s{i:02d}.npy", rng.normal(0, 1, (3, 16, 16)).astype(np.float32))
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(PIPELINE_CONFIG)
+    out = tmp_path / "out"
+    assert main(["run", "--model", str(src), "--data", str(data), "--output", str(out), "--config", str(cfg)]) == 0
+    model = read_manifest(out / "fetch-model")
+    assert model.extra["format"] == "openvino-ir" and model.extra["inputs"][0]["name"] == "input"
+    quantized = ov.Core().read_model(str(out / "quantize" / "model.xml"))
+    assert _types(quantized)["FakeQuantize"] == 5  # the MatMul before the Softmax head stays float
+    report = json.loads((out / "validate" / "report.json").read_text())
+    assert report["verdict"] == "pass" and list(report["speed"]) == ["openvino"]
+    exported = ov.Core().read_model(str(out / "export-ir" / "model.xml"))
+    int8 = [n for n in exported.get_ordered_ops()
+            if n.get_type_name() == "Constant" and n.get_output_element_type(0) == ov.Type.i8]
+    assert len(int8) == 2 and read_manifest(out / "export-ir").metrics["int8_constants"] == 2
+
+
+def test_fetch_model_refuses_an_ir_without_its_bin(tmp_path):
+    from ptqflow.cli import main
+
+    xml = _broken_ir(tmp_path, "no bin")
+    code = main(["fetch-model", "--model", str(xml), "--out", str(tmp_path / "model")])
+    assert code == 3 and not (tmp_path / "model" / "manifest.json").exists()
