@@ -187,7 +187,7 @@ def test_pot_dataloader_item_of_wrong_shape_is_named():
         api.collect_statistics(ov_conv_block(), Bad(random_inputs(2, (3, 12, 12)), False))
 
 
-PIPELINE_CONFIG = ("quantization:\n  subset_size: 12\ndata:\n  validation_size: 6\n  preprocess:\n    method: none\n"
+PIPELINE_CONFIG = ("data:\n  validation_size: 6\n  preprocess:\n    method: none\n"
                    "validation:\n  latency_iterations: 2\n  gate:\n    min_speedup: null\n    min_cosine: 0.5\n"
                    "    max_accuracy_drop: null\n")
 
@@ -208,7 +208,11 @@ def test_run_on_an_ir(tmp_path):
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(PIPELINE_CONFIG)
     out = tmp_path / "out"
-    assert main(["run", "--model", str(src), "--data", str(data), "--output", str(out), "--config", str(cfg)]) == 0
+    pot = tmp_path / "pot.json"
+    pot.write_text(json.dumps({"name": "DefaultQuantization", "params": {"target_device": "ANY", "stat_subset_size": 5}}))
+    assert main(["run", "--model", str(src), "--data", str(data), "--output", str(out), "--config", str(cfg),
+                 "--pot-config", str(pot)]) == 0
+    assert read_manifest(out / "collect-stats").metrics["num_samples"] == 5
     model = read_manifest(out / "fetch-model")
     assert model.extra["format"] == "openvino-ir" and model.extra["inputs"][0]["name"] == "input"
     quantized = ov.Core().read_model(str(out / "quantize" / "model.xml"))
@@ -227,3 +231,34 @@ def test_fetch_model_refuses_an_ir_without_its_bin(tmp_path):
     xml = _broken_ir(tmp_path, "no bin")
     code = main(["fetch-model", "--model", str(xml), "--out", str(tmp_path / "model")])
     assert code == 3 and not (tmp_path / "model" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("text", [
+    '{"name": "DefaultQuantization", "params": {"target_device": "CPU", "stat_subset_size": 7, "preset": "mixed"}}',
+    "- name: DefaultQuantization\n  params: {target_device: CPU, stat_subset_size: 7, preset: mixed}\n",
+])
+def test_pot_config_maps_onto_the_config(tmp_path, text):
+    from ptqflow.config import load_config
+    from ptqflow.config.pot import pot_overrides
+
+    path = tmp_path / "pot.cfg"
+    path.write_text(text)
+    cfg = load_config(None, pot_overrides(path)).quantization
+    assert (cfg.target_device.value, cfg.subset_size, cfg.preset.value) == ("CPU", 7, "mixed")
+
+
+@pytest.mark.parametrize("doc, words", [
+    ({"name": "DefaultQuantization", "params": {"stat_subset_size": 3, "range_estimator": {}}}, "range_estimator"),
+    ({"name": "AccuracyAwareQuantization", "params": {}}, "AccuracyAwareQuantization"),
+    ({"name": "DefaultQuantization", "params": {}, "extra": 1}, "extra"),
+])
+def test_pot_config_refuses_unknown_keys_by_name(tmp_path, doc, words):
+    from ptqflow.cli import main
+
+    path = tmp_path / "pot.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match=words):
+        from ptqflow.config.pot import pot_overrides
+
+        pot_overrides(path)
+    assert main(["run", "--model", "m.xml", "--pot-config", str(path), "--output", str(tmp_path / "o")]) == 2
