@@ -123,9 +123,9 @@ def _download_registered(cfg: PipelineConfig, dest: Path) -> tuple[Path, dict]:
     """Download the artifacts of the registered version ``cfg.model`` names; (local dir, manifest record)."""
     client = _client(cfg)
     version = registry.resolve(client, registry.parse_registry_uri(cfg.model))
-    if not registry.onnx_artifacts(client, version):
+    if not registry.onnx_artifacts(client, version, (".onnx", ".xml")):
         raise InputError(f"{cfg.model}: model version {version.name}/{version.version} has no .onnx artifact "
-                         f"(source {version.source})")
+                         f"(nor an OpenVINO IR .xml; source {version.source})")
     local = registry.download(client, version, dest)
     record = registry.version_record(version, client.tracking_uri)
     log.info("fetch-model: %s is %s version %s (run %s)", cfg.model, version.name, version.version, version.run_id)

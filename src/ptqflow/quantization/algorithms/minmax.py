@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ptqflow.quantization.graph.index import unique_name
 from ptqflow.quantization.plan import ActivationQuantizer, QuantizationPlan, WeightQuantizer
 from ptqflow.quantization.statistics.points import Reducer, StatisticPoint
 from ptqflow.quantization.statistics.store import MINMAX
@@ -47,13 +48,7 @@ def activation_params(lo: float, hi: float, symmetric: bool, signed: bool) -> tu
     return scale, zp, TensorProto.UINT8
 
 
-def _unique(name: str, used: set[str]) -> str:
-    base, k = name, 0
-    while name in used:
-        k += 1
-        name = f"{base}_{k}"
-    used.add(name)
-    return name
+_unique = unique_name
 
 
 def statistic_points(plan: QuantizationPlan) -> list[StatisticPoint]:

@@ -22,6 +22,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ptqflow.quantization.graph.index import unique_name
+
 VIEW_OPSET = 17  # placement reads the opset for per-channel weights (>= 13); the view is never run
 
 # OpenVINO op type -> the ONNX op type quantizer_placement's tables (ops.py) know it by.
@@ -139,6 +141,9 @@ class OVView:
 
 @dataclass
 class BoundView:
+    """An OVView with the ops of the ov.Model it is bound to (OVView.bind): view names -> that model's ports and
+    nodes. The ops list is taken when binding, so a writer that changes the model still finds its original nodes."""
+
     view: OVView
     ops: list
 
@@ -181,12 +186,7 @@ def build_view(model, batch=None) -> OVView:
     inits: dict[str, onnx.TensorProto] = {}
 
     def unique(name: str, used: set[str] = used) -> str:
-        base, k = name, 0
-        while name in used:
-            k += 1
-            name = f"{base}_{k}"
-        used.add(name)
-        return name
+        return unique_name(name, used)
 
     def tensor(op_i: int, out: int) -> str:
         key = (op_i, out)
