@@ -42,6 +42,9 @@ OP_TYPES = {
     "SoftPlus": "Softplus", "TopK": "TopK", "NonMaxSuppression": "NonMaxSuppression", "ShapeOf": "Shape",
     "Convert": "Cast", "Abs": "Abs", "Exp": "Exp", "Log": "Log", "Floor": "Floor", "Equal": "Equal",
     "Select": "Where", "Range": "Range", "NonZero": "NonZero", "PRelu": "PRelu", "Elu": "Elu",
+    # convert_model fuses attention (MatMul(q, k) -> Softmax -> MatMul(., v)) into one op; its first MatMul is
+    # the one whose inputs (q, k) a quantizer can reach, as NNCF quantizes ports 0 and 1 of it
+    "ScaledDotProductAttention": "MatMul",
 }
 def is_openvino(model) -> bool:
     """True for an ov.Model or the path of an IR (``.xml``): what the OpenVINO backend quantizes."""
