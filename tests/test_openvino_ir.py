@@ -113,6 +113,12 @@ def test_ir_refuses_what_it_cannot_do_by_name(config, field):
         api.quantize_with_config(ov_conv_block(), random_inputs(2, (3, 12, 12)), config)
 
 
+def test_ir_statistics_in_shards_are_refused():
+    with pytest.raises(ConfigError, match="shards"):
+        api.collect_partial_statistics(ov_conv_block(), random_inputs(2, (3, 12, 12)), shard=0, shards=2,
+                                       num_samples=2)
+
+
 def _broken_ir(tmp_path: Path, how: str) -> Path:
     xml = tmp_path / "m.xml"
     ov.save_model(ov_conv_block(), str(xml), compress_to_fp16=False)

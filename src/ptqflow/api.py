@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 
 from ptqflow.config import AdvancedParameters, IgnoredScope, ModelType, QuantizationConfig, QuantizationPreset, TargetDevice
-from ptqflow.errors import InputError
+from ptqflow.errors import ConfigError, InputError
 from ptqflow.quantization import engine
 from ptqflow.quantization.algorithms.bias_step import statistics_request  # noqa: F401  (collect-stats' cache key)
 from ptqflow.quantization.engine import QuantizationResult
@@ -128,6 +128,8 @@ def collect_partial_statistics(model, dataset, config: QuantizationConfig | None
     """Shard ``shard`` (0-based) of ``shards`` of collect_statistics over the first ``num_samples`` samples of
     ``dataset`` (every shard reads the dataset from its start and observes only its own samples); the partials
     of all shards merge (``merge_statistics``) into exactly what collect_statistics returns."""
+    if is_openvino(model):
+        raise ConfigError("statistics in shards are not available for an OpenVINO model; collect in one process")
     return engine.collect_partial(model, _stream_for(dataset), config or QuantizationConfig(), device, shard, shards,
                                   num_samples)
 
