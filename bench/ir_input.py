@@ -1,82 +1,88 @@
-"""IR input against ONNX input (issue 22), side by side in one process: the PP-OCR classifier quantized by
-ptqflow from its ONNX file and from its IR (ov.convert_model of the same file), then both INT8 models and the
-FP32 model run on OpenVINO CPU on rendered validation crops.
+"""IR input against ONNX input (issue 22), side by side in one process: a bench model quantized by ptqflow from
+its ONNX file and from its IR (ov.convert_model of the same file), then the FP32 model and both INT8 models run
+on OpenVINO CPU on rendered validation samples.
 
-Prints quantization time (each path twice, alternating, median), accuracy, FakeQuantize/QDQ counts and the
-OpenVINO INT8/FP32 throughput ratio of each. Usage:
-    PYTHONPATH=src:bench bench/.venv/bin/python bench/ir_input.py [--calibration 64] [--validation 200]
+Per model: quantization time of each path (run twice, alternating, median) and their ratio, the task metric,
+FakeQuantize vs QDQ counts, and each INT8 model's OpenVINO speedup over FP32 at f32 (bench/speed.py, measured
+alternately). Usage:
+    PYTHONPATH=src:bench bench/.venv/bin/python bench/ir_input.py [--tasks cls,rec] [--calibration 64]
+        [--validation 200] [--speed-iters 200] [--speed-rounds 10]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import onnx
 import openvino as ov
 from PIL import Image
 
+import speed
 import tasks
 import transforms
 from ptqflow import api
 from ptqflow.config import QuantizationConfig
 
 
-def _load(folder: Path, truth: dict) -> tuple[list[dict], list[str]]:
+def _load(task, folder: Path, truth: dict) -> tuple[list[dict], list]:
     names = sorted(truth)
-    return [{"x": transforms.cls(Image.open(folder / n))[None]} for n in names], [truth[n] for n in names]
+    prep = getattr(transforms, task.name)
+    return [{"x": prep(Image.open(folder / n))[None]} for n in names], [truth[n] for n in names]
 
 
-def _throughput(compiled, sample: dict, seconds: float = 2.0) -> float:
-    request, n, start = compiled.create_infer_request(), 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        request.infer(sample)
-        n += 1
-    return n / (time.perf_counter() - start)
+def _quantize_both(model_path: Path, samples: list[dict], config: QuantizationConfig) -> tuple[dict, dict]:
+    """Results and quantization times of the ONNX and the IR path, each twice, alternating."""
+    times: dict[str, list[float]] = {"onnx": [], "ir": []}
+    results = {}
+    for _ in range(2):
+        for path in ("onnx", "ir"):
+            model = str(model_path) if path == "onnx" else ov.convert_model(str(model_path))
+            start = time.perf_counter()
+            results[path] = api.quantize_with_config(model, samples, config)
+            times[path].append(time.perf_counter() - start)
+    return results, {k: statistics.median(v) for k, v in times.items()}
+
+
+def bench(name: str, n_cal: int, n_val: int, tmp: Path, iters: int, rounds: int) -> None:
+    task = tasks.TASKS[name]()
+    cal_x, _ = _load(task, tmp / f"{name}-cal", task.render(tmp / f"{name}-cal", n_cal, seed=1))
+    val_x, val_y = _load(task, tmp / f"{name}-val", task.render(tmp / f"{name}-val", n_val, seed=2))
+    results, times = _quantize_both(task.model_path, cal_x, QuantizationConfig(subset_size=n_cal))
+    paths = {"fp32": Path(task.model_path), "onnx": tmp / f"{name}-q.onnx", "ir": tmp / f"{name}-q.xml"}
+    onnx.save(results["onnx"].model, paths["onnx"])
+    ov.save_model(results["ir"].model, str(paths["ir"]))  # int8-compressed weights
+    core = ov.Core()
+    for key, path in paths.items():
+        compiled = core.compile_model(core.read_model(str(path)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        metrics = task.metrics([[compiled(s)[0]] for s in val_x], val_y)
+        line = f"{name} {key:5s} " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        if key != "fp32":
+            ratio = speed.compare(paths["fp32"], path, val_x[0], iters=iters, rounds=rounds)
+            line += (f"  quantize {times[key]:.2f}s  OpenVINO speedup latency {ratio['latency_speedup']:.2f}x "
+                     f"throughput {ratio['throughput_speedup']:.2f}x")
+        print(line, flush=True)
+    dq = sum(n.op_type == "DequantizeLinear" for n in results["onnx"].model.graph.node)
+    fq = sum(n.get_type_name() == "FakeQuantize" for n in results["ir"].model.get_ordered_ops())
+    print(f"{name} ONNX DequantizeLinear {dq}, IR FakeQuantize {fq}; quantize time IR/ONNX "
+          f"{times['ir'] / times['onnx']:.2f}", flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--tasks", default="cls,rec")
     ap.add_argument("--calibration", type=int, default=64)
     ap.add_argument("--validation", type=int, default=200)
+    ap.add_argument("--speed-iters", type=int, default=200, help="inferences per model for the speed ratio")
+    ap.add_argument("--speed-rounds", type=int, default=10, help="alternations of FP32 and INT8 (noise)")
     args = ap.parse_args()
-    task = tasks.Cls()
     with tempfile.TemporaryDirectory() as tmp:
-        cal, val = Path(tmp) / "cal", Path(tmp) / "val"
-        cal_x, _ = _load(cal, task.render(cal, args.calibration, seed=1))
-        val_x, val_y = _load(val, task.render(val, args.validation, seed=2))
-        config = QuantizationConfig(subset_size=args.calibration)
-        times: dict[str, list[float]] = {"onnx": [], "ir": []}
-        results = {}
-        for _ in range(2):
-            for path in ("onnx", "ir"):
-                model = str(task.model_path) if path == "onnx" else ov.convert_model(str(task.model_path))
-                start = time.perf_counter()
-                results[path] = api.quantize_with_config(model, cal_x, config)
-                times[path].append(time.perf_counter() - start)
-        onnx.save(results["onnx"].model, Path(tmp) / "q.onnx")
-        core = ov.Core()
-        models = {"fp32": core.compile_model(ov.convert_model(str(task.model_path)), "CPU"),
-                  "onnx": core.compile_model(ov.convert_model(str(Path(tmp) / "q.onnx")), "CPU"),
-                  "ir": core.compile_model(results["ir"].model, "CPU")}
-        fps = {k: _throughput(c, val_x[0]) for k, c in models.items()}
-        for k, compiled in models.items():
-            outputs = [[compiled(s)[0]] for s in val_x]
-            metric = task.metrics(outputs, val_y)["accuracy"]
-            line = f"{k:5s} accuracy {metric:.4f}  OpenVINO CPU {fps[k]:.0f}/s ({fps[k] / fps['fp32']:.2f}x fp32)"
-            if k != "fp32":
-                line += f"  quantize {statistics.median(times[k]):.2f}s"
-            print(line)
-        dq = sum(n.op_type == "DequantizeLinear" for n in results["onnx"].model.graph.node)
-        fq = sum(n.get_type_name() == "FakeQuantize" for n in results["ir"].model.get_ordered_ops())
-        print(f"ONNX QDQ pairs (DequantizeLinear) {dq}, IR FakeQuantize {fq}; quantize time IR/ONNX "
-              f"{statistics.median(times['ir']) / statistics.median(times['onnx']):.2f}")
+        for name in args.tasks.split(","):
+            bench(name, args.calibration, args.validation, Path(tmp), args.speed_iters, args.speed_rounds)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
