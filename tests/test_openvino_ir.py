@@ -215,7 +215,8 @@ def test_run_on_an_ir(tmp_path):
     cfg.write_text(PIPELINE_CONFIG)
     out = tmp_path / "out"
     pot = tmp_path / "pot.json"
-    pot.write_text(json.dumps({"name": "DefaultQuantization", "params": {"target_device": "ANY", "stat_subset_size": 5}}))
+    pot.write_text(json.dumps({"name": "DefaultQuantization",
+                               "params": {"target_device": "ANY", "stat_subset_size": 5}}))
     assert main(["run", "--model", str(src), "--data", str(data), "--output", str(out), "--config", str(cfg),
                  "--pot-config", str(pot)]) == 0
     assert read_manifest(out / "collect-stats").metrics["num_samples"] == 5

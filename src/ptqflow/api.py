@@ -120,7 +120,8 @@ def collect_statistics(model, dataset, config: QuantizationConfig | None = None,
     observe the planned tensors on at most ``config.subset_size`` samples of ``dataset``. Returns the Statistics
     (with the plan).
     """
-    return _engine(model).collect(model, _stream_for(dataset), config or QuantizationConfig(), device, keep_samples).statistics
+    config = config or QuantizationConfig()
+    return _engine(model).collect(model, _stream_for(dataset), config, device, keep_samples).statistics
 
 
 def collect_partial_statistics(model, dataset, config: QuantizationConfig | None = None, *, shard: int, shards: int,
@@ -183,4 +184,5 @@ def quantize_with_config(model, dataset, config: QuantizationConfig, *, device: 
         keep = max(keep, adv.bias_correction_guard_samples, adv.bias_correction_guard_samples_no_softmax)
     backend = _engine(model)
     collected = backend.collect(model, _stream_for(dataset), config, device, keep)
-    return backend.quantize(collected.prepared, collected.statistics, config, lambda n: list(collected.kept[:n]), device)
+    return backend.quantize(collected.prepared, collected.statistics, config, lambda n: list(collected.kept[:n]),
+                            device)

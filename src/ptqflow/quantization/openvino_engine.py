@@ -114,8 +114,9 @@ def quantize(prepared: Prepared, statistics: Statistics, config: QuantizationCon
 
 def _correct_and_guard(prepared: Prepared, q, bound, statistics: Statistics, config: QuantizationConfig,
                        samples) -> tuple[object, list[dict]]:
-    """FastBiasCorrection on ``q`` (``bound``: the view bound to it), then the guard (bias_step.correct_and_guard's, on OpenVINO): the model to
-    return (``q`` corrected, or uncorrected when the correction raised the output error) and the records."""
+    """FastBiasCorrection on ``q`` (``bound``: the view bound to it), then the guard (bias_step.correct_and_guard's,
+    on OpenVINO): the model to return (``q`` corrected, or uncorrected when the correction raised the output error)
+    and the records."""
     adv = config.advanced
     wanted = set(statistics.plan.bias_layers)
     layers = [layer for layer in find_bias_layers(prepared.view.view) if layer.name in wanted]

@@ -318,7 +318,8 @@ def publish_report(out: Path, report: dict, step: str, config: dict, inputs: dic
     fidelity, speed, accuracy, checks = report["fidelity"], report["speed"], report["accuracy"], report["gate"]
     summary = {"verdict": report["verdict"], "samples": report["samples"],
                "min_cosine": min(f["cosine"] for f in fidelity.values()),
-               "speedup_openvino": speed["openvino"]["speedup"], "speedup_onnxruntime": (speed.get("onnxruntime") or {}).get("speedup"),
+               "speedup_openvino": speed["openvino"]["speedup"],
+               "speedup_onnxruntime": (speed.get("onnxruntime") or {}).get("speedup"),
                "openvino_fp32_precision": speed["openvino"]["fp32_inference_precision"]}
     if "default_precision" in speed["openvino"]:
         default = speed["openvino"]["default_precision"]
