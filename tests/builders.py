@@ -502,3 +502,32 @@ def nncf_doc_names(seed: int = 0, c: int = 4, size: int = 8, classes: int = 5) -
     inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, size, size])]
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])]
     return make_model(nodes, inputs, outputs, inits, name="nncf_doc_names")
+
+
+def ov_conv_block(seed: int = 0, c: int = 8, size: int = 12, classes: int = 4, f16_weights: bool = False):
+    """An OpenVINO model built with ov.opset (no ONNX behind it): input[?,3,size,size] -> Convolution + bias Add
+    -> Relu -> depthwise GroupConvolution + bias Add -> Relu -> ReduceMean over H,W (keep dims) -> Reshape ->
+    MatMul(transpose_b) + bias Add -> Softmax. ``f16_weights``: the weights as f16 Constants with a Convert, as
+    an IR saved with fp16 compression holds them."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    rng = np.random.default_rng(seed)
+
+    def weight(shape, std):
+        w = rng.normal(0, std, shape).astype(np.float32)
+        return ops.convert(ops.constant(w.astype(np.float16)), ov.Type.f32) if f16_weights else ops.constant(w)
+
+    x = ops.parameter([-1, 3, size, size], ov.Type.f32, name="input")
+    x.output(0).get_tensor().set_names({"input"})
+    conv = ops.convolution(x, weight((c, 3, 3, 3), 0.3), [1, 1], [1, 1], [1, 1], [1, 1])
+    h = ops.relu(ops.add(conv, ops.constant(rng.normal(0, 0.1, (1, c, 1, 1)).astype(np.float32))))
+    dw = ops.group_convolution(h, weight((c, 1, 1, 3, 3), 0.3), [1, 1], [1, 1], [1, 1], [1, 1])
+    h = ops.relu(ops.add(dw, ops.constant(rng.normal(0, 0.1, (1, c, 1, 1)).astype(np.float32))))
+    pooled = ops.reduce_mean(h, np.array([2, 3], np.int64), keep_dims=True)
+    flat = ops.reshape(pooled, np.array([-1, c], np.int64), special_zero=False)
+    fc = ops.matmul(flat, weight((classes, c), 0.3), False, True)
+    logits = ops.add(fc, ops.constant(rng.normal(0, 0.1, (classes,)).astype(np.float32)))
+    out = ops.softmax(logits, 1)
+    out.output(0).get_tensor().set_names({"probs"})
+    return ov.Model([ops.result(out)], [x], "ov_conv_block")

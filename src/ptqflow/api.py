@@ -18,10 +18,11 @@ import onnx
 
 from ptqflow.config import (AdvancedParameters, IgnoredScope, ModelType, QuantFormat, QuantizationConfig, QuantizationPreset,
                             QuantType, TargetDevice, TargetRuntime)
-from ptqflow.errors import InputError
+from ptqflow.errors import ConfigError, InputError
 from ptqflow.quantization import engine
 from ptqflow.quantization.algorithms.bias_step import statistics_request  # noqa: F401  (collect-stats' cache key)
 from ptqflow.quantization.engine import QuantizationResult
+from ptqflow.quantization.graph.openvino_view import is_openvino
 from ptqflow.quantization.statistics import Statistics
 from ptqflow.quantization.statistics.collector import check_sample, input_specs
 from ptqflow.quantization.statistics.partial import PartialStatistics
@@ -41,7 +42,11 @@ class Dataset:
 
     def get_inference_data(self) -> Iterator:
         """The transformed items, in order."""
-        for item in self.data_source:
+        if is_pot_loader(self.data_source) and self.transform_fn is None:
+            yield from pot_items(self.data_source)
+            return
+        source = _indexed(self.data_source) if is_pot_loader(self.data_source) else self.data_source
+        for item in source:
             if self.transform_fn is not None:
                 yield self.transform_fn(item)
             elif isinstance(item, tuple) and 2 <= len(item) <= 3 and not all(isinstance(x, np.ndarray) for x in item):
@@ -51,6 +56,27 @@ class Dataset:
 
     def __iter__(self) -> Iterator:
         return self.get_inference_data()
+
+
+def is_pot_loader(source) -> bool:
+    """True for an OpenVINO POT DataLoader: an object with ``__len__`` and ``__getitem__`` that is not a plain
+    container (a list, tuple, dict or array of samples is iterated as it is)."""
+    plain = (list, tuple, dict, np.ndarray, str, bytes)
+    return hasattr(source, "__len__") and hasattr(source, "__getitem__") and not isinstance(source, plain)
+
+
+def _indexed(loader) -> Iterator:
+    return (loader[i] for i in range(len(loader)))
+
+
+def pot_items(loader) -> Iterator:
+    """The model inputs of a POT DataLoader: ``data`` of each ``(data, annotation)`` or ``(data, annotation,
+    metadata)`` item (an array, or a dict by input name); InputError naming the item that is neither."""
+    for i, item in enumerate(_indexed(loader)):
+        if not isinstance(item, tuple) or not 2 <= len(item) <= 3:
+            raise InputError(f"POT DataLoader item {i}: expected (data, annotation) or (data, annotation, metadata), "
+                             f"got {type(item).__name__}" + (f" of {len(item)}" if isinstance(item, tuple) else ""))
+        yield item[0]
 
 
 def _as_dict(item, names: list[str], index: int) -> dict:
@@ -68,7 +94,10 @@ def _as_dict(item, names: list[str], index: int) -> dict:
 def _samples(dataset, model: onnx.ModelProto, limit: int | None) -> Iterator[dict[str, np.ndarray]]:
     """Checked sample dicts from ``dataset`` (a Dataset or any iterable), at most ``limit``."""
     specs = input_specs(model)
-    items = dataset.get_inference_data() if isinstance(dataset, Dataset) else iter(dataset)
+    if isinstance(dataset, Dataset):
+        items = dataset.get_inference_data()
+    else:
+        items = pot_items(dataset) if is_pot_loader(dataset) else iter(dataset)
     for i, item in enumerate(islice(items, limit)):
         yield check_sample(_as_dict(item, list(specs), i), i, specs)
 
@@ -77,12 +106,23 @@ def _stream_for(dataset) -> Callable:
     return lambda prepared, limit: _samples(dataset, prepared, limit)
 
 
+def _engine(model):
+    """The engine backend for ``model``: the OpenVINO one for an ov.Model or an IR path, else the ONNX one."""
+    if not is_openvino(model):
+        return engine
+    from ptqflow.quantization import openvino_engine  # imports openvino only when an IR is given
+
+    return openvino_engine
+
+
 def collect_statistics(model, dataset, config: QuantizationConfig | None = None, *, device: str = "cpu",
                        keep_samples: int = 0) -> Statistics:
-    """Prepare ``model``, plan the quantizers and observe the planned tensors on at most ``config.subset_size``
-    samples of ``dataset``. Returns the Statistics (with the plan).
+    """Prepare ``model`` (an ONNX ModelProto or path, an ov.Model or an IR's .xml path), plan the quantizers and
+    observe the planned tensors on at most ``config.subset_size`` samples of ``dataset``. Returns the Statistics
+    (with the plan).
     """
-    return engine.collect(model, _stream_for(dataset), config or QuantizationConfig(), device, keep_samples).statistics
+    config = config or QuantizationConfig()
+    return _engine(model).collect(model, _stream_for(dataset), config, device, keep_samples).statistics
 
 
 def collect_partial_statistics(model, dataset, config: QuantizationConfig | None = None, *, shard: int, shards: int,
@@ -90,6 +130,8 @@ def collect_partial_statistics(model, dataset, config: QuantizationConfig | None
     """Shard ``shard`` (0-based) of ``shards`` of collect_statistics over the first ``num_samples`` samples of
     ``dataset`` (every shard reads the dataset from its start and observes only its own samples); the partials
     of all shards merge (``merge_statistics``) into exactly what collect_statistics returns."""
+    if is_openvino(model):
+        raise ConfigError("statistics in shards are not available for an OpenVINO model; collect in one process")
     return engine.collect_partial(model, _stream_for(dataset), config or QuantizationConfig(), device, shard, shards,
                                   num_samples)
 
@@ -107,9 +149,12 @@ def quantize_with_summary(model, statistics: Statistics, config: QuantizationCon
     Returns the INT8 QDQ model (ir_version <= MAX_IR_VERSION, checked) and the per-layer summary.
     """
     config = config or QuantizationConfig()
-    prepared = engine.prepare_for(model, statistics, config)
-    samples = (lambda n: list(_samples(dataset, prepared, n))) if dataset is not None else (lambda n: [])
-    return engine.quantize(prepared, statistics, config, samples, device)
+    backend = _engine(model)
+    prepared = backend.prepare_for(model, statistics, config)
+    graph = getattr(prepared, "view", None)
+    graph = graph.view if graph is not None else prepared  # an OpenVINO model's inputs are read from its view
+    samples = (lambda n: list(_samples(dataset, graph, n))) if dataset is not None else (lambda n: [])
+    return backend.quantize(prepared, statistics, config, samples, device)
 
 
 def apply_quantization(model, statistics: Statistics, config: QuantizationConfig | None = None, *,
@@ -127,9 +172,10 @@ def quantize(model, calibration_dataset, *, preset: QuantizationPreset | None = 
              weight_type: QuantType | str = QuantType.INT8, per_channel: bool | None = None, nbits: int = 8,
              input_quantization_params: dict | None = None,
              output_quantization_params: dict | None = None) -> onnx.ModelProto:
-    """Quantize ``model`` (ModelProto or path) on ``calibration_dataset``; returns the INT8 ModelProto in
+    """Quantize ``model`` on ``calibration_dataset``: an ONNX ModelProto or path gives the INT8 ModelProto in
     ``quant_format`` (QDQ by default; see QuantizationConfig for the other arguments; ``per_channel`` None keeps
-    ``advanced_parameters.per_channel``)."""
+    ``advanced_parameters.per_channel``), an ov.Model or an IR's ``.xml`` path (its ``.bin`` beside it) the INT8
+    ov.Model with FakeQuantize nodes."""
     advanced = advanced_parameters or AdvancedParameters()
     if per_channel is not None:
         advanced = advanced.model_copy(update={"per_channel": per_channel})
@@ -149,8 +195,10 @@ def quantize_with_config(model, dataset, config: QuantizationConfig, *, device: 
     keep = 0 if config.fast_bias_correction else config.bias_correction_samples()
     if not adv.disable_bias_correction:
         keep = max(keep, adv.bias_correction_guard_samples, adv.bias_correction_guard_samples_no_softmax)
-    collected = engine.collect(model, _stream_for(dataset), config, device, keep)
-    return engine.quantize(collected.prepared, collected.statistics, config, lambda n: list(collected.kept[:n]), device)
+    backend = _engine(model)
+    collected = backend.collect(model, _stream_for(dataset), config, device, keep)
+    return backend.quantize(collected.prepared, collected.statistics, config, lambda n: list(collected.kept[:n]),
+                            device)
 
 
 def quantize_dynamic(model, *, weight_type: QuantType | str = QuantType.INT8, per_channel: bool = True,

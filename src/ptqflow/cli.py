@@ -1,7 +1,8 @@
 """The ``ptqflow`` command: one subcommand per pipeline step, ``run`` for all six, ``config-schema``, ``demo``,
 ``check-device``.
 
-Configuration precedence: defaults < ``--config FILE`` < typed flags < ``--set dotted.key=value``.
+Configuration precedence: defaults < ``--config FILE`` < ``--pot-config FILE`` (run) < typed flags <
+``--set dotted.key=value``.
 A step offers the typed flags of the config keys it reads (its ``config_reads`` in ``ptqflow.pipeline.steps.STEPS``, the
 table the subcommands and their ``--in-*`` flags come from too); ``run`` offers all.
 Errors print one message on stderr and exit with the exception's exit code (see README "Exit codes");
@@ -147,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
         merge.set_defaults(step_inputs=())
     run = sub.add_parser("run", help="run all six steps in order")
     run.add_argument("--output", dest="output", metavar="URI", help="output prefix; each step writes <output>/<step>/")
+    run.add_argument("--pot-config", dest="pot_config", metavar="FILE",
+                     help="an OpenVINO POT DefaultQuantization config (JSON/YAML), read after --config")
     _add_common(run)
     sub.add_parser("config-schema", help="print the JSON schema of the config file")
     from ptqflow.registry.hooks.cli import add_hook_parser
@@ -197,7 +200,12 @@ def _command(args: argparse.Namespace) -> int:
         from ptqflow.registry.hooks.cli import run_hook
 
         return run_hook(args)
-    cfg = load_config(args.config, overrides_from_args(args))
+    overrides = overrides_from_args(args)
+    if getattr(args, "pot_config", None):  # POT's parameters sit between --config and the flags
+        from ptqflow.config.pot import pot_overrides
+
+        overrides = {**pot_overrides(args.pot_config), **overrides}
+    cfg = load_config(args.config, overrides)
     if args.command == "check-device":
         return _check_device(args.steps or list(STEP_MODULES), cfg)
     if args.command == "run":

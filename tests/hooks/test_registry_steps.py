@@ -117,3 +117,16 @@ def test_publish_needs_a_target_name_for_plain_uris(tmp_path):
     cfg = parse_config({"model": "/m/model.onnx", "registry": {"tracking_uri": "http://127.0.0.1:9"}})
     with pytest.raises(ConfigError, match="registry.target_name"):
         publish.run(dirs, tmp_path / "out", cfg)
+
+
+def test_fetch_a_registered_openvino_ir(mlflow_client, tmp_path):
+    ov = pytest.importorskip("openvino")
+    name = _name("fetch-ir")
+    xml = tmp_path / "src" / "net.xml"
+    xml.parent.mkdir()
+    ov.save_model(builders.ov_conv_block(), str(xml))
+    version = register_onnx(mlflow_client, name, xml)  # logs the .xml; the .bin goes beside it
+    mlflow_client.log_artifact(version.run_id, str(xml.with_suffix(".bin")), "model")
+    m = _fetch(f"models:/{name}/{version.version}", tmp_path / "a")
+    assert m.extra["format"] == "openvino-ir" and m.extra["registry"]["version"] == version.version
+    assert (tmp_path / "a" / "model.bin").read_bytes() == xml.with_suffix(".bin").read_bytes()

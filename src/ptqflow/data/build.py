@@ -24,7 +24,12 @@ log = get_logger("data")
 
 
 def model_inputs(model_path: Path) -> list[dict]:
-    """The model's real inputs (initializers excluded): [{name, shape (int or None per dim), dtype}]."""
+    """The model's real inputs (initializers excluded): [{name, shape (int or None per dim), dtype}]; an OpenVINO
+    IR's (``.xml``) as OpenVINO reads them."""
+    if str(model_path).lower().endswith(".xml"):
+        from ptqflow.runtime.openvino import ir_io, read_ir
+
+        return ir_io(read_ir(model_path))[0]
     model = onnx.load(str(model_path), load_external_data=False)
     out = []
     for vi in graph_inputs(model):

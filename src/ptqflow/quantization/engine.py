@@ -92,7 +92,7 @@ def _declare(model, stream_for: StreamFor, config: QuantizationConfig, device: s
     return _Declared(prepared, plan, points, passes, stream)
 
 
-def _run_passes(passes: list[PlanPass], ctx: PlanContext) -> None:
+def run_passes(passes: list[PlanPass], ctx: PlanContext) -> None:
     for p in passes:
         for change in p.run(ctx).changes:
             log.info("%s: %s", p.name, change)
@@ -104,7 +104,7 @@ def collect(model, stream_for: StreamFor, config: QuantizationConfig, device: st
     keep = max([keep_samples] + [p.samples(config) for p in d.passes])
     seen = observe(d.prepared, d.plan, d.points, d.stream, device=device, runtime=config.advanced.statistics_runtime,
                    keep=keep)
-    _run_passes(d.passes, PlanContext(d.prepared, d.plan, seen.statistics, config, seen.kept,
+    run_passes(d.passes, PlanContext(d.prepared, d.plan, seen.statistics, config, seen.kept,
                                       lambda m: make_session(m, device)))
     return Collected(seen.statistics, d.prepared, seen.kept)
 
@@ -147,7 +147,7 @@ def merge_partials(partials: list[PartialStatistics], config: QuantizationConfig
         raise InputError("calibration dataset is empty: at least one sample is needed")
     statistics = finalize(plan, points, acc)
     passes = [p for p in plan_passes() if p.enabled(config.advanced)]
-    _run_passes(passes, PlanContext(None, plan, statistics, config, [], lambda m: make_session(m, device)))
+    run_passes(passes, PlanContext(None, plan, statistics, config, [], lambda m: make_session(m, device)))
     return statistics
 
 

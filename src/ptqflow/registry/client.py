@@ -105,8 +105,9 @@ def download_uri(mlflow_client, version) -> str:
         return mlflow_client.get_model_version_download_uri(version.name, version.version)
 
 
-def onnx_artifacts(mlflow_client, version) -> list[str]:
-    """Relative paths of the ``.onnx`` files among a model version's artifacts (empty: none)."""
+def onnx_artifacts(mlflow_client, version, suffixes: tuple[str, ...] = (".onnx",)) -> list[str]:
+    """Relative paths of the ``.onnx`` files (or of the files ending in one of ``suffixes``: an OpenVINO IR's
+    ``.xml``) among a model version's artifacts (empty: none)."""
     from mlflow.artifacts import list_artifacts
 
     root = download_uri(mlflow_client, version)
@@ -120,7 +121,7 @@ def onnx_artifacts(mlflow_client, version) -> list[str]:
                 rel = f"{prefix}/{Path(info.path).name}" if prefix else Path(info.path).name
                 if info.is_dir:
                     pending.append(rel)
-                elif rel.lower().endswith(".onnx"):
+                elif rel.lower().endswith(suffixes):
                     found.append(rel)
     return sorted(found)
 

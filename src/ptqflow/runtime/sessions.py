@@ -44,6 +44,11 @@ def make_session(model, device: str = "cpu", intra_op_threads: int | None = None
     DeviceUnavailableError naming the providers that are available, instead of falling back to CPU.
     """
     device = str(getattr(device, "value", device)).lower()
+    if _is_openvino_model(model):  # an IR runs on OpenVINO: on CPU at f32, as onnxruntime runs an FP32 model
+        if device not in ("cpu", *_OPENVINO_DEVICES):
+            raise DeviceUnavailableError(f"an OpenVINO model runs on cpu or npu here, not {device!r}")
+        ov_device, properties = _OPENVINO_DEVICES.get(device, ("CPU", {"INFERENCE_PRECISION_HINT": "f32"}))
+        return OpenVINOSession(model, ov_device, properties)
     if device in _OPENVINO_DEVICES:
         ov_device, properties = _OPENVINO_DEVICES[device]
         return OpenVINOSession(model, ov_device, properties)
@@ -67,6 +72,13 @@ def make_session(model, device: str = "cpu", intra_op_threads: int | None = None
     with model_file(model, "ptqflow-session-") as loadable:
         return ort.InferenceSession(loadable if isinstance(loadable, bytes) else str(loadable), sess_options=opts,
                                     providers=providers)
+
+
+def _is_openvino_model(model) -> bool:
+    """An ov.Model or the path of an IR (``.xml``)."""
+    if isinstance(model, (str, os.PathLike)):
+        return str(model).lower().endswith(".xml")
+    return type(model).__module__.split(".")[0] == "openvino"
 
 
 def run_each(model, feeds: list[dict], device: str = "cpu", outputs: list[str] | None = None) -> list[list]:
@@ -118,7 +130,11 @@ class OpenVINOSession:
             model = io.BytesIO(model)
         elif isinstance(model, Path):
             model = str(model)
-        self._model = ov.convert_model(model)
+        if _is_openvino_model(model):  # an IR file or an ov.Model: read, not converted
+            model = ov_helpers.read_ir(model) if isinstance(model, str) else model
+        else:
+            model = ov.convert_model(model)
+        self._model = model
         self._device = ov_device
         self._properties = dict(properties or {})
         self._compiled: dict[tuple, object] = {}

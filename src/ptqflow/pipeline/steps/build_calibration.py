@@ -11,6 +11,7 @@ from ptqflow.artifacts.storage import scratch_dir
 from ptqflow.config import PipelineConfig, section_dump
 from ptqflow.errors import ConfigError
 from ptqflow.pipeline.steps import spec
+from ptqflow.pipeline.steps.fetch_model import model_file
 
 _SPEC = spec("build-calibration")  # its entry in the steps table
 NAME: str = _SPEC.name
@@ -41,7 +42,7 @@ def run(inputs: dict[str, Path], out: Path, cfg: PipelineConfig) -> Manifest:
             local = stage_in(source, Path(tmp))
         else:
             local = Path(source)
-        index = build(local, Path(inputs["model"]) / "model.onnx", out, cfg)
+        index = build(local, model_file(Path(inputs["model"])), out, cfg)
     metrics = {"calibration": index["counts"]["calibration"], "validation": index["counts"]["validation"],
                "skipped": len(index["skipped"]), "items": index["total_items"],
                "split": index["split"]["rule"], "split_reason": index["split"]["reason"]}

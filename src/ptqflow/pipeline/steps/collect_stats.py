@@ -15,6 +15,7 @@ from ptqflow.artifacts.manifest import Manifest, write_manifest
 from ptqflow.config import PipelineConfig, section_dump
 from ptqflow.logs import progress
 from ptqflow.pipeline.steps import spec
+from ptqflow.pipeline.steps.fetch_model import model_file
 
 _SPEC = spec("collect-stats")  # its entry in the steps table
 NAME: str = _SPEC.name
@@ -66,7 +67,7 @@ def run(inputs: dict[str, Path], out: Path, cfg: PipelineConfig, shard: tuple[in
     import ptqflow
 
     start = time.monotonic()
-    model = Path(inputs["model"]) / "model.onnx"  # a path: preparation loads it once, without a second copy
+    model = model_file(Path(inputs["model"]))  # a path: preparation loads it once, without a second copy
     if shard is not None:
         return _run_shard(inputs, out, cfg, model, shard, start)
     samples = calibration_samples(Path(inputs["calibration"]), "collect-stats", cfg.quantization.subset_size)

@@ -13,6 +13,7 @@ from ptqflow.artifacts.manifest import Manifest, write_manifest
 from ptqflow.config import PipelineConfig, section_dump
 from ptqflow.errors import InputError
 from ptqflow.pipeline.steps import spec
+from ptqflow.pipeline.steps.fetch_model import model_file
 
 _SPEC = spec("export-ir")  # its entry in the steps table
 NAME: str = _SPEC.name
@@ -116,10 +117,7 @@ def run(inputs: dict[str, Path], out: Path, cfg: PipelineConfig) -> Manifest:
     start = time.monotonic()
     out = Path(out)
     ec = cfg.export
-    int8_path, fp32_path = Path(inputs["quantized"]) / "model.onnx", Path(inputs["model"]) / "model.onnx"
-    for p in (int8_path, fp32_path):
-        if not p.is_file():
-            raise InputError(f"{p}: model.onnx missing")
+    int8_path, fp32_path = model_file(Path(inputs["quantized"])), model_file(Path(inputs["model"]))
     digests = input_digests(inputs)
     c = ov.core()
     ov.check_device(c, ec.openvino_device)  # before any work: an absent device is a clear error at once
@@ -127,6 +125,8 @@ def run(inputs: dict[str, Path], out: Path, cfg: PipelineConfig) -> Manifest:
     written = [out / "model.xml", out / "model.bin"]
     try:
         int8_model = ov.convert(int8_path)
+        if ov.is_ir(int8_path):  # FakeQuantize over float weights: int8 weights on export, as POT's
+            ov.compress_weights(int8_model)
         ov_.save_model(int8_model, str(out / "model.xml"), compress_to_fp16=False)
         del int8_model  # one model in memory at a time: for a model over 2 GB each copy is gigabytes
         ov.compile_model(c, c.read_model(str(out / "model.xml")), ec.openvino_device)

@@ -37,7 +37,16 @@ _SPEC = spec("fetch-model")  # its entry in the steps table
 NAME: str = _SPEC.name
 INPUTS: tuple[str, ...] = _SPEC.inputs
 MODEL_FILE = "model.onnx"
+IR_FILE, IR_WEIGHTS = "model.xml", "model.bin"  # an OpenVINO IR is fetched as these two (issue 22)
 log = get_logger(NAME)
+
+
+def model_file(directory: Path) -> Path:
+    """The model in a fetched model (or quantized) directory: ``model.onnx``, else the IR's ``model.xml``."""
+    for name in (MODEL_FILE, IR_FILE):
+        if (Path(directory) / name).is_file():
+            return Path(directory) / name
+    raise InputError(f"{directory}: neither {MODEL_FILE} nor {IR_FILE} is there")
 
 
 def config_section(cfg: PipelineConfig) -> dict:
@@ -51,8 +60,8 @@ def config_section(cfg: PipelineConfig) -> dict:
     elif cfg.model and not storage.is_s3(cfg.model) and not cfg.model.startswith(("http://", "https://")):
         p = storage.parse_uri(cfg.model).path
         if p.exists():
-            files = [p] if p.is_file() else _model_dir_files(p, _local_output(cfg))
-            section["local_stamp"] = [[f.relative_to(p).as_posix() if f != p else f.name,
+            files = ([p] + _ir_weights(p)) if p.is_file() else _model_dir_files(p, _local_output(cfg))
+            section["local_stamp"] = [[f.relative_to(p).as_posix() if p.is_dir() else f.name,
                                        f.stat().st_size, sha256_file(f)] for f in files]
     return section
 
@@ -72,8 +81,9 @@ def run(inputs: dict[str, Path], out: Path, cfg: PipelineConfig) -> Manifest:
         if cfg.model_sha256:
             _check_sha256(fetched, cfg.model_sha256, cfg.model)
         model_path = _locate_model(fetched, tmp / "unpacked", cfg.model, _local_output(cfg))
-        info = _copy_model(model_path, Path(out), cfg.model)
-    extra = {**info, "source": cfg.model, "sha256": sha256_file(Path(out) / MODEL_FILE)}
+        copy = _copy_ir if model_path.suffix.lower() == ".xml" else _copy_model
+        info = copy(model_path, Path(out), cfg.model)
+    extra = {**info, "source": cfg.model, "sha256": sha256_file(model_file(Path(out)))}
     if source:
         extra["registry"] = source
     return write_manifest(
@@ -89,10 +99,20 @@ def run(inputs: dict[str, Path], out: Path, cfg: PipelineConfig) -> Manifest:
 
 
 def _download(uri: str, dest: Path) -> Path:
-    """Local path of the fetched file or directory (local sources are used in place)."""
+    """Local path of the fetched file or directory (local sources are used in place); an IR's ``.xml`` object
+    brings the ``.bin`` beside it."""
     if uri.startswith(("http://", "https://")):
         return _http_download(uri, dest)
-    return storage.stage_in(uri, dest)
+    fetched = storage.stage_in(uri, dest)
+    if storage.is_s3(uri) and uri.lower().endswith(".xml"):
+        storage.stage_in(uri[:-4] + ".bin", dest)
+    return fetched
+
+
+def _ir_weights(path: Path) -> list[Path]:
+    """The ``.bin`` beside an IR's ``.xml`` (none for other files, or when it is missing)."""
+    weights = path.with_suffix(".bin")
+    return [weights] if path.suffix.lower() == ".xml" and weights.is_file() else []
 
 
 def _client(cfg: PipelineConfig):
@@ -103,9 +123,9 @@ def _download_registered(cfg: PipelineConfig, dest: Path) -> tuple[Path, dict]:
     """Download the artifacts of the registered version ``cfg.model`` names; (local dir, manifest record)."""
     client = _client(cfg)
     version = registry.resolve(client, registry.parse_registry_uri(cfg.model))
-    if not registry.onnx_artifacts(client, version):
+    if not registry.onnx_artifacts(client, version, (".onnx", ".xml")):
         raise InputError(f"{cfg.model}: model version {version.name}/{version.version} has no .onnx artifact "
-                         f"(source {version.source})")
+                         f"(nor an OpenVINO IR .xml; source {version.source})")
     local = registry.download(client, version, dest)
     record = registry.version_record(version, client.tracking_uri)
     log.info("fetch-model: %s is %s version %s (run %s)", cfg.model, version.name, version.version, version.run_id)
@@ -182,10 +202,11 @@ def _locate_model(path: Path, scratch: Path, uri: str, output: Path | None = Non
         _extract_tar(path, scratch, uri)
         path = scratch
     if path.is_dir():
-        candidates = [p for p in _model_dir_files(path, output) if p.suffix == ".onnx" and not p.is_symlink()]
+        files = [p for p in _model_dir_files(path, output) if not p.is_symlink()]
+        candidates = [p for p in files if p.suffix == ".onnx"] or [p for p in files if p.suffix == ".xml"]
         if len(candidates) != 1:
             found = ", ".join(str(c.relative_to(path)) for c in candidates) or "none"
-            raise InputError(f"{uri}: expected exactly one .onnx file, found {found}")
+            raise InputError(f"{uri}: expected exactly one .onnx file (or one OpenVINO IR .xml), found {found}")
         return candidates[0]
     return path
 
@@ -272,6 +293,19 @@ def _copy_model(model_path: Path, out: Path, uri: str) -> dict:
     log.info("fetch-model: %s (opset %s, %d inputs, %d external data files)", uri, info["opset"],
              len(info["inputs"]), len(externals))
     return info
+
+
+def _copy_ir(xml: Path, out: Path, uri: str) -> dict:
+    """Check an OpenVINO IR (read whole by OpenVINO: a missing or truncated .bin, an xml that is not IR are
+    InputErrors naming the file), copy it into ``out`` as model.xml + model.bin; return the manifest extra."""
+    from ptqflow.runtime.openvino import ir_io, read_ir
+
+    inputs, outputs = ir_io(read_ir(xml))
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(xml, out / IR_FILE)
+    shutil.copyfile(xml.with_suffix(".bin"), out / IR_WEIGHTS)
+    log.info("fetch-model: %s (OpenVINO IR, %d inputs)", uri, len(inputs))
+    return {"format": "openvino-ir", "inputs": inputs, "outputs": outputs}
 
 
 def _io(values) -> list[dict]:

@@ -13,6 +13,7 @@ from ptqflow.artifacts.manifest import Manifest, write_manifest
 from ptqflow.config import PipelineConfig, section_dump
 from ptqflow.quantization.graph.prepare import MAX_IR_VERSION
 from ptqflow.pipeline.steps import spec
+from ptqflow.pipeline.steps.fetch_model import IR_FILE, model_file
 from ptqflow.runtime.model_files import save_model
 
 _SPEC = spec("quantize")  # its entry in the steps table
@@ -26,14 +27,14 @@ def config_section(cfg: PipelineConfig) -> dict:
 
 
 def run(inputs: dict[str, Path], out: Path, cfg: PipelineConfig) -> Manifest:
-    """Quantize into ``out`` (model.onnx + summary.json); returns the manifest."""
+    """Quantize into ``out`` (model.onnx, or model.xml/.bin for an IR, + summary.json); returns the manifest."""
     from ptqflow.api import Statistics, quantize_dynamic_with_summary, quantize_with_summary
     from ptqflow.data import iter_samples
 
     start = time.monotonic()
     # The path, not a loaded ModelProto: graph preparation then loads the model once and works on it without
     # copying it (a copy is a model's size of memory, several GB for a model over 2 GB).
-    model = Path(inputs["model"]) / "model.onnx"
+    model = model_file(Path(inputs["model"]))
     if not cfg.quantization.static:  # dynamic quantization: no statistics (collect-stats was skipped)
         result = quantize_dynamic_with_summary(model, cfg.quantization)
     else:
@@ -41,9 +42,15 @@ def run(inputs: dict[str, Path], out: Path, cfg: PipelineConfig) -> Manifest:
         # Only full bias correction reads samples, and only a subset: no progress bar around it.
         samples = iter_samples(Path(inputs["calibration"]), "calibration")
         result = quantize_with_summary(model, stats, cfg.quantization, dataset=samples, device=cfg.device.value)
-    result.model.ir_version = min(result.model.ir_version or MAX_IR_VERSION, MAX_IR_VERSION)
-    save_model(result.model, Path(out) / "model.onnx")  # over 2 GB: weights in model.onnx.data beside it
-    layers = with_readers(list(result.layers), result.model)
+    if model.suffix == ".xml":  # an IR in, an IR out: FakeQuantize nodes over float weights, as NNCF writes it
+        import openvino as ov
+
+        ov.save_model(result.model, str(Path(out) / IR_FILE), compress_to_fp16=False)
+        layers = list(result.layers)
+    else:
+        result.model.ir_version = min(result.model.ir_version or MAX_IR_VERSION, MAX_IR_VERSION)
+        save_model(result.model, Path(out) / "model.onnx")  # over 2 GB: weights in model.onnx.data beside it
+        layers = with_readers(list(result.layers), result.model)
     (Path(out) / "summary.json").write_text(json.dumps({"layers": layers}, indent=2, default=str), encoding="utf-8")
     return write_manifest(out, step=NAME, config=config_section(cfg), inputs=input_digests(inputs),
                           metrics=summary_metrics(layers), timings={"total_s": round(time.monotonic() - start, 3)})

@@ -25,6 +25,7 @@ from ptqflow.errors import ConfigError, GateFailedError, InputError
 from ptqflow.logs import get_logger
 from ptqflow.pipeline.report import load_decisions
 from ptqflow.pipeline.steps import spec
+from ptqflow.pipeline.steps.fetch_model import model_file
 
 _SPEC = spec("validate")  # its entry in the steps table
 log = get_logger("validate")
@@ -131,7 +132,7 @@ def evaluate(fp32_path: Path, int8_path: Path, calibration: Path, cfg: PipelineC
     fp32, int8 = _session(fp32_path, device), _session(int8_path, device)
     names = [o.name for o in fp32.get_outputs()]
     pairs, layer_sessions = [], None
-    if cfg.validation.per_layer_sensitivity:
+    if cfg.validation.per_layer_sensitivity and fp32_path.suffix == ".onnx":  # QDQ pairs: ONNX models only
         fp32_model, int8_model = onnx.load(str(fp32_path)), onnx.load(str(int8_path))
         pairs = layer_pairs(fp32_model, int8_model)
         if pairs:  # their outputs added to copies of both models, run beside them
@@ -291,10 +292,13 @@ def evaluate_gate(gate: GateConfig, accuracy: dict, fidelity: dict, speed: dict,
 
 
 def measure(fp32_path: Path, int8_path: Path, sample: dict, cfg: PipelineConfig) -> dict:
-    """Speed at batch 1 on ``sample``: {"onnxruntime": ..., "openvino": ...}. For a model made for onnxruntime
-    (quantization.target_runtime), OpenVINO may not read its format (QOperator's QLinearConv): the OpenVINO
-    figure is then left out, with a warning."""
+    """Speed at batch 1 on ``sample``: {"onnxruntime": ..., "openvino": ...}; an OpenVINO IR's on OpenVINO only.
+    For a model made for onnxruntime (quantization.target_runtime), OpenVINO may not read its format (QOperator's
+    QLinearConv): the OpenVINO figure is then left out, with a warning."""
     vc = cfg.validation
+    if fp32_path.suffix != ".onnx":
+        return {"openvino": speed_openvino(fp32_path, int8_path, sample, vc.openvino_device,
+                                           vc.fp32_inference_precision, vc.latency_iterations)}
     ort_speed = speed_onnxruntime(fp32_path, int8_path, sample, cfg.device.value, vc.latency_iterations)
     try:
         ov_speed = speed_openvino(fp32_path, int8_path, sample, vc.openvino_device, vc.fp32_inference_precision,
@@ -340,7 +344,7 @@ def publish_report(out: Path, report: dict, step: str, config: dict, inputs: dic
     summary = {"verdict": report["verdict"], "samples": report["samples"],
                "min_cosine": min(f["cosine"] for f in fidelity.values()),
                "speedup_openvino": speed.get("openvino", {}).get("speedup"),
-               "speedup_onnxruntime": speed["onnxruntime"]["speedup"],
+               "speedup_onnxruntime": (speed.get("onnxruntime") or {}).get("speedup"),
                "openvino_fp32_precision": speed.get("openvino", {}).get("fp32_inference_precision")}
     if "default_precision" in speed.get("openvino", {}):
         default = speed["openvino"]["default_precision"]
@@ -368,10 +372,7 @@ def run(inputs: dict[str, Path], out: Path, cfg: PipelineConfig, shard: tuple[in
     merge-validation (shard 0 also measures speed, on the split's first sample); no report, no gate."""
     start = time.monotonic()
     out = Path(out)
-    fp32_path, int8_path = Path(inputs["model"]) / "model.onnx", Path(inputs["quantized"]) / "model.onnx"
-    for p in (fp32_path, int8_path):
-        if not p.is_file():
-            raise InputError(f"{p}: model.onnx missing")
+    fp32_path, int8_path = model_file(Path(inputs["model"])), model_file(Path(inputs["quantized"]))
     calibration, span = Path(inputs["calibration"]), None
     if shard is not None:
         from ptqflow.data import read_index

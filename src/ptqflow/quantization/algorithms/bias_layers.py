@@ -110,6 +110,8 @@ def _bn_bias(node: onnx.NodeProto, idx: GraphIndex):
 
 
 def _matmul_add(node: onnx.NodeProto, idx: GraphIndex) -> BiasLayer | None:
+    """MatMul, or Gemm without C (an OpenVINO MatMul with a transposed weight, as graph.openvino_view shows it),
+    followed by an Add of a constant [C] vector."""
     act, weight = node.input[0], node.input[1]
     if not idx.is_constant(weight) or idx.is_constant(act):
         return None
@@ -120,15 +122,20 @@ def _matmul_add(node: onnx.NodeProto, idx: GraphIndex) -> BiasLayer | None:
     if found is None:
         return None
     other, add = found
-    if w_shape is not None and idx.float_init(other).shape[-1] != w_shape[1]:
+    out_ch = w_shape[0] if w_shape is not None and attr(node, "transB", 0) else (w_shape[1] if w_shape else None)
+    if out_ch is not None and idx.float_init(other).shape[-1] != out_ch:
         return None
-    return BiasLayer(node.name, "MatMul", act, add.output[0], other, -1, -1, weight=weight, bias_node=add.name)
+    if node.op_type == "Gemm" and attr(node, "transA", 0):
+        return None
+    return BiasLayer(node.name, node.op_type, act, add.output[0], other, -1, -1, weight=weight, bias_node=add.name)
 
 
 def _with_bias(node: onnx.NodeProto, idx: GraphIndex) -> BiasLayer | None:
     """Conv / ConvTranspose / Gemm: the bias input, or (without one) a per-channel constant Add right after,
     or the B input of an unfolded BatchNormalization right after."""
     has_bias = len(node.input) > 2 and bool(node.input[2])
+    if node.op_type == "Gemm" and not has_bias:
+        return _matmul_add(node, idx)
     if has_bias or node.op_type == "Gemm":
         return (_gemm if node.op_type == "Gemm" else _conv_like)(node, idx)
     if not idx.is_constant(node.input[1]) or idx.is_constant(node.input[0]):

@@ -45,27 +45,39 @@ def correct_and_guard(prepared: onnx.ModelProto, q: onnx.ModelProto, statistics:
     records = correct_biases(prepared, q, statistics, config, samples, device)
     if uncorrected is None or not any(r.get("applied") for r in records):
         return records
-    if not bc_guard.decision_outputs(prepared):
-        n_guard = adv.bias_correction_guard_samples_no_softmax
-        if not n_guard:
-            return records
+    n_guard = guard_sample_count(config, bool(bc_guard.decision_outputs(prepared)))
+    if not n_guard:
+        return records
     guard_samples = samples(n_guard)
     if not guard_samples:
         log.info("bias correction guard skipped: no calibration samples at hand")
         return records
     keep, before, after = bc_guard.judge(prepared, uncorrected, q, guard_samples, device,
                                          tie_weight=adv.bias_correction_guard_tie_weight)
-    verdict = "kept" if keep else "reverted"
-    log.info("bias correction %s: model output error on %d calibration samples %.4g without, %.4g with it",
-             verdict, len(guard_samples), before, after)
+    report_guard(records, keep, len(guard_samples), before, after)
     if not keep:
         q.CopyFrom(uncorrected)
-        for r in records:
-            if r.get("applied"):
-                r["applied"] = False
-                r["reason"] = (f"reverted: bias correction raised the model's output error on {len(guard_samples)} "
-                               f"calibration samples ({before:.4g} -> {after:.4g})")
     return records
+
+
+def report_guard(records: list[dict], keep: bool, n: int, before: float, after: float) -> None:
+    """Log the guard's verdict on ``n`` samples; when it reverts, every applied record says why."""
+    log.info("bias correction %s: model output error on %d calibration samples %.4g without, %.4g with it",
+             "kept" if keep else "reverted", n, before, after)
+    if keep:
+        return
+    for r in records:
+        if r.get("applied"):
+            r["applied"] = False
+            r["reason"] = (f"reverted: bias correction raised the model's output error on {n} calibration samples "
+                           f"({before:.4g} -> {after:.4g})")
+
+
+def guard_sample_count(config: QuantizationConfig, has_decision_outputs: bool) -> int:
+    """How many calibration samples the guard judges on: ``advanced.bias_correction_guard_samples`` for a model
+    with a decision (Softmax/LogSoftmax) output, else ``..._no_softmax`` (0: no guard)."""
+    adv = config.advanced
+    return adv.bias_correction_guard_samples if has_decision_outputs else adv.bias_correction_guard_samples_no_softmax
 
 
 def correct_biases(prepared: onnx.ModelProto, q: onnx.ModelProto, statistics: Statistics,

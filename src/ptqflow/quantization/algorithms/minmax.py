@@ -8,7 +8,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ptqflow.quantization.plan import QuantizationPlan, WeightQuantizer
+from ptqflow.quantization.graph.index import unique_name
+from ptqflow.quantization.plan import ActivationQuantizer, QuantizationPlan, WeightQuantizer
 from ptqflow.quantization.statistics.points import Reducer, StatisticPoint
 from ptqflow.quantization.statistics.store import MINMAX
 
@@ -78,13 +79,7 @@ class NumberFormats:
         return float(scale), int(zp), TensorProto.INT8 if int8 else TensorProto.UINT8
 
 
-def _unique(name: str, used: set[str]) -> str:
-    base, k = name, 0
-    while name in used:
-        k += 1
-        name = f"{base}_{k}"
-    used.add(name)
-    return name
+_unique = unique_name
 
 
 def statistic_points(plan: QuantizationPlan) -> list[StatisticPoint]:
@@ -107,9 +102,7 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantizationPlan, ranges: dict[str,
     for entry in plan.weights:
         records.append(_quantize_weight(g, entry, inits, nodes_by_name, used, new_nodes, formats.weight))
     for point in plan.activations:
-        lo, hi = ranges[point.group]
-        signed = bool(point.signed) if point.signed is not None else lo < 0
-        scale, zp, dtype = formats.activation_of(point.tensor, lo, hi, point.symmetric, signed)
+        scale, zp, dtype, record = activation_quantizer(point, ranges, formats)
         t = point.tensor
         s_name, z_name = _unique(t + "_scale", used), _unique(t + "_zero_point", used)
         g.initializer.append(numpy_helper.from_array(np.array(scale, np.float32), s_name))
@@ -119,12 +112,28 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantizationPlan, ranges: dict[str,
         new_nodes.append(helper.make_node("DequantizeLinear", [q_out, s_name, z_name], [dq_out], name=_unique(t + "_DequantizeLinear", used)))
         for node_name, idx in point.edges:
             nodes_by_name[node_name].input[idx] = dq_out
-        records.append({"tensor": t, "kind": "activation", "scale": scale, "zero_point": zp,
-                        "dtype": "int8" if dtype == TensorProto.INT8 else "uint8", "range": [lo, hi],
-                        "given": t in formats.given,
-                        "consumers": sorted({e[0] for e in point.edges}), "output": dq_out})
+        records.append({**record, "output": dq_out})
     _topological_insert(g, new_nodes)
     return records
+
+
+def activation_quantizer(point: ActivationQuantizer, ranges: dict[str, tuple[float, float]],
+                         formats: NumberFormats = NumberFormats()) -> tuple[float, int, int, dict]:
+    """(scale, zero point, onnx elem type) of the activation quantizer ``point`` from its group's range in
+    ``formats``, and its summary record (every writer adds the name of the tensor it outputs as "output")."""
+    lo, hi = ranges[point.group]
+    signed = bool(point.signed) if point.signed is not None else lo < 0
+    scale, zp, dtype = formats.activation_of(point.tensor, lo, hi, point.symmetric, signed)
+    record = {"tensor": point.tensor, "kind": "activation", "scale": scale, "zero_point": zp,
+              "dtype": "int8" if dtype == TensorProto.INT8 else "uint8", "range": [lo, hi],
+              "given": point.tensor in formats.given, "consumers": sorted({e[0] for e in point.edges})}
+    return scale, zp, dtype, record
+
+
+def weight_record(entry: WeightQuantizer, scale: np.ndarray, wtype: str = "int8") -> dict:
+    """The summary record of weight quantizer ``entry`` with its scales ``scale``, stored as ``wtype``."""
+    return {"tensor": entry.tensor, "kind": "weight", "axis": entry.axis, "dtype": wtype, "bits": entry.narrow_bits,
+            "consumers": [n for n, _ in entry.nodes], "max_scale": float(scale.max())}
 
 
 def _quantize_weight(g, entry: WeightQuantizer, inits, nodes_by_name, used, new_nodes, wtype: str = "int8") -> dict:
@@ -150,8 +159,7 @@ def _quantize_weight(g, entry: WeightQuantizer, inits, nodes_by_name, used, new_
     still_used = any(name in n.input for n in g.node) or name in {o.name for o in g.output}
     if not still_used:
         g.initializer.remove(inits[name])
-    return {"tensor": name, "kind": "weight", "axis": axis, "dtype": wtype, "bits": entry.narrow_bits,
-            "consumers": [n for n, _ in entry.nodes], "max_scale": float(scale.max())}
+    return weight_record(entry, scale, wtype)
 
 
 def _topological_insert(g: onnx.GraphProto, new_nodes: list[onnx.NodeProto]) -> None:

@@ -35,6 +35,16 @@ _PLACEMENT_RANDOM = frozenset({"RandomNormal", "RandomUniform"})
 FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE})
 
 
+def unique_name(name: str, used: set[str]) -> str:
+    """``name``, or ``name_<k>`` with the first k that is not in ``used``; the result is added to ``used``."""
+    base, k = name, 0
+    while name in used:
+        k += 1
+        name = f"{base}_{k}"
+    used.add(name)
+    return name
+
+
 def attr(node: onnx.NodeProto, name: str, default):
     """The value of ``node``'s attribute ``name`` (onnx.helper.get_attribute_value), ``default`` when absent."""
     for a in node.attribute:

@@ -50,17 +50,21 @@ class OnnxRuntimeRunner:
 class OpenVINORunner:
     """The statistics model compiled by OpenVINO for CPU at f32, run on ``_OV_STREAMS`` parallel requests."""
 
-    def __init__(self, model: onnx.ModelProto, outputs: list[str]):
+    def __init__(self, model, outputs: list[str]):
+        """``model``: an onnx.ModelProto, or an ov.Model (an OpenVINO model's statistics model)."""
         from ptqflow.runtime import openvino as ov_helpers
 
         core = ov_helpers.core()
         ov_helpers.check_device(core, "CPU")
-        # The ONNX frontend reads the model directly: convert_model's extra passes cost time (evidence:
-        # docs/algorithms.md#the-statistics-pass).
-        with scratch_dir("ptqflow-stats-") as tmp:
-            path = os.path.join(tmp, "statistics.onnx")
-            save_model(model, path)
-            ov_model = core.read_model(path)
+        if isinstance(model, onnx.ModelProto):
+            # The ONNX frontend reads the model directly: convert_model's extra passes cost time (evidence:
+            # docs/algorithms.md#the-statistics-pass).
+            with scratch_dir("ptqflow-stats-") as tmp:
+                path = os.path.join(tmp, "statistics.onnx")
+                save_model(model, path)
+                ov_model = core.read_model(path)
+        else:
+            ov_model = model
         # f32 explicitly: on CPUs with bf16 units OpenVINO would otherwise observe bf16 activations.
         self.compiled = core.compile_model(ov_model, "CPU", {
             "INFERENCE_PRECISION_HINT": "f32",

@@ -1,0 +1,154 @@
+"""The engine's two halves for an OpenVINO model (``ov.Model``): the second backend beside engine.py's ONNX one.
+
+Placement, the plan, the statistic points and the plan passes are the ONNX path's, read from the model's view
+(graph.openvino_view); what differs is where the graph lives: the statistics are observed by OpenVINO on the model
+itself (statistics.openvino_collector), the plan is written as FakeQuantize nodes (algorithms.fake_quantize) and
+FastBiasCorrection runs on OpenVINO (algorithms.openvino_bias). What needs the ONNX graph to run is refused by
+name (SmoothQuant, full BiasCorrection) or left out with a warning in the plan (the plan passes that run the model
+on kept samples: the sensitivity search).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+from onnx import numpy_helper
+
+from ptqflow.config import QuantizationConfig, RangeEstimator
+from ptqflow.errors import ConfigError
+from ptqflow.logs import get_logger
+from ptqflow.quantization.algorithms import bc_guard, fast_bias_correction, minmax, openvino_bias
+from ptqflow.quantization.algorithms import quantizer_placement as placement
+from ptqflow.quantization.algorithms.bias_layers import find_bias_layers
+from ptqflow.quantization.algorithms.bias_step import (guard_sample_count, report_guard, require_collected,
+                                                      statistics_request)
+from ptqflow.quantization.algorithms.fake_quantize import insert_fake_quantize
+from ptqflow.quantization.algorithms.summary import layer_summary
+from ptqflow.quantization.engine import Collected, QuantizationResult, StreamFor, run_passes
+from ptqflow.quantization.graph.openvino_view import OVView, build_view, is_openvino, mark_batch  # noqa: F401
+from ptqflow.quantization.passes.context import PlanContext
+from ptqflow.quantization.passes.registry import plan_passes
+from ptqflow.quantization.statistics import Statistics, openvino_collector
+from ptqflow.runtime.openvino import read_ir
+
+log = get_logger("engine")
+
+
+@dataclass
+class Prepared:
+    """The caller's model cloned (never changed by the engine) and its view, which the plan's names refer to."""
+
+    model: object  # ov.Model
+    view: OVView
+
+
+def prepare(model) -> Prepared:
+    """The Prepared form of ``model`` (an ov.Model, or an IR's ``.xml`` path with its ``.bin`` beside it); the same
+    model gives the same view names every time."""
+    clone = read_ir(model) if isinstance(model, (str, os.PathLike)) else model.clone()
+    return Prepared(clone, build_view(clone, mark_batch(clone)))
+
+
+def prepare_for(model, statistics: Statistics, config: QuantizationConfig) -> Prepared:
+    """``model`` prepared as the collection prepared it (the view's names are the plan's)."""
+    return prepare(model)
+
+
+def check_supported(config: QuantizationConfig, device: str) -> None:
+    """ConfigError naming what an OpenVINO model cannot get."""
+    if str(getattr(device, "value", device)).lower() != "cpu":
+        raise ConfigError(f"device {device!r}: an OpenVINO model's statistics are observed on OpenVINO CPU; "
+                          "use device 'cpu' (the INT8 IR runs on any OpenVINO device afterwards)")
+    if not config.fast_bias_correction and not config.advanced.disable_bias_correction:
+        raise ConfigError("quantization.fast_bias_correction: full BiasCorrection is not available for an OpenVINO "
+                          "model; keep fast_bias_correction true, or set advanced.disable_bias_correction")
+    if config.quant_format.value != "qdq" or not config.static:
+        raise ConfigError(f"quantization.{'quant_format' if config.static else 'static'}: an OpenVINO model is "
+                          "written with FakeQuantize nodes from static ranges only; keep quant_format qdq and "
+                          "static true, or quantize the ONNX model for onnxruntime's formats")
+    if config.effective_target_runtime().value != "openvino":
+        raise ConfigError("quantization.target_runtime: an OpenVINO model runs on OpenVINO; leave target_runtime "
+                          "unset or 'openvino'")
+    if config.activation_type is not None or config.weight_type.value != "int8":
+        raise ConfigError("quantization.activation_type / weight_type: an OpenVINO model's FakeQuantize nodes use "
+                          "ptqflow's own types (preset decides activation signedness); leave them at their defaults")
+    for name in ("input_quantization_params", "output_quantization_params"):
+        if getattr(config, name):
+            raise ConfigError(f"quantization.{name}: given quantization parameters are not available for an "
+                              "OpenVINO model; quantize the ONNX model, or leave it empty")
+    if config.advanced.smooth_quant_alpha is not None:
+        raise ConfigError("quantization.advanced.smooth_quant_alpha: SmoothQuant is not available for an OpenVINO "
+                          "model; leave it unset, or quantize the ONNX model")
+
+
+def _no_session(model):
+    raise ConfigError("this plan pass runs the model on onnxruntime, which an OpenVINO model cannot")
+
+
+def collect(model, stream_for: StreamFor, config: QuantizationConfig, device: str, keep_samples: int) -> Collected:
+    """Plan and observe ``model`` (an ov.Model) on at most ``config.subset_size`` samples; the Collected."""
+    check_supported(config, device)
+    prepared = prepare(model)
+    view = prepared.view.view
+    plan = placement.build_plan(view, config, [])
+    layers = find_bias_layers(view)
+    plan.bias_layers = [layer.name for layer in layers]
+    plan.collected = statistics_request(config)
+    passes = []
+    for p in (p for p in plan_passes() if p.enabled(config.advanced)):
+        if p.samples(config):  # runs the model on onnxruntime: not for an IR
+            plan.warnings.append(f"{p.name}: not run on an OpenVINO model (it runs the model on onnxruntime)")
+            continue
+        passes.append(p)
+    points = minmax.statistic_points(plan)
+    points += fast_bias_correction.statistic_points(layers) if plan.collected["bias_input_means"] else []
+    for p in passes:
+        points += p.statistic_points(view, plan, config)
+    seen = openvino_collector.observe(prepared.model, prepared.view, plan, points,
+                                      stream_for(view, config.subset_size), keep=keep_samples)
+    run_passes(passes, PlanContext(view, plan, seen.statistics, config, seen.kept, _no_session))
+    return Collected(seen.statistics, prepared, seen.kept)
+
+
+def quantize(prepared: Prepared, statistics: Statistics, config: QuantizationConfig, samples,
+             device: str) -> QuantizationResult:
+    """The INT8 ov.Model (FakeQuantize nodes) of ``prepared`` per the statistics' plan, and the per-layer summary."""
+    check_supported(config, device)
+    plan = statistics.plan
+    plan.check_matches(prepared.view.view)
+    q = prepared.model.clone()
+    mean_minmax = RangeEstimator(config.advanced.activations_range) == RangeEstimator.MEAN_MINMAX
+    bound = prepared.view.bind(q)  # before the writer changes q: its nodes stay q's nodes afterwards
+    records = insert_fake_quantize(q, bound, plan, statistics.ranges(mean_minmax))
+    q, bc = _correct_and_guard(prepared, q, bound, statistics, config, samples)
+    return QuantizationResult(model=q, layers=layer_summary(prepared.view.view, plan, records, bc))
+
+
+def _correct_and_guard(prepared: Prepared, q, bound, statistics: Statistics, config: QuantizationConfig,
+                       samples) -> tuple[object, list[dict]]:
+    """FastBiasCorrection on ``q`` (``bound``: the view bound to it), then the guard (bias_step.correct_and_guard's,
+    on OpenVINO): the model to return (``q`` corrected, or uncorrected when the correction raised the output error)
+    and the records."""
+    adv = config.advanced
+    wanted = set(statistics.plan.bias_layers)
+    layers = [layer for layer in find_bias_layers(prepared.view.view) if layer.name in wanted]
+    if adv.disable_bias_correction or not layers:
+        return q, []
+    require_collected(statistics, fast_bias_correction.statistic_points(layers),
+                      "FastBiasCorrection's per-channel input means")
+    uncorrected = q.clone() if adv.bias_correction_guard_samples else None
+    inits = {t.name: t for t in prepared.view.view.graph.initializer}
+    biases = {layer.name: numpy_helper.to_array(inits[layer.bias]).astype(np.float64).reshape(-1) for layer in layers}
+    records = openvino_bias.fast_bias_correction(
+        prepared.view.bind(prepared.model), bound, layers,
+        statistics.of(fast_bias_correction.FAST_BIAS_CORRECTION), biases, adv.bias_correction_threshold)
+    n_guard = guard_sample_count(config, bool(bc_guard.decision_outputs(prepared.view.view)))
+    guard_samples = samples(n_guard) if uncorrected is not None and n_guard else []
+    if not guard_samples or not any(r.get("applied") for r in records):
+        return q, records
+    keep, before, after = openvino_bias.judge(prepared.model, uncorrected, q, prepared.view.view, guard_samples,
+                                              tie_weight=adv.bias_correction_guard_tie_weight)
+    report_guard(records, keep, len(guard_samples), before, after)
+    return (q if keep else uncorrected), records

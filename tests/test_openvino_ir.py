@@ -1,0 +1,285 @@
+"""OpenVINO IR in, INT8 IR out: the OpenVINO backend of the engine (quantization.openvino_engine) on tiny models
+built with ov.opset, on a builder ONNX model converted with ov.convert_model, and on the real PP-OCR classifier."""
+
+from __future__ import annotations
+
+import collections
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+ov = pytest.importorskip("openvino")
+
+import ptqflow  # noqa: E402
+from ptqflow import api  # noqa: E402
+from builders import conv_classifier, ov_conv_block, random_inputs, save  # noqa: E402
+from ptqflow.config import AdvancedParameters, QuantizationConfig  # noqa: E402
+from ptqflow.errors import ConfigError, InputError  # noqa: E402
+from ptqflow.quantization.graph.openvino_view import build_view  # noqa: E402
+
+FP32 = {"INFERENCE_PRECISION_HINT": "f32"}
+
+
+def _types(model) -> collections.Counter:
+    return collections.Counter(n.get_type_name() for n in model.get_ordered_ops())
+
+
+def _fq_inputs(model) -> list[tuple[str, tuple]]:
+    """(consumer op type, input index) of every FakeQuantize's readers, sorted."""
+    found = []
+    for n in model.get_ordered_ops():
+        if n.get_type_name() == "FakeQuantize":
+            for t in n.output(0).get_target_inputs():
+                found.append((t.get_node().get_type_name(), t.get_index()))
+    return sorted(found)
+
+
+def _run(model, samples, config=None):
+    compiled = ov.Core().compile_model(model, "CPU", config or {})
+    return [compiled(s)[0] for s in samples]
+
+
+def test_view_maps_ops_and_weights_to_onnx_form():
+    view = build_view(ov_conv_block(f16_weights=True)).view
+    ops = [n.op_type for n in view.graph.node]
+    assert ops == ["Conv", "Add", "Relu", "Conv", "Add", "Relu", "GlobalAveragePool", "Reshape", "Gemm", "Add",
+                   "Softmax"]
+    inits = {t.name: tuple(t.dims) for t in view.graph.initializer}
+    dw = view.graph.node[3]
+    assert next(a.i for a in dw.attribute if a.name == "group") == 8
+    assert inits[dw.input[1]] == (8, 1, 3, 3)  # [G, 1, 1, 3, 3] in ONNX's layout
+    assert view.graph.initializer[0].data_type == onnx.TensorProto.FLOAT  # the f16 weight decompressed
+
+
+@pytest.mark.parametrize("f16", [False, True])
+def test_ir_built_in_code_gets_fake_quantize_like_qdq(f16):
+    model = ov_conv_block(f16_weights=f16)
+    samples = random_inputs(8, (3, 12, 12))
+    cfg = QuantizationConfig(advanced=AdvancedParameters(safeguard_softmax_heads=False))
+    result = api.quantize_with_config(model, samples, cfg)
+    q = result.model
+    assert isinstance(q, ov.Model)
+    # 3 weights and the inputs of the two convolutions, the global pooling and the MatMul (moved up through the
+    # Reshape), as ONNX's QDQ has them
+    assert _types(q)["FakeQuantize"] == 7
+    assert _fq_inputs(q) == sorted([("Convolution", 0), ("Convolution", 1), ("GroupConvolution", 0),
+                                    ("GroupConvolution", 1), ("ReduceMean", 0), ("Reshape", 0), ("MatMul", 1)])
+    assert _types(model)["FakeQuantize"] == 0  # the caller's model is left as it was
+    fp32, int8 = _run(model, samples, FP32), _run(q, samples)
+    assert max(float(np.abs(a - b).max()) for a, b in zip(fp32, int8)) < 0.05
+    applied = [row["bias_correction"]["applied"] for row in result.layers if "bias_correction" in row]
+    assert len(applied) == 3
+
+
+def test_ir_path_matches_onnx_path_on_converted_builder(tmp_path):
+    onnx_path = save(conv_classifier(), tmp_path / "m.onnx")
+    samples = random_inputs(8, (3, 16, 16))
+    cfg = QuantizationConfig(advanced=AdvancedParameters(safeguard_softmax_heads=False))
+    r_onnx = api.quantize_with_config(str(onnx_path), samples, cfg)
+    r_ir = api.quantize_with_config(ov.convert_model(str(onnx_path)), samples, cfg)
+    dq = sum(n.op_type == "DequantizeLinear" for n in r_onnx.model.graph.node)
+    assert _types(r_ir.model)["FakeQuantize"] == dq
+    q_onnx = save(r_onnx.model, tmp_path / "q.onnx")
+    ref = _run(ov.convert_model(str(q_onnx)), samples)
+    got = _run(r_ir.model, samples)
+    scale = max(float(np.abs(r).max()) for r in ref)
+    assert max(float(np.abs(a - b).max()) for a, b in zip(got, ref)) < 0.02 * scale
+    shifts = lambda r: [row["bias_correction"]["max_abs_shift"] for row in r.layers if "bias_correction" in row]
+    np.testing.assert_allclose(shifts(r_ir), shifts(r_onnx), rtol=1e-3, atol=1e-6)
+
+
+def test_xml_path_and_statistics_round_trip(tmp_path):
+    xml = tmp_path / "m.xml"
+    ov.save_model(ov_conv_block(), str(xml), compress_to_fp16=False)
+    samples = random_inputs(6, (3, 12, 12))
+    stats = ptqflow.collect_statistics(str(xml), samples)
+    stats.save(tmp_path / "stats")
+    loaded = type(stats).load(tmp_path / "stats")
+    q = ptqflow.apply_quantization(str(xml), loaded, dataset=samples)
+    direct = ptqflow.quantize(str(xml), samples)
+    a, b = _run(q, samples), _run(direct, samples)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("config, field", [
+    (QuantizationConfig(fast_bias_correction=False), "fast_bias_correction"),
+    (QuantizationConfig(advanced=AdvancedParameters(smooth_quant_alpha=0.5)), "smooth_quant_alpha"),
+])
+def test_ir_refuses_what_it_cannot_do_by_name(config, field):
+    with pytest.raises(ConfigError, match=field):
+        api.quantize_with_config(ov_conv_block(), random_inputs(2, (3, 12, 12)), config)
+
+
+def test_ir_statistics_in_shards_are_refused():
+    with pytest.raises(ConfigError, match="shards"):
+        api.collect_partial_statistics(ov_conv_block(), random_inputs(2, (3, 12, 12)), shard=0, shards=2,
+                                       num_samples=2)
+
+
+def _broken_ir(tmp_path: Path, how: str) -> Path:
+    xml = tmp_path / "m.xml"
+    ov.save_model(ov_conv_block(), str(xml), compress_to_fp16=False)
+    bin_path = xml.with_suffix(".bin")
+    if how == "no bin":
+        bin_path.unlink()
+    elif how == "truncated bin":
+        bin_path.write_bytes(bin_path.read_bytes()[:100])
+    else:
+        xml.write_text("<net><layers><layer></net>")
+    return xml
+
+
+@pytest.mark.parametrize("how, words", [("no bin", "weights file"), ("truncated bin", "cannot be read"),
+                                        ("not IR", "cannot be read")])
+def test_malformed_ir_is_an_input_error(tmp_path, how, words):
+    xml = _broken_ir(tmp_path, how)
+    with pytest.raises(InputError, match=words) as err:
+        ptqflow.quantize(str(xml), random_inputs(2, (3, 12, 12)))
+    assert "m.xml" in str(err.value) and err.value.exit_code == 3
+
+
+@pytest.mark.slow
+def test_ppocr_cls_ir_matches_onnx_path():
+    rapidocr = pytest.importorskip("rapidocr_onnxruntime")
+    path = next((Path(rapidocr.__file__).parent / "models").glob("*cls*.onnx"))
+    rng = np.random.default_rng(0)
+    samples = [{"x": rng.uniform(-1, 1, (1, 3, 48, 192)).astype(np.float32)} for _ in range(8)]
+    cfg = QuantizationConfig(advanced=AdvancedParameters(safeguard_softmax_heads=False))
+    r_onnx = api.quantize_with_config(str(path), samples, cfg)
+    r_ir = api.quantize_with_config(ov.convert_model(str(path)), samples, cfg)
+    dq = sum(n.op_type == "DequantizeLinear" for n in r_onnx.model.graph.node)
+    assert _types(r_ir.model)["FakeQuantize"] == dq == 134
+    layers = lambda r: sorted((row["op_type"], row["status"]) for row in r.layers if row["op_type"] == "Conv")
+    assert layers(r_ir) == layers(r_onnx)
+    shifts = lambda r: [row["bias_correction"]["max_abs_shift"] for row in r.layers if "bias_correction" in row]
+    np.testing.assert_allclose(shifts(r_ir), shifts(r_onnx), rtol=1e-3, atol=1e-6)
+
+
+class PotLoader:
+    """A POT DataLoader: __len__ and __getitem__ returning (data, annotation[, metadata])."""
+
+    def __init__(self, samples, metadata: bool):
+        self.samples, self.metadata = samples, metadata
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        label = np.array([i % 4])  # an array annotation: not to be taken for a second input
+        return (self.samples[i]["input"], label, {"id": i}) if self.metadata else (self.samples[i], label)
+
+
+@pytest.mark.parametrize("metadata", [False, True])
+def test_pot_dataloader_is_a_dataset(metadata):
+    samples = random_inputs(5, (3, 12, 12))
+    cfg = QuantizationConfig(advanced=AdvancedParameters(disable_bias_correction=True))
+    model = ov_conv_block()
+    ref = api.collect_statistics(model, samples, cfg)
+    for dataset in (PotLoader(samples, metadata), ptqflow.Dataset(PotLoader(samples, metadata))):
+        got = api.collect_statistics(model, dataset, cfg)
+        assert got.num_samples == 5
+        assert all(np.array_equal(got.values[k], ref.values[k]) for k in ref.values)
+
+
+def test_pot_dataloader_item_of_wrong_shape_is_named():
+    class Bad(PotLoader):
+        def __getitem__(self, i):
+            return self.samples[i]
+
+    with pytest.raises(InputError, match="POT DataLoader item 0"):
+        api.collect_statistics(ov_conv_block(), Bad(random_inputs(2, (3, 12, 12)), False))
+
+
+PIPELINE_CONFIG = ("data:\n  validation_size: 6\n  preprocess:\n    method: none\n"
+                   "validation:\n  latency_iterations: 2\n  gate:\n    min_speedup: null\n    min_cosine: 0.5\n"
+                   "    max_accuracy_drop: null\n")
+
+
+def test_run_on_an_ir(tmp_path):
+    """``ptqflow run --model model.xml``: every step on an IR; the exported IR holds int8 weights."""
+    from ptqflow.artifacts.manifest import read_manifest
+    from ptqflow.cli import main
+
+    src = tmp_path / "src" / "net.xml"
+    src.parent.mkdir()
+    ov.save_model(ov_conv_block(size=16), str(src))  # fp16-compressed weights, as ovc writes them
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(18):
+        np.save(data / f"s{i:02d}.npy", rng.normal(0, 1, (3, 16, 16)).astype(np.float32))
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(PIPELINE_CONFIG)
+    out = tmp_path / "out"
+    pot = tmp_path / "pot.json"
+    pot.write_text(json.dumps({"name": "DefaultQuantization",
+                               "params": {"target_device": "ANY", "stat_subset_size": 5}}))
+    assert main(["run", "--model", str(src), "--data", str(data), "--output", str(out), "--config", str(cfg),
+                 "--pot-config", str(pot)]) == 0
+    assert read_manifest(out / "collect-stats").metrics["num_samples"] == 5
+    model = read_manifest(out / "fetch-model")
+    assert model.extra["format"] == "openvino-ir" and model.extra["inputs"][0]["name"] == "input"
+    quantized = ov.Core().read_model(str(out / "quantize" / "model.xml"))
+    assert _types(quantized)["FakeQuantize"] == 5  # the MatMul before the Softmax head stays float
+    report = json.loads((out / "validate" / "report.json").read_text())
+    assert report["verdict"] == "pass" and list(report["speed"]) == ["openvino"]
+    exported = ov.Core().read_model(str(out / "export-ir" / "model.xml"))
+    int8 = [n for n in exported.get_ordered_ops()
+            if n.get_type_name() == "Constant" and n.get_output_element_type(0) == ov.Type.i8]
+    assert len(int8) == 2 and read_manifest(out / "export-ir").metrics["int8_constants"] == 2
+
+
+def test_fetch_model_refuses_an_ir_without_its_bin(tmp_path):
+    from ptqflow.cli import main
+
+    xml = _broken_ir(tmp_path, "no bin")
+    code = main(["fetch-model", "--model", str(xml), "--out", str(tmp_path / "model")])
+    assert code == 3 and not (tmp_path / "model" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("text", [
+    '{"name": "DefaultQuantization", "params": {"target_device": "CPU", "stat_subset_size": 7, "preset": "mixed"}}',
+    "- name: DefaultQuantization\n  params: {target_device: CPU, stat_subset_size: 7, preset: mixed}\n",
+])
+def test_pot_config_maps_onto_the_config(tmp_path, text):
+    from ptqflow.config import load_config
+    from ptqflow.config.pot import pot_overrides
+
+    path = tmp_path / "pot.cfg"
+    path.write_text(text)
+    cfg = load_config(None, pot_overrides(path)).quantization
+    assert (cfg.target_device.value, cfg.subset_size, cfg.preset.value) == ("CPU", 7, "mixed")
+
+
+@pytest.mark.parametrize("doc, words", [
+    ({"name": "DefaultQuantization", "params": {"stat_subset_size": 3, "range_estimator": {}}}, "range_estimator"),
+    ({"name": "AccuracyAwareQuantization", "params": {}}, "AccuracyAwareQuantization"),
+    ({"name": "DefaultQuantization", "params": {}, "extra": 1}, "extra"),
+])
+def test_pot_config_refuses_unknown_keys_by_name(tmp_path, doc, words):
+    from ptqflow.cli import main
+
+    path = tmp_path / "pot.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match=words):
+        from ptqflow.config.pot import pot_overrides
+
+        pot_overrides(path)
+    assert main(["run", "--model", "m.xml", "--pot-config", str(path), "--output", str(tmp_path / "o")]) == 2
+
+
+@pytest.mark.parametrize("update, field", [
+    ({"quant_format": "qoperator"}, "quantization.quant_format"),
+    ({"static": False}, "quantization.static"),
+    ({"target_runtime": "onnxruntime"}, "quantization.target_runtime"),
+    ({"weight_type": "uint8"}, "weight_type"),
+    ({"input_quantization_params": {"x": [0, 0.1]}}, "quantization.input_quantization_params"),
+])
+def test_onnxruntime_only_options_are_refused_for_an_ir_by_name(update, field):
+    from ptqflow.quantization import openvino_engine
+
+    with pytest.raises(ConfigError, match=field):
+        openvino_engine.check_supported(QuantizationConfig(**update), "cpu")
