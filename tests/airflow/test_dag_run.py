@@ -110,6 +110,16 @@ def _get(client, key: str) -> bytes:
     return client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
 
 
+def _shard_samples(client, step: str) -> list[int]:
+    """The sample counts of the sharded run's 3 shards of ``step``, each checked to be ``step``'s output for it."""
+    counts = []
+    for i in range(3):
+        manifest = json.loads(_get(client, f"runs/ok/{step}-shards/{i}-of-3/manifest.json"))
+        assert manifest["step"] == step and manifest["config"]["shard"] == f"{i}/3", manifest
+        counts.append(manifest["metrics"]["num_samples"])
+    return counts
+
+
 @pytest.mark.slow
 def test_local_mode_whole_pipeline_on_s3(s3, sharded_run):
     env, client, tmp = s3
@@ -150,12 +160,7 @@ def test_three_mapped_shards_give_the_statistics_and_model_of_one_task(s3, shard
     """Uneven shards (8, 8, 4 samples) merged into <output>/collect-stats: statistics.npz and plan.json are the
     bytes the one-task run wrote, and quantize made the same INT8 model (its config is the same in both runs)."""
     env, client, tmp = s3
-    counts = []
-    for i in range(3):
-        manifest = json.loads(_get(client, f"runs/ok/collect-stats-shards/{i}-of-3/manifest.json"))
-        assert manifest["step"] == "collect-stats" and manifest["config"]["shard"] == f"{i}/3"
-        counts.append(manifest["metrics"]["num_samples"])
-    assert counts == [8, 8, 4], counts
+    assert _shard_samples(client, "collect-stats") == [8, 8, 4]
     merged = json.loads(_get(client, "runs/ok/collect-stats/manifest.json"))
     assert merged["step"] == "merge-stats" and merged["metrics"]["shards"] == 3
     assert json.loads(_get(client, "runs/gate/collect-stats/manifest.json"))["step"] == "collect-stats"
@@ -168,12 +173,7 @@ def test_three_validation_shards_give_the_metrics_of_one_task(s3, sharded_run, g
     """Uneven validation shards (1, 1 and 2 samples) merged into <output>/validate: the report's measured values
     (accuracy, fidelity per output, per-layer rows, sample counts) are those the one validate task reported."""
     env, client, tmp = s3
-    counts = []
-    for i in range(3):
-        manifest = json.loads(_get(client, f"runs/ok/validate-shards/{i}-of-3/manifest.json"))
-        assert manifest["step"] == "validate" and manifest["config"]["shard"] == f"{i}/3"
-        counts.append(manifest["metrics"]["num_samples"])
-    assert counts == [1, 1, 2], counts
+    assert _shard_samples(client, "validate") == [1, 1, 2]
     merged = json.loads(_get(client, "runs/ok/validate/manifest.json"))
     assert merged["step"] == "merge-validation" and merged["extra"]["shards"] == 3
     report, (_, whole) = json.loads(_get(client, "runs/ok/validate/report.json")), gate_run

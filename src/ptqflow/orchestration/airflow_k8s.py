@@ -177,27 +177,25 @@ def pod_tasks(device: str, gates):
     list task); a later step waits for whichever of the step and its merge ran. Returns export-ir's task."""
     from airflow.sdk import TriggerRule
 
+    from ptqflow.orchestration.airflow_face import shard_task_id
+
     table = active_table()
-    ops, merged = {step: pod_operator(step, device, table=table) for step in STEP_INPUTS}, {}
+    ops = {step: pod_operator(step, device, table=table) for step in STEP_INPUTS}
+    shard_pods, merged = {}, {}
     for step, fan in FAN_OUTS.items():
         unsharded, shards = gates(fan)
         rule = {"trigger_rule": TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS} if earlier_steps(step) & set(FAN_OUTS) else {}
-        shard_pods = ShardPodOperator.partial(
-            **pod_kwargs(step, device, table=table, task_id=f"{step.replace('-', '_')}_shard"), **rule,
+        shard_pods[step] = ShardPodOperator.partial(
+            **pod_kwargs(step, device, table=table, task_id=shard_task_id(fan)), **rule,
             map_index_template="{{ task.shard }}").expand(shard=shards)
         merged[step] = MergePodOperator(**pod_kwargs(fan.merge, device, table=table))
         unsharded >> ops[step]
-        shard_pods >> merged[step]
-        ops[step] = [ops[step], shard_pods]  # for the wiring below: the shards read what the one pod reads
+        shard_pods[step] >> merged[step]
     for step in STEP_INPUTS:
+        runs = [ops[step], *([shard_pods[step]] if step in shard_pods else [])]  # the shards read what it reads
         for earlier in earlier_steps(step):
-            _ops(ops[earlier])[0] >> ops[step]
-            if earlier in merged:  # (the shard pods have this trigger rule from their partial above)
-                merged[earlier] >> ops[step]
-                _ops(ops[step])[0].trigger_rule = TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS
-    return _ops(ops["export-ir"])[0]
-
-
-def _ops(task_or_tasks) -> list:
-    """A step's tasks: [its pod] or, for a fan-out, [its one pod, its mapped shard pods]."""
-    return task_or_tasks if isinstance(task_or_tasks, list) else [task_or_tasks]
+            ops[earlier] >> runs
+            if earlier in merged:  # (the shard pods got this trigger rule from their partial above)
+                merged[earlier] >> runs
+                ops[step].trigger_rule = TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS
+    return ops["export-ir"]
