@@ -294,3 +294,35 @@ def test_fan_out_runtime(tmp_path):
         assert main([lister, "--shards", "0", "--out", str(tmp_path / "items.json")]) == ConfigError.exit_code
         assert main([lister, "--shards", "2", "--out", str(tmp_path / "items.json")]) == 0
         assert json.loads((tmp_path / "items.json").read_text()) == ["0/2", "1/2"]
+
+
+def test_merge_validation_container_fails_on_a_failed_gate(tmp_path):
+    """The validate loop's containers as kfp_runtime runs them, with a gate that fails: each shard passes (a shard
+    has no gate), merge-validation reads the partials from the executor input, writes the report where KFP takes
+    the artifact from and exits 4 (the task fails, so the run does: export-ir waits for it); that report is the one
+    validate writes on the whole split (the loop's one item when validation_shards is 1), speed aside, and that
+    one fails its gate the same way."""
+    import json
+
+    from ptqflow.errors import GateFailedError
+    from ptqflow.orchestration.kfp_runtime import main
+    from test_validate import make_artifacts
+
+    dirs = make_artifacts(tmp_path, n=6, levels=3)  # 3-level weights: SQNR far below 60 dB
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"validation": {"latency_iterations": 2,
+                                                 "gate": {"min_speedup": None, "min_sqnr_db": 60.0}}}))
+    inputs = [arg for name, path in dirs.items() for arg in (f"--in-{name}", str(path))]
+    parts = [tmp_path / "loop" / str(i) for i in range(2)]
+    for i, part in enumerate(parts):
+        assert main(["validate", "--shard", f"{i}/2", "--config", str(config), "--out", str(part), *inputs]) == 0
+    executor_input = {"inputs": {"artifacts": {"partials": {"artifacts": [{"uri": str(p)} for p in parts]}}}}
+    merged = tmp_path / "merge-validation" / "report"
+    assert main(["merge-validation", "--config", str(config), "--out", str(merged),
+                 "--executor-input", json.dumps(executor_input)]) == GateFailedError.exit_code
+    whole = tmp_path / "whole"
+    assert main(["validate", "--shard", "", "--config", str(config), "--out", str(whole), *inputs]) == \
+        GateFailedError.exit_code
+    got, expected = (json.loads((d / "report.json").read_text()) for d in (merged, whole))
+    assert got["verdict"] == "fail" and got["samples"] == 6
+    assert {k: v for k, v in got.items() if k != "speed"} == {k: v for k, v in expected.items() if k != "speed"}
