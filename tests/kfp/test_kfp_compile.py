@@ -266,7 +266,7 @@ def test_fan_out_runtime(tmp_path):
     from ptqflow.errors import ConfigError
     from ptqflow.orchestration.kfp_runtime import input_artifact_paths, main, merge_on_paths, shard_items
 
-    assert shard_items(1) == [""] and shard_items(3, "validation_shards") == ["0/3", "1/3", "2/3"]
+    assert shard_items(1, "statistics_shards") == [""] and shard_items(3, "validation_shards") == ["0/3", "1/3", "2/3"]
     with pytest.raises(ConfigError, match="validation_shards"):
         shard_items(0, "validation_shards")
     executor_input = {"inputs": {"artifacts": {"partials": {"artifacts": [

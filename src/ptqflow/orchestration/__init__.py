@@ -88,7 +88,7 @@ def shard_output_uri(output_prefix: str, step: str, shard: tuple[int, int]) -> s
     return f"{shards_uri(output_prefix, step)}/{shard_name(shard)}"
 
 
-def shard_labels(count, param: str = "statistics_shards") -> list[str]:
+def shard_labels(count, param: str) -> list[str]:
     """``["0/N", ..., "N-1/N"]`` for ``count`` = N > 1 shards, ``[]`` for 1 (the step runs once, unsharded);
     ConfigError naming run parameter ``param`` unless ``count`` is an integer >= 1."""
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:

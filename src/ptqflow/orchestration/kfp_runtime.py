@@ -81,7 +81,7 @@ def run_step_on_paths(step: str, inputs: dict[str, str], out: str, config_path: 
     return {"digest": manifest.digest, "metrics": manifest.metrics}
 
 
-def shard_items(count: int, param: str = "statistics_shards") -> list[str]:
+def shard_items(count: int, param: str) -> list[str]:
     """What a fan-out's loop iterates over, from run parameter ``param``: ``["0/N", ..., "N-1/N"]`` for N > 1
     shards, ``[""]`` for 1 (the step once on the whole split, whose artifact the merge then passes on unchanged)."""
     return shard_labels(count, param) or [""]
