@@ -7,7 +7,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = ["fetch_model", "build_calibration", "collect_stats", "quantize", "validate", "export_ir"]
-FAN_OUT = ["statistics_unsharded", "statistics_shards", "collect_stats_shard", "merge_stats"]
+FAN_OUT = ["statistics_unsharded", "statistics_shards", "collect_stats_shard", "merge_stats",
+           "validation_unsharded", "validation_shards", "validate_shard", "merge_validation"]
 
 
 @pytest.mark.parametrize("mode", ["local", "kubernetes"])
@@ -20,7 +21,8 @@ def test_dagbag_imports_without_errors(mode, monkeypatch, tmp_path):
     dag = bag.dags["ptqflow_quantize"]
     gate = ["registry_configured"] if mode == "kubernetes" else []
     assert sorted(dag.task_dict) == sorted(STEPS + FAN_OUT + ["publish", "publish_registry"] + gate)
-    upstream = {"export_ir", "fetch_model", "quantize", "validate"} if mode == "local" else set(gate)
+    local = {"export_ir", "fetch_model", "quantize", "validate", "merge_validation"}
+    upstream = local if mode == "local" else set(gate)
     assert dag.get_task("publish_registry").upstream_task_ids == upstream
     assert dag.doc_md and "ptqflow" in dag.doc_md
     # Statistics from the one collect_stats task, or the shards' merge: quantize runs after whichever ran.
@@ -29,9 +31,21 @@ def test_dagbag_imports_without_errors(mode, monkeypatch, tmp_path):
     assert dag.get_task("quantize").trigger_rule == "none_failed_min_one_success"
     assert dag.get_task("collect_stats").upstream_task_ids >= {"statistics_unsharded"}
     assert dag.get_task("collect_stats_shard").is_mapped
+    assert dag.get_task("collect_stats_shard").upstream_task_ids == {"fetch_model", "build_calibration",
+                                                                     "statistics_shards"}
     assert dag.get_task("merge_stats").upstream_task_ids == {"collect_stats_shard"}
     assert dag.params.get_param("statistics_shards").value == 1
-    assert "validate" in dag.get_task("export_ir").upstream_task_ids
+    # Validation the same way: the one validate behind its gate, or the mapped shards (after quantize) and their
+    # merge; export-ir runs after whichever of validate and merge_validation ran (and so after the gate).
+    assert dag.get_task("validate").upstream_task_ids == {"fetch_model", "build_calibration", "quantize",
+                                                          "validation_unsharded"}
+    assert dag.get_task("validate_shard").is_mapped
+    assert dag.get_task("validate_shard").upstream_task_ids == {"fetch_model", "build_calibration", "quantize",
+                                                                "validation_shards"}
+    assert dag.get_task("merge_validation").upstream_task_ids == {"validate_shard"}
+    assert dag.params.get_param("validation_shards").value == 1
+    assert {"validate", "merge_validation"} <= dag.get_task("export_ir").upstream_task_ids
+    assert dag.get_task("export_ir").trigger_rule == "none_failed_min_one_success"
     assert {"preset", "subset_size", "fast_bias_correction", "min_cosine", "device", "model", "data",
             "output"} <= set(dag.params)
 
@@ -179,11 +193,13 @@ def test_exit_codes_map_to_retry_policy():
     assert exit_code(k8s.V1Pod(status=k8s.V1PodStatus(phase="Running"))) is None
 
 
+@pytest.mark.parametrize("step,merge", [("collect-stats", "merge-stats"), ("validate", "merge-validation")])
 @pytest.mark.parametrize("device,resource", [("cuda", "nvidia.com/gpu"), ("npu", "npu.intel.com/accel")])
-def test_shard_pods_are_placed_as_collect_stats_and_the_merge_pod_on_cpu(kubeconfig, device, resource):
-    """statistics_shards=3 in kubernetes mode: each mapped shard pod is collect-stats' pod (image, node selector,
-    tolerations, accelerator) running ``collect-stats --shard I/3`` into its own directory; the merge pod runs
-    ``merge-stats`` on the three on a CPU node into <output>/collect-stats, with the shards' config."""
+def test_shard_pods_are_placed_as_their_step_and_the_merge_pod_on_cpu(kubeconfig, device, resource, step, merge):
+    """statistics_shards=3 and validation_shards=3 in kubernetes mode: each mapped shard pod is its step's pod
+    (image, node selector, tolerations, accelerator) running ``<step> --shard I/3`` into its own directory; the
+    merge pod runs ``merge-stats`` / ``merge-validation`` on the three on a CPU node into <output>/<step>, with the
+    shards' config."""
     import kubernetes_validate
     from airflow.sdk.definitions.param import ParamsDict
     from kubernetes.client import ApiClient
@@ -193,8 +209,9 @@ def test_shard_pods_are_placed_as_collect_stats_and_the_merge_pod_on_cpu(kubecon
     from ptqflow.orchestration.airflow_face import build_dag
     from ptqflow.orchestration.airflow_k8s import with_partials
 
-    conf = {**CONF, "statistics_shards": 3}
-    (whole, whole_pod), = _render_pods(device, conf, kubeconfig, ["collect_stats"]).values()
+    conf = {**CONF, "statistics_shards": 3, "validation_shards": 3}
+    tid = step.replace("-", "_")
+    (whole, whole_pod), = _render_pods(device, conf, kubeconfig, [tid]).values()
     dag = build_dag("ptqflow_k8s_shards", mode="kubernetes", device=device)
     params = ParamsDict(dag.params)
     params.update(conf)
@@ -208,7 +225,7 @@ def test_shard_pods_are_placed_as_collect_stats_and_the_merge_pod_on_cpu(kubecon
 
     whole_args = build_parser().parse_args(whole_pod.spec.containers[0].args)
     for i in range(3):
-        pod = rendered(dag.get_task("collect_stats_shard").unmap({"shard": f"{i}/3"}))
+        pod = rendered(dag.get_task(f"{tid}_shard").unmap({"shard": f"{i}/3"}))
         c, w = pod.spec.containers[0], whole_pod.spec.containers[0]
         assert c.image == w.image and c.image.endswith(f"-{device}")
         assert c.resources.limits == w.resources.limits and c.resources.limits[resource] == "1"
@@ -216,32 +233,53 @@ def test_shard_pods_are_placed_as_collect_stats_and_the_merge_pod_on_cpu(kubecon
         assert pod.spec.tolerations == whole_pod.spec.tolerations
         assert pod.metadata.labels["ptqflow.io/shard"] == f"{i}-of-3"
         args = build_parser().parse_args(c.args)
-        assert args.command == "collect-stats" and args.shard == (i, 3)
-        assert args.out == f"s3://runs/r1/collect-stats-shards/{i}-of-3"
-        assert (args.in_model, args.in_calibration) == (whole_args.in_model, whole_args.in_calibration)
+        assert args.command == step and args.shard == (i, 3)
+        assert args.out == f"s3://runs/r1/{step}-shards/{i}-of-3"
+        inputs = {k: v for k, v in vars(args).items() if k.startswith("in_")}
+        assert inputs == {k: v for k, v in vars(whole_args).items() if k.startswith("in_")} and inputs
         assert args.sets == whole_args.sets
         kubernetes_validate.validate(ApiClient().sanitize_for_serialization(pod), "1.31.0", strict=True)
-    merge = dag.get_task("merge_stats")
-    pod = rendered(merge)
+    pod = rendered(dag.get_task(merge.replace("-", "_")))
     c = pod.spec.containers[0]
     assert not c.image.endswith(f"-{device}") and resource not in (c.resources.limits or {})
     assert pod.spec.node_selector == {"kubernetes.io/arch": "amd64"} and not pod.spec.tolerations
     args = build_parser().parse_args(with_partials(c.args, 3))  # what execute() runs
-    assert args.command == "merge-stats" and args.out == "s3://runs/r1/collect-stats"
-    assert args.in_partials == [f"s3://runs/r1/collect-stats-shards/{i}-of-3" for i in range(3)]
-    assert args.sets == whole_args.sets  # the merge checks the partials were collected with its config
+    assert args.command == merge and args.out == f"s3://runs/r1/{step}"
+    assert args.in_partials == [f"s3://runs/r1/{step}-shards/{i}-of-3" for i in range(3)]
+    assert args.sets == whole_args.sets  # the merge checks the partials were made with its config
     cfg = load_config(None, overrides_from_args(args))
     assert cfg.device.value == device and cfg.quantization.preset.value == "mixed"
     kubernetes_validate.validate(ApiClient().sanitize_for_serialization(pod), "1.31.0", strict=True)
 
 
-def test_statistics_shards_param():
+def test_merge_pod_takes_the_number_of_shards_from_its_own_param(kubeconfig, monkeypatch):
+    """Each merge pod fills in its partials from its fan-out's param when it runs: merge_validation from
+    validation_shards, merge_stats from statistics_shards, whatever the other one says."""
+    from ptqflow.orchestration.airflow_face import build_dag
+    from ptqflow.orchestration.airflow_k8s import PtqflowPodOperator
+
+    ran = {}
+    monkeypatch.setattr(PtqflowPodOperator, "execute", lambda self, context: ran.setdefault(self.task_id,
+                                                                                            self.arguments))
+    dag = build_dag("ptqflow_k8s_merge", mode="kubernetes", device="cpu")
+    context = {"params": {"statistics_shards": 2, "validation_shards": 4}}
+    for tid, step, n in (("merge_stats", "collect-stats", 2), ("merge_validation", "validate", 4)):
+        dag.get_task(tid).execute(context)
+        args = ran[tid]
+        i = args.index("--in-partials")
+        assert args[i + 1:i + 1 + n] == [f"{{{{ params.output }}}}/{step}-shards/{k}-of-{n}" for k in range(n)]
+        assert args[i + 1 + n] == "--out"
+
+
+@pytest.mark.parametrize("param", ["statistics_shards", "validation_shards"])
+def test_shards_params(param):
     from airflow.sdk.definitions.param import ParamsDict
 
     from ptqflow.orchestration.airflow_face import dag_params
 
-    params = ParamsDict({"statistics_shards": dag_params()["statistics_shards"]})
-    params["statistics_shards"] = 4
+    params = ParamsDict({param: dag_params()[param]})
+    assert params[param] == 1
+    params[param] = 4
     for bad in (0, "two", 1.5):
         with pytest.raises(Exception):
-            params["statistics_shards"] = bad
+            params[param] = bad

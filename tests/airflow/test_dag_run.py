@@ -1,7 +1,8 @@
 """Airflow local mode end to end: dag.test() runs the six steps on a tiny model with every artifact on an S3
-server on loopback (moto), statistics in 3 mapped shards and their merge, and publishes the Assets; a failed gate
-fails validate at once (no retry) in a run that collects statistics in one task, whose statistics and INT8 model
-are byte for byte the sharded run's."""
+server on loopback (moto), statistics and validation each in 3 mapped shards and their merges, and publishes the
+Assets; a failed gate fails validate at once (no retry) in a run of one task per step, whose statistics and INT8
+model are byte for byte the sharded run's and whose validation metrics are its values; and the same failed gate,
+validated in 3 shards, fails merge_validation and the run."""
 
 import json
 import os
@@ -15,7 +16,8 @@ from s3server import moto_server, s3_env
 from tiny_run import seed_bucket
 
 BUCKET = "ptqflow-airflow"
-# 24 samples: 4 to validate, 20 to calibrate (3 shards of whole 8-sample blocks: 8, 8 and 4 samples).
+# 24 samples: 4 to validate (3 shards of 1, 1 and 2 samples), 20 to calibrate (3 shards of whole 8-sample blocks:
+# 8, 8 and 4 samples).
 BASE = {"data": {"validation_size": 4, "preprocess": {"method": "none"}},
         "validation": {"latency_iterations": 2, "gate": {"min_speedup": None, "max_accuracy_drop": None}}}
 RUNNER = """
@@ -67,26 +69,55 @@ def _conf(run, **gate):
             "output": f"s3://{BUCKET}/runs/{run}", "subset_size": 20, "min_cosine": "0.5", "config": base}
 
 
+# What validation measured, as report.json has it: equal between runs on the same data and models whatever their
+# shards (the speed section is measured, the verdict and gate rows depend on the gate's config).
+MEASURED = ("samples", "labeled", "accuracy", "fidelity", "layers", "device")
+
+
 @pytest.fixture(scope="module")
 def sharded_run(s3):
-    """The whole pipeline into runs/ok with statistics in 3 shards (3 mapped tasks and the merge)."""
+    """The whole pipeline into runs/ok with statistics and validation each in 3 shards (3 mapped tasks and the
+    merge each)."""
     env, client, tmp = s3
     conf = _conf("ok")
-    conf.update(min_cosine=0.5, statistics_shards=3)
+    conf.update(min_cosine=0.5, statistics_shards=3, validation_shards=3)
     return _run(env, tmp, conf)
+
+
+def _gate_conf():
+    conf = _conf("gate", min_sqnr_db=500.0)
+    conf["min_cosine"] = 0.5
+    return conf
 
 
 @pytest.fixture(scope="module")
 def gate_run(s3):
-    """A run into runs/gate whose gate fails (statistics in one task: statistics_shards left at 1)."""
+    """A run into runs/gate whose gate fails (one task per step: both shard params left at 1), and its
+    report.json as that run left it (the sharded gate run replaces it)."""
     env, client, tmp = s3
-    conf = _conf("gate", min_sqnr_db=500.0)
-    conf["min_cosine"] = 0.5
-    return _run(env, tmp, conf)
+    result = _run(env, tmp, _gate_conf())
+    return result, json.loads(_get(client, "runs/gate/validate/report.json"))
+
+
+@pytest.fixture(scope="module")
+def sharded_gate_run(s3, gate_run):
+    """The gate run again, validated in 3 shards: every step before validation is its cached result."""
+    env, client, tmp = s3
+    return _run(env, tmp, {**_gate_conf(), "validation_shards": 3})
 
 
 def _get(client, key: str) -> bytes:
     return client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+
+
+def _shard_samples(client, step: str) -> list[int]:
+    """The sample counts of the sharded run's 3 shards of ``step``, each checked to be ``step``'s output for it."""
+    counts = []
+    for i in range(3):
+        manifest = json.loads(_get(client, f"runs/ok/{step}-shards/{i}-of-3/manifest.json"))
+        assert manifest["step"] == step and manifest["config"]["shard"] == f"{i}/3", manifest
+        counts.append(manifest["metrics"]["num_samples"])
+    return counts
 
 
 @pytest.mark.slow
@@ -94,12 +125,13 @@ def test_local_mode_whole_pipeline_on_s3(s3, sharded_run):
     env, client, tmp = s3
     result = json.loads(json.dumps(sharded_run))
     assert result["state"] == "success", result
-    # No registry section in the conf: the publish step's task is skipped; with statistics in shards the one-task
-    # collect_stats is gated off; everything else succeeds, each of the 3 mapped shard tasks included.
-    for skipped in ("publish_registry", "collect_stats"):
+    # No registry section in the conf: the publish step's task is skipped; with statistics and validation in shards
+    # the one-task collect_stats and validate are gated off; everything else succeeds, each mapped shard included.
+    for skipped in ("publish_registry", "collect_stats", "validate"):
         assert result["tasks"].pop(skipped)[0] == "skipped", (skipped, result)
     assert all(s == "success" for s, _ in result["tasks"].values()), result
-    fan_out = {f"collect_stats_shard[{i}]" for i in range(3)} | {"merge_stats", "statistics_shards"}
+    fan_out = {f"{step}_shard[{i}]" for i in range(3) for step in ("collect_stats", "validate")}
+    fan_out |= {"merge_stats", "statistics_shards", "merge_validation", "validation_shards"}
     assert fan_out <= set(result["tasks"]), result
     keys = {o["Key"] for o in client.list_objects_v2(Bucket=BUCKET, Prefix="runs/ok/")["Contents"]}
     for step in ("fetch-model", "build-calibration", "collect-stats", "quantize", "validate", "export-ir"):
@@ -110,15 +142,17 @@ def test_local_mode_whole_pipeline_on_s3(s3, sharded_run):
 @pytest.mark.slow
 def test_gate_failure_fails_validate_without_retry(s3, gate_run):
     env, client, tmp = s3
-    result = gate_run
+    result, _ = gate_run
     assert result["state"] == "failed"
     assert result["tasks"]["validate"] == ["failed", 1]  # AirflowFailException: no retries used
     assert result["tasks"]["export_ir"][0] == "upstream_failed"
     report = client.list_objects_v2(Bucket=BUCKET, Prefix="runs/gate/validate/report.json")
     assert report.get("KeyCount") == 1  # the report was published before the gate failed the task
-    # statistics_shards 1: collect_stats ran; the shard task mapped over nothing and was skipped, and the merge.
+    # Both shard params 1: collect_stats ran; the shard task mapped over nothing and was skipped, and the merge;
+    # validate likewise.
     assert result["tasks"]["collect_stats"][0] == "success"
     assert result["tasks"]["collect_stats_shard"][0] == "skipped" and result["tasks"]["merge_stats"][0] == "skipped"
+    assert result["tasks"]["validate_shard"][0] == "skipped" and result["tasks"]["merge_validation"][0] == "skipped"
 
 
 @pytest.mark.slow
@@ -126,14 +160,41 @@ def test_three_mapped_shards_give_the_statistics_and_model_of_one_task(s3, shard
     """Uneven shards (8, 8, 4 samples) merged into <output>/collect-stats: statistics.npz and plan.json are the
     bytes the one-task run wrote, and quantize made the same INT8 model (its config is the same in both runs)."""
     env, client, tmp = s3
-    counts = []
-    for i in range(3):
-        manifest = json.loads(_get(client, f"runs/ok/collect-stats-shards/{i}-of-3/manifest.json"))
-        assert manifest["step"] == "collect-stats" and manifest["config"]["shard"] == f"{i}/3"
-        counts.append(manifest["metrics"]["num_samples"])
-    assert counts == [8, 8, 4], counts
+    assert _shard_samples(client, "collect-stats") == [8, 8, 4]
     merged = json.loads(_get(client, "runs/ok/collect-stats/manifest.json"))
     assert merged["step"] == "merge-stats" and merged["metrics"]["shards"] == 3
     assert json.loads(_get(client, "runs/gate/collect-stats/manifest.json"))["step"] == "collect-stats"
     for name in ("collect-stats/statistics.npz", "collect-stats/plan.json", "quantize/model.onnx"):
         assert _get(client, f"runs/ok/{name}") == _get(client, f"runs/gate/{name}"), name
+
+
+@pytest.mark.slow
+def test_three_validation_shards_give_the_metrics_of_one_task(s3, sharded_run, gate_run):
+    """Uneven validation shards (1, 1 and 2 samples) merged into <output>/validate: the report's measured values
+    (accuracy, fidelity per output, per-layer rows, sample counts) are those the one validate task reported."""
+    env, client, tmp = s3
+    assert _shard_samples(client, "validate") == [1, 1, 2]
+    merged = json.loads(_get(client, "runs/ok/validate/manifest.json"))
+    assert merged["step"] == "merge-validation" and merged["extra"]["shards"] == 3
+    report, (_, whole) = json.loads(_get(client, "runs/ok/validate/report.json")), gate_run
+    assert report["verdict"] == "pass" and whole["verdict"] == "fail"  # only the gate's thresholds differ
+    assert {k: report[k] for k in MEASURED} == {k: whole[k] for k in MEASURED}
+    assert report["samples"] == 4 and report["fidelity"]
+
+
+@pytest.mark.slow
+def test_a_gate_failed_after_the_merge_fails_the_run(s3, gate_run, sharded_gate_run):
+    """validation_shards 3 with the failing gate: the shards pass (a shard has no gate), merge_validation publishes
+    the report and fails at once (no retry), export-ir never runs; the merged report is the one-task report (its
+    gate rows and verdict included: same config), the speed section aside."""
+    env, client, tmp = s3
+    result = sharded_gate_run
+    assert result["state"] == "failed"
+    assert result["tasks"]["validate"][0] == "skipped"
+    assert all(result["tasks"][f"validate_shard[{i}]"][0] == "success" for i in range(3)), result
+    assert result["tasks"]["merge_validation"] == ["failed", 1]
+    assert result["tasks"]["export_ir"][0] == "upstream_failed"
+    report, (_, whole) = json.loads(_get(client, "runs/gate/validate/report.json")), gate_run
+    assert json.loads(_get(client, "runs/gate/validate/manifest.json"))["step"] == "merge-validation"
+    assert report["verdict"] == "fail"
+    assert {k: v for k, v in report.items() if k != "speed"} == {k: v for k, v in whole.items() if k != "speed"}

@@ -45,8 +45,10 @@ def task_table(run: dict, tis: list[dict]) -> str:
     lines = [f"dag_id={run['dag_id']} run_id={run['dag_run_id']} state={run['state']} "
              f"triggered_by={run.get('triggered_by')} start={run.get('start_date')} end={run.get('end_date')}",
              f"{'task':<22} {'state':<10} {'try':>3} {'seconds':>8}"]
-    fan_out = ("statistics_unsharded", "statistics_shards", "collect_stats_shard", "merge_stats")
-    order = {t: i for i, t in enumerate((*STEPS[:2], *fan_out, *STEPS[2:], "publish", "publish_registry"))}
+    statistics = ("statistics_unsharded", "statistics_shards", "collect_stats_shard", "merge_stats")
+    validation = ("validation_unsharded", "validation_shards", "validate_shard", "merge_validation")
+    order = {t: i for i, t in enumerate((*STEPS[:2], *statistics, *STEPS[2:4], *validation, *STEPS[4:], "publish",
+                                         "publish_registry"))}
     for ti in sorted(tis, key=lambda t: (order.get(t["task_id"], 99), t.get("map_index", -1))):
         name = ti["task_id"] + (f"[{ti['map_index']}]" if ti.get("map_index", -1) >= 0 else "")
         lines.append(f"{name:<22} {str(ti['state']):<10} {ti.get('try_number', 0):>3} "

@@ -46,10 +46,10 @@ class Pod:
 def kfp_pods(values: dict, artifact_root: str) -> list[Pod]:
     """Every task of the compiled pipeline in dependency order, run with pipeline parameters ``values`` (the
     rest at their defaults); output artifacts at ``artifact_root/<task>/<name>``. A ``dsl.ParallelFor`` task (the
-    collect-stats loop over the statistics shards) becomes one pod per item, as the launcher runs it
-    (``<loop>/<k>/<inner task>``): the items are what the loop's list task computes
-    (``kfp_runtime.statistics_shards``, the function its container runs)."""
-    from ptqflow.orchestration.kfp_runtime import statistics_shards
+    collect-stats loop over the statistics shards, the validate loop over the validation shards) becomes one pod per
+    item, as the launcher runs it (``<loop>/<k>/<inner task>``): the items are what the loop's list task computes
+    (``kfp_runtime.shard_items``, the function its container runs)."""
+    from ptqflow.orchestration.kfp_runtime import SHARD_LISTS, shard_items
 
     docs = list(yaml.safe_load_all(KFP_PIPELINE.read_text()))
     spec, platform = docs[0], (docs[1] if len(docs) > 1 else {})
@@ -109,8 +109,8 @@ def kfp_pods(values: dict, artifact_root: str) -> list[Pod]:
                 parameters[name] = out_params[ref["producerTask"]][ref["outputParameterKey"]]
         if "dag" not in component:
             produced[task] = container_pod(task, component, artifacts, parameters, f"{artifact_root}/{task}")
-            if task == "statistics-shards":
-                out_params[task] = {"items": statistics_shards(int(parameters["shards"]))}
+            if task in SHARD_LISTS:  # statistics-shards, validation-shards
+                out_params[task] = {"items": shard_items(int(parameters["shards"]), SHARD_LISTS[task].param)}
             continue
         # A ParallelFor: its inner tasks once per item of the list it iterates over.
         loop = t["parameterIterator"]
@@ -161,10 +161,10 @@ def _kfp_arg(arg: str, fill) -> str:
 
 
 def airflow_pods(device: str, conf: dict, workdir: Path) -> tuple[list[Pod], str]:
-    """The six step pods of the DAG built for ``device`` in kubernetes mode, run with ``conf``; and where their
-    rendering came from (Airflow itself, or the shared step_arguments function without Airflow)."""
-    from ptqflow.orchestration import STEP_INPUTS
-
+    """The pods of the DAG built for ``device`` in kubernetes mode, run with ``conf``, in order: one per step, or
+    for a step the conf fans out (statistics_shards, validation_shards N > 1) its N shard pods ``<step>[I/N]`` and
+    its merge pod; and where their rendering came from (Airflow itself, or the shared step_arguments function
+    without Airflow)."""
     if AIRFLOW_PYTHON.exists():
         out = workdir / "kpo.json"
         r = subprocess.run([str(AIRFLOW_PYTHON), str(Path(__file__).with_name("render_kpo.py")),
@@ -173,10 +173,9 @@ def airflow_pods(device: str, conf: dict, workdir: Path) -> tuple[list[Pod], str
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         rendered = json.loads(out.read_text())
         pods = []
-        for step in STEP_INPUTS:
-            c = rendered[step]
+        for name, c in rendered.items():
             args = c["args"]
-            pods.append(Pod(step, c["image"], [*c["command"], *args],
+            pods.append(Pod(name, c["image"], [*c["command"], *args],
                             {e["name"]: e["value"] for e in c["env"] if "value" in e},
                             [e["name"] for e in c["env"] if "valueFrom" in e], c["working_dir"],
                             [args[args.index("--out") + 1]]))
@@ -185,9 +184,11 @@ def airflow_pods(device: str, conf: dict, workdir: Path) -> tuple[list[Pod], str
 
 
 def _airflow_pods_without_airflow(device: str, conf: dict) -> list[Pod]:
-    """As ptqflow.orchestration.airflow_k8s.pod_operator builds them: ``ptqflow --log-format json`` and
-    step_arguments, the config and parameters as --set values, image step_image, env PTQFLOW_STEP."""
-    from ptqflow.orchestration import STEP_INPUTS, step_input_uris, step_output_uri
+    """As ptqflow.orchestration.airflow_k8s builds them: ``ptqflow --log-format json`` and step_arguments, the
+    config and parameters as --set values, image step_image, env PTQFLOW_STEP; a fanned-out step's shards with
+    ``--shard I/N`` and their own outputs, then its merge on the N outputs."""
+    from ptqflow.orchestration import (FAN_OUTS, STEP_INPUTS, shard_output_uri, step_input_uris,
+                                       step_output_uri)
     from ptqflow.orchestration.commands import step_arguments
     from ptqflow.orchestration.images import step_image
     from ptqflow.orchestration.params import EXPOSED
@@ -195,8 +196,24 @@ def _airflow_pods_without_airflow(device: str, conf: dict) -> list[Pod]:
     sets = {key: json.dumps(value) for key, value in conf.get("config", {}).items()}
     sets.update({EXPOSED[name]: json.dumps(value) for name, value in conf.items() if name in EXPOSED})
     output = conf["output"]
-    return [Pod(step, step_image(step, device),
-                ["ptqflow", "--log-format", "json",
-                 *step_arguments(step, step_input_uris(output, step), step_output_uri(output, step), sets)],
-                {"PTQFLOW_STEP": step}, outputs=[step_output_uri(output, step)])
-            for step in STEP_INPUTS]
+
+    def pod(name, step, inputs, out, extra=()):
+        return Pod(name, step_image(step, device),
+                   ["ptqflow", "--log-format", "json", *step_arguments(step, inputs, out, sets), *extra],
+                   {"PTQFLOW_STEP": step}, outputs=[out])
+
+    pods = []
+    for step in STEP_INPUTS:
+        fan = FAN_OUTS.get(step)
+        n = int(conf.get(fan.param, 1)) if fan else 1
+        if n == 1:
+            pods.append(pod(step, step, step_input_uris(output, step), step_output_uri(output, step)))
+            continue
+        parts = [shard_output_uri(output, step, (i, n)) for i in range(n)]
+        pods += [pod(f"{step}[{i}/{n}]", step, step_input_uris(output, step), part, ("--shard", f"{i}/{n}"))
+                 for i, part in enumerate(parts)]
+        merge = pod(fan.merge, fan.merge, {}, step_output_uri(output, step))
+        i = merge.argv.index("--out")
+        merge.argv[i:i] = ["--in-partials", *parts]
+        pods.append(merge)
+    return pods

@@ -4,8 +4,11 @@ them, and print each pod's main container as JSON. Needs Airflow, so the contain
 
     python render_kpo.py '{"device": "npu", "conf": {...run conf...}}' OUT.json
 
-writes {step: {"image", "command", "args", "env", "working_dir"}} for the six steps to OUT.json (not stdout:
-Airflow logs there), env as the pod spec's list of {"name", "value"} or {"name", "valueFrom"}."""
+writes {pod: {"image", "command", "args", "env", "working_dir"}} for every pod the run starts, in order, to OUT.json
+(not stdout: Airflow logs there), env as the pod spec's list of {"name", "value"} or {"name", "valueFrom"}. A pod
+is named after its step; where the conf fans a step out (statistics_shards, validation_shards N > 1), the step's
+pods are its shards, ``<step>[I/N]``, and its merge (``merge-stats``, ``merge-validation``, its partials filled in
+as the operator does when it runs)."""
 
 from __future__ import annotations
 
@@ -15,7 +18,24 @@ import sys
 import tempfile
 from pathlib import Path
 
-STEPS = ("fetch-model", "build-calibration", "collect-stats", "quantize", "validate", "export-ir")
+
+
+def run_tasks(dag, conf: dict):
+    """(pod name, operator) of every pod a run with ``conf`` starts, in step order (see the module docstring)."""
+    from ptqflow.orchestration import FAN_OUTS, STEP_INPUTS
+    from ptqflow.orchestration.airflow_k8s import with_partials
+
+    for step in STEP_INPUTS:
+        fan = FAN_OUTS.get(step)
+        n = int(conf.get(fan.param, 1)) if fan else 1
+        if n == 1:
+            yield step, dag.get_task(step.replace("-", "_"))
+            continue
+        for i in range(n):
+            yield f"{step}[{i}/{n}]", dag.get_task(f"{step.replace('-', '_')}_shard").unmap({"shard": f"{i}/{n}"})
+        merge = dag.get_task(fan.merge.replace("-", "_"))
+        merge.arguments = with_partials(merge.arguments, n)  # what MergePodOperator.execute does
+        yield fan.merge, merge
 
 
 def main(argv: list[str]) -> int:
@@ -42,14 +62,13 @@ current-context: x
     params.update(request["conf"])
     params.validate()
     pods = {}
-    for step in STEPS:
-        op = dag.get_task(step.replace("-", "_"))
+    for name, op in run_tasks(dag, request["conf"]):
         op.config_file = str(kubeconfig)
         # As the task runner does before execute(): the templated fields rendered with the run's params.
         op.arguments = op.render_template(op.arguments, {"params": params.dump()}, jinja_env=dag.get_template_env())
         pod = ApiClient().sanitize_for_serialization(op.build_pod_request_obj(context=None))
         (container,) = [c for c in pod["spec"]["containers"] if c["name"] == op.base_container_name]
-        pods[step] = {"image": container["image"], "command": container.get("command", []),
+        pods[name] = {"image": container["image"], "command": container.get("command", []),
                       "args": container.get("args", []), "env": container.get("env", []),
                       "working_dir": container.get("workingDir")}
     Path(argv[2]).write_text(json.dumps(pods, indent=1))

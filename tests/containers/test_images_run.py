@@ -9,7 +9,8 @@ out of reach here, and only device "npu" on an NPU node uses it; every step belo
 image is not built (its CUDA wheels take several GB and minutes); test_locks and the CPU install test check
 what can be checked of it without a GPU.
 
-Slow: both builds, the demo and fourteen step containers; see docs/containers.md for the times measured.
+Slow: both builds, the demo and twenty-two step containers (twelve for Kubeflow, ten for Airflow with both steps in
+2 shards); see docs/containers.md for the times measured.
 Images and containers get names unique to the run and are removed afterwards; the fallback base image
 (localhost/ptqflow-base:bookworm) is kept as a cache.
 """
@@ -135,18 +136,19 @@ def test_kubeflow_pods_run_in_the_cpu_image(engine, built, run_dir):
                      "output": f"{ARTIFACTS}/kfp-run", "subset_size": SUBSET,
                      "max_accuracy_drop": str(GATE["max_accuracy_drop"]), "min_cosine": str(GATE["min_cosine"]),
                      "base_config": json.dumps(config)}, f"{ARTIFACTS}/kfp")
-    # statistics_shards is 1 by default: the collect-stats loop runs once (on the whole split) and merge-stats
-    # passes its artifact on.
-    assert [p.task for p in pods][:9] == ["resolve-config", "statistics-shards", "fetch-model", "build-calibration",
-                                          "for-loop-1/0/collect-stats", "merge-stats", "quantize", "validate",
-                                          "export-ir"]
+    # statistics_shards and validation_shards are 1 by default: each loop runs its step once (on the whole split)
+    # and its merge passes the artifact on (the demo's OCR metric, a validation.metric function, needs the whole
+    # split).
+    assert [p.task for p in pods] == ["resolve-config", "statistics-shards", "validation-shards", "fetch-model",
+                                      "build-calibration", "for-loop-1/0/collect-stats", "merge-stats", "quantize",
+                                      "for-loop-2/0/validate", "merge-validation", "export-ir", "publish"]
     # KFP's launcher creates each output artifact's parent directory before the command starts.
     for pod in pods:
         (root / "kfp" / pod.task).mkdir(parents=True)
     _give_to_image_user(root / "kfp")
     _run_pods(engine, pods, {images.image("cpu"): built["cpu"]}, root)
     assert (root / "kfp" / "export-ir" / "ir" / "model.xml").is_file()
-    report = json.loads((root / "kfp" / "validate" / "report" / "report.json").read_text())
+    report = json.loads((root / "kfp" / "merge-validation" / "report" / "report.json").read_text())
     assert report, "validate wrote an empty report"
     assert (root / "kfp" / "publish" / "registration").exists()  # no registry configured: skipped, recorded
 
@@ -159,11 +161,17 @@ def test_airflow_kubernetes_pods_run_in_the_cpu_and_npu_images(engine, built, ru
     # with FP32 (cosine, SQNR) without labels.
     config = json.loads(json.dumps(config))
     del config["data"]["label_file"], config["validation"]["metric"], config["validation"]["gate"]["accuracy_metric"]
+    # Statistics and validation in 2 shards each: the shard pods in the NPU image, the merge pods in the CPU image.
     conf = {"model": f"{ARTIFACTS}/in/model.onnx", "data": f"{ARTIFACTS}/in/data", "output": f"{ARTIFACTS}/airflow",
-            "device": "cpu", "subset_size": SUBSET, "min_speedup": None, **GATE, "config": config}
+            "device": "cpu", "subset_size": SUBSET, "min_speedup": None, **GATE, "config": config,
+            "statistics_shards": 2, "validation_shards": 2}
     pods, source = airflow_pods("npu", conf, root)
     print(f"KubernetesPodOperator pods {source}")
+    assert [p.task for p in pods] == ["fetch-model", "build-calibration", "collect-stats[0/2]", "collect-stats[1/2]",
+                                      "merge-stats", "quantize", "validate[0/2]", "validate[1/2]", "merge-validation",
+                                      "export-ir"]
     assert {p.image for p in pods} == {images.image("cpu"), images.image("npu")}
-    assert all(p.env["PTQFLOW_STEP"] == p.task for p in pods)
+    assert all(p.env["PTQFLOW_STEP"] == p.task.split("[")[0] for p in pods)
     _run_pods(engine, pods, {images.image("cpu"): built["cpu"], images.image("npu"): built["npu"]}, root)
     assert (root / "airflow" / "export-ir" / "model.xml").is_file()
+    assert json.loads((root / "airflow" / "validate" / "manifest.json").read_text())["step"] == "merge-validation"

@@ -1,5 +1,5 @@
-"""KFP face: compile, checked-in YAML freshness, parameters from the schema, placement per device, the statistics
-fan-out (ParallelFor over the shards, their merge)."""
+"""KFP face: compile, checked-in YAML freshness, parameters from the schema, placement per device, the fan-outs of
+collect-stats and validate (ParallelFor over the shards, their merge)."""
 
 import inspect
 from pathlib import Path
@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ptqflow.orchestration import FAN_OUTS as FAN_OUT_STEPS
 from ptqflow.orchestration import STEP_INPUTS
 from ptqflow.orchestration.kfp_face import compile_pipeline, pipeline_params
 from ptqflow.orchestration.kfp_local import resolve_config
@@ -50,9 +51,10 @@ def test_checked_in_yaml_is_current(tmp_path):
 def test_pipeline_parameters_come_from_the_schema(tmp_path):
     spec, _ = _compiled(tmp_path)
     params = spec["root"]["inputDefinitions"]["parameters"]
-    assert set(params) == set(EXPOSED) | {"base_config", "statistics_shards"}
-    assert params["statistics_shards"]["parameterType"] == "NUMBER_INTEGER"
-    assert params["statistics_shards"]["defaultValue"] == 1
+    assert set(params) == set(EXPOSED) | {"base_config", "statistics_shards", "validation_shards"}
+    for shards in ("statistics_shards", "validation_shards"):
+        assert params[shards]["parameterType"] == "NUMBER_INTEGER"
+        assert params[shards]["defaultValue"] == 1
     assert params["subset_size"]["parameterType"] == "NUMBER_INTEGER"
     assert params["subset_size"]["defaultValue"] == 300
     assert params["fast_bias_correction"]["parameterType"] == "BOOLEAN"
@@ -69,11 +71,11 @@ def test_lightweight_resolve_config_matches_pipeline_parameters():
 def test_six_steps_wired_by_artifacts(tmp_path, kind):
     spec, _ = _compiled(tmp_path, kind)
     tasks = spec["root"]["dag"]["tasks"]
-    # resolve-config, six steps (collect-stats in the loop), the shard list and the merge, publish (a no-op
-    # without a registry section)
+    # resolve-config, six steps (collect-stats and validate in their loops), each loop's shard list and merge,
+    # publish (a no-op without a registry section)
     assert sorted(t["taskInfo"]["name"] for t in tasks.values()) == sorted(
         ["resolve-config", "fetch-model", "build-calibration", "statistics-shards", "for-loop-1", "merge-stats",
-         "quantize", "validate", "export-ir", "publish"])
+         "quantize", "validation-shards", "for-loop-2", "merge-validation", "export-ir", "publish"])
     by_display = {t["taskInfo"]["name"]: t for t in tasks.values()}
     pub = by_display["publish"]["inputs"]["artifacts"]
     assert {k: v["taskOutputArtifact"]["outputArtifactKey"] for k, v in pub.items()} == {
@@ -83,49 +85,64 @@ def test_six_steps_wired_by_artifacts(tmp_path, kind):
     assert source["outputArtifactKey"] == "statistics" and tasks[source["producerTask"]]["taskInfo"]["name"] == \
         "merge-stats"
     assert set(q) == {"config", "model", "calibration", "statistics"}
-    assert "validate" in [tasks[d]["taskInfo"]["name"] for d in by_display["export-ir"]["dependentTasks"]]
+    # The report publish registers is merge-validation's; export-ir runs after it (only what passed the gate).
+    report = pub["report"]["taskOutputArtifact"]
+    assert tasks[report["producerTask"]]["taskInfo"]["name"] == "merge-validation"
+    assert "merge-validation" in [tasks[d]["taskInfo"]["name"] for d in by_display["export-ir"]["dependentTasks"]]
 
 
+FAN_OUTS = [("statistics_shards", "statistics-shards", "for-loop-1", "collect-stats", "merge-stats", "statistics",
+             {"config", "model", "calibration"}),
+            ("validation_shards", "validation-shards", "for-loop-2", "validate", "merge-validation", "report",
+             {"config", "model", "quantized", "calibration"})]
+
+
+@pytest.mark.parametrize("param,lister,loop_name,step,merge_name,output,inputs", FAN_OUTS)
 @pytest.mark.parametrize("kind", ["container", "local"])
-def test_statistics_fan_out(tmp_path, kind):
-    """statistics-shards turns the statistics_shards parameter into the loop's items; ParallelFor runs
-    collect-stats once per item (its ``shard``); merge-stats takes the loop's outputs as one list
-    (dsl.Collected) and gives quantize its statistics."""
+def test_fan_out(tmp_path, kind, param, lister, loop_name, step, merge_name, output, inputs):
+    """The lister task turns the shards parameter into the loop's items; ParallelFor runs the step once per item
+    (its ``shard``); the merge takes the loop's outputs as one list (dsl.Collected) and gives the later steps the
+    step's artifact."""
     spec, _ = _compiled(tmp_path, kind)
     tasks = spec["root"]["dag"]["tasks"]
-    shards = next(k for k, t in tasks.items() if t["taskInfo"]["name"] == "statistics-shards")
-    assert tasks[shards]["inputs"]["parameters"] == {"shards": {"componentInputParameter": "statistics_shards"}}
-    loop = tasks["for-loop-1"]
+    shards = next(k for k, t in tasks.items() if t["taskInfo"]["name"] == lister)
+    assert tasks[shards]["inputs"]["parameters"]["shards"] == {"componentInputParameter": param}
+    loop = tasks[loop_name]
     items = loop["parameterIterator"]["items"]["inputParameter"]
     assert loop["inputs"]["parameters"][items]["taskOutputParameter"]["producerTask"] == shards
     inner = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
-    (collect,) = inner.values()
-    assert collect["taskInfo"]["name"] == "collect-stats"
-    assert collect["inputs"]["parameters"]["shard"] == {
-        "componentInputParameter": loop["parameterIterator"]["itemInput"]}
-    assert set(collect["inputs"]["artifacts"]) == {"config", "model", "calibration"}
-    merge = next(t for t in tasks.values() if t["taskInfo"]["name"] == "merge-stats")
+    (task,) = inner.values()
+    assert task["taskInfo"]["name"] == step
+    assert task["inputs"]["parameters"]["shard"] == {"componentInputParameter": loop["parameterIterator"]["itemInput"]}
+    assert set(task["inputs"]["artifacts"]) == inputs
+    merge = next(t for t in tasks.values() if t["taskInfo"]["name"] == merge_name)
     source = merge["inputs"]["artifacts"]["partials"]["taskOutputArtifact"]
-    assert source["producerTask"] == "for-loop-1"
+    assert source["producerTask"] == loop_name
     loop_out = spec["components"][loop["componentRef"]["name"]]["outputDefinitions"]["artifacts"]
     assert loop_out[source["outputArtifactKey"]]["isArtifactList"] is True
-    merge_in = spec["components"][merge["componentRef"]["name"]]["inputDefinitions"]["artifacts"]
-    assert merge_in["partials"]["isArtifactList"] is True
+    merge_spec = spec["components"][merge["componentRef"]["name"]]
+    assert merge_spec["inputDefinitions"]["artifacts"]["partials"]["isArtifactList"] is True
+    assert output in merge_spec["outputDefinitions"]["artifacts"]
+    if kind == "local" and step == "validate":  # KFP Metrics and the HTML report come from the merged report
+        assert {"metrics", "html"} <= set(merge_spec["outputDefinitions"]["artifacts"])
 
 
-def test_fan_out_containers(tmp_path):
-    """The shard list, a shard's collect-stats and the merge run kfp_runtime in the image; collect-stats takes the
-    loop item as ``--shard``, merge-stats its partials from the executor input ({{$}})."""
+@pytest.mark.parametrize("param,lister,loop_name,step,merge_name,output,inputs", FAN_OUTS)
+def test_fan_out_containers(tmp_path, param, lister, loop_name, step, merge_name, output, inputs):
+    """The shard list, a shard's step and the merge run kfp_runtime in the image; the step takes the loop item as
+    ``--shard``, the merge its partials from the executor input ({{$}})."""
     spec, platform = _compiled(tmp_path, "container", "cuda")
-    container, _ = _executor(spec, platform, "collect-stats")
+    container, _ = _executor(spec, platform, step)
     assert container["command"] == ["python", "-m", "ptqflow.orchestration.kfp_runtime"]
     args = container["args"]
-    assert args[0] == "collect-stats" and args[args.index("--shard") + 1] == "{{$.inputs.parameters['shard']}}"
-    assert args[args.index("--out") + 1] == "{{$.outputs.artifacts['statistics'].path}}"
-    container, _ = _executor(spec, platform, "merge-stats")
-    assert container["args"][0] == "merge-stats" and container["args"][-2:] == ["--executor-input", "{{$}}"]
-    container, _ = _executor(spec, platform, "statistics-shards")
-    assert container["args"] == ["statistics-shards", "--shards", "{{$.inputs.parameters['shards']}}", "--out",
+    assert args[0] == step and args[args.index("--shard") + 1] == "{{$.inputs.parameters['shard']}}"
+    assert args[args.index("--out") + 1] == f"{{{{$.outputs.artifacts['{output}'].path}}}}"
+    assert {a.removeprefix("--in-") for a in args if a.startswith("--in-")} == inputs - {"config"}
+    container, _ = _executor(spec, platform, merge_name)
+    assert container["args"][0] == merge_name and container["args"][-2:] == ["--executor-input", "{{$}}"]
+    assert container["args"][container["args"].index("--out") + 1] == f"{{{{$.outputs.artifacts['{output}'].path}}}}"
+    container, _ = _executor(spec, platform, lister)
+    assert container["args"] == [lister, "--shards", "{{$.inputs.parameters['shards']}}", "--out",
                                  "{{$.outputs.parameters['items'].output_file}}"]
 
 
@@ -135,7 +152,8 @@ def test_fan_out_containers(tmp_path):
 ])
 def test_accelerator_placement(tmp_path, device, resource, label):
     spec, platform = _compiled(tmp_path, "container", device)
-    for step in [*STEP_INPUTS, "statistics-shards", "merge-stats"]:  # each shard's pod is collect-stats'
+    # The loops' collect-stats and validate: each shard's pod is placed as its step's.
+    for step in [*STEP_INPUTS, "statistics-shards", "merge-stats", "validation-shards", "merge-validation"]:
         container, k8s = _executor(spec, platform, step)
         env = {e["envVar"] for s in k8s["secretAsEnv"] for e in s["keyToEnv"]}
         assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= env
@@ -161,7 +179,7 @@ def test_registry_secret_env_only_on_fetch_model_and_publish(tmp_path):
     spec, platform = _compiled(tmp_path, "container", "cuda")
     containers = {n: t for n, t in _all_tasks(spec).items() if "executorLabel" in spec["components"][
         t["componentRef"]["name"]]}
-    assert len(containers) == 10 and "collect-stats" in containers  # the loop's collect-stats included
+    assert len(containers) == 12 and {"collect-stats", "validate"} <= set(containers)  # the loops' tasks included
     for task_name, task in containers.items():
         _, k8s = _executor(spec, platform, task_name)
         s3, *registry = k8s["secretAsEnv"]
@@ -176,7 +194,7 @@ def test_registry_secret_env_only_on_fetch_model_and_publish(tmp_path):
 
 def test_cpu_placement_has_no_accelerator(tmp_path):
     spec, platform = _compiled(tmp_path, "container", "cpu")
-    for step in [*STEP_INPUTS, "statistics-shards", "merge-stats"]:
+    for step in [*STEP_INPUTS, "statistics-shards", "merge-stats", "validation-shards", "merge-validation"]:
         container, k8s = _executor(spec, platform, step)
         assert "accelerator" not in container["resources"]
         assert container["resources"]["resourceCpuLimit"] in ("2", "4")
@@ -233,23 +251,24 @@ def test_lightweight_components_match_the_steps_table():
     assert list(components) == [s.name for s in STEPS]
     for s in STEPS:
         spec = components[s.name].component_spec
-        shard = ["shard"] if s.name == "collect-stats" else []  # the loop item: "I/N", or "" for the whole split
+        shard = ["shard"] if s.name in FAN_OUT_STEPS else []  # the loop item: "I/N", or "" for the whole split
         assert list(spec.inputs) == ["config", *s.inputs, *shard], s.name
         assert s.output in spec.outputs, s.name
 
 
 def test_fan_out_runtime(tmp_path):
-    """kfp_runtime's side of the fan-out: the loop's items, the partials' paths from an executor input (where the
-    launcher downloads each URI), the pass-through of one whole-split artifact, and a bad shard count."""
+    """kfp_runtime's side of the fan-outs: the loops' items, the partials' paths from an executor input (where the
+    launcher downloads each URI), the pass-through of one whole-split artifact, and a bad shard count (named)."""
     import json
     import shutil
 
     from ptqflow.artifacts.manifest import write_manifest
     from ptqflow.errors import ConfigError
-    from ptqflow.orchestration.kfp_runtime import (input_artifact_paths, main, merge_on_paths,
-                                                   statistics_shards)
+    from ptqflow.orchestration.kfp_runtime import input_artifact_paths, main, merge_on_paths, shard_items
 
-    assert statistics_shards(1) == [""] and statistics_shards(3) == ["0/3", "1/3", "2/3"]
+    assert shard_items(1, "statistics_shards") == [""] and shard_items(3, "validation_shards") == ["0/3", "1/3", "2/3"]
+    with pytest.raises(ConfigError, match="validation_shards"):
+        shard_items(0, "validation_shards")
     executor_input = {"inputs": {"artifacts": {"partials": {"artifacts": [
         {"uri": "s3://b/root/run/collect-stats/statistics"}, {"uri": "minio://b/k"}, {"uri": "gs://b/k"},
         {"uri": str(tmp_path / "local")}]}}}}
@@ -259,10 +278,51 @@ def test_fan_out_runtime(tmp_path):
     whole.mkdir()
     (whole / "statistics.npz").write_bytes(b"npz")
     manifest = write_manifest(whole, step="collect-stats", config={"device": "cpu"}, inputs={}, metrics={"n": 1})
-    result = merge_on_paths([str(whole)], str(tmp_path / "out"), str(tmp_path / "unused.json"))
+    result = merge_on_paths("merge-stats", [str(whole)], str(tmp_path / "out"), str(tmp_path / "unused.json"))
     assert result["digest"] == manifest.digest
     assert (tmp_path / "out" / "statistics.npz").read_bytes() == b"npz"
     shutil.rmtree(tmp_path / "out")
-    assert main(["statistics-shards", "--shards", "0", "--out", str(tmp_path / "items.json")]) == ConfigError.exit_code
-    assert main(["statistics-shards", "--shards", "2", "--out", str(tmp_path / "items.json")]) == 0
-    assert json.loads((tmp_path / "items.json").read_text()) == ["0/2", "1/2"]
+    # One whole-split validate report is passed on by merge-validation the same way (only its own step's).
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "report.json").write_text("{}")
+    manifest = write_manifest(report, step="validate", config={"device": "cpu"}, inputs={}, metrics={"samples": 4})
+    assert merge_on_paths("merge-validation", [str(report)], str(tmp_path / "out"), "unused")["digest"] == \
+        manifest.digest
+    assert (tmp_path / "out" / "report.json").read_text() == "{}"
+    for lister in ("statistics-shards", "validation-shards"):
+        assert main([lister, "--shards", "0", "--out", str(tmp_path / "items.json")]) == ConfigError.exit_code
+        assert main([lister, "--shards", "2", "--out", str(tmp_path / "items.json")]) == 0
+        assert json.loads((tmp_path / "items.json").read_text()) == ["0/2", "1/2"]
+
+
+def test_merge_validation_container_fails_on_a_failed_gate(tmp_path):
+    """The validate loop's containers as kfp_runtime runs them, with a gate that fails: each shard passes (a shard
+    has no gate), merge-validation reads the partials from the executor input, writes the report where KFP takes
+    the artifact from and exits 4 (the task fails, so the run does: export-ir waits for it); that report is the one
+    validate writes on the whole split (the loop's one item when validation_shards is 1), speed aside, and that
+    one fails its gate the same way."""
+    import json
+
+    from ptqflow.errors import GateFailedError
+    from ptqflow.orchestration.kfp_runtime import main
+    from test_validate import make_artifacts
+
+    dirs = make_artifacts(tmp_path, n=6, levels=3)  # 3-level weights: SQNR far below 60 dB
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"validation": {"latency_iterations": 2,
+                                                 "gate": {"min_speedup": None, "min_sqnr_db": 60.0}}}))
+    inputs = [arg for name, path in dirs.items() for arg in (f"--in-{name}", str(path))]
+    parts = [tmp_path / "loop" / str(i) for i in range(2)]
+    for i, part in enumerate(parts):
+        assert main(["validate", "--shard", f"{i}/2", "--config", str(config), "--out", str(part), *inputs]) == 0
+    executor_input = {"inputs": {"artifacts": {"partials": {"artifacts": [{"uri": str(p)} for p in parts]}}}}
+    merged = tmp_path / "merge-validation" / "report"
+    assert main(["merge-validation", "--config", str(config), "--out", str(merged),
+                 "--executor-input", json.dumps(executor_input)]) == GateFailedError.exit_code
+    whole = tmp_path / "whole"
+    assert main(["validate", "--shard", "", "--config", str(config), "--out", str(whole), *inputs]) == \
+        GateFailedError.exit_code
+    got, expected = (json.loads((d / "report.json").read_text()) for d in (merged, whole))
+    assert got["verdict"] == "fail" and got["samples"] == 6
+    assert {k: v for k, v in got.items() if k != "speed"} == {k: v for k, v in expected.items() if k != "speed"}

@@ -48,7 +48,7 @@ def _executors(path, dag=None, docs=None):
     out = {}
     for task in (dag or spec["root"]["dag"])["tasks"].values():
         component = spec["components"][task["componentRef"]["name"]]
-        if "dag" in component:  # the statistics loop
+        if "dag" in component:  # a fan-out loop (collect-stats, validate)
             out.update(_executors(path, component["dag"], (spec, platform)))
             continue
         exec_name = component["executorLabel"]
@@ -62,7 +62,8 @@ def test_compile_entry_point_takes_the_placement_file(tmp_path):
     subprocess.run([sys.executable, str(ROOT / "components" / "ptqflow_components.py"), "--device", "cuda",
                     "--placement", str(_configmap(tmp_path)), "--out", str(out)], check=True, timeout=120)
     executors = _executors(out)
-    steps = set(STEP_INPUTS) | {"resolve-config", "statistics-shards", "merge-stats"}
+    steps = set(STEP_INPUTS) | {"resolve-config", "statistics-shards", "merge-stats", "validation-shards",
+                                "merge-validation"}
     assert steps | {"publish"} <= set(executors)
     for step in steps | {"publish"}:
         container, k8s = executors[step]

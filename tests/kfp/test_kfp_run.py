@@ -1,7 +1,8 @@
 """KFP face end to end on a tiny generated model: the compiled container command lines run as local
-subprocesses (statistics_shards 1: the loop's one whole-split collect-stats, passed on by merge-stats), and the
-lightweight pipeline under kfp.local with statistics in 3 shards (ParallelFor, dsl.Collected into merge-stats),
-whose statistics and INT8 model are byte for byte those of one collect-stats (real Metrics/HTML from validate)."""
+subprocesses (both shard parameters 1: each loop's one whole-split step, passed on by its merge), and the
+lightweight pipeline under kfp.local with statistics and validation each in 3 shards (ParallelFor, dsl.Collected
+into merge-stats and merge-validation), whose statistics and INT8 model are byte for byte those of one
+collect-stats and whose report has the values of one validate (real Metrics/HTML from merge-validation)."""
 
 import json
 import os
@@ -77,7 +78,6 @@ def test_container_command_lines_run_locally(tmp_path, inputs):
     params = {n: p.get("defaultValue", "") for n, p in spec["root"]["inputDefinitions"]["parameters"].items()}
     params.update(model=inputs["model"], data=inputs["data"], output=str(tmp_path / "unused"),
                   base_config=json.dumps(BASE), min_cosine="0.5")
-    params["shards"] = params["statistics_shards"]  # the statistics-shards task's input
     a = tmp_path / "a"
     arts = {"config": str(a / "config.json"), "items": str(a / "items.json"), "registration": str(a / "registration")}
     bin_dir = Path(sys.executable).parent
@@ -89,16 +89,21 @@ def test_container_command_lines_run_locally(tmp_path, inputs):
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, f"{name}: {proc.stderr[-2000:]}"
 
-    for name in ["resolve-config", "fetch-model", "build-calibration", "statistics-shards", "collect-stats",
-                 "merge-stats", "quantize", "validate", "export-ir", "publish"]:
+    loops = {"collect-stats": "merge-stats", "validate": "merge-validation"}  # each loop's step and its merge
+    for name in ["resolve-config", "fetch-model", "build-calibration", "statistics-shards", "collect-stats", "merge-stats",
+                 "quantize", "validation-shards", "validate", "merge-validation", "export-ir", "publish"]:
         if name in OUTPUTS:
             arts[OUTPUTS[name][0]] = str(a / OUTPUTS[name][0])
-        if name == "collect-stats":
+        if name.endswith("-shards"):
+            params["shards"] = params[name.replace("-", "_")]  # the shard list task's input
+        if name in loops:
             (params["shard"],) = json.loads(Path(arts["items"]).read_text())  # one item: the whole split
             assert params["shard"] == ""
-            arts["statistics"] = str(a / "loop-0" / "statistics")
-        if name == "merge-stats":
-            partial, arts["statistics"] = arts["statistics"], str(a / "statistics")
+            arts[OUTPUTS[name][0]] = str(a / "loop-0" / OUTPUTS[name][0])
+        merged = next((step for step, merge in loops.items() if merge == name), None)
+        if merged:
+            output = OUTPUTS[merged][0]
+            partial, arts[output] = arts[output], str(a / output)
             run(name, json.dumps({"inputs": {"artifacts": {"partials": {"artifacts": [{"uri": partial}]}}}}))
             continue
         run(name)
@@ -107,7 +112,8 @@ def test_container_command_lines_run_locally(tmp_path, inputs):
         assert (a / "statistics" / name).read_bytes() == (a / "loop-0" / "statistics" / name).read_bytes()
     assert json.loads((a / "statistics" / "manifest.json").read_text())["step"] == "collect-stats"
     report = json.loads((Path(arts["report"]) / "manifest.json").read_text())
-    assert report["step"] == "validate"
+    assert report["step"] == "validate"  # the one whole-split report, passed on by merge-validation
+    assert (a / "report" / "report.json").read_bytes() == (a / "loop-0" / "report" / "report.json").read_bytes()
     assert (Path(arts["ir"]) / "model.xml").is_file()
     # No registry section in the config: publish records that it skipped and registers nothing.
     assert "registry" in json.loads((Path(arts["registration"]) / "skipped.json").read_text())["skipped"]
@@ -115,8 +121,9 @@ def test_container_command_lines_run_locally(tmp_path, inputs):
 
 @pytest.mark.slow
 def test_lightweight_pipeline_under_kfp_local(tmp_path, inputs, monkeypatch):
-    """statistics_shards=3 under kfp.local: three collect-stats in the ParallelFor (uneven shards), merge-stats
-    on their dsl.Collected outputs; the statistics and the INT8 model are those one collect-stats gives."""
+    """statistics_shards=3 and validation_shards=3 under kfp.local: three collect-stats and three validate in their
+    ParallelFor loops (uneven shards), merge-stats and merge-validation on their dsl.Collected outputs; the
+    statistics and the INT8 model are those one collect-stats gives, the report's values those of one validate."""
     from kfp import local
 
     from ptqflow.config import load_config
@@ -128,30 +135,34 @@ def test_lightweight_pipeline_under_kfp_local(tmp_path, inputs, monkeypatch):
     pipeline = build_pipeline("local")
     base = json.loads(json.dumps(BASE))
     base["quantization"]["subset_size"] = 20  # 20 of the 24 samples calibrate: shards of 8, 8 and 4
-    base["data"]["validation_size"] = 4
+    base["data"]["validation_size"] = 4  # and 4 validate: shards of 1, 1 and 2
     run = pipeline(model=inputs["model"], data=inputs["data"], output=str(tmp_path / "unused"),
-                   base_config=json.dumps(base), min_cosine="0.5", subset_size=20, statistics_shards=3)
+                   base_config=json.dumps(base), min_cosine="0.5", subset_size=20, statistics_shards=3,
+                   validation_shards=3)
     del run
     root = tmp_path / "root"
-    executor = json.loads(next(root.glob("**/validate-local/executor_output.json")).read_text())
-    # Metrics are KFP metadata (numbers from validate's manifest); the HTML artifact is the report file.
+    executor = json.loads(next(root.glob("**/merge-validation-local/executor_output.json")).read_text())
+    # Metrics are KFP metadata (numbers from the merged manifest); the HTML artifact is the report file.
     metrics = executor["artifacts"]["metrics"]["artifacts"][0]["metadata"]
     assert metrics["samples"] == 4.0 and 0.5 <= metrics["min_cosine"] <= 1.0
     assert all(isinstance(v, float) for v in metrics.values())
     html = Path(executor["artifacts"]["html"]["artifacts"][0]["uri"]).read_text()
-    # The HTML artifact is validate's report.html: the same page, the quantize step's decisions included.
+    # The HTML artifact is the merged report.html: the same page, the quantize step's decisions included.
     assert "<html" in html.lower() and 'id="decisions"' in html and 'id="ignored-scope-yaml"' in html
-    report = list(root.glob("**/validate-local/report"))[0]
-    manifest = json.loads((report / "manifest.json").read_text())
-    assert manifest["metrics"], "validate recorded no metrics"
     assert list(root.glob("**/export-ir-local/ir/model.xml"))
     assert list(root.glob("**/publish-local/registration/skipped.json"))
-    # The fan-out: three shards, merged; the same bytes as one collect-stats on the run's own artifacts.
-    shards = sorted(json.loads((p / "manifest.json").read_text())["config"]["shard"]
-                    for p in root.glob("**/collect-stats-local*/statistics"))
-    assert shards == ["0/3", "1/3", "2/3"], shards
+    # The fan-outs: three shards each, merged.
+    for step, output, counts in (("collect-stats", "statistics", [8, 8, 4]), ("validate", "report", [1, 1, 2])):
+        shards = sorted((json.loads((p / "manifest.json").read_text())["config"]["shard"],
+                         json.loads((p / "manifest.json").read_text())["metrics"]["num_samples"])
+                        for p in root.glob(f"**/{step}-local*/{output}"))
+        assert shards == [(f"{i}/3", n) for i, n in enumerate(counts)], shards
     (merged,) = root.glob("**/merge-stats-local/statistics")
     assert json.loads((merged / "manifest.json").read_text())["metrics"]["shards"] == 3
+    (report,) = root.glob("**/merge-validation-local/report")
+    assert json.loads((report / "manifest.json").read_text())["step"] == "merge-validation"
+    # The same bytes as one collect-stats, the same model as one quantize, the same values as one validate, all
+    # on the run's own artifacts.
     (model,) = root.glob("**/fetch-model-local/model")
     (calibration,) = root.glob("**/build-calibration-local/calibration")
     (config,) = root.glob("**/resolve-config/config")
@@ -163,3 +174,8 @@ def test_lightweight_pipeline_under_kfp_local(tmp_path, inputs, monkeypatch):
              str(tmp_path / "q"), cfg)
     (quantized,) = root.glob("**/quantize-local/quantized")
     assert (quantized / "model.onnx").read_bytes() == (tmp_path / "q" / "model.onnx").read_bytes()
+    run_step("validate", {"model": str(model), "quantized": str(quantized), "calibration": str(calibration)},
+             str(tmp_path / "v"), cfg)
+    whole = json.loads((tmp_path / "v" / "report.json").read_text())
+    got = json.loads((report / "report.json").read_text())
+    assert {k: v for k, v in got.items() if k != "speed"} == {k: v for k, v in whole.items() if k != "speed"}

@@ -5,6 +5,8 @@ faces agree. Nothing in this package imports Airflow or KFP at module level exce
 named after them (``airflow_face``, ``kfp_face``).
 """
 
+from dataclasses import dataclass
+
 from ptqflow.errors import ConfigError
 from ptqflow.pipeline.steps import PRODUCERS, STEPS
 
@@ -13,13 +15,50 @@ from ptqflow.pipeline.steps import PRODUCERS, STEPS
 # section), and (PRODUCERS, re-exported) which step produces each input artifact name.
 STEP_INPUTS: dict[str, tuple[str, ...]] = {s.name: s.inputs for s in STEPS if not s.optional}
 OPTIONAL_STEP_INPUTS: dict[str, tuple[str, ...]] = {s.name: s.inputs for s in STEPS if s.optional}
-__all__ = ["MERGE_STEP", "OPTIONAL_STEP_INPUTS", "PRODUCERS", "SHARDED_STEP", "STEP_INPUTS", "parse_shard",
+__all__ = ["AFTER", "FAN_OUTS", "MERGES", "FanOut", "OPTIONAL_STEP_INPUTS", "PRODUCERS", "STEP_INPUTS", "earlier_steps",
+           "parse_shard",
            "shard_labels", "shard_name", "shard_output_uri", "shards_uri", "step_input_uris", "step_output_uri"]
 
-# The statistics fan-out (run parameter ``statistics_shards``): collect-stats runs once per shard of the calibration
-# split (``--shard I/N``) and merge-stats writes, from their partials, what one collect-stats would have written.
-SHARDED_STEP = "collect-stats"
-MERGE_STEP = "merge-stats"
+
+@dataclass(frozen=True)
+class FanOut:
+    """A step both faces can run in shards: ``step`` once per shard of its split (``--shard I/N``), then ``merge``
+    writes, from their partials, the artifact one ``step`` would have written (where later steps read it). The run
+    parameter ``param`` is N; 1 (the default) runs ``step`` once, as it always ran."""
+
+    step: str  # the sharded step ("collect-stats")
+    merge: str  # the command merging its partials ("merge-stats")
+    param: str  # the run parameter giving N ("statistics_shards"); also the name of the task listing the shards
+    samples: str  # what is split, for descriptions ("calibration samples")
+
+    @property
+    def prefix(self) -> str:
+        """The fan-out's name in task ids: "statistics" for statistics_shards."""
+        return self.param.removesuffix("_shards")
+
+    @property
+    def description(self) -> str:
+        """The run parameter's description (both faces)."""
+        return (f"Run {self.step} in this many shards of the {self.samples}, one task (pod) each, then {self.merge}; "
+                f"1: one {self.step} task.")
+
+
+# The fan-outs, by sharded step: collect-stats over the calibration split (merge-stats writes the statistics, byte
+# for byte those of one collect-stats) and validate over the validation split (merge-validation writes the report
+# and decides the gate, as one validate would).
+FAN_OUTS: dict[str, FanOut] = {f.step: f for f in (
+    FanOut("collect-stats", "merge-stats", "statistics_shards", "calibration samples"),
+    FanOut("validate", "merge-validation", "validation_shards", "validation samples"),
+)}
+MERGES: dict[str, FanOut] = {f.merge: f for f in FAN_OUTS.values()}
+# Steps that run after another for order, not data: export only what passed the gate.
+AFTER: dict[str, tuple[str, ...]] = {"export-ir": ("validate",)}
+
+
+def earlier_steps(step: str) -> set[str]:
+    """The steps ``step`` runs after: the producers of its inputs and those it waits for (``AFTER``)."""
+    inputs = STEP_INPUTS[step] if step in STEP_INPUTS else OPTIONAL_STEP_INPUTS[step]
+    return {PRODUCERS[name] for name in inputs} | set(AFTER.get(step, ()))
 
 
 def step_output_uri(output_prefix: str, step: str) -> str:
@@ -49,11 +88,11 @@ def shard_output_uri(output_prefix: str, step: str, shard: tuple[int, int]) -> s
     return f"{shards_uri(output_prefix, step)}/{shard_name(shard)}"
 
 
-def shard_labels(count) -> list[str]:
-    """``["0/N", ..., "N-1/N"]`` for ``count`` = N > 1 shards, ``[]`` for 1 (one unsharded collect-stats);
-    ConfigError unless ``count`` is an integer >= 1."""
+def shard_labels(count, param: str) -> list[str]:
+    """``["0/N", ..., "N-1/N"]`` for ``count`` = N > 1 shards, ``[]`` for 1 (the step runs once, unsharded);
+    ConfigError naming run parameter ``param`` unless ``count`` is an integer >= 1."""
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise ConfigError(f"statistics_shards: expected an integer >= 1, got {count!r}")
+        raise ConfigError(f"{param}: expected an integer >= 1, got {count!r}")
     return [f"{i}/{count}" for i in range(count)] if count > 1 else []
 
 

@@ -9,11 +9,13 @@ Two modes, picked at parse time by env var PTQFLOW_AIRFLOW_MODE or Airflow Varia
   image, placed per ``ptqflow.orchestration.pod_placement`` for the device in PTQFLOW_AIRFLOW_DEVICE / Variable
   ``ptqflow_device``. The container's exit code is mapped back: 2, 3, 4, 6 fail at once, others retry.
 
-Statistics in shards (DAG param ``statistics_shards``, N): with 1 (the default) collect-stats is one task as it
-always was; with N > 1 the gate ``statistics_unsharded`` skips it, ``collect_stats_shard`` runs once per shard
-(dynamic task mapping over the list the ``statistics_shards`` task computes from the param, each writing
-``<output>/collect-stats-shards/<i>-of-<N>``) and ``merge_stats`` merges them into ``<output>/collect-stats``,
-where quantize reads them either way (it runs after whichever of collect_stats and merge_stats ran).
+Fan-outs (``ptqflow.orchestration.FAN_OUTS``): collect-stats over DAG param ``statistics_shards`` and validate over
+``validation_shards``, built by one helper. With N = 1 (the default) the step is one task as it always was; with
+N > 1 the gate ``<prefix>_unsharded`` (statistics_unsharded, validation_unsharded) skips it, ``<step>_shard``
+(collect_stats_shard, validate_shard) runs once per shard (dynamic task mapping over the list the task named after
+the param computes from it, each writing ``<output>/<step>-shards/<i>-of-<N>``) and the merge task (merge_stats,
+merge_validation) writes ``<output>/<step>``, where later steps read it either way: they run after whichever of the
+step and its merge ran. merge_validation decides the gate, so a failed gate fails the run as validate's does.
 
 Artifacts live at ``<output>/<step>`` (S3 or a shared path); XCom carries only URIs and digests. The final
 INT8 ONNX model and OpenVINO IR are published as Assets by the ``publish`` task after export-ir. When the
@@ -28,17 +30,14 @@ from datetime import timedelta
 
 from airflow.sdk import DAG, Asset, Param, TriggerRule, task
 
-from ptqflow.orchestration import (MERGE_STEP, OPTIONAL_STEP_INPUTS, PRODUCERS, SHARDED_STEP, STEP_INPUTS,
-                                   parse_shard, shard_labels, shard_output_uri, step_output_uri)
+from ptqflow.orchestration import (AFTER, FAN_OUTS, MERGES, OPTIONAL_STEP_INPUTS, PRODUCERS, STEP_INPUTS, FanOut,
+                                   earlier_steps, parse_shard, shard_labels, shard_output_uri, step_output_uri)
 from ptqflow.orchestration.params import param_specs
 
 INT8_ONNX = Asset(name="ptqflow_int8_onnx", uri="ptqflow://artifacts/int8-onnx")
 INT8_IR = Asset(name="ptqflow_int8_openvino_ir", uri="ptqflow://artifacts/int8-openvino-ir")
 MODES = ("local", "kubernetes")
 REGISTRY_TASK = "publish_registry"  # the publish step's task (the Assets' task is "publish")
-# The statistics fan-out's tasks: the gate of the one-task collect-stats, the shard list, the mapped shards, the merge.
-UNSHARDED_TASK, SHARDS_TASK, SHARD_TASK, MERGE_TASK = (
-    "statistics_unsharded", "statistics_shards", "collect_stats_shard", "merge_stats")
 DEFAULT_RETRIES = 2
 
 DOC_MD = """
@@ -53,9 +52,11 @@ Retries: storage errors (exit 5) are retried; bad config (2), bad input (3), fai
 unavailable device (6) fail the task at once. On success the INT8 ONNX model and IR are published as the
 Assets `ptqflow_int8_onnx` and `ptqflow_int8_openvino_ir` (event extra: uri, digest).
 
-Statistics in shards: `statistics_shards` N > 1 runs collect-stats as N mapped tasks (`collect_stats_shard`, each
-on 1/N of the calibration samples, writing `<output>/collect-stats-shards/<i>-of-<N>/`) and `merge_stats`, which
-writes `<output>/collect-stats/` (the same statistics one task collects); with 1, `collect_stats` runs alone.
+Shards: `statistics_shards` N > 1 runs collect-stats as N mapped tasks (`collect_stats_shard`, each on 1/N of the
+calibration samples, writing `<output>/collect-stats-shards/<i>-of-<N>/`) and `merge_stats`, which writes
+`<output>/collect-stats/` (the same statistics one task collects); `validation_shards` does the same for validate
+(`validate_shard`, `merge_validation` writing `<output>/validate/` and deciding the gate). With 1, the step's one
+task runs alone.
 
 Model registry: with a `registry` section in `config` (`{"tracking_uri": ..., "target_name": ..., "alias": ...}`)
 and a model such as `models:/resnet50/3`, `publish_registry` registers the gated INT8 model as a new version
@@ -88,10 +89,25 @@ def dag_params(device: str | None = None) -> dict[str, Param]:
     params["config"] = Param({}, type="object", description="Base ptqflow config (nested, as the YAML file); "
                              "the parameters above override it.")
     params["force"] = Param(False, type="boolean", description="Rerun steps even if identical results exist.")
-    params["statistics_shards"] = Param(1, type="integer", minimum=1, description=(
-        "Collect statistics in this many shards of the calibration samples, one task (pod) each, merged after; "
-        "1: one collect-stats task."))
+    for fan in FAN_OUTS.values():
+        params[fan.param] = Param(1, type="integer", minimum=1, description=fan.description)
     return params
+
+
+def task_id(step: str) -> str:
+    """The task id of ``step``'s one task: its name with underscores (collect_stats)."""
+    return step.replace("-", "_")
+
+
+def shard_task_id(fan: FanOut) -> str:
+    """The task id of ``fan``'s mapped shard task: collect_stats_shard, validate_shard."""
+    return f"{task_id(fan.step)}_shard"
+
+
+def gates(fan: FanOut):
+    """``fan``'s gate of the one-task step and its shard-list task: (``<prefix>_unsharded``, ``<param>``)."""
+    return (unsharded.override(task_id=f"{fan.prefix}_unsharded")(fan.param),
+            shard_list.override(task_id=fan.param)(fan.param))
 
 
 def build_dag(dag_id: str = "ptqflow_quantize", mode: str | None = None, device: str | None = None) -> DAG:
@@ -107,58 +123,67 @@ def build_dag(dag_id: str = "ptqflow_quantize", mode: str | None = None, device:
         if mode == "local":
             done = _local_tasks()
             last = done["export-ir"]
-            # Its inputs' XComs order it after export-ir (and so after the gate).
-            local_step.override(task_id=REGISTRY_TASK)(
+            # Its inputs' XComs order it after export-ir (and so after the gate); the report comes from validate or
+            # merge_validation, whichever ran.
+            local_step.override(task_id=REGISTRY_TASK, trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)(
                 "publish", {name: done[PRODUCERS[name]] for name in OPTIONAL_STEP_INPUTS["publish"]})
         else:
             from ptqflow.orchestration.airflow_k8s import pod_operator, pod_tasks
 
-            last = pod_tasks(device, statistics_unsharded(), statistics_shards())
+            last = pod_tasks(device, gates)
             last >> registry_configured() >> pod_operator("publish", device, task_id=REGISTRY_TASK)
         last >> publish()
     return dag
 
 
 def _local_tasks() -> dict:
-    """Wire six @task steps and the statistics fan-out; returns {step: task}."""
+    """Wire the six @task steps, the fan-out steps through ``_fan_out_local``; returns {step: task, or for a fan-out
+    [one task, merge] (whichever ran: the other is skipped and its XCom resolves to None)}."""
     done = {}
     for step, inputs in STEP_INPUTS.items():
         upstream = {name: done[PRODUCERS[name]] for name in inputs}
-        if step == SHARDED_STEP:
-            shards = local_step.override(task_id=SHARD_TASK, map_index_template="{{ task.op_kwargs['shard'] }}") \
-                .partial(step=step, upstream=upstream).expand(shard=statistics_shards())
-            merged = merge_local(shards)
-            whole = local_step.override(task_id=step.replace("-", "_"))(step, upstream)
-            statistics_unsharded() >> whole
-            done[step] = [whole, merged]  # whichever ran: the other is skipped and resolves to None
-            continue
-        # After the statistics: runs after whichever of collect_stats and merge_stats ran (the other is skipped).
-        after = {"trigger_rule": TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS} \
-            if SHARDED_STEP in (PRODUCERS[n] for n in inputs) else {}
-        done[step] = local_step.override(task_id=step.replace("-", "_"), **after)(step, upstream)
-    done["validate"] >> done["export-ir"]  # export only what passed the gate
+        # After a fan-out: run after whichever of its one task and its merge ran (the other is skipped).
+        after = {"trigger_rule": TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS} if earlier_steps(step) & set(FAN_OUTS) else {}
+        if step in FAN_OUTS:
+            done[step] = _fan_out_local(FAN_OUTS[step], upstream, after)
+        else:
+            done[step] = local_step.override(task_id=task_id(step), **after)(step, upstream)
+        for earlier in AFTER.get(step, ()):
+            done[earlier] >> done[step]
     return done
 
 
-@task(task_id=SHARDS_TASK)
-def statistics_shards(**context) -> list[str]:
-    """The shards of the run's ``statistics_shards`` param, ``["0/N", ..., "N-1/N"]``, or [] for 1 (then the mapped
-    shard task has nothing to run and is skipped, and with it the merge)."""
+def _fan_out_local(fan: FanOut, upstream: dict, after: dict) -> list:
+    """``fan``'s tasks: the one-task step behind its gate, the shard task mapped over the shard list, their merge;
+    returns [one task, merge]."""
+    unsharded_gate, shards = gates(fan)
+    parts = local_step.override(task_id=shard_task_id(fan), map_index_template="{{ task.op_kwargs['shard'] }}",
+                                **after).partial(step=fan.step, upstream=upstream).expand(shard=shards)
+    merged = merge_local.override(task_id=task_id(fan.merge))(fan.merge, parts)
+    whole = local_step.override(task_id=task_id(fan.step), **after)(fan.step, upstream)
+    unsharded_gate >> whole
+    return [whole, merged]
+
+
+@task
+def shard_list(param: str, **context) -> list[str]:
+    """The shards of the run's ``param`` (statistics_shards, validation_shards), ``["0/N", ..., "N-1/N"]``, or [] for
+    1 (then the mapped shard task has nothing to run and is skipped, and with it the merge)."""
     from airflow.sdk.exceptions import AirflowFailException
 
     from ptqflow.errors import ConfigError
 
     try:
-        return shard_labels(context["params"].get("statistics_shards", 1))
+        return shard_labels(context["params"].get(param, 1), param)
     except ConfigError as err:
         raise AirflowFailException(str(err)) from err
 
 
-@task.short_circuit(task_id=UNSHARDED_TASK, ignore_downstream_trigger_rules=False)
-def statistics_unsharded(**context) -> bool:
-    """Whether statistics are collected in one task (``statistics_shards`` is 1); else the one-task collect_stats
-    is skipped (only it: quantize's trigger rule lets it run after the merge instead)."""
-    return context["params"].get("statistics_shards", 1) == 1
+@task.short_circuit(ignore_downstream_trigger_rules=False)
+def unsharded(param: str, **context) -> bool:
+    """Whether the fan-out of run parameter ``param`` runs its step as one task (``param`` is 1); else the one task
+    is skipped (only it: the later steps' trigger rule lets them run after the merge instead)."""
+    return context["params"].get(param, 1) == 1
 
 
 @task.short_circuit(task_id="registry_configured")
@@ -169,7 +194,7 @@ def registry_configured(**context) -> bool:
 
 @task
 def local_step(step: str, upstream: dict, shard: str = "", **context) -> dict:
-    """Run one step in this worker (collect-stats: only ``shard`` "I/N" of the calibration split when given);
+    """Run one step in this worker (a fan-out step: only ``shard`` "I/N" of its split when given);
     returns {"uri", "digest"} of its output artifact. An upstream value may be a list of alternatives: the first
     that is not None (the one of its tasks that ran) is used."""
     from airflow.sdk.exceptions import AirflowFailException
@@ -205,24 +230,26 @@ def _ran(result):
     return next(r for r in result if r is not None)
 
 
-@task(task_id=MERGE_TASK)
-def merge_local(partials, **context) -> dict:
-    """Merge the shards' partial statistics into ``<output>/collect-stats``; returns its {"uri", "digest"}."""
+@task
+def merge_local(merge: str, partials, **context) -> dict:
+    """Run ``merge`` (merge-stats, merge-validation) on the shards' partials into ``<output>/<step>``, the one
+    step's artifact; returns its {"uri", "digest"}. merge-validation's failed gate fails the task without retries."""
     from airflow.sdk.exceptions import AirflowFailException
 
     from ptqflow.errors import PtqflowError
     from ptqflow.orchestration.params import config_from_params
-    from ptqflow.pipeline.runner import merge_stats
+    from ptqflow.pipeline import runner
 
     params = context["params"]
+    run = {"merge-stats": runner.merge_stats, "merge-validation": runner.merge_validation}[merge]
     try:
         cfg = config_from_params(params, params.get("config") or {})
-        out = step_output_uri(cfg.output, SHARDED_STEP)
-        manifest = merge_stats([p["uri"] for p in partials], out, cfg, force=bool(params.get("force")))
+        out = step_output_uri(cfg.output, MERGES[merge].step)
+        manifest = run([p["uri"] for p in partials], out, cfg, force=bool(params.get("force")))
     except PtqflowError as err:
         if err.retryable:
             raise
-        raise AirflowFailException(f"{MERGE_STEP}: {type(err).__name__} (exit {err.exit_code}): {err}") from err
+        raise AirflowFailException(f"{merge}: {type(err).__name__} (exit {err.exit_code}): {err}") from err
     return {"uri": out, "digest": manifest.digest}
 
 

@@ -8,10 +8,10 @@ address and credentials reach the fetch-model and publish pods from the registry
 (2 config, 3 input, 4 gate, 6 device) into AirflowFailException, so only storage errors (5) and crashes use
 the task's retries.
 
-The statistics fan-out: ``ShardPodOperator`` is collect-stats' pod with ``--shard I/N`` and its own output
-(``<output>/collect-stats-shards/<i>-of-<N>``), mapped over the run's shards with collect-stats' placement;
-``MergeStatsPodOperator`` runs ``ptqflow merge-stats`` on a CPU node, its ``--in-partials`` filled in when it runs
-(the number of shards is a run parameter).
+The fan-outs (collect-stats over ``statistics_shards``, validate over ``validation_shards``): ``ShardPodOperator`` is
+the step's pod with ``--shard I/N`` and its own output (``<output>/<step>-shards/<i>-of-<N>``), mapped over the run's
+shards with the step's placement; ``MergePodOperator`` runs ``ptqflow merge-stats`` or ``ptqflow merge-validation`` on
+a CPU node, its ``--in-partials`` filled in when it runs (the number of shards is a run parameter).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperato
 from airflow.providers.cncf.kubernetes.secret import Secret
 from kubernetes.client import models as k8s
 
-from ptqflow.orchestration import (MERGE_STEP, SHARDED_STEP, STEP_INPUTS, parse_shard, shard_name,
+from ptqflow.orchestration import (FAN_OUTS, MERGES, STEP_INPUTS, earlier_steps, parse_shard, shard_name,
                                    shard_output_uri, shards_uri, step_input_uris)
 from ptqflow.orchestration.commands import NO_RETRY_EXIT_CODES, should_retry, step_arguments
 from ptqflow.orchestration.images import step_image
@@ -88,24 +88,27 @@ def _jinja_literal(value) -> str:
 
 
 class ShardPodOperator(PtqflowPodOperator):
-    """collect-stats' pod for one shard ``"I/N"`` of the calibration split: the step's arguments with its own
-    output (``<output>/collect-stats-shards/<i>-of-<N>``) and ``--shard I/N``; mapped over the run's shards."""
+    """A fan-out step's pod for one shard ``"I/N"`` of its split: the step's arguments with its own output
+    (``<output>/<step>-shards/<i>-of-<N>``) and ``--shard I/N``; mapped over the run's shards."""
 
     def __init__(self, *, shard: str, **kwargs):
         part = parse_shard(shard)
         args = list(kwargs.pop("arguments"))
-        args[args.index("--out") + 1] = shard_output_uri(OUTPUT, SHARDED_STEP, part)
-        labels = {**kwargs.pop("labels", {}), "ptqflow.io/shard": shard_name(part)}
-        super().__init__(arguments=[*args, "--shard", shard], labels=labels, **kwargs)
+        labels = kwargs.pop("labels", {})
+        args[args.index("--out") + 1] = shard_output_uri(OUTPUT, labels["ptqflow.io/step"], part)
+        super().__init__(arguments=[*args, "--shard", shard], labels={**labels, "ptqflow.io/shard": shard_name(part)},
+                         **kwargs)
         self.shard = shard
 
 
-class MergeStatsPodOperator(PtqflowPodOperator):
-    """The merge-stats pod. Its rendered arguments hold ``--in-partials <output>/collect-stats-shards``; when it
-    runs, that one value becomes the run's N shard outputs (``with_partials``)."""
+class MergePodOperator(PtqflowPodOperator):
+    """A merge pod (merge-stats, merge-validation). Its rendered arguments hold ``--in-partials
+    <output>/<step>-shards``; when it runs, that one value becomes the run's N shard outputs (``with_partials``, N
+    from the fan-out's param)."""
 
     def execute(self, context):  # noqa: D102 (see class docstring)
-        self.arguments = with_partials(self.arguments, int(context["params"]["statistics_shards"]))
+        param = MERGES[self.labels["ptqflow.io/step"]].param
+        self.arguments = with_partials(self.arguments, int(context["params"][param]))
         return super().execute(context)
 
 
@@ -126,13 +129,14 @@ def pod_operator(step: str, device: str, namespace: str | None = None,
 
 def pod_kwargs(step: str, device: str, namespace: str | None = None, table: PlacementTable | None = None,
                task_id: str | None = None) -> dict:
-    """The operator arguments of ``step``'s pod (see ``pod_operator``); merge-stats' ``--in-partials`` is the
-    shards' directory until ``MergeStatsPodOperator`` runs."""
+    """The operator arguments of ``step``'s pod (see ``pod_operator``); a merge's ``--in-partials`` is the
+    shards' directory until ``MergePodOperator`` runs."""
     table = table or active_table()
     place = table.placement(step, device)
-    if step == MERGE_STEP:
-        inputs = {"partials": shards_uri(OUTPUT, SHARDED_STEP)}
-        out = f"{OUTPUT}/{SHARDED_STEP}"  # what quantize reads, as if one collect-stats had written it
+    if step in MERGES:
+        sharded = MERGES[step].step
+        inputs = {"partials": shards_uri(OUTPUT, sharded)}
+        out = f"{OUTPUT}/{sharded}"  # what later steps read, as if the one step had written it
     else:
         inputs, out = step_input_uris(OUTPUT, step), f"{OUTPUT}/{step}"
     base, typed = templated_sets()
@@ -167,27 +171,31 @@ def registry_env_vars(table: PlacementTable, step: str) -> list[k8s.V1EnvVar]:
         for env, key in table.registry_env(step).items()]
 
 
-def pod_tasks(device: str, unsharded, shards):
-    """Six chained pod tasks (data dependencies as in the artifact contract) and the statistics fan-out: the
-    one-pod collect-stats after the gate ``unsharded``, the shard pods mapped over ``shards`` (the list task's
-    output) and the merge pod; quantize waits for whichever ran. Returns export-ir's task."""
+def pod_tasks(device: str, gates):
+    """Six chained pod tasks (data dependencies as in the artifact contract) and each fan-out: the one-pod step
+    after its gate, the shard pods mapped over the shard list and the merge pod (``gates(fan)``: the gate and the
+    list task); a later step waits for whichever of the step and its merge ran. Returns export-ir's task."""
     from airflow.sdk import TriggerRule
 
-    from ptqflow.orchestration import PRODUCERS
+    from ptqflow.orchestration.airflow_face import shard_task_id
 
     table = active_table()
     ops = {step: pod_operator(step, device, table=table) for step in STEP_INPUTS}
-    shard_pods = ShardPodOperator.partial(**pod_kwargs(SHARDED_STEP, device, table=table,
-                                                       task_id="collect_stats_shard"),
-                                          map_index_template="{{ task.shard }}").expand(shard=shards)
-    merge = MergeStatsPodOperator(**pod_kwargs(MERGE_STEP, device, table=table))
-    unsharded >> ops[SHARDED_STEP]
-    shard_pods >> merge
-    for step, inputs in STEP_INPUTS.items():
-        for name in inputs:
-            ops[PRODUCERS[name]] >> ops[step]
-            if PRODUCERS[name] == SHARDED_STEP:
-                merge >> ops[step]
+    shard_pods, merged = {}, {}
+    for step, fan in FAN_OUTS.items():
+        unsharded, shards = gates(fan)
+        rule = {"trigger_rule": TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS} if earlier_steps(step) & set(FAN_OUTS) else {}
+        shard_pods[step] = ShardPodOperator.partial(
+            **pod_kwargs(step, device, table=table, task_id=shard_task_id(fan)), **rule,
+            map_index_template="{{ task.shard }}").expand(shard=shards)
+        merged[step] = MergePodOperator(**pod_kwargs(fan.merge, device, table=table))
+        unsharded >> ops[step]
+        shard_pods[step] >> merged[step]
+    for step in STEP_INPUTS:
+        runs = [ops[step], *([shard_pods[step]] if step in shard_pods else [])]  # the shards read what it reads
+        for earlier in earlier_steps(step):
+            ops[earlier] >> runs
+            if earlier in merged:  # (the shard pods got this trigger rule from their partial above)
+                merged[earlier] >> runs
                 ops[step].trigger_rule = TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS
-    ops["validate"] >> ops["export-ir"]
     return ops["export-ir"]

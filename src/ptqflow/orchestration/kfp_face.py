@@ -7,16 +7,18 @@ Two component kinds share the wiring: ``container`` components run the ptqflow i
 artifacts' ``.path`` (what ``kfp.local`` can run). A first ``resolve-config`` task validates the run
 parameters (generated from ptqflow's config schema) and hands every step the same config file.
 
-Statistics fan out (pipeline parameter ``statistics_shards``, N): a ``statistics-shards`` task lists the shards,
-``dsl.ParallelFor`` runs collect-stats once per shard (``--shard I/N``; N = 1: one item, the whole split), placed
-as collect-stats is, and ``merge-stats`` takes their outputs (``dsl.Collected``) and writes the ``statistics``
-artifact quantize reads (N = 1: the one collect-stats artifact, passed on). The loop runs even for N = 1 because
-the other shape, ``dsl.If``/``dsl.Else`` joined by ``dsl.OneOf``, cannot run under ``kfp.local`` (2.17: a DAG
-output of two artifact selectors is refused).
+Two steps fan out (``ptqflow.orchestration.FAN_OUTS``, one helper for both): collect-stats over pipeline parameter
+``statistics_shards`` and validate over ``validation_shards`` (N). A ``statistics-shards`` / ``validation-shards``
+task lists the shards, ``dsl.ParallelFor`` runs the step once per shard (``--shard I/N``; N = 1: one item, the whole
+split), placed as the step is, and ``merge-stats`` / ``merge-validation`` takes their outputs (``dsl.Collected``) and
+writes the artifact later steps read, ``statistics`` or ``report`` (N = 1: the one step's artifact, passed on);
+merge-validation decides the gate. The loop runs even for N = 1 because the other shape, ``dsl.If``/``dsl.Else``
+joined by ``dsl.OneOf``, cannot run under ``kfp.local`` (2.17: a DAG output of two artifact selectors is refused).
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import List
 
@@ -24,7 +26,7 @@ from kfp import dsl, kubernetes
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
 
 from ptqflow.errors import ConfigError
-from ptqflow.orchestration import MERGE_STEP, OPTIONAL_STEP_INPUTS, SHARDED_STEP, STEP_INPUTS
+from ptqflow.orchestration import AFTER, FAN_OUTS, OPTIONAL_STEP_INPUTS, STEP_INPUTS, FanOut
 from ptqflow.orchestration.images import image, step_image
 from ptqflow.orchestration.params import EXPOSED, param_specs
 from ptqflow.orchestration.pod_placement import PlacementTable, active_table, toleration_kwargs
@@ -36,9 +38,8 @@ INPUT_TYPES = {"model": Model, "calibration": Dataset, "statistics": Artifact, "
                "report": Artifact, "ir": Model}
 # Output name (from ptqflow.pipeline.steps.STEPS) and artifact type per producer step.
 OUTPUTS = {s.name: (s.output, INPUT_TYPES[s.output]) for s in STEPS if not s.optional}
-# The face's own run parameter (not a config field): how many shards collect-stats fans out over.
-SHARDS_PARAM = ("statistics_shards", int, 1, "Collect statistics in this many shards of the calibration samples, "
-                "one task (pod) each, merged after; 1: one collect-stats task.")
+# The face's own run parameters (not config fields): how many shards each fan-out step runs in.
+SHARDS_PARAMS = [(fan.param, int, 1, fan.description) for fan in FAN_OUTS.values()]
 RUNTIME = ["python", "-m", "ptqflow.orchestration.kfp_runtime"]  # the command of the fan-out's containers
 
 
@@ -90,11 +91,11 @@ def _resolve_container(table: PlacementTable):
 
 
 def _step_container(step: str, device: str, table: PlacementTable):
-    """Container component of one step: the CLI on KFP-staged artifact paths (collect-stats: kfp_runtime's, which
+    """Container component of one step: the CLI on KFP-staged artifact paths (a fan-out step: kfp_runtime's, which
     takes the loop's ``shard``, "" for the whole split)."""
     out_name, out_type = OUTPUTS[step]
     params = [("config", Input[Artifact])] + [(n, Input[INPUT_TYPES[n]]) for n in STEP_INPUTS[step]]
-    if step == SHARDED_STEP:
+    if step in FAN_OUTS:
         params.append(("shard", str))
 
     def impl(config, shard=None, **arts):
@@ -113,27 +114,31 @@ def _step_container(step: str, device: str, table: PlacementTable):
     return dsl.container_component(_signed(step.replace("-", "_"), params, impl, [out]))
 
 
-def _shards_container(table: PlacementTable):
-    """Container component listing the collect-stats loop's items from ``shards`` (kfp_runtime statistics-shards)."""
+def _shards_container(table: PlacementTable, fan: FanOut):
+    """Container component listing ``fan``'s loop items from ``shards`` (kfp_runtime statistics-shards or
+    validation-shards)."""
     def impl(shards, items):
         return dsl.ContainerSpec(image=table.light.image or image("cpu"), command=RUNTIME,
-                                 args=["statistics-shards", "--shards", shards, "--out", items])
+                                 args=[fan.param.replace("_", "-"), "--shards", shards, "--out", items])
 
     out = inspect.Parameter("items", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=dsl.OutputPath(list))
-    return dsl.container_component(_signed("statistics_shards", [("shards", int)], impl, [out]))
+    return dsl.container_component(_signed(fan.param, [("shards", int)], impl, [out]))
 
 
-def _merge_container(table: PlacementTable):
-    """Container component of merge-stats over the loop's collect-stats outputs. A container has no placeholder
-    for the paths of a list of artifacts, so kfp_runtime reads them from the executor input (``{{$}}``)."""
-    def impl(config, partials, statistics):
+def _merge_container(table: PlacementTable, fan: FanOut):
+    """Container component of ``fan``'s merge (merge-stats, merge-validation) over the loop's outputs. A container
+    has no placeholder for the paths of a list of artifacts, so kfp_runtime reads them from the executor input
+    (``{{$}}``)."""
+    out_name, out_type = OUTPUTS[fan.step]
+
+    def impl(config, partials, **outputs):
         return dsl.ContainerSpec(image=table.light.image or image("cpu"), command=RUNTIME,
-                                 args=["merge-stats", "--config", config.path, "--out", statistics.path,
+                                 args=[fan.merge, "--config", config.path, "--out", outputs[out_name].path,
                                        "--executor-input", "{{$}}"])
 
-    out = inspect.Parameter("statistics", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Output[Artifact])
-    params = [("config", Input[Artifact]), ("partials", Input[List[Artifact]])]
-    return dsl.container_component(_signed("merge_stats", params, impl, [out]))
+    out = inspect.Parameter(out_name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Output[out_type])
+    params = [("config", Input[Artifact]), ("partials", Input[List[INPUT_TYPES[out_name]]])]
+    return dsl.container_component(_signed(fan.merge.replace("-", "_"), params, impl, [out]))
 
 
 # PipelineTask setters per requests/limits resource name.
@@ -197,42 +202,51 @@ def build_pipeline(kind: str = "container", device: str = "cpu", table: Placemen
         from ptqflow.orchestration import kfp_local as comps
 
         resolve, steps, publish = comps.resolve_config, comps.STEP_COMPONENTS, comps.publish_local
-        shard_list, merge = comps.statistics_shards_local, comps.merge_stats_local
+        shard_lists = {step: functools.partial(comps.shard_items_local, param=fan.param)
+                       for step, fan in FAN_OUTS.items()}
+        merges = comps.MERGE_COMPONENTS
     else:
         resolve, publish = _resolve_container(table), _publish_container(table)
         steps = {s: _step_container(s, device, table) for s in STEP_INPUTS}
-        shard_list, merge = _shards_container(table), _merge_container(table)
-    specs = pipeline_params() + [SHARDS_PARAM]
+        shard_lists = {step: _shards_container(table, fan) for step, fan in FAN_OUTS.items()}
+        merges = {step: _merge_container(table, fan) for step, fan in FAN_OUTS.items()}
+    specs = pipeline_params() + SHARDS_PARAMS
 
     def placed(task, step):
         if kind == "container":
             place(task, step, device, table)
         return task.set_display_name(step)
 
-    def body(statistics_shards, **values):
+    def fan_out(fan: FanOut, count, config, arts):
+        """One task per shard in a ParallelFor, then their merge (see the module docstring); returns the merge."""
+        shards = placed(shard_lists[fan.step](shards=count), fan.param.replace("_", "-"))
+        with dsl.ParallelFor(shards.output) as shard:
+            part = placed(steps[fan.step](config=config, shard=shard, **arts), fan.step)
+        partials = dsl.Collected(part.outputs[OUTPUTS[fan.step][0]])
+        return placed(merges[fan.step](config=config, partials=partials), fan.merge)
+
+    def body(**values):
+        counts = {step: values.pop(fan.param) for step, fan in FAN_OUTS.items()}
         cfg = placed(resolve(**values), "resolve-config")
-        made = {}
+        config, made = cfg.outputs["config"], {}
         for step, inputs in STEP_INPUTS.items():
             arts = {n: made[n] for n in inputs}
-            if step == SHARDED_STEP:  # one task per shard, then their merge (see the module docstring)
-                shards = placed(shard_list(shards=statistics_shards), "statistics-shards")
-                with dsl.ParallelFor(shards.output) as shard:
-                    part = placed(steps[step](config=cfg.outputs["config"], shard=shard, **arts), step)
-                task = placed(merge(config=cfg.outputs["config"],
-                                    partials=dsl.Collected(part.outputs[OUTPUTS[step][0]])), MERGE_STEP)
+            if step in FAN_OUTS:
+                task = fan_out(FAN_OUTS[step], counts[step], config, arts)
             else:
-                task = placed(steps[step](config=cfg.outputs["config"], **arts), step)
+                task = placed(steps[step](config=config, **arts), step)
             made[OUTPUTS[step][0]] = task.outputs[OUTPUTS[step][0]]
             made[f"task:{step}"] = task
-        made["task:export-ir"].after(made["task:validate"])  # export only what passed the gate
+        for step, earlier in AFTER.items():  # export only what passed the gate
+            made[f"task:{step}"].after(*(made[f"task:{e}"] for e in earlier))
         # Registers the INT8 version when the config has a registry section; a no-op otherwise.
-        placed(publish(config=cfg.outputs["config"], **{n: made[n] for n in OPTIONAL_STEP_INPUTS["publish"]}),
-               "publish")
+        placed(publish(config=config, **{n: made[n] for n in OPTIONAL_STEP_INPUTS["publish"]}), "publish")
 
     fn = _signed(f"ptqflow_{kind}", [(n, t) for n, t, _, _ in specs], body,
                  defaults={n: d for n, _, d, _ in specs})
     fn.__doc__ = ("ptqflow: fetch-model, build-calibration, collect-stats (in statistics_shards shards, merged), "
-                  "quantize, validate, export-ir, publish (to the model registry, when configured).")
+                  "quantize, validate (in validation_shards shards, merged), export-ir, publish (to the model "
+                  "registry, when configured).")
     return dsl.pipeline(name=f"ptqflow-quantize-{kind}-{device}" if kind == "container" else "ptqflow-quantize-local",
                         description=fn.__doc__)(fn)
 

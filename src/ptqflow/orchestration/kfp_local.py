@@ -46,11 +46,12 @@ def build_calibration_local(config: Input[Artifact], model: Input[Model], calibr
 
 
 @dsl.component(base_image=BASE)
-def statistics_shards_local(shards: int) -> list:
-    """The collect-stats loop's items: "I/N" per shard, or [""] (the whole split) for 1."""
-    from ptqflow.orchestration.kfp_runtime import statistics_shards
+def shard_items_local(shards: int, param: str) -> list:
+    """A fan-out loop's items (``param``: statistics_shards, validation_shards): "I/N" per shard, or [""] (the
+    whole split) for 1."""
+    from ptqflow.orchestration.kfp_runtime import shard_items
 
-    return statistics_shards(shards)
+    return shard_items(shards, param)
 
 
 @dsl.component(base_image=BASE)
@@ -69,7 +70,7 @@ def merge_stats_local(config: Input[Artifact], partials: Input[List[Artifact]], 
     digest."""
     from ptqflow.orchestration.kfp_runtime import merge_on_paths
 
-    return merge_on_paths([p.path for p in partials], statistics.path, config.path)["digest"]
+    return merge_on_paths("merge-stats", [p.path for p in partials], statistics.path, config.path)["digest"]
 
 
 @dsl.component(base_image=BASE)
@@ -84,13 +85,23 @@ def quantize_local(config: Input[Artifact], model: Input[Model], calibration: In
 
 @dsl.component(base_image=BASE)
 def validate_local(config: Input[Artifact], model: Input[Model], quantized: Input[Model],
-                   calibration: Input[Dataset], report: Output[Artifact], metrics: Output[Metrics],
-                   html: Output[HTML]) -> str:
-    """validate: report artifact, its numbers as KFP Metrics, report.html as HTML; returns the digest."""
-    from ptqflow.orchestration.kfp_runtime import copy_report_html, numeric_metrics, run_step_on_paths
+                   calibration: Input[Dataset], shard: str, report: Output[Artifact]) -> str:
+    """validate on ``shard`` "I/N" of the validation split (partial results; "": the whole split, the report and
+    its gate); returns the artifact digest."""
+    from ptqflow.orchestration.kfp_runtime import run_step_on_paths
 
     inputs = {"model": model.path, "quantized": quantized.path, "calibration": calibration.path}
-    result = run_step_on_paths("validate", inputs, report.path, config.path)
+    return run_step_on_paths("validate", inputs, report.path, config.path, shard)["digest"]
+
+
+@dsl.component(base_image=BASE)
+def merge_validation_local(config: Input[Artifact], partials: Input[List[Artifact]], report: Output[Artifact],
+                           metrics: Output[Metrics], html: Output[HTML]) -> str:
+    """merge-validation of the loop's validate outputs (one whole-split report is passed on): the report artifact,
+    its numbers as KFP Metrics, report.html as HTML; fails when the gate fails. Returns the digest."""
+    from ptqflow.orchestration.kfp_runtime import copy_report_html, merge_on_paths, numeric_metrics
+
+    result = merge_on_paths("merge-validation", [p.path for p in partials], report.path, config.path)
     for name, value in numeric_metrics(result["metrics"]).items():
         metrics.log_metric(name, value)
     copy_report_html(report.path, html.path)
@@ -122,3 +133,5 @@ def publish_local(config: Input[Artifact], model: Input[Model], quantized: Input
 STEP_COMPONENTS = {"fetch-model": fetch_model_local, "build-calibration": build_calibration_local,
                    "collect-stats": collect_stats_local, "quantize": quantize_local,
                    "validate": validate_local, "export-ir": export_ir_local}
+# The merge of each fan-out step (ptqflow.orchestration.FAN_OUTS).
+MERGE_COMPONENTS = {"collect-stats": merge_stats_local, "validate": merge_validation_local}

@@ -1,13 +1,13 @@
 """Code that runs inside ptqflow's KFP components (no kfp import): resolving the run's config file, running
-one step on artifact paths, the statistics fan-out (the shard list, a collect-stats shard, the merge), and turning
-validate's manifest into KFP Metrics numbers.
+one step on artifact paths, the fan-outs (the shard list, a shard of collect-stats or validate, the merge), and
+turning validate's manifest into KFP Metrics numbers.
 
 ``python -m ptqflow.orchestration.kfp_runtime resolve-config --out PATH --set key=value ...`` is the container
 command of the ``resolve-config`` component: it validates the run parameters once (a bad value fails the
-run before any data moves) and writes the full config as JSON for every step's ``--config``. The fan-out's
-containers run ``statistics-shards``, ``collect-stats`` (``--shard I/N``, or ``""`` for the whole split) and
-``merge-stats`` (its partials read from the executor input, ``{{$}}``: a container has no placeholder for the
-paths of a list of artifacts).
+run before any data moves) and writes the full config as JSON for every step's ``--config``. A fan-out's containers
+run ``statistics-shards`` / ``validation-shards`` (the loop's items), ``collect-stats`` / ``validate`` (``--shard I/N``,
+or ``""`` for the whole split) and ``merge-stats`` / ``merge-validation`` (the partials read from the executor input,
+``{{$}}``: a container has no placeholder for the paths of a list of artifacts).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import yaml
 
 from ptqflow.config import load_config
 from ptqflow.errors import ConfigError, InputError, PtqflowError
-from ptqflow.orchestration import SHARDED_STEP, parse_shard, shard_labels
+from ptqflow.orchestration import FAN_OUTS, MERGES, parse_shard, shard_labels
 from ptqflow.pipeline.steps import SPECS
 
 PUBLISH_INPUTS = SPECS["publish"].inputs  # the publish component's --in-* artifacts
@@ -72,8 +72,8 @@ def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def run_step_on_paths(step: str, inputs: dict[str, str], out: str, config_path: str, shard: str = "") -> dict:
-    """Run ``step`` from local artifact directories into ``out`` (a KFP artifact path); collect-stats: only
-    ``shard`` "I/N" of the calibration split when it is not "". Returns the manifest as a dict (digest, metrics)."""
+    """Run ``step`` from local artifact directories into ``out`` (a KFP artifact path); a fan-out step: only
+    ``shard`` "I/N" of its split when it is not "". Returns the manifest as a dict (digest, metrics)."""
     from ptqflow.pipeline.runner import run_step
 
     cfg = load_config(config_path)
@@ -81,24 +81,26 @@ def run_step_on_paths(step: str, inputs: dict[str, str], out: str, config_path: 
     return {"digest": manifest.digest, "metrics": manifest.metrics}
 
 
-def statistics_shards(count: int) -> list[str]:
-    """What the collect-stats loop iterates over: ``["0/N", ..., "N-1/N"]`` for N > 1 shards, ``[""]`` for 1 (one
-    collect-stats on the whole split, whose artifact the merge then passes on unchanged)."""
-    return shard_labels(count) or [""]
+def shard_items(count: int, param: str) -> list[str]:
+    """What a fan-out's loop iterates over, from run parameter ``param``: ``["0/N", ..., "N-1/N"]`` for N > 1
+    shards, ``[""]`` for 1 (the step once on the whole split, whose artifact the merge then passes on unchanged)."""
+    return shard_labels(count, param) or [""]
 
 
-def merge_on_paths(partials: list[str], out: str, config_path: str) -> dict:
-    """The statistics artifact at ``out`` from the loop's collect-stats outputs ``partials``: merge-stats of the
-    shards' partials, or a copy of the one whole-split artifact (statistics_shards 1: the bytes and manifest
-    collect-stats wrote). Returns the manifest as a dict (digest, metrics)."""
+def merge_on_paths(merge: str, partials: list[str], out: str, config_path: str) -> dict:
+    """The artifact at ``out`` from a fan-out loop's outputs ``partials``: ``merge`` (merge-stats, merge-validation)
+    of the shards' partials, or a copy of the one whole-split artifact (N = 1: the bytes and manifest the step
+    wrote). Returns the manifest as a dict (digest, metrics); merge-validation raises GateFailedError after
+    writing ``out`` when the gate fails."""
     from ptqflow.artifacts.manifest import read_manifest
-    from ptqflow.pipeline.runner import merge_stats
+    from ptqflow.pipeline import runner
 
     first = read_manifest(Path(partials[0])) if len(partials) == 1 else None
-    if first is not None and first.step == SHARDED_STEP and "shard" not in first.config:
+    if first is not None and first.step == MERGES[merge].step and "shard" not in first.config:
         shutil.copytree(partials[0], out, dirs_exist_ok=True)
         return {"digest": first.digest, "metrics": first.metrics}
-    manifest = merge_stats(partials, out, load_config(config_path))
+    run = {"merge-stats": runner.merge_stats, "merge-validation": runner.merge_validation}[merge]
+    manifest = run(partials, out, load_config(config_path))
     return {"digest": manifest.digest, "metrics": manifest.metrics}
 
 
@@ -155,10 +157,30 @@ def copy_report_html(validate_dir: str, html_path: str) -> None:
     shutil.copyfile(Path(validate_dir) / "report.html", html_path)
 
 
+# The shard-list commands ("statistics-shards", "validation-shards": the fan-out's param, dashed) -> their fan-out.
+SHARD_LISTS = {fan.param.replace("_", "-"): fan for fan in FAN_OUTS.values()}
+
+
+def _fan_out_parsers(sub, fan) -> None:
+    """Add ``fan``'s three commands: its shard list, its step on one shard ('': all) and its merge."""
+    shards = sub.add_parser(fan.param.replace("_", "-"), help=f"write the {fan.step} loop's items (a JSON list)")
+    shards.add_argument("--shards", required=True, type=int)
+    shards.add_argument("--out", required=True, help="the output parameter's file")
+    step = sub.add_parser(fan.step, help=f"{fan.step} on shard I/N of its split ('': all of it)")
+    step.add_argument("--shard", default="")
+    step.add_argument("--config", required=True)
+    step.add_argument("--out", required=True)
+    for name in SPECS[fan.step].inputs:
+        step.add_argument(f"--in-{name}", dest=name, required=True)
+    merge = sub.add_parser(fan.merge, help=f"{fan.merge} of the {fan.step} loop's outputs into its artifact")
+    merge.add_argument("--config", required=True)
+    merge.add_argument("--out", required=True)
+    merge.add_argument("--executor-input", required=True, help="the KFP executor input JSON ({{$}})")
+
+
 def main(argv: list[str] | None = None) -> int:
     """``resolve-config --out PATH --set key=value ...``, ``publish --config PATH --in-model ... --out PATH``, or
-    the statistics fan-out's ``statistics-shards``, ``collect-stats`` and ``merge-stats``; exit code as the ptqflow
-    CLI's."""
+    a fan-out's shard list, shard step and merge (``_fan_out_parsers``); exit code as the ptqflow CLI's."""
     parser = argparse.ArgumentParser(prog="python -m ptqflow.orchestration.kfp_runtime")
     sub = parser.add_subparsers(dest="command", required=True)
     rc = sub.add_parser("resolve-config")
@@ -170,38 +192,29 @@ def main(argv: list[str] | None = None) -> int:
     pub.add_argument("--out", required=True)
     for name in PUBLISH_INPUTS:
         pub.add_argument(f"--in-{name}", dest=name, required=True)
-    shards = sub.add_parser("statistics-shards", help="write the collect-stats loop's items (a JSON list)")
-    shards.add_argument("--shards", required=True, type=int)
-    shards.add_argument("--out", required=True, help="the output parameter's file")
-    collect = sub.add_parser("collect-stats", help="collect-stats on shard I/N of the calibration split ('': all)")
-    collect.add_argument("--shard", default="")
-    collect.add_argument("--config", required=True)
-    collect.add_argument("--out", required=True)
-    for name in SPECS[SHARDED_STEP].inputs:
-        collect.add_argument(f"--in-{name}", dest=name, required=True)
-    merge = sub.add_parser("merge-stats", help="merge the collect-stats loop's outputs into the statistics artifact")
-    merge.add_argument("--config", required=True)
-    merge.add_argument("--out", required=True)
-    merge.add_argument("--executor-input", required=True, help="the KFP executor input JSON ({{$}})")
+    for fan in FAN_OUTS.values():
+        _fan_out_parsers(sub, fan)
     args = parser.parse_args(argv)
     try:
         if args.command == "publish":
             inputs = {n: getattr(args, n) for n in PUBLISH_INPUTS}
             print(json.dumps(publish_if_configured(inputs, args.out, args.config), default=str))
             return 0
-        if args.command == "statistics-shards":
+        if args.command in SHARD_LISTS:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(json.dumps(statistics_shards(args.shards)), encoding="utf-8")
+            items = shard_items(args.shards, SHARD_LISTS[args.command].param)
+            Path(args.out).write_text(json.dumps(items), encoding="utf-8")
             return 0
-        if args.command in ("collect-stats", "merge-stats"):
+        if args.command in FAN_OUTS or args.command in MERGES:
             from ptqflow.logs import setup_logging
 
             setup_logging("json")
-            if args.command == "collect-stats":
-                inputs = {n: getattr(args, n) for n in SPECS[SHARDED_STEP].inputs}
-                result = run_step_on_paths(SHARDED_STEP, inputs, args.out, args.config, args.shard)
+            if args.command in FAN_OUTS:
+                inputs = {n: getattr(args, n) for n in SPECS[args.command].inputs}
+                result = run_step_on_paths(args.command, inputs, args.out, args.config, args.shard)
             else:
-                result = merge_on_paths(input_artifact_paths(args.executor_input, "partials"), args.out, args.config)
+                partials = input_artifact_paths(args.executor_input, "partials")
+                result = merge_on_paths(args.command, partials, args.out, args.config)
             print(json.dumps(result, default=str))
             return 0
         values = {}

@@ -1,7 +1,7 @@
 """Submit ptqflow's pipeline to a Kubeflow Pipelines endpoint:
 
     python -m ptqflow.orchestration.kfp_submit --config run.yaml --host https://kfp.example.com [--device cuda]
-                                              [--statistics-shards N]
+                                              [--statistics-shards N] [--validation-shards N]
 
 The config file (ptqflow's YAML/JSON config) is validated first; its exposed fields become the run's typed
 parameters and, when it sets anything else, the whole config also travels as ``base_config``.
@@ -15,6 +15,7 @@ import sys
 
 from ptqflow.config import load_config
 from ptqflow.errors import PtqflowError
+from ptqflow.orchestration import FAN_OUTS, shard_labels
 
 
 def run_arguments(config_path: str) -> dict:
@@ -60,16 +61,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--host", required=True)
     ap.add_argument("--device", default=None, help="placement device (default: the config's device)")
     ap.add_argument("--experiment", default="ptqflow")
-    ap.add_argument("--statistics-shards", type=int, default=None, metavar="N",
-                    help="collect statistics in N shards, one pod each, merged after (default: the pipeline's, 1)")
+    for fan in FAN_OUTS.values():  # --statistics-shards, --validation-shards
+        ap.add_argument(f"--{fan.param.replace('_', '-')}", type=int, default=None, metavar="N",
+                        help=f"{fan.description} Default: the pipeline's, 1.")
     a = ap.parse_args(argv)
     try:
         args = run_arguments(a.config)
-        if a.statistics_shards is not None:
-            from ptqflow.orchestration import shard_labels
-
-            shard_labels(a.statistics_shards)  # ConfigError (exit 2) unless an integer >= 1
-            args["statistics_shards"] = a.statistics_shards
+        for fan in FAN_OUTS.values():
+            if getattr(a, fan.param) is not None:
+                shard_labels(getattr(a, fan.param), fan.param)  # ConfigError (exit 2) unless an integer >= 1
+                args[fan.param] = getattr(a, fan.param)
     except PtqflowError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
