@@ -12,15 +12,20 @@ from __future__ import annotations
 import random
 from functools import lru_cache
 from pathlib import Path
+from types import SimpleNamespace
+from unittest import mock
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 import tasks
+from ptqflow import demo
 
 DET_SIZE = (416, 416)  # ddddocr's DetectionEngine.get_bbox letterboxes every image to this size
 CAPTCHA_W, CAPTCHA_H = 320, 160
 GLYPHS = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789&@#%?"
+OCR_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"  # the captcha package's usual alphabet, no look-alikes
+OCR_HEIGHT = 64  # ddddocr resizes every image to height 64, width scaled alike
 
 
 def _package_file(name: str) -> Path:
@@ -48,6 +53,15 @@ def det(img: Image.Image) -> np.ndarray:
     """build-calibration transform: ddddocr's ``preproc`` (letterbox to 416x416 on grey 114, 0-255 floats, CHW)."""
     x, _ = _engine().preproc(_bgr(img), DET_SIZE)
     return x[None]
+
+
+def ocr(img: Image.Image) -> np.ndarray:
+    """build-calibration transform: ddddocr's ``OCREngine._preprocess_image`` for the bundled models (Lanczos
+    resize to height 64, grey, /255, NCHW)."""
+    from ddddocr.preprocessing.image_processor import ImageProcessor
+
+    img = ImageProcessor.resize_image(img, (int(img.size[0] * OCR_HEIGHT / img.size[1]), OCR_HEIGHT))
+    return (np.asarray(img.convert("L"), dtype=np.float32) / 255.0)[None, None]
 
 
 def _place_glyph(img: Image.Image, rng: random.Random, fonts: list[str], boxes: list) -> None:
@@ -115,4 +129,63 @@ class DdddDet:
         return tasks.detection_metrics(self.boxes, outputs, labels, refs)
 
 
-TASKS = {"ddddocr_det": DdddDet}
+def _captcha_generator():
+    """The captcha package's ImageCaptcha at 200x64 with milder glyph distortion (rotation +-10 degrees, less
+    warp and offset) than its default, which FP32 ddddocr reads only about half the time at 160x60; its noise
+    dots and curve are kept."""
+    from captcha.image import ImageCaptcha
+
+    class Mild(ImageCaptcha):
+        character_rotate = (-10, 10)
+        character_warp_dx = character_warp_dy = (0.05, 0.1)
+        character_offset_dx, character_offset_dy = (0, 2), (0, 3)
+
+    return Mild(width=200, height=64)
+
+
+class DdddOcr:
+    name, kind = "ddddocr_ocr", "ddddocr_ocr"
+    transform = "fam_ddddocr:ocr"
+
+    def __init__(self):
+        from ddddocr.core.ocr_engine import OCREngine
+        from ddddocr.models.charset_manager import CharsetManager
+
+        self.model_path = _package_file("common.onnx")  # ddddocr's beta model, with the beta charset
+        self._engine = object.__new__(OCREngine)  # its CTC decode, without loading a session
+        self._engine.session, self._engine.charset_manager = None, CharsetManager()
+        self._engine.charset_manager.load_default_charset(old=False, beta=True)
+
+    def render(self, folder: Path, n: int, seed: int) -> dict:
+        """Captchas of 4 characters of known text (the captcha package draws them, seeded)."""
+        import captcha.image
+
+        rng, gen, truth = random.Random(seed), _captcha_generator(), {}
+        folder.mkdir(parents=True, exist_ok=True)
+        drawn = random.Random(seed + 1)
+        # The package draws fonts, distortions and noise from `secrets`; a seeded stand-in makes a draw repeatable.
+        with mock.patch.object(captcha.image, "secrets", SimpleNamespace(
+                randbelow=drawn.randrange, randbits=drawn.getrandbits, choice=drawn.choice)):
+            for i in range(n):
+                text = "".join(rng.choice(OCR_ALPHABET) for _ in range(4))
+                gen.generate_image(text).save(folder / f"{i:05d}.png")
+                truth[f"{i:05d}.png"] = text
+        return tasks._save_truth(folder, truth)
+
+    def labels(self, samples: list, sources: list, truth: dict) -> list:
+        return [truth[s] for s in sources]
+
+    def text(self, out) -> str:
+        """ddddocr's ``_process_text_output``: argmax per step, CTC collapse, beta charset; compared
+        case-insensitively (the charset has both cases, the captchas are drawn in one)."""
+        return self._engine._process_text_output(out[0]).lower()
+
+    def metrics(self, outputs: list, labels: list, refs: list) -> dict:
+        texts, ref_texts = [self.text(o) for o in outputs], [self.text(r) for r in refs]
+        chars = [max(0.0, 1 - demo.edit_distance(p, t) / len(t)) for p, t in zip(texts, labels)]
+        return {"exact_match": float(np.mean([p == t for p, t in zip(texts, labels)])),
+                "char_accuracy": float(np.mean(chars)),
+                "text_agreement": float(np.mean([p == r for p, r in zip(texts, ref_texts)]))}
+
+
+TASKS = {"ddddocr_det": DdddDet, "ddddocr_ocr": DdddOcr}
