@@ -25,14 +25,16 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import fam_ddddocr  # noqa: E402
+import fam_magika  # noqa: E402
 import fam_pages  # noqa: E402
 import speed  # noqa: E402
 import tasks  # noqa: E402
 
 # Every model the bench knows: the PP-OCR tasks, then the families that check mechanisms on models nobody tuned
 # for (issue 20). The encoder is built apart (bench_model), it exports its model first.
-TASKS = {**tasks.TASKS, **fam_ddddocr.TASKS, **fam_pages.TASKS}
-NEW_FAMILIES = [*fam_ddddocr.TASKS, *fam_pages.TASKS]
+FAMILIES = {**fam_ddddocr.TASKS, **fam_magika.TASKS, **fam_pages.TASKS}
+TASKS = {**tasks.TASKS, **FAMILIES}
+NEW_FAMILIES = list(FAMILIES)
 
 METHODS = ["ptqflow_default", "ptqflow_bc", "ptqflow_nobc", "ptqflow_untold", "nncf_default", "nncf_bc", "nncf_nobc",
            "ort_minmax"]
