@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 import tasks
+from transforms import _bgr
 from ptqflow import demo
 
 DET_SIZE = (416, 416)  # ddddocr's DetectionEngine.get_bbox letterboxes every image to this size
@@ -44,14 +45,9 @@ def _engine():
     return eng
 
 
-def _bgr(img: Image.Image) -> np.ndarray:
-    """PIL image -> uint8 BGR, as ddddocr gets it from cv2.imdecode."""
-    return np.ascontiguousarray(np.asarray(img.convert("RGB"))[:, :, ::-1])
-
-
 def det(img: Image.Image) -> np.ndarray:
     """build-calibration transform: ddddocr's ``preproc`` (letterbox to 416x416 on grey 114, 0-255 floats, CHW)."""
-    x, _ = _engine().preproc(_bgr(img), DET_SIZE)
+    x, _ = _engine().preproc(_bgr(img), DET_SIZE)  # BGR, as ddddocr's cv2.imdecode gives it
     return x[None]
 
 
@@ -95,24 +91,15 @@ def render_click_captcha(rng: random.Random, fonts: list[str]) -> tuple[Image.Im
     return img, boxes
 
 
-class DdddDet:
+class DdddDet(tasks.ImageTask):
     name, kind = "ddddocr_det", "ddddocr_det"
     transform = "fam_ddddocr:det"
 
     def __init__(self):
         self.model_path = _package_file("common_det.onnx")
 
-    def render(self, folder: Path, n: int, seed: int) -> dict:
-        rng, fonts, truth = random.Random(seed), tasks._fonts(), {}
-        folder.mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            img, boxes = render_click_captcha(rng, fonts)
-            img.save(folder / f"{i:05d}.png")
-            truth[f"{i:05d}.png"] = boxes
-        return tasks._save_truth(folder, truth)
-
-    def labels(self, samples: list, sources: list, truth: dict) -> list:
-        return [truth[s] for s in sources]
+    def draw(self, rng: random.Random) -> tuple[Image.Image, list]:
+        return render_click_captcha(rng, self.fonts)
 
     def boxes(self, out) -> list:
         """ddddocr's ``get_bbox`` after the session: grid decode, score = objectness x class, box xyxy in
@@ -143,7 +130,7 @@ def _captcha_generator():
     return Mild(width=200, height=64)
 
 
-class DdddOcr:
+class DdddOcr(tasks.ImageTask):
     name, kind = "ddddocr_ocr", "ddddocr_ocr"
     transform = "fam_ddddocr:ocr"
 
@@ -171,9 +158,6 @@ class DdddOcr:
                 gen.generate_image(text).save(folder / f"{i:05d}.png")
                 truth[f"{i:05d}.png"] = text
         return tasks._save_truth(folder, truth)
-
-    def labels(self, samples: list, sources: list, truth: dict) -> list:
-        return [truth[s] for s in sources]
 
     def text(self, out) -> str:
         """ddddocr's ``_process_text_output``: argmax per step, CTC collapse, beta charset; compared

@@ -17,12 +17,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 import tasks
+from transforms import _bgr  # BGR, as the RapidAI packages' LoadImage gives it
 from ptqflow import demo
-
-
-def _bgr(img: Image.Image) -> np.ndarray:
-    """PIL image -> uint8 BGR, as the RapidAI packages get it from their LoadImage (OpenCV order)."""
-    return np.ascontiguousarray(np.asarray(img.convert("RGB"))[:, :, ::-1])
 
 
 def orientation(img: Image.Image) -> np.ndarray:
@@ -36,7 +32,7 @@ def orientation(img: Image.Image) -> np.ndarray:
     return x[None].astype(np.float32)
 
 
-class Orientation:
+class Orientation(tasks.ImageTask):
     name, kind = "orientation", "orientation"
     transform = "fam_pages:orientation"
 
@@ -48,20 +44,12 @@ class Orientation:
         meta = ort.InferenceSession(str(self.model_path)).get_modelmeta().custom_metadata_map
         self._labels = meta["character"].splitlines()  # the package's own label list: 0, 90, 180, 270
 
-    def render(self, folder: Path, n: int, seed: int) -> dict:
-        """Pages of 4-9 text lines (``demo.render_page``, 480-640 px a side) turned by 0/90/180/270 degrees;
+    def draw(self, rng: random.Random) -> tuple[Image.Image, str]:
+        """A page of 4-9 text lines (``demo.render_page``, 480-640 px a side) turned by 0/90/180/270 degrees;
         the truth is the package's label, the clockwise angle (PIL turns counter-clockwise)."""
-        rng, fonts, truth = random.Random(seed), tasks._fonts(), {}
-        folder.mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            page, _ = demo.render_page(rng, rng.randint(480, 640), rng.randint(480, 640), fonts=fonts)
-            turn = rng.choice((0, 90, 180, 270))
-            page.rotate(turn, expand=True).save(folder / f"{i:05d}.png")
-            truth[f"{i:05d}.png"] = str((360 - turn) % 360)
-        return tasks._save_truth(folder, truth)
-
-    def labels(self, samples: list, sources: list, truth: dict) -> list:
-        return [truth[s] for s in sources]
+        page, _ = demo.render_page(rng, rng.randint(480, 640), rng.randint(480, 640), fonts=self.fonts)
+        turn = rng.choice((0, 90, 180, 270))
+        return page.rotate(turn, expand=True), str((360 - turn) % 360)
 
     def label(self, out) -> str:
         """The package's answer: argmax over the four classes, named by the metadata's labels."""
@@ -130,8 +118,9 @@ def render_layout_page(rng: random.Random, fonts: list[str]) -> tuple[Image.Imag
     bold = [f for f in fonts if "Bold" in Path(f).name] or fonts
     title_font = ImageFont.truetype(rng.choice(bold), rng.randint(34, 44))
     title = demo.random_text(rng, 3, 6).title()
-    draw.text((margin, rng.randint(50, 90)), title, font=title_font, fill=(0, 0, 0))
-    regions = [("title", list(draw.textbbox((margin, 70), title, font=title_font)))]
+    top = rng.randint(50, 90)
+    draw.text((margin, top), title, font=title_font, fill=(0, 0, 0))
+    regions = [("title", list(draw.textbbox((margin, top), title, font=title_font)))]
     y = regions[0][1][3] + 40
     while y < PAGE_H - 250:
         pick = rng.random()
@@ -151,9 +140,11 @@ def render_layout_page(rng: random.Random, fonts: list[str]) -> tuple[Image.Imag
     return img, regions
 
 
-class Layout:
+class Layout(tasks.ImageTask):
     name, kind = "layout", "layout"
     transform = "fam_pages:layout"
+    # ~10-20x a small model's inference on 2 cores (608x800 / 640x480 inputs): fewer samples keep a run modest.
+    max_calibration, max_validation, max_speed_iters = 100, 60, 50
 
     def __init__(self):
         import onnxruntime as ort
@@ -165,17 +156,9 @@ class Layout:
         # rapid-layout's defaults (RapidLayoutInput: conf_thresh 0.5, iou_thresh 0.5).
         self._post = PPPostProcess(classes.splitlines(), 0.5, 0.5)
 
-    def render(self, folder: Path, n: int, seed: int) -> dict:
-        rng, fonts, truth = random.Random(seed), tasks._fonts(), {}
-        folder.mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            page, regions = render_layout_page(rng, fonts)
-            page.save(folder / f"{i:05d}.png")
-            truth[f"{i:05d}.png"] = [box for _, box in regions]
-        return tasks._save_truth(folder, truth)
-
-    def labels(self, samples: list, sources: list, truth: dict) -> list:
-        return [truth[s] for s in sources]
+    def draw(self, rng: random.Random) -> tuple[Image.Image, list]:
+        page, regions = render_layout_page(rng, self.fonts)
+        return page, [box for _, box in regions]
 
     def boxes(self, out) -> list:
         """rapid-layout's ``PPPostProcess``: DFL box decode per stride, per-class NMS, boxes in page pixels

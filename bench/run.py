@@ -136,6 +136,8 @@ def bench_model(name: str, args, work: Path) -> dict:
     n_cal, n_val = (args.cal, args.val)
     if name == "det":
         n_cal, n_val = min(n_cal, args.det_cal), min(n_val, args.det_val)
+    # A model that costs many times a small one per inference caps its own counts (see its task class).
+    n_cal, n_val = min(n_cal, getattr(task, "max_calibration", n_cal)), min(n_val, getattr(task, "max_validation", n_val))
     t0 = time.perf_counter()
     calib, val, labels = build_data(task, n_cal, n_val, mwork, args.seed)
     print(f"[{name}] data (ptqflow build-calibration, seed {args.seed}): {n_cal} calibration, {n_val} validation "
@@ -158,6 +160,7 @@ def bench_model(name: str, args, work: Path) -> dict:
             except Exception as err:
                 res.update(ok=False, error=f"evaluation: {type(err).__name__}: {err}"[:500])
         iters = min(args.speed_iters, args.det_speed_iters) if name == "det" else args.speed_iters
+        iters = min(iters, getattr(task, "max_speed_iters", iters))
         if res.get("ok") and iters:
             try:  # OpenVINO failing to compile a QDQ model is a speed result, not a failed quantization
                 res["speed"] = speed.compare(task.model_path, out, val[0], iters)

@@ -81,6 +81,22 @@ def _save_truth(folder: Path, truth: dict) -> dict:
     return truth
 
 
+class ImageTask:
+    """A task whose items are images it draws, one ``draw(rng) -> (image, truth)`` each, saved as
+    ``<i>.png`` with their truth beside the folder; ``self.fonts`` holds the machine's text faces."""
+
+    def render(self, folder: Path, n: int, seed: int) -> dict:
+        rng, truth, self.fonts = random.Random(seed), {}, _fonts()
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            img, truth[f"{i:05d}.png"] = self.draw(rng)
+            img.save(folder / f"{i:05d}.png")
+        return _save_truth(folder, truth)
+
+    def labels(self, samples: list, sources: list, truth: dict) -> list:
+        return [truth[s] for s in sources]
+
+
 class Cls:
     name, kind = "cls", "cls"
     transform = "transforms:cls"
