@@ -23,8 +23,8 @@ def parse(text: str) -> list[dict]:
             continue
         name, rest = m.groups()
         model = models.setdefault(name, {"model": name, "methods": {}})
-        if rest.startswith("data: "):
-            d = re.match(r"data: (\d+) calibration, (\d+) validation", rest)
+        if rest.startswith("data"):  # "data: ..." in old logs, "data (ptqflow build-calibration, seed N): ..." now
+            d = re.match(r"data[^:]*: (\d+) calibration, (\d+) validation", rest)
             model["n_calibration"], model["n_validation"] = int(d.group(1)), int(d.group(2))
         elif rest.startswith("fp32 "):
             model["fp32"] = ast.literal_eval(rest[5:])
@@ -50,14 +50,18 @@ NOTE = ("Run of 2026-11-22 on the shared 2-core machine, cls/rec/det and the enc
 
 
 def main() -> None:
-    logs = sys.argv[1:]
+    """``fromlog.py [--note TEXT] LOG...``: the note replaces the one about the 2026-11-22 run."""
+    args, note = sys.argv[1:], NOTE
+    if args[:1] == ["--note"]:
+        note, args = args[1], args[2:]
+    logs = args
     models = [m for log in logs for m in parse(Path(log).read_text())]
     sys.path.insert(0, str(HERE))
     import run
 
     rep = {"date": __import__("datetime").datetime.now(__import__("datetime").timezone.utc)
            .isoformat(timespec="seconds"), "quick": False, "versions": run.versions(), "models": models,
-           "note": "rebuilt from console logs: " + ", ".join(Path(x).name for x in logs) + ". " + NOTE}
+           "note": "rebuilt from console logs: " + ", ".join(Path(x).name for x in logs) + ". " + note}
     report.write(rep, HERE / "results")
 
 

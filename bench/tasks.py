@@ -81,6 +81,22 @@ def _save_truth(folder: Path, truth: dict) -> dict:
     return truth
 
 
+class ImageTask:
+    """A task whose items are images it draws, one ``draw(rng) -> (image, truth)`` each, saved as
+    ``<i>.png`` with their truth beside the folder; ``self.fonts`` holds the machine's text faces."""
+
+    def render(self, folder: Path, n: int, seed: int) -> dict:
+        rng, truth, self.fonts = random.Random(seed), {}, _fonts()
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            img, truth[f"{i:05d}.png"] = self.draw(rng)
+            img.save(folder / f"{i:05d}.png")
+        return _save_truth(folder, truth)
+
+    def labels(self, samples: list, sources: list, truth: dict) -> list:
+        return [truth[s] for s in sources]
+
+
 class Cls:
     name, kind = "cls", "cls"
     transform = "transforms:cls"
@@ -177,15 +193,29 @@ class Det:
                 for q in np.asarray(quads).reshape(-1, 4, 2)]
 
     def metrics(self, outputs: list, labels: list, ref_outputs: list | None = None) -> dict:
-        res = {"box_f1": _f1([box_f1(self.boxes(o), t) for o, t in zip(outputs, labels)])}
-        if ref_outputs is not None:
-            res["box_f1_vs_fp32"] = _f1([box_f1(self.boxes(o), self.boxes(r)) for o, r in zip(outputs, ref_outputs)])
-        return res
+        return detection_metrics(self.boxes, outputs, labels, ref_outputs)
 
 
 def _f1(counts: list) -> float:
     tp, npred, ntruth = (sum(c[i] for c in counts) for i in range(3))
     return 2 * tp / (npred + ntruth) if npred + ntruth else 1.0
+
+
+def detection_metrics(boxes, outputs: list, labels: list, refs: list | None) -> dict:
+    """Box F1 at IoU 0.5 against the ground-truth boxes and (with ``refs``) against the FP32 model's boxes;
+    ``boxes`` turns one sample's model outputs into [x0, y0, x1, y1] boxes."""
+    res = {"box_f1": _f1([box_f1(boxes(o), t) for o, t in zip(outputs, labels)])}
+    if refs is not None:
+        res["box_f1_vs_fp32"] = _f1([box_f1(boxes(o), boxes(r)) for o, r in zip(outputs, refs)])
+    return res
+
+
+def top1_metrics(classes, outputs: list, labels: list, refs: list) -> dict:
+    """Accuracy of the predicted class against the truth and top-1 agreement with the FP32 model;
+    ``classes`` turns one sample's model outputs into its predicted label."""
+    pred, ref = [classes(o) for o in outputs], [classes(r) for r in refs]
+    return {"accuracy": float(np.mean([p == t for p, t in zip(pred, labels)])),
+            "top1_agreement": float(np.mean([p == r for p, r in zip(pred, ref)]))}
 
 
 TASKS = {"cls": Cls, "rec": Rec, "det": Det}
