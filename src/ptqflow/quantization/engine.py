@@ -43,6 +43,7 @@ class QuantizationResult:
 
     model: onnx.ModelProto
     layers: list[dict] = field(default_factory=list)
+    plan: QuantizationPlan | None = None  # the plan written, with the quantize-stage passes' decisions
 
 
 @dataclass
@@ -158,11 +159,27 @@ def prepare_for(model, statistics: Statistics, config: QuantizationConfig) -> on
     return prepared
 
 
+def samples_needed(config: QuantizationConfig) -> int:
+    """How many calibration samples ``quantize`` reads (a collection in the same process keeps them): full
+    BiasCorrection's fitting samples followed by the guard's held-out ones, and the quantize-stage plan passes'."""
+    adv = config.advanced
+    n = 0 if config.fast_bias_correction else config.bias_correction_samples()
+    if not adv.disable_bias_correction:
+        n += max(adv.bias_correction_guard_samples, adv.bias_correction_guard_samples_no_softmax)
+    return max([n] + [p.samples(config) for p in plan_passes("quantize") if p.enabled(adv)])
+
+
 def quantize(prepared: onnx.ModelProto, statistics: Statistics, config: QuantizationConfig, samples: Samples,
-             device: str) -> QuantizationResult:
-    """The INT8 QDQ model of ``prepared`` per the statistics' plan, biases corrected, and the per-layer summary."""
+             device: str, *, plan_passes_on: bool = True) -> QuantizationResult:
+    """The INT8 QDQ model of ``prepared`` per the statistics' plan (refined in place by the quantize-stage plan
+    passes unless ``plan_passes_on`` is False: a plan they already refined), biases corrected, and the per-layer
+    summary. ``samples(n)`` is called once."""
     plan = statistics.plan
     plan.check_matches(prepared)
+    pool = samples(samples_needed(config))
+    if plan_passes_on:
+        passes = [p for p in plan_passes("quantize") if p.enabled(config.advanced)]
+        _run_passes(passes, PlanContext(prepared, plan, statistics, config, pool, lambda m: make_session(m, device)))
     q = onnx.ModelProto()
     q.CopyFrom(prepared)
     mean_minmax = RangeEstimator(config.advanced.activations_range) == RangeEstimator.MEAN_MINMAX
@@ -172,8 +189,8 @@ def quantize(prepared: onnx.ModelProto, statistics: Statistics, config: Quantiza
     compact = onnx.ModelProto()
     compact.CopyFrom(q)
     q = compact
-    bc = correct_and_guard(prepared, q, statistics, config, samples, device)
+    bc = correct_and_guard(prepared, q, statistics, config, pool, device)
     q.ir_version = min(q.ir_version or MAX_IR_VERSION, MAX_IR_VERSION)
     if not is_large(q):
         onnx.checker.check_model(q)
-    return QuantizationResult(model=q, layers=layer_summary(prepared, plan, records, bc))
+    return QuantizationResult(model=q, layers=layer_summary(prepared, plan, records, bc), plan=plan)

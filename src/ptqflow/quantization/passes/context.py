@@ -36,9 +36,12 @@ class PlanContext:
 
 
 class PlanPass(Pass):
-    """A pass over the plan after the statistics pass; ``order`` places it among the others (lower first)."""
+    """A pass over the plan after the statistics pass; ``order`` places it among the others (lower first).
+    ``stage``: "collect" runs it at the end of the collection (its decisions saved with the statistics),
+    "quantize" when the statistics are applied (its samples are then the calibration samples quantize reads)."""
 
     order: ClassVar[int]
+    stage: ClassVar[str] = "collect"
 
     def statistic_points(self, prepared: onnx.ModelProto, plan: QuantizationPlan,
                          config: QuantizationConfig) -> list[StatisticPoint]:
