@@ -116,7 +116,7 @@ class AdvancedParameters(_Strict):
         "30 dB; for a Softmax head, the share of changed argmax decisions).",
     )
     mixed_precision_max_evals: int = Field(
-        48, gt=0,
+        16, gt=0,
         description="Budget of error-driven mixed precision: most evaluations of the gated model (each over "
         "mixed_precision_samples samples), the time it may take.",
     )

@@ -19,7 +19,7 @@ from ptqflow.logs import get_logger
 from ptqflow.quantization.algorithms import fast_bias_correction, minmax, smooth_quant
 from ptqflow.quantization.algorithms import quantizer_placement as placement
 from ptqflow.quantization.algorithms.bias_layers import find_bias_layers
-from ptqflow.quantization.algorithms.bias_step import Samples, correct_and_guard, statistics_request
+from ptqflow.quantization.algorithms.bias_step import Samples, correct_and_guard, reapply, statistics_request
 from ptqflow.quantization.algorithms.summary import layer_summary
 from ptqflow.quantization.graph.prepare import MAX_IR_VERSION, is_large, prepare_model
 from ptqflow.quantization.passes.context import PlanContext, PlanPass
@@ -159,6 +159,20 @@ def prepare_for(model, statistics: Statistics, config: QuantizationConfig) -> on
     return prepared
 
 
+def _write(prepared: onnx.ModelProto, plan: QuantizationPlan, statistics: Statistics,
+           config: QuantizationConfig) -> tuple[onnx.ModelProto, list[dict]]:
+    """The QDQ model of ``plan`` and insert_qdq's records."""
+    q = onnx.ModelProto()
+    q.CopyFrom(prepared)
+    mean_minmax = RangeEstimator(config.advanced.activations_range) == RangeEstimator.MEAN_MINMAX
+    records = minmax.insert_qdq(q, plan, statistics.ranges(mean_minmax))
+    # The float weights insert_qdq replaced stay in q's memory until q is freed (protobuf frees a message's
+    # memory as a whole): a fresh copy holds the INT8 model alone (for a model over 2 GB, gigabytes less).
+    compact = onnx.ModelProto()
+    compact.CopyFrom(q)
+    return compact, records
+
+
 def samples_needed(config: QuantizationConfig) -> int:
     """How many calibration samples ``quantize`` reads (a collection in the same process keeps them): full
     BiasCorrection's fitting samples followed by the guard's held-out ones, and the quantize-stage plan passes'."""
@@ -173,23 +187,25 @@ def quantize(prepared: onnx.ModelProto, statistics: Statistics, config: Quantiza
              device: str, *, plan_passes_on: bool = True) -> QuantizationResult:
     """The INT8 QDQ model of ``prepared`` per the statistics' plan (refined in place by the quantize-stage plan
     passes unless ``plan_passes_on`` is False: a plan they already refined), biases corrected, and the per-layer
-    summary. ``samples(n)`` is called once."""
+    summary. ``samples(n)`` is called once.
+
+    Bias correction and its guard run on the model of the plan as collected; the quantize-stage passes (mixed
+    precision) then refine the plan, and a changed plan is written again with the guard's verdict standing
+    (corrected again when it kept the correction): the verdict is on the quantization the statistics planned,
+    not on one the search's few samples shaped (on PP-OCR rec a float decision made a correction look helpful
+    on calibration frames that cost exact match on held-out lines; evidence: docs/algorithms.md#mixed-precision)."""
     plan = statistics.plan
     plan.check_matches(prepared)
     pool = samples(samples_needed(config))
-    if plan_passes_on:
-        passes = [p for p in plan_passes("quantize") if p.enabled(config.advanced)]
-        _run_passes(passes, PlanContext(prepared, plan, statistics, config, pool, lambda m: make_session(m, device)))
-    q = onnx.ModelProto()
-    q.CopyFrom(prepared)
-    mean_minmax = RangeEstimator(config.advanced.activations_range) == RangeEstimator.MEAN_MINMAX
-    records = minmax.insert_qdq(q, plan, statistics.ranges(mean_minmax))
-    # The float weights insert_qdq replaced stay in q's memory until q is freed (protobuf frees a message's
-    # memory as a whole): a fresh copy holds the INT8 model alone (for a model over 2 GB, gigabytes less).
-    compact = onnx.ModelProto()
-    compact.CopyFrom(q)
-    q = compact
+    q, records = _write(prepared, plan, statistics, config)
     bc = correct_and_guard(prepared, q, statistics, config, pool, device)
+    passes = [p for p in plan_passes("quantize") if p.enabled(config.advanced)] if plan_passes_on else []
+    decided = len(plan.float_tensors)
+    _run_passes(passes, PlanContext(prepared, plan, statistics, config, pool, lambda m: make_session(m, device),
+                                    device))
+    if len(plan.float_tensors) != decided:
+        q, records = _write(prepared, plan, statistics, config)
+        bc = reapply(prepared, q, statistics, config, pool, device, bc)
     q.ir_version = min(q.ir_version or MAX_IR_VERSION, MAX_IR_VERSION)
     if not is_large(q):
         onnx.checker.check_model(q)

@@ -80,6 +80,23 @@ def correct_and_guard(prepared: onnx.ModelProto, q: onnx.ModelProto, statistics:
     return records
 
 
+def reapply(prepared: onnx.ModelProto, q: onnx.ModelProto, statistics: Statistics, config: QuantizationConfig,
+            samples: list[dict], device: str, verdict: list[dict]) -> list[dict]:
+    """Bias correction on ``q`` (the plan written again) as ``verdict`` (correct_and_guard's records) decided:
+    corrected again where the guard kept the correction (with the guard's figures), left as it is where it
+    reverted it or nothing was corrected. Returns the records."""
+    if not any(r.get("applied") for r in verdict):
+        return verdict
+    n_fit = 0 if config.fast_bias_correction else config.bias_correction_samples()
+    records = correct_biases(prepared, q, statistics, config, samples[:n_fit], device)
+    judged = {r.get("layer"): r for r in verdict if "error_before" in r}
+    guard = next(iter(judged.values()), {})
+    for r in records:
+        if r.get("applied") and guard:
+            r.update({k: guard[k] for k in ("error_before", "error_after", "held_out")})
+    return records
+
+
 def correct_biases(prepared: onnx.ModelProto, q: onnx.ModelProto, statistics: Statistics,
                    config: QuantizationConfig, samples: list[dict], device: str) -> list[dict]:
     """Run the configured bias correction on ``q`` in place (full BiasCorrection fits on ``samples``); returns

@@ -11,7 +11,7 @@ largest gain is split in halves until a single quantizer is left. A block's gain
 members' (errors of distinct layers add up to first order), so a single quantizer popped first has at least the
 gain of any member of a block not split yet. That quantizer goes float when it carries at least ``min_share`` of
 the error the activation quantizers still cause (the error above the weights-only floor), and the search
-repeats on the model with it in float; it stops at ``target``, at ``max_float`` quantizers (the INT8 speed that
+repeats on the model with it in float (each pick checked on held-out samples); it stops at ``target``, at ``max_float`` quantizers (the INT8 speed that
 is kept) or when ``max_evals`` evaluations are spent.
 """
 
@@ -29,7 +29,7 @@ from ptqflow.quantization.algorithms.sensitivity import GATE, fold_constant_dequ
 from ptqflow.quantization.plan import QuantizationPlan
 from ptqflow.quantization.statistics.accumulate import batchable, batches
 
-BRANCHING = 8  # first-level blocks: the search's first round measures this many groups
+BRANCHING = 4  # first-level blocks: a pick costs about BRANCHING + 2 log2(quantizers / BRANCHING) evaluations
 
 
 @dataclass
@@ -66,35 +66,43 @@ class SearchResult:
 class _Evaluator:
     """The gated model's per-output errors with the quantizers of ``off`` in float, counting evaluations."""
 
-    def __init__(self, session, runs: list[dict], metric: OutputError, n_points: int):
-        self.session, self.runs, self.metric, self.n_points = session, runs, metric, n_points
+    def __init__(self, runner, runs: list[dict], metric: OutputError, n_points: int):
+        self.runner, self.runs, self.metric, self.n_points = runner, runs, metric, n_points
         self.count = 0
 
     def __call__(self, off) -> np.ndarray:
         gate = np.ones(self.n_points, np.float32)
         gate[list(off)] = 0.0
         self.count += 1
-        return self.metric.per_output([self.session.run(None, {**r, GATE: gate}) for r in self.runs])
+        batches = ({"arrays": {**r, GATE: gate}, "count": 1} for r in self.runs)
+        outs = [[values[n] for n in self.metric.names] for values, _ in self.runner.map(batches)]
+        return self.metric.per_output(outs)
 
 
 def search(prepared: onnx.ModelProto, plan: QuantizationPlan, ranges: dict, samples: list[dict],
-           make_session: Callable, *, max_float: int, min_share: float, target: float, max_evals: int,
-           tie_weight: float) -> SearchResult:
-    """The search of the module docstring on ``samples``; ``ranges`` by quantizer group (Statistics.ranges)."""
+           make_session: Callable, make_runner: Callable, *, max_float: int, min_share: float, target: float,
+           max_evals: int, held_out: list[dict] | None = None) -> SearchResult:
+    """The search of the module docstring on ``samples``; ``ranges`` by quantizer group (Statistics.ranges).
+    With ``held_out`` samples, a quantizer found goes float only when its gain also holds on them (at least
+    ``min_share`` of the error the activation quantizers cause there): the search picks the largest of many
+    measured gains, which on a few samples is partly noise.
+    ``make_session(model)``: the FP32 reference's session; ``make_runner(model, outputs)``: the gated model's
+    runner (the statistics runtime: OpenVINO's CPU plugin where it compiles the model, which runs it faster)."""
     result = SearchResult()
     if not samples or not plan.activations:
         result.stopped = "no samples or no activation quantizer"
         return result
     gated, tensors = gated_model(prepared, plan, ranges)
     fold_constant_dequantize(gated)
-    runs = [b["arrays"] for b in batches(iter(samples), batchable(prepared, []), 0, None)]
-    names = [o.name for o in prepared.graph.output]
-    fp32 = make_session(prepared)
-    metric = OutputError(names, [fp32.run(None, r) for r in runs], decision_outputs(prepared), tie_weight=tie_weight)
-    ev = _Evaluator(make_session(gated), runs, metric, len(tensors))
+    fp32, runner = make_session(prepared), make_runner(gated, [o.name for o in prepared.graph.output])
+    ev = _evaluator(prepared, samples, fp32, runner, len(tensors))
+    check = _evaluator(prepared, held_out, fp32, runner, len(tensors)) if held_out else None
     base = ev(set())
     floor = float(np.mean(ev(range(len(tensors)))))
     result.error_int8, result.error_floor = float(np.mean(base)), floor
+    if check is not None:
+        check_base, check_floor = check(set()), float(np.mean(check(range(len(tensors)))))
+    names = ev.metric.names
     off: set[int] = set()
     while True:
         current = float(np.mean(base))
@@ -112,12 +120,30 @@ def search(prepared: onnx.ModelProto, plan: QuantizationPlan, ranges: dict, samp
             result.stopped = "no quantizer left that carries enough of the error"
             break
         k, errs = found
+        if check is not None:  # the gain must hold on samples it was not found on
+            check_errs = check(off | {k})
+            held_gain = float(np.mean(check_base) - np.mean(check_errs))
+            if held_gain < min_share * (float(np.mean(check_base)) - check_floor):
+                result.stopped = (f"{tensors[k]}'s gain {current - float(np.mean(errs)):.3g} did not hold on "
+                                  f"{len(held_out)} held-out samples ({held_gain:.3g})")
+                break
+            check_base = check_errs
         off.add(k)
         result.float_tensors.append(Measured(tensors[k], current, float(np.mean(errs)),
                                              names[int(np.argmax(base - errs))] if names else "", len(samples)))
         base = errs
-    result.error_final, result.evaluations = float(np.mean(base)), ev.count
+    result.error_final, result.evaluations = float(np.mean(base)), ev.count + (check.count if check else 0)
     return result
+
+
+def _evaluator(prepared: onnx.ModelProto, samples: list[dict], fp32, runner, n_points: int) -> _Evaluator:
+    """An evaluator of the gated model on ``samples`` (stacked into runs where the batch dim allows) against the
+    FP32 session's outputs on them."""
+    runs = [b["arrays"] for b in batches(iter(samples), batchable(prepared, []), 0, None)]
+    names = [o.name for o in prepared.graph.output]
+    metric = OutputError(names, [fp32.run(None, r) for r in runs], decision_outputs(prepared), tie_weight=0.0,
+                         decisions_as="mass")
+    return _Evaluator(runner, runs, metric, n_points)
 
 
 def _best(ev: _Evaluator, off: set[int], base: np.ndarray, active: list[int], max_evals: int,

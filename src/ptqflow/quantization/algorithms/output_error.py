@@ -5,12 +5,20 @@ Global squared error is dominated by the widest output channel (a detector head 
 hides broken [0, 1] scores next to them), so each float output's error is normalized per channel: the squared
 error of a channel over its FP32 variance (1 / SNR), averaged over the channels. The channel axis is the
 non-batch axis with the fewest entries (the 4 + C of a YOLO head [N, boxes, 4 + C] or [N, 4 + C, boxes], the C of
-an NCHW map). Outputs of a Softmax/LogSoftmax (classifier and CTC heads) are judged as decisions: the
-class-balanced share of changed argmax decisions (disagreement per FP32 class, averaged over the classes, so a
-frequent class such as CTC blank cannot hide flips of the rare ones), plus ``tie_weight`` times their normalized
-squared error, which only breaks ties (on a few samples the decisions alone rarely move). Integer outputs count
-their share of changed values. The model's error is the mean over its outputs; ``per_output`` says which output
-carries it.
+an NCHW map). Outputs of a Softmax/LogSoftmax (classifier and CTC heads) are judged as decisions, in one of two
+ways (``decisions_as``):
+
+- ``"balanced"``: the class-balanced share of changed argmax decisions (disagreement per FP32 class, averaged
+  over the classes, so a frequent class such as CTC blank cannot hide flips of the rare ones), plus
+  ``tie_weight`` times the relative squared error, which only breaks ties. A verdict on a few dozen samples
+  (the bias-correction guard).
+- ``"mass"``: the share of changed argmax decisions plus the mean total-variation distance between the FP32 and
+  the quantized class distributions (the probability mass that moved between classes, in [0, 1]): continuous,
+  so it ranks candidates on a handful of samples where a rare class's one or two flips would be noise (the
+  mixed precision search).
+
+Integer outputs count their share of changed values. The model's error is the mean over its outputs;
+``per_output`` says which output carries it.
 """
 
 from __future__ import annotations
@@ -49,8 +57,10 @@ class OutputError:
     """The output error of a model's runs against the FP32 reference ``refs`` (one list of outputs per run, in
     ``names`` order; a run may hold several stacked samples); see the module docstring."""
 
-    def __init__(self, names: list[str], refs: list[list[np.ndarray]], decisions: set[str], *, tie_weight: float):
+    def __init__(self, names: list[str], refs: list[list[np.ndarray]], decisions: set[str], *, tie_weight: float,
+                 decisions_as: str = "balanced"):
         self.names, self.refs, self.decisions, self.tie_weight = names, refs, decisions, tie_weight
+        self.decisions_as = decisions_as
         self.variances = [self._variance(j) for j in range(len(names))]
 
     def _variance(self, j: int) -> np.ndarray | None:
@@ -75,10 +85,11 @@ class OutputError:
                 errors[j] = 1.0  # a different shape (e.g. another number of boxes) is a different answer
             elif self.variances[j] is None:
                 errors[j] = float(np.mean([np.mean(a != b) for a, b in zip(out, ref)]))
+            elif name in self.decisions and ref[0].ndim >= 1 and ref[0].shape[-1] >= 2:
+                errors[j] = (_disagreement(out, ref) + self.tie_weight * _relative(out, ref)
+                             if self.decisions_as == "balanced" else _moved_mass(out, ref))
             else:
                 errors[j] = self._normalized(j, out, ref)
-                if name in self.decisions and ref[0].ndim >= 1 and ref[0].shape[-1] >= 2:
-                    errors[j] = _disagreement(out, ref) + self.tie_weight * errors[j]
         return errors
 
     def _normalized(self, j: int, out: list[np.ndarray], ref: list[np.ndarray]) -> float:
@@ -96,6 +107,25 @@ class OutputError:
     def __call__(self, outs: list[list[np.ndarray]]) -> float:
         """The model's error: the mean of ``per_output``."""
         return float(np.mean(self.per_output(outs))) if self.names else 0.0
+
+
+def _relative(out: list[np.ndarray], ref: list[np.ndarray]) -> float:
+    """The mean over the runs of the relative squared error: a decision output's tie-breaker, where per-channel
+    normalization would weigh the near-constant probabilities of classes never chosen as much as the chosen."""
+    return float(np.mean([np.sum((a.astype(np.float64) - b) ** 2) / max(np.sum(b.astype(np.float64) ** 2), 1e-12)
+                          for a, b in zip(out, ref)]))
+
+
+def _moved_mass(out: list[np.ndarray], ref: list[np.ndarray]) -> float:
+    """The share of changed argmax decisions plus the mean total-variation distance between the distributions
+    over the last axis (log-probabilities, from a LogSoftmax, are exponentiated first)."""
+    changed, moved, count = 0, 0.0, 0
+    for a, b in zip(out, ref):
+        p, q = (np.exp(x.astype(np.float64)) if np.max(x) <= 0 else x.astype(np.float64) for x in (a, b))
+        changed += int(np.sum(a.argmax(-1) != b.argmax(-1)))
+        moved += float(0.5 * np.abs(p - q).sum(-1).sum())
+        count += b[..., 0].size
+    return (changed + moved) / max(count, 1)
 
 
 def _disagreement(out: list[np.ndarray], ref: list[np.ndarray]) -> float:

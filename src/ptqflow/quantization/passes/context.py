@@ -33,6 +33,7 @@ class PlanContext:
     config: QuantizationConfig
     samples: list[dict]
     make_session: Callable[[onnx.ModelProto], Any]
+    device: str = "cpu"  # what make_session runs on (a pass that picks a runner, e.g. OpenVINO's, needs it)
 
 
 class PlanPass(Pass):

@@ -13,6 +13,7 @@ from ptqflow.quantization.algorithms import error_search
 from ptqflow.quantization.passes.base import PassResult
 from ptqflow.quantization.passes.context import PlanContext, PlanPass
 from ptqflow.quantization.plan import FloatTensor
+from ptqflow.quantization.statistics.runner import make_runner
 
 log = get_logger("mixed_precision")
 
@@ -27,19 +28,21 @@ class MixedPrecision(PlanPass):
     stage = "quantize"
 
     def samples(self, config: QuantizationConfig) -> int:
-        return config.advanced.mixed_precision_samples
+        return 2 * config.advanced.mixed_precision_samples  # the search's samples, then as many held out
 
     def run(self, ctx: PlanContext) -> PassResult:
         adv = ctx.config.advanced
         if not ctx.samples:
             return PassResult(self.name, False, ["skipped: no calibration samples at hand"])
         mean_minmax = RangeEstimator(adv.activations_range) == RangeEstimator.MEAN_MINMAX
-        n_points = len(ctx.plan.activations)
+        n_points, n = len(ctx.plan.activations), adv.mixed_precision_samples
         found = error_search.search(
-            ctx.prepared, ctx.plan, ctx.statistics.ranges(mean_minmax), ctx.samples[:adv.mixed_precision_samples],
-            ctx.make_session, max_float=max(1, math.floor(adv.mixed_precision_max_float_share * n_points)),
+            ctx.prepared, ctx.plan, ctx.statistics.ranges(mean_minmax), ctx.samples[:n],
+            ctx.make_session, lambda m, outputs: make_runner(m, outputs, ctx.device, adv.statistics_runtime,
+                                                             lambda m2, d: ctx.make_session(m2)),
+            max_float=max(1, math.floor(adv.mixed_precision_max_float_share * n_points)),
             min_share=adv.mixed_precision_min_share, target=adv.mixed_precision_target_error,
-            max_evals=adv.mixed_precision_max_evals, tie_weight=adv.bias_correction_guard_tie_weight)
+            max_evals=adv.mixed_precision_max_evals, held_out=ctx.samples[n:2 * n])
         ctx.plan.output_errors.update(found.contributions)
         ctx.plan.keep_in_float([
             FloatTensor(m.tensor, f"mixed precision: carries {m.error_int8 - m.error_float:.3g} of the output error "
