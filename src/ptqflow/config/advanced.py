@@ -113,7 +113,7 @@ class AdvancedParameters(_Strict):
         1e-3, ge=0,
         description="Error-driven mixed precision stops when the model's output error is at or below this "
         "(mean over the outputs of the per-channel squared error over the FP32 variance, i.e. 1/SNR: 1e-3 is "
-        "30 dB; for a Softmax head, the share of changed argmax decisions).",
+        "30 dB; for a Softmax head, the share of changed argmax decisions plus the probability mass moved).",
     )
     mixed_precision_max_evals: int = Field(
         16, gt=0,
