@@ -8,6 +8,7 @@ from onnx import helper
 
 from builders import conv_classifier, mask_and_class_heads, random_inputs
 from ptqflow.quantization.algorithms import bc_guard
+from ptqflow.quantization.algorithms.output_error import OutputError
 from ptqflow.quantization.algorithms.bias_layers import find_bias_layers, read_bias, write_bias
 from ptqflow.api import collect_statistics, quantize_with_summary
 from ptqflow.config import AdvancedParameters, QuantizationConfig
@@ -39,12 +40,13 @@ def test_class_balanced_disagreement_counts_flips_of_a_rare_class():
     rare_flipped, common_flipped = ref.copy(), ref.copy()
     rare_flipped[90:] = ref[90:, ::-1]
     common_flipped[:10] = ref[:10, ::-1]
-    rare = bc_guard.output_error([[rare_flipped]], [[ref]], ["probs"], {"probs"}, tie_weight=TIE)
-    common = bc_guard.output_error([[common_flipped]], [[ref]], ["probs"], {"probs"}, tie_weight=TIE)
+    def error(out, decisions):
+        return OutputError(["probs"], [[ref]], decisions, tie_weight=TIE)([[out]])
+
+    rare, common = error(rare_flipped, {"probs"}), error(common_flipped, {"probs"})
     assert rare > 0.99 * 0.5 and common < 0.12, (rare, common)
     # the same arrays judged as a plain float output: only the squared error, the same for both
-    assert bc_guard.output_error([[rare_flipped]], [[ref]], ["probs"], set(), tie_weight=TIE) == bc_guard.output_error(
-        [[common_flipped]], [[ref]], ["probs"], set(), tie_weight=TIE)
+    assert error(rare_flipped, set()) == error(common_flipped, set())
 
 
 def test_judge_keeps_a_correction_towards_fp32_and_rejects_one_away_from_it():
@@ -78,7 +80,7 @@ def test_quantize_reverts_a_correction_that_raises_the_output_error(monkeypatch)
     assert seen["tie_weight"] == TIE
     rows = [r for r in result.layers if r.get("bias_correction")]
     assert rows and all(not r["bias_correction"]["applied"] for r in rows)
-    assert all("reverted: bias correction raised the model's output error on 8 calibration samples (1 -> 2)"
+    assert all("reverted: bias correction raised the model's output error on 8 fitted calibration samples (1 -> 2)"
                in r["bias_correction"]["reason"] for r in rows)
     for layer in find_bias_layers(prepare_model(model)[0]):
         np.testing.assert_array_equal(read_bias(result.model, layer), read_bias(plain.model, layer))

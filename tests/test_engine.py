@@ -70,7 +70,8 @@ def test_opset_11_model_is_upgraded_and_per_channel():
 
 def test_openvino_converts_to_fakequantize(tmp_path):
     ov = pytest.importorskip("openvino")
-    q = ptqflow.quantize(B.conv_classifier(), B.random_inputs(4, (3, 16, 16)))
+    q = ptqflow.quantize(B.conv_classifier(), B.random_inputs(4, (3, 16, 16)),
+                         advanced_parameters=AdvancedParameters(safeguard_mixed_precision=False))  # all quantized
     onnx.save(q, str(tmp_path / "q.onnx"))
     ov_model = ov.convert_model(str(tmp_path / "q.onnx"))
     types = [op.get_type_name() for op in ov_model.get_ops()]
@@ -81,7 +82,8 @@ def test_openvino_cpu_runs_mobile_block_convolutions_in_int8(tmp_path):
     """On the CPU plugin every convolution of a conv/hard-swish/SE/residual block runs in int8 with its activation,
     residual Add and output quantizer fused; the only standalone quantizers are the model input and the SE gate."""
     ov = pytest.importorskip("openvino")
-    q = ptqflow.quantize(B.mobile_block(), B.random_inputs(8, (3, 16, 16)))
+    q = ptqflow.quantize(B.mobile_block(), B.random_inputs(8, (3, 16, 16)),
+                         advanced_parameters=AdvancedParameters(safeguard_mixed_precision=False))  # all quantized
     onnx.save(q, str(tmp_path / "q.onnx"))
     compiled = ov.Core().compile_model(str(tmp_path / "q.onnx"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     ops = []

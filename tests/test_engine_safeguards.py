@@ -49,7 +49,8 @@ def test_safeguards_keep_sensitive_places_float_and_report_them():
 
 def test_depthwise_input_with_even_channels_is_quantized():
     """The depthwise safeguard looks at the channel spread: evenly ranged channels lose little, stay INT8."""
-    result = quantize_with_config(_dw_softmax_model(), _spread_inputs(6, [1.0, 0.8, 1.2, 0.9]), QuantizationConfig())
+    result = quantize_with_config(_dw_softmax_model(), _spread_inputs(6, [1.0, 0.8, 1.2, 0.9]), QuantizationConfig(
+        advanced=AdvancedParameters(safeguard_mixed_precision=False)))  # the threshold alone
     rows = {r["name"]: r for r in result.layers}
     assert "input" not in rows
     assert "input" in rows["dwconv"]["quantized_inputs"]
@@ -67,7 +68,7 @@ def test_safeguard_thresholds_come_from_the_config():
     """The depthwise spread and the outlier limits are AdvancedParameters fields, read by the safeguards."""
     model, samples = _dw_softmax_model(), _spread_inputs(6, [1.0, 0.05, 0.05, 0.05])
     loose = quantize_with_config(model, samples, QuantizationConfig(
-        advanced=AdvancedParameters(depthwise_channel_spread=0.01)))
+        advanced=AdvancedParameters(depthwise_channel_spread=0.01, safeguard_mixed_precision=False)))
     assert "input" not in {r["name"] for r in loose.layers}  # median channel at 0.05 of the range: above 0.01
     tight = quantize_with_config(_dw_softmax_model(), _spread_inputs(6, [1.0, 0.8, 1.2, 0.9]), QuantizationConfig(
         advanced=AdvancedParameters(depthwise_channel_spread=0.99)))
@@ -99,8 +100,9 @@ def test_each_safeguard_has_its_own_switch_defaulting_to_auto_safeguards():
 def test_depthwise_and_softmax_head_switches_turn_their_safeguard_off_or_on():
     model, samples = _dw_softmax_model(), _spread_inputs(6, [1.0, 0.05, 0.05, 0.05])
 
-    def run(**adv):
-        return _floats(quantize_with_config(model, samples, QuantizationConfig(advanced=AdvancedParameters(**adv))))
+    def run(**adv):  # the thresholded safeguards alone, without the measured search
+        return _floats(quantize_with_config(model, samples, QuantizationConfig(
+            advanced=AdvancedParameters(safeguard_mixed_precision=False, **adv))))
 
     no_dw = run(safeguard_depthwise=False)
     assert "input" not in no_dw and "Softmax" in no_dw["head"]

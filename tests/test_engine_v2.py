@@ -239,6 +239,7 @@ def test_old_format_is_refused_with_collect_them_again(collected, tmp_path):
 
 def test_plan_passes_in_order():
     assert [p.name for p in plan_passes()] == ["safeguard_outliers", "safeguard_depthwise", "sensitivity_search"]
+    assert [p.name for p in plan_passes("quantize")] == ["mixed_precision"]
 
 
 @pytest.mark.parametrize("kw,on", [
@@ -283,8 +284,8 @@ class ChannelRangeProbe(PlanPass):
 
 
 def _with_passes(monkeypatch, *extra):
-    real = plan_passes()
-    monkeypatch.setattr(ptqflow.quantization.engine, "plan_passes", lambda: real + list(extra))
+    monkeypatch.setattr(ptqflow.quantization.engine, "plan_passes",
+                        lambda stage="collect": plan_passes(stage) + (list(extra) if stage == "collect" else []))
 
 
 def _quantize_linear_inputs(model):
@@ -294,7 +295,7 @@ def _quantize_linear_inputs(model):
 def test_new_algorithm_declares_statistics_and_decides(monkeypatch):
     # Static batch: every sample runs alone (stacked samples: test_absmax_is_the_per_sample_average_...).
     model, samples = B.conv_classifier(dynamic_batch=False), B.random_inputs(8, SHAPE, seed=5)
-    config = QuantizationConfig()
+    config = QuantizationConfig(advanced=AdvancedParameters(safeguard_mixed_precision=False))  # the probe alone
     baseline = ptqflow.api.quantize_with_config(model, samples, config)
     assert "input" in _quantize_linear_inputs(baseline.model)
 

@@ -45,6 +45,7 @@ ALTERNATIVES: dict[str, object] = {
     "quantization.advanced.safeguard_depthwise": False,
     "quantization.advanced.safeguard_softmax_heads": False,
     "quantization.advanced.safeguard_detected_transformer": False,
+    "quantization.advanced.safeguard_mixed_precision": False,
     "quantization.advanced.graph_constant_folding": False,
     "quantization.advanced.graph_fold_batchnorm": False,
     "data.source": "/elsewhere/data",

@@ -27,7 +27,6 @@ from typing import Callable, Iterable
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from ptqflow.api import Dataset, QuantizationResult, _samples, _stream_for
 from ptqflow.quantization import engine
@@ -125,17 +124,16 @@ def quantize_with_accuracy_control_result(
         ignored_scope=ignored_scope or IgnoredScope(),
         advanced=advanced_quantization_parameters or AdvancedParameters())
     adv = config.advanced
-    keep = 0 if config.fast_bias_correction else config.bias_correction_samples()  # as api.quantize_with_config
-    if not adv.disable_bias_correction:
-        keep = max(keep, adv.bias_correction_guard_samples, adv.bias_correction_guard_samples_no_softmax)
-    collected = engine.collect(fp32_model, _stream_for(calibration_dataset), config, device, keep)
+    collected = engine.collect(fp32_model, _stream_for(calibration_dataset), config, device,
+                               engine.samples_needed(config))
     prepared, stats = collected.prepared, collected.statistics
 
-    def requantize(plan: QuantizationPlan) -> QuantizationResult:  # the same statistics, another plan
+    def requantize(plan: QuantizationPlan, first: bool = False) -> QuantizationResult:  # same statistics, another plan
         return engine.quantize(prepared, dataclasses.replace(stats, plan=plan), config,
-                         lambda n: list(collected.kept[:n]), device)
+                               lambda n: list(collected.kept[:n]), device, plan_passes_on=first)
 
-    current = requantize(copy.deepcopy(stats.plan))
+    current = requantize(copy.deepcopy(stats.plan), first=True)  # the reverts start from the plan it wrote
+    stats = dataclasses.replace(stats, plan=current.plan)
     if params.intermediate_model_dir:
         Path(params.intermediate_model_dir).mkdir(parents=True, exist_ok=True)
         save_model(current.model, Path(params.intermediate_model_dir) / "intermediate_model.onnx")
@@ -286,36 +284,12 @@ def _rank(prepared: onnx.ModelProto, stats: Statistics, adv: AdvancedParameters,
         return []
     mean_minmax = RangeEstimator(adv.activations_range) == RangeEstimator.MEAN_MINMAX
     gated, tensors = sensitivity.gated_model(prepared, stats.plan, stats.ranges(mean_minmax))
-    _fold_constant_dequantize(gated)
+    sensitivity.fold_constant_dequantize(gated)
     fp32, sess = make_session(prepared, device), make_session(gated, device)
     refs = [fp32.run(None, s) for s in samples]
     base, errs = sensitivity.leave_one_out(sess, len(tensors), samples, refs, set())
     harm = [(t, float(base - e)) for t, e in zip(tensors, errs)]
     return sorted(harm, key=lambda th: -th[1])
-
-
-def _fold_constant_dequantize(model: onnx.ModelProto) -> None:
-    """Replace each DequantizeLinear of an int8 initializer (the weights) by its float result, in place: the same
-    numbers, but onnxruntime (1.2x, CPU) fuses DequantizeLinear -> MatMul/Gemm whose other input is float into
-    MatMulNBits, which quantizes that input per block at run time, so the gated model (whose gates make every
-    activation input float) would measure that quantization instead of ptqflow's."""
-    g = model.graph
-    inits = {t.name: t for t in g.initializer}
-    folded = []
-    for n in g.node:
-        if n.op_type != "DequantizeLinear" or not all(i in inits for i in n.input if i):
-            continue
-        x, scale = (numpy_helper.to_array(inits[i]) for i in n.input[:2])
-        zp = numpy_helper.to_array(inits[n.input[2]]) if len(n.input) > 2 and n.input[2] else np.zeros_like(scale)
-        axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
-        if scale.ndim == 1 and x.ndim > 1:
-            shape = [-1 if i == axis % x.ndim else 1 for i in range(x.ndim)]
-            scale, zp = scale.reshape(shape), zp.reshape(shape)
-        value = ((x.astype(np.float32) - zp.astype(np.float32)) * scale).astype(np.float32)
-        g.initializer.append(numpy_helper.from_array(value, n.output[0]))
-        folded.append(n)
-    for n in folded:
-        g.node.remove(n)
 
 
 def _revert(plan: QuantizationPlan, tensor: str, harm: float, mode: RestoreMode) -> list[str]:

@@ -191,12 +191,8 @@ def quantize(model, calibration_dataset, *, preset: QuantizationPreset | None = 
 
 def quantize_with_config(model, dataset, config: QuantizationConfig, *, device: str = "cpu") -> QuantizationResult:
     """Both halves in one process (the dataset is read once). Returns model and summary."""
-    adv = config.advanced
-    keep = 0 if config.fast_bias_correction else config.bias_correction_samples()
-    if not adv.disable_bias_correction:
-        keep = max(keep, adv.bias_correction_guard_samples, adv.bias_correction_guard_samples_no_softmax)
     backend = _engine(model)
-    collected = backend.collect(model, _stream_for(dataset), config, device, keep)
+    collected = backend.collect(model, _stream_for(dataset), config, device, engine.samples_needed(config))
     return backend.quantize(collected.prepared, collected.statistics, config, lambda n: list(collected.kept[:n]),
                             device)
 

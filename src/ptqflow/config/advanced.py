@@ -16,7 +16,7 @@ BIAS_CORRECTION_SUBSET_SHARE = 0.2
 
 # The automatic safeguards with their own switch (AdvancedParameters.safeguard_<name>; None follows
 # auto_safeguards). The sensitivity search is switched by sensitivity_search (and needs auto_safeguards).
-SAFEGUARDS = ("outliers", "depthwise", "softmax_heads", "detected_transformer", "sensitivity")
+SAFEGUARDS = ("outliers", "depthwise", "softmax_heads", "detected_transformer", "sensitivity", "mixed_precision")
 
 
 class AdvancedParameters(_Strict):
@@ -84,6 +84,41 @@ class AdvancedParameters(_Strict):
         "normalization) transformer placement from its first normalization on: its elementwise/normalization "
         "ops stay in float, its activations asymmetric unless a preset is given (it is also the region "
         "SmoothQuant works on). None (default) follows auto_safeguards; model_type='transformer' is not affected.",
+    )
+    safeguard_mixed_precision: bool | None = Field(
+        None,
+        description="Error-driven mixed precision, at quantize time: measure on a few calibration samples which "
+        "activation quantizers carry most of the model's output error against FP32 (group testing on one gated "
+        "model, per-channel normalized error, Softmax heads judged by their argmax decisions) and keep those in "
+        "float, each with its measurement in the plan and the per-layer summary (see mixed_precision_*). None "
+        "(default) follows auto_safeguards.",
+    )
+    mixed_precision_samples: int = Field(
+        8, gt=0,
+        description="Calibration samples on which error-driven mixed precision measures the output error (stacked "
+        "into one run where the model's batch dim is dynamic).",
+    )
+    mixed_precision_max_float_share: float = Field(
+        0.05, ge=0, le=1,
+        description="Budget of error-driven mixed precision, as INT8 speed kept: at most this share of the "
+        "activation quantizers (at least one) goes back to float.",
+    )
+    mixed_precision_min_share: float = Field(
+        0.1, gt=0, le=1,
+        description="Error-driven mixed precision keeps a quantizer in float only when it alone carries at least "
+        "this share of the output error the activation quantizers still cause (the error above the "
+        "weights-only floor): a few quantizers that carry most of the error, not many that carry a little each.",
+    )
+    mixed_precision_target_error: float = Field(
+        1e-3, ge=0,
+        description="Error-driven mixed precision stops when the model's output error is at or below this "
+        "(mean over the outputs of the per-channel squared error over the FP32 variance, i.e. 1/SNR: 1e-3 is "
+        "30 dB; for a Softmax head, the share of changed argmax decisions plus the probability mass moved).",
+    )
+    mixed_precision_max_evals: int = Field(
+        16, gt=0,
+        description="Budget of error-driven mixed precision: most evaluations of the gated model (each over "
+        "mixed_precision_samples samples), the time it may take.",
     )
     sensitivity_search: bool = Field(
         False,
@@ -170,9 +205,10 @@ class AdvancedParameters(_Strict):
     )
 
     def safeguard(self, name: str) -> bool:
-        """Whether the automatic safeguard ``name`` is on: ``"outliers"``, ``"depthwise"``, ``"softmax_heads"``
-        and ``"detected_transformer"`` follow their ``safeguard_<name>`` field, or ``auto_safeguards`` when that is
-        None; ``"sensitivity"`` is ``sensitivity_search`` and ``auto_safeguards`` together."""
+        """Whether the automatic safeguard ``name`` is on: ``"outliers"``, ``"depthwise"``, ``"softmax_heads"``,
+        ``"detected_transformer"`` and ``"mixed_precision"`` follow their ``safeguard_<name>`` field, or
+        ``auto_safeguards`` when that is None; ``"sensitivity"`` is ``sensitivity_search`` and ``auto_safeguards``
+        together."""
         if name == "sensitivity":
             return self.sensitivity_search and self.auto_safeguards
         if name not in SAFEGUARDS:

@@ -19,7 +19,7 @@ from ptqflow.logs import get_logger
 from ptqflow.quantization.algorithms import fast_bias_correction, minmax, smooth_quant
 from ptqflow.quantization.algorithms import quantizer_placement as placement
 from ptqflow.quantization.algorithms.bias_layers import find_bias_layers
-from ptqflow.quantization.algorithms.bias_step import Samples, correct_and_guard, statistics_request
+from ptqflow.quantization.algorithms.bias_step import Samples, correct_and_guard, reapply, statistics_request
 from ptqflow.quantization.algorithms.summary import layer_summary
 from ptqflow.quantization.graph.prepare import MAX_IR_VERSION, is_large, prepare_model
 from ptqflow.quantization.passes.context import PlanContext, PlanPass
@@ -44,6 +44,7 @@ class QuantizationResult:
 
     model: onnx.ModelProto
     layers: list[dict] = field(default_factory=list)
+    plan: QuantizationPlan | None = None  # the plan written, with the quantize-stage passes' decisions
 
 
 @dataclass
@@ -159,12 +160,9 @@ def prepare_for(model, statistics: Statistics, config: QuantizationConfig) -> on
     return prepared
 
 
-def quantize(prepared: onnx.ModelProto, statistics: Statistics, config: QuantizationConfig, samples: Samples,
-             device: str) -> QuantizationResult:
-    """The INT8 model of ``prepared`` per the statistics' plan, biases corrected, in ``config.quant_format``, and
-    the per-layer summary."""
-    plan = statistics.plan
-    plan.check_matches(prepared)
+def _write(prepared: onnx.ModelProto, plan: QuantizationPlan, statistics: Statistics,
+           config: QuantizationConfig) -> tuple[onnx.ModelProto, list[dict]]:
+    """The QDQ model of ``plan`` (in config's number formats) and insert_qdq's records."""
     q = onnx.ModelProto()
     q.CopyFrom(prepared)
     mean_minmax = RangeEstimator(config.advanced.activations_range) == RangeEstimator.MEAN_MINMAX
@@ -173,14 +171,48 @@ def quantize(prepared: onnx.ModelProto, statistics: Statistics, config: Quantiza
     # memory as a whole): a fresh copy holds the INT8 model alone (for a model over 2 GB, gigabytes less).
     compact = onnx.ModelProto()
     compact.CopyFrom(q)
-    q = compact
-    bc = correct_and_guard(prepared, q, statistics, config, samples, device)
+    return compact, records
+
+
+def samples_needed(config: QuantizationConfig) -> int:
+    """How many calibration samples ``quantize`` reads (a collection in the same process keeps them): full
+    BiasCorrection's fitting samples followed by the guard's held-out ones, and the quantize-stage plan passes'."""
+    adv = config.advanced
+    n = 0 if config.fast_bias_correction else config.bias_correction_samples()
+    if not adv.disable_bias_correction:
+        n += max(adv.bias_correction_guard_samples, adv.bias_correction_guard_samples_no_softmax)
+    return max([n] + [p.samples(config) for p in plan_passes("quantize") if p.enabled(adv)])
+
+
+def quantize(prepared: onnx.ModelProto, statistics: Statistics, config: QuantizationConfig, samples: Samples,
+             device: str, *, plan_passes_on: bool = True) -> QuantizationResult:
+    """The INT8 model of ``prepared`` in ``config.quant_format`` per the statistics' plan (refined in place by the
+    quantize-stage plan passes unless ``plan_passes_on`` is False: a plan they already refined), biases corrected, and the per-layer
+    summary. ``samples(n)`` is called once.
+
+    Bias correction and its guard run on the model of the plan as collected; the quantize-stage passes (mixed
+    precision) then refine the plan, and a changed plan is written again with the guard's verdict standing
+    (corrected again when it kept the correction): the verdict is on the quantization the statistics planned,
+    not on one the search's few samples shaped (on PP-OCR rec a float decision made a correction look helpful
+    on calibration frames that cost exact match on held-out lines; evidence: docs/algorithms.md#mixed-precision)."""
+    plan = statistics.plan
+    plan.check_matches(prepared)
+    pool = samples(samples_needed(config))
+    q, records = _write(prepared, plan, statistics, config)
+    bc = correct_and_guard(prepared, q, statistics, config, pool, device)
+    passes = [p for p in plan_passes("quantize") if p.enabled(config.advanced)] if plan_passes_on else []
+    decided = len(plan.float_tensors)
+    _run_passes(passes, PlanContext(prepared, plan, statistics, config, pool, lambda m: make_session(m, device),
+                                    device))
+    if len(plan.float_tensors) != decided:
+        q, records = _write(prepared, plan, statistics, config)
+        bc = reapply(prepared, q, statistics, config, pool, device, bc)
     # onnxruntime computes biases in int32: so does the model; QOperator / IntegerOps re-express the QDQ units
     q = write(q, config.quant_format, int32_bias=config.effective_target_runtime() == TargetRuntime.ONNXRUNTIME)
     q.ir_version = min(q.ir_version or MAX_IR_VERSION, MAX_IR_VERSION)
     if not is_large(q):
         onnx.checker.check_model(q)
-    return QuantizationResult(model=q, layers=layer_summary(prepared, plan, records, bc))
+    return QuantizationResult(model=q, layers=layer_summary(prepared, plan, records, bc), plan=plan)
 
 
 def number_formats(prepared: onnx.ModelProto, plan: QuantizationPlan, config: QuantizationConfig) -> minmax.NumberFormats:
@@ -195,7 +227,7 @@ def number_formats(prepared: onnx.ModelProto, plan: QuantizationPlan, config: Qu
         for tensor, params in getattr(config, field_name).items():
             if tensor not in tensors:
                 raise InputError(f"quantization.{field_name}: tensor {tensor!r} is not in the model")
-            if tensor not in quantized:
+            if tensor not in quantized and not any(repr(tensor) in w and field_name in w for w in plan.warnings):
                 plan.warnings.append(f"quantization.{field_name}: tensor {tensor!r} has no quantizer (kept in float "
                                      "or its quantizer sits on another tensor); its parameters are unused")
             given[tensor] = params

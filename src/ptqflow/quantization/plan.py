@@ -17,6 +17,11 @@ PLAN_VERSION = 2  # 2: float decisions record the pass that made them ("by"); 1 
 
 Edge = tuple[str, int]  # (consumer node name, input index)
 
+# A measured float decision: the model's output error against FP32 with the quantizer (or group) in int8 and
+# with it in float (normalized as ptqflow.quantization.algorithms.output_error defines it), their difference, the
+# model output whose error fell the most, and the calibration samples measured on.
+MEASURED_KEYS = ("error_int8", "error_float", "gain", "output", "samples")
+
 
 @dataclass
 class WeightQuantizer:
@@ -44,20 +49,24 @@ class ActivationQuantizer:
 
 @dataclass
 class FloatLayer:
-    """A quantizable layer kept in float: ``by`` the pass that decided it, ``reason`` why."""
+    """A quantizable layer kept in float: ``by`` the pass that decided it, ``reason`` why; ``measured``: the
+    measurement that decided it, where one did (see MEASURED_KEYS)."""
 
     node: str
     reason: str
     by: str = ""
+    measured: dict | None = None
 
 
 @dataclass
 class FloatTensor:
-    """An activation quantizer dropped after placement (the tensor stays float): ``by`` the pass, ``reason`` why."""
+    """An activation quantizer dropped after placement (the tensor stays float): ``by`` the pass, ``reason`` why;
+    ``measured``: the measurement that decided it, where one did (see MEASURED_KEYS)."""
 
     tensor: str
     reason: str
     by: str = ""
+    measured: dict | None = None
 
 
 @dataclass
@@ -86,6 +95,7 @@ class QuantizationPlan:
     warnings: list[str] = field(default_factory=list)
     collected: dict[str, Any] = field(default_factory=dict)
     smooth_quant: SmoothQuantFactors | None = None
+    output_errors: dict[str, float] = field(default_factory=dict)  # tensor -> its measured error contribution
     version: int = PLAN_VERSION
 
     def keep_in_float(self, decisions: list[FloatTensor]) -> None:
@@ -112,6 +122,11 @@ class QuantizationPlan:
         doc = asdict(self)
         if self.smooth_quant is None:
             del doc["smooth_quant"]
+        if not self.output_errors:  # only measured plans carry these: unmeasured plans stay as they were
+            del doc["output_errors"]
+        for f in doc["float_layers"] + doc["float_tensors"]:
+            if f["measured"] is None:
+                del f["measured"]
         for w in doc["weights"]:
             w["nodes"] = [list(e) for e in w["nodes"]]
         for a in doc["activations"]:
@@ -139,6 +154,7 @@ class QuantizationPlan:
                 float_tensors=[_make(FloatTensor, f) for f in doc.get("float_tensors", [])],
                 bias_layers=list(doc.get("bias_layers", [])), warnings=list(doc.get("warnings", [])),
                 collected=dict(doc.get("collected") or {}),
+                output_errors={str(k): float(v) for k, v in (doc.get("output_errors") or {}).items()},
                 smooth_quant=SmoothQuantFactors(float(sq["alpha"]), dict(sq["tensors"])) if sq else None,
                 version=PLAN_VERSION)
         except (KeyError, TypeError, ValueError) as exc:

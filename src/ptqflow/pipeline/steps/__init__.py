@@ -51,14 +51,21 @@ STEPS: tuple[StepSpec, ...] = (
              accelerated=False, optional=False, config_reads=("model", "model_sha256")),
     StepSpec("build-calibration", "ptqflow.pipeline.steps.build_calibration", inputs=("model",), output="calibration",
              accelerated=False, optional=False, config_reads=("data", "quantization.subset_size")),
-    # the bias-correction knobs that only matter when statistics are applied (quantize) are left out
+    # the bias-correction and mixed-precision knobs that only matter when statistics are applied (quantize) are
+    # left out
     StepSpec("collect-stats", "ptqflow.pipeline.steps.collect_stats", inputs=("model", "calibration"), output="statistics",
              accelerated=True, optional=False,
              config_reads=("quantization", "device", "!quantization.advanced.bias_correction_subset_size",
                            "!quantization.advanced.bias_correction_threshold",
                            "!quantization.advanced.bias_correction_guard_samples",
                            "!quantization.advanced.bias_correction_guard_samples_no_softmax",
-                           "!quantization.advanced.bias_correction_guard_tie_weight")),
+                           "!quantization.advanced.bias_correction_guard_tie_weight",
+                           "!quantization.advanced.safeguard_mixed_precision",
+                           "!quantization.advanced.mixed_precision_samples",
+                           "!quantization.advanced.mixed_precision_max_float_share",
+                           "!quantization.advanced.mixed_precision_min_share",
+                           "!quantization.advanced.mixed_precision_target_error",
+                           "!quantization.advanced.mixed_precision_max_evals")),
     StepSpec("quantize", "ptqflow.pipeline.steps.quantize", inputs=("model", "calibration", "statistics"), output="quantized",
              accelerated=True, optional=False, config_reads=("quantization", "device")),
     StepSpec("validate", "ptqflow.pipeline.steps.validate", inputs=("model", "quantized", "calibration"), output="report",

@@ -33,12 +33,16 @@ class PlanContext:
     config: QuantizationConfig
     samples: list[dict]
     make_session: Callable[[onnx.ModelProto], Any]
+    device: str = "cpu"  # what make_session runs on (a pass that picks a runner, e.g. OpenVINO's, needs it)
 
 
 class PlanPass(Pass):
-    """A pass over the plan after the statistics pass; ``order`` places it among the others (lower first)."""
+    """A pass over the plan after the statistics pass; ``order`` places it among the others (lower first).
+    ``stage``: "collect" runs it at the end of the collection (its decisions saved with the statistics),
+    "quantize" when the statistics are applied (its samples are then the calibration samples quantize reads)."""
 
     order: ClassVar[int]
+    stage: ClassVar[str] = "collect"
 
     def statistic_points(self, prepared: onnx.ModelProto, plan: QuantizationPlan,
                          config: QuantizationConfig) -> list[StatisticPoint]:

@@ -10,11 +10,12 @@ import ptqflow.quantization.passes as package
 from ptqflow.quantization.passes.context import PlanPass
 
 
-def plan_passes() -> list[PlanPass]:
-    """Every plan pass of the package, in run order (``order``, then name)."""
+def plan_passes(stage: str = "collect") -> list[PlanPass]:
+    """Every plan pass of the package that runs at ``stage`` ("collect" or "quantize"), in run order (``order``,
+    then name)."""
     found = []
     for info in pkgutil.iter_modules(package.__path__):
         instance = getattr(importlib.import_module(f"{package.__name__}.{info.name}"), "PASS", None)
-        if isinstance(instance, PlanPass):
+        if isinstance(instance, PlanPass) and instance.stage == stage:
             found.append(instance)
     return sorted(found, key=lambda p: (p.order, p.name))

@@ -1,0 +1,181 @@
+"""Error-driven mixed precision: find, by measurement, the few activation quantizers that carry most of the
+model's output error, and say what each costs.
+
+One model holds every activation quantizer behind a switch (the sensitivity search's gated model: out = x +
+g_k * (QDQ(x) - x), weights quantized), so one session measures any set of quantizers in float on a few
+calibration samples, stacked into one run where the batch dim allows. The error is ``output_error.OutputError``
+(per-channel normalized, Softmax heads as decisions). Finding the quantizer whose float costs least error is
+a best-first group test instead of one run per quantizer: the quantizers (in graph order) are split into a few
+blocks, each block's gain (the error it removes when it alone goes float) is measured, and the block with the
+largest gain is split in halves until a single quantizer is left. A block's gain is about the sum of its
+members' (errors of distinct layers add up to first order), so a single quantizer popped first has at least the
+gain of any member of a block not split yet. That quantizer goes float when it carries at least ``min_share`` of
+the error the activation quantizers still cause (the error above the weights-only floor), and the search
+repeats on the model with it in float (each pick checked on held-out samples); it stops at ``target``, at ``max_float`` quantizers (the INT8 speed that
+is kept) or when ``max_evals`` evaluations are spent.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import onnx
+
+from ptqflow.quantization.algorithms.output_error import OutputError, decision_outputs
+from ptqflow.quantization.algorithms.sensitivity import GATE, fold_constant_dequantize, gated_model
+from ptqflow.quantization.plan import QuantizationPlan
+from ptqflow.quantization.statistics.accumulate import batchable, batches
+
+BRANCHING = 4  # first-level blocks: a pick costs about BRANCHING + 2 log2(quantizers / BRANCHING) evaluations
+
+
+@dataclass
+class Measured:
+    """One quantizer kept in float and the measurement that decided it (the plan's ``measured`` dict)."""
+
+    tensor: str
+    error_int8: float  # the model's output error with this quantizer in int8 (the ones kept before in float)
+    error_float: float  # ... with it in float too
+    output: str  # the model output whose error fell the most
+    samples: int
+
+    def as_dict(self) -> dict:
+        """The plan's ``measured`` record: error_int8, error_float, gain, output, samples."""
+        return {"error_int8": self.error_int8, "error_float": self.error_float,
+                "gain": self.error_int8 - self.error_float, "output": self.output, "samples": self.samples}
+
+
+@dataclass
+class SearchResult:
+    """What the search measured: the quantizers to keep in float (in the order found), each quantizer's error
+    contribution where one was measured on its own (tensor -> gain), the errors with every activation quantizer
+    in int8 (``error_int8``), with none (``error_floor``: weights only) and at the end, and the evaluations."""
+
+    float_tensors: list[Measured] = field(default_factory=list)
+    contributions: dict[str, float] = field(default_factory=dict)
+    error_int8: float = 0.0
+    error_floor: float = 0.0
+    error_final: float = 0.0
+    evaluations: int = 0
+    stopped: str = ""
+
+
+class _Evaluator:
+    """The gated model's per-output errors with the quantizers of ``off`` in float, counting evaluations."""
+
+    def __init__(self, runner, runs: list[dict], metric: OutputError, n_points: int):
+        self.runner, self.runs, self.metric, self.n_points = runner, runs, metric, n_points
+        self.count = 0
+
+    def __call__(self, off) -> np.ndarray:
+        gate = np.ones(self.n_points, np.float32)
+        gate[list(off)] = 0.0
+        self.count += 1
+        batches = ({"arrays": {**r, GATE: gate}, "count": 1} for r in self.runs)
+        outs = [[values[n] for n in self.metric.names] for values, _ in self.runner.map(batches)]
+        return self.metric.per_output(outs)
+
+
+def search(prepared: onnx.ModelProto, plan: QuantizationPlan, ranges: dict, samples: list[dict],
+           make_session: Callable, make_runner: Callable, *, max_float: int, min_share: float, target: float,
+           max_evals: int, held_out: list[dict] | None = None) -> SearchResult:
+    """The search of the module docstring on ``samples``; ``ranges`` by quantizer group (Statistics.ranges).
+    With ``held_out`` samples, a quantizer found goes float only when its gain also holds on them (at least
+    ``min_share`` of the error the activation quantizers cause there): the search picks the largest of many
+    measured gains, which on a few samples is partly noise.
+    ``make_session(model)``: the FP32 reference's session; ``make_runner(model, outputs)``: the gated model's
+    runner (the statistics runtime: OpenVINO's CPU plugin where it compiles the model, which runs it faster)."""
+    result = SearchResult()
+    if not samples or not plan.activations:
+        result.stopped = "no samples or no activation quantizer"
+        return result
+    gated, tensors = gated_model(prepared, plan, ranges)
+    fold_constant_dequantize(gated)
+    fp32, runner = make_session(prepared), make_runner(gated, [o.name for o in prepared.graph.output])
+    ev = _evaluator(prepared, samples, fp32, runner, len(tensors))
+    check = None  # the held-out evaluator, made when the first pick needs it
+    base = ev(set())
+    floor = float(np.mean(ev(range(len(tensors)))))
+    result.error_int8, result.error_floor = float(np.mean(base)), floor
+    names = ev.metric.names
+    off: set[int] = set()
+    while True:
+        current = float(np.mean(base))
+        removable = current - floor
+        if current <= target:
+            result.stopped = f"output error {current:.4g} at or below the target {target:g}"
+        elif removable <= 0:  # e.g. PP-OCR det: 0.022 all int8, 0.048 with the weights alone quantized
+            result.stopped = "the activation quantizers add no error above the weights-only floor"
+        elif len(off) >= max_float:
+            result.stopped = f"{max_float} quantizers in float: the budget"
+        elif ev.count >= max_evals:
+            result.stopped = f"{max_evals} evaluations: the budget"
+        if result.stopped:
+            break
+        found = _best(ev, off, base, [k for k in range(len(tensors)) if k not in off], max_evals, result, tensors)
+        if found is None or np.mean(base) - np.mean(found[1]) < min_share * removable:
+            result.stopped = "no quantizer left that carries enough of the error"
+            break
+        k, errs = found
+        if held_out and check is None:
+            check = _evaluator(prepared, held_out, fp32, runner, len(tensors))
+            check_base = check(off)
+            check_floor = float(np.mean(check(range(len(tensors)))))
+        if check is not None:  # the gain must hold on samples it was not found on
+            check_errs = check(off | {k})
+            held_gain = float(np.mean(check_base) - np.mean(check_errs))
+            if held_gain < min_share * (float(np.mean(check_base)) - check_floor):
+                result.stopped = (f"{tensors[k]}'s gain {current - float(np.mean(errs)):.3g} did not hold on "
+                                  f"{len(held_out)} held-out samples ({held_gain:.3g})")
+                break
+            check_base = check_errs
+        off.add(k)
+        result.float_tensors.append(Measured(tensors[k], current, float(np.mean(errs)),
+                                             names[int(np.argmax(base - errs))] if names else "", len(samples)))
+        base = errs
+    result.error_final, result.evaluations = float(np.mean(base)), ev.count + (check.count if check else 0)
+    return result
+
+
+def _evaluator(prepared: onnx.ModelProto, samples: list[dict], fp32, runner, n_points: int) -> _Evaluator:
+    """An evaluator of the gated model on ``samples`` (stacked into runs where the batch dim allows) against the
+    FP32 session's outputs on them."""
+    runs = [b["arrays"] for b in batches(iter(samples), batchable(prepared, []), 0, None)]
+    names = [o.name for o in prepared.graph.output]
+    metric = OutputError(names, [fp32.run(None, r) for r in runs], decision_outputs(prepared), tie_weight=0.0,
+                         decisions_as="mass")
+    return _Evaluator(runner, runs, metric, n_points)
+
+
+def _best(ev: _Evaluator, off: set[int], base: np.ndarray, active: list[int], max_evals: int,
+          result: SearchResult, tensors: list[str]) -> tuple[int, np.ndarray] | None:
+    """Best-first group test over ``active``: the quantizer whose float removes the most error (with ``off``
+    already float) and the per-output errors then, or None when none removes any or the budget ran out.
+    Single quantizers measured on the way are recorded in ``result.contributions`` (first measurement kept)."""
+    current = float(np.mean(base))
+    heap: list = []
+
+    def push(block: list[int]) -> None:
+        errs = ev(off | set(block))
+        gain = current - float(np.mean(errs))
+        if len(block) == 1:
+            result.contributions.setdefault(tensors[block[0]], gain)
+        heapq.heappush(heap, (-gain, block[0], block, errs))
+
+    for block in np.array_split(np.array(active), min(BRANCHING, len(active))):
+        push([int(k) for k in block])
+    while heap:
+        neg_gain, _, block, errs = heapq.heappop(heap)
+        if -neg_gain <= 0:
+            return None
+        if len(block) == 1:
+            return block[0], errs
+        if ev.count >= max_evals:
+            return None
+        half = len(block) // 2
+        push(block[:half])
+        push(block[half:])
+    return None

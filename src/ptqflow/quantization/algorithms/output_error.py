@@ -1,0 +1,135 @@
+"""The model's output error against FP32, as the task sees it: the one measure behind the engine's decisions
+(the error-driven mixed precision search, the bias-correction guard).
+
+Global squared error is dominated by the widest output channel (a detector head whose box channels span 0-640
+hides broken [0, 1] scores next to them), so each float output's error is normalized per channel: the squared
+error of a channel over its FP32 variance (1 / SNR), averaged over the channels. The channel axis is the
+non-batch axis with the fewest entries (the 4 + C of a YOLO head [N, boxes, 4 + C] or [N, 4 + C, boxes], the C of
+an NCHW map). Outputs of a Softmax/LogSoftmax (classifier and CTC heads) are judged as decisions, in one of two
+ways (``decisions_as``):
+
+- ``"balanced"``: the class-balanced share of changed argmax decisions (disagreement per FP32 class, averaged
+  over the classes, so a frequent class such as CTC blank cannot hide flips of the rare ones), plus
+  ``tie_weight`` times the relative squared error, which only breaks ties. A verdict on a few dozen samples
+  (the bias-correction guard).
+- ``"mass"``: the share of changed argmax decisions plus the mean total-variation distance between the FP32 and
+  the quantized class distributions (the probability mass that moved between classes, in [0, 1]): continuous,
+  so it ranks candidates on a handful of samples where a rare class's one or two flips would be noise (the
+  mixed precision search).
+
+Integer outputs count their share of changed values. The model's error is the mean over its outputs;
+``per_output`` says which output carries it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from ptqflow.quantization.graph.index import GraphIndex
+
+_PASS_THROUGH = {"Identity", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Cast"}
+# A channel whose FP32 values hardly vary (a constant map) is normalized by this share of the output's mean
+# channel variance instead of its own, so float rounding there is not read as a large relative error.
+_VARIANCE_FLOOR = 1e-3
+
+
+def decision_outputs(model: onnx.ModelProto) -> set[str]:
+    """Graph outputs produced by Softmax/LogSoftmax, through shape-only ops."""
+    producer = GraphIndex(model).producer
+    found = set()
+    for out in model.graph.output:
+        node = producer.get(out.name)
+        while node is not None and node.op_type in _PASS_THROUGH:
+            node = producer.get(node.input[0])
+        if node is not None and node.op_type in ("Softmax", "LogSoftmax"):
+            found.add(out.name)
+    return found
+
+
+def channel_axis(shape: tuple[int, ...]) -> int | None:
+    """The non-batch axis with the fewest entries above 1 (the first of equals); None for outputs of rank < 2."""
+    axes = [(size, axis) for axis, size in enumerate(shape) if axis > 0 and size > 1]
+    return min(axes)[1] if axes else None
+
+
+class OutputError:
+    """The output error of a model's runs against the FP32 reference ``refs`` (one list of outputs per run, in
+    ``names`` order; a run may hold several stacked samples); see the module docstring."""
+
+    def __init__(self, names: list[str], refs: list[list[np.ndarray]], decisions: set[str], *, tie_weight: float,
+                 decisions_as: str = "balanced"):
+        self.names, self.refs, self.decisions, self.tie_weight = names, refs, decisions, tie_weight
+        self.decisions_as = decisions_as
+        self.variances = [self._variance(j) for j in range(len(names))]
+
+    def _variance(self, j: int) -> np.ndarray | None:
+        """Per-channel FP32 variance of output ``j`` over every run (floored), or None for integer outputs."""
+        refs = [r[j] for r in self.refs]
+        if not np.issubdtype(refs[0].dtype, np.floating):
+            return None
+        axis = channel_axis(refs[0].shape)
+        if axis is None or any(r.ndim != refs[0].ndim or r.shape[axis] != refs[0].shape[axis] for r in refs):
+            flat = np.concatenate([r.astype(np.float64).ravel() for r in refs])
+            return np.array([max(flat.var(), 1e-30)])
+        moved = np.concatenate([np.moveaxis(r, axis, 0).reshape(r.shape[axis], -1) for r in refs], axis=1)
+        var = moved.astype(np.float64).var(axis=1)
+        return np.maximum(var, max(_VARIANCE_FLOOR * float(var.mean()), 1e-30))
+
+    def per_output(self, outs: list[list[np.ndarray]]) -> np.ndarray:
+        """The error of each output (``names`` order) of ``outs``, the runs of the model under test."""
+        errors = np.zeros(len(self.names))
+        for j, name in enumerate(self.names):
+            ref, out = [r[j] for r in self.refs], [o[j] for o in outs]
+            if any(a.shape != b.shape for a, b in zip(out, ref)):
+                errors[j] = 1.0  # a different shape (e.g. another number of boxes) is a different answer
+            elif self.variances[j] is None:
+                errors[j] = float(np.mean([np.mean(a != b) for a, b in zip(out, ref)]))
+            elif name in self.decisions and ref[0].ndim >= 1 and ref[0].shape[-1] >= 2:
+                errors[j] = (_disagreement(out, ref) + self.tie_weight * _relative(out, ref)
+                             if self.decisions_as == "balanced" else _moved_mass(out, ref))
+            else:
+                errors[j] = self._normalized(j, out, ref)
+        return errors
+
+    def _normalized(self, j: int, out: list[np.ndarray], ref: list[np.ndarray]) -> float:
+        """Mean over the channels of output ``j`` of its squared error over its FP32 variance."""
+        var = self.variances[j]
+        axis = channel_axis(ref[0].shape) if len(var) > 1 else None
+        sq = np.zeros(len(var))
+        count = 0
+        for a, b in zip(out, ref):
+            d = (a.astype(np.float64) - b) ** 2
+            sq += d.sum() if axis is None else np.moveaxis(d, axis, 0).reshape(len(var), -1).sum(axis=1)
+            count += d.size // len(var)
+        return float(np.mean(sq / max(count, 1) / var))
+
+    def __call__(self, outs: list[list[np.ndarray]]) -> float:
+        """The model's error: the mean of ``per_output``."""
+        return float(np.mean(self.per_output(outs))) if self.names else 0.0
+
+
+def _relative(out: list[np.ndarray], ref: list[np.ndarray]) -> float:
+    """The mean over the runs of the relative squared error: a decision output's tie-breaker, where per-channel
+    normalization would weigh the near-constant probabilities of classes never chosen as much as the chosen."""
+    return float(np.mean([np.sum((a.astype(np.float64) - b) ** 2) / max(np.sum(b.astype(np.float64) ** 2), 1e-12)
+                          for a, b in zip(out, ref)]))
+
+
+def _moved_mass(out: list[np.ndarray], ref: list[np.ndarray]) -> float:
+    """The share of changed argmax decisions plus the mean total-variation distance between the distributions
+    over the last axis (log-probabilities, from a LogSoftmax, are exponentiated first)."""
+    changed, moved, count = 0, 0.0, 0
+    for a, b in zip(out, ref):
+        p, q = (np.exp(x.astype(np.float64)) if np.max(x) <= 0 else x.astype(np.float64) for x in (a, b))
+        changed += int(np.sum(a.argmax(-1) != b.argmax(-1)))
+        moved += float(0.5 * np.abs(p - q).sum(-1).sum())
+        count += b[..., 0].size
+    return (changed + moved) / max(count, 1)
+
+
+def _disagreement(out: list[np.ndarray], ref: list[np.ndarray]) -> float:
+    """The class-balanced share of argmax decisions (over the last axis) that differ from FP32's."""
+    truth = np.concatenate([b.argmax(-1).ravel() for b in ref])
+    pred = np.concatenate([a.argmax(-1).ravel() for a in out])
+    return float(np.mean([np.mean(pred[truth == c] != c) for c in np.unique(truth)]))

@@ -1,0 +1,119 @@
+"""Error-driven mixed precision (passes/mixed_precision.py, algorithms/error_search.py) and the output error it
+measures with (algorithms/output_error.py); the bias-correction guard on held-out samples (bias_step)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+import builders
+from ptqflow.api import quantize_with_config
+from ptqflow.config import AdvancedParameters, QuantizationConfig
+from ptqflow.quantization.algorithms.output_error import OutputError, channel_axis
+from ptqflow.quantization.plan import MEASURED_KEYS, QuantizationPlan
+from ptqflow.runtime.sessions import run_each
+from test_accuracy_control import inputs, outlier_mlp
+
+NO_SEARCH = AdvancedParameters(safeguard_mixed_precision=False, auto_safeguards=False)
+SEARCH_ONLY = AdvancedParameters(auto_safeguards=False, safeguard_mixed_precision=True)
+
+
+def _detector_head(n: int = 4, boxes: int = 50, classes: int = 3, seed: int = 0) -> np.ndarray:
+    """[n, boxes, 4 + classes]: box coordinates in pixels (0-640), class scores in [0, 1]."""
+    rng = np.random.default_rng(seed)
+    return np.concatenate([rng.uniform(0, 640, (n, boxes, 4)), rng.uniform(0, 1, (n, boxes, classes))],
+                          axis=-1).astype(np.float32)
+
+
+def test_per_channel_error_sees_broken_scores_next_to_pixel_boxes():
+    ref = _detector_head()
+    broken_scores = ref.copy()
+    broken_scores[..., 4:] = 1.0 - broken_scores[..., 4:]  # every class decision inverted
+    shaky_boxes = ref.copy()
+    shaky_boxes[..., :4] += np.random.default_rng(1).normal(0, 2.0, shaky_boxes[..., :4].shape)  # 2 px jitter
+    error = OutputError(["out"], [[ref]], set(), tie_weight=1e-3)
+
+    def global_rse(out):
+        return float(np.sum((out - ref) ** 2) / np.sum(ref.astype(np.float64) ** 2))
+
+    assert global_rse(broken_scores) < global_rse(shaky_boxes)  # the global error hides the broken scores
+    assert error([[broken_scores]]) > 100 * error([[shaky_boxes]])
+    assert channel_axis(ref.shape) == 2 and channel_axis((1, 3, 8, 8)) == 1 and channel_axis((5,)) is None
+
+
+def test_decision_outputs_are_judged_by_their_argmax():
+    ref = np.eye(4, dtype=np.float32)[[0, 1, 2, 3, 0, 1]][None]  # [1, 6 frames, 4 classes]
+    flipped = ref.copy()
+    flipped[0, 0] = [0.4, 0.6, 0, 0]  # one frame's decision changes
+    close = ref * 0.9 + 0.025  # every value moves, no decision does
+    error = OutputError(["probs"], [[ref]], {"probs"}, tie_weight=1e-3)
+    assert error([[close]]) < 1e-3 < error([[flipped]])
+    assert error.per_output([[ref]]) == pytest.approx([0.0])
+
+
+def test_search_keeps_the_quantizer_that_carries_the_error_in_float_and_records_it():
+    """h0's outlier channel owns its per-tensor scale: quantizing h0 rounds the useful channels to zero."""
+    model, data = outlier_mlp(1), inputs(32, 0)
+    plain = quantize_with_config(model, data, QuantizationConfig(advanced=NO_SEARCH))
+    searched = quantize_with_config(model, data, QuantizationConfig(advanced=SEARCH_ONLY))
+    decisions = searched.plan.float_tensors
+    assert [d.tensor for d in decisions] == ["h0"] and decisions[0].by == "mixed_precision"
+    m = decisions[0].measured
+    assert set(m) == set(MEASURED_KEYS) and m["output"] == "logits" and m["samples"] == 8
+    assert m["gain"] == pytest.approx(m["error_int8"] - m["error_float"]) and m["gain"] > 0.5 * m["error_int8"]
+    row = next(r for r in searched.layers if r["name"] == "h0")
+    assert row["status"] == "float" and row["decided_by"] == "mixed_precision" and row["measured"] == m
+    assert row["output_error"] == pytest.approx(m["gain"])
+    # the measurement holds on samples it was not taken on: the INT8 model is closer to FP32
+    held_out = inputs(64, 7)
+    error = OutputError(["logits"], run_each(model, held_out), set(), tie_weight=1e-3)
+    assert error(run_each(searched.model, held_out)) < 0.5 * error(run_each(plain.model, held_out))
+    # and the plan carries the decision with its measurement through JSON
+    again = QuantizationPlan.from_json(searched.plan.to_json())
+    assert again.float_tensors[0].measured == m and again.output_errors == searched.plan.output_errors
+
+
+def test_search_stops_at_its_budget_and_target():
+    model, data = outlier_mlp(2), inputs(32, 0)
+    one = quantize_with_config(model, data, QuantizationConfig(advanced=SEARCH_ONLY.model_copy(
+        update={"mixed_precision_max_float_share": 0.0})))  # at least one quantizer may always go float
+    assert len(one.plan.float_tensors) == 1
+    reached = quantize_with_config(model, data, QuantizationConfig(advanced=SEARCH_ONLY.model_copy(
+        update={"mixed_precision_target_error": 1e9})))  # the error is already below the target
+    assert reached.plan.float_tensors == [] and reached.plan.output_errors == {}
+    tiny = quantize_with_config(model, data, QuantizationConfig(advanced=SEARCH_ONLY.model_copy(
+        update={"mixed_precision_max_evals": 2})))  # all int8 and weights only: nothing left to search with
+    assert tiny.plan.float_tensors == []
+
+
+def test_search_finds_a_spread_depthwise_input_without_the_depthwise_threshold():
+    from test_engine_safeguards import _dw_softmax_model, _spread_inputs
+
+    model, samples = _dw_softmax_model(), _spread_inputs(8, [1.0, 0.05, 0.05, 0.05])
+    result = quantize_with_config(model, samples, QuantizationConfig(advanced=AdvancedParameters(
+        safeguard_depthwise=False)))
+    rows = {r["name"]: r for r in result.layers}
+    assert rows["input"]["decided_by"] == "mixed_precision" and rows["input"]["measured"]["output"] == "prob"
+
+
+def test_bias_correction_guard_judges_on_held_out_samples():
+    model, data = builders.conv_classifier(seed=1), builders.random_inputs(24, (3, 16, 16), seed=5)
+    config = QuantizationConfig(subset_size=24, fast_bias_correction=False, advanced=NO_SEARCH.model_copy(
+        update={"bias_correction_subset_size": 8, "bias_correction_threshold": 1e9}))
+    result = quantize_with_config(model, data, config)
+    verdicts = [r["bias_correction"] for r in result.layers if r.get("bias_correction", {}).get("error_before")]
+    assert verdicts, "the guard judged"
+    # fitted on samples 0-7, judged on the 8 that follow (no Softmax output: bias_correction_guard_samples_no_softmax)
+    assert all(v["held_out"] == 8 and v["error_after"] >= 0 and v["error_before"] >= 0 for v in verdicts)
+    fast = quantize_with_config(model, data, QuantizationConfig(subset_size=24, advanced=NO_SEARCH.model_copy(
+        update={"bias_correction_threshold": 1e9})))
+    judged = [r["bias_correction"] for r in fast.layers if "held_out" in r.get("bias_correction", {})]
+    assert judged and all(v["held_out"] == 0 for v in judged)  # FastBiasCorrection's means cover every sample
+
+
+def test_the_searched_model_is_a_valid_onnx_model():
+    model, data = outlier_mlp(2), inputs(16, 0)
+    result = quantize_with_config(model, data, QuantizationConfig())
+    onnx.checker.check_model(result.model)
+    assert run_each(result.model, data[:2])[0][0].shape == (1, 5)
