@@ -58,7 +58,7 @@ def test_view_maps_ops_and_weights_to_onnx_form():
 def test_ir_built_in_code_gets_fake_quantize_like_qdq(f16):
     model = ov_conv_block(f16_weights=f16)
     samples = random_inputs(8, (3, 12, 12))
-    cfg = QuantizationConfig(advanced=AdvancedParameters(safeguard_softmax_heads=False))
+    cfg = QuantizationConfig(advanced=AdvancedParameters(safeguard_softmax_heads=False, safeguard_mixed_precision=False))
     result = api.quantize_with_config(model, samples, cfg)
     q = result.model
     assert isinstance(q, ov.Model)
@@ -77,7 +77,7 @@ def test_ir_built_in_code_gets_fake_quantize_like_qdq(f16):
 def test_ir_path_matches_onnx_path_on_converted_builder(tmp_path):
     onnx_path = save(conv_classifier(), tmp_path / "m.onnx")
     samples = random_inputs(8, (3, 16, 16))
-    cfg = QuantizationConfig(advanced=AdvancedParameters(safeguard_softmax_heads=False))
+    cfg = QuantizationConfig(advanced=AdvancedParameters(safeguard_softmax_heads=False, safeguard_mixed_precision=False))
     r_onnx = api.quantize_with_config(str(onnx_path), samples, cfg)
     r_ir = api.quantize_with_config(ov.convert_model(str(onnx_path)), samples, cfg)
     dq = sum(n.op_type == "DequantizeLinear" for n in r_onnx.model.graph.node)
@@ -147,7 +147,7 @@ def test_ppocr_cls_ir_matches_onnx_path():
     path = next((Path(rapidocr.__file__).parent / "models").glob("*cls*.onnx"))
     rng = np.random.default_rng(0)
     samples = [{"x": rng.uniform(-1, 1, (1, 3, 48, 192)).astype(np.float32)} for _ in range(8)]
-    cfg = QuantizationConfig(advanced=AdvancedParameters(safeguard_softmax_heads=False))
+    cfg = QuantizationConfig(advanced=AdvancedParameters(safeguard_softmax_heads=False, safeguard_mixed_precision=False))
     r_onnx = api.quantize_with_config(str(path), samples, cfg)
     r_ir = api.quantize_with_config(ov.convert_model(str(path)), samples, cfg)
     dq = sum(n.op_type == "DequantizeLinear" for n in r_onnx.model.graph.node)

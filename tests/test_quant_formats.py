@@ -15,10 +15,14 @@ from pydantic import ValidationError
 import builders as B
 import ptqflow
 from contrib_reference import CONTRIB_OPS
+from ptqflow.config import AdvancedParameters
 from ptqflow.errors import InputError
 from ptqflow.quantization.writers import write
 
 MODELS = [(B.conv_classifier, (3, 16, 16)), (B.mlp, (16,)), (B.residual_concat, (3, 8, 8)), (B.mobile_block, (3, 16, 16))]
+
+# Every planned quantizer in int8 (no measured float decisions): these tests compare formats, not decisions.
+EXACT = AdvancedParameters(safeguard_mixed_precision=False)
 
 
 def _reference(model: onnx.ModelProto) -> ReferenceEvaluator:
@@ -51,7 +55,7 @@ def _agree_within_a_step(qdq: onnx.ModelProto, written: onnx.ModelProto, samples
 @pytest.mark.parametrize("fmt", [ptqflow.QuantFormat.QOperator, ptqflow.QuantFormat.IntegerOps])
 def test_written_formats_agree_with_qdq(builder, shape, fmt):
     samples = B.random_inputs(8, shape)
-    qdq = ptqflow.quantize(builder(), samples, target_runtime="onnxruntime")
+    qdq = ptqflow.quantize(builder(), samples, advanced_parameters=EXACT, target_runtime="onnxruntime")
     written = onnx.ModelProto()
     written.CopyFrom(qdq)
     written = write(written, fmt)
@@ -74,7 +78,7 @@ def test_written_formats_agree_with_qdq(builder, shape, fmt):
                                           ("integer_ops", {"ConvInteger"})])
 def test_quantize_writes_the_format(fmt, expected):
     samples = B.random_inputs(8, (3, 8, 8))
-    q = ptqflow.quantize(B.residual_concat(), samples, quant_format=fmt)
+    q = ptqflow.quantize(B.residual_concat(), samples, advanced_parameters=EXACT, quant_format=fmt)
     assert expected <= set(_ops(q))
     assert any(n.domain == "com.microsoft" for n in q.graph.node) == (fmt == "qoperator")
     ort.InferenceSession(q.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, samples[0])
@@ -84,7 +88,7 @@ def test_quantize_writes_the_format(fmt, expected):
                                                                  ("uint8", "int8", "mixed")])
 def test_types(activation_type, weight_type, preset):
     samples = B.random_inputs(8, (3, 16, 16))
-    q = ptqflow.quantize(B.mobile_block(), samples, target_runtime="onnxruntime", activation_type=activation_type,
+    q = ptqflow.quantize(B.mobile_block(), samples, advanced_parameters=EXACT, target_runtime="onnxruntime", activation_type=activation_type,
                          weight_type=weight_type, preset=preset)
     inits = {t.name: t for t in q.graph.initializer}
     want = {"int8": onnx.TensorProto.INT8, "uint8": onnx.TensorProto.UINT8}
@@ -103,7 +107,7 @@ def test_onnxruntime_fuses_every_conv_of_the_onnxruntime_placement(tmp_path):
     model = B.mobile_block()
     fused = {}
     for runtime in ("openvino", "onnxruntime"):
-        q = ptqflow.quantize(model, samples, target_runtime=runtime)
+        q = ptqflow.quantize(model, samples, advanced_parameters=EXACT, target_runtime=runtime)
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         so.optimized_model_filepath = str(tmp_path / f"{runtime}.onnx")
@@ -117,7 +121,7 @@ def test_onnxruntime_fuses_every_conv_of_the_onnxruntime_placement(tmp_path):
 
 def test_given_parameters_replace_calibrated_ones():
     samples = B.random_inputs(8, (3, 8, 8))
-    q = ptqflow.quantize(B.residual_concat(), samples, target_runtime="onnxruntime",
+    q = ptqflow.quantize(B.residual_concat(), samples, advanced_parameters=EXACT, target_runtime="onnxruntime",
                          input_quantization_params={"r1": [3, 0.05]}, output_quantization_params={"res": [0, 0.1]})
     inits = {t.name: onnx.numpy_helper.to_array(t) for t in q.graph.initializer}
     params = {n.input[0]: (int(inits[n.input[2]]), float(inits[n.input[1]])) for n in q.graph.node

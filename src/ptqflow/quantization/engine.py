@@ -202,7 +202,7 @@ def quantize(prepared: onnx.ModelProto, statistics: Statistics, config: Quantiza
     bc = correct_and_guard(prepared, q, statistics, config, pool, device)
     passes = [p for p in plan_passes("quantize") if p.enabled(config.advanced)] if plan_passes_on else []
     decided = len(plan.float_tensors)
-    _run_passes(passes, PlanContext(prepared, plan, statistics, config, pool, lambda m: make_session(m, device),
+    run_passes(passes, PlanContext(prepared, plan, statistics, config, pool, lambda m: make_session(m, device),
                                     device))
     if len(plan.float_tensors) != decided:
         q, records = _write(prepared, plan, statistics, config)

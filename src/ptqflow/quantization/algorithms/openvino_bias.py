@@ -21,6 +21,7 @@ import openvino as ov
 import openvino.opset13 as ops
 
 from ptqflow.quantization.algorithms import bc_guard
+from ptqflow.quantization.algorithms.output_error import OutputError
 from ptqflow.quantization.algorithms.bias_layers import BiasLayer, channel_mean, judge_shift, summary
 from ptqflow.quantization.graph.openvino_view import BoundView
 
@@ -157,8 +158,6 @@ def judge(fp32, uncorrected, corrected, view, samples: list[dict], *, tie_weight
     """(keep the correction, output error without it, with it) on ``samples``: bc_guard's judgement on OpenVINO;
     ``view`` is the FP32 model's view (its output names and decision outputs)."""
     names = [o.name for o in view.graph.output]
-    decisions = bc_guard.decision_outputs(view)
-    refs = run_each(fp32, samples)
-    before = bc_guard.output_error(run_each(uncorrected, samples), refs, names, decisions, tie_weight=tie_weight)
-    after = bc_guard.output_error(run_each(corrected, samples), refs, names, decisions, tie_weight=tie_weight)
+    error = OutputError(names, run_each(fp32, samples), bc_guard.decision_outputs(view), tie_weight=tie_weight)
+    before, after = error(run_each(uncorrected, samples)), error(run_each(corrected, samples))
     return after <= before, before, after
