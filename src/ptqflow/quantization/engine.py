@@ -30,6 +30,7 @@ from ptqflow.quantization.statistics.accumulate import accumulate, finalize, obs
 from ptqflow.quantization.statistics.partial import PartialStatistics, merge, shard_range
 from ptqflow.quantization.statistics.points import StatisticPoint
 from ptqflow.quantization.statistics.runner import make_runner
+from ptqflow.runtime.model_files import copy_without
 from ptqflow.runtime.sessions import make_session
 
 log = get_logger("engine")
@@ -163,15 +164,12 @@ def quantize(prepared: onnx.ModelProto, statistics: Statistics, config: Quantiza
     """The INT8 QDQ model of ``prepared`` per the statistics' plan, biases corrected, and the per-layer summary."""
     plan = statistics.plan
     plan.check_matches(prepared)
-    q = onnx.ModelProto()
-    q.CopyFrom(prepared)
+    # q starts without the float weights' bytes: insert_qdq reads them from prepared, so the INT8 model never
+    # holds a second copy of them (protobuf frees a message's memory only as a whole; for a model over 2 GB,
+    # gigabytes).
+    q = copy_without(prepared, {w.tensor for w in plan.weights})
     mean_minmax = RangeEstimator(config.advanced.activations_range) == RangeEstimator.MEAN_MINMAX
-    records = minmax.insert_qdq(q, plan, statistics.ranges(mean_minmax))
-    # The float weights insert_qdq replaced stay in q's memory until q is freed (protobuf frees a message's
-    # memory as a whole): a fresh copy holds the INT8 model alone (for a model over 2 GB, gigabytes less).
-    compact = onnx.ModelProto()
-    compact.CopyFrom(q)
-    q = compact
+    records = minmax.insert_qdq(q, plan, statistics.ranges(mean_minmax), float_weights=prepared)
     bc = correct_and_guard(prepared, q, statistics, config, samples, device)
     q.ir_version = min(q.ir_version or MAX_IR_VERSION, MAX_IR_VERSION)
     if not is_large(q):

@@ -60,13 +60,15 @@ def output_error(outs: list[list[np.ndarray]], refs: list[list[np.ndarray]], nam
     return total
 
 
-def judge(fp32: onnx.ModelProto, uncorrected: onnx.ModelProto, corrected: onnx.ModelProto,
+def judge(fp32: onnx.ModelProto, uncorrected: onnx.ModelProto | list, corrected: onnx.ModelProto,
           samples: list[dict], device: str = "cpu", *, tie_weight: float) -> tuple[bool, float, float]:
-    """(keep the correction, output error without it, output error with it) on ``samples``; ``tie_weight``:
-    see output_error."""
+    """(keep the correction, output error without it, output error with it) on ``samples``; ``uncorrected`` is the
+    model without the correction or its outputs on ``samples`` (``run_each``'s list, run before correcting, so
+    that no copy of the model is kept); ``tie_weight``: see output_error."""
     names = [o.name for o in fp32.graph.output]
     decisions = decision_outputs(fp32)
     refs = run_each(fp32, samples, device)
-    before = output_error(run_each(uncorrected, samples, device), refs, names, decisions, tie_weight=tie_weight)
+    outs = run_each(uncorrected, samples, device) if isinstance(uncorrected, onnx.ModelProto) else uncorrected
+    before = output_error(outs, refs, names, decisions, tie_weight=tie_weight)
     after = output_error(run_each(corrected, samples, device), refs, names, decisions, tie_weight=tie_weight)
     return after <= before, before, after

@@ -14,6 +14,8 @@ from ptqflow.quantization.algorithms.bias_layers import find_bias_layers
 from ptqflow.config import QuantizationConfig
 from ptqflow.errors import InputError
 from ptqflow.quantization.statistics import Statistics
+from ptqflow.runtime.model_files import copy_without, fill_from
+from ptqflow.runtime.sessions import run_each
 
 log = logging.getLogger(__name__)
 
@@ -35,46 +37,64 @@ def correct_and_guard(prepared: onnx.ModelProto, q: onnx.ModelProto, statistics:
     the corrected model's output error against FP32 on a few calibration samples is higher than without the
     correction, ``q`` goes back to its uncorrected biases and every record says why. Returns the records.
     Samples: ``advanced.bias_correction_guard_samples``, or ``..._no_softmax`` for models without a decision
-    (Softmax/LogSoftmax) output, whose squared error alone is continuous and settles on fewer samples."""
+    (Softmax/LogSoftmax) output, whose squared error alone is continuous and settles on fewer samples.
+
+    The uncorrected model is run on the guard's samples before the correction, and kept only without its
+    quantized weights (which the correction does not touch), for a revert: no full copy of the INT8 model
+    is held while the guard's sessions run. Samples are drawn in the same order as ever (the correction's, then
+    the guard's), so a one-shot dataset gives each the same samples."""
     adv = config.advanced
-    n_guard = adv.bias_correction_guard_samples
-    uncorrected = None
-    if n_guard and not config.advanced.disable_bias_correction:
-        uncorrected = onnx.ModelProto()
-        uncorrected.CopyFrom(q)
-    records = correct_biases(prepared, q, statistics, config, samples, device)
-    if uncorrected is None or not any(r.get("applied") for r in records):
+    n_guard = 0
+    if adv.bias_correction_guard_samples and not adv.disable_bias_correction:
+        n_guard = (adv.bias_correction_guard_samples if bc_guard.decision_outputs(prepared)
+                   else adv.bias_correction_guard_samples_no_softmax)
+    layers = _layers(prepared, statistics, config)
+    calibration = samples(config.bias_correction_samples()) if layers and not config.fast_bias_correction else []
+    guard_samples = samples(n_guard) if layers and n_guard else []
+    before = run_each(q, guard_samples, device) if guard_samples else None
+    uncorrected = copy_without(q, _unchanged(q)) if guard_samples else None
+    records = correct_biases(prepared, q, layers, statistics, config, calibration, device)
+    if not any(r.get("applied") for r in records):
         return records
-    if not bc_guard.decision_outputs(prepared):
-        n_guard = adv.bias_correction_guard_samples_no_softmax
-        if not n_guard:
-            return records
-    guard_samples = samples(n_guard)
     if not guard_samples:
-        log.info("bias correction guard skipped: no calibration samples at hand")
+        if n_guard:
+            log.info("bias correction guard skipped: no calibration samples at hand")
         return records
-    keep, before, after = bc_guard.judge(prepared, uncorrected, q, guard_samples, device,
-                                         tie_weight=adv.bias_correction_guard_tie_weight)
+    keep, err_before, err_after = bc_guard.judge(prepared, before, q, guard_samples, device,
+                                                 tie_weight=adv.bias_correction_guard_tie_weight)
     verdict = "kept" if keep else "reverted"
     log.info("bias correction %s: model output error on %d calibration samples %.4g without, %.4g with it",
-             verdict, len(guard_samples), before, after)
+             verdict, len(guard_samples), err_before, err_after)
     if not keep:
+        fill_from(uncorrected, q)
         q.CopyFrom(uncorrected)
         for r in records:
             if r.get("applied"):
                 r["applied"] = False
                 r["reason"] = (f"reverted: bias correction raised the model's output error on {len(guard_samples)} "
-                               f"calibration samples ({before:.4g} -> {after:.4g})")
+                               f"calibration samples ({err_before:.4g} -> {err_after:.4g})")
     return records
 
 
-def correct_biases(prepared: onnx.ModelProto, q: onnx.ModelProto, statistics: Statistics,
-                   config: QuantizationConfig, samples: Samples, device: str) -> list[dict]:
-    """Run the configured bias correction on ``q`` in place; returns its per-layer records."""
+def _unchanged(q: onnx.ModelProto) -> set[str]:
+    """Names of ``q``'s initializers that bias correction never writes: those not of a float type (the quantized
+    weights, zero points; write_bias keeps a bias's float type)."""
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
+    return {t.name for t in q.graph.initializer if t.data_type not in floats}
+
+
+def _layers(prepared: onnx.ModelProto, statistics: Statistics, config: QuantizationConfig) -> list:
+    """The bias layers of the plan that the configured correction works on ([] when it is disabled)."""
     if config.advanced.disable_bias_correction:
         return []
     wanted = set(statistics.plan.bias_layers)
-    layers = [layer for layer in find_bias_layers(prepared) if layer.name in wanted]
+    return [layer for layer in find_bias_layers(prepared) if layer.name in wanted]
+
+
+def correct_biases(prepared: onnx.ModelProto, q: onnx.ModelProto, layers: list, statistics: Statistics,
+                   config: QuantizationConfig, calibration: list, device: str) -> list[dict]:
+    """Run the configured bias correction of ``layers`` on ``q`` in place (full correction on ``calibration``);
+    returns its per-layer records."""
     if not layers:
         return []
     threshold = config.advanced.bias_correction_threshold
@@ -84,7 +104,6 @@ def correct_biases(prepared: onnx.ModelProto, q: onnx.ModelProto, statistics: St
         return fast_bias_correction.apply_fast_bias_correction(
             q, layers, statistics.of(fast_bias_correction.FAST_BIAS_CORRECTION), {}, threshold=threshold,
             fp32_model=prepared, device=device)
-    calibration = samples(config.bias_correction_samples())
     if not calibration:
         raise InputError("full bias correction (fast_bias_correction=False) needs the calibration dataset")
     return bias_correction.apply_bias_correction(prepared, q, layers, calibration, threshold=threshold,

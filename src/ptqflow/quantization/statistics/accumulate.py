@@ -16,7 +16,7 @@ from ptqflow.quantization.graph.prepare import graph_inputs
 from ptqflow.runtime.sessions import make_session
 from ptqflow.quantization.plan import QuantizationPlan
 from ptqflow.quantization.statistics import exact
-from ptqflow.quantization.statistics.collector import augment
+from ptqflow.quantization.statistics.collector import augmented
 from ptqflow.quantization.statistics.points import PER_SAMPLE, Reducer, StatisticPoint, parse_observation
 from ptqflow.quantization.statistics.runner import make_runner
 from ptqflow.quantization.statistics.store import Statistics
@@ -51,8 +51,8 @@ def accumulate(prepared: onnx.ModelProto, points: list[StatisticPoint], samples:
     observations = list(dict.fromkeys(p.observation for p in points))
     ranged = sorted({p.tensor for p in points if p.reducer in PER_SAMPLE})
     stackable = batchable(prepared, ranged)
-    aug, out_map = augment(prepared, observations, per_sample=stackable)
-    runner = make_runner(aug, list(out_map), device, runtime, session)
+    with augmented(prepared, observations, per_sample=stackable) as out_map:  # the runtime keeps its own copy
+        runner = make_runner(prepared, list(out_map), device, runtime, session)
     acc = Accumulator(out_map)
     for outs, count in runner.map(batches(samples, stackable, keep, kept, first)):
         acc.add(outs, count)
