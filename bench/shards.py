@@ -95,6 +95,7 @@ def main() -> int:
     counts = [int(s) for s in args.shards.split(",")]
     work = args.work or Path(tempfile.mkdtemp(prefix="ptqflow-shards-"))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent / "src"), str(HERE)]))
+    work.mkdir(parents=True, exist_ok=True)
     try:
         import tasks
 

@@ -93,6 +93,7 @@ def main() -> int:
     sizes = [int(s) for s in args.sizes.split(",")]
     work = args.work or Path(tempfile.mkdtemp(prefix="ptqflow-streaming-"))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(args.src.resolve()), str(HERE)]))
+    work.mkdir(parents=True, exist_ok=True)
     try:
         import tasks
 
