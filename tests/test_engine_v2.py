@@ -4,6 +4,7 @@ observation and its saved format, the plan passes, and adding a statistic-consum
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import replace
 
 import numpy as np
@@ -345,14 +346,15 @@ def test_shared_observation_is_made_once(monkeypatch):
     """Two consumers of one (tensor, reducer, axis) — and FastBiasCorrection's own input mean — get one reduce
     output between them, and read the same value."""
     made = []
-    real_augment = accumulate.augment
+    real_augmented = accumulate.augmented
 
+    @contextmanager
     def counting(model, observations, per_sample):
-        aug, out_map = real_augment(model, observations, per_sample)
-        made.append(out_map)
-        return aug, out_map
+        with real_augmented(model, observations, per_sample) as out_map:
+            made.append(out_map)
+            yield out_map
 
-    monkeypatch.setattr(accumulate, "augment", counting)
+    monkeypatch.setattr(accumulate, "augmented", counting)
     a, b = ChannelRangeProbe("probe_a"), ChannelRangeProbe("probe_b")
     c, d = ChannelRangeProbe("probe_c", Reducer.MEAN), ChannelRangeProbe("probe_d", Reducer.MEAN)
     _with_passes(monkeypatch, a, b, c, d)

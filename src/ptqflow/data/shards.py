@@ -55,15 +55,20 @@ def _read_shard(path: Path) -> dict[str, np.ndarray]:
 
 
 def iter_labeled(artifact_dir, split: str = "calibration") -> Iterator[tuple[dict[str, np.ndarray], int | None]]:
-    """Yields (sample, label) per sample of a split; sample values carry a batch dim of 1, label may be None."""
+    """Yields (sample, label) per sample of a split; sample values carry a batch dim of 1, label may be None.
+
+    Samples are copies, not views of their shard, and a shard is let go before the next is read: a consumer that
+    keeps a few samples (the first, for speed; the first few, for bias correction) does not keep their whole
+    shard alive, so memory stays at one shard however many samples the split holds."""
     for path in _shard_paths(artifact_dir, split):
         arrays = _read_shard(path)
         labels = arrays.pop(LABELS_KEY, None)
         count = len(next(iter(arrays.values()))) if arrays else 0
         for i in range(count):
-            sample = {name: arr[i : i + 1] for name, arr in arrays.items()}
+            sample = {name: arr[i : i + 1].copy() for name, arr in arrays.items()}
             label = None if labels is None or int(labels[i]) < 0 else int(labels[i])
             yield sample, label
+        del arrays, labels
 
 
 def iter_samples(artifact_dir, split: str = "calibration") -> Iterator[dict[str, np.ndarray]]:

@@ -31,6 +31,7 @@ from ptqflow.quantization.statistics.partial import PartialStatistics, merge, sh
 from ptqflow.quantization.statistics.points import StatisticPoint
 from ptqflow.quantization.statistics.runner import make_runner
 from ptqflow.quantization.writers import integer_ops, write
+from ptqflow.runtime.model_files import copy_without
 from ptqflow.runtime.sessions import make_session
 
 log = get_logger("engine")
@@ -163,15 +164,14 @@ def prepare_for(model, statistics: Statistics, config: QuantizationConfig) -> on
 def _write(prepared: onnx.ModelProto, plan: QuantizationPlan, statistics: Statistics,
            config: QuantizationConfig) -> tuple[onnx.ModelProto, list[dict]]:
     """The QDQ model of ``plan`` (in config's number formats) and insert_qdq's records."""
-    q = onnx.ModelProto()
-    q.CopyFrom(prepared)
+    # q starts without the float weights' bytes: insert_qdq reads them from prepared, so the INT8 model never
+    # holds a second copy of them (protobuf frees a message's memory only as a whole; for a model over 2 GB,
+    # gigabytes).
+    q = copy_without(prepared, {w.tensor for w in plan.weights})
     mean_minmax = RangeEstimator(config.advanced.activations_range) == RangeEstimator.MEAN_MINMAX
-    records = minmax.insert_qdq(q, plan, statistics.ranges(mean_minmax), number_formats(prepared, plan, config))
-    # The float weights insert_qdq replaced stay in q's memory until q is freed (protobuf frees a message's
-    # memory as a whole): a fresh copy holds the INT8 model alone (for a model over 2 GB, gigabytes less).
-    compact = onnx.ModelProto()
-    compact.CopyFrom(q)
-    return compact, records
+    records = minmax.insert_qdq(q, plan, statistics.ranges(mean_minmax), number_formats(prepared, plan, config),
+                                float_weights=prepared)
+    return q, records
 
 
 def samples_needed(config: QuantizationConfig) -> int:
@@ -187,8 +187,8 @@ def samples_needed(config: QuantizationConfig) -> int:
 def quantize(prepared: onnx.ModelProto, statistics: Statistics, config: QuantizationConfig, samples: Samples,
              device: str, *, plan_passes_on: bool = True) -> QuantizationResult:
     """The INT8 model of ``prepared`` in ``config.quant_format`` per the statistics' plan (refined in place by the
-    quantize-stage plan passes unless ``plan_passes_on`` is False: a plan they already refined), biases corrected, and the per-layer
-    summary. ``samples(n)`` is called once.
+    quantize-stage plan passes unless ``plan_passes_on`` is False: a plan they already refined), biases
+    corrected, and the per-layer summary. ``samples(n)`` is called once.
 
     Bias correction and its guard run on the model of the plan as collected; the quantize-stage passes (mixed
     precision) then refine the plan, and a changed plan is written again with the guard's verdict standing

@@ -148,6 +148,32 @@ def _split(model: onnx.ModelProto, write=None, location: str = "") -> onnx.Model
     return out
 
 
+def copy_without(model: onnx.ModelProto, names: set[str]) -> onnx.ModelProto:
+    """A copy of ``model`` in which the initializers named in ``names`` keep their place, name, type and dims but
+    no data (``data_location`` EXTERNAL, no reference): for a caller that replaces those tensors and fills back
+    in (``CopyFrom``) any it keeps, without ever holding a second copy of their bytes."""
+    out = _copy_except(model, {"graph"})
+    out.graph.CopyFrom(_copy_except(model.graph, {"initializer"}))  # small: the weights are added one by one
+    for t in model.graph.initializer:
+        if t.name in names:
+            stub = out.graph.initializer.add()
+            stub.CopyFrom(_copy_except(t, _DATA_FIELDS))
+            stub.data_location = TensorProto.EXTERNAL
+        else:
+            out.graph.initializer.add().CopyFrom(t)
+    return out
+
+
+def fill_from(model: onnx.ModelProto, source: onnx.ModelProto) -> None:
+    """Give the data-less initializers of ``model`` (left by ``copy_without``) the data of ``source``'s
+    initializers of the same names, in place."""
+    empty = {t.name: t for t in model.graph.initializer if t.data_location == TensorProto.EXTERNAL
+             and not len(t.external_data)}
+    for t in source.graph.initializer:
+        if t.name in empty:
+            empty[t.name].CopyFrom(t)
+
+
 def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` without the bytes of its large initializers (references to a file that does not
     exist stand in for them): the graph, types and dims, for shape inference and other readers of the graph
@@ -155,12 +181,12 @@ def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     return _split(model, None, "ptqflow-skeleton-no-data")
 
 
-def save_model(model: onnx.ModelProto, path: Path) -> Path:
-    """Write ``model`` to ``path``; returns ``path``. A model over protobuf's 2 GB limit (``is_large``) keeps its
-    large initializers in ``<file name>.data`` beside it (page-aligned, one file); a smaller model is one file,
-    as ``onnx.save`` writes it. ``model`` itself is not changed."""
+def save_model(model: onnx.ModelProto, path: Path, external: bool | None = None) -> Path:
+    """Write ``model`` to ``path``; returns ``path``. A model over protobuf's 2 GB limit (``is_large``), or any
+    model when ``external`` is True, keeps its large initializers in ``<file name>.data`` beside it (page-aligned,
+    one file); a smaller model is one file, as ``onnx.save`` writes it. ``model`` itself is not changed."""
     path = Path(path)
-    if not is_large(model):
+    if not (is_large(model) if external is None else external):
         onnx.save(model, str(path))
         return path
     location = f"{path.name}.data"
@@ -178,17 +204,18 @@ def save_model(model: onnx.ModelProto, path: Path) -> Path:
 
 
 @contextmanager
-def model_file(model, prefix: str = "ptqflow-model-") -> Iterator[Path | bytes]:
+def model_file(model, prefix: str = "ptqflow-model-", file_from: int | None = None) -> Iterator[Path | bytes]:
     """``model`` in the form a runtime loads, for the duration of the block: a ModelProto under the 2 GB limit as
-    its serialized bytes, a larger one as a temporary ``model.onnx`` with external data (in the running step's
-    scratch directory, see ptqflow.scratch; removed after the block), a path as itself (a Path), bytes as
-    themselves."""
+    its serialized bytes, a larger one (or one holding ``file_from`` bytes of tensor data or more) as a temporary
+    ``model.onnx`` with external data (in the running step's scratch directory, see ptqflow.scratch; removed
+    after the block), a path as itself (a Path), bytes as themselves."""
     if isinstance(model, onnx.ModelProto):
-        if not is_large(model):
+        nbytes = model_nbytes(model)
+        if nbytes <= PROTO_LIMIT and (file_from is None or nbytes < file_from):
             yield model.SerializeToString()
             return
         with scratch_dir(prefix) as tmp:
-            yield save_model(model, Path(tmp) / "model.onnx")
+            yield save_model(model, Path(tmp) / "model.onnx", external=True)
         return
     if isinstance(model, (bytes, bytearray)):
         yield bytes(model)

@@ -26,6 +26,13 @@ _PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 _OPENVINO_DEVICES: dict[str, tuple[str, dict]] = {"npu": ("NPU", {})}
 
 
+# A ModelProto holding this many bytes of weights or more reaches onnxruntime as a file with external data, which
+# it maps, instead of as serialized bytes, which it parses into a copy of its own before copying the weights out
+# again: a session's peak memory about 4x the weights from bytes, about 1x through a file (bench/README.md,
+# "Models over 2 GB"). Smaller models stay in memory: the file costs a write per session (many small ones
+# for the per-layer runs of bias correction).
+SESSION_FILE_BYTES = 64 * 1024**2
+
 FLOAT_MATMUL_ACCURACY_LEVEL = "1"  # MatMulNBits compute type for a float input: fp32 (onnxruntime's default: int8)
 
 
@@ -36,8 +43,8 @@ def available_providers() -> list[str]:
 
 def make_session(model, device: str = "cpu", intra_op_threads: int | None = None):
     """A session for ``model`` (ModelProto of any size, path or serialized bytes) on ``device`` ("cpu", "cuda" or
-    "npu"). A ModelProto over 2 GB is written to a temporary file with external data first (the running step's
-    scratch directory), which is removed once the session has read it.
+    "npu"). A ModelProto over 2 GB, or holding SESSION_FILE_BYTES of weights, is written to a temporary file with
+    external data first (the running step's scratch directory), which is removed once the session has read it.
 
     Intra-op threads use every core unless ``intra_op_threads`` says otherwise (callers that run one session
     from several threads at once, one sample each, ask for 1). Asking for a device whose provider is missing raises
@@ -69,7 +76,7 @@ def make_session(model, device: str = "cpu", intra_op_threads: int | None = None
     # quantized. Accuracy level 1 (fp32) computes what the graph says.
     opts.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", FLOAT_MATMUL_ACCURACY_LEVEL)
     providers = [provider] if device == "cpu" else [provider, "CPUExecutionProvider"]
-    with model_file(model, "ptqflow-session-") as loadable:
+    with model_file(model, "ptqflow-session-", file_from=SESSION_FILE_BYTES) as loadable:
         return ort.InferenceSession(loadable if isinstance(loadable, bytes) else str(loadable), sess_options=opts,
                                     providers=providers)
 

@@ -37,6 +37,7 @@ from ptqflow.quantization.graph.index import GraphIndex, attr
 from ptqflow.quantization.graph.prepare import MAX_IR_VERSION
 from ptqflow.quantization.statistics.points import Reducer, StatisticPoint
 from ptqflow.quantization.statistics.store import FAST_BIAS_CORRECTION
+from ptqflow.runtime.model_files import skeleton
 from ptqflow.runtime.sessions import make_session
 
 SYNTH_INPUT = "ptqflow_fbc_input"
@@ -288,8 +289,8 @@ def apply_fast_bias_correction(
 
 def _static_input_shapes(model: onnx.ModelProto, layers: list[BiasLayer]) -> dict[str, tuple[int, ...]]:
     """Layer input shapes that shape inference knows completely (batch set to 1); {} when it fails."""
-    try:
-        graph = onnx.shape_inference.infer_shapes(model).graph
+    try:  # on the skeleton: weights' values do not change shapes, and a copy of the weights is a model's size
+        graph = onnx.shape_inference.infer_shapes(skeleton(model)).graph
     except Exception:  # inference is only a helper here: without shapes the layers run on a small patch
         return {}
     known = {}

@@ -89,18 +89,23 @@ def statistic_points(plan: QuantizationPlan) -> list[StatisticPoint]:
 
 
 def insert_qdq(model: onnx.ModelProto, plan: QuantizationPlan, ranges: dict[str, tuple[float, float]],
-               formats: NumberFormats = NumberFormats()) -> list[dict]:
+               formats: NumberFormats = NumberFormats(), float_weights: onnx.ModelProto | None = None) -> list[dict]:
     """Quantize ``model`` in place per ``plan`` and ``ranges`` (tensor -> (min, max)) in ``formats``; returns
-    per-point records."""
+    per-point records.
+
+    ``float_weights``: the model whose initializers hold the planned weights' float values, when ``model`` holds
+    them without data (runtime.model_files.copy_without): a weight that stays in use besides its quantized
+    form gets its data back from there, one that does not is removed, as when ``model`` held them all."""
     g = model.graph
     used = {n.name for n in g.node} | {o for n in g.node for o in n.output} | {t.name for t in g.initializer}
     used |= {i.name for i in g.input}
     nodes_by_name = {n.name: n for n in g.node}
     inits = {t.name: t for t in g.initializer}
+    values = inits if float_weights is None else {t.name: t for t in float_weights.graph.initializer}
     new_nodes: list[onnx.NodeProto] = []
     records = []
     for entry in plan.weights:
-        records.append(_quantize_weight(g, entry, inits, nodes_by_name, used, new_nodes, formats.weight))
+        records.append(_quantize_weight(g, entry, inits, values, nodes_by_name, used, new_nodes, formats.weight))
     for point in plan.activations:
         scale, zp, dtype, record = activation_quantizer(point, ranges, formats)
         t = point.tensor
@@ -136,11 +141,12 @@ def weight_record(entry: WeightQuantizer, scale: np.ndarray, wtype: str = "int8"
             "consumers": [n for n, _ in entry.nodes], "max_scale": float(scale.max())}
 
 
-def _quantize_weight(g, entry: WeightQuantizer, inits, nodes_by_name, used, new_nodes, wtype: str = "int8") -> dict:
-    """Replace a float weight by an int8 (or uint8, codes + 128) initializer + DequantizeLinear; returns its
-    record."""
+def _quantize_weight(g, entry: WeightQuantizer, inits, values, nodes_by_name, used, new_nodes,
+                     wtype: str = "int8") -> dict:
+    """Replace a float weight (its value read from ``values``) by an int8 (or uint8, codes + 128) initializer +
+    DequantizeLinear; returns its record."""
     name = entry.tensor
-    w = numpy_helper.to_array(inits[name]).astype(np.float32)
+    w = numpy_helper.to_array(values[name]).astype(np.float32)
     axis = entry.axis
     scale, q = weight_params(w, axis, entry.narrow_bits)
     q_name, s_name, z_name = _unique(name + "_int8", used), _unique(name + "_scale", used), _unique(name + "_zero_point", used)
@@ -159,6 +165,8 @@ def _quantize_weight(g, entry: WeightQuantizer, inits, nodes_by_name, used, new_
     still_used = any(name in n.input for n in g.node) or name in {o.name for o in g.output}
     if not still_used:
         g.initializer.remove(inits[name])
+    elif values[name] is not inits[name]:
+        inits[name].CopyFrom(values[name])
     return weight_record(entry, scale, wtype)
 
 

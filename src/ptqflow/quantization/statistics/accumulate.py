@@ -5,6 +5,7 @@ checked finite and with signedness in the plan."""
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -16,7 +17,7 @@ from ptqflow.quantization.graph.prepare import graph_inputs
 from ptqflow.runtime.sessions import make_session
 from ptqflow.quantization.plan import QuantizationPlan
 from ptqflow.quantization.statistics import exact
-from ptqflow.quantization.statistics.collector import augment
+from ptqflow.quantization.statistics.collector import augmented
 from ptqflow.quantization.statistics.points import PER_SAMPLE, Reducer, StatisticPoint, parse_observation
 from ptqflow.quantization.statistics.runner import make_runner
 from ptqflow.quantization.statistics.store import Statistics
@@ -51,8 +52,8 @@ def accumulate(prepared: onnx.ModelProto, points: list[StatisticPoint], samples:
     observations = list(dict.fromkeys(p.observation for p in points))
     ranged = sorted({p.tensor for p in points if p.reducer in PER_SAMPLE})
     stackable = batchable(prepared, ranged)
-    aug, out_map = augment(prepared, observations, per_sample=stackable)
-    runner = make_runner(aug, list(out_map), device, runtime, session)
+    with augmented(prepared, observations, per_sample=stackable) as out_map:  # the runtime keeps its own copy
+        runner = make_runner(prepared, list(out_map), device, runtime, session)
     acc = Accumulator(out_map)
     for outs, count in runner.map(batches(samples, stackable, keep, kept, first)):
         acc.add(outs, count)
@@ -129,11 +130,14 @@ def batches(samples: Iterator[dict], batchable: bool, keep: int, kept: list | No
 class Accumulator:
     """Per-sample value lists (MIN/MAX) and exact per-channel sums over the samples (MEAN/ABSMAX, see
     ptqflow.quantization.statistics.exact): the result does not depend on how the samples were grouped, and
-    accumulators of consecutive parts of the samples merge into the accumulator of the whole (``merge``)."""
+    accumulators of consecutive parts of the samples merge into the accumulator of the whole (``merge``).
+    The per-sample values are packed float64 (``array("d")``, 8 bytes a value): a list of numpy scalars took
+    about 40 bytes a value, which grew with the number of samples (bench/README.md, "Memory flat in the number
+    of samples")."""
 
     def __init__(self, out_map: dict[str, str] | None = None):
         self.out_map = out_map or {}
-        self.lists: dict[str, list] = {}
+        self.lists: dict[str, array] = {}
         self.sums: dict[str, np.ndarray] = {}
         self.count = 0
 
@@ -141,7 +145,7 @@ class Accumulator:
         for out, value in outs.items():
             oid = self.out_map[out]
             if parse_observation(oid)[1] in PER_SAMPLE:
-                self.lists.setdefault(oid, []).extend(np.atleast_1d(np.asarray(value, np.float64)).ravel())
+                self.lists.setdefault(oid, array("d")).frombytes(np.ascontiguousarray(value, np.float64).tobytes())
                 continue
             v = np.asarray(value, np.float64)
             if v.ndim == 2 and v.shape[0] == count and count > 1:  # one row per stacked sample
@@ -154,7 +158,7 @@ class Accumulator:
     def merge(self, later: "Accumulator") -> None:
         """Append what ``later`` accumulated on the samples that follow this accumulator's."""
         for oid, values in later.lists.items():
-            self.lists.setdefault(oid, []).extend(values)
+            self.lists.setdefault(oid, array("d")).extend(values)
         for oid, total in later.sums.items():
             self.sums[oid] = self.sums[oid] + total if oid in self.sums else total
         self.count += later.count

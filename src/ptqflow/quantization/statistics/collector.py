@@ -1,4 +1,4 @@
-"""Statistics by augmenting a copy of the graph with reduce nodes, streamed over the calibration data.
+"""Statistics by augmenting the graph with reduce nodes, streamed over the calibration data.
 
 The reductions are the distinct observations of the declared statistic points (ptqflow.quantization.statistics
 .points). Only scalars (per-sample min/max) and per-channel vectors leave the runtime, so memory per sample stays
@@ -6,6 +6,9 @@ bounded whatever the activation sizes. An explicit map ties each added output to
 """
 
 from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
 
 import numpy as np
 import onnx
@@ -59,8 +62,32 @@ def _channel_mean_nodes(src: str, out: str, axis: int, rank: int | None, opset: 
 
 def augment(model: onnx.ModelProto, observations: list[str], per_sample: bool,
             ) -> tuple[onnx.ModelProto, dict[str, str]]:
-    """A copy of ``model`` with one reduction output per observation (ptqflow.quantization.statistics.points ids,
-    each computed once); and the map added output -> observation id.
+    """A copy of ``model`` augmented as ``augmented`` does it in place; and the map added output -> observation
+    id. For callers that add more to the copy; the statistics pass uses ``augmented`` (no copy of the weights)."""
+    aug = onnx.ModelProto()
+    aug.CopyFrom(model)
+    return aug, _add_reductions(aug, observations, per_sample)
+
+
+@contextmanager
+def augmented(model: onnx.ModelProto, observations: list[str], per_sample: bool) -> Iterator[dict[str, str]]:
+    """``model`` itself with the reduction outputs of ``_add_reductions`` for the duration of the block (which
+    hands a runtime the augmented model); yields the map added output -> observation id. Afterwards ``model`` is
+    as it was, field for field: the added nodes, initializers and outputs were appended, and are cut off again.
+    No copy of the model is made (for a model over 2 GB, a model's size of memory saved)."""
+    g = model.graph
+    marks = {name: len(getattr(g, name)) for name in ("node", "initializer", "output")}
+    try:
+        yield _add_reductions(model, observations, per_sample)
+    finally:
+        for name, length in marks.items():
+            del getattr(g, name)[length:]
+
+
+def _add_reductions(model: onnx.ModelProto, observations: list[str], per_sample: bool) -> dict[str, str]:
+    """Append to ``model`` one reduction output per observation (ptqflow.quantization.statistics.points ids,
+    each computed once), nodes, initializers and graph outputs each after the existing ones; returns the map added
+    output -> observation id.
 
     MIN/MAX reduce over all axes but the batch when ``per_sample`` (stacked samples), else over all axes; MEAN and
     ABSMAX over all axes but their channel axis and, when ``per_sample``, the batch: every statistic comes back
@@ -68,10 +95,8 @@ def augment(model: onnx.ModelProto, observations: list[str], per_sample: bool,
     samples merge exactly, ptqflow.quantization.statistics.partial). An observation whose tensor's rank (needed to locate the
     channel axis) is unknown is left out, and its consumer finds no value for it.
     """
-    aug = onnx.ModelProto()
-    aug.CopyFrom(model)
-    g = aug.graph
-    opset = onnx_opset(aug)
+    g = model.graph
+    opset = onnx_opset(model)
     extra: list = []
     out_map: dict[str, str] = {}
     existing = {o.name for o in g.output}
@@ -79,13 +104,13 @@ def augment(model: onnx.ModelProto, observations: list[str], per_sample: bool,
         tensor, reducer, axis = parse_observation(oid)
         out = f"ptqflow_stat_{reducer.value}_{i}"
         if reducer in (Reducer.MIN, Reducer.MAX):
-            rank = _rank(aug, tensor) if per_sample else None
+            rank = _rank(model, tensor) if per_sample else None
             axes = list(range(1, rank)) if rank and rank > 1 else None
             nodes = [_reduce("ReduceMin" if reducer == Reducer.MIN else "ReduceMax", tensor, out, axes, opset, extra)]
         elif reducer == Reducer.MEAN:
-            nodes = _channel_mean_nodes(tensor, out, axis, _rank(aug, tensor), opset, extra, per_sample)
+            nodes = _channel_mean_nodes(tensor, out, axis, _rank(model, tensor), opset, extra, per_sample)
         else:  # ABSMAX
-            rank = _rank(aug, tensor)
+            rank = _rank(model, tensor)
             if rank is None:
                 continue
             ax = axis % rank
@@ -105,7 +130,7 @@ def augment(model: onnx.ModelProto, observations: list[str], per_sample: bool,
     for out in out_map:
         if out not in existing:
             g.output.append(helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, None))
-    return aug, out_map
+    return out_map
 
 
 def check_sample(sample: dict, index: int, specs: dict[str, tuple[list, int]]) -> dict[str, np.ndarray]:

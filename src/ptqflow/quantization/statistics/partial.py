@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,7 +76,8 @@ class PartialStatistics:
                                  f"ptqflow reads {FORMAT}; collect the shard again")
             data = read_npz(d / NPZ) if doc["lists"] else {}  # an empty shard's npz holds no array
             acc = Accumulator()
-            acc.lists = {oid: list(data[f"v_{k}"]) for k, oid in enumerate(doc["lists"])}
+            acc.lists = {oid: array("d", data[f"v_{k}"].astype(np.float64).tobytes())
+                         for k, oid in enumerate(doc["lists"])}
             acc.sums = {oid: exact.decode(enc) for oid, enc in doc["sums"].items()}
             acc.count = int(doc["count"])
             return cls(QuantizationPlan.from_json(doc["plan"]), [StatisticPoint.from_json(p) for p in doc["points"]],
