@@ -14,7 +14,7 @@ from ptqflow.data.shards import ShardWriter, iter_labeled
 from ptqflow.quantization.statistics.collector import augment, augmented
 from ptqflow.quantization.statistics.points import Reducer, observation_id
 from ptqflow.runtime import sessions
-from ptqflow.runtime.model_files import copy_without, fill_from, model_nbytes
+from ptqflow.runtime.model_files import copy_without, model_nbytes
 
 
 def _observations(model: onnx.ModelProto) -> list[str]:
@@ -42,7 +42,7 @@ def test_augmented_model_is_restored_when_the_block_raises():
     assert model.SerializeToString() == before
 
 
-def test_copy_without_keeps_places_and_fill_from_gives_the_model_back():
+def test_copy_without_keeps_places_types_and_dims_without_the_bytes():
     model = builders.conv_classifier()
     names = {t.name for t in model.graph.initializer if len(t.dims) > 1}
     lean = copy_without(model, names)
@@ -51,8 +51,6 @@ def test_copy_without_keeps_places_and_fill_from_gives_the_model_back():
         onnx.numpy_helper.to_array(t).nbytes for t in model.graph.initializer if t.name in names)
     for t, s in zip(model.graph.initializer, lean.graph.initializer):
         assert list(s.dims) == list(t.dims) and s.data_type == t.data_type
-    fill_from(lean, model)
-    assert lean.SerializeToString() == model.SerializeToString()
 
 
 def test_kept_samples_do_not_pin_their_shard(tmp_path):

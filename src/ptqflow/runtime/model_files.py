@@ -164,16 +164,6 @@ def copy_without(model: onnx.ModelProto, names: set[str]) -> onnx.ModelProto:
     return out
 
 
-def fill_from(model: onnx.ModelProto, source: onnx.ModelProto) -> None:
-    """Give the data-less initializers of ``model`` (left by ``copy_without``) the data of ``source``'s
-    initializers of the same names, in place."""
-    empty = {t.name: t for t in model.graph.initializer if t.data_location == TensorProto.EXTERNAL
-             and not len(t.external_data)}
-    for t in source.graph.initializer:
-        if t.name in empty:
-            empty[t.name].CopyFrom(t)
-
-
 def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` without the bytes of its large initializers (references to a file that does not
     exist stand in for them): the graph, types and dims, for shape inference and other readers of the graph
