@@ -94,9 +94,18 @@ def search(prepared: onnx.ModelProto, plan: QuantizationPlan, ranges: dict, samp
         return result
     gated, tensors = gated_model(prepared, plan, ranges)
     fold_constant_dequantize(gated)
-    fp32, runner = make_session(prepared), make_runner(gated, [o.name for o in prepared.graph.output])
-    ev = _evaluator(prepared, samples, fp32, runner, len(tensors))
-    check = None  # the held-out evaluator, made when the first pick needs it
+    # The FP32 references of both sample sets first, then the FP32 session goes before the gated model's runner
+    # is made, and the gated ModelProto once it is: never two sessions and a spare model copy at once (a model
+    # over 2 GB would hold several copies of its weights).
+    fp32 = make_session(prepared)
+    ev = _evaluator(prepared, samples, fp32, len(tensors))
+    check = _evaluator(prepared, held_out, fp32, len(tensors)) if held_out else None  # the held-out evaluator
+    del fp32
+    ev.runner = make_runner(gated, [o.name for o in prepared.graph.output])
+    del gated
+    if check is not None:
+        check.runner = ev.runner
+    check_base = None  # its errors, measured when the first pick needs them
     base = ev(set())
     floor = float(np.mean(ev(range(len(tensors)))))
     result.error_int8, result.error_floor = float(np.mean(base)), floor
@@ -120,8 +129,7 @@ def search(prepared: onnx.ModelProto, plan: QuantizationPlan, ranges: dict, samp
             result.stopped = "no quantizer left that carries enough of the error"
             break
         k, errs = found
-        if held_out and check is None:
-            check = _evaluator(prepared, held_out, fp32, runner, len(tensors))
+        if check is not None and check_base is None:
             check_base = check(off)
             check_floor = float(np.mean(check(range(len(tensors)))))
         if check is not None:  # the gain must hold on samples it was not found on
@@ -140,14 +148,14 @@ def search(prepared: onnx.ModelProto, plan: QuantizationPlan, ranges: dict, samp
     return result
 
 
-def _evaluator(prepared: onnx.ModelProto, samples: list[dict], fp32, runner, n_points: int) -> _Evaluator:
+def _evaluator(prepared: onnx.ModelProto, samples: list[dict], fp32, n_points: int) -> _Evaluator:
     """An evaluator of the gated model on ``samples`` (stacked into runs where the batch dim allows) against the
-    FP32 session's outputs on them."""
+    FP32 session's outputs on them; its ``runner`` (the gated model's) is set by the caller."""
     runs = [b["arrays"] for b in batches(iter(samples), batchable(prepared, []), 0, None)]
     names = [o.name for o in prepared.graph.output]
     metric = OutputError(names, [fp32.run(None, r) for r in runs], decision_outputs(prepared), tie_weight=0.0,
                          decisions_as="mass")
-    return _Evaluator(runner, runs, metric, n_points)
+    return _Evaluator(None, runs, metric, n_points)
 
 
 def _best(ev: _Evaluator, off: set[int], base: np.ndarray, active: list[int], max_evals: int,
