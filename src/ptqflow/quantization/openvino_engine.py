@@ -22,8 +22,8 @@ from ptqflow.logs import get_logger
 from ptqflow.quantization.algorithms import bc_guard, fast_bias_correction, minmax, openvino_bias
 from ptqflow.quantization.algorithms import quantizer_placement as placement
 from ptqflow.quantization.algorithms.bias_layers import find_bias_layers
-from ptqflow.quantization.algorithms.bias_step import (guard_sample_count, report_guard, require_collected,
-                                                      statistics_request)
+from ptqflow.quantization.algorithms.bias_step import (guard_sample_count, planned_bias_layers, report_guard,
+                                                      require_collected, statistics_request)
 from ptqflow.quantization.algorithms.fake_quantize import insert_fake_quantize
 from ptqflow.quantization.algorithms.summary import layer_summary
 from ptqflow.quantization.engine import Collected, QuantizationResult, StreamFor, run_passes
@@ -132,8 +132,7 @@ def _correct_and_guard(prepared: Prepared, q, bound, statistics: Statistics, con
     on OpenVINO): the model to return (``q`` corrected, or uncorrected when the correction raised the output error)
     and the records."""
     adv = config.advanced
-    wanted = set(statistics.plan.bias_layers)
-    layers = [layer for layer in find_bias_layers(prepared.view.view) if layer.name in wanted]
+    layers = planned_bias_layers(prepared.view.view, statistics.plan)
     if adv.disable_bias_correction or not layers:
         return q, []
     require_collected(statistics, fast_bias_correction.statistic_points(layers),

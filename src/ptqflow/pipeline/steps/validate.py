@@ -296,20 +296,20 @@ def measure(fp32_path: Path, int8_path: Path, sample: dict, cfg: PipelineConfig)
     For a model made for onnxruntime (quantization.target_runtime), OpenVINO may not read its format (QOperator's
     QLinearConv): the OpenVINO figure is then left out, with a warning."""
     vc = cfg.validation
-    if fp32_path.suffix != ".onnx":
-        return {"openvino": speed_openvino(fp32_path, int8_path, sample, vc.openvino_device,
-                                           vc.fp32_inference_precision, vc.latency_iterations)}
-    ort_speed = speed_onnxruntime(fp32_path, int8_path, sample, cfg.device.value, vc.latency_iterations)
+    onnx_model = fp32_path.suffix == ".onnx"
+    speed = {}
+    if onnx_model:
+        speed["onnxruntime"] = speed_onnxruntime(fp32_path, int8_path, sample, cfg.device.value,
+                                                 vc.latency_iterations)
     try:
-        ov_speed = speed_openvino(fp32_path, int8_path, sample, vc.openvino_device, vc.fp32_inference_precision,
-                                  vc.latency_iterations)
+        speed["openvino"] = speed_openvino(fp32_path, int8_path, sample, vc.openvino_device,
+                                           vc.fp32_inference_precision, vc.latency_iterations)
     except Exception as err:  # noqa: BLE001  (OpenVINO raises its own types)
-        if cfg.quantization.effective_target_runtime().value == "openvino":
+        if not onnx_model or cfg.quantization.effective_target_runtime().value == "openvino":
             raise
         log.warning("no OpenVINO speed: OpenVINO cannot run this model made for onnxruntime (%s: %s)",
                     type(err).__name__, str(err)[:300])
-        return {"onnxruntime": ort_speed}
-    return {"onnxruntime": ort_speed, "openvino": ov_speed}
+    return speed
 
 
 def finalize(sums: M.ValidationSums, speed: dict, cfg: PipelineConfig,

@@ -123,8 +123,7 @@ def correct_biases(prepared: onnx.ModelProto, q: onnx.ModelProto, statistics: St
     its per-layer records."""
     if config.advanced.disable_bias_correction:
         return []
-    wanted = set(statistics.plan.bias_layers)
-    layers = [layer for layer in find_bias_layers(prepared) if layer.name in wanted]
+    layers = planned_bias_layers(prepared, statistics.plan)
     if not layers:
         return []
     threshold = config.advanced.bias_correction_threshold
@@ -139,6 +138,12 @@ def correct_biases(prepared: onnx.ModelProto, q: onnx.ModelProto, statistics: St
         raise InputError("full bias correction (fast_bias_correction=False) needs the calibration dataset")
     return bias_correction.apply_bias_correction(prepared, q, layers, calibration, threshold=threshold,
                                                  device=device, runtime=config.advanced.statistics_runtime)
+
+
+def planned_bias_layers(graph: onnx.ModelProto, plan) -> list:
+    """The bias layers of ``graph`` (an ONNX model or an OpenVINO model's view) that ``plan`` corrects."""
+    wanted = set(plan.bias_layers)
+    return [layer for layer in find_bias_layers(graph) if layer.name in wanted]
 
 
 def require_collected(statistics: Statistics, points: list, what: str) -> None:
