@@ -255,7 +255,7 @@ def _changed_config(base: dict, key: str, ann):
         old = getattr(old, part)
     candidates = [*_choices(ann), not old if isinstance(old, bool) else None, 7, 0.5, 0.25, "a" * 64, "m:f",
                   "x", [3, 3], ["x"], [{"inputs": ["x"], "outputs": ["y"]}], True,  # True: bool | None = None
-                  {"x": [0, 0.5]}]
+                  {"x": [0, 0.5]}, {"x": [1, 3]}, {"x": "float16"}]
     for value in candidates:
         data = copy.deepcopy(base)
         set_dotted(data, key, value)

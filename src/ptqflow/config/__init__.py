@@ -38,6 +38,7 @@ from ptqflow.config.load import (
 )
 from ptqflow.config.pipeline import (
     DataConfig,
+    ConversionConfig,
     ExportConfig,
     GateConfig,
     PipelineConfig,
@@ -55,6 +56,7 @@ __all__ = [
     "DataConfig",
     "DropType",
     "ExecutionDevice",
+    "ConversionConfig",
     "ExportConfig",
     "GateConfig",
     "IgnoredScope",

@@ -133,6 +133,28 @@ class ExportConfig(_Strict):
                                 "may be than the INT8 ONNX model is.")
 
 
+class ConversionConfig(_Strict):
+    """fetch-model's conversion of a PyTorch, TensorFlow, Keras or TFLite model to ONNX (ptqflow.frontends)."""
+
+    input_shapes: dict[str, list[int]] = Field(
+        default_factory=dict, description="Shapes of source-model inputs by name, for formats that do not record "
+        "them (TorchScript) or leave dimensions open, e.g. {input: [1, 3, 224, 224]}; the first dimension stays "
+        "dynamic in the ONNX model when dynamic_batch is on.")
+    input_dtypes: dict[str, str] = Field(
+        default_factory=dict, description="Dtypes of source-model inputs by name (numpy names; default float32 "
+        "where the source does not say).")
+    tolerance: float = Field(
+        1e-3, gt=0, description="Largest allowed relative difference (max |source - onnx| / max |source|, per "
+        "output) between the source framework's and the converted model's outputs on the check samples.")
+    check_samples: int = Field(4, ge=1, le=64, description="Inputs the conversion is checked on.")
+    opset: int | None = Field(None, ge=7, description="ONNX opset of the converted model (default: the "
+                              "converter's).")
+    dynamic_batch: bool = Field(True, description="Export the first dimension of every input as dynamic.")
+    exporter: Literal["auto", "dynamo", "torchscript"] = Field(
+        "auto", description="PyTorch exporter: auto tries torch.export (dynamo) and falls back to the TorchScript "
+        "exporter, saying why in the manifest.")
+
+
 class RegistryConfig(_Strict):
     """The model registry (MLflow) that publishes the gated INT8 result; present means enabled.
 
@@ -167,6 +189,7 @@ class PipelineConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    conversion: ConversionConfig = Field(default_factory=ConversionConfig)
     registry: RegistryConfig | None = Field(
         None, description="Publish the gated INT8 model to this registry after export-ir (absent: off)."
     )

@@ -48,7 +48,7 @@ class StepSpec:
 # configured. The input and output names are the artifact contract of DESIGN.md.
 STEPS: tuple[StepSpec, ...] = (
     StepSpec("fetch-model", "ptqflow.pipeline.steps.fetch_model", inputs=(), output="model",
-             accelerated=False, optional=False, config_reads=("model", "model_sha256")),
+             accelerated=False, optional=False, config_reads=("model", "model_sha256", "conversion")),
     StepSpec("build-calibration", "ptqflow.pipeline.steps.build_calibration", inputs=("model",), output="calibration",
              accelerated=False, optional=False, config_reads=("data", "quantization.subset_size")),
     # the bias-correction and mixed-precision knobs that only matter when statistics are applied (quantize) are

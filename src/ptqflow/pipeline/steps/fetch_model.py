@@ -8,6 +8,11 @@ one ``.onnx``, and the registry, name, version and source run are recorded). Acc
 device files are refused. The model is checked with ``onnx.checker`` (by path, so models over 2 GB work)
 and its inputs, outputs, opset and sha256 are recorded in the manifest. In a local model directory,
 ptqflow's own artifacts (an ``--output`` inside it) are neither searched nor part of the cache key.
+
+A PyTorch (TorchScript ``.pt``, torch.export ``.pt2``), TensorFlow SavedModel, Keras (``.keras``/``.h5``) or
+TFLite model is converted to ONNX first (ptqflow.frontends, the config's ``conversion`` section) and checked
+against its framework; the manifest's ``conversion`` records the source format, converter, versions and the
+largest relative difference. Pickled checkpoints (``.pth`` state dicts) are refused.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from pathlib import Path
 
 import onnx
 
+from ptqflow import frontends
+from ptqflow.frontends.base import options_from_config
 from ptqflow.registry import client as registry
 from ptqflow.artifacts import storage
 from ptqflow.artifacts.manifest import Manifest, sha256_file, write_manifest
@@ -53,6 +60,8 @@ def config_section(cfg: PipelineConfig) -> dict:
     """The model URI and expected sha256; for a local source also each file's size and sha256, so that
     replacing the file at the same path refetches it while merely touching it does not."""
     section: dict = {"model": cfg.model, "model_sha256": cfg.model_sha256}
+    if cfg.conversion != type(cfg.conversion)():  # how a framework model is converted changes model.onnx
+        section["conversion"] = cfg.conversion.model_dump(mode="json")
     if registry.is_registry_uri(cfg.model):
         # An alias may move: the version it names now is part of the key.
         version = registry.resolve(_client(cfg), registry.parse_registry_uri(cfg.model))
@@ -81,8 +90,18 @@ def run(inputs: dict[str, Path], out: Path, cfg: PipelineConfig) -> Manifest:
         if cfg.model_sha256:
             _check_sha256(fetched, cfg.model_sha256, cfg.model)
         model_path = _locate_model(fetched, tmp / "unpacked", cfg.model, _local_output(cfg))
+        conversion = None
+        frontend = frontends.detect(model_path, cfg.model)
+        if frontend is not None:  # PyTorch, TensorFlow, Keras, TFLite: converted to ONNX and checked first
+            conversion = frontend.convert(model_path, tmp / "converted", options_from_config(cfg.conversion))
+            log.info("fetch-model: %s converted from %s by %s; max relative difference %.3g on %d samples",
+                     cfg.model, conversion.source_format, conversion.converter, conversion.max_rel_diff,
+                     conversion.samples_checked)
+            model_path = conversion.onnx_path
         copy = _copy_ir if model_path.suffix.lower() == ".xml" else _copy_model
         info = copy(model_path, Path(out), cfg.model)
+        if conversion is not None:
+            info["conversion"] = conversion.record()
     extra = {**info, "source": cfg.model, "sha256": sha256_file(model_file(Path(out)))}
     if source:
         extra["registry"] = source
@@ -202,13 +221,30 @@ def _locate_model(path: Path, scratch: Path, uri: str, output: Path | None = Non
         _extract_tar(path, scratch, uri)
         path = scratch
     if path.is_dir():
+        if frontends.is_source_model(path):  # a TensorFlow SavedModel directory
+            return path
         files = [p for p in _model_dir_files(path, output) if not p.is_symlink()]
-        candidates = [p for p in files if p.suffix == ".onnx"] or [p for p in files if p.suffix == ".xml"]
+        candidates = ([p for p in files if p.suffix == ".onnx"] or [p for p in files if p.suffix == ".xml"]
+                      or _source_models(path, files))
         if len(candidates) != 1:
             found = ", ".join(str(c.relative_to(path)) for c in candidates) or "none"
-            raise InputError(f"{uri}: expected exactly one .onnx file (or one OpenVINO IR .xml), found {found}")
+            raise InputError(f"{uri}: expected exactly one .onnx file (or one OpenVINO IR .xml, or one PyTorch, "
+                             f"TensorFlow, Keras or TFLite model), found {found}")
         return candidates[0]
     return path
+
+
+def _source_models(root: Path, files: list[Path]) -> list[Path]:
+    """Framework models in a directory: SavedModel directories and model files a frontend converts (a pickled
+    checkpoint among them is refused by name)."""
+    dirs = sorted({f.parent for f in files if f.name in ("saved_model.pb", "saved_model.pbtxt")})
+    found = [d for d in dirs if frontends.is_source_model(d)]
+    for f in files:
+        if any(f.is_relative_to(d) for d in dirs):
+            continue
+        if frontends.is_source_model(f) or frontends.sniff.is_pickle(f):
+            found.append(f)
+    return found
 
 
 def _member_target(root: Path, name: str, uri: str) -> Path:
