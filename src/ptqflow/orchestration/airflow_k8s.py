@@ -22,6 +22,7 @@ from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperato
 from airflow.providers.cncf.kubernetes.secret import Secret
 from kubernetes.client import models as k8s
 
+from ptqflow.config import PipelineConfig
 from ptqflow.orchestration import (FAN_OUTS, MERGES, STEP_INPUTS, earlier_steps, parse_shard, shard_name,
                                    shard_output_uri, shards_uri, step_input_uris)
 from ptqflow.orchestration.commands import NO_RETRY_EXIT_CODES, should_retry, step_arguments
@@ -30,8 +31,10 @@ from ptqflow.orchestration.params import param_specs
 from ptqflow.orchestration.pod_placement import PlacementTable, active_table, toleration_kwargs
 
 OUTPUT = "{{ params.output }}"
-CONTAINER = "base"
-SECTIONS = ("quantization", "data", "validation", "export")  # KubernetesPodOperator's main container name
+CONTAINER = "base"  # KubernetesPodOperator's main container name
+# The config's sections that always exist (a missing one renders as {}, not None): the fields with a default
+# section object, so a section added to PipelineConfig renders without a change here.
+SECTIONS = tuple(name for name, field in PipelineConfig.model_fields.items() if field.default_factory is not None)
 
 
 def exit_code(pod: k8s.V1Pod | None, container: str = CONTAINER) -> int | None:
