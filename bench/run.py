@@ -38,12 +38,12 @@ TASKS = {**tasks.TASKS, **FAMILIES}
 NEW_FAMILIES = list(FAMILIES)
 
 METHODS = ["ptqflow_default", "ptqflow_bc", "ptqflow_nobc", "ptqflow_untold", "nncf_default", "nncf_bc", "nncf_nobc",
-           "ort_minmax", "ptqflow_ort", "ptqflow_qop", "ort_qop", "ptqflow_dynamic", "ort_dynamic"]
+           "ort_minmax", "ptqflow_ort", "ptqflow_qop", "ort_qop", "ptqflow_dynamic", "ort_dynamic", "ptqflow_dynamic_noconv"]
 # ptqflow with default settings and no model_type even where the task is a transformer (the other methods are told
 # ModelType.TRANSFORMER on the encoder): what a user who does not say gets. Run on transformer tasks only.
-TRANSFORMER_ONLY = {"ptqflow_untold", "ptqflow_dynamic", "ort_dynamic"}  # dynamic: for MatMul-heavy models
+TRANSFORMER_ONLY = {"ptqflow_untold", "ptqflow_dynamic", "ort_dynamic", "ptqflow_dynamic_noconv"}  # dynamic: for MatMul-heavy models
 # ... and for the tasks whose model has a recurrent layer (``dynamic = True``: ddddocr_ocr's LSTM)
-DYNAMIC = {"ptqflow_dynamic", "ort_dynamic"}
+DYNAMIC = {"ptqflow_dynamic", "ort_dynamic", "ptqflow_dynamic_noconv"}
 
 
 def build_data(task, n_cal: int, n_val: int, work: Path, seed: int = 1) -> tuple[Path, list, list]:
