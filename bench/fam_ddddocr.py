@@ -133,6 +133,7 @@ def _captcha_generator():
 class DdddOcr(tasks.ImageTask):
     name, kind = "ddddocr_ocr", "ddddocr_ocr"
     transform = "fam_ddddocr:ocr"
+    dynamic = True  # its bidirectional LSTM (hidden 512): the dynamic methods' recurrent model
 
     def __init__(self):
         from ddddocr.core.ocr_engine import OCREngine

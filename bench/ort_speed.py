@@ -19,7 +19,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import speed  # noqa: E402
-import tasks  # noqa: E402
+from run import TASKS  # noqa: E402  (the PP-OCR tasks and the families)
 
 
 def main() -> None:
@@ -33,7 +33,7 @@ def main() -> None:
     from ptqflow.data.shards import iter_samples
 
     mwork = Path(args.work) / args.model
-    task = tasks.TASKS[args.model]() if args.model != "encoder" else __import__("encoder").Encoder(Path(args.work))
+    task = TASKS[args.model]() if args.model != "encoder" else __import__("encoder").Encoder(Path(args.work))
     sample = next(iter(iter_samples(mwork / "data", "validation")))
     methods = args.methods or sorted(p.stem for p in mwork.glob("*.onnx"))
     if args.profile:

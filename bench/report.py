@@ -97,7 +97,7 @@ def standing_table(m: dict) -> list[str]:
             "| RSS ratio | speedup ratio | onnxruntime speedup (best) |", "|---|---|---|---|---|---|---|---|---|---|"]
     pairs = [("ptqflow_default", "nncf_default"), ("ptqflow_bc", "nncf_bc"), ("ptqflow_nobc", "nncf_nobc"),
              ("ptqflow_default", "ort_minmax"), ("ptqflow_ort", "ort_minmax"), ("ptqflow_qop", "ort_qop"),
-             ("ptqflow_dynamic", "ort_dynamic")]
+             ("ptqflow_dynamic", "ort_dynamic"), ("ptqflow_dynamic_noconv", "ort_dynamic")]
     for ours, peer in pairs:
         a, b = _fig(meths.get(ours, {}), name), _fig(meths.get(peer, {}), name)
         if not a or not b:

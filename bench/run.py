@@ -38,10 +38,12 @@ TASKS = {**tasks.TASKS, **FAMILIES}
 NEW_FAMILIES = list(FAMILIES)
 
 METHODS = ["ptqflow_default", "ptqflow_bc", "ptqflow_nobc", "ptqflow_untold", "nncf_default", "nncf_bc", "nncf_nobc",
-           "ort_minmax", "ptqflow_ort", "ptqflow_qop", "ort_qop", "ptqflow_dynamic", "ort_dynamic"]
+           "ort_minmax", "ptqflow_ort", "ptqflow_qop", "ort_qop", "ptqflow_dynamic", "ort_dynamic", "ptqflow_dynamic_noconv"]
 # ptqflow with default settings and no model_type even where the task is a transformer (the other methods are told
 # ModelType.TRANSFORMER on the encoder): what a user who does not say gets. Run on transformer tasks only.
-TRANSFORMER_ONLY = {"ptqflow_untold", "ptqflow_dynamic", "ort_dynamic"}  # dynamic: for MatMul-heavy models
+TRANSFORMER_ONLY = {"ptqflow_untold", "ptqflow_dynamic", "ort_dynamic", "ptqflow_dynamic_noconv"}  # dynamic: for MatMul-heavy models
+# ... and for the tasks whose model has a recurrent layer (``dynamic = True``: ddddocr_ocr's LSTM)
+DYNAMIC = {"ptqflow_dynamic", "ort_dynamic", "ptqflow_dynamic_noconv"}
 
 
 def build_data(task, n_cal: int, n_val: int, work: Path, seed: int = 1) -> tuple[Path, list, list]:
@@ -152,7 +154,8 @@ def bench_model(name: str, args, work: Path) -> dict:
     if args.ort_profile:
         result["fp32_ort_profile"] = speed.ort_profile(Path(task.model_path), val[0])
     for method in args.methods:
-        if method in TRANSFORMER_ONLY and task.kind != "encoder":
+        if method in TRANSFORMER_ONLY and task.kind != "encoder" and not (
+                method in DYNAMIC and getattr(task, "dynamic", False)):
             continue
         out = mwork / f"{method}.onnx"
         res = quantize(method, task, calib, out)

@@ -531,3 +531,53 @@ def ov_conv_block(seed: int = 0, c: int = 8, size: int = 12, classes: int = 4, f
     out = ops.softmax(logits, 1)
     out.output(0).get_tensor().set_names({"probs"})
     return ov.Model([ops.result(out)], [x], "ov_conv_block")
+
+
+def recurrent(op: str = "LSTM", seed: int = 0, features: int = 12, hidden: int = 16, classes: int = 5,
+              bidirectional: bool = True) -> onnx.ModelProto:
+    """x[S,N,features] -> ``op`` (LSTM or GRU, with bias and initial state from the batch shape left out) ->
+    Y[S,dirs,N,hidden] -> Transpose/Reshape -> Gemm-free MatMul to [S,N,classes] logits: a CRNN's recurrent head."""
+    rng = np.random.default_rng(seed)
+    gates = {"LSTM": 4, "GRU": 3}[op]
+    dirs = 2 if bidirectional else 1
+    f32 = np.float32
+    inits = [
+        _init("W", rng.normal(0, 0.4, (dirs, gates * hidden, features)).astype(f32)),
+        _init("R", rng.normal(0, 0.3, (dirs, gates * hidden, hidden)).astype(f32)),
+        _init("B", rng.normal(0, 0.1, (dirs, 2 * gates * hidden)).astype(f32)),
+        _init("merge", np.array([0, 0, dirs * hidden], np.int64)),
+        _init("head_w", rng.normal(0, 0.3, (dirs * hidden, classes)).astype(f32)),
+    ]
+    n = helper.make_node
+    nodes = [
+        n(op, ["x", "W", "R", "B"], ["Y"], name="rnn", hidden_size=hidden,
+          direction="bidirectional" if bidirectional else "forward"),
+        n("Transpose", ["Y"], ["Y_t"], name="y_t", perm=[0, 2, 1, 3]),  # [S, N, dirs, hidden]
+        n("Reshape", ["Y_t", "merge"], ["feat"], name="merge_dirs"),
+        n("MatMul", ["feat", "head_w"], ["logits"], name="head"),
+    ]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["S", "N", features])]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["S", "N", classes])]
+    return make_model(nodes, inputs, outputs, inits, name=f"tiny_{op.lower()}")
+
+
+def contrib_attention(seed: int = 0, hidden: int = 16, heads: int = 2) -> onnx.ModelProto:
+    """x[N,S,hidden] -> com.microsoft Attention (fused QKV weight [hidden, 3 hidden] and bias, as onnxruntime's
+    transformer optimizer writes it) -> MatMul output projection -> [N,S,hidden]."""
+    rng = np.random.default_rng(seed)
+    f32 = np.float32
+    inits = [_init("qkv_w", rng.normal(0, 0.3, (hidden, 3 * hidden)).astype(f32)),
+             _init("qkv_b", rng.normal(0, 0.1, 3 * hidden).astype(f32)),
+             _init("o_w", rng.normal(0, 0.3, (hidden, hidden)).astype(f32))]
+    nodes = [helper.make_node("Attention", ["x", "qkv_w", "qkv_b"], ["ctx"], name="attention",
+                              domain="com.microsoft", num_heads=heads),
+             helper.make_node("MatMul", ["ctx", "o_w"], ["y"], name="o_proj")]
+    graph = helper.make_graph(nodes, "tiny_attention",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "S", hidden])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "S", hidden])],
+                              initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
+                                                    helper.make_opsetid("com.microsoft", 1)],
+                              producer_name="ptqflow-tests")
+    model.ir_version = IR_VERSION
+    return model

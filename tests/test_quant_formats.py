@@ -156,3 +156,60 @@ def test_quantize_dynamic_needs_no_data_and_fuses_on_onnxruntime(builder, inputs
         f, ours, oracle = fp32.run(None, s)[0], sess.run(None, s)[0], ref.run(None, s)[0]
         assert np.abs(ours - oracle).max() <= 1e-4 * np.abs(f).max()  # onnxruntime computes what the graph says
         assert np.abs(ours - f).max() <= 0.05 * np.abs(f).max()
+
+
+def _fp32_and_ours(model: onnx.ModelProto, q: onnx.ModelProto, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    feed = {model.graph.input[0].name: x}
+    run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    return run(model), run(q)
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_quantize_dynamic_lstm_is_onnxruntimes_int8_lstm(bidirectional, per_channel, tmp_path):
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    model = B.recurrent("LSTM", bidirectional=bidirectional)
+    q = ptqflow.quantize_dynamic(model, per_channel=per_channel)
+    ops = _ops(q)
+    assert "LSTM" not in ops and ops.count("DynamicQuantizeLSTM") == 1 and "MatMulInteger" in ops
+    B.save(model, tmp_path / "m.onnx")
+    quantize_dynamic(tmp_path / "m.onnx", tmp_path / "ort.onnx", weight_type=QuantType.QInt8, per_channel=per_channel)
+    x = np.random.default_rng(1).normal(0, 1, (7, 2, 12)).astype(np.float32)
+    f, ours = _fp32_and_ours(model, q, x)
+    _, peer = _fp32_and_ours(model, onnx.load(tmp_path / "ort.onnx"), x)
+    err, peer_err = np.abs(ours - f).max(), np.abs(peer - f).max()
+    assert err <= 0.03 * np.abs(f).max()  # within the int8 error of the weights and the run-time activations
+    assert err <= peer_err * (1 + 1e-6)  # no worse than onnxruntime's quantize_dynamic
+
+
+def test_quantize_dynamic_keeps_gru_float_and_says_why():
+    from ptqflow.api import quantize_dynamic_with_summary
+    from ptqflow.config import QuantizationConfig
+
+    model = B.recurrent("GRU")
+    result = quantize_dynamic_with_summary(model, QuantizationConfig(static=False, quant_format="integer_ops"))
+    assert _ops(result.model).count("GRU") == 1 and "MatMulInteger" in _ops(result.model)
+    gru = next(r for r in result.layers if r["op_type"] == "GRU")
+    assert gru["status"] == "float" and "no int8 GRU kernel" in gru["reason"]
+    f, ours = _fp32_and_ours(model, result.model, np.random.default_rng(1).normal(0, 1, (7, 2, 12)).astype(np.float32))
+    assert np.abs(ours - f).max() <= 0.03 * np.abs(f).max()
+
+
+def test_quantize_dynamic_lstm_in_the_ignored_scope_stays_float():
+    """Only the LSTM is quantizable once its head is ignored: the model is still quantized (nothing else is)."""
+    from ptqflow.config import IgnoredScope
+
+    q = ptqflow.quantize_dynamic(B.recurrent("LSTM"), ignored_scope=IgnoredScope(names=["head"]))
+    assert "DynamicQuantizeLSTM" in _ops(q) and "MatMulInteger" not in _ops(q)
+    q = ptqflow.quantize_dynamic(B.recurrent("LSTM"), ignored_scope=IgnoredScope(names=["rnn"]))
+    assert "LSTM" in _ops(q) and "DynamicQuantizeLSTM" not in _ops(q)
+
+
+def test_quantize_dynamic_attention_is_qattention():
+    model = B.contrib_attention()
+    q = ptqflow.quantize_dynamic(model)
+    ops = _ops(q)
+    assert "Attention" not in ops and ops.count("QAttention") == 1 and ops.count("DynamicQuantizeLinear") == 2
+    f, ours = _fp32_and_ours(model, q, np.random.default_rng(1).normal(0, 1, (2, 6, 16)).astype(np.float32))
+    assert np.abs(ours - f).max() <= 0.05 * np.abs(f).max()

@@ -7,7 +7,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = ["fetch_model", "build_calibration", "collect_stats", "quantize", "validate", "export_ir"]
-FAN_OUT = ["statistics_unsharded", "statistics_shards", "collect_stats_shard", "merge_stats",
+FAN_OUT = ["statistics_needed", "statistics_unsharded", "statistics_shards", "collect_stats_shard", "merge_stats",
            "validation_unsharded", "validation_shards", "validate_shard", "merge_validation"]
 
 
@@ -35,6 +35,11 @@ def test_dagbag_imports_without_errors(mode, monkeypatch, tmp_path):
                                                                      "statistics_shards"}
     assert dag.get_task("merge_stats").upstream_task_ids == {"collect_stats_shard"}
     assert dag.params.get_param("statistics_shards").value == 1
+    # Dynamic quantization (static: false) skips all of collect-stats: its gate and shard list come after the gate
+    # deciding it from the run's config; validation has none.
+    for gate_task in ("statistics_unsharded", "statistics_shards"):
+        assert dag.get_task(gate_task).upstream_task_ids == {"statistics_needed"}
+    assert dag.get_task("validation_shards").upstream_task_ids == set()
     # Validation the same way: the one validate behind its gate, or the mapped shards (after quantize) and their
     # merge; export-ir runs after whichever of validate and merge_validation ran (and so after the gate).
     assert dag.get_task("validate").upstream_task_ids == {"fetch_model", "build_calibration", "quantize",

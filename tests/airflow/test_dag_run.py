@@ -1,8 +1,9 @@
 """Airflow local mode end to end: dag.test() runs the six steps on a tiny model with every artifact on an S3
 server on loopback (moto), statistics and validation each in 3 mapped shards and their merges, and publishes the
 Assets; a failed gate fails validate at once (no retry) in a run of one task per step, whose statistics and INT8
-model are byte for byte the sharded run's and whose validation metrics are its values; and the same failed gate,
-validated in 3 shards, fails merge_validation and the run."""
+model are byte for byte the sharded run's and whose validation metrics are its values; the same failed gate,
+validated in 3 shards, fails merge_validation and the run; and a dynamic quantization run skips every
+collect-stats task."""
 
 import json
 import os
@@ -106,6 +107,13 @@ def sharded_gate_run(s3, gate_run):
     return _run(env, tmp, {**_gate_conf(), "validation_shards": 3})
 
 
+@pytest.fixture(scope="module")
+def dynamic_run(s3):
+    """A run into runs/dyn with ``static: false`` (dynamic quantization) and statistics_shards 2."""
+    env, client, tmp = s3
+    return _run(env, tmp, {**_conf("dyn"), "min_cosine": 0.5, "static": False, "statistics_shards": 2})
+
+
 def _get(client, key: str) -> bytes:
     return client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
 
@@ -198,3 +206,22 @@ def test_a_gate_failed_after_the_merge_fails_the_run(s3, gate_run, sharded_gate_
     assert json.loads(_get(client, "runs/gate/validate/manifest.json"))["step"] == "merge-validation"
     assert report["verdict"] == "fail"
     assert {k: v for k, v in report.items() if k != "speed"} == {k: v for k, v in whole.items() if k != "speed"}
+
+
+@pytest.mark.slow
+def test_dynamic_quantization_skips_collect_stats(s3, dynamic_run):
+    """static false: statistics_needed decides no statistics, so the one-task gate, the shard list, the shards and
+    their merge are skipped; quantize writes the dynamic model without them and the run succeeds."""
+    env, client, tmp = s3
+    result = dynamic_run
+    assert result["state"] == "success", result
+    assert result["tasks"].pop("statistics_needed")[0] == "success"
+    for name in ("statistics_unsharded", "statistics_shards", "collect_stats", "collect_stats_shard", "merge_stats",
+                 "publish_registry"):
+        assert result["tasks"].pop(name)[0] == "skipped", (name, result)
+    assert result["tasks"].pop("validate_shard")[0] == "skipped" and result["tasks"].pop("merge_validation")[0] == "skipped"
+    assert all(s == "success" for s, _ in result["tasks"].values()), result
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket=BUCKET, Prefix="runs/dyn/")["Contents"]}
+    assert not any(k.startswith("runs/dyn/collect-stats") for k in keys), sorted(keys)
+    manifest = json.loads(_get(client, "runs/dyn/quantize/manifest.json"))
+    assert "statistics" not in manifest.get("inputs", {}), manifest

@@ -1,5 +1,6 @@
 """KFP face: compile, checked-in YAML freshness, parameters from the schema, placement per device, the fan-outs of
-collect-stats and validate (ParallelFor over the shards, their merge)."""
+collect-stats and validate (ParallelFor over the shards, their merge), and the branch on resolve-config's word that
+skips collect-stats for dynamic quantization."""
 
 import inspect
 from pathlib import Path
@@ -23,15 +24,47 @@ def _compiled(tmp_path, kind="container", device="cpu"):
     return docs[0], (docs[1] if len(docs) > 1 else {})
 
 
-def _all_tasks(spec, dag=None) -> dict:
-    """{display name: task spec} of every task, those in sub-DAGs (the ParallelFor's) included."""
+BRANCH = {True: "collect-stats needed", False: "collect-stats skipped"}  # the dsl.If / dsl.Else branch's name
+
+
+def _all_tasks(spec, dag=None, needed: bool = True) -> dict:
+    """{display name: task spec} of every task of the run where collect-stats is ``needed`` (the other branch
+    left out), those in sub-DAGs (the branches', the ParallelFor's) included."""
     out = {}
     for task in (dag or spec["root"]["dag"])["tasks"].values():
+        if task["taskInfo"]["name"] == BRANCH[not needed]:
+            continue
         out[task["taskInfo"]["name"]] = task
         inner = spec["components"][task["componentRef"]["name"]].get("dag")
         if inner:
-            out.update(_all_tasks(spec, inner))
+            out.update(_all_tasks(spec, inner, needed))
     return out
+
+
+def _tasks(spec, needed: bool = True) -> dict:
+    """{task key: task spec} of the root DAG's tasks before the branches and those of the branch taken when
+    collect-stats is ``needed`` (not its loops' inner tasks): one DAG's view of the run."""
+    def branch_dag(dag):
+        for task in dag["tasks"].values():
+            inner = spec["components"][task["componentRef"]["name"]].get("dag")
+            if task["taskInfo"]["name"] == BRANCH[needed]:
+                return inner
+            if inner and task["taskInfo"]["name"].startswith("condition-branches"):
+                return branch_dag(inner)
+        return None
+
+    root = spec["root"]["dag"]
+    before = {k: t for k, t in root["tasks"].items() if not t["taskInfo"]["name"].startswith("condition-branches")}
+    return {**before, **branch_dag(root)["tasks"]}
+
+
+def _producer(tasks: dict, source: dict) -> str:
+    """The display name of the task an input artifact comes from, inside a branch (``componentInputArtifact``
+    ``pipelinechannel--<task>-<output>``) or not (``taskOutputArtifact``)."""
+    if "taskOutputArtifact" in source:
+        return tasks[source["taskOutputArtifact"]["producerTask"]]["taskInfo"]["name"]
+    channel = source["componentInputArtifact"].removeprefix("pipelinechannel--")
+    return next(t["taskInfo"]["name"] for k, t in tasks.items() if channel.startswith(k + "-"))
 
 
 def _executor(spec, platform, name):
@@ -63,37 +96,62 @@ def test_pipeline_parameters_come_from_the_schema(tmp_path):
 
 
 def test_lightweight_resolve_config_matches_pipeline_parameters():
-    names = [p for p in inspect.signature(resolve_config.python_func).parameters if p != "config"]
+    outputs = ("config", "collect_stats_needed")
+    names = [p for p in inspect.signature(resolve_config.python_func).parameters if p not in outputs]
     assert names == [n for n, *_ in pipeline_params()]
 
 
 @pytest.mark.parametrize("kind", ["container", "local"])
 def test_six_steps_wired_by_artifacts(tmp_path, kind):
     spec, _ = _compiled(tmp_path, kind)
-    tasks = spec["root"]["dag"]["tasks"]
+    tasks = _tasks(spec)
     # resolve-config, six steps (collect-stats and validate in their loops), each loop's shard list and merge,
     # publish (a no-op without a registry section)
     assert sorted(t["taskInfo"]["name"] for t in tasks.values()) == sorted(
-        ["resolve-config", "fetch-model", "build-calibration", "statistics-shards", "for-loop-1", "merge-stats",
-         "quantize", "validation-shards", "for-loop-2", "merge-validation", "export-ir", "publish"])
+        ["resolve-config", "fetch-model", "build-calibration", "statistics-shards", "for-loop-2", "merge-stats",
+         "quantize", "validation-shards", "for-loop-3", "merge-validation", "export-ir", "publish"])
     by_display = {t["taskInfo"]["name"]: t for t in tasks.values()}
     pub = by_display["publish"]["inputs"]["artifacts"]
-    assert {k: v["taskOutputArtifact"]["outputArtifactKey"] for k, v in pub.items()} == {
-        "config": "config", "model": "model", "quantized": "quantized", "report": "report", "ir": "ir"}
+    assert {k: _producer(tasks, v) for k, v in pub.items()} == {
+        "config": "resolve-config", "model": "fetch-model", "quantized": "quantize", "report": "merge-validation",
+        "ir": "export-ir"}
     q = by_display["quantize"]["inputs"]["artifacts"]
-    source = q["statistics"]["taskOutputArtifact"]
-    assert source["outputArtifactKey"] == "statistics" and tasks[source["producerTask"]]["taskInfo"]["name"] == \
-        "merge-stats"
+    assert q["statistics"]["taskOutputArtifact"]["outputArtifactKey"] == "statistics"
+    assert _producer(tasks, q["statistics"]) == "merge-stats"
     assert set(q) == {"config", "model", "calibration", "statistics"}
-    # The report publish registers is merge-validation's; export-ir runs after it (only what passed the gate).
-    report = pub["report"]["taskOutputArtifact"]
-    assert tasks[report["producerTask"]]["taskInfo"]["name"] == "merge-validation"
+    # export-ir runs after merge-validation (only what passed the gate).
     assert "merge-validation" in [tasks[d]["taskInfo"]["name"] for d in by_display["export-ir"]["dependentTasks"]]
 
 
-FAN_OUTS = [("statistics_shards", "statistics-shards", "for-loop-1", "collect-stats", "merge-stats", "statistics",
+@pytest.mark.parametrize("kind", ["container", "local"])
+def test_dynamic_quantization_branch_skips_collect_stats(tmp_path, kind):
+    """resolve-config says whether collect-stats runs (an output parameter, from the resolved config: base config
+    and parameters together); the pipeline branches on it: dsl.If "true" runs collect-stats and the later steps,
+    dsl.Else the same later steps without it, quantize reading no statistics."""
+    spec, _ = _compiled(tmp_path, kind)
+    resolve = spec["components"]["comp-resolve-config"]
+    assert resolve["outputDefinitions"]["parameters"]["collect_stats_needed"]["parameterType"] == "STRING"
+    conditions = {n: t["triggerPolicy"]["condition"] for n, t in _all_tasks(spec).items() if "triggerPolicy" in t}
+    conditions.update({n: t["triggerPolicy"]["condition"] for n, t in _all_tasks(spec, needed=False).items()
+                       if "triggerPolicy" in t})
+    channel = "inputs.parameter_values['pipelinechannel--resolve-config-collect_stats_needed'] == 'true'"
+    assert conditions == {BRANCH[True]: channel, BRANCH[False]: f"!({channel})"}
+    tasks = _tasks(spec, needed=False)
+    assert sorted(t["taskInfo"]["name"] for t in tasks.values()) == sorted(
+        ["resolve-config", "fetch-model", "build-calibration", "quantize", "validation-shards", "for-loop-6",
+         "merge-validation", "export-ir", "publish"])
+    by_display = {t["taskInfo"]["name"]: t for t in tasks.values()}
+    assert set(by_display["quantize"]["inputs"]["artifacts"]) == {"config", "model", "calibration"}
+    assert _producer(tasks, by_display["publish"]["inputs"]["artifacts"]["quantized"]) == "quantize"
+    if kind == "container":  # its own component: the CLI without --in-statistics
+        comp = spec["components"][by_display["quantize"]["componentRef"]["name"]]
+        args = spec["deploymentSpec"]["executors"][comp["executorLabel"]]["container"]["args"]
+        assert args[0] == "quantize" and "--in-statistics" not in args and "--in-calibration" in args
+
+
+FAN_OUTS = [("statistics_shards", "statistics-shards", "for-loop-2", "collect-stats", "merge-stats", "statistics",
              {"config", "model", "calibration"}),
-            ("validation_shards", "validation-shards", "for-loop-2", "validate", "merge-validation", "report",
+            ("validation_shards", "validation-shards", "for-loop-3", "validate", "merge-validation", "report",
              {"config", "model", "quantized", "calibration"})]
 
 
@@ -104,9 +162,9 @@ def test_fan_out(tmp_path, kind, param, lister, loop_name, step, merge_name, out
     (its ``shard``); the merge takes the loop's outputs as one list (dsl.Collected) and gives the later steps the
     step's artifact."""
     spec, _ = _compiled(tmp_path, kind)
-    tasks = spec["root"]["dag"]["tasks"]
+    tasks = _tasks(spec)  # in the branch where collect-stats runs
     shards = next(k for k, t in tasks.items() if t["taskInfo"]["name"] == lister)
-    assert tasks[shards]["inputs"]["parameters"]["shards"] == {"componentInputParameter": param}
+    assert tasks[shards]["inputs"]["parameters"]["shards"] == {"componentInputParameter": f"pipelinechannel--{param}"}
     loop = tasks[loop_name]
     items = loop["parameterIterator"]["items"]["inputParameter"]
     assert loop["inputs"]["parameters"][items]["taskOutputParameter"]["producerTask"] == shards

@@ -2,7 +2,8 @@
 subprocesses (both shard parameters 1: each loop's one whole-split step, passed on by its merge), and the
 lightweight pipeline under kfp.local with statistics and validation each in 3 shards (ParallelFor, dsl.Collected
 into merge-stats and merge-validation), whose statistics and INT8 model are byte for byte those of one
-collect-stats and whose report has the values of one validate (real Metrics/HTML from merge-validation)."""
+collect-stats and whose report has the values of one validate (real Metrics/HTML from merge-validation); and a
+dynamic quantization's resolve-config and quantize containers (the branch without collect-stats)."""
 
 import json
 import os
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import yaml
 
@@ -59,12 +61,18 @@ def _fill(args, arts: dict[str, str], params: dict[str, str], executor_input: st
     return out
 
 
-def _container(spec, name):
-    """The container of the task displayed as ``name``, the loop's collect-stats included."""
-    tasks = dict(spec["root"]["dag"]["tasks"])
-    for task in list(tasks.values()):
-        tasks.update(spec["components"][task["componentRef"]["name"]].get("dag", {}).get("tasks", {}))
-    task = next(t for t in tasks.values() if t["taskInfo"]["name"] == name)
+def _container(spec, name, branch: str = "collect-stats needed"):
+    """The container of the task displayed as ``name`` in the run that takes ``branch`` (collect-stats "needed"
+    or "skipped"), the loops' tasks included."""
+    other = {"collect-stats needed": "collect-stats skipped", "collect-stats skipped": "collect-stats needed"}[branch]
+
+    def tasks(dag):
+        for task in dag["tasks"].values():
+            if task["taskInfo"]["name"] != other:
+                yield task
+                yield from tasks(spec["components"][task["componentRef"]["name"]].get("dag", {"tasks": {}}))
+
+    task = next(t for t in tasks(spec["root"]["dag"]) if t["taskInfo"]["name"] == name)
     executor = spec["components"][task["componentRef"]["name"]]["executorLabel"]
     return spec["deploymentSpec"]["executors"][executor]["container"]
 
@@ -79,12 +87,13 @@ def test_container_command_lines_run_locally(tmp_path, inputs):
     params.update(model=inputs["model"], data=inputs["data"], output=str(tmp_path / "unused"),
                   base_config=json.dumps(BASE), min_cosine="0.5")
     a = tmp_path / "a"
-    arts = {"config": str(a / "config.json"), "items": str(a / "items.json"), "registration": str(a / "registration")}
+    arts = {"config": str(a / "config.json"), "items": str(a / "items.json"), "registration": str(a / "registration"),
+            "collect_stats_needed": str(a / "collect_stats_needed")}
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
 
-    def run(name, executor_input=""):
-        container = _container(spec, name)
+    def run(name, executor_input="", branch="collect-stats needed"):
+        container = _container(spec, name, branch)
         cmd = _fill(container["command"] + container["args"], arts, params, executor_input)
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, f"{name}: {proc.stderr[-2000:]}"
@@ -108,6 +117,7 @@ def test_container_command_lines_run_locally(tmp_path, inputs):
             continue
         run(name)
     assert json.loads(Path(arts["config"]).read_text())["data"]["validation_size"] == 8
+    assert Path(arts["collect_stats_needed"]).read_text() == "true"  # static quantization: its branch ran here
     for name in ("statistics.npz", "plan.json", "manifest.json"):  # passed on as collect-stats wrote it
         assert (a / "statistics" / name).read_bytes() == (a / "loop-0" / "statistics" / name).read_bytes()
     assert json.loads((a / "statistics" / "manifest.json").read_text())["step"] == "collect-stats"
@@ -117,6 +127,19 @@ def test_container_command_lines_run_locally(tmp_path, inputs):
     assert (Path(arts["ir"]) / "model.xml").is_file()
     # No registry section in the config: publish records that it skipped and registers nothing.
     assert "registry" in json.loads((Path(arts["registration"]) / "skipped.json").read_text())["skipped"]
+    # Dynamic quantization (static false in the base config, the parameter at its default): resolve-config says
+    # "false", and the skipped branch's quantize container makes the dynamic model without statistics.
+    dynamic = json.loads(json.dumps(BASE))
+    dynamic["quantization"]["static"] = False
+    params["base_config"] = json.dumps(dynamic)
+    arts.update(config=str(a / "dynamic.json"), collect_stats_needed=str(a / "dynamic_needed"),
+                quantized=str(a / "dynamic-quantized"))
+    run("resolve-config")
+    assert Path(arts["collect_stats_needed"]).read_text() == "false"
+    run("quantize", branch="collect-stats skipped")
+    ops = {n.op_type for n in onnx.load(Path(arts["quantized"]) / "model.onnx").graph.node}
+    assert "DynamicQuantizeLinear" in ops and "QuantizeLinear" not in ops
+    assert set(json.loads((Path(arts["quantized"]) / "manifest.json").read_text())["inputs"]) == {"model", "calibration"}
 
 
 @pytest.mark.slow
@@ -179,3 +202,4 @@ def test_lightweight_pipeline_under_kfp_local(tmp_path, inputs, monkeypatch):
     whole = json.loads((tmp_path / "v" / "report.json").read_text())
     got = json.loads((report / "report.json").read_text())
     assert {k: v for k, v in got.items() if k != "speed"} == {k: v for k, v in whole.items() if k != "speed"}
+

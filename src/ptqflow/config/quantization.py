@@ -54,8 +54,9 @@ class QuantizationConfig(_Strict):
         True,
         description="True: activation ranges from calibration data (static quantization). False: dynamic "
         "quantization: weights quantized offline, activations of MatMul/Gemm/Conv by DynamicQuantizeLinear at "
-        "run time (integer_ops format, onnxruntime); no calibration data, the pipeline skips build-calibration "
-        "and collect-stats.",
+        "run time (integer_ops format, onnxruntime), LSTM as com.microsoft DynamicQuantizeLSTM and "
+        "com.microsoft Attention as QAttention (GRU stays float: onnxruntime has no int8 GRU kernel); no "
+        "calibration statistics: the pipeline (ptqflow run, Airflow, KFP) skips collect-stats.",
     )
     input_quantization_params: dict[str, tuple[int, float]] = Field(
         default_factory=dict,

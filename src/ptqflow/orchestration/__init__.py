@@ -15,7 +15,7 @@ from ptqflow.pipeline.steps import PRODUCERS, STEPS
 # section), and (PRODUCERS, re-exported) which step produces each input artifact name.
 STEP_INPUTS: dict[str, tuple[str, ...]] = {s.name: s.inputs for s in STEPS if not s.optional}
 OPTIONAL_STEP_INPUTS: dict[str, tuple[str, ...]] = {s.name: s.inputs for s in STEPS if s.optional}
-__all__ = ["AFTER", "FAN_OUTS", "MERGES", "FanOut", "OPTIONAL_STEP_INPUTS", "PRODUCERS", "STEP_INPUTS", "earlier_steps",
+__all__ = ["AFTER", "CONDITIONAL", "FAN_OUTS", "MERGES", "FanOut", "OPTIONAL_STEP_INPUTS", "PRODUCERS", "STEP_INPUTS", "earlier_steps",
            "parse_shard",
            "shard_labels", "shard_name", "shard_output_uri", "shards_uri", "step_input_uris", "step_output_uri"]
 
@@ -51,6 +51,9 @@ FAN_OUTS: dict[str, FanOut] = {f.step: f for f in (
     FanOut("validate", "merge-validation", "validation_shards", "validation samples"),
 )}
 MERGES: dict[str, FanOut] = {f.merge: f for f in FAN_OUTS.values()}
+# The fan-out steps the faces skip when ``ptqflow run`` does (``pipeline.steps.skipped``): collect-stats for dynamic
+# quantization (``quantization.static: false``). Each sits behind a gate task deciding it from the run's config.
+CONDITIONAL: tuple[str, ...] = ("collect-stats",)
 # Steps that run after another for order, not data: export only what passed the gate.
 AFTER: dict[str, tuple[str, ...]] = {"export-ir": ("validate",)}
 

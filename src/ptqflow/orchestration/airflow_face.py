@@ -30,7 +30,7 @@ from datetime import timedelta
 
 from airflow.sdk import DAG, Asset, Param, TriggerRule, task
 
-from ptqflow.orchestration import (AFTER, FAN_OUTS, MERGES, OPTIONAL_STEP_INPUTS, PRODUCERS, STEP_INPUTS, FanOut,
+from ptqflow.orchestration import (AFTER, CONDITIONAL, FAN_OUTS, MERGES, OPTIONAL_STEP_INPUTS, PRODUCERS, STEP_INPUTS, FanOut,
                                    earlier_steps, parse_shard, shard_labels, shard_output_uri, step_output_uri)
 from ptqflow.orchestration.params import param_specs
 
@@ -105,9 +105,14 @@ def shard_task_id(fan: FanOut) -> str:
 
 
 def gates(fan: FanOut):
-    """``fan``'s gate of the one-task step and its shard-list task: (``<prefix>_unsharded``, ``<param>``)."""
-    return (unsharded.override(task_id=f"{fan.prefix}_unsharded")(fan.param),
+    """``fan``'s gate of the one-task step and its shard-list task: (``<prefix>_unsharded``, ``<param>``). A
+    CONDITIONAL step's both come after ``<prefix>_needed``, which skips them (and so the step, its shards and merge)
+    when the run's config has ptqflow run skip the step."""
+    pair = (unsharded.override(task_id=f"{fan.prefix}_unsharded")(fan.param),
             shard_list.override(task_id=fan.param)(fan.param))
+    if fan.step in CONDITIONAL:
+        needed.override(task_id=f"{fan.prefix}_needed")(fan.step) >> list(pair)
+    return pair
 
 
 def build_dag(dag_id: str = "ptqflow_quantize", mode: str | None = None, device: str | None = None) -> DAG:
@@ -186,6 +191,24 @@ def unsharded(param: str, **context) -> bool:
     return context["params"].get(param, 1) == 1
 
 
+@task.short_circuit(ignore_downstream_trigger_rules=False)
+def needed(step: str, **context) -> bool:
+    """Whether ``step`` runs for the run's config (``pipeline.steps.skipped``: collect-stats is skipped for dynamic
+    quantization, ``static: false``); else its gate and shard list are skipped, so the step, its shards and merge
+    are, and later steps (trigger rule none_failed_min_one_success) run without its artifact."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from ptqflow.errors import PtqflowError
+    from ptqflow.orchestration.params import config_from_params
+    from ptqflow.pipeline.steps import skipped
+
+    params = context["params"]
+    try:
+        return not skipped(step, config_from_params(params, params.get("config") or {}))
+    except PtqflowError as err:
+        raise AirflowFailException(f"{step}: {type(err).__name__} (exit {err.exit_code}): {err}") from err
+
+
 @task.short_circuit(task_id="registry_configured")
 def registry_configured(**context) -> bool:
     """Whether the run's config has a ``registry`` section (else the publish pod is skipped)."""
@@ -202,6 +225,7 @@ def local_step(step: str, upstream: dict, shard: str = "", **context) -> dict:
     from ptqflow.errors import PtqflowError
     from ptqflow.orchestration.params import config_from_params
     from ptqflow.pipeline.runner import run_step
+    from ptqflow.pipeline.steps import inputs_for
 
     params = context["params"]
     try:
@@ -214,7 +238,8 @@ def local_step(step: str, upstream: dict, shard: str = "", **context) -> dict:
             raise AirflowFailException("parameter 'output' (output prefix URI) is required")
         part = parse_shard(shard)
         out = shard_output_uri(cfg.output, step, part) if part else step_output_uri(cfg.output, step)
-        uris = {n: _ran(r)["uri"] for n, r in upstream.items()}
+        # dynamic quantization reads no statistics (their tasks were skipped)
+        uris = {n: _ran(r)["uri"] for n, r in upstream.items() if n in inputs_for(step, cfg)}
         manifest = run_step(step, uris, out, cfg, force=bool(params.get("force")), shard=part)
     except PtqflowError as err:
         if err.retryable:

@@ -14,6 +14,13 @@ split), placed as the step is, and ``merge-stats`` / ``merge-validation`` takes 
 writes the artifact later steps read, ``statistics`` or ``report`` (N = 1: the one step's artifact, passed on);
 merge-validation decides the gate. The loop runs even for N = 1 because the other shape, ``dsl.If``/``dsl.Else``
 joined by ``dsl.OneOf``, cannot run under ``kfp.local`` (2.17: a DAG output of two artifact selectors is refused).
+
+Dynamic quantization (``quantization.static: false``) skips collect-stats, as ``ptqflow run`` does
+(``ptqflow.orchestration.CONDITIONAL``): resolve-config says from the run's config whether it runs (its output
+``collect_stats_needed``, "true"/"false"), and the pipeline branches on it with ``dsl.If``/``dsl.Else``: the
+``true`` branch runs collect-stats (its loop and merge) and the steps after it, the ``false`` branch the same later
+steps without it (quantize without statistics). Each branch holds its own later steps because a task after the
+branches could only take its input from either through ``dsl.OneOf`` (see above).
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from kfp import dsl, kubernetes
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
 
 from ptqflow.errors import ConfigError
-from ptqflow.orchestration import AFTER, FAN_OUTS, OPTIONAL_STEP_INPUTS, STEP_INPUTS, FanOut
+from ptqflow.orchestration import AFTER, CONDITIONAL, FAN_OUTS, OPTIONAL_STEP_INPUTS, STEP_INPUTS, FanOut
 from ptqflow.orchestration.images import image, step_image
 from ptqflow.orchestration.params import EXPOSED, param_specs
 from ptqflow.orchestration.pod_placement import PlacementTable, active_table, toleration_kwargs
@@ -41,6 +48,12 @@ OUTPUTS = {s.name: (s.output, INPUT_TYPES[s.output]) for s in STEPS if not s.opt
 # The face's own run parameters (not config fields): how many shards each fan-out step runs in.
 SHARDS_PARAMS = [(fan.param, int, 1, fan.description) for fan in FAN_OUTS.values()]
 RUNTIME = ["python", "-m", "ptqflow.orchestration.kfp_runtime"]  # the command of the fan-out's containers
+
+
+def needed_output(step: str) -> str:
+    """resolve-config's output parameter saying whether CONDITIONAL ``step`` runs ("true"/"false"):
+    ``collect_stats_needed``."""
+    return f"{step.replace('-', '_')}_needed"
 
 
 def pipeline_params() -> list[tuple[str, type, object, str]]:
@@ -81,20 +94,27 @@ def _resolve_container(table: PlacementTable):
     params = [(n, t) for n, t, _, _ in pipeline_params()]
 
     def impl(config, base_config, **values):
+        needed = {step: values.pop(needed_output(step)) for step in CONDITIONAL}
         args = ["-m", "ptqflow.orchestration.kfp_runtime", "resolve-config", "--out", config.path, "--base", base_config]
         for name, value in values.items():
             args += ["--set", dsl.ConcatPlaceholder([f"{EXPOSED[name]}=", value])]
+        for step, path in needed.items():
+            args += ["--needed", step, path]
         return dsl.ContainerSpec(image=table.light.image or image("cpu"), command=["python"], args=args)
 
-    out = inspect.Parameter("config", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Output[Artifact])
-    return dsl.container_component(_signed("resolve_config", params, impl, [out]))
+    out = [inspect.Parameter("config", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Output[Artifact])]
+    out += [inspect.Parameter(needed_output(step), inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                              annotation=dsl.OutputPath(str)) for step in CONDITIONAL]
+    return dsl.container_component(_signed("resolve_config", params, impl, out))
 
 
-def _step_container(step: str, device: str, table: PlacementTable):
+def _step_container(step: str, device: str, table: PlacementTable, inputs: tuple[str, ...] | None = None):
     """Container component of one step: the CLI on KFP-staged artifact paths (a fan-out step: kfp_runtime's, which
-    takes the loop's ``shard``, "" for the whole split)."""
+    takes the loop's ``shard``, "" for the whole split); ``inputs``: the artifacts it reads (default all of the
+    step's: fewer after a skipped step)."""
     out_name, out_type = OUTPUTS[step]
-    params = [("config", Input[Artifact])] + [(n, Input[INPUT_TYPES[n]]) for n in STEP_INPUTS[step]]
+    inputs = STEP_INPUTS[step] if inputs is None else inputs
+    params = [("config", Input[Artifact])] + [(n, Input[INPUT_TYPES[n]]) for n in inputs]
     if step in FAN_OUTS:
         params.append(("shard", str))
 
@@ -201,13 +221,14 @@ def build_pipeline(kind: str = "container", device: str = "cpu", table: Placemen
     if kind == "local":
         from ptqflow.orchestration import kfp_local as comps
 
-        resolve, steps, publish = comps.resolve_config, comps.STEP_COMPONENTS, comps.publish_local
+        resolve, publish = comps.resolve_config, comps.publish_local
+        step_component = lambda step, inputs: comps.STEP_COMPONENTS[step]  # noqa: E731 (inputs: optional there)
         shard_lists = {step: functools.partial(comps.shard_items_local, param=fan.param)
                        for step, fan in FAN_OUTS.items()}
         merges = comps.MERGE_COMPONENTS
     else:
         resolve, publish = _resolve_container(table), _publish_container(table)
-        steps = {s: _step_container(s, device, table) for s in STEP_INPUTS}
+        step_component = functools.cache(lambda step, inputs: _step_container(step, device, table, inputs))
         shard_lists = {step: _shards_container(table, fan) for step, fan in FAN_OUTS.items()}
         merges = {step: _merge_container(table, fan) for step, fan in FAN_OUTS.items()}
     specs = pipeline_params() + SHARDS_PARAMS
@@ -221,20 +242,28 @@ def build_pipeline(kind: str = "container", device: str = "cpu", table: Placemen
         """One task per shard in a ParallelFor, then their merge (see the module docstring); returns the merge."""
         shards = placed(shard_lists[fan.step](shards=count), fan.param.replace("_", "-"))
         with dsl.ParallelFor(shards.output) as shard:
-            part = placed(steps[fan.step](config=config, shard=shard, **arts), fan.step)
+            part = placed(step_component(fan.step, tuple(arts))(config=config, shard=shard, **arts), fan.step)
         partials = dsl.Collected(part.outputs[OUTPUTS[fan.step][0]])
         return placed(merges[fan.step](config=config, partials=partials), fan.merge)
 
-    def body(**values):
-        counts = {step: values.pop(fan.param) for step, fan in FAN_OUTS.items()}
-        cfg = placed(resolve(**values), "resolve-config")
-        config, made = cfg.outputs["config"], {}
-        for step, inputs in STEP_INPUTS.items():
-            arts = {n: made[n] for n in inputs}
+    def wire(steps: list[str], made: dict, resolved, counts: dict, decided: frozenset = frozenset()):
+        """The tasks of ``steps`` in order, each reading what ``made`` holds of its inputs; at a CONDITIONAL step
+        not yet ``decided``, a dsl.If/dsl.Else on resolve-config's word, the rest wired in each branch (with the
+        step, without it); then export-ir's order and publish."""
+        config = resolved.outputs["config"]
+        for i, step in enumerate(steps):
+            if step in CONDITIONAL and step not in decided:
+                needed = resolved.outputs[needed_output(step)]
+                with dsl.If(needed == "true", name=f"{step} needed"):
+                    wire(steps[i:], dict(made), resolved, counts, decided | {step})
+                with dsl.Else(name=f"{step} skipped"):
+                    wire(steps[i + 1:], dict(made), resolved, counts, decided | {step})
+                return
+            arts = {n: made[n] for n in STEP_INPUTS[step] if n in made}
             if step in FAN_OUTS:
                 task = fan_out(FAN_OUTS[step], counts[step], config, arts)
             else:
-                task = placed(steps[step](config=config, **arts), step)
+                task = placed(step_component(step, tuple(arts))(config=config, **arts), step)
             made[OUTPUTS[step][0]] = task.outputs[OUTPUTS[step][0]]
             made[f"task:{step}"] = task
         for step, earlier in AFTER.items():  # export only what passed the gate
@@ -242,11 +271,15 @@ def build_pipeline(kind: str = "container", device: str = "cpu", table: Placemen
         # Registers the INT8 version when the config has a registry section; a no-op otherwise.
         placed(publish(config=config, **{n: made[n] for n in OPTIONAL_STEP_INPUTS["publish"]}), "publish")
 
+    def body(**values):
+        counts = {step: values.pop(fan.param) for step, fan in FAN_OUTS.items()}
+        wire(list(STEP_INPUTS), {}, placed(resolve(**values), "resolve-config"), counts)
+
     fn = _signed(f"ptqflow_{kind}", [(n, t) for n, t, _, _ in specs], body,
                  defaults={n: d for n, _, d, _ in specs})
-    fn.__doc__ = ("ptqflow: fetch-model, build-calibration, collect-stats (in statistics_shards shards, merged), "
-                  "quantize, validate (in validation_shards shards, merged), export-ir, publish (to the model "
-                  "registry, when configured).")
+    fn.__doc__ = ("ptqflow: fetch-model, build-calibration, collect-stats (in statistics_shards shards, merged; "
+                  "skipped for dynamic quantization), quantize, validate (in validation_shards shards, merged), "
+                  "export-ir, publish (to the model registry, when configured).")
     return dsl.pipeline(name=f"ptqflow-quantize-{kind}-{device}" if kind == "container" else "ptqflow-quantize-local",
                         description=fn.__doc__)(fn)
 

@@ -20,13 +20,16 @@ BASE = image("cpu")
 def resolve_config(model: str, data: str, output: str, preset: str, target_device: str, subset_size: int,
                    fast_bias_correction: bool, quant_format: str, target_runtime: str, static: bool,
                    max_accuracy_drop: str, min_cosine: str, min_sqnr_db: str,
-                   min_speedup: str, device: str, base_config: str, config: Output[Artifact]):
-    """Validate the run parameters and write the config JSON every step reads."""
+                   min_speedup: str, device: str, base_config: str, config: Output[Artifact],
+                   collect_stats_needed: dsl.OutputPath(str)):
+    """Validate the run parameters and write the config JSON every step reads, and whether collect-stats runs for
+    it ("true"/"false": not for dynamic quantization)."""
     from ptqflow.orchestration.kfp_runtime import resolve_config as resolve
     from ptqflow.orchestration.params import EXPOSED
 
     values = dict(locals())
-    resolve(config.path, {EXPOSED[k]: v for k, v in values.items() if k in EXPOSED}, base_config)
+    resolve(config.path, {EXPOSED[k]: v for k, v in values.items() if k in EXPOSED}, base_config,
+            {"collect-stats": collect_stats_needed})
 
 
 @dsl.component(base_image=BASE)
@@ -75,11 +78,14 @@ def merge_stats_local(config: Input[Artifact], partials: Input[List[Artifact]], 
 
 @dsl.component(base_image=BASE)
 def quantize_local(config: Input[Artifact], model: Input[Model], calibration: Input[Dataset],
-                   statistics: Input[Artifact], quantized: Output[Model]) -> str:
-    """quantize; returns the artifact digest."""
+                   quantized: Output[Model], statistics: Input[Artifact] = None) -> str:
+    """quantize (without ``statistics`` for dynamic quantization, whose branch skips collect-stats); returns the
+    artifact digest."""
     from ptqflow.orchestration.kfp_runtime import run_step_on_paths
 
-    inputs = {"model": model.path, "calibration": calibration.path, "statistics": statistics.path}
+    inputs = {"model": model.path, "calibration": calibration.path}
+    if statistics is not None:
+        inputs["statistics"] = statistics.path
     return run_step_on_paths("quantize", inputs, quantized.path, config.path)["digest"]
 
 

@@ -24,7 +24,7 @@ import yaml
 from ptqflow.config import load_config
 from ptqflow.errors import ConfigError, InputError, PtqflowError
 from ptqflow.orchestration import FAN_OUTS, MERGES, parse_shard, shard_labels
-from ptqflow.pipeline.steps import SPECS
+from ptqflow.pipeline.steps import SPECS, skipped
 
 PUBLISH_INPUTS = SPECS["publish"].inputs  # the publish component's --in-* artifacts
 
@@ -37,9 +37,11 @@ def param_value(raw: Any) -> Any:
     return raw
 
 
-def resolve_config(out: str | Path, values: dict[str, Any], base: str = "") -> dict:
+def resolve_config(out: str | Path, values: dict[str, Any], base: str = "", needed: dict[str, str] | None = None) -> dict:
     """Validate ``base`` (config YAML/JSON text, may be empty) with {dotted key: value} applied into a
-    PipelineConfig and write it as JSON at ``out``; returns the dict."""
+    PipelineConfig and write it as JSON at ``out``; for each {step: path} of ``needed`` (the CONDITIONAL steps),
+    "true" or "false" at path: whether the step runs for this config (``pipeline.steps.skipped``). Returns the
+    config dict."""
     try:
         base_data = yaml.safe_load(base) if base else {}
     except yaml.YAMLError as err:
@@ -57,6 +59,9 @@ def resolve_config(out: str | Path, values: dict[str, Any], base: str = "") -> d
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(cfg.model_dump(mode="json", exclude_unset=True), indent=2, sort_keys=True),
                          encoding="utf-8")
+    for step, path in (needed or {}).items():
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text("false" if skipped(step, cfg) else "true", encoding="utf-8")
     return cfg.model_dump(mode="json")
 
 
@@ -187,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     rc.add_argument("--out", required=True)
     rc.add_argument("--base", default="", help="base config as YAML/JSON text")
     rc.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    rc.add_argument("--needed", nargs=2, action="append", default=[], metavar=("STEP", "PATH"),
+                    help="write whether STEP runs for this config (true/false) at PATH")
     pub = sub.add_parser("publish", help="the publish step if the config has a registry section, else skip")
     pub.add_argument("--config", required=True)
     pub.add_argument("--out", required=True)
@@ -223,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
             key, raw = item.split("=", 1)
             values[key] = raw
-        resolve_config(args.out, values, args.base)
+        resolve_config(args.out, values, args.base, dict(args.needed))
     except PtqflowError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code

@@ -13,7 +13,7 @@ from typing import Callable, Iterator
 
 import onnx
 
-from ptqflow.config import QuantizationConfig, RangeEstimator, TargetRuntime
+from ptqflow.config import QuantizationConfig, RangeEstimator, TargetDevice, TargetRuntime
 from ptqflow.errors import ConfigError, InputError
 from ptqflow.logs import get_logger
 from ptqflow.quantization.algorithms import fast_bias_correction, minmax, smooth_quant
@@ -30,7 +30,7 @@ from ptqflow.quantization.statistics.accumulate import accumulate, finalize, obs
 from ptqflow.quantization.statistics.partial import PartialStatistics, merge, shard_range
 from ptqflow.quantization.statistics.points import StatisticPoint
 from ptqflow.quantization.statistics.runner import make_runner
-from ptqflow.quantization.writers import integer_ops, write
+from ptqflow.quantization.writers import dynamic_contrib, integer_ops, write
 from ptqflow.runtime.model_files import copy_without
 from ptqflow.runtime.sessions import make_session
 
@@ -240,16 +240,26 @@ def number_formats(prepared: onnx.ModelProto, plan: QuantizationPlan, config: Qu
 def quantize_dynamic(model, config: QuantizationConfig) -> QuantizationResult:
     """Dynamic quantization of ``model`` (no calibration data): the weights placement chooses, as integers, and
     each MatMul/Gemm/Conv reading them as DynamicQuantizeLinear + MatMulInteger/ConvInteger (onnxruntime), its
-    activation quantized at run time; other weights stay DequantizeLinear of integers. Returns the model and the
-    per-layer summary."""
+    activation quantized at run time; other weights stay DequantizeLinear of integers. LSTM and com.microsoft
+    Attention become onnxruntime's DynamicQuantizeLSTM / QAttention; GRU stays float (writers.dynamic_contrib).
+    Returns the model and the per-layer summary."""
     prepared, warnings = prepare_model(model, config.advanced)
-    plan = placement.build_plan(prepared, config, warnings)
+    contrib = {n.op_type for n in prepared.graph.node} & {"LSTM", "Attention"}
+    try:
+        plan = placement.build_plan(prepared, config, warnings)
+    except InputError:
+        if not contrib:
+            raise
+        plan = QuantizationPlan(preset=config.effective_preset().value, target_device=TargetDevice(config.target_device).value,
+                                transformer=False, per_channel=config.advanced.per_channel, warnings=warnings)
     plan.activations = []  # quantized at run time, not from calibrated ranges
     q = onnx.ModelProto()
     q.CopyFrom(prepared)
     records = minmax.insert_qdq(q, plan, {}, minmax.NumberFormats(weight=config.weight_type.value))
     q = integer_ops.write_dynamic(q)
+    contrib_rows = dynamic_contrib.write(q, config.advanced.per_channel,
+                                         placement.ignored_nodes(prepared, config.ignored_scope))
     q.ir_version = min(q.ir_version or MAX_IR_VERSION, MAX_IR_VERSION)
     if not is_large(q):
         onnx.checker.check_model(q)
-    return QuantizationResult(model=q, layers=layer_summary(prepared, plan, records, []))
+    return QuantizationResult(model=q, layers=layer_summary(prepared, plan, records, []) + contrib_rows)
