@@ -271,6 +271,8 @@ def bench(model: Model, images: Images) -> dict:
     source = model_file(model)
     data, held_out = write_data(model, images)
     out, run_s, code, error = ptqflow_run(model, source, data)
+    if not (out / "quantize" / "manifest.json").exists():
+        return {"model": model.name, "run_s": run_s, "run_exit_code": code, "run_error": error}
     fetch = json.loads((out / "fetch-model" / "manifest.json").read_text())
     validated = out / "validate" / "manifest.json"
     validate = json.loads(validated.read_text()) if validated.exists() else {}
@@ -299,6 +301,9 @@ def table(rows: list[dict]) -> str:
     lines = ["| model | format | max rel diff (synthetic / images) | tf2onnx s | framework's own export s | "
              "INT8 vs FP32 (task) | speedup OpenVINO | ptqflow run s |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        if "task" not in r:
+            lines.append(f"| {r['model']} | | | | | not quantized (see below) | | {r['run_s']:.0f} |")
+            continue
         own = r.get("framework_export")
         own_s = (f"{own['keras_export_savedmodel_s']:.2f} (SavedModel), {own['tflite_converter_s']:.2f} (TFLite)"
                  if own else "n/a (no source model)")

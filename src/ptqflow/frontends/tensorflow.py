@@ -41,8 +41,6 @@ from ptqflow.errors import InputError
 from ptqflow.frontends.base import (MODEL_FILE, Conversion, ConversionOptions, InputSpec, check_feeds, compare,
                                     require, resolve_specs, run_onnx, versions)
 
-log = logging.getLogger(__name__)
-
 EXTRA = "tensorflow"
 SIGNATURE = "serving_default"
 _ONNX_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
@@ -254,7 +252,11 @@ def _convert(source_format: str, load: Callable[[Path, str], _Source], path: Pat
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = out_dir / MODEL_FILE
     start = time.perf_counter()
-    proto = source.convert(resolved, options)
+    try:
+        proto = source.convert(resolved, options)
+    except (ValueError, TypeError, KeyError, NotImplementedError, RuntimeError) as err:
+        raise InputError(f"{uri}: tf2onnx could not convert the {source_format} model: "
+                         f"{type(err).__name__}: {err}") from None
     folded = fold_fp16_constants(proto)
     name_batch_dimension(proto)
     export_s = time.perf_counter() - start
