@@ -3,7 +3,6 @@ tiny models built here with TensorFlow and Keras, converted by tf2onnx and check
 
 from __future__ import annotations
 
-import sys
 import tarfile
 from pathlib import Path
 
@@ -136,15 +135,6 @@ def test_open_spatial_dimensions_need_input_shapes(tmp_path, capsys):
     code, out = fetch(tmp_path / "b", path, "conversion:\n  input_shapes:\n    image: [1, 24, 20, 3]\n")
     assert code == 0
     assert read_manifest(out).extra["inputs"][0]["shape"] == ["N", 24, 20, 3]
-
-
-def test_missing_tensorflow_names_the_extra(tmp_path, convnet, monkeypatch, capsys):
-    path = tmp_path / "net.keras"
-    convnet.save(path)
-    monkeypatch.setitem(sys.modules, "tensorflow", None)  # import tensorflow -> ImportError, as when absent
-    code, out = fetch(tmp_path, path)
-    assert code == 2 and not out.exists()
-    assert "ptqflow[tensorflow]" in capsys.readouterr().err
 
 
 def test_fp16_casts_fold_to_fp32_initializers():
