@@ -106,7 +106,7 @@ IMAGES = {
 }
 ENVS = {
     "dev": _env("dev", ".venv", "scripts/test.sh, test_hooks.sh, demo.sh",
-                ("openvino", "s3", "demo", "dev", "registry")),
+                ("openvino", "s3", "demo", "dev", "registry", "torch")),
     "airflow": _env("airflow", ".venv-airflow", "scripts/test_airflow.sh",
                     ("airflow", "openvino", "s3", "dev", "registry")),
     "kfp": _env("kfp", ".venv-kfp", "scripts/test_kfp.sh", ("kfp", "openvino", "s3", "dev")),

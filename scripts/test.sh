@@ -18,7 +18,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 # Every environment installs with its committed constraints (scripts/constraints/, written by `make locks`).
-install_env "$VENV" dev -e ".[openvino,s3,demo,dev,registry]"
+install_env "$VENV" dev -e ".[openvino,s3,demo,dev,registry,torch]"
 # The report screenshot test renders report.html with Debian's headless chromium.
 if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium || true
