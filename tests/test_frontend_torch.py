@@ -193,3 +193,30 @@ def test_dynamo_failure_falls_back_to_the_torchscript_exporter():
     assert len(conversion.notes) == 1 and "dynamo exporter failed" in conversion.notes[0]
     assert [s["x"].tobytes() for s in samples] == [c["x"].tobytes() for c in calibration]  # none lost to the check
     assert model.graph.node
+
+
+@pytest.mark.slow
+def test_a_real_model_from_a_wheel_through_ptqflow_run(tmp_path):
+    """facenet-pytorch's MTCNN ONet (weights bundled in the wheel) as TorchScript through `ptqflow run`."""
+    import wheel_models
+
+    try:
+        onet = wheel_models.mtcnn_onet()
+    except ModuleNotFoundError as err:
+        pytest.skip(f"facenet-pytorch is not installed (scripts/test.sh installs it): {err}")
+    torch.jit.save(torch.jit.trace(onet, (torch.zeros(2, 3, 48, 48),)), tmp_path / "onet.pt")
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(24):  # smooth images: coarse noise upsampled, normalised as MTCNN does
+        coarse = rng.uniform(0, 255, (3, 6, 6))
+        image = np.kron(coarse, np.ones((8, 8))) + rng.normal(0, 8, (3, 48, 48))
+        np.save(data / f"crop_{i:03d}.npy", ((image - 127.5) / 128).astype(np.float32))
+    config = tmp_path / "cfg.yaml"
+    config.write_text("conversion:\n  input_shapes:\n    x: [1, 3, 48, 48]\n" + RUN_CONFIG.replace("0.5", "0.9"))
+    out = tmp_path / "run"
+    assert main(["run", "--model", str(tmp_path / "onet.pt"), "--data", str(data), "--config", str(config),
+                 "--output", str(out)]) == 0
+    conversion = _manifest(out / "fetch-model")["extra"]["conversion"]
+    assert conversion["max_rel_diff"] <= 1e-3 and len(conversion["per_output"]) == 3
+    assert _manifest(out / "validate")["metrics"]["verdict"] == "pass"
