@@ -19,6 +19,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import ptqflow  # noqa: E402
+from ptqflow import frontends  # noqa: E402
 from ptqflow.cli import main  # noqa: E402
 from ptqflow.frontends.base import ConversionOptions  # noqa: E402
 from ptqflow.frontends.torch import module_to_onnx  # noqa: E402
@@ -180,6 +181,16 @@ def test_python_api_quantizes_a_module(saved):
         want = saved["module"](torch.from_numpy(x))[0].numpy()
     cosine = float((got * want).sum() / np.linalg.norm(got) / np.linalg.norm(want))
     assert cosine > 0.99
+
+
+def test_a_static_program_keeps_its_batch_and_says_so(saved, tmp_path):
+    program = torch.export.export(saved["module"], (torch.randn(2, *SHAPE),))
+    torch.export.save(program, tmp_path / "static.pt2")
+    conversion = frontends.convert(tmp_path / "static.pt2", tmp_path / "out", ConversionOptions(check_samples=2))
+    assert conversion.converter == "torch.onnx.export (dynamo)" and conversion.max_rel_diff <= 1e-3
+    assert len(conversion.notes) == 1 and "batch dimension is static for x" in conversion.notes[0]
+    session = ort.InferenceSession(str(conversion.onnx_path), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == [2, *SHAPE]
 
 
 def test_dynamo_failure_falls_back_to_the_torchscript_exporter():

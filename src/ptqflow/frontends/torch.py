@@ -84,8 +84,12 @@ def convert_exported_program(path: Path, out_dir: Path, options: ConversionOptio
                              f"({type(value).__name__}); ptqflow converts programs over tensor inputs only")
         shape = tuple(int(d) if isinstance(d, int) else None for d in value.shape)  # SymInt: an open dimension
         specs.append(InputSpec(node.name, shape, str(value.dtype).removeprefix("torch.")))
+    static = [s.name for s in specs if s.shape and s.shape[0] is not None]
+    notes = [f"the program's batch dimension is static for {', '.join(static)}: the ONNX model keeps it (export "
+             f"with torch.export.export(..., dynamic_shapes=...) for a dynamic batch)"] if (
+        static and options.dynamic_batch) else []
     specs = resolve_specs(specs, options, path.name)
-    return export_and_check(program, specs, out_dir, options, path.name, "torch_export", start)
+    return export_and_check(program, specs, out_dir, options, path.name, "torch_export", start, notes)
 
 
 def convert_module(module, example_inputs, out_dir: Path, options: ConversionOptions) -> Conversion:
@@ -125,7 +129,7 @@ def _named_examples(module, example_inputs, torch) -> dict:
 
 
 def export_and_check(source, specs: list[InputSpec], out_dir: Path, options: ConversionOptions, uri: str,
-                     source_format: str, start: float) -> Conversion:
+                     source_format: str, start: float, notes: list[str] | None = None) -> Conversion:
     """Export ``source`` (a ScriptModule, ExportedProgram or nn.Module) to ``out_dir/model.onnx`` and check it
     against ``source`` on the check feeds; returns the Conversion record."""
     torch = _torch(source_format)
@@ -140,9 +144,9 @@ def export_and_check(source, specs: list[InputSpec], out_dir: Path, options: Con
     onnx_path = out_dir / MODEL_FILE
     large = _weight_bytes(source, torch) > PROTO_LIMIT
     args = tuple(torch.from_numpy(np.ascontiguousarray(feeds[0][n])) for n in names)
-    converter, export_s, notes = _export(source, args, names, len(reference[0]), onnx_path, large, options, uri,
-                                         torch)
-    notes += _fix_ir_version(onnx_path)
+    converter, export_s, export_notes = _export(source, args, names, len(reference[0]), onnx_path, large, options,
+                                                uri, torch)
+    notes = [*(notes or []), *export_notes, *_fix_ir_version(onnx_path)]
     output_names, converted = run_onnx(onnx_path, feeds)
     per_output = compare(output_names, reference, converted, options.tolerance, uri)
     return Conversion(
@@ -235,9 +239,14 @@ def _flatten(output) -> list[np.ndarray]:
     return [np.asarray(output)]
 
 
-def _first_line(err: Exception) -> str:
-    text = _ANSI.sub("", str(err)).strip().splitlines()
-    return (text[0] if text else type(err).__name__)[:300]
+def _first_line(err: BaseException) -> str:
+    """The error's first line, and its cause's (torch wraps the reason in an error naming the exporter's step)."""
+    def line(e: BaseException) -> str:
+        text = _ANSI.sub("", str(e)).strip().splitlines()
+        return (text[0] if text else type(e).__name__)[:300]
+
+    cause = err.__cause__
+    return line(err) + (f" [{type(cause).__name__}: {line(cause)}]" if cause is not None else "")
 
 
 # --------------------------------------------------------------------------------------------------
