@@ -21,7 +21,7 @@ fi
 install_env "$VENV" dev -e ".[openvino,s3,demo,dev,registry,torch]"
 # The slow PyTorch test's real model (tests/wheel_models.py): facenet-pytorch's metadata pins torch<2.3 and numpy<2,
 # which the torch extra's pins exclude, so it goes in without its dependencies (its networks need torch alone).
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps facenet-pytorch==2.6.0
+install_env "$VENV" dev --no-deps facenet-pytorch==2.6.0
 # The report screenshot test renders report.html with Debian's headless chromium.
 if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium || true
