@@ -119,6 +119,19 @@ def test_exported_program_through_ptqflow_run(saved, tmp_path):
     assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in __import__("onnx").load(int8).graph.node}
 
 
+def test_weights_over_the_limit_go_to_external_data(saved, tmp_path, monkeypatch):
+    """The path a model over protobuf's 2 GB takes, with the limit lowered to this model's few hundred bytes."""
+    import ptqflow.frontends.torch as torch_frontend
+
+    monkeypatch.setattr(torch_frontend, "PROTO_LIMIT", 64)
+    out = tmp_path / "fetched"
+    assert main(["fetch-model", "--model", str(saved["pt2"]), "--output", str(out)]) == 0
+    manifest = _manifest(out)["extra"]
+    assert manifest["external_data"] and (out / manifest["external_data"][0]).is_file()
+    assert manifest["conversion"]["max_rel_diff"] <= 1e-3
+    _at_batches(out / "model.onnx", saved["module"])
+
+
 def test_torchscript_in_a_tar_archive(saved, tmp_path):
     archive = tmp_path / "model.tar.gz"
     with tarfile.open(archive, "w:gz") as tf:
