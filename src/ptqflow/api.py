@@ -10,6 +10,7 @@ different processes; quantize_with_config runs both in one, reusing the prepared
 
 from __future__ import annotations
 
+import sys
 from itertools import islice
 from typing import Any, Callable, Iterable, Iterator
 
@@ -94,12 +95,15 @@ def _as_dict(item, names: list[str], index: int) -> dict:
 def _samples(dataset, model: onnx.ModelProto, limit: int | None) -> Iterator[dict[str, np.ndarray]]:
     """Checked sample dicts from ``dataset`` (a Dataset or any iterable), at most ``limit``."""
     specs = input_specs(model)
-    if isinstance(dataset, Dataset):
-        items = dataset.get_inference_data()
-    else:
-        items = pot_items(dataset) if is_pot_loader(dataset) else iter(dataset)
-    for i, item in enumerate(islice(items, limit)):
+    for i, item in enumerate(islice(_items(dataset), limit)):
         yield check_sample(_as_dict(item, list(specs), i), i, specs)
+
+
+def _items(dataset) -> Iterator:
+    """The model inputs ``dataset`` (a Dataset, a POT DataLoader or any iterable) yields, in order."""
+    if isinstance(dataset, Dataset):
+        return dataset.get_inference_data()
+    return pot_items(dataset) if is_pot_loader(dataset) else iter(dataset)
 
 
 def _stream_for(dataset) -> Callable:
@@ -171,11 +175,15 @@ def quantize(model, calibration_dataset, *, preset: QuantizationPreset | None = 
              target_runtime: TargetRuntime | str | None = None, activation_type: QuantType | str | None = None,
              weight_type: QuantType | str = QuantType.INT8, per_channel: bool | None = None, nbits: int = 8,
              input_quantization_params: dict | None = None,
-             output_quantization_params: dict | None = None) -> onnx.ModelProto:
+             output_quantization_params: dict | None = None, example_inputs=None) -> onnx.ModelProto:
     """Quantize ``model`` on ``calibration_dataset``: an ONNX ModelProto or path gives the INT8 ModelProto in
     ``quant_format`` (QDQ by default; see QuantizationConfig for the other arguments; ``per_channel`` None keeps
     ``advanced_parameters.per_channel``), an ov.Model or an IR's ``.xml`` path (its ``.bin`` beside it) the INT8
-    ov.Model with FakeQuantize nodes."""
+    ov.Model with FakeQuantize nodes. A ``torch.nn.Module`` (with ``example_inputs``: a tensor, a tuple of
+    tensors or a dict by forward's argument names) is exported to ONNX and checked against the module on the
+    first calibration samples (ptqflow.frontends.torch), then quantized as ONNX: the INT8 ONNX ModelProto."""
+    if _is_torch_module(model):
+        model, calibration_dataset = _torch_to_onnx(model, calibration_dataset, example_inputs)
     advanced = advanced_parameters or AdvancedParameters()
     if per_channel is not None:
         advanced = advanced.model_copy(update={"per_channel": per_channel})
@@ -187,6 +195,21 @@ def quantize(model, calibration_dataset, *, preset: QuantizationPreset | None = 
         input_quantization_params=input_quantization_params or {},
         output_quantization_params=output_quantization_params or {})
     return quantize_with_config(model, calibration_dataset, config, device=device).model
+
+
+def _is_torch_module(model) -> bool:
+    torch = sys.modules.get("torch")  # a Module exists only once torch is imported: torch stays optional
+    return torch is not None and isinstance(model, torch.nn.Module)
+
+
+def _torch_to_onnx(module, dataset, example_inputs) -> tuple[onnx.ModelProto, Iterable]:
+    """The FP32 ONNX export of ``module``, checked on the first calibration samples, and the calibration samples
+    again from the first (ptqflow.frontends.torch.module_to_onnx)."""
+    from ptqflow.frontends.base import ConversionOptions
+    from ptqflow.frontends.torch import module_to_onnx
+
+    model, _, samples = module_to_onnx(module, example_inputs, _items(dataset), ConversionOptions())
+    return model, samples
 
 
 def quantize_with_config(model, dataset, config: QuantizationConfig, *, device: str = "cpu") -> QuantizationResult:
