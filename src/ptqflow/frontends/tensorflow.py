@@ -3,7 +3,7 @@
 tf2onnx is the converter: it is maintained under the ONNX project, reads all three formats (a SavedModel's
 signature or a Keras model as a traced ``tf.function``, a ``.tflite`` flatbuffer directly) and works with the
 TensorFlow, numpy, protobuf and onnx versions ptqflow pins. Keras 3's own ``model.export(format="onnx")`` calls
-tf2onnx too but reads neither SavedModels nor TFLite; tflite2onnx reads TFLite only (docs/frameworks-tensorflow.md
+tf2onnx too but reads neither SavedModels nor TFLite; tflite2onnx reads TFLite only (docs/frameworks.md
 compares them).
 
 What each converter does:
