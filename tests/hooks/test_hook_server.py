@@ -35,6 +35,7 @@ def _config(airflow_url: str, mlflow_url: str, **server) -> HookConfig:
         "orchestrator": "airflow", "airflow": {"url": airflow_url, "timeout_s": 2},
         "registry": {"tracking_uri": mlflow_url, "alias": "int8-candidate"},
         "pipeline": {"data": "s3://bucket/calib/", "output": "s3://bucket/out/{name}/{version}",
+                     "statistics_shards": 3, "validation_shards": 2,
                      "config": {"quantization": {"subset_size": 16}}},
         "server": {"max_body_bytes": 4096, "ack_timeout_s": 5, **server},
         "retry": {"attempts": 2, "backoff_s": 0.1, "max_backoff_s": 0.2}})
@@ -110,6 +111,7 @@ def test_signed_delivery_triggers_one_run_with_the_model_uri(env):
     conf = body["conf"]
     assert conf["model"] == f"models:/{mv.name}/1" and conf["data"] == "s3://bucket/calib/"
     assert conf["output"] == f"s3://bucket/out/{mv.name}/1"
+    assert (conf["statistics_shards"], conf["validation_shards"]) == (3, 2)  # the DAG's fan-out parameters
     assert conf["config"]["registry"] == {"target_name": f"{mv.name}-int8", "experiment": "ptqflow",
                                           "alias": "int8-candidate", "tracking_uri": client.tracking_uri}
     assert conf["config"]["quantization"] == {"subset_size": 16}
