@@ -7,7 +7,6 @@ session measures, on a handful of calibration samples, the output error each qua
 
 from __future__ import annotations
 
-import copy
 
 import numpy as np
 import onnx
@@ -16,14 +15,16 @@ from onnx import helper, numpy_helper
 from ptqflow.quantization.algorithms.minmax import _topological_insert, insert_qdq
 from ptqflow.quantization.graph.index import GraphIndex
 from ptqflow.quantization.plan import QuantizationPlan
+from ptqflow.runtime.model_files import copy_without
 
 GATE = "ptqflow_quantizer_gate"
 
 
 def gated_model(prepared: onnx.ModelProto, plan: QuantizationPlan, ranges: dict) -> tuple[onnx.ModelProto, list[str]]:
     """The quantized model with every activation quantizer switchable; and the point tensors in gate order."""
-    q = copy.deepcopy(prepared)
-    records = [r for r in insert_qdq(q, plan, ranges) if r["kind"] == "activation"]
+    # A copy without the planned weights' bytes, which insert_qdq reads from prepared: no second float copy.
+    q = copy_without(prepared, {w.tensor for w in plan.weights})
+    records = [r for r in insert_qdq(q, plan, ranges, float_weights=prepared) if r["kind"] == "activation"]
     g = q.graph
     g.input.append(helper.make_tensor_value_info(GATE, onnx.TensorProto.FLOAT, [len(records)]))
     consumers = GraphIndex(g).consumers  # the readers of each DequantizeLinear output, before rewiring
