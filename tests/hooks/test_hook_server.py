@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -20,6 +19,7 @@ from mlflow.webhooks.delivery import _generate_hmac_signature as mlflow_signatur
 
 import builders
 from mlflow_server import register_onnx
+from processes import serving
 from recording_orchestrator import recording_airflow
 from ptqflow.registry.hooks.config import HookConfig
 from ptqflow.registry.hooks.core import HookCore
@@ -46,14 +46,10 @@ def hook_server(cfg: HookConfig):
     """The hook's HTTP server in a thread on a free loopback port; yields its base URL."""
     os.environ.update(PTQFLOW_AIRFLOW_USERNAME="admin", PTQFLOW_AIRFLOW_PASSWORD="pw")
     service = HookService(cfg, HookCore(cfg, AirflowOrchestrator(cfg.airflow)), SECRET)
-    server = make_server(service, "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        with serving(make_server(service, "127.0.0.1", 0)) as url:
+            yield url
     finally:
-        server.shutdown()
-        server.server_close()
         service.pool.shutdown(wait=True)
 
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 import json
 import threading
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
 from urllib.parse import parse_qs, urlparse
 
 import yaml
+
+from processes import JsonHandler, serving
 
 PIPELINE_ID, VERSION_ID, EXPERIMENT_ID = "pipeline-1", "version-1", "experiment-1"
 # The JSON types a parameter of each declared KFP type may take in runtime_config.parameters.
@@ -50,59 +51,42 @@ def recording_kfp(pipeline_name: str, package: Path) -> Iterator[tuple[str, Reco
     yields (host URL, recorder)."""
     rec, declared = Recorder(), pipeline_parameters(package)
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def _json(self, status: int, body: dict) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
+    class Handler(JsonHandler):
         def do_GET(self):
             url = urlparse(self.path)
             query = parse_qs(url.query)
             if url.path == "/apis/v2beta1/healthz":
-                self._json(200, {"multi_user": False})
+                self.json(200, {"multi_user": False})
             elif url.path == "/apis/v2beta1/pipelines":
                 wanted = json.loads(query["filter"][0])["predicates"][0]["stringValue"]
                 found = [{"pipeline_id": PIPELINE_ID, "display_name": pipeline_name}] if wanted == pipeline_name else []
-                self._json(200, {"pipelines": found, "total_size": len(found)})
+                self.json(200, {"pipelines": found, "total_size": len(found)})
             elif url.path == f"/apis/v2beta1/pipelines/{PIPELINE_ID}/versions":
-                self._json(200, {"pipeline_versions": [{"pipeline_id": PIPELINE_ID, "pipeline_version_id": VERSION_ID,
+                self.json(200, {"pipeline_versions": [{"pipeline_id": PIPELINE_ID, "pipeline_version_id": VERSION_ID,
                                                         "display_name": "v1"}], "total_size": 1})
             elif url.path == "/apis/v2beta1/experiments":
                 wanted = json.loads(query["filter"][0])["predicates"][0]["stringValue"]
-                self._json(200, {"experiments": [{"experiment_id": EXPERIMENT_ID, "display_name": wanted}],
+                self.json(200, {"experiments": [{"experiment_id": EXPERIMENT_ID, "display_name": wanted}],
                                  "total_size": 1})
             else:
-                self._json(404, {"error": f"not found: {url.path}"})
+                self.json(404, {"error": f"not found: {url.path}"})
 
         def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+            body = self.body()
             if urlparse(self.path).path != "/apis/v2beta1/runs":
-                self._json(404, {"error": "not found"})
+                self.json(404, {"error": "not found"})
                 return
             ref = body.get("pipeline_version_reference") or {}
             bad = _bad_parameters(body.get("runtime_config", {}).get("parameters") or {}, declared)
             if (ref.get("pipeline_id"), ref.get("pipeline_version_id")) != (PIPELINE_ID, VERSION_ID):
                 bad.append(f"unknown pipeline version {ref}")
             if bad:
-                self._json(400, {"error": "; ".join(bad)})
+                self.json(400, {"error": "; ".join(bad)})
                 return
             with rec.lock:
                 rec.runs.append(body)
-            self._json(200, {"run_id": f"run-{len(rec.runs)}", "display_name": body.get("display_name"),
+            self.json(200, {"run_id": f"run-{len(rec.runs)}", "display_name": body.get("display_name"),
                              "experiment_id": body.get("experiment_id"), "state": "PENDING"})
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", rec
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(Handler) as url:
+        yield url, rec
