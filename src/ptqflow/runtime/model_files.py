@@ -185,18 +185,40 @@ def save_model(model: onnx.ModelProto, path: Path, external: bool | None = None)
     if not (is_large(model) if external is None else external):
         onnx.save(model, str(path))
         return path
-    location = f"{path.name}.data"
-    with open(path.parent / location, "wb") as data:
-        def write(chunk: bytes) -> int:
-            end = data.tell()
-            offset = end + (-end % _ALIGN)
-            data.write(b"\0" * (offset - end))
-            data.write(chunk)
-            return offset
-
-        header = _split(model, write, location)
+    with DataFile(path.parent / f"{path.name}.data") as data:
+        header = _split(model, data.write, data.path.name)
     onnx.save(header, str(path))
     return path
+
+
+class DataFile:
+    """An external data file being written: each chunk at the next page-aligned offset (runtimes can then map the
+    file instead of copying it). A context manager that closes the file."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._file = open(self.path, "wb")
+
+    def write(self, chunk: bytes) -> int:
+        """Append ``chunk``; returns its offset."""
+        end = self._file.tell()
+        offset = end + (-end % _ALIGN)
+        self._file.write(b"\0" * (offset - end))
+        self._file.write(chunk)
+        return offset
+
+    def tensor(self, value: np.ndarray, name: str) -> onnx.TensorProto:
+        """``value`` written here, as the initializer ``name`` referring to it (a model file beside this one
+        reads it): for a caller that makes a large model one tensor at a time without holding their bytes."""
+        data = np.ascontiguousarray(value).tobytes()
+        t = TensorProto(name=name, data_type=onnx.helper.np_dtype_to_tensor_dtype(value.dtype), dims=value.shape)
+        return _external_ref(t, self.path.name, self.write(data), len(data))
+
+    def __enter__(self) -> "DataFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._file.close()
 
 
 @contextmanager

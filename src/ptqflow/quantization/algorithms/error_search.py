@@ -29,7 +29,7 @@ from ptqflow.quantization.algorithms.output_error import OutputError, decision_o
 from ptqflow.quantization.algorithms.sensitivity import GATE, fold_constant_dequantize, gated_model
 from ptqflow.quantization.plan import QuantizationPlan
 from ptqflow.quantization.statistics.accumulate import batchable, batches
-from ptqflow.runtime.model_files import is_large, save_model
+from ptqflow.runtime.model_files import DataFile, is_large, save_model
 from ptqflow.scratch import scratch_dir
 
 BRANCHING = 4  # first-level blocks: a pick costs about BRANCHING + 2 log2(quantizers / BRANCHING) evaluations
@@ -96,16 +96,21 @@ def search(prepared: onnx.ModelProto, plan: QuantizationPlan, ranges: dict, samp
         result.stopped = "no samples or no activation quantizer"
         return result
     # The FP32 references of both sample sets first, and the FP32 session goes before the gated model is made;
-    # a gated model over 2 GB goes to a file before its runner is made (the runner maps it): never two sessions
-    # or a session and a spare model copy at once (a model over 2 GB would hold several copies of its weights).
+    # for a model over 2 GB the gated model's float weights go to a file as they are folded, and the model itself
+    # before its runner is made (the runner maps the files): never two sessions, or a session and a spare copy
+    # of the weights, at once (a model over 2 GB would hold several copies of its weights).
     fp32 = make_session(prepared)
     ev = _evaluator(prepared, samples, fp32)
     check = _evaluator(prepared, held_out, fp32) if held_out else None  # the held-out evaluator
     del fp32
-    gated, tensors = gated_model(prepared, plan, ranges)
-    fold_constant_dequantize(gated)
     with scratch_dir("ptqflow-gated-") as tmp:
-        if is_large(gated):  # rebinding drops the ModelProto: only the file remains
+        gated, tensors = gated_model(prepared, plan, ranges)
+        if is_large(prepared):  # the float weights go to a file as they are made, one at a time
+            with DataFile(Path(tmp) / "folded.data") as folded:
+                fold_constant_dequantize(gated, folded.tensor)
+        else:
+            fold_constant_dequantize(gated)
+        if is_large(prepared) or is_large(gated):  # rebinding drops the ModelProto: only the files remain
             gated = save_model(gated, Path(tmp) / "model.onnx", external=True)
         ev.runner = make_runner(gated, [o.name for o in prepared.graph.output])
         del gated

@@ -44,11 +44,12 @@ def gated_model(prepared: onnx.ModelProto, plan: QuantizationPlan, ranges: dict)
     return q, [r["tensor"] for r in records]
 
 
-def fold_constant_dequantize(model: onnx.ModelProto) -> None:
+def fold_constant_dequantize(model: onnx.ModelProto, store=numpy_helper.from_array) -> None:
     """Replace each DequantizeLinear of an int8 initializer (the weights) by its float result, in place: the same
     numbers, but onnxruntime (1.2x, CPU) fuses DequantizeLinear -> MatMul/Gemm whose other input is float into
     MatMulNBits, which quantizes that input per block at run time, so the gated model (whose gates make every
-    activation input float) would measure that quantization instead of ptqflow's."""
+    activation input float) would measure that quantization instead of ptqflow's. ``store(value, name)`` makes the initializer of a folded value
+    (e.g. runtime.model_files.DataFile.tensor: its bytes in a file, for a model over 2 GB)."""
     g = model.graph
     inits = {t.name: t for t in g.initializer}
     folded = []
@@ -62,7 +63,7 @@ def fold_constant_dequantize(model: onnx.ModelProto) -> None:
             shape = [-1 if i == axis % x.ndim else 1 for i in range(x.ndim)]
             scale, zp = scale.reshape(shape), zp.reshape(shape)
         value = ((x.astype(np.float32) - zp.astype(np.float32)) * scale).astype(np.float32)
-        g.initializer.append(numpy_helper.from_array(value, n.output[0]))
+        g.initializer.append(store(value, n.output[0]))
         folded.append(n)
     for n in folded:
         g.node.remove(n)
