@@ -7,6 +7,8 @@ ModelProto, sessions from a temporary file in the scratch directory, shape infer
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -101,11 +103,32 @@ def test_quantization_through_the_large_model_path_gives_the_same_model(monkeypa
     for fast in (True, False):
         config = QuantizationConfig(subset_size=12, fast_bias_correction=fast)
         config.advanced.statistics_runtime = "onnxruntime"
-        expected = quantize_with_config(model, samples, config).model.SerializeToString()
+        expected = quantize_with_config(model, samples, config)
         monkeypatch.setattr(model_files, "PROTO_LIMIT", 0)
-        got = quantize_with_config(model, samples, config).model
+        got = quantize_with_config(model, samples, config)
         monkeypatch.setattr(model_files, "PROTO_LIMIT", 2**40)
-        assert got.SerializeToString() == expected
+        assert got.model.SerializeToString() == expected.model.SerializeToString()
+        # the same measurements too: the guard's FP32 outputs taken first, the mixed-precision search's gated model
+        # run from a file, the INT8 model set aside in a file while the search runs
+        assert got.layers == expected.layers
+
+
+def test_a_model_set_aside_comes_back_byte_identical(tmp_path):
+    """SetAside writes the model to the scratch directory and reads it back equal field for field: data moved to
+    the external file, a tensor already without data (copy_without) and data_location set or not."""
+    from ptqflow.runtime.model_files import SetAside, copy_without
+
+    model = builders.mlp(features=64, hidden=128)
+    model.graph.initializer[0].data_location = onnx.TensorProto.DEFAULT  # as onnx.load leaves loaded tensors
+    model = copy_without(model, {model.graph.initializer[1].name})
+    expected = model.SerializeToString()
+    with SetAside(model) as aside:
+        del model
+        back = aside.back()
+        assert any(p.name.endswith(".data") for p in Path(aside._path).parent.iterdir())
+    assert back.SerializeToString() == expected
+    with SetAside(back, to_file=False) as aside:
+        assert aside.back() is back
 
 
 def test_fetch_model_lowers_the_ir_version_of_a_model_with_external_data(tmp_path, no_limit):

@@ -135,6 +135,31 @@ def test_measure_speed_alternates():
     assert set(res) >= {"fp32", "int8", "speedup"}
 
 
+def test_a_model_over_2_gb_is_timed_one_model_at_a_time(tmp_path, monkeypatch):
+    """Over protobuf's limit (lowered to 0 here), FP32 is made, timed and dropped before INT8 is made; the report
+    has the same figures, valid against the schema."""
+    from ptqflow.runtime import model_files
+
+    events = []
+    res = validate.measure_apart(lambda: events.append("make f") or (lambda: events.append("f")),
+                                 lambda: events.append("make i") or (lambda: events.append("i")), 2)
+    n = validate._WARMUP + 2
+    assert events == ["make f"] + ["f"] * n + ["make i"] + ["i"] * n and set(res) >= {"fp32", "int8", "speedup"}
+    dirs = make_artifacts(tmp_path)
+    assert not validate.one_at_a_time(dirs["model"] / "model.onnx")
+    monkeypatch.setattr(model_files, "PROTO_LIMIT", 0)
+    assert validate.one_at_a_time(dirs["model"] / "model.onnx")
+    out = tmp_path / "out"
+    out.mkdir()
+    validate.run(dirs, out, _cfg(min_cosine=0.99))
+    report = json.loads((out / "report.json").read_text())
+    jsonschema.validate(report, json.loads((Path(validate.__file__).parent.parent / "report/schema.json").read_text()))
+    for rt in ("onnxruntime", "openvino"):
+        sp = report["speed"][rt]
+        assert len(sp["fp32"]["samples_ms"]) == len(sp["int8"]["samples_ms"]) == 4
+        assert sp["speedup"] == pytest.approx(sp["fp32"]["latency_ms_median"] / sp["int8"]["latency_ms_median"])
+
+
 def test_empty_validation_split_is_an_error_never_calibration_fallback(tmp_path):
     dirs = make_artifacts(tmp_path)
     cal = dirs["calibration"]

@@ -40,7 +40,7 @@ def hook_setup(mlflow_url, airflow_rest, tmp_path_factory):
         "orchestrator": "airflow", "airflow": {"url": airflow_rest.url, "dag_id": DAG_ID},
         "registry": {"tracking_uri": mlflow_url, "alias": "int8-candidate"},
         "pipeline": {"data": f"s3://{BUCKET}/in/data/", "output": f"s3://{BUCKET}/hooks/{{name}}/{{version}}",
-                     "config": TINY_CONFIG},
+                     "statistics_shards": 2, "config": TINY_CONFIG},
         "retry": {"attempts": 3, "backoff_s": 0.5}}))
     password = json.loads((airflow_rest.home / "simple_auth_manager_passwords.json.generated").read_text())["admin"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
@@ -126,11 +126,16 @@ def test_webhook_then_poll_quantize_and_publish(rest_s3, airflow_rest, mlflow_ur
     v1 = register_onnx(client, SOURCE, model, tags={"ptqflow.quantize": "true"})
     run = _wait_hook_run(af, SOURCE, v1.version)
     assert run["conf"]["model"] == f"models:/{SOURCE}/1"
+    assert (run["conf"]["statistics_shards"], run["conf"]["validation_shards"]) == (2, 1)  # hook.yaml's shards
     done = af.wait_run(DAG_ID, run["dag_run_id"])
     tis = af.task_instances(DAG_ID, run["dag_run_id"])
-    states = {ti["task_id"]: ti["state"] for ti in tis}
+    states = {ti["task_id"] + (f"[{ti['map_index']}]" if ti["map_index"] >= 0 else ""): ti["state"] for ti in tis}
     assert done["state"] == "success", f"{states}\n{af.log_tails()}"
     assert states["publish_registry"] == "success" and states["fetch_model"] == "success"
+    # The DAG took the hook's statistics_shards: two mapped collect-stats tasks and their merge, one validate.
+    assert {k: states[k] for k in ("collect_stats_shard[0]", "collect_stats_shard[1]", "merge_stats", "validate")} \
+        == {"collect_stats_shard[0]": "success", "collect_stats_shard[1]": "success", "merge_stats": "success",
+            "validate": "success"}
     _check_int8(client, "1", "1", f"hooks/{SOURCE}/1", rest_s3)
     assert client.get_model_version_by_alias(TARGET, "int8-candidate").version == "1"
     assert client.get_model_version(SOURCE, "1").tags["ptqflow.run"] == f"airflow:{run['dag_run_id']}"

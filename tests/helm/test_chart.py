@@ -206,8 +206,9 @@ def test_every_pod_runs_non_root_read_only_without_capabilities(render):
 def test_hook_deployment_probes_secrets_and_config(render, tmp_path, monkeypatch):
     from ptqflow.registry.hooks.config import load_hook_config
 
+    sharded = {**HOOK_CONFIG, "pipeline": {**HOOK_CONFIG["pipeline"], "statistics_shards": 4, "validation_shards": 2}}
     objects = render({"pipelineConfig": {"quantization": {"preset": "mixed"}},
-                      "hook": {"config": HOOK_CONFIG, "serve": {"enabled": True},
+                      "hook": {"config": sharded, "serve": {"enabled": True},
                                "env": [{"name": "MLFLOW_TRACKING_URI", "value": "http://mlflow:5000"}]}})
     (dep,) = find(objects, "Deployment", f"{FULLNAME}-hook")
     (c,) = dep["spec"]["template"]["spec"]["containers"]
@@ -235,6 +236,8 @@ def test_hook_deployment_probes_secrets_and_config(render, tmp_path, monkeypatch
     loaded = load_hook_config(str(path))  # the hook service accepts what the chart renders
     assert loaded.airflow.url == "http://airflow-api-server.airflow:8080"
     assert loaded.pipeline.output == "s3://b/runs/{name}/{version}"
+    # The shard counts reach every run the hook starts (tests/hooks and tests/kfp: the Airflow and KFP calls).
+    assert (loaded.pipeline.statistics_shards, loaded.pipeline.validation_shards) == (4, 2)
     mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
     assert mounts["/etc/ptqflow"]["readOnly"] is True and "/tmp" in mounts
     (svc,) = find(objects, "Service", f"{FULLNAME}-hook")
@@ -286,6 +289,12 @@ def test_hook_registry_env_can_be_left_out_or_overridden(render):
 def test_placement_the_faces_cannot_apply_fails_at_install(chart, devices, message):
     with pytest.raises(helm.HelmError, match=re.escape(message)):
         chart.render({"devices": devices}, name=RELEASE, namespace=NAMESPACE)
+
+
+def test_hook_shard_counts_below_one_fail_at_install(chart):
+    bad = {**HOOK_CONFIG, "pipeline": {**HOOK_CONFIG["pipeline"], "validation_shards": 0}}
+    with pytest.raises(helm.HelmError, match="validation_shards"):
+        chart.render({"hook": {"config": bad, "serve": {"enabled": True}}}, name=RELEASE, namespace=NAMESPACE)
 
 
 def test_hook_without_config_fails_with_a_clear_message(chart):

@@ -10,11 +10,12 @@ import subprocess
 import sys
 import threading
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
 
 from chart_helpers import CHART
+from processes import JsonHandler
 
 SCRIPT = CHART / "files" / "kfp_upload.py"
 API = "/apis/v2beta1/pipelines"
@@ -31,18 +32,7 @@ class FakeKfp:
     def handler(self):
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # keep test output quiet
-                pass
-
-            def _reply(self, code: int, body: dict) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(JsonHandler):
             def _record(self):
                 url = urllib.parse.urlsplit(self.path)
                 query = dict(urllib.parse.parse_qsl(url.query))
@@ -52,16 +42,16 @@ class FakeKfp:
             def do_GET(self):
                 path, query = self._record()
                 if fake.fail_with:
-                    return self._reply(fake.fail_with, {"error": "backend down"})
+                    return self.json(fake.fail_with, {"error": "backend down"})
                 wanted = json.loads(query["filter"])["predicates"][0]
                 assert wanted["operation"] == 1 and wanted["key"] == "display_name"
                 if path == API:
                     found = [p for p in fake.pipelines.values() if p["display_name"] == wanted["stringValue"]]
-                    return self._reply(200, {"pipelines": [{k: p[k] for k in ("pipeline_id", "display_name")}
+                    return self.json(200, {"pipelines": [{k: p[k] for k in ("pipeline_id", "display_name")}
                                                            for p in found]} if found else {})
                 pid = path[len(API) + 1:].split("/")[0]
                 versions = [v for v in fake.pipelines[pid]["versions"] if v["display_name"] == wanted["stringValue"]]
-                return self._reply(200, {"pipeline_versions": versions} if versions else {})
+                return self.json(200, {"pipeline_versions": versions} if versions else {})
 
             def do_POST(self):
                 path, query = self._record()
@@ -75,14 +65,14 @@ class FakeKfp:
                                            "namespace": query.get("namespace"),
                                            "versions": [{"pipeline_version_id": f"{pid}-v1",
                                                          "display_name": display_name}]}
-                    return self._reply(200, {"pipeline_id": pid, "display_name": display_name})
+                    return self.json(200, {"pipeline_id": pid, "display_name": display_name})
                 if path == f"{API}/upload_version":
                     versions = fake.pipelines[query["pipelineid"]]["versions"]
                     version = {"pipeline_version_id": f"{query['pipelineid']}-v{len(versions) + 1}",
                                "display_name": display_name}
                     versions.append(version)
-                    return self._reply(200, version)
-                return self._reply(404, {"error": "not found"})
+                    return self.json(200, version)
+                return self.json(404, {"error": "not found"})
 
         return Handler
 

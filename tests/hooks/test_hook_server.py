@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -20,6 +19,7 @@ from mlflow.webhooks.delivery import _generate_hmac_signature as mlflow_signatur
 
 import builders
 from mlflow_server import register_onnx
+from processes import serving
 from recording_orchestrator import recording_airflow
 from ptqflow.registry.hooks.config import HookConfig
 from ptqflow.registry.hooks.core import HookCore
@@ -35,6 +35,7 @@ def _config(airflow_url: str, mlflow_url: str, **server) -> HookConfig:
         "orchestrator": "airflow", "airflow": {"url": airflow_url, "timeout_s": 2},
         "registry": {"tracking_uri": mlflow_url, "alias": "int8-candidate"},
         "pipeline": {"data": "s3://bucket/calib/", "output": "s3://bucket/out/{name}/{version}",
+                     "statistics_shards": 3, "validation_shards": 2,
                      "config": {"quantization": {"subset_size": 16}}},
         "server": {"max_body_bytes": 4096, "ack_timeout_s": 5, **server},
         "retry": {"attempts": 2, "backoff_s": 0.1, "max_backoff_s": 0.2}})
@@ -45,14 +46,10 @@ def hook_server(cfg: HookConfig):
     """The hook's HTTP server in a thread on a free loopback port; yields its base URL."""
     os.environ.update(PTQFLOW_AIRFLOW_USERNAME="admin", PTQFLOW_AIRFLOW_PASSWORD="pw")
     service = HookService(cfg, HookCore(cfg, AirflowOrchestrator(cfg.airflow)), SECRET)
-    server = make_server(service, "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        with serving(make_server(service, "127.0.0.1", 0)) as url:
+            yield url
     finally:
-        server.shutdown()
-        server.server_close()
         service.pool.shutdown(wait=True)
 
 
@@ -110,6 +107,7 @@ def test_signed_delivery_triggers_one_run_with_the_model_uri(env):
     conf = body["conf"]
     assert conf["model"] == f"models:/{mv.name}/1" and conf["data"] == "s3://bucket/calib/"
     assert conf["output"] == f"s3://bucket/out/{mv.name}/1"
+    assert (conf["statistics_shards"], conf["validation_shards"]) == (3, 2)  # the DAG's fan-out parameters
     assert conf["config"]["registry"] == {"target_name": f"{mv.name}-int8", "experiment": "ptqflow",
                                           "alias": "int8-candidate", "tracking_uri": client.tracking_uri}
     assert conf["config"]["quantization"] == {"subset_size": 16}

@@ -19,7 +19,8 @@ from ptqflow.logs import get_logger
 from ptqflow.quantization.algorithms import fast_bias_correction, minmax, smooth_quant
 from ptqflow.quantization.algorithms import quantizer_placement as placement
 from ptqflow.quantization.algorithms.bias_layers import find_bias_layers
-from ptqflow.quantization.algorithms.bias_step import Samples, correct_and_guard, reapply, statistics_request
+from ptqflow.quantization.algorithms.bias_step import (Samples, correct_and_guard, guard_references, reapply,
+                                                       statistics_request)
 from ptqflow.quantization.algorithms.summary import layer_summary
 from ptqflow.quantization.graph.prepare import MAX_IR_VERSION, is_large, prepare_model
 from ptqflow.quantization.passes.context import PlanContext, PlanPass
@@ -31,7 +32,7 @@ from ptqflow.quantization.statistics.partial import PartialStatistics, merge, sh
 from ptqflow.quantization.statistics.points import StatisticPoint
 from ptqflow.quantization.statistics.runner import make_runner
 from ptqflow.quantization.writers import dynamic_contrib, integer_ops, write
-from ptqflow.runtime.model_files import copy_without
+from ptqflow.runtime.model_files import SetAside, copy_without
 from ptqflow.runtime.sessions import make_session
 
 log = get_logger("engine")
@@ -198,15 +199,25 @@ def quantize(prepared: onnx.ModelProto, statistics: Statistics, config: Quantiza
     plan = statistics.plan
     plan.check_matches(prepared)
     pool = samples(samples_needed(config))
+    # The guard's FP32 outputs before the INT8 model exists: never an FP32 session beside the INT8 model and its
+    # uncorrected copy (for a model over 2 GB the step's peak; bench/README.md, "Models over 2 GB").
+    references = guard_references(prepared, config, pool, device)
     q, records = _write(prepared, plan, statistics, config)
-    bc = correct_and_guard(prepared, q, statistics, config, pool, device)
+    bc = correct_and_guard(prepared, q, statistics, config, pool, device, references)
+    del references
     passes = [p for p in plan_passes("quantize") if p.enabled(config.advanced)] if plan_passes_on else []
     decided = len(plan.float_tensors)
-    run_passes(passes, PlanContext(prepared, plan, statistics, config, pool, lambda m: make_session(m, device),
-                                    device))
-    if len(plan.float_tensors) != decided:
-        q, records = _write(prepared, plan, statistics, config)
-        bc = reapply(prepared, q, statistics, config, pool, device, bc)
+    # The passes never read the INT8 model: a large one waits in a file meanwhile, so their FP32 sessions and
+    # gated model do not sit beside it.
+    with SetAside(q, to_file=bool(passes) and is_large(prepared)) as aside:
+        del q
+        run_passes(passes, PlanContext(prepared, plan, statistics, config, pool, lambda m: make_session(m, device),
+                                        device))
+        if len(plan.float_tensors) != decided:
+            q, records = _write(prepared, plan, statistics, config)
+            bc = reapply(prepared, q, statistics, config, pool, device, bc)
+        else:
+            q = aside.back()
     # onnxruntime computes biases in int32: so does the model; QOperator / IntegerOps re-express the QDQ units
     q = write(q, config.quant_format, int32_bias=config.effective_target_runtime() == TargetRuntime.ONNXRUNTIME)
     q.ir_version = min(q.ir_version or MAX_IR_VERSION, MAX_IR_VERSION)

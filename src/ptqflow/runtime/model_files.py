@@ -86,9 +86,15 @@ def has_external_data(path: Path) -> bool:
     return any(t.data_location == TensorProto.EXTERNAL for t in all_tensors(header.graph))
 
 
-def _repeated(field) -> bool:
-    # protobuf 7 has only is_repeated; before 5.28 there was only label
-    return field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
+def stored_bytes(path: Path) -> int:
+    """The bytes of the model file at ``path`` and of the external data files it names (reads the .onnx file
+    only)."""
+    path = Path(path)
+    header = onnx.load(str(path), load_external_data=False)
+    locations = {e.value for t in all_tensors(header.graph) if t.data_location == TensorProto.EXTERNAL
+                 for e in t.external_data if e.key == "location"}
+    return path.stat().st_size + sum((path.parent / loc).stat().st_size for loc in locations
+                                     if (path.parent / loc).is_file())
 
 
 def _copy_except(message, skip: set[str]):
@@ -179,18 +185,40 @@ def save_model(model: onnx.ModelProto, path: Path, external: bool | None = None)
     if not (is_large(model) if external is None else external):
         onnx.save(model, str(path))
         return path
-    location = f"{path.name}.data"
-    with open(path.parent / location, "wb") as data:
-        def write(chunk: bytes) -> int:
-            end = data.tell()
-            offset = end + (-end % _ALIGN)
-            data.write(b"\0" * (offset - end))
-            data.write(chunk)
-            return offset
-
-        header = _split(model, write, location)
+    with DataFile(path.parent / f"{path.name}.data") as data:
+        header = _split(model, data.write, data.path.name)
     onnx.save(header, str(path))
     return path
+
+
+class DataFile:
+    """An external data file being written: each chunk at the next page-aligned offset (runtimes can then map the
+    file instead of copying it). A context manager that closes the file."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._file = open(self.path, "wb")
+
+    def write(self, chunk: bytes) -> int:
+        """Append ``chunk``; returns its offset."""
+        end = self._file.tell()
+        offset = end + (-end % _ALIGN)
+        self._file.write(b"\0" * (offset - end))
+        self._file.write(chunk)
+        return offset
+
+    def tensor(self, value: np.ndarray, name: str) -> onnx.TensorProto:
+        """``value`` written here, as the initializer ``name`` referring to it (a model file beside this one
+        reads it): for a caller that makes a large model one tensor at a time without holding their bytes."""
+        data = np.ascontiguousarray(value).tobytes()
+        t = TensorProto(name=name, data_type=onnx.helper.np_dtype_to_tensor_dtype(value.dtype), dims=value.shape)
+        return _external_ref(t, self.path.name, self.write(data), len(data))
+
+    def __enter__(self) -> "DataFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._file.close()
 
 
 @contextmanager
@@ -211,3 +239,45 @@ def model_file(model, prefix: str = "ptqflow-model-", file_from: int | None = No
         yield bytes(model)
         return
     yield Path(model)
+
+
+
+class SetAside:
+    """``model`` held in a file (``to_file``; else in memory, as it is) until ``back()`` returns it, equal field for
+    field (its bytes serialize identically): once the caller drops its own reference, the model's memory is free
+    meanwhile (protobuf frees a message's memory only as a whole). A context manager: the file (external data, in
+    the running step's scratch directory) goes at the end of the block. Nothing here keeps a reference to a model
+    set aside in a file."""
+
+    def __init__(self, model: onnx.ModelProto, to_file: bool = True):
+        self._model, self._scratch = (None, scratch_dir("ptqflow-aside-")) if to_file else (model, None)
+        if to_file:
+            inits = model.graph.initializer
+            self._moved = [_externalizable(t) for t in inits]  # what save_model moves to the data file
+            self._located = [t.HasField("data_location") for t in inits]
+            self._path = save_model(model, Path(self._scratch.name) / "model.onnx", external=True)
+
+    def back(self) -> onnx.ModelProto:
+        """The model."""
+        if self._scratch is None:
+            return self._model
+        out = onnx.load(str(self._path), load_external_data=False)
+        with open(self._path.parent / f"{self._path.name}.data", "rb") as data:
+            for t, moved, located in zip(out.graph.initializer, self._moved, self._located):
+                if not moved:
+                    continue
+                ref = {e.key: e.value for e in t.external_data}
+                data.seek(int(ref["offset"]))
+                t.raw_data = data.read(int(ref["length"]))
+                del t.external_data[:]
+                t.ClearField("data_location")
+                if located:
+                    t.data_location = TensorProto.DEFAULT
+        return out
+
+    def __enter__(self) -> "SetAside":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._scratch is not None:
+            self._scratch.cleanup()

@@ -192,6 +192,31 @@ def measure_speed(run_fp32, run_int8, iterations: int) -> dict:
             t0 = time.perf_counter()
             fn()
             times[key].append((time.perf_counter() - t0) * 1000.0)
+    return _speed_figures(times)
+
+
+def measure_apart(make_fp32, make_int8, iterations: int) -> dict:
+    """measure_speed's figures with one model loaded at a time: ``make_fp32()`` returns FP32's run function,
+    which is warmed up, timed and dropped before ``make_int8()`` is called. For models whose weights no cache
+    holds (over 2 GB, ``one_at_a_time``), where two compiled models at once would be the step's peak memory."""
+    times = {}
+    for key, make in (("fp32", make_fp32), ("int8", make_int8)):
+        times[key] = _time_alone(make(), iterations)
+    return _speed_figures(times)
+
+
+def _time_alone(run, iterations: int) -> list[float]:
+    for _ in range(_WARMUP):
+        run()
+    times = []
+    for _ in range(iterations):
+        t0 = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return times
+
+
+def _speed_figures(times: dict[str, list[float]]) -> dict:
     out = {}
     for key, ts in times.items():
         med = float(np.median(ts))
@@ -202,15 +227,30 @@ def measure_speed(run_fp32, run_int8, iterations: int) -> dict:
     return out
 
 
+def one_at_a_time(fp32_path: Path) -> bool:
+    """Whether the speed measurement loads one model at a time (measure_apart): an FP32 model over protobuf's 2 GB
+    limit (its weights, wherever they are stored)."""
+    from ptqflow.runtime.model_files import PROTO_LIMIT, stored_bytes
+
+    return fp32_path.suffix == ".onnx" and stored_bytes(fp32_path) > PROTO_LIMIT
+
+
 def speed_onnxruntime(fp32_path, int8_path, sample, device: str, iterations: int) -> dict:
-    """measure_speed with onnxruntime sessions."""
-    a, b = _session(fp32_path, device), _session(int8_path, device)
-    return {"runtime": "onnxruntime", "device": device,
-            **measure_speed(lambda: a.run(None, sample), lambda: b.run(None, sample), iterations)}
+    """measure_speed with onnxruntime sessions (measure_apart for a model over 2 GB)."""
+    def runner(path):
+        session = _session(path, device)
+        return lambda: session.run(None, sample)
+
+    if one_at_a_time(Path(fp32_path)):
+        timed = measure_apart(lambda: runner(fp32_path), lambda: runner(int8_path), iterations)
+    else:
+        timed = measure_speed(runner(fp32_path), runner(int8_path), iterations)
+    return {"runtime": "onnxruntime", "device": device, **timed}
 
 
 def speed_openvino(fp32_path, int8_path, sample, device: str, precision: str, iterations: int) -> dict:
-    """measure_speed with OpenVINO; the FP32 baseline compiled with INFERENCE_PRECISION_HINT=precision.
+    """measure_speed with OpenVINO (measure_apart for a model over 2 GB); the FP32 baseline compiled with
+    INFERENCE_PRECISION_HINT=precision.
 
     Where the device runs FP32 models at another precision by default (bf16 on CPUs with AMX or AVX512-BF16),
     ``default_precision`` holds a second comparison against the FP32 model at that default, which is what an
@@ -218,17 +258,30 @@ def speed_openvino(fp32_path, int8_path, sample, device: str, precision: str, it
     from ptqflow.runtime import openvino as ov
 
     c = ov.core()
+
+    def runner(path, hint=None):
+        request = ov.compile_model(c, ov.for_compile(c, path), device, hint).create_infer_request()
+        return lambda: request.infer(sample)
+
     # Each FP32 compilation is released before the next is made: for a model over 2 GB two at once would hold
-    # its weights twice more (models with external data are read, not converted: see ov.for_compile).
-    a = ov.compile_model(c, ov.for_compile(c, fp32_path), device, precision).create_infer_request()
-    b = ov.compile_model(c, ov.for_compile(c, int8_path), device).create_infer_request()
-    out = {"runtime": "openvino", "device": device, "fp32_inference_precision": precision,
-           **measure_speed(lambda: a.infer(sample), lambda: b.infer(sample), iterations)}
-    del a
+    # its weights twice more (models with external data are read, not converted: see ov.for_compile); such a
+    # model is also timed apart from its INT8 model, never both compiled at once.
+    apart = one_at_a_time(Path(fp32_path))
+    if apart:
+        timed = measure_apart(lambda: runner(fp32_path, precision), lambda: runner(int8_path), iterations)
+    else:
+        fp32, int8 = runner(fp32_path, precision), runner(int8_path)
+        timed = measure_speed(fp32, int8, iterations)
+        del fp32
+    out = {"runtime": "openvino", "device": device, "fp32_inference_precision": precision, **timed}
     default = ov.default_precision(c, device)
     if default is not None and default != precision:
-        d = ov.compile_model(c, ov.for_compile(c, fp32_path), device).create_infer_request()
-        timed = measure_speed(lambda: d.infer(sample), lambda: b.infer(sample), iterations)
+        if apart:
+            fp32_ms = float(np.median(_time_alone(runner(fp32_path), iterations)))
+            timed = {"speedup": fp32_ms / max(timed["int8"]["latency_ms_median"], 1e-9),
+                     "fp32": {"latency_ms_median": fp32_ms}, "int8": timed["int8"]}
+        else:
+            timed = measure_speed(runner(fp32_path), int8, iterations)
         out["default_precision"] = {"fp32_inference_precision": default, "speedup": timed["speedup"],
                                     "fp32_latency_ms_median": timed["fp32"]["latency_ms_median"],
                                     "int8_latency_ms_median": timed["int8"]["latency_ms_median"]}

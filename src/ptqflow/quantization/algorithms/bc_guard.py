@@ -18,15 +18,24 @@ import onnx
 from ptqflow.quantization.algorithms.output_error import OutputError, decision_outputs
 from ptqflow.runtime.sessions import run_each
 
-__all__ = ["decision_outputs", "judge"]
+__all__ = ["decision_outputs", "judge", "references"]
+
+
+def references(fp32: onnx.ModelProto, samples: list[dict], device: str = "cpu") -> list[list]:
+    """The FP32 model's outputs on ``samples``, which ``judge`` measures the error against."""
+    return run_each(fp32, samples, device)
 
 
 def judge(fp32: onnx.ModelProto, uncorrected: onnx.ModelProto, corrected: onnx.ModelProto,
-          samples: list[dict], device: str = "cpu", *, tie_weight: float) -> tuple[bool, float, float]:
+          samples: list[dict], device: str = "cpu", *, tie_weight: float,
+          fp32_outputs: list[list] | None = None) -> tuple[bool, float, float]:
     """(keep the correction, output error without it, output error with it) on ``samples``; ``tie_weight``: the
-    weight of a decision output's squared error next to its decisions (OutputError)."""
+    weight of a decision output's squared error next to its decisions (OutputError). ``fp32_outputs``: the FP32
+    model's outputs on ``samples`` (``references``) when the caller took them already, else they are taken here."""
     names = [o.name for o in fp32.graph.output]
-    error = OutputError(names, run_each(fp32, samples, device), decision_outputs(fp32), tie_weight=tie_weight)
+    if fp32_outputs is None:
+        fp32_outputs = references(fp32, samples, device)
+    error = OutputError(names, fp32_outputs, decision_outputs(fp32), tie_weight=tie_weight)
     before = error(run_each(uncorrected, samples, device))
     after = error(run_each(corrected, samples, device))
     return after <= before, before, after

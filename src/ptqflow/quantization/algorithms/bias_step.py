@@ -29,50 +29,74 @@ def statistics_request(config: QuantizationConfig) -> dict:
     return {"bias_input_means": bool(config.fast_bias_correction and not config.advanced.disable_bias_correction)}
 
 
+def guard_samples(prepared: onnx.ModelProto, config: QuantizationConfig,
+                  samples: list[dict]) -> tuple[list[dict], int, list[dict]]:
+    """(the samples the guard judges on, how many of them are held out, the fitted samples it judges again on when
+    the held-out verdict keeps the correction) for ``samples``, the calibration samples at hand; empty when no
+    guard runs. Full BiasCorrection fits on the first ``config.bias_correction_samples()`` and the guard judges on
+    the ones after them (held out); where too few are at hand, and for FastBiasCorrection, whose input means cover
+    the whole calibration subset, it judges on the last ones. Guard samples:
+    ``advanced.bias_correction_guard_samples``, or ``..._no_softmax`` for models without a decision
+    (Softmax/LogSoftmax) output, whose continuous error settles on fewer samples."""
+    adv = config.advanced
+    if not adv.bias_correction_guard_samples or adv.disable_bias_correction:
+        return [], 0, []
+    n_guard = guard_sample_count(config, bool(bc_guard.decision_outputs(prepared)))
+    if not n_guard:
+        return [], 0, []
+    n_fit = 0 if config.fast_bias_correction else config.bias_correction_samples()
+    judged = samples[n_fit:n_fit + n_guard] or samples[-n_guard:]
+    held_out = len(judged) if samples[n_fit:] and not config.fast_bias_correction else 0
+    return judged, held_out, samples[:min(n_fit, n_guard)] if held_out else []
+
+
+def guard_references(prepared: onnx.ModelProto, config: QuantizationConfig, samples: list[dict],
+                     device: str) -> tuple[list | None, list | None]:
+    """The FP32 model's outputs on the guard's samples and on its fitted ones (``guard_samples``; None where there
+    are none), for a caller that takes them before any INT8 model exists: an FP32 session made beside the INT8
+    model and its uncorrected copy holds the weights once more than the prepared model does (for a model over
+    2 GB, the step's peak: bench/README.md, "Models over 2 GB"). The same runs ``correct_and_guard`` makes
+    itself without them."""
+    judged, _, fitted = guard_samples(prepared, config, samples)
+    return (bc_guard.references(prepared, judged, device) if judged else None,
+            bc_guard.references(prepared, fitted, device) if fitted else None)
+
+
 def correct_and_guard(prepared: onnx.ModelProto, q: onnx.ModelProto, statistics: Statistics,
-                      config: QuantizationConfig, samples: list[dict], device: str) -> list[dict]:
+                      config: QuantizationConfig, samples: list[dict], device: str,
+                      references: tuple[list | None, list | None] = (None, None)) -> list[dict]:
     """Run the configured bias correction on ``q`` in place, then the guard (ptqflow.quantization.algorithms
     .bc_guard): when the corrected model's output error against FP32 is higher than without the correction on
-    samples the correction was not fitted on, ``q`` goes back to its uncorrected biases and every record says
-    why. Returns the records, each with the verdict's figures (error_before, error_after, held_out).
-
-    ``samples``: the calibration samples at hand. Full BiasCorrection fits on the first
-    ``config.bias_correction_samples()`` and the guard judges on the ones after them (held out); where too few
-    are at hand, and for FastBiasCorrection, whose input means cover the whole calibration subset, it judges on
-    the last ones and says how many of them were held out (``held_out``). Guard samples:
-    ``advanced.bias_correction_guard_samples``, or ``..._no_softmax`` for models without a decision
-    (Softmax/LogSoftmax) output, whose continuous error settles on fewer samples. A correction judged on held-out
-    samples is kept only when it does not raise the error on as many fitted samples either."""
+    samples the correction was not fitted on (``guard_samples``), ``q`` goes back to its uncorrected biases and
+    every record says why. Returns the records, each with the verdict's figures (error_before, error_after,
+    held_out). A correction judged on held-out samples is kept only when it does not raise the error on as many
+    fitted samples either. ``references``: ``guard_references`` taken by the caller (else taken here)."""
     adv = config.advanced
-    n_guard = adv.bias_correction_guard_samples
     uncorrected = None
-    if n_guard and not config.advanced.disable_bias_correction:
+    if adv.bias_correction_guard_samples and not adv.disable_bias_correction:
         uncorrected = onnx.ModelProto()
         uncorrected.CopyFrom(q)
     n_fit = 0 if config.fast_bias_correction else config.bias_correction_samples()
     records = correct_biases(prepared, q, statistics, config, samples[:n_fit], device)
     if uncorrected is None or not any(r.get("applied") for r in records):
         return records
-    n_guard = guard_sample_count(config, bool(bc_guard.decision_outputs(prepared)))
-    if not n_guard:
+    guard, held_out, fitted = guard_samples(prepared, config, samples)
+    if not guard:
+        if guard_sample_count(config, bool(bc_guard.decision_outputs(prepared))):
+            log.info("bias correction guard skipped: no calibration samples at hand")
         return records
-    guard_samples = samples[n_fit:n_fit + n_guard] or samples[-n_guard:]
-    held_out = len(guard_samples) if samples[n_fit:] and not config.fast_bias_correction else 0
-    if not guard_samples:
-        log.info("bias correction guard skipped: no calibration samples at hand")
-        return records
-    keep, before, after = bc_guard.judge(prepared, uncorrected, q, guard_samples, device,
-                                         tie_weight=adv.bias_correction_guard_tie_weight)
+    keep, before, after = bc_guard.judge(prepared, uncorrected, q, guard, device,
+                                         tie_weight=adv.bias_correction_guard_tie_weight, fp32_outputs=references[0])
     if keep and held_out:
         # Never hurts: a correction kept on held-out samples must not raise the error on the ones it was fitted on
         # either (on a few dozen samples one verdict alone is noisy: PP-OCR cls, full BiasCorrection kept on 32
         # held-out samples, lost 1 point of validation accuracy; the fitted samples reverted it).
-        fitted = samples[:min(n_fit, n_guard)]
         keep, fit_before, fit_after = bc_guard.judge(prepared, uncorrected, q, fitted, device,
-                                                     tie_weight=adv.bias_correction_guard_tie_weight)
+                                                     tie_weight=adv.bias_correction_guard_tie_weight,
+                                                     fp32_outputs=references[1])
         if not keep:
-            held_out, before, after, guard_samples = 0, fit_before, fit_after, fitted
-    report_guard(records, keep, len(guard_samples), before, after, held_out)
+            held_out, before, after, guard = 0, fit_before, fit_after, fitted
+    report_guard(records, keep, len(guard), before, after, held_out)
     if not keep:
         q.CopyFrom(uncorrected)
     return records

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -28,6 +29,8 @@ from ptqflow.quantization.algorithms.output_error import OutputError, decision_o
 from ptqflow.quantization.algorithms.sensitivity import GATE, fold_constant_dequantize, gated_model
 from ptqflow.quantization.plan import QuantizationPlan
 from ptqflow.quantization.statistics.accumulate import batchable, batches
+from ptqflow.runtime.model_files import DataFile, is_large, save_model
+from ptqflow.scratch import scratch_dir
 
 BRANCHING = 4  # first-level blocks: a pick costs about BRANCHING + 2 log2(quantizers / BRANCHING) evaluations
 
@@ -92,19 +95,28 @@ def search(prepared: onnx.ModelProto, plan: QuantizationPlan, ranges: dict, samp
     if not samples or not plan.activations:
         result.stopped = "no samples or no activation quantizer"
         return result
-    gated, tensors = gated_model(prepared, plan, ranges)
-    fold_constant_dequantize(gated)
-    # The FP32 references of both sample sets first, then the FP32 session goes before the gated model's runner
-    # is made, and the gated ModelProto once it is: never two sessions and a spare model copy at once (a model
-    # over 2 GB would hold several copies of its weights).
+    # The FP32 references of both sample sets first, and the FP32 session goes before the gated model is made;
+    # for a model over 2 GB the gated model's float weights go to a file as they are folded, and the model itself
+    # before its runner is made (the runner maps the files): never two sessions, or a session and a spare copy
+    # of the weights, at once (a model over 2 GB would hold several copies of its weights).
     fp32 = make_session(prepared)
-    ev = _evaluator(prepared, samples, fp32, len(tensors))
-    check = _evaluator(prepared, held_out, fp32, len(tensors)) if held_out else None  # the held-out evaluator
+    ev = _evaluator(prepared, samples, fp32)
+    check = _evaluator(prepared, held_out, fp32) if held_out else None  # the held-out evaluator
     del fp32
-    ev.runner = make_runner(gated, [o.name for o in prepared.graph.output])
-    del gated
+    with scratch_dir("ptqflow-gated-") as tmp:
+        gated, tensors = gated_model(prepared, plan, ranges)
+        if is_large(prepared):  # the float weights go to a file as they are made, one at a time
+            with DataFile(Path(tmp) / "folded.data") as folded:
+                fold_constant_dequantize(gated, folded.tensor)
+        else:
+            fold_constant_dequantize(gated)
+        if is_large(prepared) or is_large(gated):  # rebinding drops the ModelProto: only the files remain
+            gated = save_model(gated, Path(tmp) / "model.onnx", external=True)
+        ev.runner = make_runner(gated, [o.name for o in prepared.graph.output])
+        del gated
+    ev.n_points = len(tensors)
     if check is not None:
-        check.runner = ev.runner
+        check.runner, check.n_points = ev.runner, ev.n_points
     check_base = None  # its errors, measured when the first pick needs them
     base = ev(set())
     floor = float(np.mean(ev(range(len(tensors)))))
@@ -148,14 +160,15 @@ def search(prepared: onnx.ModelProto, plan: QuantizationPlan, ranges: dict, samp
     return result
 
 
-def _evaluator(prepared: onnx.ModelProto, samples: list[dict], fp32, n_points: int) -> _Evaluator:
+def _evaluator(prepared: onnx.ModelProto, samples: list[dict], fp32) -> _Evaluator:
     """An evaluator of the gated model on ``samples`` (stacked into runs where the batch dim allows) against the
-    FP32 session's outputs on them; its ``runner`` (the gated model's) is set by the caller."""
+    FP32 session's outputs on them; its ``runner`` (the gated model's) and ``n_points`` (its gates) are set by the
+    caller."""
     runs = [b["arrays"] for b in batches(iter(samples), batchable(prepared, []), 0, None)]
     names = [o.name for o in prepared.graph.output]
     metric = OutputError(names, [fp32.run(None, r) for r in runs], decision_outputs(prepared), tie_weight=0.0,
                          decisions_as="mass")
-    return _Evaluator(None, runs, metric, n_points)
+    return _Evaluator(None, runs, metric, 0)
 
 
 def _best(ev: _Evaluator, off: set[int], base: np.ndarray, active: list[int], max_evals: int,

@@ -7,7 +7,6 @@ session measures, on a handful of calibration samples, the output error each qua
 
 from __future__ import annotations
 
-import copy
 
 import numpy as np
 import onnx
@@ -16,14 +15,16 @@ from onnx import helper, numpy_helper
 from ptqflow.quantization.algorithms.minmax import _topological_insert, insert_qdq
 from ptqflow.quantization.graph.index import GraphIndex
 from ptqflow.quantization.plan import QuantizationPlan
+from ptqflow.runtime.model_files import copy_without
 
 GATE = "ptqflow_quantizer_gate"
 
 
 def gated_model(prepared: onnx.ModelProto, plan: QuantizationPlan, ranges: dict) -> tuple[onnx.ModelProto, list[str]]:
     """The quantized model with every activation quantizer switchable; and the point tensors in gate order."""
-    q = copy.deepcopy(prepared)
-    records = [r for r in insert_qdq(q, plan, ranges) if r["kind"] == "activation"]
+    # A copy without the planned weights' bytes, which insert_qdq reads from prepared: no second float copy.
+    q = copy_without(prepared, {w.tensor for w in plan.weights})
+    records = [r for r in insert_qdq(q, plan, ranges, float_weights=prepared) if r["kind"] == "activation"]
     g = q.graph
     g.input.append(helper.make_tensor_value_info(GATE, onnx.TensorProto.FLOAT, [len(records)]))
     consumers = GraphIndex(g).consumers  # the readers of each DequantizeLinear output, before rewiring
@@ -43,11 +44,12 @@ def gated_model(prepared: onnx.ModelProto, plan: QuantizationPlan, ranges: dict)
     return q, [r["tensor"] for r in records]
 
 
-def fold_constant_dequantize(model: onnx.ModelProto) -> None:
+def fold_constant_dequantize(model: onnx.ModelProto, store=numpy_helper.from_array) -> None:
     """Replace each DequantizeLinear of an int8 initializer (the weights) by its float result, in place: the same
     numbers, but onnxruntime (1.2x, CPU) fuses DequantizeLinear -> MatMul/Gemm whose other input is float into
     MatMulNBits, which quantizes that input per block at run time, so the gated model (whose gates make every
-    activation input float) would measure that quantization instead of ptqflow's."""
+    activation input float) would measure that quantization instead of ptqflow's. ``store(value, name)`` makes the initializer of a folded value
+    (e.g. runtime.model_files.DataFile.tensor: its bytes in a file, for a model over 2 GB)."""
     g = model.graph
     inits = {t.name: t for t in g.initializer}
     folded = []
@@ -61,7 +63,7 @@ def fold_constant_dequantize(model: onnx.ModelProto) -> None:
             shape = [-1 if i == axis % x.ndim else 1 for i in range(x.ndim)]
             scale, zp = scale.reshape(shape), zp.reshape(shape)
         value = ((x.astype(np.float32) - zp.astype(np.float32)) * scale).astype(np.float32)
-        g.initializer.append(numpy_helper.from_array(value, n.output[0]))
+        g.initializer.append(store(value, n.output[0]))
         folded.append(n)
     for n in folded:
         g.node.remove(n)

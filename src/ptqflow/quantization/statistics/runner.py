@@ -18,6 +18,7 @@ import logging
 import os
 from collections import deque
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -111,13 +112,15 @@ class OpenVINORunner:
         return {o: np.array(request.get_output_tensor(p).data, copy=True) for o, p in zip(self.outputs, self.ports)}
 
 
-def make_runner(model: onnx.ModelProto, outputs: list[str], device: str, runtime: str, session_factory):
-    """The runner for the statistics pass; ``session_factory(model, device)`` makes onnxruntime's session."""
+def make_runner(model: onnx.ModelProto | Path, outputs: list[str], device: str, runtime: str, session_factory):
+    """The runner for the statistics pass; ``session_factory(model, device)`` makes onnxruntime's session.
+    ``model``: a ModelProto, or a model file (a model over 2 GB, with external data), which runs on onnxruntime."""
     device = str(getattr(device, "value", device)).lower()
     runtime = str(getattr(runtime, "value", runtime)).lower()
     if runtime not in RUNTIMES:
         raise ValueError(f"statistics_runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
-    if is_large(model):  # over 2 GB: onnxruntime's session factory handles the external data
+    if not isinstance(model, onnx.ModelProto) or is_large(model):
+        # over 2 GB (as a ModelProto, or a file with external data): onnxruntime's session handles the external data
         runtime = "onnxruntime"
     if runtime == "openvino" or (runtime == "auto" and device == "cpu"):
         if runtime == "openvino" and device != "cpu":

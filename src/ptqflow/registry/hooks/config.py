@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from ptqflow.errors import ConfigError
+from ptqflow.orchestration import FAN_OUTS
 
 CONFIG_ENV = "PTQFLOW_HOOK_CONFIG"
 EVENTS = ("model_version.created", "model_version_tag.set", "model_version_alias.created")
@@ -58,12 +59,20 @@ class RegistrySettings(_Strict):
         return key.strip(), value.strip()
 
 
-class PipelineSettings(_Strict):
-    """What each triggered run gets besides the model URI."""
-
+class _PipelineBase(_Strict):
     data: str | None = Field(None, description="Dataset URI (a version tag ptqflow.data overrides it).")
     output: str = Field(..., description="Output prefix; {name} and {version} are filled in.")
     config: dict[str, Any] = Field(default_factory=dict, description="Base ptqflow pipeline config of each run.")
+
+
+# One field per fan-out of the faces (ptqflow.orchestration.FAN_OUTS: statistics_shards, validation_shards), named
+# and described as the Airflow DAG's and the KFP pipeline's run parameter it is passed as: a new fan-out needs no
+# change here, and the Helm chart's hook.config schema (scripts/gen_helm_schema.py) follows.
+PipelineSettings = create_model(
+    "PipelineSettings", __base__=_PipelineBase, __doc__="What each triggered run gets besides the model URI.",
+    **{f.param: (int, Field(1, ge=1, description=f"{f.description} Passed to each triggered run as its run "
+                                                 f"parameter {f.param}."))
+       for f in FAN_OUTS.values()})
 
 
 class ServerSettings(_Strict):

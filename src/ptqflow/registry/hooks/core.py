@@ -16,6 +16,7 @@ from typing import Any
 
 from ptqflow.registry import client as registry
 from ptqflow.errors import ConfigError, InputError, StorageError
+from ptqflow.orchestration import FAN_OUTS
 from ptqflow.registry.hooks.config import HookConfig
 from ptqflow.registry.hooks.orchestrators import Orchestrator, OrchestratorRejected, OrchestratorUnavailable, with_retries
 from ptqflow.logs import get_logger
@@ -126,7 +127,9 @@ class HookCore:
         return mv
 
     def run_conf(self, mv) -> dict[str, Any]:
-        """The run's conf: model URI, dataset, output prefix and a base config with the registry section."""
+        """The run's conf: model URI, dataset, output prefix, the shard counts of the faces' fan-outs
+        (``statistics_shards``, ``validation_shards``: run parameters of the DAG and the pipeline) and a base
+        config with the registry section."""
         name, version = mv.name, str(mv.version)
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", name)
         rc = self.cfg.registry
@@ -138,6 +141,7 @@ class HookCore:
         return {"model": f"models:/{name}/{version}",
                 "data": (mv.tags or {}).get(TAG_DATA) or self.cfg.pipeline.data,
                 "output": self.cfg.pipeline.output.format(name=safe, version=version),
+                **{f.param: getattr(self.cfg.pipeline, f.param) for f in FAN_OUTS.values()},
                 "config": {**self.cfg.pipeline.config, "registry": reg}}
 
     def trigger(self, mv, deadline: float | None = None) -> Outcome:

@@ -130,12 +130,15 @@ class KfpOrchestrator:
             pipeline_id = client.get_pipeline_id(self.target.pipeline_name)
             if pipeline_id is None:
                 raise OrchestratorRejected(f"KFP has no pipeline named {self.target.pipeline_name!r}")
+            # kfp.Client runs an uploaded pipeline by (pipeline, version): the newest version is the one the Helm
+            # chart's upload Job put there last.
+            versions = client.list_pipeline_versions(pipeline_id, sort_by="created_at desc", page_size=1)
+            if not versions.pipeline_versions:
+                raise OrchestratorRejected(f"KFP pipeline {self.target.pipeline_name!r} has no version")
             experiment = client.create_experiment(self.target.experiment, namespace=self.target.namespace)
-            params = {k: (v if isinstance(v, (str, int, float, bool)) else json.dumps(v)) for k, v in conf.items()
-                      if k != "config"}
-            params["base_config"] = json.dumps(conf.get("config") or {})
+            version_id = versions.pipeline_versions[0].pipeline_version_id
             run = client.run_pipeline(experiment_id=experiment.experiment_id, job_name=run_name,
-                                      pipeline_id=pipeline_id, params=params)
+                                      pipeline_id=pipeline_id, version_id=version_id, params=kfp_parameters(conf))
             return run.run_id
         except OrchestratorRejected:
             raise
@@ -153,6 +156,15 @@ class KfpOrchestrator:
             raise
         except Exception as err:
             raise OrchestratorUnavailable(f"KFP at {self.target.host} unreachable: {type(err).__name__}") from None
+
+
+def kfp_parameters(conf: dict[str, Any]) -> dict[str, Any]:
+    """The KFP pipeline's run parameters for a run conf (HookCore.run_conf): the flat values as they are (the
+    shard counts as integers), anything else as JSON, and the base config as ``base_config``."""
+    params = {k: (v if isinstance(v, (str, int, float, bool)) else json.dumps(v)) for k, v in conf.items()
+              if k != "config"}
+    params["base_config"] = json.dumps(conf.get("config") or {})
+    return params
 
 
 def make_orchestrator(cfg: HookConfig) -> Orchestrator:
