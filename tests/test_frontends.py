@@ -96,6 +96,23 @@ def test_compare_names_the_worst_output_and_the_tolerance():
         compare(["a"], ref, [[np.ones(4)]], 1e-3, "m.pt")
 
 
+def test_compare_holds_the_conversion_to_the_closest_of_the_sources_executions():
+    # The source's default kernels round a large output 2e-3 away from its builtin kernels; the converted model
+    # agrees with the builtin ones: the difference is the source's own float32 noise, not the conversion's.
+    logits = np.linspace(-1500.0, 1900.0, 64)
+    default, builtin = [[logits + 3.8 * np.sign(logits)]], [[logits + 0.01]]
+    converted = [[logits]]
+    with pytest.raises(InputError, match=r"output 'seg' differs .* by 0\.002"):
+        compare(["seg"], default, converted, 1e-3, "m.tflite")
+    assert compare(["seg"], default, converted, 1e-3, "m.tflite", others=[builtin]) == pytest.approx(
+        {"seg": 0.01 / 1900}, rel=1e-4)
+    with pytest.raises(InputError, match=r"output 'seg' differs .* by 0\.002"):
+        compare(["seg"], default, [[logits + 0.01]], 1e-3, "m.tflite", others=[[[logits - 3.8]]])
+    # A wrong conversion is far from every execution of the source.
+    with pytest.raises(InputError, match="output 'seg'"):
+        compare(["seg"], default, [[logits * 1.01]], 1e-3, "m.tflite", others=[builtin])
+
+
 def test_resolve_specs_fixes_the_batch_and_names_what_is_missing():
     specs = [InputSpec("x", (None, 3, 8)), InputSpec("ids", (None, None), "int64")]
     with pytest.raises(InputError, match=r"input 'ids' has open dimensions \[None, None\]; give its shape in "
