@@ -85,6 +85,14 @@ def test_export_writes_int8_ir_with_manifest_figures(tmp_path):
     parity = m.extra["parity"]
     assert parity["samples"] == 6 and m.metrics["parity_ir_vs_int8"] == parity["ir_vs_int8"]
     assert parity["ir_vs_int8"] < 0.05  # the same QDQ graph in two runtimes
+    # the INT8 ONNX model's own SQNR against FP32 on the same samples, computed here from onnxruntime's outputs
+    import onnxruntime as ort
+
+    runs = [[ort.InferenceSession(str(dirs[k] / "model.onnx")).run(["output"], s)[0].astype(np.float64)
+             for s in export_ir._samples(dirs["calibration"])] for k in ("model", "quantized")]
+    ref, q = (np.concatenate([a.ravel() for a in r]) for r in runs)
+    expected = 10 * np.log10(np.sum(ref ** 2) / np.sum((ref - q) ** 2))
+    assert parity["per_output"]["output"]["int8_sqnr_db"] == pytest.approx(expected, abs=0.01)
     assert m.metrics["parity_ir_vs_fp32"] - m.metrics["parity_int8_vs_fp32"] <= 0.05
     assert {"model.xml", "model.bin", "fp32/model.xml", "fp32/model.bin"} <= set(read_manifest(out).outputs)
 
@@ -110,7 +118,9 @@ def test_parity_fails_when_ir_weights_tampered(tmp_path):
     (out / "model.bin").write_bytes(bytes(blob))
     samples = export_ir._samples(dirs["calibration"])
     with pytest.raises(InputError, match=r"output 'output' of the IR is further from the FP32 model .* worst sample "
-                                         r"\d+\); excess .* > export.parity_tolerance 0.05"):
+                                         r"\d+\); excess .* > export.parity_tolerance 0.05\. On this output the "
+                                         r"INT8 ONNX model's own SQNR against FP32 is \d.* dB and the IR differs "
+                                         r"from it by \d"):
         export_ir.check_parity(out / "model.xml", dirs["quantized"] / "model.onnx", dirs["model"] / "model.onnx",
                                samples, "CPU", 0.05)
 

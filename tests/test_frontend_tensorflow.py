@@ -220,3 +220,37 @@ def test_relative_difference_ignores_float32_rounding_near_zero():
     landmarks = np.array([130.336, 37.801], np.float32)
     assert relative_difference(landmarks, landmarks + np.float32(0.004)) == pytest.approx(0.004 / 130.336, rel=1e-3)
     assert relative_difference(np.array([0.5]), np.array([0.4])) == pytest.approx(0.2)
+
+
+def test_tflite_check_takes_the_closer_of_xnnpack_and_the_builtin_kernels(tmp_path):
+    # TFLite runs a model on the XNNPACK delegate by default; its builtin kernels are a second float32 execution
+    # of the same model. Per sample and output the conversion is held to the closer of the two.
+    import onnxruntime as ort
+
+    from ptqflow.frontends.base import ConversionOptions, relative_difference
+    from ptqflow.frontends.tensorflow import convert_tflite
+
+    path = tmp_path / "net.tflite"
+    path.write_bytes(tflite_bytes(keras_convnet(scale=1e4)))  # outputs in the thousands: rounding shows
+    conversion = convert_tflite(path, tmp_path / "out", ConversionOptions())
+    resolvers = tf.lite.experimental.OpResolverType
+    interpreters = [tf.lite.Interpreter(model_path=str(path), experimental_op_resolver_type=r)
+                    for r in (resolvers.AUTO, resolvers.BUILTIN_WITHOUT_DEFAULT_DELEGATES)]
+    session = ort.InferenceSession(str(tmp_path / "out" / "model.onnx"), providers=["CPUExecutionProvider"])
+    name, output = session.get_inputs()[0].name, session.get_outputs()[0].name
+    rng = np.random.default_rng(0)  # check_feeds' synthetic draws: seed 0, standard normal, batch 1
+    worst = 0.0
+    for _ in range(conversion.samples_checked):
+        x = rng.standard_normal((1, *SHAPE)).astype(np.float32)
+        converted = session.run([output], {name: x})[0]
+        diffs = []
+        for interpreter in interpreters:
+            interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], list(x.shape))
+            interpreter.allocate_tensors()
+            interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+            interpreter.invoke()
+            diffs.append(relative_difference(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]),
+                                             converted))
+        worst = max(worst, min(diffs))
+    assert conversion.per_output == pytest.approx({output: worst}, rel=1e-6, abs=1e-12)
+    assert any("XNNPACK delegate and the builtin kernels" in n for n in conversion.notes)

@@ -56,6 +56,9 @@ class _Source:
     run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]  # output name -> array
     load_s: float
     notes: list[str]
+    # The source's other float32 executions, each a run like ``run`` (TFLite: its builtin kernels beside the
+    # XNNPACK delegate); the conversion check holds the converted model to the closest of them.
+    also_run: tuple[Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], ...] = ()
 
 
 def _frameworks(source_format: str):
@@ -150,15 +153,39 @@ def _load_keras(path: Path, uri: str) -> _Source:
                    [f"keras {keras.__version__}"])
 
 
-def _tflite_interpreter(tf, path: Path):
+def _tflite_interpreter(tf, path: Path, builtin_kernels: bool = False):
+    """The TFLite interpreter of ``path``: its default kernels (the XNNPACK delegate), or with ``builtin_kernels``
+    TFLite's builtin kernels without the delegate (another float32 summation order of the same model)."""
     try:  # LiteRT is where the TFLite interpreter lives on; tf.lite.Interpreter is deprecated
-        from ai_edge_litert.interpreter import Interpreter
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-        return Interpreter(model_path=str(path)), "ai-edge-litert"
+        resolver = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES if builtin_kernels else OpResolverType.AUTO
+        return Interpreter(model_path=str(path), experimental_op_resolver_type=resolver), "ai-edge-litert"
     except ImportError:
+        resolvers = tf.lite.experimental.OpResolverType
+        resolver = resolvers.BUILTIN_WITHOUT_DEFAULT_DELEGATES if builtin_kernels else resolvers.AUTO
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            return tf.lite.Interpreter(model_path=str(path)), "tf.lite.Interpreter"
+            return (tf.lite.Interpreter(model_path=str(path), experimental_op_resolver_type=resolver),
+                    "tf.lite.Interpreter")
+
+
+def _tflite_runner(interpreter, specs: list[InputSpec]):
+    """A run (feed -> output name -> array) on ``interpreter``, resizing its inputs to the feed's shapes."""
+    inputs = interpreter.get_input_details()
+
+    def run(feed):
+        for d, spec in zip(inputs, specs):
+            if tuple(feed[spec.name].shape) != tuple(d["shape"]):
+                interpreter.resize_tensor_input(d["index"], list(feed[spec.name].shape))
+        interpreter.allocate_tensors()
+        for d, spec in zip(inputs, specs):
+            interpreter.set_tensor(d["index"], feed[spec.name])
+        interpreter.invoke()
+        return {d["name"]: np.array(interpreter.get_tensor(d["index"])) for d in interpreter.get_output_details()}
+
+    interpreter.allocate_tensors()
+    return run
 
 
 def _load_tflite(path: Path, uri: str) -> _Source:
@@ -173,7 +200,8 @@ def _load_tflite(path: Path, uri: str) -> _Source:
     specs = [InputSpec(d["name"], tuple(None if int(n) < 0 else int(n) for n in d["shape_signature"]),
                        np.dtype(d["dtype"]).name) for d in inputs]
     fp16 = sum(1 for t in interpreter.get_tensor_details() if np.dtype(t["dtype"]) == np.float16)
-    notes = [f"reference: {runtime}", "TFLite: the batch is dynamic only where the flatbuffer's signature leaves it open"]
+    notes = [f"reference: {runtime} (the XNNPACK delegate and the builtin kernels, the closer of the two)",
+             "TFLite: the batch is dynamic only where the flatbuffer's signature leaves it open"]
     if fp16:
         notes.append(f"{fp16} FP16 tensors in the source (weights dequantized to FP32 at run time); the ONNX "
                      f"model holds them as FP32")
@@ -183,18 +211,8 @@ def _load_tflite(path: Path, uri: str) -> _Source:
         proto, _ = tf2onnx.convert.from_tflite(str(path), opset=options.opset, shape_override=given or None)
         return proto
 
-    def run(feed):
-        for d, spec in zip(inputs, specs):
-            if tuple(feed[spec.name].shape) != tuple(d["shape"]):
-                interpreter.resize_tensor_input(d["index"], list(feed[spec.name].shape))
-        interpreter.allocate_tensors()
-        for d, spec in zip(inputs, specs):
-            interpreter.set_tensor(d["index"], feed[spec.name])
-        interpreter.invoke()
-        return {d["name"]: np.array(interpreter.get_tensor(d["index"])) for d in interpreter.get_output_details()}
-
-    interpreter.allocate_tensors()
-    return _Source(specs, convert, run, load_s, notes)
+    builtin = _tflite_runner(_tflite_interpreter(tf, path, builtin_kernels=True)[0], specs)
+    return _Source(specs, convert, _tflite_runner(interpreter, specs), load_s, notes, also_run=(builtin,))
 
 
 def fold_fp16_constants(model: onnx.ModelProto) -> int:
@@ -273,7 +291,9 @@ def _convert(source_format: str, load: Callable[[Path, str], _Source], path: Pat
         if missing:
             raise InputError(f"{uri}: the converted ONNX model's outputs {missing} are not among the source's "
                              f"({', '.join(references[0])}); refusing the conversion")
-        per_output = compare(names, [[r[n] for n in names] for r in references], converted, options.tolerance, uri)
+        others = [[[r[n] for n in names] for r in map(run, feeds)] for run in source.also_run]
+        per_output = compare(names, [[r[n] for n in names] for r in references], converted, options.tolerance, uri,
+                             others=others)
     except BaseException:
         onnx_path.unlink(missing_ok=True)  # a refused conversion leaves no model behind
         raise

@@ -12,6 +12,7 @@ from ptqflow.artifacts import input_digests
 from ptqflow.artifacts.manifest import Manifest, write_manifest
 from ptqflow.config import PipelineConfig, section_dump
 from ptqflow.errors import InputError
+from ptqflow.pipeline.metrics import sqnr_db
 from ptqflow.pipeline.steps import spec
 from ptqflow.pipeline.steps.fetch_model import model_file
 
@@ -80,7 +81,7 @@ def check_parity(xml_path: Path, int8_path: Path, fp32_path: Path, samples: list
     for name, (ref, q, ir) in runs.items():
         flat_ref, flat_q, flat_ir = (np.concatenate([a.ravel() for a in arrs]) for arrs in (ref, q, ir))
         figures = {"ir_vs_fp32": relative_l2(flat_ref, flat_ir), "int8_vs_fp32": relative_l2(flat_ref, flat_q),
-                   "ir_vs_int8": relative_l2(flat_q, flat_ir)}
+                   "ir_vs_int8": relative_l2(flat_q, flat_ir), "int8_sqnr_db": sqnr_db(flat_ref, flat_q)}
         per_output[name] = figures
         excess = figures["ir_vs_fp32"] - figures["int8_vs_fp32"]
         if not np.isfinite(figures["ir_vs_fp32"]) or excess > tolerance:
@@ -89,7 +90,9 @@ def check_parity(xml_path: Path, int8_path: Path, fp32_path: Path, samples: list
                 f"IR parity check failed: output {name!r} of the IR is further from the FP32 model than the INT8 "
                 f"ONNX model is (relative L2 {figures['ir_vs_fp32']:.4g} vs {figures['int8_vs_fp32']:.4g} over "
                 f"{len(samples)} validation samples, worst sample {worst}); excess {excess:.4g} > "
-                f"export.parity_tolerance {tolerance}")
+                f"export.parity_tolerance {tolerance}. On this output the INT8 ONNX model's own SQNR against FP32 is "
+                f"{figures['int8_sqnr_db']:.3g} dB and the IR differs from it by {figures['ir_vs_int8']:.4g} "
+                f"(relative L2): validate's per-output fidelity tells a degraded output from a broken conversion")
     worst_of = {key: max((f[key] for f in per_output.values()), default=0.0)
                 for key in ("ir_vs_fp32", "int8_vs_fp32", "ir_vs_int8")}
     return {**worst_of, "per_output": per_output, "samples": len(samples)}
