@@ -37,8 +37,10 @@ def test_rest_triggered_run_succeeds(rest_s3, airflow_rest):
     assert run["state"] == "success", table + "\n" + af.log_tails()
     states = {ti["task_id"] + (f"[{ti['map_index']}]" if ti["map_index"] >= 0 else ""): ti["state"] for ti in tis}
     # No registry section in the conf: the publish step's task is skipped. Statistics in 3 shards and validation in
-    # 2: the gates skip the one-task collect_stats and validate; the mapped shard tasks and the merges run.
+    # 2: the gates skip the one-task collect_stats and validate; the mapped shard tasks and the merges run. Static
+    # quantization: statistics_needed lets the statistics tasks run.
     assert states == {**{s: "success" for s in STEPS}, "collect_stats": "skipped", "validate": "skipped",
+                      "statistics_needed": "success",
                       "publish": "success", "publish_registry": "skipped",
                       "statistics_unsharded": "success", "statistics_shards": "success",
                       **{f"collect_stats_shard[{i}]": "success" for i in range(3)}, "merge_stats": "success",

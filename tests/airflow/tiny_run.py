@@ -45,7 +45,8 @@ def task_table(run: dict, tis: list[dict]) -> str:
     lines = [f"dag_id={run['dag_id']} run_id={run['dag_run_id']} state={run['state']} "
              f"triggered_by={run.get('triggered_by')} start={run.get('start_date')} end={run.get('end_date')}",
              f"{'task':<22} {'state':<10} {'try':>3} {'seconds':>8}"]
-    statistics = ("statistics_unsharded", "statistics_shards", "collect_stats_shard", "merge_stats")
+    statistics = ("statistics_needed", "statistics_unsharded", "statistics_shards", "collect_stats_shard",
+                  "merge_stats")
     validation = ("validation_unsharded", "validation_shards", "validate_shard", "merge_validation")
     order = {t: i for i, t in enumerate((*STEPS[:2], *statistics, *STEPS[2:4], *validation, *STEPS[4:], "publish",
                                          "publish_registry"))}
