@@ -43,12 +43,15 @@ class Pod:
     outputs: list[str] = field(default_factory=list)  # the artifact paths the step writes
 
 
-def kfp_pods(values: dict, artifact_root: str) -> list[Pod]:
+def kfp_pods(values: dict, artifact_root: str, decided: dict[str, dict[str, str]] | None = None) -> list[Pod]:
     """Every task of the compiled pipeline in dependency order, run with pipeline parameters ``values`` (the
     rest at their defaults); output artifacts at ``artifact_root/<task>/<name>``. A ``dsl.ParallelFor`` task (the
     collect-stats loop over the statistics shards, the validate loop over the validation shards) becomes one pod per
     item, as the launcher runs it (``<loop>/<k>/<inner task>``): the items are what the loop's list task computes
-    (``kfp_runtime.shard_items``, the function its container runs)."""
+    (``kfp_runtime.shard_items``, the function its container runs). A ``dsl.If``/``dsl.Else`` branch runs when its
+    trigger condition holds for the output parameters it reads; those a container decides at run time are taken from
+    ``decided`` (task -> parameter -> value as text; default: resolve-config says collect-stats is needed, the case
+    of static quantization), and the caller checks them against what the container wrote."""
     from ptqflow.orchestration.kfp_runtime import SHARD_LISTS, shard_items
 
     docs = list(yaml.safe_load_all(KFP_PIPELINE.read_text()))
@@ -57,10 +60,8 @@ def kfp_pods(values: dict, artifact_root: str) -> list[Pod]:
     defined = spec["root"]["inputDefinitions"]["parameters"]
     unknown = set(values) - set(defined)
     assert not unknown, f"not parameters of the compiled pipeline: {sorted(unknown)}"
-    params = {name: values.get(name, d.get("defaultValue")) for name, d in defined.items()}
-    tasks = spec["root"]["dag"]["tasks"]
-    produced: dict[str, dict] = {}  # task -> output artifact name -> path (a list of paths for a loop's output)
-    out_params: dict[str, dict] = {}  # task -> output parameter name -> its value
+    params = {name: _kfp_text(values.get(name, d.get("defaultValue"))) for name, d in defined.items()}
+    decided = {"resolve-config": {"collect_stats_needed": "true"}} if decided is None else decided
     pods: list[Pod] = []
 
     def container_pod(task, component, artifacts, parameters, out_dir):
@@ -82,7 +83,6 @@ def kfp_pods(values: dict, artifact_root: str) -> list[Pod]:
                     return parameters[name]
                 assert path, f"{task}: unsupported placeholder {m.group(0)}"
                 return (artifacts if io == "inputs" else outputs)[name]
-            text = text.replace("{{$.outputs.parameters['", "{{$.outputs.parameters['")
             for name, file in param_files.items():
                 text = text.replace(f"{{{{$.outputs.parameters['{name}'].output_file}}}}", file)
             return _PLACEHOLDER.sub(one, text)
@@ -95,51 +95,69 @@ def kfp_pods(values: dict, artifact_root: str) -> list[Pod]:
                         secret_env, container.get("workingDir"), list(outputs.values())))
         return outputs
 
-    for task in TopologicalSorter({t: s.get("dependentTasks", []) for t, s in tasks.items()}).static_order():
-        t = tasks[task]
-        component = spec["components"][t["componentRef"]["name"]]
-        sources = {name: src["taskOutputArtifact"] for name, src in t.get("inputs", {}).get("artifacts", {}).items()}
-        artifacts = {name: produced[src["producerTask"]][src["outputArtifactKey"]] for name, src in sources.items()}
-        parameters = {}
-        for name, src in t.get("inputs", {}).get("parameters", {}).items():
-            if "componentInputParameter" in src:
-                parameters[name] = _kfp_text(params[src["componentInputParameter"]])
-            else:
-                ref = src["taskOutputParameter"]
-                parameters[name] = out_params[ref["producerTask"]][ref["outputParameterKey"]]
-        if "dag" not in component:
-            produced[task] = container_pod(task, component, artifacts, parameters, f"{artifact_root}/{task}")
-            if task in SHARD_LISTS:  # statistics-shards, validation-shards
-                out_params[task] = {"items": shard_items(int(parameters["shards"]), SHARD_LISTS[task].param)}
-            continue
-        # A ParallelFor: its inner tasks once per item of the list it iterates over.
-        loop = t["parameterIterator"]
-        items_ref = loop["items"]["inputParameter"]
-        item_name = loop["itemInput"]
-        items = _loop_items(t, items_ref, out_params)
-        collected: dict[str, list] = {name: [] for name in component["dag"].get("outputs", {}).get("artifacts", {})}
-        for k, item in enumerate(items):
-            inner_out = {}
-            for inner, it in component["dag"]["tasks"].items():
-                inner_component = spec["components"][it["componentRef"]["name"]]
-                inner_artifacts = {name: artifacts[src["componentInputArtifact"]]
-                                   for name, src in it.get("inputs", {}).get("artifacts", {}).items()}
-                inner_params = {name: (item if src["componentInputParameter"] == item_name
-                                       else parameters.get(src["componentInputParameter"], ""))
-                                for name, src in it.get("inputs", {}).get("parameters", {}).items()}
-                inner_out[inner] = container_pod(f"{task}/{k}/{inner}", inner_component, inner_artifacts,
-                                                 inner_params, f"{artifact_root}/{task}/{k}/{inner}")
-            for name, selector in component["dag"].get("outputs", {}).get("artifacts", {}).items():
-                for sel in selector["artifactSelectors"]:
-                    collected[name].append(inner_out[sel["producerSubtask"]][sel["outputArtifactKey"]])
-        produced[task] = collected
+    def walk(tasks: dict, scope_artifacts: dict, scope_params: dict, prefix: str) -> dict[str, dict]:
+        """Run one DAG's tasks in order; ``scope_*`` are the DAG's own inputs. Returns task -> output artifacts."""
+        produced: dict[str, dict] = {}  # task -> output artifact name -> path (a list of paths for a loop's output)
+        out_params: dict[str, dict] = {}  # task -> output parameter name -> its value
+        for task in TopologicalSorter({t: s.get("dependentTasks", []) for t, s in tasks.items()}).static_order():
+            t = tasks[task]
+            component = spec["components"][t["componentRef"]["name"]]
+            artifacts = {}
+            for name, src in t.get("inputs", {}).get("artifacts", {}).items():
+                if "componentInputArtifact" in src:
+                    artifacts[name] = scope_artifacts[src["componentInputArtifact"]]
+                else:
+                    ref = src["taskOutputArtifact"]
+                    artifacts[name] = produced[ref["producerTask"]][ref["outputArtifactKey"]]
+            parameters = {}
+            for name, src in t.get("inputs", {}).get("parameters", {}).items():
+                if "componentInputParameter" in src:
+                    parameters[name] = scope_params[src["componentInputParameter"]]
+                else:
+                    ref = src["taskOutputParameter"]
+                    parameters[name] = out_params[ref["producerTask"]][ref["outputParameterKey"]]
+            condition = t.get("triggerPolicy", {}).get("condition")
+            if condition and not _holds(condition, parameters):
+                continue
+            if "dag" not in component:
+                # The step's own name: a branch's copy of a task is compiled as <name>-2 and so on.
+                name = t.get("taskInfo", {}).get("name", task)
+                produced[task] = container_pod(prefix + name, component, artifacts, parameters,
+                                               f"{artifact_root}/{prefix}{name}")
+                if name in SHARD_LISTS:  # statistics-shards, validation-shards
+                    out_params[task] = {"items": shard_items(int(parameters["shards"]), SHARD_LISTS[name].param)}
+                else:
+                    out_params[task] = dict(decided.get(name, {}))
+                continue
+            if "parameterIterator" not in t:  # a dsl.If/dsl.Else branch (or the group of branches): its own DAG
+                walk(component["dag"]["tasks"], artifacts, parameters, prefix)
+                continue
+            # A ParallelFor: its inner tasks once per item of the list it iterates over.
+            loop = t["parameterIterator"]
+            items = json.loads(parameters[loop["items"]["inputParameter"]]) if isinstance(
+                parameters[loop["items"]["inputParameter"]], str) else parameters[loop["items"]["inputParameter"]]
+            collected: dict[str, list] = {name: [] for name in component["dag"].get("outputs", {}).get("artifacts", {})}
+            for k, item in enumerate(items):
+                inner = walk(component["dag"]["tasks"], artifacts,
+                             {**parameters, loop["itemInput"]: item}, f"{prefix}{task}/{k}/")
+                for name, selector in component["dag"].get("outputs", {}).get("artifacts", {}).items():
+                    for sel in selector["artifactSelectors"]:
+                        collected[name].append(inner[sel["producerSubtask"]][sel["outputArtifactKey"]])
+            produced[task] = collected
+        return produced
+
+    walk(spec["root"]["dag"]["tasks"], {}, params, "")
     return pods
 
 
-def _loop_items(task: dict, items_input: str, out_params: dict) -> list:
-    """The items a ParallelFor task iterates over: a list parameter produced by an upstream task."""
-    src = task["inputs"]["parameters"][items_input]["taskOutputParameter"]
-    return list(out_params[src["producerTask"]][src["outputParameterKey"]])
+def _holds(condition: str, parameters: dict) -> bool:
+    """A branch's trigger condition as the compiler writes dsl.If/dsl.Else on one output parameter:
+    ``inputs.parameter_values['X'] == 'V'`` or its negation ``!(...)``."""
+    negated = condition.startswith("!(") and condition.endswith(")")
+    body = condition[2:-1] if negated else condition
+    m = re.fullmatch(r"inputs\.parameter_values\['([^']+)'\] == '([^']*)'", body.strip())
+    assert m, f"unsupported trigger condition {condition!r}"
+    return (parameters[m.group(1)] == m.group(2)) != negated
 
 
 def _kfp_text(value) -> str:

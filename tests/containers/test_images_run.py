@@ -139,14 +139,17 @@ def test_kubeflow_pods_run_in_the_cpu_image(engine, built, run_dir):
     # statistics_shards and validation_shards are 1 by default: each loop runs its step once (on the whole split)
     # and its merge passes the artifact on (the demo's OCR metric, a validation.metric function, needs the whole
     # split).
-    assert [p.task for p in pods] == ["resolve-config", "statistics-shards", "validation-shards", "fetch-model",
-                                      "build-calibration", "for-loop-1/0/collect-stats", "merge-stats", "quantize",
-                                      "for-loop-2/0/validate", "merge-validation", "export-ir", "publish"]
+    # Static quantization: resolve-config says collect-stats is needed (checked below against what it wrote), so
+    # the dsl.If branch with the statistics loop runs.
+    assert [p.task for p in pods] == ["resolve-config", "fetch-model", "build-calibration", "statistics-shards",
+                                      "validation-shards", "for-loop-2/0/collect-stats", "merge-stats", "quantize",
+                                      "for-loop-3/0/validate", "merge-validation", "export-ir", "publish"]
     # KFP's launcher creates each output artifact's parent directory before the command starts.
     for pod in pods:
         (root / "kfp" / pod.task).mkdir(parents=True)
     _give_to_image_user(root / "kfp")
     _run_pods(engine, pods, {images.image("cpu"): built["cpu"]}, root)
+    assert (root / "kfp" / "resolve-config" / "collect_stats_needed.json").read_text().strip() == "true"
     assert (root / "kfp" / "export-ir" / "ir" / "model.xml").is_file()
     report = json.loads((root / "kfp" / "merge-validation" / "report" / "report.json").read_text())
     assert report, "validate wrote an empty report"
