@@ -108,7 +108,10 @@ def _wait_ready(endpoint: str, proc: subprocess.Popen, timeout: float, log_path:
         try:
             client.list_buckets()
             name = f"ready-{os.getpid()}"
-            client.create_bucket(Bucket=name)
+            try:
+                client.create_bucket(Bucket=name)
+            except client.exceptions.BucketAlreadyOwnedByYou:
+                pass  # an earlier attempt made it and then failed further on: try the rest again
             client.put_object(Bucket=name, Key="probe", Body=b"x")
             client.delete_object(Bucket=name, Key="probe")
             client.delete_bucket(Bucket=name)
