@@ -102,20 +102,8 @@ def kfp_pods(values: dict, artifact_root: str, decided: dict[str, dict[str, str]
         for task in TopologicalSorter({t: s.get("dependentTasks", []) for t, s in tasks.items()}).static_order():
             t = tasks[task]
             component = spec["components"][t["componentRef"]["name"]]
-            artifacts = {}
-            for name, src in t.get("inputs", {}).get("artifacts", {}).items():
-                if "componentInputArtifact" in src:
-                    artifacts[name] = scope_artifacts[src["componentInputArtifact"]]
-                else:
-                    ref = src["taskOutputArtifact"]
-                    artifacts[name] = produced[ref["producerTask"]][ref["outputArtifactKey"]]
-            parameters = {}
-            for name, src in t.get("inputs", {}).get("parameters", {}).items():
-                if "componentInputParameter" in src:
-                    parameters[name] = scope_params[src["componentInputParameter"]]
-                else:
-                    ref = src["taskOutputParameter"]
-                    parameters[name] = out_params[ref["producerTask"]][ref["outputParameterKey"]]
+            artifacts = _task_inputs(t, "Artifact", scope_artifacts, produced)
+            parameters = _task_inputs(t, "Parameter", scope_params, out_params)
             condition = t.get("triggerPolicy", {}).get("condition")
             if condition and not _holds(condition, parameters):
                 continue
@@ -134,8 +122,7 @@ def kfp_pods(values: dict, artifact_root: str, decided: dict[str, dict[str, str]
                 continue
             # A ParallelFor: its inner tasks once per item of the list it iterates over.
             loop = t["parameterIterator"]
-            items = json.loads(parameters[loop["items"]["inputParameter"]]) if isinstance(
-                parameters[loop["items"]["inputParameter"]], str) else parameters[loop["items"]["inputParameter"]]
+            items = parameters[loop["items"]["inputParameter"]]  # the list a shard-list task produced
             collected: dict[str, list] = {name: [] for name in component["dag"].get("outputs", {}).get("artifacts", {})}
             for k, item in enumerate(items):
                 inner = walk(component["dag"]["tasks"], artifacts,
@@ -148,6 +135,20 @@ def kfp_pods(values: dict, artifact_root: str, decided: dict[str, dict[str, str]
 
     walk(spec["root"]["dag"]["tasks"], {}, params, "")
     return pods
+
+
+def _task_inputs(task: dict, kind: str, scope: dict, outputs: dict[str, dict]) -> dict:
+    """A task's input artifacts or parameters (``kind`` "Artifact" or "Parameter"), as the compiled pipeline wires
+    them: from the enclosing DAG's own inputs (``componentInput<kind>``, looked up in ``scope``) or from an upstream
+    task of the same DAG (``taskOutput<kind>``, looked up in ``outputs``: task -> output name -> value)."""
+    resolved = {}
+    for name, src in task.get("inputs", {}).get(kind.lower() + "s", {}).items():
+        if f"componentInput{kind}" in src:
+            resolved[name] = scope[src[f"componentInput{kind}"]]
+        else:
+            ref = src[f"taskOutput{kind}"]
+            resolved[name] = outputs[ref["producerTask"]][ref[f"output{kind}Key"]]
+    return resolved
 
 
 def _holds(condition: str, parameters: dict) -> bool:
