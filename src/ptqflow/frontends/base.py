@@ -9,8 +9,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from ptqflow.errors import ConfigError, InputError
+from ptqflow.quantization.graph.prepare import MAX_IR_VERSION
 
 MODEL_FILE = "model.onnx"  # what a converter writes into its out_dir (with external data beside it when large)
 
@@ -182,6 +184,18 @@ def compare(output_names: list[str], reference: list[list[np.ndarray]], converte
                          f"{per_output[worst]:.3g} (max relative difference), above conversion.tolerance = "
                          f"{tolerance:g}; refusing the conversion")
     return per_output
+
+
+def lower_ir_version(onnx_path: Path) -> list[str]:
+    """Lower a converted model's IR version to MAX_IR_VERSION (onnxruntime's limit) when its converter wrote a
+    newer one, so that the check (and everything after fetch-model) can load it; only the graph file is rewritten,
+    external data files keep their bytes. Returns the note saying so, if it did."""
+    proto = onnx.load(str(onnx_path), load_external_data=False)
+    if proto.ir_version <= MAX_IR_VERSION:
+        return []
+    original, proto.ir_version = proto.ir_version, MAX_IR_VERSION
+    onnx.save(proto, str(onnx_path))
+    return [f"IR version {original} lowered to {MAX_IR_VERSION} for onnxruntime"]
 
 
 def run_onnx(onnx_path: Path, feeds: list[dict[str, np.ndarray]]) -> tuple[list[str], list[list[np.ndarray]]]:

@@ -39,7 +39,7 @@ from onnx import numpy_helper
 
 from ptqflow.errors import InputError
 from ptqflow.frontends.base import (MODEL_FILE, Conversion, ConversionOptions, InputSpec, check_feeds, compare,
-                                    require, resolve_specs, run_onnx, versions)
+                                    lower_ir_version, require, resolve_specs, run_onnx, versions)
 
 EXTRA = "tensorflow"
 SIGNATURE = "serving_default"
@@ -284,6 +284,7 @@ def _convert(source_format: str, load: Callable[[Path, str], _Source], path: Pat
         notes.append(f"{folded} FP16 constants folded to FP32")
     try:
         onnx.save(proto, str(onnx_path))
+        notes += lower_ir_version(onnx_path)
         feeds, sample_source = check_feeds(resolved, options)
         references = [source.run(feed) for feed in feeds]
         names, converted = run_onnx(onnx_path, feeds)

@@ -28,9 +28,8 @@ import onnx
 
 from ptqflow.errors import ConfigError, InputError
 from ptqflow.frontends.base import (MODEL_FILE, Conversion, ConversionOptions, InputSpec, check_feeds, compare,
-                                    require, resolve_specs, run_onnx, versions)
+                                    lower_ir_version, require, resolve_specs, run_onnx, versions)
 from ptqflow.logs import get_logger
-from ptqflow.quantization.graph.prepare import MAX_IR_VERSION
 from ptqflow.runtime.model_files import PROTO_LIMIT
 from ptqflow.scratch import scratch_dir
 
@@ -146,7 +145,7 @@ def export_and_check(source, specs: list[InputSpec], out_dir: Path, options: Con
     args = tuple(torch.from_numpy(np.ascontiguousarray(feeds[0][n])) for n in names)
     converter, export_s, export_notes = _export(source, args, names, len(reference[0]), onnx_path, large, options,
                                                 uri, torch)
-    notes = [*(notes or []), *export_notes, *_fix_ir_version(onnx_path)]
+    notes = [*(notes or []), *export_notes, *lower_ir_version(onnx_path)]
     output_names, converted = run_onnx(onnx_path, feeds)
     per_output = compare(output_names, reference, converted, options.tolerance, uri)
     return Conversion(
@@ -209,17 +208,6 @@ def _export_torchscript(source, args, names, n_outputs, onnx_path, options, torc
         warnings.simplefilter("ignore")
         torch.onnx.export(source, args, str(onnx_path), dynamo=False, input_names=names, output_names=output_names,
                           dynamic_axes=dynamic_axes, opset_version=options.opset)
-
-
-def _fix_ir_version(onnx_path: Path) -> list[str]:
-    """Lower the written model's IR version to MAX_IR_VERSION (onnxruntime's limit) when the exporter wrote a
-    newer one; only the graph file is rewritten, external data files keep their bytes."""
-    proto = onnx.load(str(onnx_path), load_external_data=False)
-    if proto.ir_version <= MAX_IR_VERSION:
-        return []
-    original, proto.ir_version = proto.ir_version, MAX_IR_VERSION
-    onnx.save(proto, str(onnx_path))
-    return [f"IR version {original} lowered to {MAX_IR_VERSION} for onnxruntime"]
 
 
 def _weight_bytes(source, torch) -> int:
