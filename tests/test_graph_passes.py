@@ -209,3 +209,28 @@ def test_prepare_model_logs_each_change(caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == "ptqflow.quantization.graph.prepare"]
     assert "drop_initializer_inputs: 9 graph input(s) backed by an initializer treated as weights" in lines
     assert "ort_basic_optimize: BatchNormalization nodes: 1 -> 0" in lines
+
+
+def test_ort_basic_optimize_says_when_writing_failed_not_the_model(monkeypatch, tmp_path):
+    """onnxruntime fails alike on a model it cannot load and on an optimized copy it cannot write (a full disk):
+    the second is a storage failure (exit 5, retryable) naming the scratch directory, not a bad model."""
+    import contextlib
+
+    from ptqflow.errors import StorageError
+    from ptqflow.quantization.graph.passes import ort_basic_optimize
+
+    @contextlib.contextmanager
+    def unwritable(prefix):  # the optimized model's path is taken by a directory: the write fails
+        scratch = tmp_path / "scratch"
+        (scratch / "opt.onnx").mkdir(parents=True, exist_ok=True)
+        yield str(scratch)
+
+    monkeypatch.setattr(ort_basic_optimize, "scratch_dir", unwritable)
+    with pytest.raises(StorageError, match=f"writing the optimized model to the scratch directory {tmp_path}") as err:
+        OrtBasicOptimize().run(builders.conv_classifier())
+    assert err.value.exit_code == 5 and err.value.retryable
+    wrong = builders.mlp()  # a model onnxruntime cannot load stays an input error under the same failure
+    next(t for t in wrong.graph.initializer if t.name == "w2").CopyFrom(
+        numpy_helper.from_array(np.zeros((5, 4), np.float32), "w2"))
+    with pytest.raises(InputError, match="onnxruntime cannot load the model"):
+        OrtBasicOptimize().run(wrong)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from collections import Counter
 from pathlib import Path
 
 import onnx
 
-from ptqflow.errors import InputError
+from ptqflow.errors import InputError, StorageError
 from ptqflow.quantization.graph.passes.base import GraphPass, GraphPassResult
 from ptqflow.runtime.model_files import EXTERNAL_MIN_BYTES, is_large, model_file
 from ptqflow.scratch import scratch_dir
@@ -23,7 +24,7 @@ class OrtBasicOptimize(GraphPass):
     Level 1 keeps every node in the ONNX domain; the result is rejected (the model kept as it was, with a
     warning in the log) if any ORT-only op appears anyway, or if the optimizer fails otherwise. InputError when
     onnxruntime cannot load the model at all (an unknown op, weights of the wrong shape): every later step would
-    fail on it too.
+    fail on it too; StorageError when the model loads but the optimized copy cannot be written (a full disk).
     """
 
     name = "ort_basic_optimize"
@@ -33,7 +34,7 @@ class OrtBasicOptimize(GraphPass):
         """The optimized copy and one change line per op type whose node count moved, or ``model`` unchanged."""
         try:
             optimized = _optimize(model)
-        except InputError:
+        except (InputError, StorageError):
             raise
         except Exception as exc:  # fall back to our own folding
             log.warning("basic graph optimization skipped: %s", exc)
@@ -57,16 +58,34 @@ def _optimize(model: onnx.ModelProto) -> onnx.ModelProto:
             opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", "opt.onnx.data")
             opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
                                           str(EXTERNAL_MIN_BYTES))
+        source = loadable if isinstance(loadable, bytes) else str(loadable)
         try:
-            ort.InferenceSession(loadable if isinstance(loadable, bytes) else str(loadable), opts,
-                                 providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime's Fail, InvalidGraph, NotImplemented...
-            raise InputError(f"onnxruntime cannot load the model: {exc}") from None
+            ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime's Fail, InvalidGraph, NotImplemented... or writing the result failed
+            raise _load_or_write_error(ort, source, exc, Path(tmp)) from None
         optimized = onnx.load(str(out))  # external data too, before the directory goes
     domains = {n.domain for n in optimized.graph.node} - {n.domain for n in model.graph.node} - {"", "ai.onnx"}
     if domains:
         raise RuntimeError(f"optimizer introduced ops of domains {sorted(domains)}")
     return optimized
+
+
+def _load_or_write_error(ort, source, exc: Exception, scratch: Path) -> Exception:
+    """What a failed optimizing session means: onnxruntime reports a model it cannot load and a result it cannot
+    write (a full disk, an unwritable scratch directory) alike, so the model is loaded once more without writing
+    anything. InputError (exit 3) when that fails too; StorageError (exit 5, retryable) naming the scratch
+    directory when the model loads: the write failed."""
+    plain = ort.SessionOptions()
+    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    plain.log_severity_level = 3
+    plain.add_session_config_entry("session.disable_prepacking", "1")
+    try:
+        ort.InferenceSession(source, plain, providers=["CPUExecutionProvider"])
+    except Exception:
+        return InputError(f"onnxruntime cannot load the model: {exc}")
+    free = shutil.disk_usage(scratch).free if scratch.exists() else 0
+    return StorageError(f"writing the optimized model to the scratch directory {scratch.parent} failed "
+                        f"({free / 2**30:.1f} GiB free there): {exc}")
 
 
 def _op_count_changes(before: onnx.ModelProto, after: onnx.ModelProto) -> list[str]:
