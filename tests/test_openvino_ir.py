@@ -15,7 +15,7 @@ ov = pytest.importorskip("openvino")
 
 import ptqflow  # noqa: E402
 from ptqflow import api  # noqa: E402
-from builders import conv_classifier, ov_conv_block, random_inputs, save  # noqa: E402
+from builders import conv_classifier, ov_conv_block, random_inputs, save, shape_branch_head  # noqa: E402
 from ptqflow.config import AdvancedParameters, QuantizationConfig  # noqa: E402
 from ptqflow.errors import ConfigError, InputError  # noqa: E402
 from ptqflow.quantization.graph.openvino_view import build_view  # noqa: E402
@@ -89,6 +89,20 @@ def test_ir_path_matches_onnx_path_on_converted_builder(tmp_path):
     assert max(float(np.abs(a - b).max()) for a, b in zip(got, ref)) < 0.02 * scale
     shifts = lambda r: [row["bias_correction"]["max_abs_shift"] for row in r.layers if "bias_correction" in row]
     np.testing.assert_allclose(shifts(r_ir), shifts(r_onnx), rtol=1e-3, atol=1e-6)
+
+
+def test_softmax_head_behind_a_shape_branch_is_float_on_both_paths(tmp_path):
+    """The Softmax-head safeguard on an exported head with Shape branches: the same layer stays float on the IR
+    (where ShapeOf is a Shape in the view) as on ONNX, so FakeQuantize and QDQ counts agree with it on."""
+    onnx_path = save(shape_branch_head(), tmp_path / "m.onnx")
+    samples = random_inputs(6, (3, 8, 8))
+    cfg = QuantizationConfig(advanced=AdvancedParameters(safeguard_mixed_precision=False))
+    r_onnx = api.quantize_with_config(str(onnx_path), samples, cfg)
+    r_ir = api.quantize_with_config(ov.convert_model(str(onnx_path)), samples, cfg)
+    floats = lambda r: sorted(row["op_type"] for row in r.layers if row["status"] == "float")
+    assert floats(r_ir) == floats(r_onnx) == ["Gemm"]
+    dq = sum(n.op_type == "DequantizeLinear" for n in r_onnx.model.graph.node)
+    assert _types(r_ir.model)["FakeQuantize"] == dq == 5  # conv and aux: weight and input; the pooling input
 
 
 def test_xml_path_and_statistics_round_trip(tmp_path):
