@@ -118,13 +118,69 @@ def test_xml_path_and_statistics_round_trip(tmp_path):
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
-@pytest.mark.parametrize("config, field", [
-    (QuantizationConfig(fast_bias_correction=False), "fast_bias_correction"),
-    (QuantizationConfig(advanced=AdvancedParameters(smooth_quant_alpha=0.5)), "smooth_quant_alpha"),
-])
-def test_ir_refuses_what_it_cannot_do_by_name(config, field):
-    with pytest.raises(ConfigError, match=field):
-        api.quantize_with_config(ov_conv_block(), random_inputs(2, (3, 12, 12)), config)
+def test_ir_refuses_smooth_quant_by_name():
+    with pytest.raises(ConfigError, match="smooth_quant_alpha"):
+        api.quantize_with_config(ov_conv_block(), random_inputs(2, (3, 12, 12)),
+                                 QuantizationConfig(advanced=AdvancedParameters(smooth_quant_alpha=0.5)))
+
+
+def _bias_adds(model) -> list:
+    """The bias Add of each layer of ov_conv_block (an Add reading a Constant), in graph order."""
+    return [op for op in model.get_ordered_ops() if op.get_type_name() == "Add"
+            and any(op.input_value(i).get_node().get_type_name() == "Constant" for i in range(2))]
+
+
+def _channel_means(model, samples) -> list[np.ndarray]:
+    """Per-channel means (axis 1) over ``samples`` of every bias Add's output, the model run whole on OpenVINO."""
+    model = model.clone()
+    ports = [model.add_outputs(add.output(0))[0] for add in _bias_adds(model)]
+    compiled = ov.Core().compile_model(model, "CPU", FP32)
+    outs = [compiled(s) for s in samples]
+    return [np.mean([o[compiled.outputs[1 + k]].reshape(o[compiled.outputs[1 + k]].shape[0],
+                                                        o[compiled.outputs[1 + k]].shape[1], -1).mean(axis=(0, 2))
+                     for o in outs], axis=0) for k in range(len(ports))]
+
+
+def test_full_bias_correction_on_an_ir_built_in_code_restores_fp32_means():
+    """BiasCorrection's aim, checked on the whole corrected model: on the samples it fitted, every corrected
+    layer's per-channel output mean is the FP32 model's (the upstream corrections carried, segment by segment)."""
+    model = ov_conv_block()
+    samples = random_inputs(10, (3, 12, 12), seed=3)
+    for s in samples:
+        s["input"] += np.float32(0.4)
+    adv = AdvancedParameters(safeguard_mixed_precision=False, bias_correction_subset_size=6,
+                             bias_correction_guard_samples=0, bias_correction_guard_samples_no_softmax=0)
+    cfg = QuantizationConfig(subset_size=10, fast_bias_correction=False, advanced=adv)
+    result = api.quantize_with_config(model, samples, cfg)
+    records = [row["bias_correction"] for row in result.layers if "bias_correction" in row]
+    assert [r["samples"] for r in records] == [6, 6, 6] and all(r["applied"] for r in records)
+    fp32, corrected = _channel_means(model, samples[:6]), _channel_means(result.model, samples[:6])
+    plain = api.quantize_with_config(model, samples, cfg.model_copy(
+        update={"advanced": adv.model_copy(update={"disable_bias_correction": True})})).model
+    uncorrected = _channel_means(plain, samples[:6])
+    for f, c, u in zip(fp32, corrected, uncorrected):
+        assert np.abs(f - c).max() < 1e-4 * max(1.0, np.abs(f).max()) < np.abs(f - u).max()
+    # the first layer's shift is its uncorrected error; the later ones' also undo what the corrections before did
+    assert np.abs(fp32[0] - uncorrected[0]).max() == pytest.approx(records[0]["max_abs_shift"], rel=1e-3)
+
+
+def test_full_bias_correction_ir_matches_onnx_path_on_converted_builder(tmp_path):
+    """The same shifts as the ONNX path's BiasCorrection, and the same guard (held-out samples, then fitted)."""
+    onnx_path = save(conv_classifier(), tmp_path / "m.onnx")
+    samples = random_inputs(20, (3, 16, 16), seed=4)
+    for s in samples:
+        s["input"] += np.float32(0.5)
+    cfg = QuantizationConfig(subset_size=20, fast_bias_correction=False, advanced=AdvancedParameters(
+        safeguard_mixed_precision=False, bias_correction_subset_size=8))
+    r_onnx = api.quantize_with_config(str(onnx_path), samples, cfg)
+    r_ir = api.quantize_with_config(ov.convert_model(str(onnx_path)), samples, cfg)
+    rows = lambda r: [row["bias_correction"] for row in r.layers if "bias_correction" in row]
+    onnx_rows, ir_rows = rows(r_onnx), rows(r_ir)
+    assert [r["samples"] for r in ir_rows] == [8] * 3
+    np.testing.assert_allclose([r["max_abs_shift"] for r in ir_rows], [r["max_abs_shift"] for r in onnx_rows],
+                               rtol=1e-3, atol=1e-6)
+    assert [r["applied"] for r in ir_rows] == [r["applied"] for r in onnx_rows]
+    assert all(r["held_out"] == 8 and r["error_before"] > 0 for r in ir_rows if "error_before" in r)
 
 
 def test_ir_statistics_in_shards_are_refused():
