@@ -105,6 +105,20 @@ def test_softmax_head_behind_a_shape_branch_is_float_on_both_paths(tmp_path):
     assert _types(r_ir.model)["FakeQuantize"] == dq == 5  # conv and aux: weight and input; the pooling input
 
 
+def test_sensitivity_search_on_an_ir_decides_as_on_onnx(tmp_path):
+    """The search runs on the IR (a gated ov.Model) and keeps the ONNX path's quantizer in float, with the same
+    measured errors: one input channel 30x the others makes the pooled tensor's quantizer the costly one."""
+    onnx_path = save(conv_classifier(seed=3), tmp_path / "m.onnx")
+    samples = random_inputs(16, (3, 16, 16), seed=2)
+    for s in samples:
+        s["input"][:, 0] *= 30
+    cfg = QuantizationConfig(subset_size=16, advanced=AdvancedParameters(
+        sensitivity_search=True, safeguard_mixed_precision=False, sensitivity_min_error=0.0))
+    decided = [[(f.tensor, f.by, f.reason) for f in api.collect_statistics(m, samples, cfg).plan.float_tensors]
+               for m in (str(onnx_path), ov.convert_model(str(onnx_path)))]
+    assert decided[1] == decided[0] and [d[:2] for d in decided[0]] == [("gap", "sensitivity_search")]
+
+
 def test_xml_path_and_statistics_round_trip(tmp_path):
     xml = tmp_path / "m.xml"
     ov.save_model(ov_conv_block(), str(xml), compress_to_fp16=False)

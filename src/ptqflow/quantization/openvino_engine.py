@@ -4,8 +4,9 @@ Placement, the plan, the statistic points and the plan passes are the ONNX path'
 (graph.openvino_view); what differs is where the graph lives: the statistics are observed by OpenVINO on the model
 itself (statistics.openvino_collector), the plan is written as FakeQuantize nodes (algorithms.fake_quantize) and
 FastBiasCorrection and full BiasCorrection run on OpenVINO (algorithms.openvino_bias, openvino_bias_correction).
-What needs the ONNX graph to run is refused by name (SmoothQuant) or left out with a warning in the plan (the plan
-passes that run the model on kept samples: the sensitivity search).
+The plan passes that run the model on kept samples run on OpenVINO where ``ON_OPENVINO`` has their form (the
+sensitivity search: algorithms.openvino_sensitivity) and are left out with a plan warning otherwise; SmoothQuant,
+which needs the ONNX graph, is refused by name.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from onnx import numpy_helper
 from ptqflow.config import QuantizationConfig, RangeEstimator
 from ptqflow.errors import ConfigError, InputError
 from ptqflow.logs import get_logger
-from ptqflow.quantization.algorithms import fast_bias_correction, minmax, openvino_bias, openvino_bias_correction
+from ptqflow.quantization.algorithms import (fast_bias_correction, minmax, openvino_bias, openvino_bias_correction,
+                                            openvino_sensitivity)
 from ptqflow.quantization.algorithms import quantizer_placement as placement
 from ptqflow.quantization.algorithms.bias_layers import find_bias_layers
 from ptqflow.quantization.algorithms.bias_step import (guard_samples, guard_verdict, planned_bias_layers,
@@ -30,6 +32,7 @@ from ptqflow.quantization.engine import Collected, QuantizationResult, StreamFor
 from ptqflow.quantization.graph.openvino_view import OVView, build_view, is_openvino, mark_batch  # noqa: F401
 from ptqflow.quantization.passes.context import PlanContext
 from ptqflow.quantization.passes.registry import plan_passes
+from ptqflow.quantization.passes.sensitivity import SensitivitySafeguard
 from ptqflow.quantization.statistics import Statistics, openvino_collector
 from ptqflow.runtime.openvino import read_ir
 
@@ -80,6 +83,25 @@ def check_supported(config: QuantizationConfig, device: str) -> None:
                           "model; leave it unset, or quantize the ONNX model")
 
 
+class SensitivityOnOpenVINO(SensitivitySafeguard):
+    """The sensitivity plan pass (same switch, samples and decisions) measured on the prepared ov.Model:
+    algorithms.openvino_sensitivity's gated model instead of onnxruntime sessions."""
+
+    def __init__(self, prepared: Prepared):
+        self.prepared = prepared
+
+    def measure(self, ctx: PlanContext, ranges: dict, samples: list[dict]) -> list[tuple[str, float, float]]:
+        adv = ctx.config.advanced
+        return openvino_sensitivity.find_sensitive(
+            self.prepared.model, self.prepared.view, ctx.plan, ranges, samples, max_points=adv.sensitivity_max_points,
+            min_gain=adv.sensitivity_min_gain, min_error=adv.sensitivity_min_error)
+
+
+# The plan passes that run the model, by name -> their OpenVINO form (made for the prepared model); the others are
+# left out with a plan warning.
+ON_OPENVINO = {SensitivitySafeguard.name: SensitivityOnOpenVINO}
+
+
 def _no_session(model):
     raise ConfigError("this plan pass runs the model on onnxruntime, which an OpenVINO model cannot")
 
@@ -95,10 +117,13 @@ def collect(model, stream_for: StreamFor, config: QuantizationConfig, device: st
     plan.collected = statistics_request(config)
     passes = []
     for p in (p for p in plan_passes() if p.enabled(config.advanced)):
-        if p.samples(config):  # runs the model on onnxruntime: not for an IR
-            plan.warnings.append(f"{p.name}: not run on an OpenVINO model (it runs the model on onnxruntime)")
-            continue
+        if p.samples(config):  # runs the model: on OpenVINO where this backend has the pass, else not at all
+            if p.name not in ON_OPENVINO:
+                plan.warnings.append(f"{p.name}: not run on an OpenVINO model (it runs the model on onnxruntime)")
+                continue
+            p = ON_OPENVINO[p.name](prepared)
         passes.append(p)
+    keep_samples = max([keep_samples] + [p.samples(config) for p in passes])
     points = minmax.statistic_points(plan)
     points += fast_bias_correction.statistic_points(layers) if plan.collected["bias_input_means"] else []
     for p in passes:
