@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import json
+import random
 from pathlib import Path
 
 import numpy as np
@@ -225,21 +226,40 @@ def test_malformed_ir_is_an_input_error(tmp_path, how, words):
     assert "m.xml" in str(err.value) and err.value.exit_code == 3
 
 
+def _cls_input(img) -> np.ndarray:
+    """A rendered text crop as the PP-OCR classifier reads it: BGR, height 48, right-padded to 192, in [-1, 1]."""
+    w = min(192, max(1, round(48 * img.width / img.height)))
+    a = np.asarray(img.convert("RGB").resize((w, 48)), np.float32)[:, :, ::-1].transpose(2, 0, 1) / 255
+    x = np.zeros((1, 3, 48, 192), np.float32)
+    x[0, :, :, :w] = (a - 0.5) / 0.5
+    return x
+
+
 @pytest.mark.slow
-def test_ppocr_cls_ir_matches_onnx_path():
-    rapidocr = pytest.importorskip("rapidocr_onnxruntime")
-    path = next((Path(rapidocr.__file__).parent / "models").glob("*cls*.onnx"))
-    rng = np.random.default_rng(0)
-    samples = [{"x": rng.uniform(-1, 1, (1, 3, 48, 192)).astype(np.float32)} for _ in range(8)]
-    cfg = QuantizationConfig(advanced=AdvancedParameters(safeguard_softmax_heads=False, safeguard_mixed_precision=False))
+@pytest.mark.parametrize("fast", [True, False])
+def test_ppocr_cls_ir_matches_onnx_path(fast):
+    """The real classifier: the same quantizers (the layer before the Softmax head float on both) and the same
+    bias shifts; full BiasCorrection's agree on the first layers and drift apart deeper in the network by the two
+    runtimes' INT8 arithmetic (onnxruntime's QDQ against OpenVINO's FakeQuantize)."""
+    from ptqflow import demo
+
+    rng = random.Random(0)
+    samples = [{"x": _cls_input(demo.render_cls_sample(rng, [])[0])} for _ in range(12)]
+    cfg = QuantizationConfig(subset_size=12, fast_bias_correction=fast, advanced=AdvancedParameters(
+        safeguard_mixed_precision=False, bias_correction_subset_size=4))
+    path = demo.rapidocr_model("cls")
     r_onnx = api.quantize_with_config(str(path), samples, cfg)
     r_ir = api.quantize_with_config(ov.convert_model(str(path)), samples, cfg)
     dq = sum(n.op_type == "DequantizeLinear" for n in r_onnx.model.graph.node)
-    assert _types(r_ir.model)["FakeQuantize"] == dq == 134
-    layers = lambda r: sorted((row["op_type"], row["status"]) for row in r.layers if row["op_type"] == "Conv")
+    assert _types(r_ir.model)["FakeQuantize"] == dq == 132
+    layers = lambda r: sorted((row["op_type"], row["status"]) for row in r.layers if row["op_type"] in ("Conv", "Gemm"))
     assert layers(r_ir) == layers(r_onnx)
-    shifts = lambda r: [row["bias_correction"]["max_abs_shift"] for row in r.layers if "bias_correction" in row]
-    np.testing.assert_allclose(shifts(r_ir), shifts(r_onnx), rtol=1e-3, atol=1e-6)
+    shifts = lambda r: np.array([row["bias_correction"]["shift_norm"] for row in r.layers if "bias_correction" in row])
+    if fast:
+        np.testing.assert_allclose(shifts(r_ir), shifts(r_onnx), rtol=1e-3, atol=1e-6)
+        return
+    rel = np.abs(shifts(r_ir) - shifts(r_onnx)) / shifts(r_onnx)
+    assert rel.size == 54 and rel[:8].max() < 0.02 and np.median(rel) < 0.1, rel
 
 
 class PotLoader:
