@@ -5,9 +5,9 @@ The gated model is the INT8 model the FakeQuantize writer makes (algorithms.fake
 quantized IR computes), with every activation FakeQuantize behind a switch: its readers get
 ``x + g[k] * (FakeQuantize(x) - x)``, ``g`` one more Parameter (``sensitivity.GATE``, one entry per activation
 quantizer, in plan order). One compiled model then measures, per calibration sample, the output error with any set
-of quantizers switched off (sensitivity.leave_one_out, the ONNX path's measurement and error), and the greedy
-choice is the ONNX path's: switch off, one at a time, the quantizer whose removal cuts the error by at least
-``sensitivity_min_gain`` while the error is at least ``sensitivity_min_error``.
+of quantizers switched off, and the choice is the ONNX path's (sensitivity.greedy, with its measurement and
+error): switch off, one at a time, the quantizer whose removal cuts the error by at least ``sensitivity_min_gain``
+while the error is at least ``sensitivity_min_error``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import openvino as ov
 import openvino.opset13 as ops
 
 from ptqflow.quantization.algorithms.fake_quantize import insert_fake_quantize
-from ptqflow.quantization.algorithms.sensitivity import GATE, leave_one_out
+from ptqflow.quantization.algorithms.sensitivity import GATE, greedy
 from ptqflow.quantization.graph.openvino_view import OVView
 from ptqflow.quantization.plan import QuantizationPlan
 
@@ -64,14 +64,4 @@ def find_sensitive(model, view: OVView, plan: QuantizationPlan, ranges: dict, sa
     gated, tensors = gated_model(model, view, plan, ranges)
     fp32, session = _Session(model), _Session(gated)
     refs = [fp32.run(None, s) for s in samples]
-    off: set[int] = set()
-    found = []
-    for _ in range(max_points):
-        base, errs = leave_one_out(session, len(tensors), samples, refs, off)
-        k = int(np.argmin(errs))
-        if base < min_error or not np.isfinite(errs[k]) or errs[k] > (1 - min_gain) * base:
-            break
-        off.add(k)
-        found.append((tensors[k], base, float(errs[k])))
-    return found
-
+    return greedy(session, tensors, samples, refs, max_points=max_points, min_gain=min_gain, min_error=min_error)
