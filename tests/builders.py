@@ -452,6 +452,37 @@ def mask_and_class_heads(seed: int = 0, c: int = 6, size: int = 8, classes: int 
     return make_model(nodes, inputs, outputs, inits, name="mask_and_class_heads")
 
 
+def shape_branch_head(seed: int = 0, c: int = 6, size: int = 8, classes: int = 5) -> onnx.ModelProto:
+    """An exported classifier head that reads its logits twice, once for values and once for their shape:
+    input[N,3,s,s] -> Conv -> Relu -> GlobalAveragePool -> Flatten (flat) -> Gemm fc (logits) -> Flatten ->
+    Softmax -> Reshape to Shape(logits) -> probs[N,classes]; flat -> Gemm aux -> aux[N,classes], a second output
+    whose shape (not values) also reaches the Softmax: Shape(aux) is the target of a Reshape before it."""
+    rng = np.random.default_rng(seed)
+    inits = [_init("cw", rng.normal(0, 0.3, (c, 3, 3, 3)).astype(np.float32)),
+             _init("fw", rng.normal(0, 0.3, (classes, c)).astype(np.float32)),
+             _init("fb", rng.normal(0, 0.1, classes).astype(np.float32)),
+             _init("aw", rng.normal(0, 0.3, (classes, c)).astype(np.float32))]
+    n = helper.make_node
+    nodes = [
+        n("Conv", ["input", "cw"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        n("Relu", ["c"], ["r"], name="relu"),
+        n("GlobalAveragePool", ["r"], ["g"], name="gap"),
+        n("Flatten", ["g"], ["flat"], name="flatten"),
+        n("Gemm", ["flat", "fw", "fb"], ["logits"], name="fc", transB=1),
+        n("Gemm", ["flat", "aw"], ["aux"], name="aux", transB=1),
+        n("Shape", ["aux"], ["aux_shape"], name="aux_shape"),
+        n("Reshape", ["logits", "aux_shape"], ["logits_r"], name="logits_r"),
+        n("Flatten", ["logits_r"], ["logits_flat"], name="logits_flat"),
+        n("Softmax", ["logits_flat"], ["sm"], name="softmax", axis=-1),
+        n("Shape", ["logits"], ["logits_shape"], name="logits_shape"),
+        n("Reshape", ["sm", "logits_shape"], ["probs"], name="probs"),
+    ]
+    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, size, size])]
+    outputs = [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", classes]),
+               helper.make_tensor_value_info("aux", TensorProto.FLOAT, ["N", classes])]
+    return make_model(nodes, inputs, outputs, inits, name="shape_branch_head")
+
+
 def mlp_rank_lost(seed: int = 0, features: int = 16, hidden: int = 32, out: int = 4) -> onnx.ModelProto:
     """mlp(seq=True) behind a Reshape whose target shape is computed at run time (a slice of Shape(input) with
     a data-dependent end; inputs need S >= 3), so shape inference cannot tell the rank of the first linear layer's

@@ -83,6 +83,16 @@ def test_softmax_head_float_sigmoid_map_head_quantized():
     assert ("mask_up", 0) in _points(plan)["r"].edges
 
 
+def test_softmax_head_walk_follows_values_not_shape_branches():
+    """The head's last layer is found behind Reshape(Softmax(Flatten(logits)), Shape(logits)), whose Shape branch
+    the walk once reached first; a layer whose shape alone reaches the Softmax (aux) stays quantized."""
+    _, plan = _plan(B.shape_branch_head())
+    floats = {f.node: f.reason for f in plan.float_layers}
+    assert list(floats) == ["fc"] and "Softmax" in floats["fc"]
+    weighted = {n for w in plan.weights for n, _ in w.nodes}
+    assert weighted == {"conv", "aux"}
+
+
 def test_npu_target_skips_elementwise_quantizers():
     _, plan = _plan(B.residual_concat(), target_device=TargetDevice.NPU)
     edges = {e[0] for p in plan.activations for e in p.edges}

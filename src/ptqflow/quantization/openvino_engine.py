@@ -3,9 +3,10 @@
 Placement, the plan, the statistic points and the plan passes are the ONNX path's, read from the model's view
 (graph.openvino_view); what differs is where the graph lives: the statistics are observed by OpenVINO on the model
 itself (statistics.openvino_collector), the plan is written as FakeQuantize nodes (algorithms.fake_quantize) and
-FastBiasCorrection runs on OpenVINO (algorithms.openvino_bias). What needs the ONNX graph to run is refused by
-name (SmoothQuant, full BiasCorrection) or left out with a warning in the plan (the plan passes that run the model
-on kept samples: the sensitivity search).
+FastBiasCorrection and full BiasCorrection run on OpenVINO (algorithms.openvino_bias, openvino_bias_correction).
+The plan passes that run the model on kept samples run on OpenVINO where ``ON_OPENVINO`` has their form (the
+sensitivity search: algorithms.openvino_sensitivity) and are left out with a plan warning otherwise; SmoothQuant,
+which needs the ONNX graph, is refused by name.
 """
 
 from __future__ import annotations
@@ -17,19 +18,21 @@ import numpy as np
 from onnx import numpy_helper
 
 from ptqflow.config import QuantizationConfig, RangeEstimator
-from ptqflow.errors import ConfigError
+from ptqflow.errors import ConfigError, InputError
 from ptqflow.logs import get_logger
-from ptqflow.quantization.algorithms import bc_guard, fast_bias_correction, minmax, openvino_bias
+from ptqflow.quantization.algorithms import (fast_bias_correction, minmax, openvino_bias, openvino_bias_correction,
+                                            openvino_sensitivity)
 from ptqflow.quantization.algorithms import quantizer_placement as placement
 from ptqflow.quantization.algorithms.bias_layers import find_bias_layers
-from ptqflow.quantization.algorithms.bias_step import (guard_sample_count, planned_bias_layers, report_guard,
+from ptqflow.quantization.algorithms.bias_step import (guard_samples, guard_verdict, planned_bias_layers,
                                                       require_collected, statistics_request)
 from ptqflow.quantization.algorithms.fake_quantize import insert_fake_quantize
 from ptqflow.quantization.algorithms.summary import layer_summary
-from ptqflow.quantization.engine import Collected, QuantizationResult, StreamFor, run_passes
+from ptqflow.quantization.engine import Collected, QuantizationResult, StreamFor, run_passes, samples_needed
 from ptqflow.quantization.graph.openvino_view import OVView, build_view, is_openvino, mark_batch  # noqa: F401
 from ptqflow.quantization.passes.context import PlanContext
 from ptqflow.quantization.passes.registry import plan_passes
+from ptqflow.quantization.passes.sensitivity import SensitivitySafeguard
 from ptqflow.quantization.statistics import Statistics, openvino_collector
 from ptqflow.runtime.openvino import read_ir
 
@@ -61,9 +64,6 @@ def check_supported(config: QuantizationConfig, device: str) -> None:
     if str(getattr(device, "value", device)).lower() != "cpu":
         raise ConfigError(f"device {device!r}: an OpenVINO model's statistics are observed on OpenVINO CPU; "
                           "use device 'cpu' (the INT8 IR runs on any OpenVINO device afterwards)")
-    if not config.fast_bias_correction and not config.advanced.disable_bias_correction:
-        raise ConfigError("quantization.fast_bias_correction: full BiasCorrection is not available for an OpenVINO "
-                          "model; keep fast_bias_correction true, or set advanced.disable_bias_correction")
     if config.quant_format.value != "qdq" or not config.static:
         raise ConfigError(f"quantization.{'quant_format' if config.static else 'static'}: an OpenVINO model is "
                           "written with FakeQuantize nodes from static ranges only; keep quant_format qdq and "
@@ -83,6 +83,25 @@ def check_supported(config: QuantizationConfig, device: str) -> None:
                           "model; leave it unset, or quantize the ONNX model")
 
 
+class SensitivityOnOpenVINO(SensitivitySafeguard):
+    """The sensitivity plan pass (same switch, samples and decisions) measured on the prepared ov.Model:
+    algorithms.openvino_sensitivity's gated model instead of onnxruntime sessions."""
+
+    def __init__(self, prepared: Prepared):
+        self.prepared = prepared
+
+    def measure(self, ctx: PlanContext, ranges: dict, samples: list[dict]) -> list[tuple[str, float, float]]:
+        adv = ctx.config.advanced
+        return openvino_sensitivity.find_sensitive(
+            self.prepared.model, self.prepared.view, ctx.plan, ranges, samples, max_points=adv.sensitivity_max_points,
+            min_gain=adv.sensitivity_min_gain, min_error=adv.sensitivity_min_error)
+
+
+# The plan passes that run the model, by name -> their OpenVINO form (made for the prepared model); the others are
+# left out with a plan warning.
+ON_OPENVINO = {SensitivitySafeguard.name: SensitivityOnOpenVINO}
+
+
 def _no_session(model):
     raise ConfigError("this plan pass runs the model on onnxruntime, which an OpenVINO model cannot")
 
@@ -98,10 +117,13 @@ def collect(model, stream_for: StreamFor, config: QuantizationConfig, device: st
     plan.collected = statistics_request(config)
     passes = []
     for p in (p for p in plan_passes() if p.enabled(config.advanced)):
-        if p.samples(config):  # runs the model on onnxruntime: not for an IR
-            plan.warnings.append(f"{p.name}: not run on an OpenVINO model (it runs the model on onnxruntime)")
-            continue
+        if p.samples(config):  # runs the model: on OpenVINO where this backend has the pass, else not at all
+            if p.name not in ON_OPENVINO:
+                plan.warnings.append(f"{p.name}: not run on an OpenVINO model (it runs the model on onnxruntime)")
+                continue
+            p = ON_OPENVINO[p.name](prepared)
         passes.append(p)
+    keep_samples = max([keep_samples] + [p.samples(config) for p in passes])
     points = minmax.statistic_points(plan)
     points += fast_bias_correction.statistic_points(layers) if plan.collected["bias_input_means"] else []
     for p in passes:
@@ -128,26 +150,35 @@ def quantize(prepared: Prepared, statistics: Statistics, config: QuantizationCon
 
 def _correct_and_guard(prepared: Prepared, q, bound, statistics: Statistics, config: QuantizationConfig,
                        samples) -> tuple[object, list[dict]]:
-    """FastBiasCorrection on ``q`` (``bound``: the view bound to it), then the guard (bias_step.correct_and_guard's,
-    on OpenVINO): the model to return (``q`` corrected, or uncorrected when the correction raised the output error)
-    and the records."""
+    """The configured bias correction on ``q`` (``bound``: the view bound to it), FastBiasCorrection from the input
+    means or full BiasCorrection on the first calibration samples, then the guard (bias_step's split of the
+    samples and verdict, judged on OpenVINO): the model to return (``q`` corrected, or uncorrected when the
+    correction raised the output error) and the records."""
     adv = config.advanced
-    layers = planned_bias_layers(prepared.view.view, statistics.plan)
+    view = prepared.view.view
+    layers = planned_bias_layers(view, statistics.plan)
     if adv.disable_bias_correction or not layers:
         return q, []
-    require_collected(statistics, fast_bias_correction.statistic_points(layers),
-                      "FastBiasCorrection's per-channel input means")
     uncorrected = q.clone() if adv.bias_correction_guard_samples else None
-    inits = {t.name: t for t in prepared.view.view.graph.initializer}
+    inits = {t.name: t for t in view.graph.initializer}
     biases = {layer.name: numpy_helper.to_array(inits[layer.bias]).astype(np.float64).reshape(-1) for layer in layers}
-    records = openvino_bias.fast_bias_correction(
-        prepared.view.bind(prepared.model), bound, layers,
-        statistics.of(fast_bias_correction.FAST_BIAS_CORRECTION), biases, adv.bias_correction_threshold)
-    n_guard = guard_sample_count(config, bool(bc_guard.decision_outputs(prepared.view.view)))
-    guard_samples = samples(n_guard) if uncorrected is not None and n_guard else []
-    if not guard_samples or not any(r.get("applied") for r in records):
+    fp32 = prepared.view.bind(prepared.model)
+    pool = samples(samples_needed(config))
+    if config.fast_bias_correction:
+        require_collected(statistics, fast_bias_correction.statistic_points(layers),
+                          "FastBiasCorrection's per-channel input means")
+        records = openvino_bias.fast_bias_correction(
+            fp32, bound, layers, statistics.of(fast_bias_correction.FAST_BIAS_CORRECTION), biases,
+            adv.bias_correction_threshold)
+    else:
+        fit = pool[:config.bias_correction_samples()]
+        if not fit:
+            raise InputError("full bias correction (fast_bias_correction=False) needs the calibration dataset")
+        records = openvino_bias_correction.apply_bias_correction(fp32, prepared.model, bound, q, layers, fit, biases,
+                                                                 adv.bias_correction_threshold)
+    guard, held_out, fitted = guard_samples(view, config, pool) if uncorrected is not None else ([], 0, [])
+    if not guard or not any(r.get("applied") for r in records):
         return q, records
-    keep, before, after = openvino_bias.judge(prepared.model, uncorrected, q, prepared.view.view, guard_samples,
-                                              tie_weight=adv.bias_correction_guard_tie_weight)
-    report_guard(records, keep, len(guard_samples), before, after)
+    judge = openvino_bias.Judge(prepared.model, uncorrected, q, view, tie_weight=adv.bias_correction_guard_tie_weight)
+    keep = guard_verdict(lambda judged, _: judge(judged), records, guard, held_out, fitted)
     return (q if keep else uncorrected), records

@@ -206,22 +206,33 @@ def _correct_layer(layer, bias, seg, cache, samples, fp32_mean, threshold, devic
         results = {name: [values[j] for values in runs] for j, name in enumerate(outputs)}
         seg.done.update(id(n) for n in nodes)
         cache.update(results)
+    record, new_bias = shift_outputs(layer, bias, cache[layer.output], fp32_mean, threshold)
+    if new_bias is not None:
+        write_bias(seg.model, layer, new_bias)
+    return record
+
+
+def shift_outputs(layer: BiasLayer, bias: np.ndarray, outputs: list[np.ndarray], fp32_mean: np.ndarray | None,
+                  threshold: float) -> tuple[dict, np.ndarray | None]:
+    """The correction of ``layer`` from its quantized outputs (one array per sample, upstream corrections
+    carried) and its FP32 per-channel output mean: (the summary record, the new bias, or None when none is
+    applied). An applied shift also moves ``outputs`` (in place; a read-only array is replaced in the list), so
+    the segments after it read the corrected layer: the bias enters the output additively. Both backends' step."""
     if fp32_mean is None or not np.all(np.isfinite(fp32_mean)):
-        return summary(layer, False, "FP32 statistics missing or not finite", None, bias)
-    q_mean = np.mean([channel_mean(v, layer.channel_axis) for v in cache[layer.output]], axis=0)
+        return summary(layer, False, "FP32 statistics missing or not finite", None, bias), None
+    q_mean = np.mean([channel_mean(v, layer.channel_axis) for v in outputs], axis=0)
     if q_mean.shape != bias.shape:
-        return summary(layer, False, f"output has {q_mean.size} channels, bias {bias.size}", None, bias)
+        return summary(layer, False, f"output has {q_mean.size} channels, bias {bias.size}", None, bias), None
     shift = fp32_mean - q_mean
     ok, reason = judge_shift(shift, bias, fp32_mean, threshold)
     if ok:
-        write_bias(seg.model, layer, bias + shift)
         axis = layer.channel_axis
-        for k, value in enumerate(cache[layer.output]):
+        for k, value in enumerate(outputs):
             shape = [1] * value.ndim
             shape[axis % value.ndim] = shift.size
             step = shift.reshape(shape).astype(value.dtype)
             if value.flags.writeable:
                 value += step  # the segment's own output array: shifted in place
             else:
-                cache[layer.output][k] = value + step
-    return summary(layer, ok, reason, shift, bias)
+                outputs[k] = value + step
+    return summary(layer, ok, reason, shift, bias), (bias + shift if ok else None)

@@ -85,21 +85,30 @@ def correct_and_guard(prepared: onnx.ModelProto, q: onnx.ModelProto, statistics:
         if guard_sample_count(config, bool(bc_guard.decision_outputs(prepared))):
             log.info("bias correction guard skipped: no calibration samples at hand")
         return records
-    keep, before, after = bc_guard.judge(prepared, uncorrected, q, guard, device,
-                                         tie_weight=adv.bias_correction_guard_tie_weight, fp32_outputs=references[0])
+    def judge(judged: list[dict], k: int) -> tuple[bool, float, float]:
+        return bc_guard.judge(prepared, uncorrected, q, judged, device,
+                              tie_weight=adv.bias_correction_guard_tie_weight, fp32_outputs=references[k])
+
+    if not guard_verdict(judge, records, guard, held_out, fitted):
+        q.CopyFrom(uncorrected)
+    return records
+
+
+def guard_verdict(judge: Callable[[list[dict], int], tuple[bool, float, float]], records: list[dict],
+                  guard: list[dict], held_out: int, fitted: list[dict]) -> bool:
+    """Whether the correction stays, from ``judge(samples, k)`` (keep, error without, error with; ``k`` 0 for the
+    guard's samples, 1 for the fitted ones) on ``guard_samples``' split; the verdict goes into ``records``
+    (report_guard). Either backend's judge."""
+    keep, before, after = judge(guard, 0)
     if keep and held_out:
         # Never hurts: a correction kept on held-out samples must not raise the error on the ones it was fitted on
         # either (on a few dozen samples one verdict alone is noisy: PP-OCR cls, full BiasCorrection kept on 32
         # held-out samples, lost 1 point of validation accuracy; the fitted samples reverted it).
-        keep, fit_before, fit_after = bc_guard.judge(prepared, uncorrected, q, fitted, device,
-                                                     tie_weight=adv.bias_correction_guard_tie_weight,
-                                                     fp32_outputs=references[1])
+        keep, fit_before, fit_after = judge(fitted, 1)
         if not keep:
             held_out, before, after, guard = 0, fit_before, fit_after, fitted
     report_guard(records, keep, len(guard), before, after, held_out)
-    if not keep:
-        q.CopyFrom(uncorrected)
-    return records
+    return keep
 
 
 def report_guard(records: list[dict], keep: bool, n: int, before: float, after: float, held_out: int = 0) -> None:

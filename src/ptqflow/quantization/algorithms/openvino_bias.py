@@ -10,8 +10,8 @@ compiled and run once on OpenVINO CPU at f32. A convolution keeps its own paddin
 its receptive field lies inside the input, so only the weights differ between the two runs. The shift is the
 difference of the two runs' per-channel output means.
 
-The guard then runs the FP32, uncorrected and corrected models on a few calibration samples with OpenVINO and keeps
-the correction only when bc_guard.output_error does not rise, as on the ONNX path.
+The guard (``Judge``) then runs the FP32, uncorrected and corrected models on a few calibration samples with
+OpenVINO and keeps the correction only when the output error does not rise, as on the ONNX path.
 """
 
 from __future__ import annotations
@@ -140,24 +140,36 @@ def _correct(q: BoundView, layer: BiasLayer, values: dict, inside: tuple, bias: 
     shift = f_mean - q_mean
     ok, reason = judge_shift(shift, bias, f_mean + bias, threshold)
     if ok:
-        add = q.node(layer.bias_node)
-        k = next(i for i in range(add.get_input_size()) if add.input_value(i) == q.port(layer.bias))
-        shape = list(add.input(k).get_partial_shape().to_shape())
-        add.input(k).replace_source_output(ops.constant((bias + shift).reshape(shape).astype(np.float32)).output(0))
+        write_bias(q, layer, bias + shift)
     return summary(layer, ok, reason, shift, bias)
 
 
-def run_each(model, samples: list[dict]) -> list[list[np.ndarray]]:
-    """``model``'s outputs (in Result order) on each sample, OpenVINO CPU; FP32 models at f32."""
-    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    request = compiled.create_infer_request()
-    return [[np.array(v, copy=True) for v in request.infer(s).values()] for s in samples]
+def write_bias(q: BoundView, layer: BiasLayer, value: np.ndarray) -> None:
+    """Make ``layer``'s bias Add in ``q`` read ``value`` (a new Constant of the old one's shape; a bias constant
+    other layers share stays as it is for them)."""
+    add = q.node(layer.bias_node)
+    k = next(i for i in range(add.get_input_size()) if add.input_value(i) == q.port(layer.bias))
+    shape = list(add.input(k).get_partial_shape().to_shape())
+    add.input(k).replace_source_output(ops.constant(np.asarray(value).reshape(shape).astype(np.float32)).output(0))
 
 
-def judge(fp32, uncorrected, corrected, view, samples: list[dict], *, tie_weight: float) -> tuple[bool, float, float]:
-    """(keep the correction, output error without it, with it) on ``samples``: bc_guard's judgement on OpenVINO;
+class Judge:
+    """bc_guard's judgement on OpenVINO, ``judge(samples)`` -> (keep the correction, output error without it, with
+    it): the FP32, uncorrected and corrected models compiled once (CPU, f32) for every sample set judged;
     ``view`` is the FP32 model's view (its output names and decision outputs)."""
-    names = [o.name for o in view.graph.output]
-    error = OutputError(names, run_each(fp32, samples), bc_guard.decision_outputs(view), tie_weight=tie_weight)
-    before, after = error(run_each(uncorrected, samples)), error(run_each(corrected, samples))
-    return after <= before, before, after
+
+    def __init__(self, fp32, uncorrected, corrected, view, *, tie_weight: float):
+        core = ov.Core()
+        self.requests = [core.compile_model(m, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}).create_infer_request()
+                         for m in (fp32, uncorrected, corrected)]
+        self.names, self.decisions = [o.name for o in view.graph.output], bc_guard.decision_outputs(view)
+        self.tie_weight = tie_weight
+
+    def _run(self, k: int, samples: list[dict]) -> list[list[np.ndarray]]:
+        request = self.requests[k]
+        return [[np.array(v, copy=True) for v in request.infer(s).values()] for s in samples]
+
+    def __call__(self, samples: list[dict]) -> tuple[bool, float, float]:
+        error = OutputError(self.names, self._run(0, samples), self.decisions, tie_weight=self.tie_weight)
+        before, after = error(self._run(1, samples)), error(self._run(2, samples))
+        return after <= before, before, after

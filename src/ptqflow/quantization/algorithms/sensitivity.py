@@ -111,10 +111,17 @@ def find_sensitive(prepared: onnx.ModelProto, plan: QuantizationPlan, ranges: di
     gated, tensors = gated_model(prepared, plan, ranges)
     fp32, sess = make_session(prepared), make_session(gated)
     refs = [fp32.run(None, s) for s in samples]
+    return greedy(sess, tensors, samples, refs, max_points=max_points, min_gain=min_gain, min_error=min_error)
+
+
+def greedy(session, tensors: list[str], samples: list[dict], refs: list[list[np.ndarray]], *, max_points: int,
+           min_gain: float, min_error: float) -> list[tuple[str, float, float]]:
+    """find_sensitive's choice on a gated ``session`` (any runtime's, ``run(None, feed)``; ``tensors`` in gate order,
+    ``refs`` the FP32 outputs on ``samples``): (tensor, error before, error after) per quantizer to keep in float."""
     off: set[int] = set()
     found = []
     for _ in range(max_points):
-        base, errs = leave_one_out(sess, len(tensors), samples, refs, off)
+        base, errs = leave_one_out(session, len(tensors), samples, refs, off)
         k = int(np.argmin(errs))
         if base < min_error or not np.isfinite(errs[k]) or errs[k] > (1 - min_gain) * base:
             break

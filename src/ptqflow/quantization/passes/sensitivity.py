@@ -30,11 +30,17 @@ class SensitivitySafeguard(PlanPass):
         points = len(ctx.plan.activations)
         n = max(2, min(adv.sensitivity_samples, adv.sensitivity_max_runs // max(points, 1)))
         mean_minmax = RangeEstimator(adv.activations_range) == RangeEstimator.MEAN_MINMAX
-        found = sensitivity.find_sensitive(ctx.prepared, ctx.plan, ctx.statistics.ranges(mean_minmax),
-                                           ctx.samples[:n], ctx.make_session, max_points=adv.sensitivity_max_points,
-                                           min_gain=adv.sensitivity_min_gain, min_error=adv.sensitivity_min_error)
+        found = self.measure(ctx, ctx.statistics.ranges(mean_minmax), ctx.samples[:n])
         return self.keep_in_float(ctx, [(t, f"auto_safeguard: most accuracy-sensitive quantizer (output error "
                                             f"{before:.4g} -> {after:.4g} without it)") for t, before, after in found])
+
+    def measure(self, ctx: PlanContext, ranges: dict, samples: list[dict]) -> list[tuple[str, float, float]]:
+        """The search on ``samples``: (tensor, error before, error after) per quantizer to keep in float (an
+        OpenVINO model measures on its own backend: algorithms.openvino_sensitivity)."""
+        adv = ctx.config.advanced
+        return sensitivity.find_sensitive(ctx.prepared, ctx.plan, ranges, samples, ctx.make_session,
+                                          max_points=adv.sensitivity_max_points, min_gain=adv.sensitivity_min_gain,
+                                          min_error=adv.sensitivity_min_error)
 
 
 PASS = SensitivitySafeguard()

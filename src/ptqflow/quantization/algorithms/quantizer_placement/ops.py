@@ -38,6 +38,9 @@ AGNOSTIC = {
     "DepthToSpace": [0], "SpaceToDepth": [0], "GlobalMaxPool": [0], "Concat": None,  # None: all inputs
 }
 STOPPERS = {"NonMaxSuppression", "TopK"}
+# Ops whose output depends on their input's shape only, never on its values (an exported head's
+# Reshape(Softmax(Flatten(x)), Shape(x)) reads x's values through the Softmax alone).
+METADATA = {"Shape", "Size"}
 TRANSFORMER_FLOAT = {"LayerNormalization", "Softmax", "Gelu", "Erf", "Add", "Sub", "Mul", "Div", "Pow", "Sqrt",
                      "ReduceMean", "ReduceSum", "Tanh", "Sigmoid", "Reciprocal"}
 # Pointwise ops (with at most one activation input) that make up decomposed activations such as hard-swish

@@ -5,13 +5,18 @@ Class distributions (CTC character probabilities, classifier scores) are argmaxe
 logits flips those decisions; these layers are small (Gemm/MatMul over a few positions). Sigmoid maps (detection
 masks) are thresholded, not argmaxed: their last layer is quantized, which also lets the runtime fuse the Sigmoid
 into the INT8 layer at full resolution.
+
+The walk from each output follows values only: a Shape/Size branch carries no values, so it neither reaches a
+layer nor hides one (an exported head reads Reshape(Softmax(Flatten(x)), Shape(x)), and x's layer was once reached
+first through the Shape, without the Softmax gate, and left quantized). A layer is visited once per gate, so
+an ungated path to it never hides a gated one, whatever the order.
 """
 
 from __future__ import annotations
 
 from collections import deque
 
-from ptqflow.quantization.algorithms.quantizer_placement.ops import WEIGHTED
+from ptqflow.quantization.algorithms.quantizer_placement.ops import METADATA, WEIGHTED
 from ptqflow.quantization.graph.index import GraphIndex
 from ptqflow.quantization.passes.base import Pass, PassResult
 
@@ -31,9 +36,9 @@ class SoftmaxHeads(Pass):
             while queue:
                 name, gate = queue.popleft()
                 node = g.producer.get(name)
-                if node is None or node.name in seen:
+                if node is None or node.op_type in METADATA or (node.name, gate) in seen:
                     continue
-                seen.add(node.name)
+                seen.add((node.name, gate))
                 if node.op_type in WEIGHTED and not g.is_const_input(node.input[0]):
                     if gate:
                         found[node.name] = (self.name, f"auto_safeguard: last layer before the {gate} output head")
