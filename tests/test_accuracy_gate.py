@@ -1,0 +1,108 @@
+"""validation.accuracy_control: validate's failing gate runs accuracy control's revert loop on the validation split
+(ptqflow.pipeline.steps.accuracy_gate) and the INT8 model it finds becomes the run's, export-ir's included.
+
+The model is test_accuracy_control's MLP with an outlier channel: its hidden tensor h0 has one channel a thousand
+times larger than the others, which the next layer ignores, so a per-tensor quantizer on h0 rounds the useful
+channels to zero (the automatic safeguards are off so that none keeps it in float first). The gate asks for the
+top-1 agreement with FP32 that such a quantizer breaks.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+import builders
+from ptqflow.artifacts.manifest import read_manifest, verify_outputs
+from ptqflow.cli import main
+from ptqflow.config import parse_config
+from ptqflow.errors import ConfigError, GateFailedError
+from ptqflow.pipeline.steps import inputs_for
+from test_accuracy_control import FEATURES, outlier_mlp, quantized_tensors
+
+pytest.importorskip("jsonschema")
+
+CONFIG = """quantization:
+  subset_size: 16
+  advanced:
+    auto_safeguards: false
+data:
+  validation_size: 32
+  preprocess:
+    method: none
+validation:
+  latency_iterations: 2
+  gate:
+    min_speedup: null
+    min_cosine: null
+    max_accuracy_drop: null
+    min_top1_agreement: 0.95
+  accuracy_control:
+    enabled: {enabled}
+"""
+
+
+def _workspace(tmp_path, enabled: bool):
+    model = builders.save(outlier_mlp(1), tmp_path / "src" / "model.onnx")
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(48):
+        np.save(data / f"sample_{i:03d}.npy", rng.normal(0, 1, (FEATURES,)).astype(np.float32))
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(CONFIG.format(enabled=str(enabled).lower()))
+    return ["run", "--model", str(model), "--data", str(data), "--output", str(tmp_path / "out"),
+            "--config", str(cfg)]
+
+
+def test_run_fails_the_gate_without_accuracy_control(tmp_path):
+    assert main(_workspace(tmp_path, False)) == GateFailedError.exit_code
+    report = json.loads((tmp_path / "out" / "validate" / "report.json").read_text())
+    assert report["verdict"] == "fail" and "accuracy_control" not in report
+    assert not (tmp_path / "out" / "validate" / "quantized").exists()
+
+
+def test_run_passes_with_accuracy_control_and_exports_its_model(tmp_path, capsys):
+    assert main(_workspace(tmp_path, True)) == 0
+    out = tmp_path / "out"
+    report = json.loads((out / "validate" / "report.json").read_text())
+    section = report["accuracy_control"]
+    assert report["verdict"] == "pass" and section["met"] and section["published"]
+    assert [r["tensor"] for r in section["reverted"]] == ["h0"]
+    before, after = section["gate_before"][0], section["gate_after"][0]
+    assert before["name"] == after["name"] == "min_top1_agreement"
+    assert before["value"] < 0.95 <= after["value"] and not before["passed"] and after["passed"]
+    assert set(section["speed_cost"]) == {"onnxruntime", "openvino"}  # speedup before minus after, per runtime
+    # the published model: h0 in float, the layer it fed too (restore_mode activations_and_weights)
+    controlled = out / "validate" / "quantized"
+    assert verify_outputs(controlled, read_manifest(controlled)) == []
+    model = onnx.load(str(controlled / "model.onnx"))
+    assert "h0" not in quantized_tensors(model) and "h0" in quantized_tensors(onnx.load(str(out / "quantize" /
+                                                                                          "model.onnx")))
+    decided = {r["name"]: r.get("decided_by") for r in report["decisions"] if r["status"] == "float"}
+    assert decided["h0"] == "accuracy_control"
+    manifest = read_manifest(out / "validate")
+    assert manifest.extra["accuracy_control"]["reverted"][0]["tensor"] == "h0"
+    assert "accuracy control" in (out / "validate" / "report.html").read_text()
+    ir = read_manifest(out / "export-ir")
+    assert ir.extra["int8_from"] == "validate (accuracy control)" and ir.inputs["report"] == manifest.digest
+    assert ir.metrics["fake_quantize"] < read_manifest(out / "quantize").metrics["quantized_layers"] + 2
+
+
+def test_accuracy_control_refuses_shards_and_bad_values(tmp_path):
+    with pytest.raises(ConfigError, match="max_iterations"):
+        parse_config({"validation": {"accuracy_control": {"enabled": True, "max_iterations": -1}}})
+    with pytest.raises(ConfigError, match="restore_mode"):
+        parse_config({"validation": {"accuracy_control": {"restore_mode": "weights"}}})
+    from ptqflow.pipeline.steps.validate import check_shardable
+
+    cfg = parse_config({"validation": {"accuracy_control": {"enabled": True}}})
+    with pytest.raises(ConfigError, match="validate --shard: validation.accuracy_control.enabled"):
+        check_shardable(cfg.validation)
+    # the statistics (validate) and report (export-ir) are read only with accuracy control on
+    assert "statistics" in inputs_for("validate", cfg) and "report" in inputs_for("export-ir", cfg)
+    off = parse_config({})
+    assert "statistics" not in inputs_for("validate", off) and "report" not in inputs_for("export-ir", off)
