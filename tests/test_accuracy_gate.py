@@ -86,7 +86,8 @@ def test_run_passes_with_accuracy_control_and_exports_its_model(tmp_path, capsys
     assert decided["h0"] == "accuracy_control"
     manifest = read_manifest(out / "validate")
     assert manifest.extra["accuracy_control"]["reverted"][0]["tensor"] == "h0"
-    assert "accuracy control" in (out / "validate" / "report.html").read_text()
+    html = (out / "validate" / "report.html").read_text()
+    assert "Accuracy control</h2>" in html and "published as this artifact" in html
     ir = read_manifest(out / "export-ir")
     assert ir.extra["int8_from"] == "validate (accuracy control)" and ir.inputs["report"] == manifest.digest
     assert ir.metrics["fake_quantize"] < read_manifest(out / "quantize").metrics["quantized_layers"] + 2
