@@ -10,6 +10,7 @@ top-1 agreement with FP32 that such a quantizer breaks.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -25,49 +26,48 @@ from test_accuracy_control import FEATURES, outlier_mlp, quantized_tensors
 
 pytest.importorskip("jsonschema")
 
-CONFIG = """quantization:
-  subset_size: 16
-  advanced:
-    auto_safeguards: false
-data:
-  validation_size: 32
-  preprocess:
-    method: none
-validation:
-  latency_iterations: 2
-  gate:
-    min_speedup: null
-    min_cosine: null
-    max_accuracy_drop: null
-    min_top1_agreement: 0.95
-  accuracy_control:
-    enabled: {enabled}
-"""
+def config(enabled: bool = True) -> dict:
+    """The run's config: the gate asks for top-1 agreement, the automatic safeguards are off, accuracy control on
+    or off."""
+    return {"quantization": {"subset_size": 16, "advanced": {"auto_safeguards": False}},
+            "data": {"validation_size": 32, "preprocess": {"method": "none"}},
+            "validation": {"latency_iterations": 2,
+                           "gate": {"min_speedup": None, "min_cosine": None, "max_accuracy_drop": None,
+                                    "min_top1_agreement": 0.95},
+                           "accuracy_control": {"enabled": enabled}}}
 
 
-def _workspace(tmp_path, enabled: bool):
-    model = builders.save(outlier_mlp(1), tmp_path / "src" / "model.onnx")
-    data = tmp_path / "data"
-    data.mkdir()
+def write_inputs(directory: Path) -> tuple[Path, Path]:
+    """The outlier MLP at ``directory``/model.onnx and 48 samples (.npy, [16] each) in ``directory``/data."""
+    model = builders.save(outlier_mlp(1), directory / "model.onnx")
+    data = directory / "data"
+    data.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for i in range(48):
         np.save(data / f"sample_{i:03d}.npy", rng.normal(0, 1, (FEATURES,)).astype(np.float32))
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(CONFIG.format(enabled=str(enabled).lower()))
-    return ["run", "--model", str(model), "--data", str(data), "--output", str(tmp_path / "out"),
-            "--config", str(cfg)]
+    return model, data
 
 
-def test_run_fails_the_gate_without_accuracy_control(tmp_path):
-    assert main(_workspace(tmp_path, False)) == GateFailedError.exit_code
-    report = json.loads((tmp_path / "out" / "validate" / "report.json").read_text())
-    assert report["verdict"] == "fail" and "accuracy_control" not in report
-    assert not (tmp_path / "out" / "validate" / "quantized").exists()
+def _run(tmp_path, enabled: bool) -> int:
+    """``ptqflow run`` of the outlier MLP into tmp_path/out with accuracy control on or off; its exit code."""
+    src = tmp_path / "src"
+    model, data = (src / "model.onnx", src / "data") if src.exists() else write_inputs(src)
+    cfg = tmp_path / f"cfg-{enabled}.json"
+    cfg.write_text(json.dumps(config(enabled)))
+    return main(["run", "--model", str(model), "--data", str(data), "--output", str(tmp_path / "out"),
+                 "--config", str(cfg)])
 
 
-def test_run_passes_with_accuracy_control_and_exports_its_model(tmp_path, capsys):
-    assert main(_workspace(tmp_path, True)) == 0
+def test_run_fails_the_gate_without_accuracy_control_and_passes_with_it(tmp_path):
     out = tmp_path / "out"
+    assert _run(tmp_path, False) == GateFailedError.exit_code
+    report = json.loads((out / "validate" / "report.json").read_text())
+    assert report["verdict"] == "fail" and "accuracy_control" not in report
+    assert not (out / "validate" / "quantized").exists()
+    quantized = read_manifest(out / "quantize").digest
+    # The same run with accuracy control: the steps before validate are reused, validate passes
+    assert _run(tmp_path, True) == 0
+    assert read_manifest(out / "quantize").digest == quantized
     report = json.loads((out / "validate" / "report.json").read_text())
     section = report["accuracy_control"]
     assert report["verdict"] == "pass" and section["met"] and section["published"]
@@ -80,17 +80,17 @@ def test_run_passes_with_accuracy_control_and_exports_its_model(tmp_path, capsys
     controlled = out / "validate" / "quantized"
     assert verify_outputs(controlled, read_manifest(controlled)) == []
     model = onnx.load(str(controlled / "model.onnx"))
-    assert "h0" not in quantized_tensors(model) and "h0" in quantized_tensors(onnx.load(str(out / "quantize" /
-                                                                                          "model.onnx")))
+    assert "h0" not in quantized_tensors(model)
+    assert "h0" in quantized_tensors(onnx.load(str(out / "quantize" / "model.onnx")))
     decided = {r["name"]: r.get("decided_by") for r in report["decisions"] if r["status"] == "float"}
     assert decided["h0"] == "accuracy_control"
     manifest = read_manifest(out / "validate")
     assert manifest.extra["accuracy_control"]["reverted"][0]["tensor"] == "h0"
+    assert set(manifest.inputs) == {"model", "quantized", "calibration", "statistics"}
     html = (out / "validate" / "report.html").read_text()
     assert "Accuracy control</h2>" in html and "published as this artifact" in html
     ir = read_manifest(out / "export-ir")
     assert ir.extra["int8_from"] == "validate (accuracy control)" and ir.inputs["report"] == manifest.digest
-    assert ir.metrics["fake_quantize"] < read_manifest(out / "quantize").metrics["quantized_layers"] + 2
 
 
 def test_accuracy_control_refuses_shards_and_bad_values(tmp_path):
@@ -107,3 +107,13 @@ def test_accuracy_control_refuses_shards_and_bad_values(tmp_path):
     assert "statistics" in inputs_for("validate", cfg) and "report" in inputs_for("export-ir", cfg)
     off = parse_config({})
     assert "statistics" not in inputs_for("validate", off) and "report" not in inputs_for("export-ir", off)
+
+
+def test_accuracy_control_refuses_dynamic_quantization_and_an_ir(tmp_path):
+    from ptqflow.pipeline.steps.accuracy_gate import check_config
+
+    dynamic = parse_config({"quantization": {"static": False}, "validation": {"accuracy_control": {"enabled": True}}})
+    with pytest.raises(ConfigError, match="needs static quantization"):
+        check_config(dynamic, Path("model.onnx"))
+    with pytest.raises(ConfigError, match="ONNX models only"):
+        check_config(parse_config({}), Path("model.xml"))
