@@ -148,8 +148,9 @@ def quantize_with_accuracy_control_result(
 
 @dataclass(frozen=True)
 class Target:
-    """What the loop aims at: the FP32 metric (as reported), the largest drop allowed and how the drop is measured
-    (for the pipeline's gate: the worst shortfall of its thresholds, allowed 0)."""
+    """What the loop aims at: the FP32 metric (as reported; nan where there is none, as for the pipeline's gate),
+    the largest drop allowed and how the drop is measured (for the pipeline's gate: the worst shortfall of its
+    thresholds, allowed 0)."""
 
     fp32_metric: float
     max_drop: float
@@ -180,8 +181,9 @@ def restore(prepared: onnx.ModelProto, stats: Statistics, config: QuantizationCo
     if on_first is not None:
         on_first(current.model)
     int8, drop = measure(current.model, "the INT8 model")
-    log.info("accuracy control: FP32 metric %.6g, INT8 metric %.6g, drop %.6g (%s, max_drop %g)",
-             target.fp32_metric, int8, drop, target.drop_type.value, target.max_drop)
+    fp32 = f"FP32 metric {target.fp32_metric:.6g}, " if math.isfinite(target.fp32_metric) else ""
+    log.info("accuracy control: %sINT8 metric %.6g, drop %.6g (%s, max_drop %g)", fp32, int8, drop,
+             target.drop_type.value, target.max_drop)
     result = AccuracyControlResult(current.model, target.fp32_metric, int8, int8, drop, target.max_drop,
                                    target.drop_type, drop <= target.max_drop, layers=current.layers)
     if result.met:
