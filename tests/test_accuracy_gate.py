@@ -77,15 +77,16 @@ def test_run_fails_the_gate_without_accuracy_control_and_passes_with_it(tmp_path
     assert before["value"] < 0.95 <= after["value"] and not before["passed"] and after["passed"]
     assert set(section["speed_cost"]) == {"onnxruntime", "openvino"}  # speedup before minus after, per runtime
     # the published model: h0 in float, the layer it fed too (restore_mode activations_and_weights)
-    controlled = out / "validate" / "quantized"
-    assert verify_outputs(controlled, read_manifest(controlled)) == []
-    model = onnx.load(str(controlled / "model.onnx"))
+    manifest = read_manifest(out / "validate")  # the artifact's one manifest lists the model and its summary
+    assert {"quantized/model.onnx", "quantized/summary.json"} <= set(manifest.outputs)
+    assert verify_outputs(out / "validate", manifest) == []
+    model = onnx.load(str(out / "validate" / "quantized" / "model.onnx"))
     assert "h0" not in quantized_tensors(model)
     assert "h0" in quantized_tensors(onnx.load(str(out / "quantize" / "model.onnx")))
     decided = {r["name"]: r.get("decided_by") for r in report["decisions"] if r["status"] == "float"}
     assert decided["h0"] == "accuracy_control"
-    manifest = read_manifest(out / "validate")
     assert manifest.extra["accuracy_control"]["reverted"][0]["tensor"] == "h0"
+    assert manifest.extra["accuracy_control"]["model"] == "quantized/model.onnx"
     assert set(manifest.inputs) == {"model", "quantized", "calibration", "statistics"}
     html = (out / "validate" / "report.html").read_text()
     assert "Accuracy control</h2>" in html and "published as this artifact" in html

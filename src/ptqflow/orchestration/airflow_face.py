@@ -289,16 +289,19 @@ def publish(**context) -> dict:
     {uri, digest} extras; returns those extras. The INT8 model is validate's accuracy-controlled one
     (``<output>/validate/quantized``) when validate published one, else quantize's."""
     from ptqflow.artifacts import storage
-    from ptqflow.pipeline.steps.accuracy_gate import CONTROLLED
+    from ptqflow.pipeline.steps.accuracy_gate import CONTROLLED, CONTROLLED_MODEL
 
     output = context["params"]["output"]
     extras = {}
-    controlled = f"{step_output_uri(output, 'validate')}/{CONTROLLED}"
-    int8 = controlled if storage.read_remote_manifest(controlled) is not None else step_output_uri(output, "quantize")
+    # validate's manifest lists the accuracy-controlled model when it published one (its digest stands for it)
+    validated = storage.read_remote_manifest(step_output_uri(output, "validate"))
+    controlled = validated is not None and CONTROLLED_MODEL in validated.outputs
+    int8 = step_output_uri(output, "validate") if controlled else step_output_uri(output, "quantize")
     for asset, uri in ((INT8_ONNX, int8), (INT8_IR, step_output_uri(output, "export-ir"))):
         manifest = storage.read_remote_manifest(uri)
         if manifest is None:
             raise RuntimeError(f"publish: no manifest at {uri}")
-        extras[asset.name] = {"uri": uri, "digest": manifest.digest}
+        extras[asset.name] = {"uri": f"{uri}/{CONTROLLED}" if controlled and asset is INT8_ONNX else uri,
+                              "digest": manifest.digest}
         context["outlet_events"][asset].extra = extras[asset.name]
     return extras

@@ -8,21 +8,20 @@ as in the quantize step, so its first model is the quantize step's), ranks the a
 is the gate: the drop it minimises is the worst shortfall of the gate's accuracy and fidelity thresholds
 (``max_accuracy_drop``, ``min_cosine``, ``min_sqnr_db``, ``min_top1_agreement``), each as a fraction of
 max(1, |threshold|), 0 when all of them hold; ``min_speedup`` is checked on the final model only (a revert costs
-speed, the report says how much). The model is published as ``<validate output>/quantized`` (model.onnx,
-summary.json, manifest.json) only when the whole gate passes with it; export-ir and publish read it from there
+speed, the report says how much). The model is published as ``<validate output>/quantized`` (model.onnx and
+summary.json, listed with their digests in validate's manifest, which is the artifact's one manifest: staging
+copies what a manifest lists) only when the whole gate passes with it; export-ir and publish read it from there
 (``int8_artifact``).
 """
 
 from __future__ import annotations
 
 import math
-import time
 from itertools import islice
 from pathlib import Path
 
 import onnx
 
-from ptqflow.artifacts.manifest import write_manifest
 from ptqflow.config import PipelineConfig
 from ptqflow.errors import ConfigError, InputError
 from ptqflow.logs import get_logger
@@ -30,12 +29,13 @@ from ptqflow.logs import get_logger
 log = get_logger("validate")
 
 CONTROLLED = "quantized"  # the validate artifact's subdirectory holding the accuracy-controlled INT8 model
+CONTROLLED_MODEL = f"{CONTROLLED}/model.onnx"  # its model, as validate's manifest lists it
 
 
 def int8_artifact(quantized: Path, report: Path | None) -> Path:
-    """The run's INT8 model artifact: validate's accuracy-controlled model (``report/quantized``) when validate
-    published one, else the quantize step's."""
-    if report is not None and (Path(report) / CONTROLLED / "manifest.json").is_file():
+    """The directory of the run's INT8 model: validate's accuracy-controlled model (``report/quantized``) when
+    validate published one, else the quantize step's artifact."""
+    if report is not None and (Path(report) / CONTROLLED_MODEL).is_file():
         return Path(report) / CONTROLLED
     return Path(quantized)
 
@@ -123,23 +123,18 @@ def summary(result, checks_before: list[dict], checks_after: list[dict], speed_b
     }
 
 
-def publish_model(out: Path, result, config: dict, digests: dict) -> Path:
-    """Write the accuracy-controlled model as ``out/quantized`` (model.onnx, summary.json, manifest last), the
-    artifact export-ir and publish read; returns its directory."""
+def publish_model(out: Path, result) -> dict:
+    """Write the accuracy-controlled model as ``out/quantized`` (model.onnx, and summary.json as the quantize step
+    writes it), before validate's manifest, which then lists both; returns the summary's counts (quantize's
+    manifest metrics)."""
     import json
 
     from ptqflow.pipeline.steps.quantize import summary_metrics, with_readers
     from ptqflow.runtime.model_files import save_model
 
-    start = time.monotonic()
     dest = Path(out) / CONTROLLED
     dest.mkdir(parents=True, exist_ok=True)
-    model = result.model
-    save_model(model, dest / "model.onnx")
-    layers = with_readers(list(result.layers), model)
+    save_model(result.model, dest / "model.onnx")
+    layers = with_readers(list(result.layers), result.model)
     (dest / "summary.json").write_text(json.dumps({"layers": layers}, indent=2, default=str), encoding="utf-8")
-    metrics = {**summary_metrics(layers), "reverted": [s.tensor for s in result.reverted]}
-    write_manifest(dest, step="validate", config=config, inputs=digests, metrics=metrics,
-                   timings={"total_s": round(time.monotonic() - start, 3)},
-                   extra={"accuracy_control": True})
-    return dest
+    return summary_metrics(layers)

@@ -427,8 +427,8 @@ def publish_report(out: Path, report: dict, step: str, config: dict, inputs: dic
     return manifest
 
 
-def _with_accuracy_control(inputs: dict[str, Path], out: Path, cfg: PipelineConfig, fp32_path: Path, report: dict,
-                           digests: dict) -> tuple[dict, dict]:
+def _with_accuracy_control(inputs: dict[str, Path], out: Path, cfg: PipelineConfig, fp32_path: Path,
+                           report: dict) -> tuple[dict, dict]:
     """The report after accuracy control (accuracy_gate) ran on a gate that failed on accuracy: the report of the
     best model it found, with its ``accuracy_control`` section, and that model published as ``out/quantized`` when
     the whole gate passes with it; the manifest's extra. Without a kept revert the report stands."""
@@ -459,7 +459,7 @@ def _with_accuracy_control(inputs: dict[str, Path], out: Path, cfg: PipelineConf
         new = finalize(ev.sums, speed, cfg, ev.kept, with_readers(list(result.layers), result.model))
         published = new["verdict"] == "pass"
         if published:
-            accuracy_gate.publish_model(out, result, config_section(cfg), digests)
+            counts = accuracy_gate.publish_model(out, result)
     section = accuracy_gate.summary(result, before, after, report["speed"], new["speed"],
                                     time.monotonic() - start, published)
     new["accuracy_control"] = section
@@ -468,7 +468,10 @@ def _with_accuracy_control(inputs: dict[str, Path], out: Path, cfg: PipelineConf
              ", ".join(f"speedup {k} {section['speedup_before'][k]:.3g} -> {v:.3g}"
                        for k, v in section["speedup_after"].items() if section["speedup_before"].get(k) is not None))
     keys = ("met", "published", "stopped", "reverted", "speed_cost", "seconds")
-    return new, {"accuracy_control": {k: section[k] for k in keys}}
+    extra = {k: section[k] for k in keys}
+    if published:
+        extra.update(model=accuracy_gate.CONTROLLED_MODEL, layers=counts)
+    return new, {"accuracy_control": extra}
 
 
 # validate --shard writes partial.json: its shard's sums, where in the split it lies, and (shard 0) the speed.
@@ -503,7 +506,7 @@ def run(inputs: dict[str, Path], out: Path, cfg: PipelineConfig, shard: tuple[in
     if shard is None:
         report, extra = finalize(ev.sums, speed, cfg, ev.kept, decisions), None
         if cfg.validation.accuracy_control.enabled and accuracy_gate.failed_on_accuracy(report["gate"]):
-            report, extra = _with_accuracy_control(inputs, out, cfg, fp32_path, report, digests)
+            report, extra = _with_accuracy_control(inputs, out, cfg, fp32_path, report)
             timings["total_s"] = round(time.monotonic() - start, 3)
         return publish_report(out, report, NAME, config_section(cfg), digests, timings, extra)
     # Shard 0 carries the decisions to merge-validation (which reads only the partials), as it carries the speed.
