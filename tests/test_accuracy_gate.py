@@ -21,7 +21,7 @@ from ptqflow.artifacts.manifest import read_manifest, verify_outputs
 from ptqflow.cli import main
 from ptqflow.config import parse_config
 from ptqflow.errors import ConfigError, GateFailedError
-from ptqflow.pipeline.steps import inputs_for
+from ptqflow.pipeline.steps import PRODUCERS, inputs_for
 from test_accuracy_control import FEATURES, outlier_mlp, quantized_tensors
 
 pytest.importorskip("jsonschema")
@@ -92,6 +92,21 @@ def test_run_fails_the_gate_without_accuracy_control_and_passes_with_it(tmp_path
     assert "Accuracy control</h2>" in html and "published as this artifact" in html
     ir = read_manifest(out / "export-ir")
     assert ir.extra["int8_from"] == "validate (accuracy control)" and ir.inputs["report"] == manifest.digest
+    # A gate accuracy control cannot meet within its budget fails as without it, with the best figures reached
+    # and no model published.
+    unmet = config(True)
+    unmet["validation"]["gate"]["min_sqnr_db"] = 300.0
+    unmet["validation"]["accuracy_control"]["max_iterations"] = 1
+    (tmp_path / "unmet.json").write_text(json.dumps(unmet))
+    inputs = [arg for name in ("model", "quantized", "calibration", "statistics")
+              for arg in (f"--in-{name}", str(out / PRODUCERS[name]))]
+    assert main(["validate", *inputs, "--out", str(tmp_path / "unmet"), "--config",
+                 str(tmp_path / "unmet.json")]) == GateFailedError.exit_code
+    report = json.loads((tmp_path / "unmet" / "report.json").read_text())
+    section = report["accuracy_control"]
+    assert report["verdict"] == "fail" and not section["met"] and not section["published"]
+    assert section["stopped"] == "iteration budget reached (reverts tried: 1)" and len(section["steps"]) == 1
+    assert not (tmp_path / "unmet" / "quantized").exists()
 
 
 def test_accuracy_control_refuses_shards_and_bad_values(tmp_path):

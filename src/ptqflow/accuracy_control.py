@@ -234,7 +234,7 @@ def _revert_in_rank_order(result: AccuracyControlResult, plan: QuantizationPlan,
     elif out_of_time:
         why = "time budget spent"
     elif len(result.steps) < len(result.ranking):
-        why = f"max_num_iterations={params.max_num_iterations} reached"
+        why = f"iteration budget reached (reverts tried: {params.max_num_iterations})"
     else:
         why = "every activation quantizer tried"
     result.stopped = why

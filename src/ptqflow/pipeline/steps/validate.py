@@ -431,7 +431,8 @@ def _with_accuracy_control(inputs: dict[str, Path], out: Path, cfg: PipelineConf
                            report: dict) -> tuple[dict, dict]:
     """The report after accuracy control (accuracy_gate) ran on a gate that failed on accuracy: the report of the
     best model it found, with its ``accuracy_control`` section, and that model published as ``out/quantized`` when
-    the whole gate passes with it; the manifest's extra. Without a kept revert the report stands."""
+    the whole gate passes with it; the manifest's extra. When it found no other model (no revert kept, the gate's
+    thresholds not met) the report stands."""
     from ptqflow.pipeline.steps.quantize import with_readers
     from ptqflow.quantization.graph.prepare import MAX_IR_VERSION
     from ptqflow.runtime.model_files import save_model
@@ -449,7 +450,7 @@ def _with_accuracy_control(inputs: dict[str, Path], out: Path, cfg: PipelineConf
     before = [c for c in report["gate"] if not c["name"].startswith("min_speedup")]
     result, after = accuracy_gate.restore(inputs, fp32_path, cfg, report["gate"], gate_checks)
     new, published = report, False
-    if result.reverted:
+    if result.reverted or result.met:  # a model other than the quantize step's (met without reverts: requantized)
         result.model.ir_version = min(result.model.ir_version or MAX_IR_VERSION, MAX_IR_VERSION)
         with scratch_dir("ptqflow-accuracy-control-") as tmp:
             path = Path(tmp) / "model.onnx"
