@@ -163,7 +163,7 @@ def test_max_num_iterations_bounds_the_work_and_failure_is_reported(caplog):
     assert len(result.steps) == 1 and len(calls) == 3  # FP32, INT8, one revert
     assert not result.met and result.drop > 0.02 and result.metric > result.int8_metric
     assert quantized_tensors(result.model) == {"input", "h1"}
-    assert "could not meet max_drop 0.02" in caplog.text and "max_num_iterations=1 reached" in caplog.text
+    assert "could not meet max_drop 0.02" in caplog.text and "iteration budget reached (reverts tried: 1)" in caplog.text
     # Without the bound, both outlier quantizers go (then whatever else the metric still needs).
     full = ptqflow.quantize_with_accuracy_control_result(model, inputs(32, 0), val, agreement(model, val),
                                                          max_drop=0.02, advanced_quantization_parameters=NO_SAFEGUARDS)

@@ -65,6 +65,7 @@ ALTERNATIVES: dict[str, object] = {
     "validation.gate.min_speedup": 0.5,
     "validation.gate.min_sqnr_db": -100.0,
     "validation.gate.min_top1_agreement": 0.0,
+    "validation.accuracy_control.max_time_s": 60.0,
     "validation.openvino_device": "GPU",
     "export.openvino_device": "GPU",
     "registry": {"tracking_uri": "http://registry.invalid", "target_name": "m-int8"},

@@ -21,6 +21,7 @@ import copy
 import dataclasses
 import math
 import numbers
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -79,6 +80,7 @@ class AccuracyControlResult:
     ranking: list[tuple[str, float]] = field(default_factory=list)
     steps: list[RevertStep] = field(default_factory=list)
     layers: list[dict] = field(default_factory=list)
+    stopped: str = ""  # why the loop stopped short of max_drop ("" when met)
 
     @property
     def reverted(self) -> list[RevertStep]:
@@ -123,57 +125,93 @@ def quantize_with_accuracy_control_result(
         fast_bias_correction=fast_bias_correction, model_type=model_type,
         ignored_scope=ignored_scope or IgnoredScope(),
         advanced=advanced_quantization_parameters or AdvancedParameters())
-    adv = config.advanced
     collected = engine.collect(fp32_model, _stream_for(calibration_dataset), config, device,
                                engine.samples_needed(config))
-    prepared, stats = collected.prepared, collected.statistics
 
-    def requantize(plan: QuantizationPlan, first: bool = False) -> QuantizationResult:  # same statistics, another plan
-        return engine.quantize(prepared, dataclasses.replace(stats, plan=plan), config,
-                               lambda n: list(collected.kept[:n]), device, plan_passes_on=first)
-
-    current = requantize(copy.deepcopy(stats.plan), first=True)  # the reverts start from the plan it wrote
-    stats = dataclasses.replace(stats, plan=current.plan)
-    if params.intermediate_model_dir:
-        Path(params.intermediate_model_dir).mkdir(parents=True, exist_ok=True)
-        save_model(current.model, Path(params.intermediate_model_dir) / "intermediate_model.onnx")
-    int8 = _metric(validation_fn, current.model, data, "the INT8 model")
-    drop = _drop(fp32, int8, drop_type)
-    log.info("accuracy control: FP32 metric %.6g, INT8 metric %.6g, drop %.6g (%s, max_drop %g)",
-             fp32, int8, drop, drop_type.value, max_drop)
-    result = AccuracyControlResult(current.model, fp32, int8, int8, drop, max_drop, drop_type, drop <= max_drop,
-                                   layers=current.layers)
-    if result.met:
-        return result
-
-    n_rank = params.ranking_subset_size or subset_size
-    if isinstance(validation_dataset, Dataset):
-        ranking_source = Dataset(data, validation_dataset.transform_fn)
-    else:
-        ranking_source = data
-    samples = list(_samples(ranking_source, prepared, n_rank))
-    ranking = _rank(prepared, stats, adv, samples, device)
-    result.ranking = ranking
-    log.info("accuracy control: %d activation quantizers ranked on %d validation samples; most harmful: %s",
-             len(ranking), len(samples), ", ".join(f"{t} ({h:.4g})" for t, h in ranking[:5]))
+    def ranking_samples(prepared: onnx.ModelProto) -> list[dict]:
+        n_rank = params.ranking_subset_size or subset_size
+        source = Dataset(data, validation_dataset.transform_fn) if isinstance(validation_dataset, Dataset) else data
+        return list(_samples(source, prepared, n_rank))
 
     def measure(m: onnx.ModelProto, what: str) -> tuple[float, float]:  # (metric, drop)
         metric = _metric(validation_fn, m, data, what)
         return metric, _drop(fp32, metric, drop_type)
 
-    _revert_in_rank_order(result, copy.deepcopy(stats.plan), requantize, measure, params)
+    def first_model(m: onnx.ModelProto) -> None:
+        if params.intermediate_model_dir:
+            Path(params.intermediate_model_dir).mkdir(parents=True, exist_ok=True)
+            save_model(m, Path(params.intermediate_model_dir) / "intermediate_model.onnx")
+
+    return restore(collected.prepared, collected.statistics, config, lambda n: list(collected.kept[:n]), device,
+                   measure, ranking_samples, Target(fp32, max_drop, drop_type), params, on_first=first_model)
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the loop aims at: the FP32 metric (as reported; nan where there is none, as for the pipeline's gate),
+    the largest drop allowed and how the drop is measured (for the pipeline's gate: the worst shortfall of its
+    thresholds, allowed 0)."""
+
+    fp32_metric: float
+    max_drop: float
+    drop_type: DropType
+
+
+def restore(prepared: onnx.ModelProto, stats: Statistics, config: QuantizationConfig,
+            samples: Callable[[int], list[dict]], device: str,
+            measure: Callable[[onnx.ModelProto, str], tuple[float, float]],
+            ranking_samples: Callable[[onnx.ModelProto], list[dict]], target: Target,
+            params: AdvancedAccuracyRestorerParameters, *, max_time_s: float | None = None,
+            on_first: Callable[[onnx.ModelProto], None] | None = None) -> AccuracyControlResult:
+    """The accuracy-control loop that quantize_with_accuracy_control and the validate step both run: quantize
+    ``prepared`` per ``stats``' plan (the quantize-stage plan passes on, as ``ptqflow.quantize`` and the quantize
+    step do; ``samples(n)``: calibration samples), ``measure(model, what) -> (metric, drop)``; when the drop is over
+    ``target.max_drop``, rank the activation quantizers on ``ranking_samples(prepared)`` and revert them in rank
+    order (``params``: max_num_iterations, restore_mode; ``max_time_s``: no revert starts after it). Returns the
+    AccuracyControlResult of the best model found."""
+    started = time.monotonic()
+    adv = config.advanced
+
+    def requantize(plan: QuantizationPlan, first: bool = False) -> QuantizationResult:  # same statistics, another plan
+        return engine.quantize(prepared, dataclasses.replace(stats, plan=plan), config, samples, device,
+                               plan_passes_on=first)
+
+    current = requantize(copy.deepcopy(stats.plan), first=True)  # the reverts start from the plan it wrote
+    stats = dataclasses.replace(stats, plan=current.plan)
+    if on_first is not None:
+        on_first(current.model)
+    int8, drop = measure(current.model, "the INT8 model")
+    fp32 = f"FP32 metric {target.fp32_metric:.6g}, " if math.isfinite(target.fp32_metric) else ""
+    log.info("accuracy control: %sINT8 metric %.6g, drop %.6g (%s, max_drop %g)", fp32, int8, drop,
+             target.drop_type.value, target.max_drop)
+    result = AccuracyControlResult(current.model, target.fp32_metric, int8, int8, drop, target.max_drop,
+                                   target.drop_type, drop <= target.max_drop, layers=current.layers)
+    if result.met:
+        return result
+
+    rank_on = ranking_samples(prepared)
+    result.ranking = _rank(prepared, stats, adv, rank_on, device)
+    log.info("accuracy control: %d activation quantizers ranked on %d validation samples; most harmful: %s",
+             len(result.ranking), len(rank_on), ", ".join(f"{t} ({h:.4g})" for t, h in result.ranking[:5]))
+    deadline = None if max_time_s is None else started + max_time_s
+    _revert_in_rank_order(result, copy.deepcopy(stats.plan), requantize, measure, params, deadline)
     return result
 
 
 def _revert_in_rank_order(result: AccuracyControlResult, plan: QuantizationPlan,
                           requantize: Callable[[QuantizationPlan], QuantizationResult],
                           measure: Callable[[onnx.ModelProto, str], tuple[float, float]],
-                          params: AdvancedAccuracyRestorerParameters) -> None:
+                          params: AdvancedAccuracyRestorerParameters, deadline: float | None = None) -> None:
     """Revert ``result.ranking``'s quantizers in order, one per iteration, keeping each revert that does not make
-    the drop worse, until ``result.max_drop`` is met or ``params.max_num_iterations`` reverts were tried; updates
-    ``result`` (model, metric, drop, met, steps) and logs each step, and a warning when max_drop is not met."""
+    the drop worse, until ``result.max_drop`` is met, ``params.max_num_iterations`` reverts were tried or
+    ``deadline`` (time.monotonic) passed; updates ``result`` (model, metric, drop, met, steps, stopped) and logs
+    each step, and a warning when max_drop is not met."""
+    out_of_time = False
     for tensor, harm in result.ranking:
         if len(result.steps) >= params.max_num_iterations:
+            break
+        if deadline is not None and time.monotonic() >= deadline:
+            out_of_time = True
             break
         trial = copy.deepcopy(plan)
         layers = _revert(trial, tensor, harm, params.restore_mode)
@@ -193,10 +231,13 @@ def _revert_in_rank_order(result: AccuracyControlResult, plan: QuantizationPlan,
             return
     if not result.ranking:
         why = "no activation quantizer to revert"
+    elif out_of_time:
+        why = "time budget spent"
     elif len(result.steps) < len(result.ranking):
-        why = f"max_num_iterations={params.max_num_iterations} reached"
+        why = f"iteration budget reached (reverts tried: {params.max_num_iterations})"
     else:
         why = "every activation quantizer tried"
+    result.stopped = why
     log.warning("accuracy control could not meet max_drop %g (%s): %s after %d reverts tried, %d kept; returning "
                 "the best model found (drop %.6g)", result.max_drop, result.drop_type.value, why, len(result.steps),
                 len(result.reverted), result.drop)

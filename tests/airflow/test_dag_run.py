@@ -225,3 +225,38 @@ def test_dynamic_quantization_skips_collect_stats(s3, dynamic_run):
     assert not any(k.startswith("runs/dyn/collect-stats") for k in keys), sorted(keys)
     manifest = json.loads(_get(client, "runs/dyn/quantize/manifest.json"))
     assert "statistics" not in manifest.get("inputs", {}), manifest
+
+
+@pytest.fixture(scope="module")
+def accuracy_control_run(s3):
+    """A run into runs/ac of the outlier MLP whose gate (top-1 agreement 0.95) fails without accuracy control,
+    with the DAG's ``accuracy_control`` Param on over a base config that has it off."""
+    from test_accuracy_gate import config, write_inputs
+
+    env, client, tmp = s3
+    model, data = write_inputs(tmp / "ac")
+    client.upload_file(str(model), BUCKET, "in/ac/model.onnx")
+    for path in sorted(data.iterdir()):
+        client.upload_file(str(path), BUCKET, f"in/ac/data/{path.name}")
+    conf = {"model": f"s3://{BUCKET}/in/ac/model.onnx", "data": f"s3://{BUCKET}/in/ac/data/",
+            "output": f"s3://{BUCKET}/runs/ac", "accuracy_control": True, "config": config(False)}
+    return _run(env, tmp, conf)
+
+
+@pytest.mark.slow
+def test_accuracy_control_model_is_exported_and_published(s3, accuracy_control_run):
+    """validate reads the statistics from collect-stats' S3 URI, its accuracy control makes the gate pass and
+    publishes the model it found under runs/ac/validate/quantized; export-ir converts that one (its report input,
+    from validate's XCom) and the run succeeds."""
+    env, client, tmp = s3
+    result = accuracy_control_run
+    assert result["state"] == "success", result
+    assert result["tasks"]["validate"][0] == "success" and result["tasks"]["export_ir"][0] == "success"
+    report = json.loads(_get(client, "runs/ac/validate/report.json"))
+    assert report["verdict"] == "pass" and [r["tensor"] for r in report["accuracy_control"]["reverted"]] == ["h0"]
+    validated = json.loads(_get(client, "runs/ac/validate/manifest.json"))
+    assert set(validated["inputs"]) == {"model", "quantized", "calibration", "statistics"}
+    assert {"quantized/model.onnx", "quantized/summary.json"} <= set(validated["outputs"])  # staged with it
+    assert _get(client, "runs/ac/validate/quantized/model.onnx") != _get(client, "runs/ac/quantize/model.onnx")
+    ir = json.loads(_get(client, "runs/ac/export-ir/manifest.json"))
+    assert ir["extra"]["int8_from"] == "validate (accuracy control)" and "report" in ir["inputs"]

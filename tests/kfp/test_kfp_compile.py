@@ -119,8 +119,13 @@ def test_six_steps_wired_by_artifacts(tmp_path, kind):
     assert q["statistics"]["taskOutputArtifact"]["outputArtifactKey"] == "statistics"
     assert _producer(tasks, q["statistics"]) == "merge-stats"
     assert set(q) == {"config", "model", "calibration", "statistics"}
-    # export-ir runs after merge-validation (only what passed the gate).
+    # export-ir runs after merge-validation (only what passed the gate), and takes its report: the INT8 model
+    # validate's accuracy control publishes there (validation.accuracy_control).
     assert "merge-validation" in [tasks[d]["taskInfo"]["name"] for d in by_display["export-ir"]["dependentTasks"]]
+    ir = by_display["export-ir"]["inputs"]["artifacts"]
+    assert {k: _producer(tasks, v) for k, v in ir.items()} == {
+        "config": "resolve-config", "model": "fetch-model", "quantized": "quantize", "calibration": "build-calibration",
+        "report": "merge-validation"}
 
 
 @pytest.mark.parametrize("kind", ["container", "local"])
@@ -152,7 +157,7 @@ def test_dynamic_quantization_branch_skips_collect_stats(tmp_path, kind):
 FAN_OUTS = [("statistics_shards", "statistics-shards", "for-loop-2", "collect-stats", "merge-stats", "statistics",
              {"config", "model", "calibration"}),
             ("validation_shards", "validation-shards", "for-loop-3", "validate", "merge-validation", "report",
-             {"config", "model", "quantized", "calibration"})]
+             {"config", "model", "quantized", "calibration", "statistics"})]
 
 
 @pytest.mark.parametrize("param,lister,loop_name,step,merge_name,output,inputs", FAN_OUTS)

@@ -203,3 +203,41 @@ def test_lightweight_pipeline_under_kfp_local(tmp_path, inputs, monkeypatch):
     got = json.loads((report / "report.json").read_text())
     assert {k: v for k, v in got.items() if k != "speed"} == {k: v for k, v in whole.items() if k != "speed"}
 
+
+
+@pytest.mark.slow
+def test_accuracy_control_model_reaches_export_ir_through_the_containers(tmp_path):
+    """validation.accuracy_control through the compiled containers: the validate loop's container gets the
+    statistics artifact, its accuracy control makes the failing gate pass and leaves the model it found in the
+    report artifact, which the export-ir container takes besides quantize's Model and converts (the steps before
+    validate run in process: their containers are test_container_command_lines_run_locally's)."""
+    from ptqflow.artifacts.manifest import read_manifest
+    from ptqflow.config import parse_config
+    from ptqflow.pipeline.runner import run_step
+    from test_accuracy_gate import config, write_inputs
+
+    model, data = write_inputs(tmp_path / "src")
+    cfg = {**config(True), "model": str(model), "data": {**config(True)["data"], "source": str(data)}}
+    a = tmp_path / "a"
+    a.mkdir()
+    arts = {"config": str(a / "config.json")}
+    Path(arts["config"]).write_text(json.dumps(cfg))
+    parsed = parse_config(cfg)
+    for step in ("fetch-model", "build-calibration", "collect-stats", "quantize"):
+        name = OUTPUTS[step][0]
+        arts[name] = str(a / name)
+        run_step(step, {n: arts[n] for n in STEP_INPUTS[step]}, arts[name], parsed)
+    spec = yaml.safe_load(Path(compile_pipeline(tmp_path / "p.yaml")).read_text().split("\n---\n")[0])
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    arts.update(report=str(a / "report"), ir=str(a / "ir"))
+    for name in ("validate", "export-ir"):
+        container = _container(spec, name)
+        cmd = _fill(container["command"] + container["args"], arts, {"shard": ""})
+        assert ("--in-statistics" in cmd) == (name == "validate") and ("--in-report" in cmd) == (name == "export-ir")
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, f"{name}: {proc.stderr[-2000:]}"
+    report = json.loads((a / "report" / "report.json").read_text())
+    assert report["verdict"] == "pass" and report["accuracy_control"]["published"]
+    assert [r["tensor"] for r in report["accuracy_control"]["reverted"]] == ["h0"]
+    ir = read_manifest(a / "ir")
+    assert ir.extra["int8_from"] == "validate (accuracy control)" and ir.inputs["report"] == read_manifest(a / "report").digest

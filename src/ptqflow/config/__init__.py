@@ -37,6 +37,7 @@ from ptqflow.config.load import (
     set_dotted,
 )
 from ptqflow.config.pipeline import (
+    AccuracyControlConfig,
     DataConfig,
     ConversionConfig,
     ExportConfig,
@@ -52,6 +53,7 @@ from ptqflow.config.scope import IgnoredScope, Subgraph
 __all__ = [
     "BIAS_CORRECTION_SUBSET_SHARE",
     "SAFEGUARDS",
+    "AccuracyControlConfig",
     "AdvancedParameters",
     "DataConfig",
     "DropType",

@@ -108,6 +108,29 @@ class GateConfig(_Strict):
         return self
 
 
+class AccuracyControlConfig(_Strict):
+    """Accuracy control in validate: when the gate fails on accuracy or fidelity, revert activation quantizers to
+    float, most harmful first, quantizing again from the run's statistics, until the gate's own thresholds hold
+    on the validation split (ptqflow.quantize_with_accuracy_control's loop). Off by default."""
+
+    enabled: bool = Field(
+        False, description="Run the revert loop when the gate's accuracy or fidelity thresholds fail; validate then "
+        "reads the statistics artifact and publishes the INT8 model it found (<validate>/quantized) when the gate "
+        "passes with it.")
+    max_iterations: int = Field(
+        20, ge=0, description="Reverts tried at most (>= 0); each quantizes the model again and validates it on the "
+        "whole validation split.")
+    max_time_s: float | None = Field(
+        None, gt=0, description="Time budget of the revert loop in seconds (> 0; null: no limit): no revert starts "
+        "after it.")
+    ranking_samples: int = Field(
+        100, ge=1, description="Validation samples (>= 1) the quantizers are ranked on by the output error each "
+        "adds.")
+    restore_mode: Literal["activations_and_weights", "only_activations"] = Field(
+        "activations_and_weights", description="activations_and_weights: a reverted quantizer's layers left with no "
+        "quantized input also get float weights (NNCF's default); only_activations: every weight stays int8.")
+
+
 class ValidationConfig(_Strict):
     """The validate step: metrics, speed measurement and gate."""
 
@@ -115,6 +138,7 @@ class ValidationConfig(_Strict):
         None, description="'module:function' taking (outputs, labels) -> float."
     )
     gate: GateConfig = Field(default_factory=GateConfig)
+    accuracy_control: AccuracyControlConfig = Field(default_factory=AccuracyControlConfig)
     latency_iterations: int = Field(50, gt=0, description="Alternating FP32/INT8 timed runs per runtime.")
     openvino_device: str = Field("CPU", description="OpenVINO device for speed figures.")
     fp32_inference_precision: Literal["f32", "bf16", "f16"] = Field(

@@ -52,6 +52,11 @@ Retries: storage errors (exit 5) are retried; bad config (2), bad input (3), fai
 unavailable device (6) fail the task at once. On success the INT8 ONNX model and IR are published as the
 Assets `ptqflow_int8_onnx` and `ptqflow_int8_openvino_ir` (event extra: uri, digest).
 
+Accuracy control (`accuracy_control`, `accuracy_control_max_iterations`): a gate failing on accuracy or
+fidelity makes validate revert quantizers to float until it passes; the model it found,
+`<output>/validate/quantized/`, is then the one export-ir converts and the INT8 Asset names. It needs
+`validation_shards` 1.
+
 Shards: `statistics_shards` N > 1 runs collect-stats as N mapped tasks (`collect_stats_shard`, each on 1/N of the
 calibration samples, writing `<output>/collect-stats-shards/<i>-of-<N>/`) and `merge_stats`, which writes
 `<output>/collect-stats/` (the same statistics one task collects); `validation_shards` does the same for validate
@@ -280,17 +285,23 @@ def merge_local(merge: str, partials, **context) -> dict:
 
 @task(outlets=[INT8_ONNX, INT8_IR], retries=DEFAULT_RETRIES)
 def publish(**context) -> dict:
-    """Read the quantize and export-ir manifests at the output prefix and emit both Asset events with
-    {uri, digest} extras; returns those extras."""
+    """Read the INT8 model's and export-ir's manifests at the output prefix and emit both Asset events with
+    {uri, digest} extras; returns those extras. The INT8 model is validate's accuracy-controlled one
+    (``<output>/validate/quantized``) when validate published one, else quantize's."""
     from ptqflow.artifacts import storage
+    from ptqflow.pipeline.steps.accuracy_gate import CONTROLLED, CONTROLLED_MODEL
 
     output = context["params"]["output"]
     extras = {}
-    for asset, step in ((INT8_ONNX, "quantize"), (INT8_IR, "export-ir")):
-        uri = step_output_uri(output, step)
+    # validate's manifest lists the accuracy-controlled model when it published one (its digest stands for it)
+    validated = storage.read_remote_manifest(step_output_uri(output, "validate"))
+    controlled = validated is not None and CONTROLLED_MODEL in validated.outputs
+    int8 = step_output_uri(output, "validate") if controlled else step_output_uri(output, "quantize")
+    for asset, uri in ((INT8_ONNX, int8), (INT8_IR, step_output_uri(output, "export-ir"))):
         manifest = storage.read_remote_manifest(uri)
         if manifest is None:
             raise RuntimeError(f"publish: no manifest at {uri}")
-        extras[asset.name] = {"uri": uri, "digest": manifest.digest}
+        extras[asset.name] = {"uri": f"{uri}/{CONTROLLED}" if controlled and asset is INT8_ONNX else uri,
+                              "digest": manifest.digest}
         context["outlet_events"][asset].extra = extras[asset.name]
     return extras

@@ -20,7 +20,8 @@ BASE = image("cpu")
 def resolve_config(model: str, data: str, output: str, preset: str, target_device: str, subset_size: int,
                    fast_bias_correction: bool, quant_format: str, target_runtime: str, static: bool,
                    max_accuracy_drop: str, min_cosine: str, min_sqnr_db: str,
-                   min_speedup: str, device: str, base_config: str, config: Output[Artifact],
+                   min_speedup: str, accuracy_control: bool, accuracy_control_max_iterations: int, device: str,
+                   base_config: str, config: Output[Artifact],
                    collect_stats_needed: dsl.OutputPath(str)):
     """Validate the run parameters and write the config JSON every step reads, and whether collect-stats runs for
     it ("true"/"false": not for dynamic quantization)."""
@@ -91,12 +92,16 @@ def quantize_local(config: Input[Artifact], model: Input[Model], calibration: In
 
 @dsl.component(base_image=BASE)
 def validate_local(config: Input[Artifact], model: Input[Model], quantized: Input[Model],
-                   calibration: Input[Dataset], shard: str, report: Output[Artifact]) -> str:
+                   calibration: Input[Dataset], report: Output[Artifact], statistics: Input[Artifact] = None,
+                   shard: str = "") -> str:
     """validate on ``shard`` "I/N" of the validation split (partial results; "": the whole split, the report and
-    its gate); returns the artifact digest."""
+    its gate; ``statistics``: what accuracy control quantizes again from, absent for dynamic quantization); returns
+    the artifact digest."""
     from ptqflow.orchestration.kfp_runtime import run_step_on_paths
 
     inputs = {"model": model.path, "quantized": quantized.path, "calibration": calibration.path}
+    if statistics is not None:
+        inputs["statistics"] = statistics.path
     return run_step_on_paths("validate", inputs, report.path, config.path, shard)["digest"]
 
 
@@ -116,11 +121,13 @@ def merge_validation_local(config: Input[Artifact], partials: Input[List[Artifac
 
 @dsl.component(base_image=BASE)
 def export_ir_local(config: Input[Artifact], quantized: Input[Model], model: Input[Model],
-                    calibration: Input[Dataset], ir: Output[Model]) -> str:
-    """export-ir; returns the artifact digest."""
+                    calibration: Input[Dataset], report: Input[Artifact], ir: Output[Model]) -> str:
+    """export-ir of the run's INT8 model (validate's accuracy-controlled one in ``report`` when it published one);
+    returns the artifact digest."""
     from ptqflow.orchestration.kfp_runtime import run_step_on_paths
 
-    inputs = {"quantized": quantized.path, "model": model.path, "calibration": calibration.path}
+    inputs = {"quantized": quantized.path, "model": model.path, "calibration": calibration.path,
+              "report": report.path}
     return run_step_on_paths("export-ir", inputs, ir.path, config.path)["digest"]
 
 

@@ -175,8 +175,8 @@ def _fan_out_parsers(sub, fan) -> None:
     step.add_argument("--shard", default="")
     step.add_argument("--config", required=True)
     step.add_argument("--out", required=True)
-    for name in SPECS[fan.step].inputs:
-        step.add_argument(f"--in-{name}", dest=name, required=True)
+    for name in SPECS[fan.step].inputs:  # no statistics for dynamic quantization (collect-stats skipped)
+        step.add_argument(f"--in-{name}", dest=name, required=name != "statistics")
     merge = sub.add_parser(fan.merge, help=f"{fan.merge} of the {fan.step} loop's outputs into its artifact")
     merge.add_argument("--config", required=True)
     merge.add_argument("--out", required=True)
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
 
             setup_logging("json")
             if args.command in FAN_OUTS:
-                inputs = {n: getattr(args, n) for n in SPECS[args.command].inputs}
+                inputs = {n: getattr(args, n) for n in SPECS[args.command].inputs if getattr(args, n)}
                 result = run_step_on_paths(args.command, inputs, args.out, args.config, args.shard)
             else:
                 partials = input_artifact_paths(args.executor_input, "partials")

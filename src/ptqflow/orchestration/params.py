@@ -26,6 +26,8 @@ EXPOSED: dict[str, str] = {
     "min_cosine": "validation.gate.min_cosine",
     "min_sqnr_db": "validation.gate.min_sqnr_db",
     "min_speedup": "validation.gate.min_speedup",
+    "accuracy_control": "validation.accuracy_control.enabled",
+    "accuracy_control_max_iterations": "validation.accuracy_control.max_iterations",
     "device": "device",
 }
 

@@ -68,11 +68,15 @@ STEPS: tuple[StepSpec, ...] = (
                            "!quantization.advanced.mixed_precision_max_evals")),
     StepSpec("quantize", "ptqflow.pipeline.steps.quantize", inputs=("model", "calibration", "statistics"), output="quantized",
              accelerated=True, optional=False, config_reads=("quantization", "device")),
-    StepSpec("validate", "ptqflow.pipeline.steps.validate", inputs=("model", "quantized", "calibration"), output="report",
+    # validate reads the statistics, and export-ir the report (validate's accuracy-controlled model), only with
+    # validation.accuracy_control enabled (inputs_for)
+    StepSpec("validate", "ptqflow.pipeline.steps.validate", inputs=("model", "quantized", "calibration", "statistics"),
+             output="report",
              accelerated=True, optional=False,
              config_reads=("validation", "device", "quantization.target_runtime", "quantization.quant_format",
                            "quantization.static")),
-    StepSpec("export-ir", "ptqflow.pipeline.steps.export_ir", inputs=("quantized", "model", "calibration"), output="ir",
+    StepSpec("export-ir", "ptqflow.pipeline.steps.export_ir", inputs=("quantized", "model", "calibration", "report"),
+             output="ir",
              accelerated=False, optional=False, config_reads=("export",)),
     StepSpec("publish", "ptqflow.pipeline.steps.publish", inputs=("model", "quantized", "report", "ir"), output="registration",
              accelerated=False, optional=True, config_reads=("registry",)),
@@ -97,12 +101,20 @@ def spec(name: str) -> StepSpec:
     return SPECS[name]
 
 
+# Inputs that only validation.accuracy_control reads: validate quantizes again from the statistics, and export-ir
+# takes the INT8 model validate may publish inside its report artifact.
+ACCURACY_CONTROL_INPUTS: dict[str, str] = {"validate": "statistics", "export-ir": "report"}
+
+
 def inputs_for(name: str, cfg) -> tuple[str, ...]:
     """The input artifacts step ``name`` reads with ``cfg``: its ``inputs``, except the statistics for dynamic
-    quantization (``quantization.static: false``), which needs no calibration statistics."""
+    quantization (``quantization.static: false``), which needs no calibration statistics, and the inputs of
+    ``ACCURACY_CONTROL_INPUTS`` unless ``validation.accuracy_control.enabled``."""
     names = spec(name).inputs
     if not cfg.quantization.static:
         names = tuple(i for i in names if i != "statistics")
+    if name in ACCURACY_CONTROL_INPUTS and not cfg.validation.accuracy_control.enabled:
+        names = tuple(i for i in names if i != ACCURACY_CONTROL_INPUTS[name])
     return names
 
 

@@ -14,6 +14,7 @@ from ptqflow.config import PipelineConfig, section_dump
 from ptqflow.errors import InputError
 from ptqflow.pipeline.metrics import sqnr_db
 from ptqflow.pipeline.steps import spec
+from ptqflow.pipeline.steps.accuracy_gate import int8_artifact
 from ptqflow.pipeline.steps.fetch_model import model_file
 
 _SPEC = spec("export-ir")  # its entry in the steps table
@@ -120,7 +121,9 @@ def run(inputs: dict[str, Path], out: Path, cfg: PipelineConfig) -> Manifest:
     start = time.monotonic()
     out = Path(out)
     ec = cfg.export
-    int8_path, fp32_path = model_file(Path(inputs["quantized"])), model_file(Path(inputs["model"]))
+    # validate's accuracy-controlled model when it published one (validation.accuracy_control), else quantize's
+    int8_dir = int8_artifact(Path(inputs["quantized"]), inputs.get("report"))
+    int8_path, fp32_path = model_file(int8_dir), model_file(Path(inputs["model"]))
     digests = input_digests(inputs)
     c = ov.core()
     ov.check_device(c, ec.openvino_device)  # before any work: an absent device is a clear error at once
@@ -157,4 +160,6 @@ def run(inputs: dict[str, Path], out: Path, cfg: PipelineConfig) -> Manifest:
     return write_manifest(out, step=NAME, config=config_section(cfg), inputs=digests, metrics=metrics,
                           timings={"total_s": round(time.monotonic() - start, 3)},
                           extra={"device": ec.openvino_device, "parity": parity,
+                                 "int8_from": "validate (accuracy control)" if int8_dir != Path(inputs["quantized"])
+                                 else "quantize",
                                  "weight_precisions": int8_stats["constants_by_precision"]})

@@ -28,6 +28,7 @@ from ptqflow.config import PipelineConfig, section_dump
 from ptqflow.errors import ConfigError, GateFailedError, InputError
 from ptqflow.logs import get_logger
 from ptqflow.pipeline.steps import spec
+from ptqflow.pipeline.steps.accuracy_gate import int8_artifact
 
 _SPEC = spec("publish")  # its entry in the steps table
 NAME: str = _SPEC.name
@@ -80,7 +81,9 @@ def _stage(inputs: dict[str, Path], dest: Path) -> None:
     """Lay out what is logged: int8/model.onnx, int8/openvino/model.{xml,bin}, report/report.{json,html}."""
     (dest / "int8" / "openvino").mkdir(parents=True)
     (dest / "report").mkdir()
-    shutil.copyfile(Path(inputs["quantized"]) / "model.onnx", dest / "int8" / "model.onnx")
+    # validate's accuracy-controlled model when it published one (validation.accuracy_control), else quantize's
+    int8 = int8_artifact(Path(inputs["quantized"]), Path(inputs["report"]))
+    shutil.copyfile(int8 / "model.onnx", dest / "int8" / "model.onnx")
     for name in _IR_FILES:
         src = Path(inputs["ir"]) / name
         if not src.is_file():

@@ -24,7 +24,7 @@ from ptqflow.config import GateConfig, PipelineConfig, section_dump
 from ptqflow.errors import ConfigError, GateFailedError, InputError
 from ptqflow.logs import get_logger
 from ptqflow.pipeline.report import load_decisions
-from ptqflow.pipeline.steps import spec
+from ptqflow.pipeline.steps import accuracy_gate, spec
 from ptqflow.pipeline.steps.fetch_model import model_file
 
 _SPEC = spec("validate")  # its entry in the steps table
@@ -82,7 +82,12 @@ def shard_range(num_samples: int, shard: int, shards: int) -> tuple[int, int]:
 
 def check_shardable(vc, what: str = "validate --shard") -> None:
     """ConfigError naming each configured metric that cannot be merged from shards: a validation.metric function
-    sees every output at once (fn(outputs, labels)), so its value on a shard says nothing about the whole split."""
+    sees every output at once (fn(outputs, labels)), so its value on a shard says nothing about the whole split;
+    and accuracy control, which validates candidate models on the whole split in one process."""
+    if vc.accuracy_control.enabled:
+        raise ConfigError(f"{what}: validation.accuracy_control.enabled validates every candidate model on the whole "
+                          "validation split in one process and cannot run in shards; validate in one process (no "
+                          "--shard, validation_shards 1), or disable accuracy control")
     if vc.metric:
         raise ConfigError(f"{what}: validation.metric {vc.metric!r} is computed on all outputs at once and cannot "
                           "be merged from shards; validate in one process (no --shard), or unset validation.metric")
@@ -124,15 +129,16 @@ class Evaluation:
     kept: tuple[dict, dict, list] | None = None
 
 
-def evaluate(fp32_path: Path, int8_path: Path, calibration: Path, cfg: PipelineConfig,
-             span: tuple[int, int] | None = None, keep: bool = False) -> Evaluation:
-    """Run the FP32 and INT8 models on the validation samples [span) (all when None), one sample at a time, and
-    accumulate them (per-layer rows too when configured); ``keep``: also keep every output and label."""
+def evaluate(fp32_path: Path, int8_path, calibration: Path, cfg: PipelineConfig,
+             span: tuple[int, int] | None = None, keep: bool = False, layers: bool = True) -> Evaluation:
+    """Run the FP32 and INT8 models (``int8_path``: a path, or a ModelProto when ``layers`` is False) on the
+    validation samples [span) (all when None), one sample at a time, and accumulate them (per-layer rows too when
+    configured and ``layers``); ``keep``: also keep every output and label."""
     device = cfg.device.value
     fp32, int8 = _session(fp32_path, device), _session(int8_path, device)
     names = [o.name for o in fp32.get_outputs()]
     pairs, layer_sessions = [], None
-    if cfg.validation.per_layer_sensitivity and fp32_path.suffix == ".onnx":  # QDQ pairs: ONNX models only
+    if layers and cfg.validation.per_layer_sensitivity and fp32_path.suffix == ".onnx":  # QDQ pairs: ONNX models only
         fp32_model, int8_model = onnx.load(str(fp32_path)), onnx.load(str(int8_path))
         pairs = layer_pairs(fp32_model, int8_model)
         if pairs:  # their outputs added to copies of both models, run beside them
@@ -365,19 +371,25 @@ def measure(fp32_path: Path, int8_path: Path, sample: dict, cfg: PipelineConfig)
     return speed
 
 
+def figures(sums: M.ValidationSums, cfg: PipelineConfig, kept: tuple[dict, dict, list] | None) -> tuple[dict, dict]:
+    """(accuracy, fidelity) of the whole split from its sums (and, for a validation.metric, every output and
+    label: ``kept``): what the gate's accuracy and fidelity thresholds read."""
+    accuracy = sums.accuracy()
+    if cfg.validation.metric:
+        fn = M.load_metric(cfg.validation.metric)
+        fp32_out, int8_out, labels = kept
+        accuracy.setdefault("fp32", {}).update(M.user_metric(fn, fp32_out, labels))
+        accuracy.setdefault("int8", {}).update(M.user_metric(fn, int8_out, labels))
+    return accuracy, sums.fidelity()
+
+
 def finalize(sums: M.ValidationSums, speed: dict, cfg: PipelineConfig,
              kept: tuple[dict, dict, list] | None = None, decisions: list[dict] | None = None) -> dict:
     """The report of the whole split from its sums, the speed figures, for a validation.metric every output and
     label (``kept``) and the quantize step's per-layer ``decisions`` (report.html's decision table; left out when
     None); validate and merge-validation both end here."""
     vc = cfg.validation
-    accuracy = sums.accuracy()
-    if vc.metric:
-        fn = M.load_metric(vc.metric)
-        fp32_out, int8_out, labels = kept
-        accuracy.setdefault("fp32", {}).update(M.user_metric(fn, fp32_out, labels))
-        accuracy.setdefault("int8", {}).update(M.user_metric(fn, int8_out, labels))
-    fidelity = sums.fidelity()
+    accuracy, fidelity = figures(sums, cfg, kept)
     checks = evaluate_gate(vc.gate, accuracy, fidelity, speed, cfg.quantization.effective_target_runtime().value)
     report = {"verdict": "pass" if all(c["passed"] for c in checks) else "fail", "gate": checks,
               "samples": sums.samples, "labeled": sums.labeled, "accuracy": accuracy, "fidelity": fidelity,
@@ -415,6 +427,54 @@ def publish_report(out: Path, report: dict, step: str, config: dict, inputs: dic
     return manifest
 
 
+def _with_accuracy_control(inputs: dict[str, Path], out: Path, cfg: PipelineConfig, fp32_path: Path,
+                           report: dict) -> tuple[dict, dict]:
+    """The report after accuracy control (accuracy_gate) ran on a gate that failed on accuracy: the report of the
+    best model it found, with its ``accuracy_control`` section, and that model published as ``out/quantized`` when
+    the whole gate passes with it; the manifest's extra. When it found no other model (no revert kept, the gate's
+    thresholds not met) the report stands."""
+    from ptqflow.pipeline.steps.quantize import with_readers
+    from ptqflow.quantization.graph.prepare import MAX_IR_VERSION
+    from ptqflow.runtime.model_files import save_model
+    from ptqflow.scratch import scratch_dir
+
+    start = time.monotonic()
+    calibration, keep = Path(inputs["calibration"]), bool(cfg.validation.metric)
+    no_speed = cfg.validation.gate.model_copy(update={"min_speedup": None})  # speed: on the final model only
+    target = cfg.quantization.effective_target_runtime().value
+
+    def gate_checks(model: onnx.ModelProto) -> list[dict]:
+        ev = evaluate(fp32_path, model, calibration, cfg, keep=keep, layers=False)
+        return evaluate_gate(no_speed, *figures(ev.sums, cfg, ev.kept), {}, target)
+
+    before = [c for c in report["gate"] if not c["name"].startswith("min_speedup")]
+    result, after = accuracy_gate.restore(inputs, fp32_path, cfg, report["gate"], gate_checks)
+    new, published = report, False
+    if result.reverted or result.met:  # a model other than the quantize step's (met without reverts: requantized)
+        result.model.ir_version = min(result.model.ir_version or MAX_IR_VERSION, MAX_IR_VERSION)
+        with scratch_dir("ptqflow-accuracy-control-") as tmp:
+            path = Path(tmp) / "model.onnx"
+            save_model(result.model, path)
+            ev = evaluate(fp32_path, path, calibration, cfg, keep=keep)
+            speed = measure(fp32_path, path, ev.first, cfg)
+        new = finalize(ev.sums, speed, cfg, ev.kept, with_readers(list(result.layers), result.model))
+        published = new["verdict"] == "pass"
+        if published:
+            counts = accuracy_gate.publish_model(out, result)
+    section = accuracy_gate.summary(result, before, after, report["speed"], new["speed"],
+                                    time.monotonic() - start, published)
+    new["accuracy_control"] = section
+    log.info("accuracy control: %s; reverted %s; %s", "gate met" if published else "gate still fails",
+             ", ".join(r["tensor"] for r in section["reverted"]) or "nothing",
+             ", ".join(f"speedup {k} {section['speedup_before'][k]:.3g} -> {v:.3g}"
+                       for k, v in section["speedup_after"].items() if section["speedup_before"].get(k) is not None))
+    keys = ("met", "published", "stopped", "reverted", "speed_cost", "seconds")
+    extra = {k: section[k] for k in keys}
+    if published:
+        extra.update(model=accuracy_gate.CONTROLLED_MODEL, layers=counts)
+    return new, {"accuracy_control": extra}
+
+
 # validate --shard writes partial.json: its shard's sums, where in the split it lies, and (shard 0) the speed.
 PARTIAL, PARTIAL_FORMAT = "partial.json", 1
 
@@ -427,6 +487,8 @@ def run(inputs: dict[str, Path], out: Path, cfg: PipelineConfig, shard: tuple[in
     out = Path(out)
     fp32_path, int8_path = model_file(Path(inputs["model"])), model_file(Path(inputs["quantized"]))
     calibration, span = Path(inputs["calibration"]), None
+    if cfg.validation.accuracy_control.enabled and shard is None:
+        accuracy_gate.check_config(cfg, fp32_path)
     if shard is not None:
         from ptqflow.data import read_index
 
@@ -443,8 +505,11 @@ def run(inputs: dict[str, Path], out: Path, cfg: PipelineConfig, shard: tuple[in
     speed = measure(fp32_path, int8_path, ev.first, cfg) if shard is None or shard[0] == 0 else None
     timings = {"evaluate_s": round(t_eval, 3), "total_s": round(time.monotonic() - start, 3)}
     if shard is None:
-        return publish_report(out, finalize(ev.sums, speed, cfg, ev.kept, decisions), NAME, config_section(cfg),
-                              digests, timings)
+        report, extra = finalize(ev.sums, speed, cfg, ev.kept, decisions), None
+        if cfg.validation.accuracy_control.enabled and accuracy_gate.failed_on_accuracy(report["gate"]):
+            report, extra = _with_accuracy_control(inputs, out, cfg, fp32_path, report)
+            timings["total_s"] = round(time.monotonic() - start, 3)
+        return publish_report(out, report, NAME, config_section(cfg), digests, timings, extra)
     # Shard 0 carries the decisions to merge-validation (which reads only the partials), as it carries the speed.
     doc = {"format": PARTIAL_FORMAT, "shard": shard[0], "shards": shard[1], "start": span[0], "stop": span[1],
            "split_samples": count, "sums": ev.sums.to_json(), "speed": speed,
