@@ -4,7 +4,7 @@
 2. ``upgrade_opset``: opset >= 13 (per-axis quantizers), a warning when impossible;
 3. ``clamp_ir_version``: an ir_version onnxruntime accepts, for the optimizer;
 4. ``ort_basic_optimize`` (``advanced.graph_constant_folding``): onnxruntime's basic optimizer (constant
-   folding, Conv+BatchNorm/Add/Mul fusion);
+   folding, Conv+BatchNorm/Add/Mul fusion; the function ops it inlines are put back);
 5. ``fold_batchnorm`` (``advanced.graph_fold_batchnorm``): the Conv+BatchNorm pairs still left;
 6. ``name_nodes``: every node named;
 7. ``infer_shapes``: onnx's shape inference;
