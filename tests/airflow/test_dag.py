@@ -41,12 +41,16 @@ def test_dagbag_imports_without_errors(mode, monkeypatch, tmp_path):
         assert dag.get_task(gate_task).upstream_task_ids == {"statistics_needed"}
     assert dag.get_task("validation_shards").upstream_task_ids == set()
     # Validation the same way: the one validate behind its gate, or the mapped shards (after quantize) and their
-    # merge; export-ir runs after whichever of validate and merge_validation ran (and so after the gate).
+    # merge; export-ir runs after whichever of validate and merge_validation ran (and so after the gate). validate
+    # also reads the statistics (accuracy control quantizes again from them): after whichever of collect_stats and
+    # merge_stats ran, or neither (dynamic quantization).
+    statistics = {"collect_stats", "merge_stats"}
     assert dag.get_task("validate").upstream_task_ids == {"fetch_model", "build_calibration", "quantize",
-                                                          "validation_unsharded"}
+                                                          "validation_unsharded"} | statistics
+    assert dag.get_task("validate").trigger_rule == "none_failed_min_one_success"
     assert dag.get_task("validate_shard").is_mapped
     assert dag.get_task("validate_shard").upstream_task_ids == {"fetch_model", "build_calibration", "quantize",
-                                                                "validation_shards"}
+                                                                "validation_shards"} | statistics
     assert dag.get_task("merge_validation").upstream_task_ids == {"validate_shard"}
     assert dag.params.get_param("validation_shards").value == 1
     assert {"validate", "merge_validation"} <= dag.get_task("export_ir").upstream_task_ids
