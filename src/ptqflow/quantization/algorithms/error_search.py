@@ -44,6 +44,7 @@ class Measured:
     error_float: float  # ... with it in float too
     output: str  # the model output whose error fell the most
     samples: int
+    weight: bool = False  # a weight quantizer (its layers go float), not an activation quantizer
 
     def as_dict(self) -> dict:
         """The plan's ``measured`` record: error_int8, error_float, gain, output, samples."""
@@ -84,16 +85,17 @@ class _Evaluator:
 
 def search(prepared: onnx.ModelProto, plan: QuantizationPlan, ranges: dict, samples: list[dict],
            make_session: Callable, make_runner: Callable, *, max_float: int, min_share: float, target: float,
-           max_evals: int, held_out: list[dict] | None = None) -> SearchResult:
+           max_evals: int, held_out: list[dict] | None = None, weights: bool = False) -> SearchResult:
     """The search of the module docstring on ``samples``; ``ranges`` by quantizer group (Statistics.ranges).
     With ``held_out`` samples, a quantizer found goes float only when its gain also holds on them (at least
-    ``min_share`` of the error the activation quantizers cause there): the search picks the largest of many
-    measured gains, which on a few samples is partly noise.
+    ``min_share`` of the error the candidates cause there): the search picks the largest of many measured gains,
+    which on a few samples is partly noise. With ``weights``, the planned weight quantizers are candidates too
+    (each with the activation quantizers that feed only its layers: the layer in float).
     ``make_session(model)``: the FP32 reference's session; ``make_runner(model, outputs)``: the gated model's
     runner (the statistics runtime: OpenVINO's CPU plugin where it compiles the model, which runs it faster)."""
     result = SearchResult()
-    if not samples or not plan.activations:
-        result.stopped = "no samples or no activation quantizer"
+    if not samples or not (plan.activations or (weights and plan.weights)):
+        result.stopped = "no samples or no quantizer"
         return result
     # The FP32 references of both sample sets first, and the FP32 session goes before the gated model is made;
     # for a model over 2 GB the gated model's float weights go to a file as they are folded, and the model itself
@@ -104,7 +106,7 @@ def search(prepared: onnx.ModelProto, plan: QuantizationPlan, ranges: dict, samp
     check = _evaluator(prepared, held_out, fp32) if held_out else None  # the held-out evaluator
     del fp32
     with scratch_dir("ptqflow-gated-") as tmp:
-        gated, tensors = gated_model(prepared, plan, ranges)
+        gated, tensors = gated_model(prepared, plan, ranges, weights=weights)
         if is_large(prepared):  # the float weights go to a file as they are made, one at a time
             with DataFile(Path(tmp) / "folded.data") as folded:
                 fold_constant_dequantize(gated, folded.tensor)
@@ -114,15 +116,22 @@ def search(prepared: onnx.ModelProto, plan: QuantizationPlan, ranges: dict, samp
             gated = save_model(gated, Path(tmp) / "model.onnx", external=True)
         ev.runner = make_runner(gated, [o.name for o in prepared.graph.output])
         del gated
+    units = candidates(plan, weights)
+    n_act = len(plan.activations)
+    labels = [tensors[max(u) if max(u) >= n_act else min(u)] for u in units]  # a weight candidate: its weight
     ev.n_points = len(tensors)
     if check is not None:
         check.runner, check.n_points = ev.runner, ev.n_points
     check_base = None  # its errors, measured when the first pick needs them
     base = ev(set())
-    floor = float(np.mean(ev(range(len(tensors)))))
-    result.error_int8, result.error_floor = float(np.mean(base)), floor
+    result.error_int8 = float(np.mean(base))
+    if weights:  # every gate off is the FP32 model: nothing is left to measure there
+        floor, result.error_floor = 0.0, float("nan")
+    else:
+        floor = result.error_floor = float(np.mean(ev(range(n_act))))
     names = ev.metric.names
     off: set[int] = set()
+    picked = 0
     while True:
         current = float(np.mean(base))
         removable = current - floor
@@ -130,34 +139,51 @@ def search(prepared: onnx.ModelProto, plan: QuantizationPlan, ranges: dict, samp
             result.stopped = f"output error {current:.4g} at or below the target {target:g}"
         elif removable <= 0:  # e.g. PP-OCR det: 0.022 all int8, 0.048 with the weights alone quantized
             result.stopped = "the activation quantizers add no error above the weights-only floor"
-        elif len(off) >= max_float:
+        elif picked >= max_float:
             result.stopped = f"{max_float} quantizers in float: the budget"
         elif ev.count >= max_evals:
             result.stopped = f"{max_evals} evaluations: the budget"
         if result.stopped:
             break
-        found = _best(ev, off, base, [k for k in range(len(tensors)) if k not in off], max_evals, result, tensors)
+        active = [u for u in range(len(units)) if not units[u] <= off]
+        found = _best(ev, off, base, units, active, max_evals, min_share * removable, result, labels)
         if found is None or np.mean(base) - np.mean(found[1]) < min_share * removable:
             result.stopped = "no quantizer left that carries enough of the error"
             break
-        k, errs = found
+        u, errs = found
         if check is not None and check_base is None:
             check_base = check(off)
-            check_floor = float(np.mean(check(range(len(tensors)))))
+            check_floor = 0.0 if weights else float(np.mean(check(range(n_act))))
         if check is not None:  # the gain must hold on samples it was not found on
-            check_errs = check(off | {k})
+            check_errs = check(off | units[u])
             held_gain = float(np.mean(check_base) - np.mean(check_errs))
             if held_gain < min_share * (float(np.mean(check_base)) - check_floor):
-                result.stopped = (f"{tensors[k]}'s gain {current - float(np.mean(errs)):.3g} did not hold on "
+                result.stopped = (f"{labels[u]}'s gain {current - float(np.mean(errs)):.3g} did not hold on "
                                   f"{len(held_out)} held-out samples ({held_gain:.3g})")
                 break
             check_base = check_errs
-        off.add(k)
-        result.float_tensors.append(Measured(tensors[k], current, float(np.mean(errs)),
-                                             names[int(np.argmax(base - errs))] if names else "", len(samples)))
+        off |= units[u]
+        picked += 1
+        result.float_tensors.append(Measured(labels[u], current, float(np.mean(errs)),
+                                             names[int(np.argmax(base - errs))] if names else "", len(samples),
+                                             weight=u >= n_act))
         base = errs
     result.error_final, result.evaluations = float(np.mean(base)), ev.count + (check.count if check else 0)
     return result
+
+
+def candidates(plan: QuantizationPlan, weights: bool) -> list[frozenset[int]]:
+    """The search's candidates as sets of gate indices: each activation quantizer alone, then (with ``weights``)
+    each weight quantizer with the activation quantizers whose every edge goes into its layers (they go when the
+    layers are float, so the candidate is measured as the model it leaves)."""
+    units = [frozenset([i]) for i in range(len(plan.activations))]
+    if weights:
+        n_act = len(plan.activations)
+        for j, w in enumerate(plan.weights):
+            layers = {node for node, _ in w.nodes}
+            feeding = {i for i, a in enumerate(plan.activations) if all(node in layers for node, _ in a.edges)}
+            units.append(frozenset({n_act + j} | feeding))
+    return units
 
 
 def _evaluator(prepared: onnx.ModelProto, samples: list[dict], fp32) -> _Evaluator:
@@ -171,26 +197,29 @@ def _evaluator(prepared: onnx.ModelProto, samples: list[dict], fp32) -> _Evaluat
     return _Evaluator(None, runs, metric, 0)
 
 
-def _best(ev: _Evaluator, off: set[int], base: np.ndarray, active: list[int], max_evals: int,
-          result: SearchResult, tensors: list[str]) -> tuple[int, np.ndarray] | None:
-    """Best-first group test over ``active``: the quantizer whose float removes the most error (with ``off``
-    already float) and the per-output errors then, or None when none removes any or the budget ran out.
-    Single quantizers measured on the way are recorded in ``result.contributions`` (first measurement kept)."""
+def _best(ev: _Evaluator, off: set[int], base: np.ndarray, units: list[frozenset[int]], active: list[int],
+          max_evals: int, enough: float, result: SearchResult, labels: list[str]) -> tuple[int, np.ndarray] | None:
+    """Best-first group test over the candidates ``active`` (indices into ``units``): the candidate whose float
+    removes the most error (with ``off`` already float) and the per-output errors then, or None when none
+    removes ``enough`` or the budget ran out. A block's gain is about the sum of its members' (first order), so a
+    block that removes less than ``enough`` holds no member that removes ``enough``: the search stops there
+    instead of splitting it. Single candidates measured on the way are recorded in ``result.contributions``
+    (first measurement kept)."""
     current = float(np.mean(base))
     heap: list = []
 
     def push(block: list[int]) -> None:
-        errs = ev(off | set(block))
+        errs = ev(off.union(*(units[u] for u in block)))
         gain = current - float(np.mean(errs))
         if len(block) == 1:
-            result.contributions.setdefault(tensors[block[0]], gain)
+            result.contributions.setdefault(labels[block[0]], gain)
         heapq.heappush(heap, (-gain, block[0], block, errs))
 
     for block in np.array_split(np.array(active), min(BRANCHING, len(active))):
         push([int(k) for k in block])
     while heap:
         neg_gain, _, block, errs = heapq.heappop(heap)
-        if -neg_gain <= 0:
+        if -neg_gain <= 0 or -neg_gain < enough:
             return None
         if len(block) == 1:
             return block[0], errs
