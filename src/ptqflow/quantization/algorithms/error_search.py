@@ -89,8 +89,9 @@ def search(prepared: onnx.ModelProto, plan: QuantizationPlan, ranges: dict, samp
     """The search of the module docstring on ``samples``; ``ranges`` by quantizer group (Statistics.ranges).
     With ``held_out`` samples, a quantizer found goes float only when its gain also holds on them (at least
     ``min_share`` of the error the candidates cause there): the search picks the largest of many measured gains,
-    which on a few samples is partly noise. With ``weights``, the planned weight quantizers are candidates too
-    (each with the activation quantizers that feed only its layers: the layer in float).
+    which on a few samples is partly noise. With ``weights``, the planned weight quantizers are candidates too; one
+    found goes float with the activation quantizers that feed only its layers (``layer_inputs``: the layers go
+    float), and the error after it is measured so.
     ``make_session(model)``: the FP32 reference's session; ``make_runner(model, outputs)``: the gated model's
     runner (the statistics runtime: OpenVINO's CPU plugin where it compiles the model, which runs it faster)."""
     result = SearchResult()
@@ -116,9 +117,8 @@ def search(prepared: onnx.ModelProto, plan: QuantizationPlan, ranges: dict, samp
             gated = save_model(gated, Path(tmp) / "model.onnx", external=True)
         ev.runner = make_runner(gated, [o.name for o in prepared.graph.output])
         del gated
-    units = candidates(plan, weights)
     n_act = len(plan.activations)
-    labels = [tensors[max(u) if max(u) >= n_act else min(u)] for u in units]  # a weight candidate: its weight
+    follow = layer_inputs(plan) if weights else {}
     ev.n_points = len(tensors)
     if check is not None:
         check.runner, check.n_points = ev.runner, ev.n_points
@@ -145,45 +145,46 @@ def search(prepared: onnx.ModelProto, plan: QuantizationPlan, ranges: dict, samp
             result.stopped = f"{max_evals} evaluations: the budget"
         if result.stopped:
             break
-        active = [u for u in range(len(units)) if not units[u] <= off]
-        found = _best(ev, off, base, units, active, max_evals, min_share * removable, result, labels)
+        found = _best(ev, off, base, [k for k in range(len(tensors)) if k not in off], max_evals,
+                      min_share * removable, result, tensors)
         if found is None or np.mean(base) - np.mean(found[1]) < min_share * removable:
             result.stopped = "no quantizer left that carries enough of the error"
             break
-        u, errs = found
+        k, errs = found
+        layer = follow.get(k, frozenset()) - off  # a weight's layer inputs go with it
         if check is not None and check_base is None:
             check_base = check(off)
             check_floor = 0.0 if weights else float(np.mean(check(range(n_act))))
         if check is not None:  # the gain must hold on samples it was not found on
-            check_errs = check(off | units[u])
+            check_errs = check(off | {k} | layer)
             held_gain = float(np.mean(check_base) - np.mean(check_errs))
             if held_gain < min_share * (float(np.mean(check_base)) - check_floor):
-                result.stopped = (f"{labels[u]}'s gain {current - float(np.mean(errs)):.3g} did not hold on "
+                result.stopped = (f"{tensors[k]}'s gain {current - float(np.mean(errs)):.3g} did not hold on "
                                   f"{len(held_out)} held-out samples ({held_gain:.3g})")
                 break
             check_base = check_errs
-        off |= units[u]
+        off |= {k} | layer
+        if layer:  # measured with the weight alone float: the model as it is left, with its inputs float too
+            errs = ev(off)
         picked += 1
-        result.float_tensors.append(Measured(labels[u], current, float(np.mean(errs)),
+        result.float_tensors.append(Measured(tensors[k], current, float(np.mean(errs)),
                                              names[int(np.argmax(base - errs))] if names else "", len(samples),
-                                             weight=u >= n_act))
+                                             weight=k >= n_act))
         base = errs
     result.error_final, result.evaluations = float(np.mean(base)), ev.count + (check.count if check else 0)
     return result
 
 
-def candidates(plan: QuantizationPlan, weights: bool) -> list[frozenset[int]]:
-    """The search's candidates as sets of gate indices: each activation quantizer alone, then (with ``weights``)
-    each weight quantizer with the activation quantizers whose every edge goes into its layers (they go when the
-    layers are float, so the candidate is measured as the model it leaves)."""
-    units = [frozenset([i]) for i in range(len(plan.activations))]
-    if weights:
-        n_act = len(plan.activations)
-        for j, w in enumerate(plan.weights):
-            layers = {node for node, _ in w.nodes}
-            feeding = {i for i, a in enumerate(plan.activations) if all(node in layers for node, _ in a.edges)}
-            units.append(frozenset({n_act + j} | feeding))
-    return units
+def layer_inputs(plan: QuantizationPlan) -> dict[int, frozenset[int]]:
+    """Gate of each weight quantizer (after the activations') -> the gates of the activation quantizers whose every
+    edge goes into its layers: they go too when the weight does (the layers are then float)."""
+    n_act = len(plan.activations)
+    found = {}
+    for j, w in enumerate(plan.weights):
+        layers = {node for node, _ in w.nodes}
+        found[n_act + j] = frozenset(i for i, a in enumerate(plan.activations)
+                                     if all(node in layers for node, _ in a.edges))
+    return found
 
 
 def _evaluator(prepared: onnx.ModelProto, samples: list[dict], fp32) -> _Evaluator:
@@ -197,22 +198,21 @@ def _evaluator(prepared: onnx.ModelProto, samples: list[dict], fp32) -> _Evaluat
     return _Evaluator(None, runs, metric, 0)
 
 
-def _best(ev: _Evaluator, off: set[int], base: np.ndarray, units: list[frozenset[int]], active: list[int],
-          max_evals: int, enough: float, result: SearchResult, labels: list[str]) -> tuple[int, np.ndarray] | None:
-    """Best-first group test over the candidates ``active`` (indices into ``units``): the candidate whose float
-    removes the most error (with ``off`` already float) and the per-output errors then, or None when none
-    removes ``enough`` or the budget ran out. A block's gain is about the sum of its members' (first order), so a
-    block that removes less than ``enough`` holds no member that removes ``enough``: the search stops there
-    instead of splitting it. Single candidates measured on the way are recorded in ``result.contributions``
-    (first measurement kept)."""
+def _best(ev: _Evaluator, off: set[int], base: np.ndarray, active: list[int], max_evals: int, enough: float,
+          result: SearchResult, tensors: list[str]) -> tuple[int, np.ndarray] | None:
+    """Best-first group test over ``active``: the quantizer whose float removes the most error (with ``off``
+    already float) and the per-output errors then, or None when none removes ``enough`` or the budget ran out. A
+    block's gain is about the sum of its members' (first order), so a block that removes less than ``enough``
+    holds no member that removes ``enough``: the search stops there instead of splitting it. Single quantizers
+    measured on the way are recorded in ``result.contributions`` (first measurement kept)."""
     current = float(np.mean(base))
     heap: list = []
 
     def push(block: list[int]) -> None:
-        errs = ev(off.union(*(units[u] for u in block)))
+        errs = ev(off | set(block))
         gain = current - float(np.mean(errs))
         if len(block) == 1:
-            result.contributions.setdefault(labels[block[0]], gain)
+            result.contributions.setdefault(tensors[block[0]], gain)
         heapq.heappush(heap, (-gain, block[0], block, errs))
 
     for block in np.array_split(np.array(active), min(BRANCHING, len(active))):
