@@ -148,7 +148,8 @@ def search(prepared: onnx.ModelProto, plan: QuantizationPlan, ranges: dict, samp
         found = _best(ev, off, base, [k for k in range(len(tensors)) if k not in off], max_evals,
                       min_share * removable, result, tensors)
         if found is None or np.mean(base) - np.mean(found[1]) < min_share * removable:
-            result.stopped = "no quantizer left that carries enough of the error"
+            result.stopped = (f"{max_evals} evaluations: the budget" if found is None and ev.count >= max_evals
+                              else "no quantizer left that carries enough of the error")
             break
         k, errs = found
         layer = follow.get(k, frozenset()) - off  # a weight's layer inputs go with it
