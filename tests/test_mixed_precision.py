@@ -92,9 +92,16 @@ def test_search_finds_a_spread_depthwise_input_without_the_depthwise_threshold()
 
     model, samples = _dw_softmax_model(), _spread_inputs(8, [1.0, 0.05, 0.05, 0.05])
     result = quantize_with_config(model, samples, QuantizationConfig(advanced=AdvancedParameters(
-        safeguard_depthwise=False)))
+        safeguard_depthwise=False, mixed_precision_weights=False)))
     rows = {r["name"]: r for r in result.layers}
     assert rows["input"]["decided_by"] == "mixed_precision" and rows["input"]["measured"]["output"] == "prob"
+    # with the weights measured too, the depthwise layer's own weights carry more: the layer goes float, and
+    # the spread input with it (its only consumer is that layer)
+    both = quantize_with_config(model, samples, QuantizationConfig(advanced=AdvancedParameters(
+        safeguard_depthwise=False)))
+    rows = {r["name"]: r for r in both.layers}
+    assert rows["dwconv"]["decided_by"] == "mixed_precision" and rows["dwconv"]["measured"]["output"] == "prob"
+    assert all(p.tensor != "input" for p in both.plan.activations)
 
 
 def test_bias_correction_guard_judges_on_held_out_samples():

@@ -33,6 +33,7 @@ from ptqflow.runtime.model_files import DataFile, is_large, save_model
 from ptqflow.scratch import scratch_dir
 
 BRANCHING = 4  # first-level blocks: a pick costs about BRANCHING + 2 log2(quantizers / BRANCHING) evaluations
+SCREEN_MIN = 2  # the fewest samples the group test screens on (it takes half the search's)
 
 
 @dataclass
@@ -63,21 +64,22 @@ class SearchResult:
     error_int8: float = 0.0
     error_floor: float = 0.0
     error_final: float = 0.0
-    evaluations: int = 0
+    evaluations: float = 0.0  # in evaluations of every search sample (a screening one counts its share)
     stopped: str = ""
 
 
 class _Evaluator:
-    """The gated model's per-output errors with the quantizers of ``off`` in float, counting evaluations."""
+    """The gated model's per-output errors with the quantizers of ``off`` in float, counting evaluations (each
+    ``cost``: its samples' share of the search's)."""
 
-    def __init__(self, runner, runs: list[dict], metric: OutputError, n_points: int):
-        self.runner, self.runs, self.metric, self.n_points = runner, runs, metric, n_points
-        self.count = 0
+    def __init__(self, runner, runs: list[dict], metric: OutputError, n_points: int, samples: int, cost: float = 1.0):
+        self.runner, self.runs, self.metric, self.n_points, self.cost = runner, runs, metric, n_points, cost
+        self.samples, self.count = samples, 0.0
 
     def __call__(self, off) -> np.ndarray:
         gate = np.ones(self.n_points, np.float32)
         gate[list(off)] = 0.0
-        self.count += 1
+        self.count += self.cost
         batches = ({"arrays": {**r, GATE: gate}, "count": 1} for r in self.runs)
         outs = [[values[n] for n in self.metric.names] for values, _ in self.runner.map(batches)]
         return self.metric.per_output(outs)
@@ -104,7 +106,9 @@ def search(prepared: onnx.ModelProto, plan: QuantizationPlan, ranges: dict, samp
     # of the weights, at once (a model over 2 GB would hold several copies of its weights).
     fp32 = make_session(prepared)
     ev = _evaluator(prepared, samples, fp32)
-    check = _evaluator(prepared, held_out, fp32) if held_out else None  # the held-out evaluator
+    half = len(samples) // 2  # the group test screens on these; the quantizer it finds is measured on all
+    screen = _evaluator(prepared, samples[:half], fp32, half / len(samples)) if half >= SCREEN_MIN else ev
+    check = _evaluator(prepared, held_out, fp32, len(held_out) / len(samples)) if held_out else None
     del fp32
     with scratch_dir("ptqflow-gated-") as tmp:
         gated, tensors = gated_model(prepared, plan, ranges, weights=weights)
@@ -117,21 +121,38 @@ def search(prepared: onnx.ModelProto, plan: QuantizationPlan, ranges: dict, samp
             gated = save_model(gated, Path(tmp) / "model.onnx", external=True)
         ev.runner = make_runner(gated, [o.name for o in prepared.graph.output])
         del gated
+    for other in (screen, check):
+        if other is not None:
+            other.runner = ev.runner
+    ev.n_points = screen.n_points = len(tensors)
+    if check is not None:
+        check.n_points = len(tensors)
+    _run(ev, screen, check, plan, tensors, weights, result, max_float=max_float, min_share=min_share,
+         target=target, max_evals=max_evals)
+    return result
+
+
+def _run(ev: _Evaluator, screen: _Evaluator, check: _Evaluator | None, plan: QuantizationPlan, tensors: list[str],
+         weights: bool, result: SearchResult, *, max_float: int, min_share: float, target: float,
+         max_evals: int) -> None:
+    """The search's loop (see ``search``), filling ``result``."""
     n_act = len(plan.activations)
     follow = layer_inputs(plan) if weights else {}
-    ev.n_points = len(tensors)
-    if check is not None:
-        check.runner, check.n_points = ev.runner, ev.n_points
-    check_base = None  # its errors, measured when the first pick needs them
+
+    def spent() -> bool:
+        return ev.count + (screen.count if screen is not ev else 0) >= max_evals
+
+    def floor_of(e: _Evaluator) -> float:  # with weights in the search every gate off is the FP32 model
+        return 0.0 if weights else float(np.mean(e(range(n_act))))
+
     base = ev(set())
     result.error_int8 = float(np.mean(base))
-    if weights:  # every gate off is the FP32 model: nothing is left to measure there
-        floor, result.error_floor = 0.0, float("nan")
-    else:
-        floor = result.error_floor = float(np.mean(ev(range(n_act))))
+    floor = floor_of(ev)
+    result.error_floor = float("nan") if weights else floor
+    screen_floor = floor if screen is ev else None
+    check_base = None  # its errors, measured when the first pick needs them
     names = ev.metric.names
     off: set[int] = set()
-    picked = 0
     while True:
         current = float(np.mean(base))
         removable = current - floor
@@ -139,41 +160,45 @@ def search(prepared: onnx.ModelProto, plan: QuantizationPlan, ranges: dict, samp
             result.stopped = f"output error {current:.4g} at or below the target {target:g}"
         elif removable <= 0:  # e.g. PP-OCR det: 0.022 all int8, 0.048 with the weights alone quantized
             result.stopped = "the activation quantizers add no error above the weights-only floor"
-        elif picked >= max_float:
+        elif len(result.float_tensors) >= max_float:
             result.stopped = f"{max_float} quantizers in float: the budget"
-        elif ev.count >= max_evals:
+        elif spent():
             result.stopped = f"{max_evals} evaluations: the budget"
         if result.stopped:
             break
-        found = _best(ev, off, base, [k for k in range(len(tensors)) if k not in off], max_evals,
-                      min_share * removable, result, tensors)
-        if found is None or np.mean(base) - np.mean(found[1]) < min_share * removable:
-            result.stopped = (f"{max_evals} evaluations: the budget" if found is None and ev.count >= max_evals
+        screen_base = base if screen is ev else screen(off)
+        if screen_floor is None:
+            screen_floor = floor_of(screen)
+        found = _best(screen, off, screen_base, [k for k in range(len(tensors)) if k not in off], spent,
+                      min_share * (float(np.mean(screen_base)) - screen_floor), result, tensors)
+        if found is not None and screen is not ev:  # its contribution is then the one measured on every sample
+            found = found[0], ev(off | {found[0]})
+            result.contributions[tensors[found[0]]] = current - float(np.mean(found[1]))
+        if found is None or current - np.mean(found[1]) < min_share * removable:
+            result.stopped = (f"{max_evals} evaluations: the budget" if found is None and spent()
                               else "no quantizer left that carries enough of the error")
             break
         k, errs = found
         layer = follow.get(k, frozenset()) - off  # a weight's layer inputs go with it
-        if check is not None and check_base is None:
-            check_base = check(off)
-            check_floor = 0.0 if weights else float(np.mean(check(range(n_act))))
         if check is not None:  # the gain must hold on samples it was not found on
+            if check_base is None:
+                check_base, check_floor = check(off), floor_of(check)
             check_errs = check(off | {k} | layer)
             held_gain = float(np.mean(check_base) - np.mean(check_errs))
             if held_gain < min_share * (float(np.mean(check_base)) - check_floor):
                 result.stopped = (f"{tensors[k]}'s gain {current - float(np.mean(errs)):.3g} did not hold on "
-                                  f"{len(held_out)} held-out samples ({held_gain:.3g})")
+                                  f"{check.samples} held-out samples ({held_gain:.3g})")
                 break
             check_base = check_errs
         off |= {k} | layer
         if layer:  # measured with the weight alone float: the model as it is left, with its inputs float too
             errs = ev(off)
-        picked += 1
         result.float_tensors.append(Measured(tensors[k], current, float(np.mean(errs)),
-                                             names[int(np.argmax(base - errs))] if names else "", len(samples),
+                                             names[int(np.argmax(base - errs))] if names else "", ev.samples,
                                              weight=k >= n_act))
         base = errs
-    result.error_final, result.evaluations = float(np.mean(base)), ev.count + (check.count if check else 0)
-    return result
+    result.error_final = float(np.mean(base))
+    result.evaluations = ev.count + (screen.count if screen is not ev else 0) + (check.count if check else 0)
 
 
 def layer_inputs(plan: QuantizationPlan) -> dict[int, frozenset[int]]:
@@ -188,7 +213,7 @@ def layer_inputs(plan: QuantizationPlan) -> dict[int, frozenset[int]]:
     return found
 
 
-def _evaluator(prepared: onnx.ModelProto, samples: list[dict], fp32) -> _Evaluator:
+def _evaluator(prepared: onnx.ModelProto, samples: list[dict], fp32, cost: float = 1.0) -> _Evaluator:
     """An evaluator of the gated model on ``samples`` (stacked into runs where the batch dim allows) against the
     FP32 session's outputs on them; its ``runner`` (the gated model's) and ``n_points`` (its gates) are set by the
     caller."""
@@ -196,13 +221,13 @@ def _evaluator(prepared: onnx.ModelProto, samples: list[dict], fp32) -> _Evaluat
     names = [o.name for o in prepared.graph.output]
     metric = OutputError(names, [fp32.run(None, r) for r in runs], decision_outputs(prepared), tie_weight=0.0,
                          decisions_as="mass")
-    return _Evaluator(None, runs, metric, 0)
+    return _Evaluator(None, runs, metric, 0, len(samples), cost)
 
 
-def _best(ev: _Evaluator, off: set[int], base: np.ndarray, active: list[int], max_evals: int, enough: float,
-          result: SearchResult, tensors: list[str]) -> tuple[int, np.ndarray] | None:
+def _best(ev: _Evaluator, off: set[int], base: np.ndarray, active: list[int], spent: Callable[[], bool],
+          enough: float, result: SearchResult, tensors: list[str]) -> tuple[int, np.ndarray] | None:
     """Best-first group test over ``active``: the quantizer whose float removes the most error (with ``off``
-    already float) and the per-output errors then, or None when none removes ``enough`` or the budget ran out. A
+    already float) and the per-output errors then, or None when none removes ``enough`` or the budget (``spent``) ran out. A
     block's gain is about the sum of its members' (first order), so a block that removes less than ``enough``
     holds no member that removes ``enough``: the search stops there instead of splitting it. Single quantizers
     measured on the way are recorded in ``result.contributions`` (first measurement kept)."""
@@ -224,7 +249,7 @@ def _best(ev: _Evaluator, off: set[int], base: np.ndarray, active: list[int], ma
             return None
         if len(block) == 1:
             return block[0], errs
-        if ev.count >= max_evals:
+        if spent():
             return None
         half = len(block) // 2
         push(block[:half])
