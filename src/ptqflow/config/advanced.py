@@ -125,7 +125,8 @@ class AdvancedParameters(_Strict):
     mixed_precision_max_evals: int = Field(
         16, gt=0,
         description="Budget of error-driven mixed precision: most evaluations of the gated model (each over "
-        "mixed_precision_samples samples), the time it may take.",
+        "mixed_precision_samples samples; the group test's screening runs on half of them and counts half), the "
+        "time it may take.",
     )
     sensitivity_search: bool = Field(
         False,

@@ -59,7 +59,7 @@ class MixedPrecision(PlanPass):
         summary = (f"output error {found.error_int8:.4g} all int8, {found.error_final:.4g} after ({floor}); "
                    f"{len(found.float_tensors)} of {n_points} quantizers kept in float "
                    f"({sum(m.weight for m in found.float_tensors)} weights); "
-                   f"{found.evaluations} evaluations; stopped: {found.stopped}")
+                   f"{found.evaluations:.3g} evaluations; stopped: {found.stopped}")
         return PassResult(self.name, bool(found.float_tensors),
                           [summary] + [f"{m.tensor}: {m.as_dict()}" for m in found.float_tensors])
 
