@@ -107,9 +107,12 @@ def search(prepared: onnx.ModelProto, plan: QuantizationPlan, ranges: dict, samp
     # before its runner is made (the runner maps the files): never two sessions, or a session and a spare copy
     # of the weights, at once (a model over 2 GB would hold several copies of its weights).
     fp32 = make_session(prepared)
-    ev = _evaluator(prepared, samples, fp32)
     half = len(samples) // 2  # the group test screens on these; the quantizer it finds is measured on all
-    screen = _evaluator(prepared, samples[:half], fp32, half / len(samples)) if half >= SCREEN_MIN else ev
+    if half >= SCREEN_MIN:  # the screening half's FP32 outputs serve both evaluators
+        screen = _evaluator(prepared, samples[:half], fp32, half / len(samples))
+        ev = _evaluator(prepared, samples[half:], fp32, base=screen)
+    else:
+        screen = ev = _evaluator(prepared, samples, fp32)
     check = _evaluator(prepared, held_out, fp32, len(held_out) / len(samples)) if held_out else None
     del fp32
     with scratch_dir("ptqflow-gated-") as tmp:
@@ -212,15 +215,18 @@ def layer_inputs(plan: QuantizationPlan) -> dict[int, frozenset[int]]:
     return found
 
 
-def _evaluator(prepared: onnx.ModelProto, samples: list[dict], fp32, cost: float = 1.0) -> _Evaluator:
+def _evaluator(prepared: onnx.ModelProto, samples: list[dict], fp32, cost: float = 1.0,
+               base: _Evaluator | None = None) -> _Evaluator:
     """An evaluator of the gated model on ``samples`` (stacked into runs where the batch dim allows) against the
-    FP32 session's outputs on them; its ``runner`` (the gated model's) and ``n_points`` (its gates) are set by the
-    caller."""
+    FP32 session's outputs on them, after ``base``'s samples where given (its runs and references reused); its
+    ``runner`` (the gated model's) and ``n_points`` (its gates) are set by the caller."""
     runs = [b["arrays"] for b in batches(iter(samples), batchable(prepared, []), 0, None)]
+    refs = [fp32.run(None, r) for r in runs]
+    if base is not None:
+        runs, refs, cost = base.runs + runs, base.metric.refs + refs, 1.0
     names = [o.name for o in prepared.graph.output]
-    metric = OutputError(names, [fp32.run(None, r) for r in runs], decision_outputs(prepared), tie_weight=0.0,
-                         decisions_as="mass")
-    return _Evaluator(None, runs, metric, 0, len(samples), cost)
+    metric = OutputError(names, refs, decision_outputs(prepared), tie_weight=0.0, decisions_as="mass")
+    return _Evaluator(None, runs, metric, 0, len(samples) + (base.samples if base else 0), cost)
 
 
 def _best(ev: _Evaluator, off: set[int], base: np.ndarray, active: list[int], spent: Callable[[], bool],
