@@ -612,3 +612,23 @@ def contrib_attention(seed: int = 0, hidden: int = 16, heads: int = 2) -> onnx.M
                               producer_name="ptqflow-tests")
     model.ir_version = IR_VERSION
     return model
+
+
+def padded_input_mlp(seed: int = 0, features: int = 16, hidden: int = 32, out: int = 4) -> onnx.ModelProto:
+    """``mlp`` whose first layer reads a padding feature (input channel 0, always 0 in ``padded_inputs``) with large
+    weights: fc1's per-channel weight scales are set by that row, so quantizing w1 rounds the useful weights to
+    zero. The model's error is carried by one layer's weights, not by an activation."""
+    model = mlp(seed, features, hidden, out)
+    w1 = next(t for t in model.graph.initializer if t.name == "w1")
+    value = numpy_helper.to_array(w1).copy()
+    value[0, :] = 200.0
+    w1.CopyFrom(_init("w1", value))
+    return model
+
+
+def padded_inputs(n: int, features: int = 16, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """``padded_input_mlp``'s inputs: N(0, 1) features, channel 0 the padding (0)."""
+    samples = random_inputs(n, (features,), seed)
+    for s in samples:
+        s["input"][..., 0] = 0.0
+    return samples

@@ -92,9 +92,16 @@ def test_search_finds_a_spread_depthwise_input_without_the_depthwise_threshold()
 
     model, samples = _dw_softmax_model(), _spread_inputs(8, [1.0, 0.05, 0.05, 0.05])
     result = quantize_with_config(model, samples, QuantizationConfig(advanced=AdvancedParameters(
-        safeguard_depthwise=False)))
+        safeguard_depthwise=False, mixed_precision_weights=False)))
     rows = {r["name"]: r for r in result.layers}
     assert rows["input"]["decided_by"] == "mixed_precision" and rows["input"]["measured"]["output"] == "prob"
+    # with the weights measured too, the depthwise layer's own weights carry more: the layer goes float, and
+    # the spread input with it (its only consumer is that layer)
+    both = quantize_with_config(model, samples, QuantizationConfig(advanced=AdvancedParameters(
+        safeguard_depthwise=False)))
+    rows = {r["name"]: r for r in both.layers}
+    assert rows["dwconv"]["decided_by"] == "mixed_precision" and rows["dwconv"]["measured"]["output"] == "prob"
+    assert all(p.tensor != "input" for p in both.plan.activations)
 
 
 def test_bias_correction_guard_judges_on_held_out_samples():
@@ -117,3 +124,42 @@ def test_the_searched_model_is_a_valid_onnx_model():
     result = quantize_with_config(model, data, QuantizationConfig())
     onnx.checker.check_model(result.model)
     assert run_each(result.model, data[:2])[0][0].shape == (1, 5)
+
+
+def test_search_takes_a_layer_float_when_its_weights_carry_the_error():
+    """padded_input_mlp: fc1's weight scales are set by a row that only ever meets zeros, so its int8 weights lose
+    the useful ones; no activation quantizer carries that error, the weight quantizer does."""
+    model, data = builders.padded_input_mlp(), builders.padded_inputs(32)
+    activations_only = quantize_with_config(model, data, QuantizationConfig(advanced=SEARCH_ONLY.model_copy(
+        update={"mixed_precision_weights": False})))
+    searched = quantize_with_config(model, data, QuantizationConfig(advanced=SEARCH_ONLY))
+    assert activations_only.plan.float_layers == []
+    decisions = [f for f in searched.plan.float_layers if f.by == "mixed_precision"]
+    assert len(decisions) == 1 and searched.plan.float_tensors == []
+    layer, m = decisions[0].node, decisions[0].measured
+    assert set(m) == set(MEASURED_KEYS) and m["samples"] == 8 and m["gain"] > 0.9 * m["error_int8"]
+    # the layer is float: its weight quantizer and the activation edges into it are gone from the plan and the model
+    assert all(e[0] != layer for w in searched.plan.weights for e in w.nodes)
+    assert all(e[0] != layer for a in searched.plan.activations for e in a.edges)
+    fc1 = next(n for n in searched.model.graph.node if n.name == layer)
+    producers = {o: n.op_type for n in searched.model.graph.node for o in n.output}
+    assert "DequantizeLinear" not in [producers.get(i) for i in fc1.input]
+    row = next(r for r in searched.layers if r["name"] == layer)
+    assert row["status"] == "float" and row["decided_by"] == "mixed_precision" and row["measured"] == m
+    assert "'w1'" in row["reason"]
+    held_out = builders.padded_inputs(64, seed=9)
+    error = OutputError(["output"], run_each(model, held_out), set(), tie_weight=0.0)
+    assert error(run_each(searched.model, held_out)) < 0.1 * error(run_each(activations_only.model, held_out))
+    again = QuantizationPlan.from_json(searched.plan.to_json())
+    assert again.float_layers[0].measured == m
+
+
+def test_weights_stay_out_of_the_search_for_a_model_over_2gb(monkeypatch, caplog):
+    from ptqflow.runtime import model_files
+
+    monkeypatch.setattr(model_files, "PROTO_LIMIT", 1024)  # the tiny model counts as large
+    model, data = builders.padded_input_mlp(), builders.padded_inputs(32)
+    with caplog.at_level("INFO"):
+        result = quantize_with_config(model, data, QuantizationConfig(advanced=SEARCH_ONLY))
+    assert result.plan.float_layers == []
+    assert "weights left out of the search: the model is over 2 GB" in caplog.text

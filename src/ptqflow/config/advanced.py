@@ -98,16 +98,23 @@ class AdvancedParameters(_Strict):
         description="Calibration samples on which error-driven mixed precision measures the output error (stacked "
         "into one run where the model's batch dim is dynamic).",
     )
+    mixed_precision_weights: bool = Field(
+        True,
+        description="Error-driven mixed precision measures the weight quantizers too, as candidates of the same "
+        "search (a weight found takes its layer to float, recorded as a float layer with its measurement). Not for "
+        "a model over 2 GB, whose weights the search's gated model would hold twice.",
+    )
     mixed_precision_max_float_share: float = Field(
         0.05, ge=0, le=1,
         description="Budget of error-driven mixed precision, as INT8 speed kept: at most this share of the "
-        "activation quantizers (at least one) goes back to float.",
+        "quantizers it measures (activations, and weights with mixed_precision_weights; at least one) goes back "
+        "to float.",
     )
     mixed_precision_min_share: float = Field(
         0.1, gt=0, le=1,
         description="Error-driven mixed precision keeps a quantizer in float only when it alone carries at least "
-        "this share of the output error the activation quantizers still cause (the error above the "
-        "weights-only floor): a few quantizers that carry most of the error, not many that carry a little each.",
+        "this share of the output error the quantizers it measures still cause (with mixed_precision_weights, "
+        "the error against FP32; without, the error above the weights-only floor): a few quantizers that carry most of the error, not many that carry a little each.",
     )
     mixed_precision_target_error: float = Field(
         1e-3, ge=0,
@@ -118,7 +125,8 @@ class AdvancedParameters(_Strict):
     mixed_precision_max_evals: int = Field(
         16, gt=0,
         description="Budget of error-driven mixed precision: most evaluations of the gated model (each over "
-        "mixed_precision_samples samples), the time it may take.",
+        "mixed_precision_samples samples; the group test's screening runs on half of them and counts half), the "
+        "time it may take.",
     )
     sensitivity_search: bool = Field(
         False,

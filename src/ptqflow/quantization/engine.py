@@ -206,14 +206,14 @@ def quantize(prepared: onnx.ModelProto, statistics: Statistics, config: Quantiza
     bc = correct_and_guard(prepared, q, statistics, config, pool, device, references)
     del references
     passes = [p for p in plan_passes("quantize") if p.enabled(config.advanced)] if plan_passes_on else []
-    decided = len(plan.float_tensors)
+    decided = (len(plan.float_tensors), len(plan.float_layers))
     # The passes never read the INT8 model: a large one waits in a file meanwhile, so their FP32 sessions and
     # gated model do not sit beside it.
     with SetAside(q, to_file=bool(passes) and is_large(prepared)) as aside:
         del q
         run_passes(passes, PlanContext(prepared, plan, statistics, config, pool, lambda m: make_session(m, device),
                                         device))
-        if len(plan.float_tensors) != decided:
+        if (len(plan.float_tensors), len(plan.float_layers)) != decided:
             q, records = _write(prepared, plan, statistics, config)
             bc = reapply(prepared, q, statistics, config, pool, device, bc)
         else:

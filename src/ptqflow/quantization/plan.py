@@ -104,6 +104,19 @@ class QuantizationPlan:
         drop = {d.tensor for d in decisions}
         self.activations = [p for p in self.activations if p.tensor not in drop]
 
+    def keep_layers_float(self, decisions: list[FloatLayer]) -> None:
+        """Record ``decisions`` and take their layers out of the plan: their weight quantizers, the activation
+        quantizers' edges into them (a quantizer left with no edge goes) and their bias correction."""
+        self.float_layers.extend(decisions)
+        nodes = {d.node for d in decisions}
+        for w in self.weights:
+            w.nodes = [e for e in w.nodes if e[0] not in nodes]
+        for a in self.activations:
+            a.edges = [e for e in a.edges if e[0] not in nodes]
+        self.weights = [w for w in self.weights if w.nodes]
+        self.activations = [a for a in self.activations if a.edges]
+        self.bias_layers = [b for b in self.bias_layers if b not in nodes]
+
     def check_matches(self, model) -> None:
         """InputError when a tensor or consumer node of this plan is not in ``model`` (the prepared ModelProto): the
         statistics came from another model, or one prepared with other settings."""

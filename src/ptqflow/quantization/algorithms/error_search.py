@@ -1,18 +1,20 @@
-"""Error-driven mixed precision: find, by measurement, the few activation quantizers that carry most of the
-model's output error, and say what each costs.
+"""Error-driven mixed precision: find, by measurement, the few quantizers that carry most of the model's output
+error, and say what each costs.
 
 One model holds every activation quantizer behind a switch (the sensitivity search's gated model: out = x +
-g_k * (QDQ(x) - x), weights quantized), so one session measures any set of quantizers in float on a few
-calibration samples, stacked into one run where the batch dim allows. The error is ``output_error.OutputError``
-(per-channel normalized, Softmax heads as decisions). Finding the quantizer whose float costs least error is
-a best-first group test instead of one run per quantizer: the quantizers (in graph order) are split into a few
-blocks, each block's gain (the error it removes when it alone goes float) is measured, and the block with the
-largest gain is split in halves until a single quantizer is left. A block's gain is about the sum of its
-members' (errors of distinct layers add up to first order), so a single quantizer popped first has at least the
-gain of any member of a block not split yet. That quantizer goes float when it carries at least ``min_share`` of
-the error the activation quantizers still cause (the error above the weights-only floor), and the search
-repeats on the model with it in float (each pick checked on held-out samples); it stops at ``target``, at ``max_float`` quantizers (the INT8 speed that
-is kept) or when ``max_evals`` evaluations are spent.
+g_k * (QDQ(x) - x)) and, with ``weights``, every weight quantizer too (W = W_f + g_k * (W_q - W_f)), so one
+session measures any set of quantizers in float on a few calibration samples, stacked into one run where the
+batch dim allows. The error is ``output_error.OutputError`` (per-channel normalized, Softmax heads as decisions).
+Finding the quantizer whose float costs least error is a best-first group test instead of one run per
+quantizer: the candidates are split into a few blocks, each block's gain (the error it removes when it alone goes
+float) is measured, and the block with the largest gain is split in halves until a single candidate is left. A
+block's gain is about the sum of its members' (errors of distinct layers add up to first order), so a single
+candidate popped first has at least the gain of any member of a block not split yet. The blocks are screened on half the samples; the candidate found is
+measured on all of them and goes float when it carries at least ``min_share`` of the error the candidates still
+cause (against FP32 with the weights in; above the weights-only floor without) and that holds on held-out
+samples; the search repeats on the model with it in float. A weight goes float with the activation quantizers
+that feed only its layers (the layers are then float). It stops at ``target``, at ``max_float`` picks (the INT8
+speed that is kept) or when ``max_evals`` evaluations are spent.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from ptqflow.runtime.model_files import DataFile, is_large, save_model
 from ptqflow.scratch import scratch_dir
 
 BRANCHING = 4  # first-level blocks: a pick costs about BRANCHING + 2 log2(quantizers / BRANCHING) evaluations
+SCREEN_MIN = 2  # the fewest samples the group test screens on (it takes half the search's)
 
 
 @dataclass
@@ -44,6 +47,7 @@ class Measured:
     error_float: float  # ... with it in float too
     output: str  # the model output whose error fell the most
     samples: int
+    weight: bool = False  # a weight quantizer (its layers go float), not an activation quantizer
 
     def as_dict(self) -> dict:
         """The plan's ``measured`` record: error_int8, error_float, gain, output, samples."""
@@ -62,21 +66,22 @@ class SearchResult:
     error_int8: float = 0.0
     error_floor: float = 0.0
     error_final: float = 0.0
-    evaluations: int = 0
+    evaluations: float = 0.0  # in evaluations of every search sample (a screening one counts its share)
     stopped: str = ""
 
 
 class _Evaluator:
-    """The gated model's per-output errors with the quantizers of ``off`` in float, counting evaluations."""
+    """The gated model's per-output errors with the quantizers of ``off`` in float, counting evaluations (each
+    ``cost``: its samples' share of the search's)."""
 
-    def __init__(self, runner, runs: list[dict], metric: OutputError, n_points: int):
-        self.runner, self.runs, self.metric, self.n_points = runner, runs, metric, n_points
-        self.count = 0
+    def __init__(self, runner, runs: list[dict], metric: OutputError, n_points: int, samples: int, cost: float = 1.0):
+        self.runner, self.runs, self.metric, self.n_points, self.cost = runner, runs, metric, n_points, cost
+        self.samples, self.count = samples, 0.0
 
     def __call__(self, off) -> np.ndarray:
         gate = np.ones(self.n_points, np.float32)
         gate[list(off)] = 0.0
-        self.count += 1
+        self.count += self.cost
         batches = ({"arrays": {**r, GATE: gate}, "count": 1} for r in self.runs)
         outs = [[values[n] for n in self.metric.names] for values, _ in self.runner.map(batches)]
         return self.metric.per_output(outs)
@@ -84,27 +89,34 @@ class _Evaluator:
 
 def search(prepared: onnx.ModelProto, plan: QuantizationPlan, ranges: dict, samples: list[dict],
            make_session: Callable, make_runner: Callable, *, max_float: int, min_share: float, target: float,
-           max_evals: int, held_out: list[dict] | None = None) -> SearchResult:
+           max_evals: int, held_out: list[dict] | None = None, weights: bool = False) -> SearchResult:
     """The search of the module docstring on ``samples``; ``ranges`` by quantizer group (Statistics.ranges).
     With ``held_out`` samples, a quantizer found goes float only when its gain also holds on them (at least
-    ``min_share`` of the error the activation quantizers cause there): the search picks the largest of many
-    measured gains, which on a few samples is partly noise.
+    ``min_share`` of the error the candidates cause there): the search picks the largest of many measured gains,
+    which on a few samples is partly noise. With ``weights``, the planned weight quantizers are candidates too; one
+    found goes float with the activation quantizers that feed only its layers (``layer_inputs``: the layers go
+    float), and the error after it is measured so.
     ``make_session(model)``: the FP32 reference's session; ``make_runner(model, outputs)``: the gated model's
     runner (the statistics runtime: OpenVINO's CPU plugin where it compiles the model, which runs it faster)."""
     result = SearchResult()
-    if not samples or not plan.activations:
-        result.stopped = "no samples or no activation quantizer"
+    if not samples or not (plan.activations or (weights and plan.weights)):
+        result.stopped = "no samples or no quantizer"
         return result
     # The FP32 references of both sample sets first, and the FP32 session goes before the gated model is made;
     # for a model over 2 GB the gated model's float weights go to a file as they are folded, and the model itself
     # before its runner is made (the runner maps the files): never two sessions, or a session and a spare copy
     # of the weights, at once (a model over 2 GB would hold several copies of its weights).
     fp32 = make_session(prepared)
-    ev = _evaluator(prepared, samples, fp32)
-    check = _evaluator(prepared, held_out, fp32) if held_out else None  # the held-out evaluator
+    half = len(samples) // 2  # the group test screens on these; the quantizer it finds is measured on all
+    if half >= SCREEN_MIN:  # the screening half's FP32 outputs serve both evaluators
+        screen = _evaluator(prepared, samples[:half], fp32, half / len(samples))
+        ev = _evaluator(prepared, samples[half:], fp32, base=screen)
+    else:
+        screen = ev = _evaluator(prepared, samples, fp32)
+    check = _evaluator(prepared, held_out, fp32, len(held_out) / len(samples)) if held_out else None
     del fp32
     with scratch_dir("ptqflow-gated-") as tmp:
-        gated, tensors = gated_model(prepared, plan, ranges)
+        gated, tensors = gated_model(prepared, plan, ranges, weights=weights)
         if is_large(prepared):  # the float weights go to a file as they are made, one at a time
             with DataFile(Path(tmp) / "folded.data") as folded:
                 fold_constant_dequantize(gated, folded.tensor)
@@ -114,13 +126,35 @@ def search(prepared: onnx.ModelProto, plan: QuantizationPlan, ranges: dict, samp
             gated = save_model(gated, Path(tmp) / "model.onnx", external=True)
         ev.runner = make_runner(gated, [o.name for o in prepared.graph.output])
         del gated
-    ev.n_points = len(tensors)
+    for other in (screen, check):
+        if other is not None:
+            other.runner = ev.runner
+    ev.n_points = screen.n_points = len(tensors)
     if check is not None:
-        check.runner, check.n_points = ev.runner, ev.n_points
-    check_base = None  # its errors, measured when the first pick needs them
+        check.n_points = len(tensors)
+    _run(ev, screen, check, plan, tensors, weights, result, max_float=max_float, min_share=min_share,
+         target=target, max_evals=max_evals)
+    return result
+
+
+def _run(ev: _Evaluator, screen: _Evaluator, check: _Evaluator | None, plan: QuantizationPlan, tensors: list[str],
+         weights: bool, result: SearchResult, *, max_float: int, min_share: float, target: float,
+         max_evals: int) -> None:
+    """The search's loop (see ``search``), filling ``result``."""
+    n_act = len(plan.activations)
+    follow = layer_inputs(plan) if weights else {}
+
+    def spent() -> bool:
+        return ev.count + (screen.count if screen is not ev else 0) >= max_evals
+
+    def floor_of(e: _Evaluator) -> float:  # with weights in the search every gate off is the FP32 model
+        return 0.0 if weights else float(np.mean(e(range(n_act))))
+
     base = ev(set())
-    floor = float(np.mean(ev(range(len(tensors)))))
-    result.error_int8, result.error_floor = float(np.mean(base)), floor
+    result.error_int8 = float(np.mean(base))
+    floor = floor_of(ev)
+    result.error_floor = float("nan") if weights else floor
+    check_base = None  # its errors, measured when the first pick needs them
     names = ev.metric.names
     off: set[int] = set()
     while True:
@@ -130,52 +164,78 @@ def search(prepared: onnx.ModelProto, plan: QuantizationPlan, ranges: dict, samp
             result.stopped = f"output error {current:.4g} at or below the target {target:g}"
         elif removable <= 0:  # e.g. PP-OCR det: 0.022 all int8, 0.048 with the weights alone quantized
             result.stopped = "the activation quantizers add no error above the weights-only floor"
-        elif len(off) >= max_float:
+        elif len(result.float_tensors) >= max_float:
             result.stopped = f"{max_float} quantizers in float: the budget"
-        elif ev.count >= max_evals:
+        elif spent():
             result.stopped = f"{max_evals} evaluations: the budget"
         if result.stopped:
             break
-        found = _best(ev, off, base, [k for k in range(len(tensors)) if k not in off], max_evals, result, tensors)
-        if found is None or np.mean(base) - np.mean(found[1]) < min_share * removable:
-            result.stopped = "no quantizer left that carries enough of the error"
+        screen_base = base if screen is ev else screen(off)
+        found = _best(screen, off, screen_base, [k for k in range(len(tensors)) if k not in off], spent, result,
+                      tensors)
+        if found is not None and screen is not ev:  # its contribution is then the one measured on every sample
+            found = found[0], ev(off | {found[0]})
+            result.contributions[tensors[found[0]]] = current - float(np.mean(found[1]))
+        if found is None or current - np.mean(found[1]) < min_share * removable:
+            result.stopped = (f"{max_evals} evaluations: the budget" if found is None and spent()
+                              else "no quantizer left that carries enough of the error")
             break
         k, errs = found
-        if check is not None and check_base is None:
-            check_base = check(off)
-            check_floor = float(np.mean(check(range(len(tensors)))))
+        layer = follow.get(k, frozenset()) - off  # a weight's layer inputs go with it
         if check is not None:  # the gain must hold on samples it was not found on
-            check_errs = check(off | {k})
+            if check_base is None:
+                check_base, check_floor = check(off), floor_of(check)
+            check_errs = check(off | {k} | layer)
             held_gain = float(np.mean(check_base) - np.mean(check_errs))
             if held_gain < min_share * (float(np.mean(check_base)) - check_floor):
                 result.stopped = (f"{tensors[k]}'s gain {current - float(np.mean(errs)):.3g} did not hold on "
-                                  f"{len(held_out)} held-out samples ({held_gain:.3g})")
+                                  f"{check.samples} held-out samples ({held_gain:.3g})")
                 break
             check_base = check_errs
-        off.add(k)
+        off |= {k} | layer
+        if layer:  # measured with the weight alone float: the model as it is left, with its inputs float too
+            errs = ev(off)
         result.float_tensors.append(Measured(tensors[k], current, float(np.mean(errs)),
-                                             names[int(np.argmax(base - errs))] if names else "", len(samples)))
+                                             names[int(np.argmax(base - errs))] if names else "", ev.samples,
+                                             weight=k >= n_act))
         base = errs
-    result.error_final, result.evaluations = float(np.mean(base)), ev.count + (check.count if check else 0)
-    return result
+    result.error_final = float(np.mean(base))
+    result.evaluations = ev.count + (screen.count if screen is not ev else 0) + (check.count if check else 0)
 
 
-def _evaluator(prepared: onnx.ModelProto, samples: list[dict], fp32) -> _Evaluator:
+def layer_inputs(plan: QuantizationPlan) -> dict[int, frozenset[int]]:
+    """Gate of each weight quantizer (after the activations') -> the gates of the activation quantizers whose every
+    edge goes into its layers: they go too when the weight does (the layers are then float)."""
+    n_act = len(plan.activations)
+    found = {}
+    for j, w in enumerate(plan.weights):
+        layers = {node for node, _ in w.nodes}
+        found[n_act + j] = frozenset(i for i, a in enumerate(plan.activations)
+                                     if all(node in layers for node, _ in a.edges))
+    return found
+
+
+def _evaluator(prepared: onnx.ModelProto, samples: list[dict], fp32, cost: float = 1.0,
+               base: _Evaluator | None = None) -> _Evaluator:
     """An evaluator of the gated model on ``samples`` (stacked into runs where the batch dim allows) against the
-    FP32 session's outputs on them; its ``runner`` (the gated model's) and ``n_points`` (its gates) are set by the
-    caller."""
+    FP32 session's outputs on them, after ``base``'s samples where given (its runs and references reused); its
+    ``runner`` (the gated model's) and ``n_points`` (its gates) are set by the caller."""
     runs = [b["arrays"] for b in batches(iter(samples), batchable(prepared, []), 0, None)]
+    refs = [fp32.run(None, r) for r in runs]
+    if base is not None:
+        runs, refs, cost = base.runs + runs, base.metric.refs + refs, 1.0
     names = [o.name for o in prepared.graph.output]
-    metric = OutputError(names, [fp32.run(None, r) for r in runs], decision_outputs(prepared), tie_weight=0.0,
-                         decisions_as="mass")
-    return _Evaluator(None, runs, metric, 0)
+    metric = OutputError(names, refs, decision_outputs(prepared), tie_weight=0.0, decisions_as="mass")
+    return _Evaluator(None, runs, metric, 0, len(samples) + (base.samples if base else 0), cost)
 
 
-def _best(ev: _Evaluator, off: set[int], base: np.ndarray, active: list[int], max_evals: int,
+def _best(ev: _Evaluator, off: set[int], base: np.ndarray, active: list[int], spent: Callable[[], bool],
           result: SearchResult, tensors: list[str]) -> tuple[int, np.ndarray] | None:
     """Best-first group test over ``active``: the quantizer whose float removes the most error (with ``off``
-    already float) and the per-output errors then, or None when none removes any or the budget ran out.
-    Single quantizers measured on the way are recorded in ``result.contributions`` (first measurement kept)."""
+    already float) and the per-output errors then, or None when none removes any or the budget (``spent``) ran
+    out. Single quantizers measured on the way are recorded in ``result.contributions`` (first measurement
+    kept). Blocks are split however small their gain: members' gains add up only roughly (on PP-OCR rec the block
+    holding p2o.Add.199 removes less than that quantizer alone), so a small block gain proves nothing."""
     current = float(np.mean(base))
     heap: list = []
 
@@ -194,7 +254,7 @@ def _best(ev: _Evaluator, off: set[int], base: np.ndarray, active: list[int], ma
             return None
         if len(block) == 1:
             return block[0], errs
-        if ev.count >= max_evals:
+        if spent():
             return None
         half = len(block) // 2
         push(block[:half])

@@ -20,17 +20,23 @@ from ptqflow.runtime.model_files import copy_without
 GATE = "ptqflow_quantizer_gate"
 
 
-def gated_model(prepared: onnx.ModelProto, plan: QuantizationPlan, ranges: dict) -> tuple[onnx.ModelProto, list[str]]:
-    """The quantized model with every activation quantizer switchable; and the point tensors in gate order."""
+def gated_model(prepared: onnx.ModelProto, plan: QuantizationPlan, ranges: dict,
+                weights: bool = False) -> tuple[onnx.ModelProto, list[str]]:
+    """The quantized model with every activation quantizer switchable; and the point tensors in gate order. With
+    ``weights``, each planned weight quantizer has a gate too, after the activations' (W = W_f + g * (W_q - W_f):
+    the float weight and the quantized one as constants, so the model holds the weights twice), and its tensor
+    follows the activations' in the returned list."""
     # A copy without the planned weights' bytes, which insert_qdq reads from prepared: no second float copy.
     q = copy_without(prepared, {w.tensor for w in plan.weights})
     records = [r for r in insert_qdq(q, plan, ranges, float_weights=prepared) if r["kind"] == "activation"]
     g = q.graph
-    g.input.append(helper.make_tensor_value_info(GATE, onnx.TensorProto.FLOAT, [len(records)]))
+    gates = [(r["tensor"], r["output"]) for r in records]  # (float tensor, its quantized value)
+    if weights:
+        gates += _float_weights(q, prepared, plan)
+    g.input.append(helper.make_tensor_value_info(GATE, onnx.TensorProto.FLOAT, [len(gates)]))
     consumers = GraphIndex(g).consumers  # the readers of each DequantizeLinear output, before rewiring
     new = []
-    for k, r in enumerate(records):
-        dq, x = r["output"], r["tensor"]
+    for k, (x, dq) in enumerate(gates):
         idx = f"{GATE}_{k}_idx"
         g.initializer.append(numpy_helper.from_array(np.array(k, np.int64), idx))
         names = [f"{GATE}_{k}_{s}" for s in ("g", "diff", "scaled", "out")]
@@ -41,7 +47,22 @@ def gated_model(prepared: onnx.ModelProto, plan: QuantizationPlan, ranges: dict)
                 helper.make_node("Mul", [names[1], names[0]], [names[2]], name=names[2]),
                 helper.make_node("Add", [x, names[2]], [names[3]], name=names[3])]
     _topological_insert(g, new)
-    return q, [r["tensor"] for r in records]
+    return q, [r["tensor"] for r in records] + ([w.tensor for w in plan.weights] if weights else [])
+
+
+def _float_weights(q: onnx.ModelProto, prepared: onnx.ModelProto, plan: QuantizationPlan) -> list[tuple[str, str]]:
+    """(float weight, its DequantizeLinear output) per planned weight of ``q`` (insert_qdq has run): each float
+    value goes back into ``q`` under a name of its own, beside the quantized one its consumers read."""
+    nodes = {n.name: n for n in q.graph.node}
+    floats = {t.name: t for t in prepared.graph.initializer}
+    pairs = []
+    for k, w in enumerate(plan.weights):
+        node, index = w.nodes[0]
+        copy = q.graph.initializer.add()
+        copy.CopyFrom(floats[w.tensor])
+        copy.name = f"{GATE}_weight_{k}_float"
+        pairs.append((copy.name, nodes[node].input[index]))
+    return pairs
 
 
 def fold_constant_dequantize(model: onnx.ModelProto, store=numpy_helper.from_array) -> None:
