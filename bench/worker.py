@@ -36,6 +36,8 @@ def run_ptqflow(model, samples, variant: str, transformer: bool):
         kw["fast_bias_correction"] = False
     if variant == "nobc":
         kw["advanced_parameters"] = ptqflow.AdvancedParameters(disable_bias_correction=True)
+    if variant == "cle":  # cross-layer equalization with bias absorption (opt-in)
+        kw["advanced_parameters"] = ptqflow.AdvancedParameters(cross_layer_equalization=True)
     if variant == "ort":  # placed for onnxruntime, written as QDQ
         kw["target_runtime"] = ptqflow.TargetRuntime.ONNXRUNTIME
     if variant == "qop":

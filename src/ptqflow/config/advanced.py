@@ -203,6 +203,19 @@ class AdvancedParameters(_Strict):
         "the Conv's output or weights), so its scale is part of the quantized weights. onnxruntime's optimizer "
         "(graph_constant_folding) fuses such pairs first; this folds the ones it left or all of them when it is off.",
     )
+    cross_layer_equalization: bool = Field(
+        False,
+        description="Graph preparation: cross-layer equalization (Nagel et al. 2019): each Conv -> ReLU/LeakyReLU/"
+        "nothing -> Conv pair (depthwise ones included) rescaled per channel so both layers' channel weight ranges "
+        "are equal, the model's function unchanged; a Clip (ReLU6) between them is skipped. Off by default: the "
+        "bench did not show it helping across model families (bench/README.md, cross-layer equalization).",
+    )
+    bias_absorption_sigmas: float = Field(
+        3.0, ge=0,
+        description="Cross-layer equalization's bias absorption: max(0, beta - this x |gamma|) of a ReLU input (its "
+        "BatchNormalization's mean and deviation) moves into the next layer's bias, where that layer has no "
+        "padding; 3 is the paper's. 0 turns absorption off.",
+    )
 
     def safeguard(self, name: str) -> bool:
         """Whether the automatic safeguard ``name`` is on: ``"outliers"``, ``"depthwise"``, ``"softmax_heads"``,
