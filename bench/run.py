@@ -37,9 +37,8 @@ FAMILIES = {**fam_ddddocr.TASKS, **fam_magika.TASKS, **fam_pages.TASKS, **fam_fa
 TASKS = {**tasks.TASKS, **FAMILIES}
 NEW_FAMILIES = list(FAMILIES)
 
-METHODS = ["ptqflow_default", "ptqflow_bc", "ptqflow_nobc", "ptqflow_cle", "ptqflow_untold", "nncf_default", "nncf_bc",
-           "nncf_nobc",
-           "ort_minmax", "ptqflow_ort", "ptqflow_qop", "ort_qop", "ptqflow_dynamic", "ort_dynamic", "ptqflow_dynamic_noconv"]
+METHODS = ["ptqflow_default", "ptqflow_bc", "ptqflow_nobc", "ptqflow_cle", "ptqflow_range", "ptqflow_untold",
+           "nncf_default", "nncf_bc", "nncf_nobc", "ort_minmax", "ptqflow_ort", "ptqflow_qop", "ort_qop", "ptqflow_dynamic", "ort_dynamic", "ptqflow_dynamic_noconv"]
 # ptqflow with default settings and no model_type even where the task is a transformer (the other methods are told
 # ModelType.TRANSFORMER on the encoder): what a user who does not say gets. Run on transformer tasks only.
 TRANSFORMER_ONLY = {"ptqflow_untold", "ptqflow_dynamic", "ort_dynamic", "ptqflow_dynamic_noconv"}  # dynamic: for MatMul-heavy models

@@ -38,6 +38,8 @@ def run_ptqflow(model, samples, variant: str, transformer: bool):
         kw["advanced_parameters"] = ptqflow.AdvancedParameters(disable_bias_correction=True)
     if variant == "cle":  # cross-layer equalization with bias absorption (opt-in)
         kw["advanced_parameters"] = ptqflow.AdvancedParameters(cross_layer_equalization=True)
+    if variant == "range":  # activation ranges chosen by measured error (opt-in)
+        kw["advanced_parameters"] = ptqflow.AdvancedParameters(range_search=True)
     if variant == "ort":  # placed for onnxruntime, written as QDQ
         kw["target_runtime"] = ptqflow.TargetRuntime.ONNXRUNTIME
     if variant == "qop":

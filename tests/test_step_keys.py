@@ -49,6 +49,8 @@ ALTERNATIVES: dict[str, object] = {
     "quantization.advanced.graph_constant_folding": False,
     "quantization.advanced.graph_fold_batchnorm": False,
     "quantization.advanced.cross_layer_equalization": True,
+    "quantization.advanced.range_search": True,
+    "quantization.advanced.range_search_samples": 4,
     "quantization.advanced.bias_absorption_sigmas": 2.0,
     "conversion.input_shapes": {"x": [1, 3, 8, 8]},
     "conversion.input_dtypes": {"x": "float16"},

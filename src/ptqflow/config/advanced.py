@@ -203,6 +203,18 @@ class AdvancedParameters(_Strict):
         "the Conv's output or weights), so its scale is part of the quantized weights. onnxruntime's optimizer "
         "(graph_constant_folding) fuses such pairs first; this folds the ones it left or all of them when it is off.",
     )
+    range_search: bool = Field(
+        False,
+        description="Choose each per-tensor activation range by measured error: the candidates (mean or global "
+        "min/max, the 99.9/99.99/99.999th percentiles, the clip with the least squared error) are written as the "
+        "quantizer writes them and compared with the FP32 values on range_search_samples calibration samples "
+        "(a histogram per scale group); the least squared error wins, recorded in the plan. Off by default: "
+        "bench/README.md (activation ranges by measured error) has the figures. Collection cannot be sharded "
+        "with it on.",
+    )
+    range_search_samples: int = Field(
+        8, gt=0, description="Calibration samples on which range_search measures each candidate range's error.",
+    )
     cross_layer_equalization: bool = Field(
         False,
         description="Graph preparation: cross-layer equalization (Nagel et al. 2019): each Conv -> ReLU/LeakyReLU/"
