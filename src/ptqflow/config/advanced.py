@@ -208,8 +208,9 @@ class AdvancedParameters(_Strict):
         description="Choose each per-tensor activation range by measured error: the candidates (mean or global "
         "min/max, the 99.9/99.99/99.999th percentiles, the clip with the least squared error) are written as the "
         "quantizer writes them and compared with the FP32 values on range_search_samples calibration samples "
-        "(a histogram per scale group); the least squared error wins, recorded in the plan. Off by default: "
-        "bench/README.md (activation ranges by measured error) has the figures. Collection cannot be sharded "
+        "(a sample of each scale group's values); the least squared error wins, recorded in the plan. Off by default: "
+        "it lowered the output error on every bench model but not every task metric (bench/README.md, "
+        "'Cross-layer equalization and ranges by measured error'). Collection cannot be sharded "
         "with it on.",
     )
     range_search_samples: int = Field(
@@ -219,8 +220,9 @@ class AdvancedParameters(_Strict):
         False,
         description="Graph preparation: cross-layer equalization (Nagel et al. 2019): each Conv -> ReLU/LeakyReLU/"
         "nothing -> Conv pair (depthwise ones included) rescaled per channel so both layers' channel weight ranges "
-        "are equal, the model's function unchanged; a Clip (ReLU6) between them is skipped. Off by default: the "
-        "bench did not show it helping across model families (bench/README.md, cross-layer equalization).",
+        "are equal, the model's function unchanged; a Clip (ReLU6) between them is skipped. Off by default: it "
+        "raised output SQNR on most bench models but lowered it on PP-OCR rec (bench/README.md, 'Cross-layer "
+        "equalization and ranges by measured error').",
     )
     bias_absorption_sigmas: float = Field(
         3.0, ge=0,
