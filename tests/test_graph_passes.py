@@ -211,3 +211,58 @@ def test_prepare_model_logs_each_change(caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == "ptqflow.quantization.graph.prepare"]
     assert "drop_initializer_inputs: 9 graph input(s) backed by an initializer treated as weights" in lines
     assert "ort_basic_optimize: BatchNormalization nodes: 1 -> 0" in lines
+
+
+def test_ort_basic_optimize_says_when_writing_failed_not_the_model(monkeypatch, tmp_path):
+    """onnxruntime fails alike on a model it cannot load and on an optimized copy it cannot write (a full disk):
+    the second is a storage failure (exit 5, retryable) naming the scratch directory, not a bad model."""
+    import contextlib
+
+    from ptqflow.errors import StorageError
+    from ptqflow.quantization.graph.passes import ort_basic_optimize
+
+    @contextlib.contextmanager
+    def unwritable(prefix):  # the optimized model's path is taken by a directory: the write fails
+        scratch = tmp_path / "scratch"
+        (scratch / "opt.onnx").mkdir(parents=True, exist_ok=True)
+        yield str(scratch)
+
+    monkeypatch.setattr(ort_basic_optimize, "scratch_dir", unwritable)
+    with pytest.raises(StorageError, match=f"writing the optimized model to the scratch directory {tmp_path}") as err:
+        OrtBasicOptimize().run(builders.conv_classifier())
+    assert err.value.exit_code == 5 and err.value.retryable
+    wrong = builders.mlp()  # a model onnxruntime cannot load stays an input error under the same failure
+    next(t for t in wrong.graph.initializer if t.name == "w2").CopyFrom(
+        numpy_helper.from_array(np.zeros((5, 4), np.float32), "w2"))
+    with pytest.raises(InputError, match="onnxruntime cannot load the model"):
+        OrtBasicOptimize().run(wrong)
+
+
+@pytest.mark.parametrize("op,opset", [("HardSwish", 14), ("Mish", 18)])
+def test_ort_basic_optimize_puts_back_the_function_ops_onnxruntime_inlines(op, opset):
+    """onnxruntime writes HardSwish as x * HardSigmoid(x) and Mish as x * Tanh(Softplus(x)); the pass puts the op
+    back (OpenVINO fuses HardSwish into the convolution, not its body), with the same outputs."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 8, 8])
+    w = numpy_helper.from_array(np.random.default_rng(0).normal(size=(4, 4, 3, 3)).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node(op, ["c"], ["a"], name="act"),
+             helper.make_node("Conv", ["a", "w"], ["y"], name="conv2", pads=[1, 1, 1, 1])]
+    model = builders.make_model(nodes, [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 8, 8])],
+                                [w], opset=opset)
+    out, result = OrtBasicOptimize().run(model)
+    assert _ops(out) == ["Conv", op, "Conv"]
+    assert f"{op} nodes restored from onnxruntime's inlined bodies: 1" in result.changes
+    feed = {"x": np.random.default_rng(1).normal(size=(2, 4, 8, 8)).astype(np.float32)}
+    np.testing.assert_allclose(ReferenceEvaluator(out).run(None, feed)[0], ReferenceEvaluator(model).run(None, feed)[0],
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_ort_basic_optimize_leaves_a_model_s_own_decomposition_alone():
+    """x * HardSigmoid(x) written by the model itself (no HardSwish in it) stays as written."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+    nodes = [helper.make_node("HardSigmoid", ["x"], ["h"], name="hsig", alpha=1 / 6, beta=0.5),
+             helper.make_node("Mul", ["x", "h"], ["y"], name="mul")]
+    model = builders.make_model(nodes, [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], [],
+                                opset=14)
+    out, result = OrtBasicOptimize().run(model)
+    assert _ops(out) == ["HardSigmoid", "Mul"] and not result.changed

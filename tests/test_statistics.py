@@ -160,3 +160,23 @@ def test_openvino_statistics_runtime_is_cpu_only_and_a_bad_name_is_refused():
                                    device="cuda")
     with pytest.raises(ValidationError, match="statistics_runtime"):
         AdvancedParameters(statistics_runtime="tensorrt")
+
+
+def test_large_samples_are_stacked_fewer_at_a_time_within_their_blocks():
+    """Stacks stay within MAX_STACK_BYTES of input (a run's activations grow with its stack) and never cross a
+    multiple of their size, so shards (whole blocks of MAX_BATCH) stack what one collection does."""
+    from ptqflow.quantization.statistics import accumulate
+
+    def runs(shape, n, first=0):
+        samples = [{"x": np.zeros((1, *shape), np.float32)} for _ in range(n)]
+        return [b["count"] for b in accumulate.batches(iter(samples), True, 0, None, first)]
+
+    small = (3, 48, 192)  # 110 KiB: 8 a run, as before
+    assert accumulate.stack_size({"x": np.zeros((1, *small), np.float32)}) == accumulate.MAX_BATCH
+    assert runs(small, 20) == [8, 8, 4]
+    large = (3, 480, 640)  # 3.5 MiB: one at a time
+    assert accumulate.stack_size({"x": np.zeros((1, *large), np.float32)}) == 1 and runs(large, 3) == [1, 1, 1]
+    middle = (3, 256, 256)  # 768 KiB: stacks of 2, aligned also when a shard starts mid-stream
+    assert runs(middle, 7) == [2, 2, 2, 1] and runs(middle, 3, first=8) == [2, 1]
+    mixed = [{"x": np.zeros((1, *small), np.float32)}] * 3 + [{"x": np.zeros((1, *middle), np.float32)}] * 5
+    assert [b["count"] for b in accumulate.batches(iter(mixed), True, 0, None)] == [3, 1, 2, 2]

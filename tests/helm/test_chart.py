@@ -449,3 +449,25 @@ def test_helm_template_output_is_a_placement_file(chart, tmp_path):
     assert text.count("kind: ConfigMap") == 2
     table = load_placement_file(path)
     assert table.placement("quantize", "npu").node_selector["pool"] == "edge-npu"
+
+
+@pytest.mark.parametrize("kfp_section,expected", [
+    (None, "ptqflow-quantize"),  # orchestrator kfp, no kfp section: the pipeline the upload Job made
+    ({"host": "http://ml-pipeline.kubeflow:8888"}, "uploaded-here"),
+    ({"pipeline_name": "their-own"}, "their-own"),  # a name the user gives wins
+])
+def test_kfp_hook_runs_the_pipeline_the_chart_uploads(render, tmp_path, kfp_section, expected):
+    from ptqflow.registry.hooks.config import load_hook_config
+
+    config = {"orchestrator": "kfp", "pipeline": HOOK_CONFIG["pipeline"]}
+    if kfp_section is not None:
+        config["kfp"] = kfp_section
+    kfp_values = {"enabled": True} if expected != "uploaded-here" else {"enabled": True, "pipelineName": expected}
+    objects = render({"kfp": kfp_values, "hook": {"config": config, "serve": {"enabled": True}}})
+    (cm,) = find(objects, "ConfigMap", f"{FULLNAME}-hook")
+    path = tmp_path / "hook.yaml"
+    path.write_text(cm["data"]["hook.yaml"], encoding="utf-8")
+    assert load_hook_config(str(path)).kfp.pipeline_name == expected
+    (job,) = [o for o in find(objects, "Job") if o["metadata"]["name"].endswith("kfp-upload")]
+    if kfp_section is None or "pipeline_name" not in kfp_section:  # the hook and the upload Job name one pipeline
+        assert expected in job["spec"]["template"]["spec"]["containers"][0]["args"]

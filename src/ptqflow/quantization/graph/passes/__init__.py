@@ -6,7 +6,7 @@
 4. ``batchnorm_bounds`` (``advanced.cross_layer_equalization``): each BatchNormalization's output moments,
    recorded for bias absorption before folding removes them;
 5. ``ort_basic_optimize`` (``advanced.graph_constant_folding``): onnxruntime's basic optimizer (constant
-   folding, Conv+BatchNorm/Add/Mul fusion);
+   folding, Conv+BatchNorm/Add/Mul fusion; the function ops it inlines are put back);
 6. ``fold_batchnorm`` (``advanced.graph_fold_batchnorm``): the Conv+BatchNorm pairs still left;
 7. ``cross_layer_equalization`` (``advanced.cross_layer_equalization``): Conv -> ReLU -> Conv pairs rescaled
    per channel, biases absorbed (``equalize``);
