@@ -39,6 +39,9 @@ NEW_FAMILIES = list(FAMILIES)
 
 METHODS = ["ptqflow_default", "ptqflow_bc", "ptqflow_nobc", "ptqflow_untold", "nncf_default", "nncf_bc", "nncf_nobc",
            "ort_minmax", "ptqflow_ort", "ptqflow_qop", "ort_qop", "ptqflow_dynamic", "ort_dynamic", "ptqflow_dynamic_noconv"]
+# Opt-in mechanisms, run only when --methods names them (bench/worker.py): cross-layer equalization, activation
+# ranges by measured error, equalization in place of the depthwise safeguard, and that safeguard off alone.
+OPT_IN_METHODS = ["ptqflow_cle", "ptqflow_range", "ptqflow_cle_nodw", "ptqflow_nodw"]
 # ptqflow with default settings and no model_type even where the task is a transformer (the other methods are told
 # ModelType.TRANSFORMER on the encoder): what a user who does not say gets. Run on transformer tasks only.
 TRANSFORMER_ONLY = {"ptqflow_untold", "ptqflow_dynamic", "ort_dynamic", "ptqflow_dynamic_noconv"}  # dynamic: for MatMul-heavy models
@@ -194,7 +197,8 @@ def main() -> None:
                     help=f"comma-separated, of cls,rec,det,encoder,{','.join(NEW_FAMILIES)}; 'families' = the latter")
     ap.add_argument("--seed", type=int, default=1,
                     help="draw of the rendered items (1: the draw of every earlier result; another: a fresh draw)")
-    ap.add_argument("--methods", default=None)
+    ap.add_argument("--methods", default=None, help="comma-separated (default: METHODS); the opt-in mechanisms: "
+                    + ",".join(OPT_IN_METHODS))
     ap.add_argument("--work", default=str(HERE / ".work"))
     ap.add_argument("--results", default=str(HERE / "results"), help="where the .json/.md results go")
     ap.add_argument("--cal", type=int, help="calibration samples (override)")

@@ -36,6 +36,14 @@ def run_ptqflow(model, samples, variant: str, transformer: bool):
         kw["fast_bias_correction"] = False
     if variant == "nobc":
         kw["advanced_parameters"] = ptqflow.AdvancedParameters(disable_bias_correction=True)
+    if variant == "cle":  # cross-layer equalization with bias absorption (opt-in)
+        kw["advanced_parameters"] = ptqflow.AdvancedParameters(cross_layer_equalization=True)
+    if variant == "cle_nodw":  # equalization instead of the depthwise safeguard's fitted threshold
+        kw["advanced_parameters"] = ptqflow.AdvancedParameters(cross_layer_equalization=True, safeguard_depthwise=False)
+    if variant == "nodw":  # the depthwise safeguard off, nothing instead (the side-by-side reference of cle_nodw)
+        kw["advanced_parameters"] = ptqflow.AdvancedParameters(safeguard_depthwise=False)
+    if variant == "range":  # activation ranges chosen by measured error (opt-in)
+        kw["advanced_parameters"] = ptqflow.AdvancedParameters(range_search=True)
     if variant == "ort":  # placed for onnxruntime, written as QDQ
         kw["target_runtime"] = ptqflow.TargetRuntime.ONNXRUNTIME
     if variant == "qop":

@@ -632,3 +632,40 @@ def padded_inputs(n: int, features: int = 16, seed: int = 0) -> list[dict[str, n
     for s in samples:
         s["input"][..., 0] = 0.0
     return samples
+
+
+def separable_block(seed: int = 0, c: int = 8, size: int = 12, spread: float = 1.0, beta: float = 0.1,
+                    relu6: bool = False) -> onnx.ModelProto:
+    """A depthwise-separable block (MobileNet-style) with BatchNormalizations, for cross-layer equalization.
+
+    input[N,3,s,s] -> Conv 3x3 -> BN -> Relu -> depthwise Conv 3x3 -> BN -> Relu (or Clip(0, 6) when ``relu6``)
+    -> pointwise Conv 1x1 (+bias) -> out[N,4,s,s]. ``spread`` > 1 makes the layers' channel ranges unbalanced:
+    the first conv's output channel i is scaled by spread**(i/(c-1) - 1) and the depthwise weights by the
+    inverse, so the function's channels stay comparable while the activation between them does not; ``beta`` is
+    the BatchNormalizations' bias (the ReLU inputs' mean).
+    """
+    rng = np.random.default_rng(seed)
+    ramp = spread ** (np.arange(c) / max(c - 1, 1) - 1.0)
+    w1 = rng.normal(0, 0.4, (c, 3, 3, 3)) * ramp[:, None, None, None]
+    wd = rng.normal(0, 0.4, (c, 1, 3, 3)) / ramp[:, None, None, None]
+    bn = lambda k: [_init(f"g{k}", rng.uniform(0.5, 1.0, c).astype(np.float32)),  # noqa: E731
+                    _init(f"be{k}", (beta + rng.normal(0, 0.05, c)).astype(np.float32)),
+                    _init(f"m{k}", np.zeros(c, np.float32)), _init(f"v{k}", np.ones(c, np.float32))]
+    inits = [_init("w1", w1.astype(np.float32)), _init("wd", wd.astype(np.float32)), *bn(1), *bn(2),
+             _init("wp", rng.normal(0, 0.4, (4, c, 1, 1)).astype(np.float32)),
+             _init("bp", rng.normal(0, 0.1, 4).astype(np.float32)),
+             _init("zero", np.array(0.0, np.float32)), _init("six", np.array(6.0, np.float32))]
+    n = helper.make_node
+    second = n("Clip", ["b2", "zero", "six"], ["r2"], name="relu6") if relu6 else n("Relu", ["b2"], ["r2"], name="relu2")
+    nodes = [
+        n("Conv", ["input", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        n("BatchNormalization", ["c1", "g1", "be1", "m1", "v1"], ["b1"], name="bn1"),
+        n("Relu", ["b1"], ["r1"], name="relu1"),
+        n("Conv", ["r1", "wd"], ["d"], name="dw", group=c, pads=[1, 1, 1, 1]),
+        n("BatchNormalization", ["d", "g2", "be2", "m2", "v2"], ["b2"], name="bn2"),
+        second,
+        n("Conv", ["r2", "wp", "bp"], ["out"], name="pointwise"),
+    ]
+    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, size, size])]
+    outputs = [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 4, size, size])]
+    return make_model(nodes, inputs, outputs, inits, name="separable_block")

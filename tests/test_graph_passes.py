@@ -24,8 +24,9 @@ from ptqflow.quantization.graph.passes.upgrade_opset import UpgradeOpset
 from ptqflow.quantization.graph.prepare import prepare_model
 
 # The order documented in ptqflow.quantization.graph.passes and docs/architecture.md.
-SEQUENCE = ["drop_initializer_inputs", "upgrade_opset", "clamp_ir_version", "ort_basic_optimize", "fold_batchnorm",
-            "name_nodes", "infer_shapes", "clamp_ir_version"]
+SEQUENCE = ["drop_initializer_inputs", "upgrade_opset", "clamp_ir_version", "batchnorm_bounds", "ort_basic_optimize",
+            "fold_batchnorm", "cross_layer_equalization", "name_nodes", "infer_shapes", "clamp_ir_version"]
+OPT_IN = ("batchnorm_bounds", "cross_layer_equalization")  # off by default (advanced.cross_layer_equalization)
 OFF = AdvancedParameters(graph_constant_folding=False, graph_fold_batchnorm=False)
 
 
@@ -52,11 +53,12 @@ def _constant_transpose() -> onnx.ModelProto:
 def test_the_sequence_is_the_documented_one_and_the_switches_are_the_optimizations():
     assert [p.name for p in GRAPH_PASSES] == SEQUENCE
     assert {p.name: p.switch for p in GRAPH_PASSES if p.switch} == {
-        "ort_basic_optimize": "graph_constant_folding", "fold_batchnorm": "graph_fold_batchnorm"}
-    assert all(p.enabled(AdvancedParameters()) for p in GRAPH_PASSES)
+        "ort_basic_optimize": "graph_constant_folding", "fold_batchnorm": "graph_fold_batchnorm",
+        "batchnorm_bounds": "cross_layer_equalization", "cross_layer_equalization": "cross_layer_equalization"}
+    assert [p.name for p in GRAPH_PASSES if p.enabled(AdvancedParameters())] == [n for n in SEQUENCE if n not in OPT_IN]
     assert [p.name for p in GRAPH_PASSES if p.enabled(OFF)] == [n for n in SEQUENCE if n not in
-                                                                 ("ort_basic_optimize", "fold_batchnorm")]
-    _, results = run_graph_passes(builders.conv_classifier(), AdvancedParameters())
+                                                                 ("ort_basic_optimize", "fold_batchnorm") + OPT_IN]
+    _, results = run_graph_passes(builders.conv_classifier(), AdvancedParameters(cross_layer_equalization=True))
     assert [r.name for r in results] == SEQUENCE
     _, results = run_graph_passes(builders.conv_classifier(), AdvancedParameters(graph_fold_batchnorm=False))
     assert "fold_batchnorm" not in [r.name for r in results]

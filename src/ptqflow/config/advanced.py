@@ -211,6 +211,33 @@ class AdvancedParameters(_Strict):
         "the Conv's output or weights), so its scale is part of the quantized weights. onnxruntime's optimizer "
         "(graph_constant_folding) fuses such pairs first; this folds the ones it left or all of them when it is off.",
     )
+    range_search: bool = Field(
+        False,
+        description="Choose each per-tensor activation range by measured error: the candidates (mean or global "
+        "min/max, the 99.9/99.99/99.999th percentiles, the clip with the least squared error) are written as the "
+        "quantizer writes them and compared with the FP32 values on range_search_samples calibration samples "
+        "(a sample of each scale group's values); the least squared error wins, recorded in the plan. Off by default: "
+        "it lowered the output error on every bench model but not every task metric (bench/README.md, "
+        "'Cross-layer equalization and ranges by measured error'). Collection cannot be sharded "
+        "with it on.",
+    )
+    range_search_samples: int = Field(
+        8, gt=0, description="Calibration samples on which range_search measures each candidate range's error.",
+    )
+    cross_layer_equalization: bool = Field(
+        False,
+        description="Graph preparation: cross-layer equalization (Nagel et al. 2019): each Conv -> ReLU/LeakyReLU/"
+        "nothing -> Conv pair (depthwise ones included) rescaled per channel so both layers' channel weight ranges "
+        "are equal, the model's function unchanged; a Clip (ReLU6) between them is skipped. Off by default: it "
+        "raised output SQNR on most bench models but lowered it on PP-OCR rec (bench/README.md, 'Cross-layer "
+        "equalization and ranges by measured error').",
+    )
+    bias_absorption_sigmas: float = Field(
+        3.0, ge=0,
+        description="Cross-layer equalization's bias absorption: max(0, beta - this x |gamma|) of a ReLU input (its "
+        "BatchNormalization's mean and deviation) moves into the next layer's bias, where that layer has no "
+        "padding; 3 is the paper's. 0 turns absorption off.",
+    )
 
     def safeguard(self, name: str) -> bool:
         """Whether the automatic safeguard ``name`` is on: ``"outliers"``, ``"depthwise"``, ``"softmax_heads"``,

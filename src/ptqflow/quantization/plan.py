@@ -96,6 +96,9 @@ class QuantizationPlan:
     collected: dict[str, Any] = field(default_factory=dict)
     smooth_quant: SmoothQuantFactors | None = None
     output_errors: dict[str, float] = field(default_factory=dict)  # tensor -> its measured error contribution
+    # scale group -> the range chosen by measured error (passes/range_search.py): {"estimator", "min", "max",
+    # "error" (its squared error against FP32), "errors" (every candidate's)}; Statistics.ranges applies it
+    ranges: dict[str, dict] = field(default_factory=dict)
     version: int = PLAN_VERSION
 
     def keep_in_float(self, decisions: list[FloatTensor]) -> None:
@@ -137,6 +140,8 @@ class QuantizationPlan:
             del doc["smooth_quant"]
         if not self.output_errors:  # only measured plans carry these: unmeasured plans stay as they were
             del doc["output_errors"]
+        if not self.ranges:
+            del doc["ranges"]
         for f in doc["float_layers"] + doc["float_tensors"]:
             if f["measured"] is None:
                 del f["measured"]
@@ -168,6 +173,7 @@ class QuantizationPlan:
                 bias_layers=list(doc.get("bias_layers", [])), warnings=list(doc.get("warnings", [])),
                 collected=dict(doc.get("collected") or {}),
                 output_errors={str(k): float(v) for k, v in (doc.get("output_errors") or {}).items()},
+                ranges={str(k): dict(v) for k, v in (doc.get("ranges") or {}).items()},
                 smooth_quant=SmoothQuantFactors(float(sq["alpha"]), dict(sq["tensors"])) if sq else None,
                 version=PLAN_VERSION)
         except (KeyError, TypeError, ValueError) as exc:

@@ -106,7 +106,8 @@ class Statistics:
             raise InputError(f"statistics in {str(d)!r} are missing or damaged: {reason}; collect them again") from None
 
     def ranges(self, mean_minmax: bool = True) -> dict[str, tuple[float, float]]:
-        """Per scale group: (min, max) = mean of per-sample values (default) or global extremes, merged per group."""
+        """Per scale group: (min, max) = mean of per-sample values (default) or global extremes, merged per group;
+        a range the plan records as chosen by measured error (``plan.ranges``) instead, whichever is asked."""
         mins, maxs = self.mins, self.maxs
         per_tensor = {}
         for t in mins:
@@ -118,6 +119,9 @@ class Statistics:
             lo, hi = per_tensor[p.tensor]
             g = groups.get(p.group)
             groups[p.group] = (lo, hi) if g is None else (min(g[0], lo), max(g[1], hi))
+        for group, chosen in self.plan.ranges.items():  # chosen by measured error (passes/range_search.py)
+            if group in groups:
+                groups[group] = (float(chosen["min"]), float(chosen["max"]))
         return groups
 
 

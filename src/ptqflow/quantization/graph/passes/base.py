@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
+from ptqflow.config import AdvancedParameters
 from ptqflow.quantization.passes.base import Pass, PassResult
 
 
@@ -27,6 +28,10 @@ class GraphPass(Pass):
     def run(self, model: onnx.ModelProto) -> tuple[onnx.ModelProto, GraphPassResult]:
         """The rewritten model (``model`` itself or a new one) and what changed."""
         raise NotImplementedError
+
+    def apply(self, model: onnx.ModelProto, advanced: AdvancedParameters) -> tuple[onnx.ModelProto, GraphPassResult]:
+        """``run`` for a pass that reads thresholds from ``advanced`` besides its switch (it overrides this)."""
+        return self.run(model)
 
     def result(self, changes: list[str], warnings: list[str] | None = None) -> GraphPassResult:
         """This pass's result: changed when there is at least one change line."""
