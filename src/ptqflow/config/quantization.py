@@ -96,6 +96,13 @@ class QuantizationConfig(_Strict):
             return TargetRuntime.OPENVINO
         return TargetRuntime.ONNXRUNTIME
 
+    def effective_activation_type(self) -> str | None:
+        """The activations' integer type: the user's, else uint8 for onnxruntime (its fused kernels need one type),
+        else None (OpenVINO's choice per tensor: uint8 for non-negative ranges, int8 otherwise)."""
+        if self.activation_type is not None:
+            return self.activation_type.value
+        return "uint8" if self.effective_target_runtime() == TargetRuntime.ONNXRUNTIME else None
+
     def bias_correction_samples(self) -> int:
         """Samples full BiasCorrection runs on: ``advanced.bias_correction_subset_size``, else
         BIAS_CORRECTION_SUBSET_SHARE of ``subset_size`` (at least 1)."""
