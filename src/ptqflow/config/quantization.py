@@ -41,7 +41,9 @@ class QuantizationConfig(_Strict):
         None,
         description="Integer type of every activation quantizer: uint8 (signed ranges get a zero point) or int8. "
         "None (default): per tensor for openvino (uint8 for non-negative and asymmetric ranges, int8 for "
-        "symmetric signed ones); uint8 for onnxruntime, whose fused kernels need one type in and out.",
+        "symmetric signed ones but those a Concat reads: uint8 with zero point 128, the same grid, which "
+        "OpenVINO's CPU plugin reads correctly there); uint8 for onnxruntime, whose fused kernels need one type "
+        "in and out.",
     )
     weight_type: QuantType = Field(
         QuantType.INT8,
