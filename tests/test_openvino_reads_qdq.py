@@ -38,7 +38,7 @@ def test_concat_of_signed_activations_runs_alike_on_onnxruntime_and_openvino():
         # one output quantization step of rounding apart at most, not OpenVINO's clipped reading (~0.5 relative)
         assert np.linalg.norm(a - b) / np.linalg.norm(a) < 0.02
     zp_types = _zero_point_types(q)
-    # written in uint8: the Concat's inputs: signed, symmetric, scales above 1 (where OpenVINO's clamp at [-128, 127] cuts)
+    # the Concat's inputs, signed with scales above 1 (where OpenVINO's clamp cuts), are written in uint8
     assert zp_types["ca"] == zp_types["cb"] == onnx.TensorProto.UINT8
     scales = {t.name: onnx.numpy_helper.to_array(t) for t in q.graph.initializer}
     assert float(scales["ca_scale"]) > 1 and float(scales["cb_scale"]) > 1
