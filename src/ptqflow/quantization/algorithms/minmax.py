@@ -129,9 +129,10 @@ def _reaches_concat(point: ActivationQuantizer, nodes_by_name: dict[str, onnx.No
     """True when a Concat reads the quantizer ``point``'s output.
 
     Such a pair is written in uint8 with zero point 128 where the per-tensor choice (OpenVINO's) gives int8 with
-    zero point 0: the same grid, read alike by onnxruntime, while OpenVINO's CPU plugin (2026.4.1) computes int8
-    pairs meeting at a Concat that a quantized Conv reads as if their scale were 1, round(clamp(x, -128, 127))
-    (PP-OCR det's FPN merge, scale 14.7, lost every box; bench/README.md, IR input).
+    zero point 0: the same grid, read alike by onnxruntime, while OpenVINO 2026.4.1 reading the ONNX file (CPU
+    plugin; ov.convert_model's model is right) computes int8 pairs meeting at a Concat that a quantized Conv reads
+    as if their scale were 1, round(clamp(x, -128, 127)) (PP-OCR det's FPN merge, scale 14.7, lost every box;
+    bench/README.md, IR input).
     """
     return any(nodes_by_name[name].op_type == "Concat" for name, _ in point.edges)
 
