@@ -1,8 +1,8 @@
-"""The ONNX path's INT8 QDQ model for OpenVINO runs alike on onnxruntime and on OpenVINO (CPU, f32 inference
-precision, the ONNX file read directly). OpenVINO 2026.4.1 (CPU plugin; not after ov.convert_model) computes int8
-QuantizeLinear/DequantizeLinear pairs that meet at a Concat read by a quantized Conv as if their scale were 1 (round(clamp(x, -128, 127))); PP-OCR det's FPN merge
-(scale 14.7) lost every box that way. The writer puts those pairs in uint8 with zero point 128: the same grid,
-which both runtimes read correctly (bench/README.md, IR input)."""
+"""The ONNX path's INT8 QDQ model for OpenVINO runs alike on onnxruntime and on OpenVINO (CPU, f32 inference precision,
+the ONNX file read directly). OpenVINO 2026.4.1 (CPU plugin; not after ov.convert_model) computes int8
+QuantizeLinear/DequantizeLinear pairs that meet at a Concat read by a quantized Conv as if their scale were 1
+(round(clamp(x, -128, 127))); PP-OCR det's FPN merge (scale 14.7) lost every box that way. The writer puts those
+pairs in uint8 with zero point 128: the same grid, which both runtimes read correctly (bench/README.md, IR input)."""
 
 from __future__ import annotations
 
