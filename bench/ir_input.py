@@ -13,6 +13,7 @@ quantized as a transformer as the bench's other methods are). Usage:
 from __future__ import annotations
 
 import argparse
+import logging
 import statistics
 import tempfile
 import time
@@ -48,16 +49,32 @@ def _metrics(task, outputs: list, labels: list, refs: list) -> dict:
     return task.metrics(outputs, labels) if task.kind in ("cls", "rec") else task.metrics(outputs, labels, refs)
 
 
+class _SearchLines(logging.Handler):
+    """Keeps the mixed-precision pass's summary lines (errors all int8 and after, evaluations, why it stopped)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("mixed_precision: output error"):
+            _SEARCH.append(message.removeprefix("mixed_precision: "))
+
+
+_SEARCH: list[str] = []
+logging.getLogger("ptqflow").addHandler(_SearchLines())
+logging.getLogger("ptqflow").setLevel(logging.INFO)
+
+
 def _quantize_both(model_path: Path, samples: list[dict], config: QuantizationConfig) -> tuple[dict, dict]:
     """Results and quantization times of the ONNX and the IR path, each twice, alternating."""
     times: dict[str, list[float]] = {"onnx": [], "ir": []}
     results = {}
     for _ in range(2):
         for path in ("onnx", "ir"):
+            _SEARCH.clear()
             model = str(model_path) if path == "onnx" else ov.convert_model(str(model_path))
             start = time.perf_counter()
             results[path] = api.quantize_with_config(model, samples, config)
             times[path].append(time.perf_counter() - start)
+            results[path].search = list(_SEARCH)  # the last run's search summary
     return results, {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -93,8 +110,19 @@ def bench(name: str, args, tmp: Path) -> None:
     floats = {k: sum(row["status"] == "float" for row in r.layers) for k, r in results.items()}
     print(f"{name} ONNX DequantizeLinear {dq}, IR FakeQuantize {fq}; float layers ONNX {floats['onnx']}, IR "
           f"{floats['ir']}; quantize time IR/ONNX {times['ir'] / times['onnx']:.2f}", flush=True)
+    for key, r in results.items():
+        print(f"{name} {key} kept float by mixed precision: {_decisions(r.plan)}; search: {r.search}", flush=True)
     if args.full_bc:
         _compare_shifts(name, results)
+
+
+def _decisions(plan) -> str:
+    """The mixed-precision search's float decisions in ``plan`` (tensor, or layer and its weight, with the measured
+    gain and the output that drove it)."""
+    found = [(f.tensor, f.measured) for f in plan.float_tensors if f.by == "mixed_precision"]
+    found += [(f"layer {f.node}", f.measured) for f in plan.float_layers if f.by == "mixed_precision"]
+    return "; ".join(f"{what} gain {m['gain']:.4g} ({m['error_int8']:.4g} -> {m['error_float']:.4g}, output "
+                     f"{m['output']})" for what, m in found) or "none"
 
 
 def _compare_shifts(name: str, results: dict) -> None:
