@@ -97,16 +97,38 @@ def find_sensitive(model, view: OVView, plan: QuantizationPlan, ranges: dict, sa
 
 
 def mixed_precision_search(model, view: OVView, plan: QuantizationPlan, ranges: dict, samples: list[dict],
-                 **bounds) -> error_search.SearchResult:
+                           **bounds) -> error_search.SearchResult:
     """error_search.search (the mixed-precision search, ``bounds`` its keyword arguments) on the ov.Model ``model``
-    (``view`` its view, which ``plan`` names): the FP32 references from ``model`` and the gated model (with weight
-    gates when ``bounds["weights"]``) on OpenVINO CPU at f32, the view standing for the ONNX model the search reads
-    its inputs, outputs and Softmax heads from."""
+    (``view`` its view, which ``plan`` names), on OpenVINO CPU at f32, the view standing for the ONNX model the
+    search reads its inputs, outputs and Softmax heads from. With weight gates (``bounds["weights"]``) every gate
+    off is the FP32 model, so the FP32 references come from the gated model itself: one model compiled, not two,
+    and the references computed by the kernels the search's measurements use."""
     outputs = [o.name for o in view.view.graph.output]
+    built: dict[bool, tuple] = {}
 
     def gated_runner(weights: bool):
-        gated, tensors = gated_model(model, view, plan, ranges, weights=weights)
-        return OpenVINORunner(gated, outputs), tensors
+        if weights not in built:
+            gated, tensors = gated_model(model, view, plan, ranges, weights=weights)
+            built[weights] = OpenVINORunner(gated, outputs), tensors
+        return built[weights]
 
-    return error_search.search(view.view, plan, ranges, samples, lambda _: _Session(named(model, view), outputs), None,
-                               gated_runner=gated_runner, **bounds)
+    def fp32_session(_):
+        if bounds.get("weights"):
+            runner, tensors = gated_runner(True)
+            return _GatesOff(runner, len(tensors))
+        return _Session(named(model, view), outputs)
+
+    return error_search.search(view.view, plan, ranges, samples, fp32_session, None, gated_runner=gated_runner,
+                               **bounds)
+
+
+class _GatesOff:
+    """A gated model's runner with every gate off (every quantizer float), run as a session: ``run(None, feed)`` ->
+    the runner's outputs in its order."""
+
+    def __init__(self, runner: OpenVINORunner, gates: int):
+        self.runner, self.gate = runner, np.zeros(gates, np.float32)
+
+    def run(self, _, feed: dict) -> list[np.ndarray]:
+        values, _ = next(iter(self.runner.map([{"arrays": {**feed, GATE: self.gate}, "count": 1}])))
+        return [values[n] for n in self.runner.outputs]
