@@ -3,8 +3,8 @@ its ONNX file and from its IR (ov.convert_model of the same file), then the FP32
 on OpenVINO CPU on rendered validation samples.
 
 Per model: quantization time of each path (run twice, alternating, median) and their ratio, the task metric,
-FakeQuantize vs QDQ counts, and each INT8 model's OpenVINO speedup over FP32 at f32 (bench/speed.py, measured
-alternately). The models: PP-OCR cls, rec and det, and the encoder (all-MiniLM-L6-v2, exported by the bench,
+FakeQuantize vs QDQ counts, each INT8 model's OpenVINO speedup over FP32 at f32 (bench/speed.py, measured
+alternately), and what the error-driven mixed-precision search kept float on each path, with its summary. The models: PP-OCR cls, rec and det, and the encoder (all-MiniLM-L6-v2, exported by the bench,
 quantized as a transformer as the bench's other methods are). Usage:
     PYTHONPATH=src:bench bench/.venv/bin/python bench/ir_input.py [--tasks cls,rec,det,encoder] [--calibration 64]
         [--validation 200] [--speed-iters 200] [--speed-rounds 10] [--full-bc] [--work DIR]
