@@ -135,6 +135,10 @@ def test_mixed_precision_search_on_an_ir_decides_as_on_onnx(tmp_path, planted):
     padded_input_mlp's fc1 weight, whose per-channel scales are set by a row that only ever meets zeros."""
     from test_accuracy_control import inputs, outlier_mlp
 
+    from ptqflow.pipeline.report.decisions import float_names
+    from ptqflow.pipeline.steps.quantize import with_readers
+    from ptqflow.quantization import openvino_engine
+
     model, data = (outlier_mlp(1), inputs(32, 0)) if planted == "activation" else (padded_input_mlp(),
                                                                                      padded_inputs(32))
     onnx_path = save(model, tmp_path / "m.onnx")
@@ -152,6 +156,9 @@ def test_mixed_precision_search_on_an_ir_decides_as_on_onnx(tmp_path, planted):
     assert not any("mixed_precision" in w for w in r_ir.plan.warnings)
     row = next(r for r in r_ir.layers if r.get("decided_by") == "mixed_precision")
     assert row["status"] == "float" and row["measured"] == found[1]
+    # the report's paste-able ignored_scope names the IR's node (the quantize step adds a float tensor's readers)
+    layers = with_readers(list(r_ir.layers), openvino_engine.prepare(ir).view.view)
+    assert [name for name, by in float_names(layers) if by.startswith("mixed_precision")] == ["fc1"]
     # the INT8 IR: fc1 reads h0 in float, or (its layer float) its weight too
     gone = {("fc1", 0)} if planted == "activation" else {("fc1", 0), ("fc1", 1)}
     plain = api.quantize_with_config(ir, data, QuantizationConfig(advanced=AdvancedParameters(
