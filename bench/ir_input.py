@@ -1,6 +1,6 @@
 """IR input against ONNX input (issue 22), side by side in one process: a bench model quantized by ptqflow from
 its ONNX file and from its IR (ov.convert_model of the same file), then the FP32 model and both INT8 models run
-on OpenVINO CPU on rendered validation samples.
+on OpenVINO CPU on rendered validation samples; the ONNX path's INT8 model also on onnxruntime.
 
 Per model: quantization time of each path (run twice, alternating, median) and their ratio, the task metric,
 FakeQuantize vs QDQ counts, each INT8 model's OpenVINO speedup over FP32 at f32 (bench/speed.py, measured
@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import onnx
+import onnxruntime as ort
 import openvino as ov
 from PIL import Image
 
@@ -78,6 +79,16 @@ def _quantize_both(model_path: Path, samples: list[dict], config: QuantizationCo
     return results, {k: statistics.median(v) for k, v in times.items()}
 
 
+def _onnxruntime_line(name: str, task, path: Path, val_x: list[dict], val_y: list, refs: list) -> None:
+    """The ONNX path's INT8 model on onnxruntime (CPU) on the same samples: its metric beside OpenVINO's reading
+    of the same file (``refs``: the FP32 model's outputs on OpenVINO)."""
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = {i.name for i in sess.get_inputs()}
+    outs = [[sess.run(None, {k: v for k, v in s.items() if k in names})[0]] for s in val_x]
+    metrics = _metrics(task, outs, val_y, refs)
+    print(f"{name} onnx on onnxruntime " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()), flush=True)
+
+
 def bench(name: str, args, tmp: Path) -> None:
     task = Encoder(args.work) if name == "encoder" else tasks.TASKS[name]()
     n_cal, n_val = args.calibration, args.validation
@@ -105,6 +116,7 @@ def bench(name: str, args, tmp: Path) -> None:
             line += (f"  quantize {times[key]:.2f}s  OpenVINO speedup latency {ratio['latency_speedup']:.2f}x "
                      f"throughput {ratio['throughput_speedup']:.2f}x")
         print(line, flush=True)
+    _onnxruntime_line(name, task, paths["onnx"], val_x, val_y, refs)
     dq = sum(n.op_type == "DequantizeLinear" for n in results["onnx"].model.graph.node)
     fq = sum(n.get_type_name() == "FakeQuantize" for n in results["ir"].model.get_ordered_ops())
     floats = {k: sum(row["status"] == "float" for row in r.layers) for k, r in results.items()}

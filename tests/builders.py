@@ -669,3 +669,21 @@ def separable_block(seed: int = 0, c: int = 8, size: int = 12, spread: float = 1
     inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, size, size])]
     outputs = [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 4, size, size])]
     return make_model(nodes, inputs, outputs, inits, name="separable_block")
+
+
+def wide_concat(seed: int = 0, c: int = 4, size: int = 8, gain: float = 100.0) -> onnx.ModelProto:
+    """input[N,3,s,s] -> conv_a, conv_b (no activation: signed outputs reaching a few hundred, so their int8
+    scales are above 1) -> Concat -> conv_d -> output: an FPN merge like PP-OCR det's."""
+    rng = np.random.default_rng(seed)
+    w = lambda o, i: (rng.normal(0, 0.3, (o, i, 3, 3)) * gain).astype(np.float32)  # noqa: E731
+    inits = [_init("wa", w(c, 3)), _init("wb", w(c, 3)), _init("wd", w(c, 2 * c) / gain)]
+    n = helper.make_node
+    nodes = [
+        n("Conv", ["input", "wa"], ["ca"], name="conv_a", pads=[1, 1, 1, 1]),
+        n("Conv", ["input", "wb"], ["cb"], name="conv_b", pads=[1, 1, 1, 1]),
+        n("Concat", ["ca", "cb"], ["cat"], name="concat", axis=1),
+        n("Conv", ["cat", "wd"], ["output"], name="conv_d", pads=[1, 1, 1, 1]),
+    ]
+    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, size, size])]
+    outputs = [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", c, size, size])]
+    return make_model(nodes, inputs, outputs, inits, name="wide_concat")

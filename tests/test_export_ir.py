@@ -94,6 +94,21 @@ def test_export_writes_int8_ir_with_manifest_figures(tmp_path):
     expected = 10 * np.log10(np.sum(ref ** 2) / np.sum((ref - q) ** 2))
     assert parity["per_output"]["output"]["int8_sqnr_db"] == pytest.approx(expected, abs=0.01)
     assert m.metrics["parity_ir_vs_fp32"] - m.metrics["parity_int8_vs_fp32"] <= 0.05
+    # the IR is judged against onnxruntime's executions of the INT8 model, the last one QDQ's reference semantics
+    figures = parity["per_output"]["output"]
+    assert parity["int8_executions"] == ["all", "basic", "none"] == list(figures["int8_executions_vs_fp32"])
+    assert figures["int8_span_vs_fp32"] == max(figures["int8_executions_vs_fp32"].values()) >= figures["int8_vs_fp32"]
+    assert m.metrics["parity_int8_span_vs_fp32"] == parity["int8_span_vs_fp32"]
+    w = {k: codes[k].astype(np.float64) * s for k, s in (("w1", 0.002), ("w2", 0.003))}
+
+    def qdq(x, scale, zp):  # QuantizeLinear (round half to even, saturate to uint8) then DequantizeLinear
+        return (np.clip(np.rint(x / scale) + zp, 0, 255) - zp) * scale
+
+    reference = [qdq(np.maximum(qdq(s["input"].astype(np.float64), np.float32(8 / 255), 128) @ w["w1"], 0),
+                     np.float32(4 / 255), 0) @ w["w2"] for s in export_ir._samples(dirs["calibration"])]
+    ref_q = np.concatenate([a.ravel() for a in reference])
+    assert figures["int8_executions_vs_fp32"]["none"] == pytest.approx(
+        np.linalg.norm(ref_q - ref) / np.linalg.norm(ref), rel=1e-4)
     assert {"model.xml", "model.bin", "fp32/model.xml", "fp32/model.bin"} <= set(read_manifest(out).outputs)
 
 
@@ -117,8 +132,10 @@ def test_parity_fails_when_ir_weights_tampered(tmp_path):
     blob[at: at + codes["w1"].nbytes] = (-codes["w1"]).tobytes()  # flip the sign of every W1 weight
     (out / "model.bin").write_bytes(bytes(blob))
     samples = export_ir._samples(dirs["calibration"])
-    with pytest.raises(InputError, match=r"output 'output' of the IR is further from the FP32 model .* worst sample "
-                                         r"\d+\); excess .* > export.parity_tolerance 0.05\. On this output the "
+    with pytest.raises(InputError, match=r"output 'output' of the IR is further from the FP32 model .* the furthest "
+                                         r"of onnxruntime's executions of it at graph optimization levels "
+                                         r"all/basic/none: .* worst sample \d+\); excess .* > "
+                                         r"export.parity_tolerance 0.05\. On this output the "
                                          r"INT8 ONNX model's own SQNR against FP32 is \d.* dB and the IR differs "
                                          r"from it by \d"):
         export_ir.check_parity(out / "model.xml", dirs["quantized"] / "model.onnx", dirs["model"] / "model.onnx",

@@ -344,10 +344,7 @@ def _revert(plan: QuantizationPlan, tensor: str, harm: float, mode: RestoreMode)
     still_quantized = {node for p in plan.activations for node, _ in p.edges}
     layers = sorted({node for node, _ in point.edges} - still_quantized)
     layers = [n for n in layers if any(n == node for w in plan.weights for node, _ in w.nodes)]
-    for w in plan.weights:
-        w.nodes = [e for e in w.nodes if e[0] not in layers]
-    plan.weights = [w for w in plan.weights if w.nodes]
-    plan.float_layers += [FloatLayer(n, f"accuracy control: its input {tensor!r} was reverted to float", BY)
-                          for n in layers]
-    plan.bias_layers = [b for b in plan.bias_layers if b not in layers]
+    # no activation quantizer feeds these layers any more: keep_layers_float takes their weights and bias correction
+    plan.keep_layers_float([FloatLayer(n, f"accuracy control: its input {tensor!r} was reverted to float", BY)
+                            for n in layers])
     return layers

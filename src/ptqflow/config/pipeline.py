@@ -154,7 +154,8 @@ class ExportConfig(_Strict):
     export_fp32: bool = Field(False, description="Also write the FP32 IR (fp32/model.xml).")
     parity_tolerance: float = Field(
         0.05, gt=0, description="How much further from the FP32 outputs (relative L2 over the parity samples) the IR "
-                                "may be than the INT8 ONNX model is.")
+                                "may be than the furthest of onnxruntime's executions of the INT8 ONNX model (its "
+                                "graph optimization levels all, basic and none).")
 
 
 class ConversionConfig(_Strict):

@@ -41,7 +41,9 @@ class QuantizationConfig(_Strict):
         None,
         description="Integer type of every activation quantizer: uint8 (signed ranges get a zero point) or int8. "
         "None (default): per tensor for openvino (uint8 for non-negative and asymmetric ranges, int8 for "
-        "symmetric signed ones); uint8 for onnxruntime, whose fused kernels need one type in and out.",
+        "symmetric signed ones but those a Concat reads: uint8 with zero point 128, the same grid, which "
+        "OpenVINO's CPU plugin reads correctly there); uint8 for onnxruntime, whose fused kernels need one type "
+        "in and out.",
     )
     weight_type: QuantType = Field(
         QuantType.INT8,
@@ -95,6 +97,13 @@ class QuantizationConfig(_Strict):
         if self.quant_format == QuantFormat.QDQ and self.static:
             return TargetRuntime.OPENVINO
         return TargetRuntime.ONNXRUNTIME
+
+    def effective_activation_type(self) -> str | None:
+        """The activations' integer type: the user's, else uint8 for onnxruntime (its fused kernels need one type),
+        else None (OpenVINO's choice per tensor: uint8 for non-negative ranges, int8 otherwise)."""
+        if self.activation_type is not None:
+            return self.activation_type.value
+        return "uint8" if self.effective_target_runtime() == TargetRuntime.ONNXRUNTIME else None
 
     def bias_correction_samples(self) -> int:
         """Samples full BiasCorrection runs on: ``advanced.bias_correction_subset_size``, else

@@ -227,8 +227,8 @@ def quantize(prepared: onnx.ModelProto, statistics: Statistics, config: Quantiza
 
 
 def number_formats(prepared: onnx.ModelProto, plan: QuantizationPlan, config: QuantizationConfig) -> minmax.NumberFormats:
-    """The integer types and given parameters of ``config`` for the QDQ writer. Activations default to one type
-    (uint8) for onnxruntime, whose fused kernels need it, and to OpenVINO's per-tensor choice otherwise.
+    """The integer types and given parameters of ``config`` for the QDQ writer. Activations take
+    config.effective_activation_type() (uint8 for onnxruntime, else OpenVINO's per-tensor choice).
     InputError naming a given tensor that is not in the model; a given tensor without a quantizer is a plan
     warning (it stays float)."""
     given: dict[str, tuple[int, float]] = {}
@@ -242,10 +242,7 @@ def number_formats(prepared: onnx.ModelProto, plan: QuantizationPlan, config: Qu
                 plan.warnings.append(f"quantization.{field_name}: tensor {tensor!r} has no quantizer (kept in float "
                                      "or its quantizer sits on another tensor); its parameters are unused")
             given[tensor] = params
-    activation = config.activation_type.value if config.activation_type else None
-    if activation is None and config.effective_target_runtime() == TargetRuntime.ONNXRUNTIME:
-        activation = "uint8"
-    return minmax.NumberFormats(activation, config.weight_type.value, given)
+    return minmax.NumberFormats(config.effective_activation_type(), config.weight_type.value, given)
 
 
 def quantize_dynamic(model, config: QuantizationConfig) -> QuantizationResult:

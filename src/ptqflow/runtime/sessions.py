@@ -41,13 +41,22 @@ def available_providers() -> list[str]:
     return list(ort.get_available_providers())
 
 
-def make_session(model, device: str = "cpu", intra_op_threads: int | None = None):
+# onnxruntime's graph optimization levels by name: "all" fuses a QDQ model into integer kernels, "none" runs it as
+# written (QuantizeLinear/DequantizeLinear around float operators, the format's reference semantics).
+OPTIMIZATION_LEVELS = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+                       "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                       "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                       "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}
+
+
+def make_session(model, device: str = "cpu", intra_op_threads: int | None = None, optimization: str = "all"):
     """A session for ``model`` (ModelProto of any size, path or serialized bytes) on ``device`` ("cpu", "cuda" or
     "npu"). A ModelProto over 2 GB, or holding SESSION_FILE_BYTES of weights, is written to a temporary file with
     external data first (the running step's scratch directory), which is removed once the session has read it.
 
     Intra-op threads use every core unless ``intra_op_threads`` says otherwise (callers that run one session
-    from several threads at once, one sample each, ask for 1). Asking for a device whose provider is missing raises
+    from several threads at once, one sample each, ask for 1). ``optimization`` is onnxruntime's graph optimization
+    level (OPTIMIZATION_LEVELS; an OpenVINO session ignores it). Asking for a device whose provider is missing raises
     DeviceUnavailableError naming the providers that are available, instead of falling back to CPU.
     """
     device = str(getattr(device, "value", device)).lower()
@@ -71,6 +80,7 @@ def make_session(model, device: str = "cpu", intra_op_threads: int | None = None
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = intra_op_threads or os.cpu_count() or 1
     opts.log_severity_level = 3
+    opts.graph_optimization_level = OPTIMIZATION_LEVELS[optimization]
     # A MatMul/Gemm with an int8 weight (DequantizeLinear) and a float input is fused into MatMulNBits, which by
     # default quantizes that input to int8 at run time: a layer ptqflow kept float there would be measured
     # quantized. Accuracy level 1 (fp32) computes what the graph says.

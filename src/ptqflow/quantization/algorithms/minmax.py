@@ -108,6 +108,9 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantizationPlan, ranges: dict[str,
         records.append(_quantize_weight(g, entry, inits, values, nodes_by_name, used, new_nodes, formats.weight))
     for point in plan.activations:
         scale, zp, dtype, record = activation_quantizer(point, ranges, formats)
+        if dtype == TensorProto.INT8 and formats.activation is None and _reaches_concat(point, nodes_by_name):
+            zp, dtype = zp + 128, TensorProto.UINT8
+            record = {**record, "zero_point": zp, "dtype": "uint8"}
         t = point.tensor
         s_name, z_name = _unique(t + "_scale", used), _unique(t + "_zero_point", used)
         g.initializer.append(numpy_helper.from_array(np.array(scale, np.float32), s_name))
@@ -120,6 +123,18 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantizationPlan, ranges: dict[str,
         records.append({**record, "output": dq_out})
     _topological_insert(g, new_nodes)
     return records
+
+
+def _reaches_concat(point: ActivationQuantizer, nodes_by_name: dict[str, onnx.NodeProto]) -> bool:
+    """True when a Concat reads the quantizer ``point``'s output.
+
+    Such a pair is written in uint8 with zero point 128 where the per-tensor choice (OpenVINO's) gives int8 with
+    zero point 0: the same grid, read alike by onnxruntime, while OpenVINO 2026.4.1 reading the ONNX file (CPU
+    plugin; ov.convert_model's model is right) computes int8 pairs meeting at a Concat that a quantized Conv reads
+    as if their scale were 1, round(clamp(x, -128, 127)) (PP-OCR det's FPN merge, scale 14.7, lost every box;
+    bench/README.md, IR input).
+    """
+    return any(nodes_by_name[name].op_type == "Concat" for name, _ in point.edges)
 
 
 def activation_quantizer(point: ActivationQuantizer, ranges: dict[str, tuple[float, float]],

@@ -5,7 +5,7 @@ error go into the plan (``plan.ranges``), which every reader of ``Statistics.ran
 
 from __future__ import annotations
 
-from ptqflow.config import QuantizationConfig, TargetRuntime
+from ptqflow.config import QuantizationConfig
 from ptqflow.quantization.algorithms import range_search
 from ptqflow.quantization.passes.base import PassResult
 from ptqflow.quantization.passes.context import PlanContext, PlanPass
@@ -26,8 +26,7 @@ class RangeSearch(PlanPass):
         if not ctx.samples or ctx.prepared is None or not ctx.plan.activations:
             return PassResult(self.name, False, ["skipped: no calibration samples or no activation quantizers"])
         config = ctx.config
-        qtype = config.activation_type.value if config.activation_type else (
-            "uint8" if config.effective_target_runtime() == TargetRuntime.ONNXRUNTIME else None)
+        qtype = config.effective_activation_type()
         chosen = range_search.search(ctx.prepared, ctx.plan, ctx.statistics.ranges(True), ctx.statistics.ranges(False),
                                      ctx.samples[:config.advanced.range_search_samples], ctx.make_session, qtype)
         ctx.plan.ranges.update(chosen)

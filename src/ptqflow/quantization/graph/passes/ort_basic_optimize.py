@@ -126,9 +126,8 @@ def restore_functions(source: onnx.ModelProto, optimized: onnx.ModelProto) -> li
                     restored += 1
                     break
         if restored:
-            kept = [onnx.NodeProto.FromString(n.SerializeToString()) for n in g.node if n.output[0] not in dropped]
-            del g.node[:]
-            g.node.extend(kept)
+            for k in reversed([k for k, n in enumerate(g.node) if n.output[0] in dropped]):
+                del g.node[k]  # in place, last first: the indices before it stay valid
             changes.append(f"{op} nodes restored from onnxruntime's inlined bodies: {restored}")
     return changes
 
