@@ -3,8 +3,8 @@ its ONNX file and from its IR (ov.convert_model of the same file), then the FP32
 on OpenVINO CPU on rendered validation samples; the ONNX path's INT8 model also on onnxruntime.
 
 Per model: quantization time of each path (run twice, alternating, median) and their ratio, the task metric,
-FakeQuantize vs QDQ counts, and each INT8 model's OpenVINO speedup over FP32 at f32 (bench/speed.py, measured
-alternately). The models: PP-OCR cls, rec and det, and the encoder (all-MiniLM-L6-v2, exported by the bench,
+FakeQuantize vs QDQ counts, each INT8 model's OpenVINO speedup over FP32 at f32 (bench/speed.py, measured
+alternately), and what the error-driven mixed-precision search kept float on each path, with its summary. The models: PP-OCR cls, rec and det, and the encoder (all-MiniLM-L6-v2, exported by the bench,
 quantized as a transformer as the bench's other methods are). Usage:
     PYTHONPATH=src:bench bench/.venv/bin/python bench/ir_input.py [--tasks cls,rec,det,encoder] [--calibration 64]
         [--validation 200] [--speed-iters 200] [--speed-rounds 10] [--full-bc] [--work DIR]
@@ -13,6 +13,7 @@ quantized as a transformer as the bench's other methods are). Usage:
 from __future__ import annotations
 
 import argparse
+import logging
 import statistics
 import tempfile
 import time
@@ -49,16 +50,32 @@ def _metrics(task, outputs: list, labels: list, refs: list) -> dict:
     return task.metrics(outputs, labels) if task.kind in ("cls", "rec") else task.metrics(outputs, labels, refs)
 
 
+class _SearchLines(logging.Handler):
+    """Keeps the mixed-precision pass's summary lines (errors all int8 and after, evaluations, why it stopped)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("mixed_precision: output error"):
+            _SEARCH.append(message.removeprefix("mixed_precision: "))
+
+
+_SEARCH: list[str] = []
+logging.getLogger("ptqflow").addHandler(_SearchLines())
+logging.getLogger("ptqflow").setLevel(logging.INFO)
+
+
 def _quantize_both(model_path: Path, samples: list[dict], config: QuantizationConfig) -> tuple[dict, dict]:
     """Results and quantization times of the ONNX and the IR path, each twice, alternating."""
     times: dict[str, list[float]] = {"onnx": [], "ir": []}
     results = {}
     for _ in range(2):
         for path in ("onnx", "ir"):
+            _SEARCH.clear()
             model = str(model_path) if path == "onnx" else ov.convert_model(str(model_path))
             start = time.perf_counter()
             results[path] = api.quantize_with_config(model, samples, config)
             times[path].append(time.perf_counter() - start)
+            results[path].search = list(_SEARCH)  # the last run's search summary
     return results, {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -105,8 +122,19 @@ def bench(name: str, args, tmp: Path) -> None:
     floats = {k: sum(row["status"] == "float" for row in r.layers) for k, r in results.items()}
     print(f"{name} ONNX DequantizeLinear {dq}, IR FakeQuantize {fq}; float layers ONNX {floats['onnx']}, IR "
           f"{floats['ir']}; quantize time IR/ONNX {times['ir'] / times['onnx']:.2f}", flush=True)
+    for key, r in results.items():
+        print(f"{name} {key} kept float by mixed precision: {_decisions(r.plan)}; search: {r.search}", flush=True)
     if args.full_bc:
         _compare_shifts(name, results)
+
+
+def _decisions(plan) -> str:
+    """The mixed-precision search's float decisions in ``plan`` (tensor, or layer and its weight, with the measured
+    gain and the output that drove it)."""
+    found = [(f.tensor, f.measured) for f in plan.float_tensors if f.by == "mixed_precision"]
+    found += [(f"layer {f.node}", f.measured) for f in plan.float_layers if f.by == "mixed_precision"]
+    return "; ".join(f"{what} gain {m['gain']:.4g} ({m['error_int8']:.4g} -> {m['error_float']:.4g}, output "
+                     f"{m['output']})" for what, m in found) or "none"
 
 
 def _compare_shifts(name: str, results: dict) -> None:

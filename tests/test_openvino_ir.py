@@ -16,7 +16,8 @@ ov = pytest.importorskip("openvino")
 
 import ptqflow  # noqa: E402
 from ptqflow import api  # noqa: E402
-from builders import conv_classifier, ov_conv_block, random_inputs, save, shape_branch_head  # noqa: E402
+from builders import (conv_classifier, ov_conv_block, padded_input_mlp, padded_inputs, random_inputs, save,  # noqa: E402
+                      shape_branch_head)
 from ptqflow.config import AdvancedParameters, QuantizationConfig  # noqa: E402
 from ptqflow.errors import ConfigError, InputError  # noqa: E402
 from ptqflow.quantization.graph.openvino_view import build_view  # noqa: E402
@@ -118,6 +119,55 @@ def test_sensitivity_search_on_an_ir_decides_as_on_onnx(tmp_path):
     decided = [[(f.tensor, f.by, f.reason) for f in api.collect_statistics(m, samples, cfg).plan.float_tensors]
                for m in (str(onnx_path), ov.convert_model(str(onnx_path)))]
     assert decided[1] == decided[0] and [d[:2] for d in decided[0]] == [("gap", "sensitivity_search")]
+
+
+def _fq_readers(model) -> set[tuple[str, int]]:
+    """(friendly name, input index) of the op inputs that read a FakeQuantize."""
+    return {(t.get_node().get_friendly_name(), t.get_index()) for n in model.get_ordered_ops()
+            if n.get_type_name() == "FakeQuantize" for t in n.output(0).get_target_inputs()}
+
+
+@pytest.mark.parametrize("planted", ["activation", "weight"])
+def test_mixed_precision_search_on_an_ir_decides_as_on_onnx(tmp_path, planted):
+    """The default quantize runs the error-driven search on an IR (the gated ov.Model, weight gates included) and
+    keeps the quantizer the ONNX path keeps in float, with the same measurement. Planted: outlier_mlp's h0, whose
+    outlier channel owns its per-tensor scale and rounds the useful channels to zero before the logits; or
+    padded_input_mlp's fc1 weight, whose per-channel scales are set by a row that only ever meets zeros."""
+    from test_accuracy_control import inputs, outlier_mlp
+
+    from ptqflow.pipeline.report.decisions import float_names
+    from ptqflow.pipeline.steps.quantize import with_readers
+    from ptqflow.quantization import openvino_engine
+
+    model, data = (outlier_mlp(1), inputs(32, 0)) if planted == "activation" else (padded_input_mlp(),
+                                                                                     padded_inputs(32))
+    onnx_path = save(model, tmp_path / "m.onnx")
+    r_onnx = api.quantize_with_config(str(onnx_path), data, QuantizationConfig())
+    ir = ov.convert_model(str(onnx_path))
+    r_ir = api.quantize_with_config(ir, data, QuantizationConfig())
+    decided = [[(f.tensor, f.by) for f in r.plan.float_tensors] + [f.by for f in r.plan.float_layers]
+               for r in (r_onnx, r_ir)]
+    assert decided[1] == decided[0] == ([("h0", "mixed_precision")] if planted == "activation"
+                                        else ["mixed_precision"])
+    found = [(r.plan.float_tensors + r.plan.float_layers)[0].measured for r in (r_onnx, r_ir)]
+    assert found[1]["output"] == found[0]["output"] and found[1]["samples"] == found[0]["samples"] == 8
+    for key in ("error_int8", "error_float", "gain"):
+        assert found[1][key] == pytest.approx(found[0][key], rel=1e-3, abs=1e-5)
+    assert not any("mixed_precision" in w for w in r_ir.plan.warnings)
+    row = next(r for r in r_ir.layers if r.get("decided_by") == "mixed_precision")
+    assert row["status"] == "float" and row["measured"] == found[1]
+    # the report's paste-able ignored_scope names the IR's node (the quantize step adds a float tensor's readers)
+    layers = with_readers(list(r_ir.layers), openvino_engine.prepare(ir).view.view)
+    assert [name for name, by in float_names(layers) if by.startswith("mixed_precision")] == ["fc1"]
+    # the INT8 IR: fc1 reads h0 in float, or (its layer float) its weight too
+    gone = {("fc1", 0)} if planted == "activation" else {("fc1", 0), ("fc1", 1)}
+    plain = api.quantize_with_config(ir, data, QuantizationConfig(advanced=AdvancedParameters(
+        safeguard_mixed_precision=False)))
+    assert not gone & _fq_readers(r_ir.model) and gone <= _fq_readers(plain.model)
+    held_out = inputs(64, 7) if planted == "activation" else padded_inputs(64, seed=9)
+    ref = _run(ir, held_out, FP32)
+    error = lambda m: sum(float(np.sum((a - b) ** 2)) for a, b in zip(_run(m, held_out, FP32), ref))
+    assert error(r_ir.model) < 0.5 * error(plain.model)
 
 
 def test_xml_path_and_statistics_round_trip(tmp_path):

@@ -5,7 +5,8 @@ Placement, the plan, the statistic points and the plan passes are the ONNX path'
 itself (statistics.openvino_collector), the plan is written as FakeQuantize nodes (algorithms.fake_quantize) and
 FastBiasCorrection and full BiasCorrection run on OpenVINO (algorithms.openvino_bias, openvino_bias_correction).
 The plan passes that run the model on kept samples run on OpenVINO where ``ON_OPENVINO`` has their form (the
-sensitivity search: algorithms.openvino_sensitivity) and are left out with a plan warning otherwise; SmoothQuant,
+sensitivity search at collection, the error-driven mixed-precision search at quantization, both on
+algorithms.openvino_sensitivity's gated ov.Model) and are left out with a plan warning otherwise; SmoothQuant,
 which needs the ONNX graph, is refused by name.
 """
 
@@ -25,12 +26,14 @@ from ptqflow.quantization.algorithms import (fast_bias_correction, minmax, openv
 from ptqflow.quantization.algorithms import quantizer_placement as placement
 from ptqflow.quantization.algorithms.bias_layers import find_bias_layers
 from ptqflow.quantization.algorithms.bias_step import (guard_samples, guard_verdict, planned_bias_layers,
-                                                      require_collected, statistics_request)
+                                                      require_collected, statistics_request, with_verdict)
+from ptqflow.quantization.algorithms.error_search import SearchResult
 from ptqflow.quantization.algorithms.fake_quantize import insert_fake_quantize
 from ptqflow.quantization.algorithms.summary import layer_summary
 from ptqflow.quantization.engine import Collected, QuantizationResult, StreamFor, run_passes, samples_needed
 from ptqflow.quantization.graph.openvino_view import OVView, build_view, is_openvino, mark_batch  # noqa: F401
 from ptqflow.quantization.passes.context import PlanContext
+from ptqflow.quantization.passes.mixed_precision import MixedPrecision
 from ptqflow.quantization.passes.registry import plan_passes
 from ptqflow.quantization.passes.sensitivity import SensitivitySafeguard
 from ptqflow.quantization.statistics import Statistics, openvino_collector
@@ -97,9 +100,35 @@ class SensitivityOnOpenVINO(SensitivitySafeguard):
             min_gain=adv.sensitivity_min_gain, min_error=adv.sensitivity_min_error)
 
 
+class MixedPrecisionOnOpenVINO(MixedPrecision):
+    """The error-driven mixed-precision pass (same switch, samples, bounds and decisions) measured on the prepared
+    ov.Model: error_search's search on algorithms.openvino_sensitivity's gated model, weight gates included."""
+
+    def __init__(self, prepared: Prepared):
+        self.prepared = prepared
+
+    def search(self, ctx: PlanContext, ranges: dict, samples: list[dict], **bounds) -> SearchResult:
+        return openvino_sensitivity.mixed_precision_search(self.prepared.model, self.prepared.view, ctx.plan, ranges,
+                                                           samples, **bounds)
+
+
 # The plan passes that run the model, by name -> their OpenVINO form (made for the prepared model); the others are
 # left out with a plan warning.
-ON_OPENVINO = {SensitivitySafeguard.name: SensitivityOnOpenVINO}
+ON_OPENVINO = {SensitivitySafeguard.name: SensitivityOnOpenVINO, MixedPrecision.name: MixedPrecisionOnOpenVINO}
+
+
+def _on_openvino(stage: str, prepared: Prepared, plan, config: QuantizationConfig) -> list:
+    """The enabled plan passes of ``stage`` as they run on ``prepared``: a pass that runs the model (it keeps
+    samples) in its OpenVINO form, one without that form left out with a plan warning."""
+    found = []
+    for p in (p for p in plan_passes(stage) if p.enabled(config.advanced)):
+        if p.samples(config):
+            if p.name not in ON_OPENVINO:
+                plan.warnings.append(f"{p.name}: not run on an OpenVINO model (it runs the model on onnxruntime)")
+                continue
+            p = ON_OPENVINO[p.name](prepared)
+        found.append(p)
+    return found
 
 
 def _no_session(model):
@@ -115,14 +144,7 @@ def collect(model, stream_for: StreamFor, config: QuantizationConfig, device: st
     layers = find_bias_layers(view)
     plan.bias_layers = [layer.name for layer in layers]
     plan.collected = statistics_request(config)
-    passes = []
-    for p in (p for p in plan_passes() if p.enabled(config.advanced)):
-        if p.samples(config):  # runs the model: on OpenVINO where this backend has the pass, else not at all
-            if p.name not in ON_OPENVINO:
-                plan.warnings.append(f"{p.name}: not run on an OpenVINO model (it runs the model on onnxruntime)")
-                continue
-            p = ON_OPENVINO[p.name](prepared)
-        passes.append(p)
+    passes = _on_openvino("collect", prepared, plan, config)
     keep_samples = max([keep_samples] + [p.samples(config) for p in passes])
     points = minmax.statistic_points(plan)
     points += fast_bias_correction.statistic_points(layers) if plan.collected["bias_input_means"] else []
@@ -134,48 +156,73 @@ def collect(model, stream_for: StreamFor, config: QuantizationConfig, device: st
     return Collected(seen.statistics, prepared, seen.kept)
 
 
-def quantize(prepared: Prepared, statistics: Statistics, config: QuantizationConfig, samples,
-             device: str) -> QuantizationResult:
-    """The INT8 ov.Model (FakeQuantize nodes) of ``prepared`` per the statistics' plan, and the per-layer summary."""
+def quantize(prepared: Prepared, statistics: Statistics, config: QuantizationConfig, samples, device: str, *,
+             plan_passes_on: bool = True) -> QuantizationResult:
+    """The INT8 ov.Model (FakeQuantize nodes) of ``prepared`` per the statistics' plan, and the per-layer summary;
+    engine.quantize's order: bias correction and its guard on the plan as collected, then the quantize-stage plan
+    passes (unless ``plan_passes_on`` is False) in their OpenVINO form, and a changed plan written again with the
+    guard's verdict standing (corrected again when it kept the correction). ``samples(n)`` is called once."""
     check_supported(config, device)
     plan = statistics.plan
     plan.check_matches(prepared.view.view)
+    pool = samples(samples_needed(config))
+    q, bound, records = _write(prepared, statistics, config)
+    q, bc = _correct_and_guard(prepared, q, bound, statistics, config, pool)
+    passes = _on_openvino("quantize", prepared, plan, config) if plan_passes_on else []
+    decided = (len(plan.float_tensors), len(plan.float_layers))
+    run_passes(passes, PlanContext(prepared.view.view, plan, statistics, config, pool, _no_session, device))
+    if (len(plan.float_tensors), len(plan.float_layers)) != decided:
+        q, bound, records = _write(prepared, statistics, config)
+        if any(r.get("applied") for r in bc):  # the guard kept the correction: corrected again, its figures kept
+            bc = with_verdict(_correct(prepared, q, bound, statistics, config, pool), bc)
+    return QuantizationResult(model=q, layers=layer_summary(prepared.view.view, plan, records, bc), plan=plan)
+
+
+def _write(prepared: Prepared, statistics: Statistics, config: QuantizationConfig) -> tuple[object, object, list]:
+    """A clone of the prepared model with the statistics' plan written as FakeQuantize nodes, the view bound to it
+    and the writer's records."""
     q = prepared.model.clone()
     mean_minmax = RangeEstimator(config.advanced.activations_range) == RangeEstimator.MEAN_MINMAX
     bound = prepared.view.bind(q)  # before the writer changes q: its nodes stay q's nodes afterwards
-    records = insert_fake_quantize(q, bound, plan, statistics.ranges(mean_minmax))
-    q, bc = _correct_and_guard(prepared, q, bound, statistics, config, samples)
-    return QuantizationResult(model=q, layers=layer_summary(prepared.view.view, plan, records, bc))
+    return q, bound, insert_fake_quantize(q, bound, statistics.plan, statistics.ranges(mean_minmax))
 
 
-def _correct_and_guard(prepared: Prepared, q, bound, statistics: Statistics, config: QuantizationConfig,
-                       samples) -> tuple[object, list[dict]]:
-    """The configured bias correction on ``q`` (``bound``: the view bound to it), FastBiasCorrection from the input
-    means or full BiasCorrection on the first calibration samples, then the guard (bias_step's split of the
-    samples and verdict, judged on OpenVINO): the model to return (``q`` corrected, or uncorrected when the
-    correction raised the output error) and the records."""
+def _correct(prepared: Prepared, q, bound, statistics: Statistics, config: QuantizationConfig,
+             pool: list[dict]) -> list[dict]:
+    """The configured bias correction on ``q`` in place (``bound``: the view bound to it), FastBiasCorrection from
+    the input means or full BiasCorrection on the first calibration samples of ``pool``; its records."""
     adv = config.advanced
     view = prepared.view.view
     layers = planned_bias_layers(view, statistics.plan)
     if adv.disable_bias_correction or not layers:
-        return q, []
-    uncorrected = q.clone() if adv.bias_correction_guard_samples else None
+        return []
     inits = {t.name: t for t in view.graph.initializer}
     biases = {layer.name: numpy_helper.to_array(inits[layer.bias]).astype(np.float64).reshape(-1) for layer in layers}
     fp32 = prepared.view.bind(prepared.model)
-    pool = samples(samples_needed(config))
     if config.fast_bias_correction:
         require_collected(statistics, fast_bias_correction.statistic_points(layers),
                           "FastBiasCorrection's per-channel input means")
-        records = openvino_bias.fast_bias_correction(
+        return openvino_bias.fast_bias_correction(
             fp32, bound, layers, statistics.of(fast_bias_correction.FAST_BIAS_CORRECTION), biases,
             adv.bias_correction_threshold)
-    else:
-        fit = pool[:config.bias_correction_samples()]
-        if not fit:
-            raise InputError("full bias correction (fast_bias_correction=False) needs the calibration dataset")
-        records = openvino_bias_correction.apply_bias_correction(fp32, prepared.model, bound, q, layers, fit, biases,
-                                                                 adv.bias_correction_threshold)
+    fit = pool[:config.bias_correction_samples()]
+    if not fit:
+        raise InputError("full bias correction (fast_bias_correction=False) needs the calibration dataset")
+    return openvino_bias_correction.apply_bias_correction(fp32, prepared.model, bound, q, layers, fit, biases,
+                                                          adv.bias_correction_threshold)
+
+
+def _correct_and_guard(prepared: Prepared, q, bound, statistics: Statistics, config: QuantizationConfig,
+                       pool: list[dict]) -> tuple[object, list[dict]]:
+    """_correct on ``q``, then the guard (bias_step's split of the samples and verdict, judged on OpenVINO): the
+    model to return (``q`` corrected, or uncorrected when the correction raised the output error) and the
+    records."""
+    adv = config.advanced
+    view = prepared.view.view
+    if adv.disable_bias_correction or not planned_bias_layers(view, statistics.plan):
+        return q, []
+    uncorrected = q.clone() if adv.bias_correction_guard_samples else None
+    records = _correct(prepared, q, bound, statistics, config, pool)
     guard, held_out, fitted = guard_samples(view, config, pool) if uncorrected is not None else ([], 0, [])
     if not guard or not any(r.get("applied") for r in records):
         return q, records

@@ -45,8 +45,11 @@ def run(inputs: dict[str, Path], out: Path, cfg: PipelineConfig) -> Manifest:
     if model.suffix == ".xml":  # an IR in, an IR out: FakeQuantize nodes over float weights, as NNCF writes it
         import openvino as ov
 
+        from ptqflow.quantization.openvino_engine import prepare
+
         ov.save_model(result.model, str(Path(out) / IR_FILE), compress_to_fp16=False)
-        layers = list(result.layers)
+        # the summary names the IR's view (graph.openvino_view): its nodes are the float tensors' readers
+        layers = with_readers(list(result.layers), prepare(model).view.view)
     else:
         result.model.ir_version = min(result.model.ir_version or MAX_IR_VERSION, MAX_IR_VERSION)
         save_model(result.model, Path(out) / "model.onnx")  # over 2 GB: weights in model.onnx.data beside it

@@ -141,9 +141,12 @@ def reapply(prepared: onnx.ModelProto, q: onnx.ModelProto, statistics: Statistic
     if not any(r.get("applied") for r in verdict):
         return verdict
     n_fit = 0 if config.fast_bias_correction else config.bias_correction_samples()
-    records = correct_biases(prepared, q, statistics, config, samples[:n_fit], device)
-    judged = {r.get("layer"): r for r in verdict if "error_before" in r}
-    guard = next(iter(judged.values()), {})
+    return with_verdict(correct_biases(prepared, q, statistics, config, samples[:n_fit], device), verdict)
+
+
+def with_verdict(records: list[dict], verdict: list[dict]) -> list[dict]:
+    """``records`` (a correction made again) with the guard's figures of ``verdict`` on each applied layer."""
+    guard = next((r for r in verdict if "error_before" in r), {})
     for r in records:
         if r.get("applied") and guard:
             r.update({k: guard[k] for k in ("error_before", "error_after", "held_out")})

@@ -89,7 +89,8 @@ class _Evaluator:
 
 def search(prepared: onnx.ModelProto, plan: QuantizationPlan, ranges: dict, samples: list[dict],
            make_session: Callable, make_runner: Callable, *, max_float: int, min_share: float, target: float,
-           max_evals: int, held_out: list[dict] | None = None, weights: bool = False) -> SearchResult:
+           max_evals: int, held_out: list[dict] | None = None, weights: bool = False,
+           gated_runner: Callable | None = None) -> SearchResult:
     """The search of the module docstring on ``samples``; ``ranges`` by quantizer group (Statistics.ranges).
     With ``held_out`` samples, a quantizer found goes float only when its gain also holds on them (at least
     ``min_share`` of the error the candidates cause there): the search picks the largest of many measured gains,
@@ -97,7 +98,11 @@ def search(prepared: onnx.ModelProto, plan: QuantizationPlan, ranges: dict, samp
     found goes float with the activation quantizers that feed only its layers (``layer_inputs``: the layers go
     float), and the error after it is measured so.
     ``make_session(model)``: the FP32 reference's session; ``make_runner(model, outputs)``: the gated model's
-    runner (the statistics runtime: OpenVINO's CPU plugin where it compiles the model, which runs it faster)."""
+    runner (the statistics runtime: OpenVINO's CPU plugin where it compiles the model, which runs it faster).
+    ``gated_runner(weights)``: (the gated model's runner, the quantized tensors in gate order) for a backend whose
+    model is not ``prepared`` itself (an OpenVINO model: ``prepared`` is its ONNX-form view, which names the
+    inputs, the outputs and the plan's tensors); by default the gated ONNX model of ``prepared``, run by
+    ``make_runner``."""
     result = SearchResult()
     if not samples or not (plan.activations or (weights and plan.weights)):
         result.stopped = "no samples or no quantizer"
@@ -115,17 +120,10 @@ def search(prepared: onnx.ModelProto, plan: QuantizationPlan, ranges: dict, samp
         screen = ev = _evaluator(prepared, samples, fp32)
     check = _evaluator(prepared, held_out, fp32, len(held_out) / len(samples)) if held_out else None
     del fp32
-    with scratch_dir("ptqflow-gated-") as tmp:
-        gated, tensors = gated_model(prepared, plan, ranges, weights=weights)
-        if is_large(prepared):  # the float weights go to a file as they are made, one at a time
-            with DataFile(Path(tmp) / "folded.data") as folded:
-                fold_constant_dequantize(gated, folded.tensor)
-        else:
-            fold_constant_dequantize(gated)
-        if is_large(prepared) or is_large(gated):  # rebinding drops the ModelProto: only the files remain
-            gated = save_model(gated, Path(tmp) / "model.onnx", external=True)
-        ev.runner = make_runner(gated, [o.name for o in prepared.graph.output])
-        del gated
+    if gated_runner is None:
+        ev.runner, tensors = _onnx_gated_runner(prepared, plan, ranges, make_runner, weights)
+    else:
+        ev.runner, tensors = gated_runner(weights)
     for other in (screen, check):
         if other is not None:
             other.runner = ev.runner
@@ -135,6 +133,25 @@ def search(prepared: onnx.ModelProto, plan: QuantizationPlan, ranges: dict, samp
     _run(ev, screen, check, plan, tensors, weights, result, max_float=max_float, min_share=min_share,
          target=target, max_evals=max_evals)
     return result
+
+
+def _onnx_gated_runner(prepared: onnx.ModelProto, plan: QuantizationPlan, ranges: dict, make_runner: Callable,
+                       weights: bool) -> tuple[object, list[str]]:
+    """The runner of ``prepared``'s gated ONNX model (sensitivity.gated_model, constant DequantizeLinear folded)
+    and the quantized tensors in gate order; for a model over 2 GB the float weights go to a file as they are
+    folded, and the model itself before its runner is made (the runner maps the files)."""
+    with scratch_dir("ptqflow-gated-") as tmp:
+        gated, tensors = gated_model(prepared, plan, ranges, weights=weights)
+        if is_large(prepared):  # the float weights go to a file as they are made, one at a time
+            with DataFile(Path(tmp) / "folded.data") as folded:
+                fold_constant_dequantize(gated, folded.tensor)
+        else:
+            fold_constant_dequantize(gated)
+        if is_large(prepared) or is_large(gated):  # rebinding drops the ModelProto: only the files remain
+            gated = save_model(gated, Path(tmp) / "model.onnx", external=True)
+        runner = make_runner(gated, [o.name for o in prepared.graph.output])
+        del gated
+    return runner, tensors
 
 
 def _run(ev: _Evaluator, screen: _Evaluator, check: _Evaluator | None, plan: QuantizationPlan, tensors: list[str],

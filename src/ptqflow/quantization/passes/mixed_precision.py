@@ -40,10 +40,8 @@ class MixedPrecision(PlanPass):
         # Weight gates hold every weight twice (float and quantized): not for a model over 2 GB.
         weights = adv.mixed_precision_weights and not is_large(ctx.prepared)
         n_points, n = len(ctx.plan.activations) + (len(ctx.plan.weights) if weights else 0), adv.mixed_precision_samples
-        found = error_search.search(
-            ctx.prepared, ctx.plan, ctx.statistics.ranges(mean_minmax), ctx.samples[:n],
-            ctx.make_session, lambda m, outputs: make_runner(m, outputs, ctx.device, adv.statistics_runtime,
-                                                             lambda m2, d: ctx.make_session(m2)),
+        found = self.search(
+            ctx, ctx.statistics.ranges(mean_minmax), ctx.samples[:n],
             max_float=max(1, math.floor(adv.mixed_precision_max_float_share * n_points)),
             min_share=adv.mixed_precision_min_share, target=adv.mixed_precision_target_error,
             max_evals=adv.mixed_precision_max_evals, held_out=ctx.samples[n:2 * n], weights=weights)
@@ -62,6 +60,16 @@ class MixedPrecision(PlanPass):
                    f"{found.evaluations:.3g} evaluations; stopped: {found.stopped}")
         return PassResult(self.name, bool(found.float_tensors),
                           [summary] + [f"{m.tensor}: {m.as_dict()}" for m in found.float_tensors])
+
+    def search(self, ctx: PlanContext, ranges: dict, samples: list[dict], **bounds) -> error_search.SearchResult:
+        """error_search.search on ``samples`` with ``bounds`` (its keyword arguments), measured with onnxruntime
+        sessions of ``ctx`` and the statistics runtime's runner (an OpenVINO model measures on its own backend:
+        openvino_engine.MixedPrecisionOnOpenVINO)."""
+        adv = ctx.config.advanced
+        return error_search.search(
+            ctx.prepared, ctx.plan, ranges, samples, ctx.make_session,
+            lambda m, outputs: make_runner(m, outputs, ctx.device, adv.statistics_runtime,
+                                           lambda m2, d: ctx.make_session(m2)), **bounds)
 
 
 def _why(m: error_search.Measured, what: str = "") -> str:
