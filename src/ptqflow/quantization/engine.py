@@ -33,7 +33,7 @@ from ptqflow.quantization.statistics.points import StatisticPoint
 from ptqflow.quantization.statistics.runner import make_runner
 from ptqflow.quantization.writers import dynamic_contrib, integer_ops, write
 from ptqflow.runtime.model_files import SetAside, copy_without
-from ptqflow.runtime.sessions import make_session
+from ptqflow.runtime.sessions import OutputCache, make_session
 
 log = get_logger("engine")
 
@@ -201,7 +201,10 @@ def quantize(prepared: onnx.ModelProto, statistics: Statistics, config: Quantiza
     pool = samples(samples_needed(config))
     # The guard's FP32 outputs before the INT8 model exists: never an FP32 session beside the INT8 model and its
     # uncorrected copy (for a model over 2 GB the step's peak; bench/README.md, "Models over 2 GB").
-    references = guard_references(prepared, config, pool, device)
+    # The FP32 outputs are computed once per sample: the guard and the mixed-precision search judge against them on
+    # overlapping samples (the first calibration samples).
+    fp32 = OutputCache(prepared, device)
+    references = guard_references(prepared, config, pool, device, fp32)
     q, records = _write(prepared, plan, statistics, config)
     bc = correct_and_guard(prepared, q, statistics, config, pool, device, references)
     del references
@@ -212,7 +215,8 @@ def quantize(prepared: onnx.ModelProto, statistics: Statistics, config: Quantiza
     with SetAside(q, to_file=bool(passes) and is_large(prepared)) as aside:
         del q
         run_passes(passes, PlanContext(prepared, plan, statistics, config, pool, lambda m: make_session(m, device),
-                                        device))
+                                        device, fp32))
+        del fp32
         if (len(plan.float_tensors), len(plan.float_layers)) != decided:
             q, records = _write(prepared, plan, statistics, config)
             bc = reapply(prepared, q, statistics, config, pool, device, bc)

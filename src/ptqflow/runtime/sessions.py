@@ -101,6 +101,25 @@ def run_each(model, feeds: list[dict], device: str = "cpu", outputs: list[str] |
         return list(pool.map(lambda feed: session.run(outputs, feed), feeds))
 
 
+class OutputCache:
+    """``model``'s outputs on feeds, each feed run once: the FP32 references that several steps of one quantization
+    judge against (the bias-correction guard, the mixed-precision search) on overlapping calibration samples.
+    A feed is known by its identity (the dict object); the cache holds every feed it ran, so an identity is never
+    reused while it lives. The feeds not run yet go through ``run_each`` together (one session)."""
+
+    def __init__(self, model, device: str = "cpu"):
+        self.model, self.device = model, device
+        self._done: dict[int, tuple[dict, list]] = {}
+
+    def __call__(self, feeds: list[dict]) -> list[list]:
+        """The outputs of ``model`` on each of ``feeds``, in order."""
+        missing = list({id(f): f for f in feeds if id(f) not in self._done}.values())
+        if missing:
+            for feed, outs in zip(missing, run_each(self.model, missing, self.device)):
+                self._done[id(feed)] = (feed, outs)
+        return [self._done[id(f)][1] for f in feeds]
+
+
 class _Output:
     """An output's name, as onnxruntime's NodeArg offers it."""
 
