@@ -97,3 +97,5 @@ def test_output_cache_runs_each_feed_once_and_matches_run_each():
     again = cache(feeds[1:])  # two known feeds, two new ones
     assert again[0] is first[1] and again[1] is first[2]  # known feeds are not run again
     np.testing.assert_array_equal(again[3][0], want[4][0])
+    cache.keep(feeds[3:])  # the others are forgotten: asked again, they run again
+    assert cache(feeds[3:4])[0] is again[2] and cache(feeds[:1])[0] is not first[0]

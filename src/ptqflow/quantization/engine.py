@@ -214,6 +214,7 @@ def quantize(prepared: onnx.ModelProto, statistics: Statistics, config: Quantiza
     q, records = _write(prepared, plan, statistics, config)
     bc = correct_and_guard(prepared, q, statistics, config, pool, device, references)
     del references
+    fp32.keep(ahead)  # the guard's other outputs are done with (PP-OCR rec: 32 of 1 MB; its search stacks its own)
     decided = (len(plan.float_tensors), len(plan.float_layers))
     # The passes never read the INT8 model: a large one waits in a file meanwhile, so their FP32 sessions and
     # gated model do not sit beside it.
