@@ -163,3 +163,29 @@ def test_weights_stay_out_of_the_search_for_a_model_over_2gb(monkeypatch, caplog
         result = quantize_with_config(model, data, QuantizationConfig(advanced=SEARCH_ONLY))
     assert result.plan.float_layers == []
     assert "weights left out of the search: the model is over 2 GB" in caplog.text
+
+
+def test_search_on_shared_fp32_outputs_decides_as_on_its_own_session():
+    """The engine hands the search the FP32 outputs the bias-correction guard took (runtime.sessions.OutputCache):
+    the same measurements and decisions as the search's own FP32 session."""
+    from ptqflow.api import collect_statistics
+    from ptqflow.quantization.algorithms import error_search
+    from ptqflow.quantization.engine import prepare_for
+    from ptqflow.quantization.statistics.runner import make_runner
+    from ptqflow.runtime.sessions import OutputCache, make_session
+
+    model, data = outlier_mlp(1), inputs(32, 0)
+    config = QuantizationConfig(advanced=SEARCH_ONLY)
+    stats = collect_statistics(model, data, config)
+    prepared = prepare_for(model, stats, config)
+    cache = OutputCache(prepared)
+    cache(data[:8])  # the guard's samples, taken first
+
+    def run(**kw):
+        return error_search.search(prepared, stats.plan, stats.ranges(False), data[:8], make_session,
+                                   lambda m, outs: make_runner(m, outs, "cpu", "auto", make_session), max_float=2,
+                                   min_share=0.1, target=1e-3, max_evals=16, held_out=data[8:16], weights=True, **kw)
+
+    own, shared = run(), run(references=cache)
+    assert [m.as_dict() for m in shared.float_tensors] == [m.as_dict() for m in own.float_tensors] != []
+    assert shared.contributions == own.contributions and shared.error_final == own.error_final

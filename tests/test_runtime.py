@@ -84,3 +84,18 @@ def test_a_float_input_to_an_int8_weight_matmul_stays_float():
     reference = x.astype(np.float64) @ (wq.astype(np.float64) * scale)
     y = runtime.make_session(model).run(None, {"x": x})[0]
     assert np.abs(y - reference).max() / np.abs(reference).max() < 1e-5
+
+
+def test_output_cache_runs_each_feed_once_and_matches_run_each():
+    model = conv_classifier(dynamic_batch=True)
+    feeds = random_inputs(5, (3, 16, 16), seed=3)
+    cache = runtime.OutputCache(model)
+    first = cache(feeds[:3])
+    want = runtime.run_each(model, feeds)
+    for got, ref in zip(first, want):
+        np.testing.assert_array_equal(got[0], ref[0])
+    again = cache(feeds[1:])  # two known feeds, two new ones
+    assert again[0] is first[1] and again[1] is first[2]  # known feeds are not run again
+    np.testing.assert_array_equal(again[3][0], want[4][0])
+    cache.keep(feeds[3:])  # the others are forgotten: asked again, they run again
+    assert cache(feeds[3:4])[0] is again[2] and cache(feeds[:1])[0] is not first[0]

@@ -180,3 +180,7 @@ def test_large_samples_are_stacked_fewer_at_a_time_within_their_blocks():
     assert runs(middle, 7) == [2, 2, 2, 1] and runs(middle, 3, first=8) == [2, 1]
     mixed = [{"x": np.zeros((1, *small), np.float32)}] * 3 + [{"x": np.zeros((1, *middle), np.float32)}] * 5
     assert [b["count"] for b in accumulate.batches(iter(mixed), True, 0, None)] == [3, 1, 2, 2]
+    # a run of one sample is the sample's own dict, which runtime.sessions.OutputCache knows by identity: the
+    # guard's FP32 outputs serve the mixed-precision search on PP-OCR det (3x480x640, one at a time)
+    samples = [{"x": np.zeros((1, *large), np.float32)} for _ in range(2)]
+    assert all(b["arrays"] is s for b, s in zip(accumulate.batches(iter(samples), True, 0, None), samples))

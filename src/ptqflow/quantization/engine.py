@@ -19,21 +19,21 @@ from ptqflow.logs import get_logger
 from ptqflow.quantization.algorithms import fast_bias_correction, minmax, smooth_quant
 from ptqflow.quantization.algorithms import quantizer_placement as placement
 from ptqflow.quantization.algorithms.bias_layers import find_bias_layers
-from ptqflow.quantization.algorithms.bias_step import (Samples, correct_and_guard, guard_references, reapply,
-                                                       statistics_request)
+from ptqflow.quantization.algorithms.bias_step import (Samples, correct_and_guard, guard_references, guard_samples,
+                                                       reapply, statistics_request)
 from ptqflow.quantization.algorithms.summary import layer_summary
 from ptqflow.quantization.graph.prepare import MAX_IR_VERSION, is_large, prepare_model
 from ptqflow.quantization.passes.context import PlanContext, PlanPass
 from ptqflow.quantization.passes.registry import plan_passes
 from ptqflow.quantization.plan import QuantizationPlan, SmoothQuantFactors
 from ptqflow.quantization.statistics import Statistics
-from ptqflow.quantization.statistics.accumulate import accumulate, finalize, observe
+from ptqflow.quantization.statistics.accumulate import accumulate, batchable, finalize, observe, stack_size
 from ptqflow.quantization.statistics.partial import PartialStatistics, merge, shard_range
 from ptqflow.quantization.statistics.points import StatisticPoint
 from ptqflow.quantization.statistics.runner import make_runner
 from ptqflow.quantization.writers import dynamic_contrib, integer_ops, write
 from ptqflow.runtime.model_files import SetAside, copy_without
-from ptqflow.runtime.sessions import make_session
+from ptqflow.runtime.sessions import OutputCache, make_session
 
 log = get_logger("engine")
 
@@ -199,20 +199,30 @@ def quantize(prepared: onnx.ModelProto, statistics: Statistics, config: Quantiza
     plan = statistics.plan
     plan.check_matches(prepared)
     pool = samples(samples_needed(config))
-    # The guard's FP32 outputs before the INT8 model exists: never an FP32 session beside the INT8 model and its
-    # uncorrected copy (for a model over 2 GB the step's peak; bench/README.md, "Models over 2 GB").
-    references = guard_references(prepared, config, pool, device)
+    passes = [p for p in plan_passes("quantize") if p.enabled(config.advanced)] if plan_passes_on else []
+    # The FP32 outputs the guard and the quantize-stage passes (mixed precision) judge against, each sample's once
+    # (they share the first calibration samples) and all before the INT8 model exists: never an FP32 session beside
+    # the INT8 model and its uncorrected copy (for a model over 2 GB the step's peak; bench/README.md, "Models over
+    # 2 GB"; on PP-OCR det a session running two samples at once there raised the peak by 150 MB). Samples the
+    # passes stack into runs (accumulate.batches) are theirs to run.
+    fp32 = OutputCache(prepared, device)
+    judged, _, fitted = guard_samples(prepared, config, pool)
+    ahead = [s for s in pool[:max([p.samples(config) for p in passes] + [0])]
+             if not batchable(prepared, []) or stack_size(s) == 1]
+    fp32(judged + fitted + ahead)
+    references = guard_references(prepared, config, pool, device, fp32)
     q, records = _write(prepared, plan, statistics, config)
     bc = correct_and_guard(prepared, q, statistics, config, pool, device, references)
     del references
-    passes = [p for p in plan_passes("quantize") if p.enabled(config.advanced)] if plan_passes_on else []
+    fp32.keep(ahead)  # the guard's other outputs are done with (PP-OCR rec: 32 of 1 MB; its search stacks its own)
     decided = (len(plan.float_tensors), len(plan.float_layers))
     # The passes never read the INT8 model: a large one waits in a file meanwhile, so their FP32 sessions and
     # gated model do not sit beside it.
     with SetAside(q, to_file=bool(passes) and is_large(prepared)) as aside:
         del q
         run_passes(passes, PlanContext(prepared, plan, statistics, config, pool, lambda m: make_session(m, device),
-                                        device))
+                                        device, fp32))
+        del fp32
         if (len(plan.float_tensors), len(plan.float_layers)) != decided:
             q, records = _write(prepared, plan, statistics, config)
             bc = reapply(prepared, q, statistics, config, pool, device, bc)

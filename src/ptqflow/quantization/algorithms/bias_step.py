@@ -51,15 +51,17 @@ def guard_samples(prepared: onnx.ModelProto, config: QuantizationConfig,
 
 
 def guard_references(prepared: onnx.ModelProto, config: QuantizationConfig, samples: list[dict],
-                     device: str) -> tuple[list | None, list | None]:
+                     device: str, fp32: Callable[[list[dict]], list] | None = None
+                     ) -> tuple[list | None, list | None]:
     """The FP32 model's outputs on the guard's samples and on its fitted ones (``guard_samples``; None where there
     are none), for a caller that takes them before any INT8 model exists: an FP32 session made beside the INT8
     model and its uncorrected copy holds the weights once more than the prepared model does (for a model over
     2 GB, the step's peak: bench/README.md, "Models over 2 GB"). The same runs ``correct_and_guard`` makes
-    itself without them."""
+    itself without them. ``fp32(samples)``: the FP32 outputs of samples (runtime.sessions.OutputCache, shared with
+    the mixed-precision search), else they are run here."""
     judged, _, fitted = guard_samples(prepared, config, samples)
-    return (bc_guard.references(prepared, judged, device) if judged else None,
-            bc_guard.references(prepared, fitted, device) if fitted else None)
+    fp32 = fp32 or (lambda feeds: bc_guard.references(prepared, feeds, device))
+    return fp32(judged) if judged else None, fp32(fitted) if fitted else None
 
 
 def correct_and_guard(prepared: onnx.ModelProto, q: onnx.ModelProto, statistics: Statistics,

@@ -90,19 +90,21 @@ class _Evaluator:
 def search(prepared: onnx.ModelProto, plan: QuantizationPlan, ranges: dict, samples: list[dict],
            make_session: Callable, make_runner: Callable, *, max_float: int, min_share: float, target: float,
            max_evals: int, held_out: list[dict] | None = None, weights: bool = False,
-           gated_runner: Callable | None = None) -> SearchResult:
+           gated_runner: Callable | None = None,
+           references: Callable[[list[dict]], list[list]] | None = None) -> SearchResult:
     """The search of the module docstring on ``samples``; ``ranges`` by quantizer group (Statistics.ranges).
     With ``held_out`` samples, a quantizer found goes float only when its gain also holds on them (at least
     ``min_share`` of the error the candidates cause there): the search picks the largest of many measured gains,
     which on a few samples is partly noise. With ``weights``, the planned weight quantizers are candidates too; one
     found goes float with the activation quantizers that feed only its layers (``layer_inputs``: the layers go
     float), and the error after it is measured so.
-    ``make_session(model)``: the FP32 reference's session; ``make_runner(model, outputs)``: the gated model's
-    runner (the statistics runtime: OpenVINO's CPU plugin where it compiles the model, which runs it faster).
-    ``gated_runner(weights)``: (the gated model's runner, the quantized tensors in gate order) for a backend whose
-    model is not ``prepared`` itself (an OpenVINO model: ``prepared`` is its ONNX-form view, which names the
-    inputs, the outputs and the plan's tensors); by default the gated ONNX model of ``prepared``, run by
-    ``make_runner``."""
+    ``make_session(model)``: the FP32 reference's session, unless ``references(runs)`` gives the FP32 outputs of
+    runs (runtime.sessions.OutputCache: ones the bias-correction guard took already are not run again);
+    ``make_runner(model, outputs)``: the gated model's runner (the statistics runtime: OpenVINO's CPU plugin where
+    it compiles the model, which runs it faster). ``gated_runner(weights)``: (the gated model's runner, the
+    quantized tensors in gate order) for a backend whose model is not ``prepared`` itself (an OpenVINO model:
+    ``prepared`` is its ONNX-form view, which names the inputs, the outputs and the plan's tensors); by default the
+    gated ONNX model of ``prepared``, run by ``make_runner``."""
     result = SearchResult()
     if not samples or not (plan.activations or (weights and plan.weights)):
         result.stopped = "no samples or no quantizer"
@@ -111,15 +113,23 @@ def search(prepared: onnx.ModelProto, plan: QuantizationPlan, ranges: dict, samp
     # for a model over 2 GB the gated model's float weights go to a file as they are folded, and the model itself
     # before its runner is made (the runner maps the files): never two sessions, or a session and a spare copy
     # of the weights, at once (a model over 2 GB would hold several copies of its weights).
-    fp32 = make_session(prepared)
+    if references is None:
+        def references(runs: list[dict]) -> list[list]:  # the session goes before the gated model is made
+            fp32 = make_session(prepared)
+            return [fp32.run(None, r) for r in runs]
     half = len(samples) // 2  # the group test screens on these; the quantizer it finds is measured on all
+    parts = [samples[:half], samples[half:]] if half >= SCREEN_MIN else [samples]
+    runs = [_runs(prepared, part) for part in parts + [held_out or []]]
+    refs = references([r for part in runs for r in part])  # every FP32 output in one go
+    del references
+    cut = np.cumsum([len(part) for part in runs]).tolist()
+    refs = [refs[a:b] for a, b in zip([0] + cut, cut)]
     if half >= SCREEN_MIN:  # the screening half's FP32 outputs serve both evaluators
-        screen = _evaluator(prepared, samples[:half], fp32, half / len(samples))
-        ev = _evaluator(prepared, samples[half:], fp32, base=screen)
+        screen = _evaluator(prepared, runs[0], refs[0], half, half / len(samples))
+        ev = _evaluator(prepared, runs[1], refs[1], len(samples) - half, base=screen)
     else:
-        screen = ev = _evaluator(prepared, samples, fp32)
-    check = _evaluator(prepared, held_out, fp32, len(held_out) / len(samples)) if held_out else None
-    del fp32
+        screen = ev = _evaluator(prepared, runs[0], refs[0], len(samples))
+    check = _evaluator(prepared, runs[-1], refs[-1], len(held_out), len(held_out) / len(samples)) if held_out else None
     if gated_runner is None:
         ev.runner, tensors = _onnx_gated_runner(prepared, plan, ranges, make_runner, weights)
     else:
@@ -232,18 +242,22 @@ def layer_inputs(plan: QuantizationPlan) -> dict[int, frozenset[int]]:
     return found
 
 
-def _evaluator(prepared: onnx.ModelProto, samples: list[dict], fp32, cost: float = 1.0,
+def _runs(prepared: onnx.ModelProto, samples: list[dict]) -> list[dict]:
+    """The runs of ``samples``: stacked where the batch dim allows, else the sample dicts themselves (which an
+    OutputCache knows by identity)."""
+    return [b["arrays"] for b in batches(iter(samples), batchable(prepared, []), 0, None)]
+
+
+def _evaluator(prepared: onnx.ModelProto, runs: list[dict], refs: list[list], samples: int, cost: float = 1.0,
                base: _Evaluator | None = None) -> _Evaluator:
-    """An evaluator of the gated model on ``samples`` (stacked into runs where the batch dim allows) against the
-    FP32 session's outputs on them, after ``base``'s samples where given (its runs and references reused); its
-    ``runner`` (the gated model's) and ``n_points`` (its gates) are set by the caller."""
-    runs = [b["arrays"] for b in batches(iter(samples), batchable(prepared, []), 0, None)]
-    refs = [fp32.run(None, r) for r in runs]
+    """An evaluator of the gated model on ``runs`` (of ``samples`` samples) against the FP32 outputs ``refs`` on
+    them, after ``base``'s samples where given (its runs and references reused); its ``runner`` (the gated
+    model's) and ``n_points`` (its gates) are set by the caller."""
     if base is not None:
         runs, refs, cost = base.runs + runs, base.metric.refs + refs, 1.0
     names = [o.name for o in prepared.graph.output]
     metric = OutputError(names, refs, decision_outputs(prepared), tie_weight=0.0, decisions_as="mass")
-    return _Evaluator(None, runs, metric, 0, len(samples) + (base.samples if base else 0), cost)
+    return _Evaluator(None, runs, metric, 0, samples + (base.samples if base else 0), cost)
 
 
 def _best(ev: _Evaluator, off: set[int], base: np.ndarray, active: list[int], spent: Callable[[], bool],

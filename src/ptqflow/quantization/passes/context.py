@@ -34,6 +34,9 @@ class PlanContext:
     samples: list[dict]
     make_session: Callable[[onnx.ModelProto], Any]
     device: str = "cpu"  # what make_session runs on (a pass that picks a runner, e.g. OpenVINO's, needs it)
+    # The FP32 model's outputs on samples, computed once per sample (runtime.sessions.OutputCache); None: the pass
+    # runs make_session's session itself.
+    references: Callable[[list[dict]], list[list]] | None = None
 
 
 class PlanPass(Pass):

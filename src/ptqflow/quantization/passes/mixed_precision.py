@@ -44,7 +44,8 @@ class MixedPrecision(PlanPass):
             ctx, ctx.statistics.ranges(mean_minmax), ctx.samples[:n],
             max_float=max(1, math.floor(adv.mixed_precision_max_float_share * n_points)),
             min_share=adv.mixed_precision_min_share, target=adv.mixed_precision_target_error,
-            max_evals=adv.mixed_precision_max_evals, held_out=ctx.samples[n:2 * n], weights=weights)
+            max_evals=adv.mixed_precision_max_evals, held_out=ctx.samples[n:2 * n], weights=weights,
+            references=ctx.references)
         ctx.plan.output_errors.update(found.contributions)
         ctx.plan.keep_in_float([FloatTensor(m.tensor, _why(m), self.name, m.as_dict())
                                 for m in found.float_tensors if not m.weight])

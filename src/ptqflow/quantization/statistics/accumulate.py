@@ -116,8 +116,8 @@ def batches(samples: Iterator[dict], batchable: bool, keep: int, kept: list | No
     pending: list[dict] = []
     size = MAX_BATCH
 
-    def flush():
-        arrays = {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
+    def flush():  # a stack of one is the sample itself (a caller may know it: runtime.sessions.OutputCache)
+        arrays = pending[0] if len(pending) == 1 else {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
         return {"arrays": arrays, "count": len(pending)}
 
     for index, s in enumerate(samples, start=first):

@@ -17,11 +17,8 @@ def to_exact(values) -> np.ndarray:
     mantissa, exponent = np.frexp(v)
     ints = (mantissa * 2.0**53).astype(np.int64)  # exact: a float64 mantissa has 53 bits
     shifts = exponent.astype(np.int64) - 53 - EXPONENT
-    out = np.empty(v.shape, dtype=object)
-    flat = out.reshape(-1)
-    for k, (i, s) in enumerate(zip(ints.reshape(-1).tolist(), shifts.reshape(-1).tolist())):
-        flat[k] = i << s
-    return out
+    # numpy's object loop shifts the Python ints (flat: a 0-d object operand would be shifted as int64)
+    return np.left_shift(ints.reshape(-1).astype(object), shifts.reshape(-1).astype(object)).reshape(v.shape)
 
 
 def mean(total: np.ndarray, count: int) -> np.ndarray:
