@@ -323,6 +323,7 @@ def test_entry_point_script_runs():
 
 def test_progress_draws_a_bar_on_a_terminal(monkeypatch):
     import pty
+    import select
 
     from ptqflow.logs import progress, setup_logging
 
@@ -332,6 +333,13 @@ def test_progress_draws_a_bar_on_a_terminal(monkeypatch):
         setup_logging("text")
         assert list(progress(range(3), desc="stats")) == [0, 1, 2]
         tty.flush()
-        drawn = os.read(master, 4096).decode()
+        drawn = b""
+        # a pty hands the bar over in chunks: read until nothing more comes
+        while select.select([master], [], [], 0.5)[0]:
+            chunk = os.read(master, 4096)
+            if not chunk:
+                break
+            drawn += chunk
+        drawn = drawn.decode()
     os.close(master)
     assert "\rstats [" in drawn and "3/3" in drawn
