@@ -163,15 +163,16 @@ def prepare_for(model, statistics: Statistics, config: QuantizationConfig) -> on
 
 
 def _write(prepared: onnx.ModelProto, plan: QuantizationPlan, statistics: Statistics,
-           config: QuantizationConfig) -> tuple[onnx.ModelProto, list[dict]]:
-    """The QDQ model of ``plan`` (in config's number formats) and insert_qdq's records."""
+           config: QuantizationConfig, ranges: dict | None = None) -> tuple[onnx.ModelProto, list[dict]]:
+    """The QDQ model of ``plan`` (in config's number formats) and insert_qdq's records; ``ranges`` (scale group ->
+    (min, max)) instead of the statistics' where given."""
     # q starts without the float weights' bytes: insert_qdq reads them from prepared, so the INT8 model never
     # holds a second copy of them (protobuf frees a message's memory only as a whole; for a model over 2 GB,
     # gigabytes).
     q = copy_without(prepared, {w.tensor for w in plan.weights})
-    mean_minmax = RangeEstimator(config.advanced.activations_range) == RangeEstimator.MEAN_MINMAX
-    records = minmax.insert_qdq(q, plan, statistics.ranges(mean_minmax), number_formats(prepared, plan, config),
-                                float_weights=prepared)
+    if ranges is None:
+        ranges = statistics.ranges(RangeEstimator(config.advanced.activations_range) == RangeEstimator.MEAN_MINMAX)
+    records = minmax.insert_qdq(q, plan, ranges, number_formats(prepared, plan, config), float_weights=prepared)
     return q, records
 
 
@@ -182,14 +183,18 @@ def samples_needed(config: QuantizationConfig) -> int:
     n = 0 if config.fast_bias_correction else config.bias_correction_samples()
     if not adv.disable_bias_correction:
         n += max(adv.bias_correction_guard_samples, adv.bias_correction_guard_samples_no_softmax)
-    return max([n] + [p.samples(config) for p in plan_passes("quantize") if p.enabled(adv)])
+    return max([n] + [p.samples(config) for stage in ("write", "quantize") for p in plan_passes(stage)
+                      if p.enabled(adv)])
 
 
 def quantize(prepared: onnx.ModelProto, statistics: Statistics, config: QuantizationConfig, samples: Samples,
              device: str, *, plan_passes_on: bool = True) -> QuantizationResult:
     """The INT8 model of ``prepared`` in ``config.quant_format`` per the statistics' plan (refined in place by the
-    quantize-stage plan passes unless ``plan_passes_on`` is False: a plan they already refined), biases
+    write- and quantize-stage plan passes unless ``plan_passes_on`` is False: a plan they already refined), biases
     corrected, and the per-layer summary. ``samples(n)`` is called once.
+
+    The write-stage passes (ranges by measured error) run first: what they choose is what is written and what bias
+    correction corrects.
 
     Bias correction and its guard run on the model of the plan as collected; the quantize-stage passes (mixed
     precision) then refine the plan, and a changed plan is written again with the guard's verdict standing
@@ -199,7 +204,8 @@ def quantize(prepared: onnx.ModelProto, statistics: Statistics, config: Quantiza
     plan = statistics.plan
     plan.check_matches(prepared)
     pool = samples(samples_needed(config))
-    passes = [p for p in plan_passes("quantize") if p.enabled(config.advanced)] if plan_passes_on else []
+    early, passes = ([p for p in plan_passes(stage) if p.enabled(config.advanced)] if plan_passes_on else []
+                     for stage in ("write", "quantize"))
     # The FP32 outputs the guard and the quantize-stage passes (mixed precision) judge against, each sample's once
     # (they share the first calibration samples) and all before the INT8 model exists: never an FP32 session beside
     # the INT8 model and its uncorrected copy (for a model over 2 GB the step's peak; bench/README.md, "Models over
@@ -207,9 +213,13 @@ def quantize(prepared: onnx.ModelProto, statistics: Statistics, config: Quantiza
     # passes stack into runs (accumulate.batches) are theirs to run.
     fp32 = OutputCache(prepared, device)
     judged, _, fitted = guard_samples(prepared, config, pool)
-    ahead = [s for s in pool[:max([p.samples(config) for p in passes] + [0])]
-             if not batchable(prepared, []) or stack_size(s) == 1]
+    stacked = batchable(prepared, [])
+    ahead = [s for s in pool[:max([p.samples(config) for p in early + passes] + [0])]
+             if not stacked or stack_size(s) == 1]
     fp32(judged + fitted + ahead)
+    # The write-stage passes (ranges by measured error) choose what is written: before bias correction fits to it.
+    run_passes(early, PlanContext(prepared, plan, statistics, config, pool, lambda m: make_session(m, device), device,
+                                  fp32, write=lambda ranges: _write(prepared, plan, statistics, config, ranges)[0]))
     references = guard_references(prepared, config, pool, device, fp32)
     q, records = _write(prepared, plan, statistics, config)
     bc = correct_and_guard(prepared, q, statistics, config, pool, device, references)

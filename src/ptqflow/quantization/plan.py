@@ -99,6 +99,9 @@ class QuantizationPlan:
     # scale group -> the range chosen by measured error (passes/range_search.py): {"estimator", "min", "max",
     # "error" (its squared error against FP32), "errors" (every candidate's)}; Statistics.ranges applies it
     ranges: dict[str, dict] = field(default_factory=dict)
+    # the verdict on the chosen ranges as a whole (passes/range_search.py): {"kept", "error_chosen", "error_default",
+    # "output", "samples"}: the model's output error on held-out samples with them and with the default estimator's
+    range_verdict: dict[str, Any] = field(default_factory=dict)
     version: int = PLAN_VERSION
 
     def keep_in_float(self, decisions: list[FloatTensor]) -> None:
@@ -142,6 +145,8 @@ class QuantizationPlan:
             del doc["output_errors"]
         if not self.ranges:
             del doc["ranges"]
+        if not self.range_verdict:
+            del doc["range_verdict"]
         for f in doc["float_layers"] + doc["float_tensors"]:
             if f["measured"] is None:
                 del f["measured"]
@@ -174,6 +179,7 @@ class QuantizationPlan:
                 collected=dict(doc.get("collected") or {}),
                 output_errors={str(k): float(v) for k, v in (doc.get("output_errors") or {}).items()},
                 ranges={str(k): dict(v) for k, v in (doc.get("ranges") or {}).items()},
+                range_verdict=dict(doc.get("range_verdict") or {}),
                 smooth_quant=SmoothQuantFactors(float(sq["alpha"]), dict(sq["tensors"])) if sq else None,
                 version=PLAN_VERSION)
         except (KeyError, TypeError, ValueError) as exc:

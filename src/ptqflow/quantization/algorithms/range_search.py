@@ -9,16 +9,24 @@ amount of memory. Each candidate's error is the mean squared error of those valu
 dequantize with the candidate's scale and zero point (``minmax.activation_params``, what the QDQ writer uses):
 exact on the sampled values, whatever the clip (a histogram over the global range would be coarser than the
 int8 step of a clipped range).
+
+A tensor's squared error is not the model's: a clip that is best for one tensor can cost the output more (a
+channel of large values clipped to fit many small ones). So the chosen ranges are judged as a whole (``judge``):
+the model's output error against FP32 (``output_error.OutputError``, the mixed-precision search's measure) with
+them and with the default estimator's ranges, on held-out calibration samples; they are kept only where they
+lower it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import onnx
 
 from ptqflow.quantization.algorithms.minmax import activation_params
+from ptqflow.quantization.algorithms.output_error import OutputError, decision_outputs
 from ptqflow.quantization.plan import QuantizationPlan
 
 SAMPLED_VALUES = 1 << 14  # values kept per group: the error of a candidate is measured on these
@@ -120,3 +128,30 @@ def search(prepared: onnx.ModelProto, plan: QuantizationPlan, mean_minmax: dict[
         first.setdefault(p.group, p)
     return {g: choose(h, mean_minmax[g], first[g].symmetric, bool(first[g].signed), qtype)
             for g, h in sorted(hists.items())}
+
+
+def judge(prepared: onnx.ModelProto, write: Callable[[dict], onnx.ModelProto], make_session: Callable,
+          default: dict[str, tuple[float, float]], chosen: dict[str, tuple[float, float]], samples: list[dict],
+          references: Callable[[list[dict]], list[list]] | None = None) -> dict:
+    """The verdict on ``chosen`` ranges (scale group -> (min, max)) against ``default``: the model written with each
+    (``write(ranges)``, run by ``make_session``) measured against the FP32 outputs of ``samples`` (``references``,
+    else a session of ``prepared``). {"kept": the chosen lower the output error, "error_chosen",
+    "error_default", "output": the output whose error moved the most, "samples"}."""
+    names = [o.name for o in prepared.graph.output]
+    if references is None:
+        fp32 = make_session(prepared)
+        refs = [fp32.run(names, s) for s in samples]
+        del fp32
+    else:
+        refs = references(samples)
+    metric = OutputError(names, refs, decision_outputs(prepared), tie_weight=0.0, decisions_as="mass")
+
+    def errors(ranges: dict) -> np.ndarray:
+        session = make_session(write(ranges))
+        return metric.per_output([session.run(names, s) for s in samples])
+
+    before, after = errors(default), errors(chosen)
+    kept = bool(np.mean(after) < np.mean(before))  # a tie keeps the default estimator
+    moved = before - after if kept else after - before
+    return {"kept": kept, "error_chosen": float(np.mean(after)), "error_default": float(np.mean(before)),
+            "output": names[int(np.argmax(moved))], "samples": len(samples)}
