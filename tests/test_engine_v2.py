@@ -240,8 +240,7 @@ def test_old_format_is_refused_with_collect_them_again(collected, tmp_path):
 
 def test_plan_passes_in_order():
     assert [p.name for p in plan_passes()] == ["safeguard_outliers", "safeguard_depthwise", "sensitivity_search"]
-    assert [p.name for p in plan_passes("write")] == ["range_search"]
-    assert [p.name for p in plan_passes("quantize")] == ["mixed_precision"]
+    assert [p.name for p in plan_passes("quantize")] == ["mixed_precision", "range_search"]
 
 
 @pytest.mark.parametrize("kw,on", [

@@ -183,18 +183,14 @@ def samples_needed(config: QuantizationConfig) -> int:
     n = 0 if config.fast_bias_correction else config.bias_correction_samples()
     if not adv.disable_bias_correction:
         n += max(adv.bias_correction_guard_samples, adv.bias_correction_guard_samples_no_softmax)
-    return max([n] + [p.samples(config) for stage in ("write", "quantize") for p in plan_passes(stage)
-                      if p.enabled(adv)])
+    return max([n] + [p.samples(config) for p in plan_passes("quantize") if p.enabled(adv)])
 
 
 def quantize(prepared: onnx.ModelProto, statistics: Statistics, config: QuantizationConfig, samples: Samples,
              device: str, *, plan_passes_on: bool = True) -> QuantizationResult:
     """The INT8 model of ``prepared`` in ``config.quant_format`` per the statistics' plan (refined in place by the
-    write- and quantize-stage plan passes unless ``plan_passes_on`` is False: a plan they already refined), biases
+    quantize-stage plan passes unless ``plan_passes_on`` is False: a plan they already refined), biases
     corrected, and the per-layer summary. ``samples(n)`` is called once.
-
-    The write-stage passes (ranges by measured error) run first: what they choose is what is written and what bias
-    correction corrects.
 
     Bias correction and its guard run on the model of the plan as collected; the quantize-stage passes (mixed
     precision) then refine the plan, and a changed plan is written again with the guard's verdict standing
@@ -204,8 +200,7 @@ def quantize(prepared: onnx.ModelProto, statistics: Statistics, config: Quantiza
     plan = statistics.plan
     plan.check_matches(prepared)
     pool = samples(samples_needed(config))
-    early, passes = ([p for p in plan_passes(stage) if p.enabled(config.advanced)] if plan_passes_on else []
-                     for stage in ("write", "quantize"))
+    passes = [p for p in plan_passes("quantize") if p.enabled(config.advanced)] if plan_passes_on else []
     # The FP32 outputs the guard and the quantize-stage passes (mixed precision) judge against, each sample's once
     # (they share the first calibration samples) and all before the INT8 model exists: never an FP32 session beside
     # the INT8 model and its uncorrected copy (for a model over 2 GB the step's peak; bench/README.md, "Models over
@@ -214,26 +209,23 @@ def quantize(prepared: onnx.ModelProto, statistics: Statistics, config: Quantiza
     fp32 = OutputCache(prepared, device)
     judged, _, fitted = guard_samples(prepared, config, pool)
     stacked = batchable(prepared, [])
-    ahead = [s for s in pool[:max([p.samples(config) for p in early + passes] + [0])]
-             if not stacked or stack_size(s) == 1]
+    ahead = [s for s in pool[:max([p.samples(config) for p in passes] + [0])] if not stacked or stack_size(s) == 1]
     fp32(judged + fitted + ahead)
-    # The write-stage passes (ranges by measured error) choose what is written: before bias correction fits to it.
-    run_passes(early, PlanContext(prepared, plan, statistics, config, pool, lambda m: make_session(m, device), device,
-                                  fp32, write=lambda ranges: _write(prepared, plan, statistics, config, ranges)[0]))
     references = guard_references(prepared, config, pool, device, fp32)
     q, records = _write(prepared, plan, statistics, config)
     bc = correct_and_guard(prepared, q, statistics, config, pool, device, references)
     del references
     fp32.keep(ahead)  # the guard's other outputs are done with (PP-OCR rec: 32 of 1 MB; its search stacks its own)
-    decided = (len(plan.float_tensors), len(plan.float_layers))
+    decided = (len(plan.float_tensors), len(plan.float_layers), len(plan.ranges))
     # The passes never read the INT8 model: a large one waits in a file meanwhile, so their FP32 sessions and
     # gated model do not sit beside it.
     with SetAside(q, to_file=bool(passes) and is_large(prepared)) as aside:
         del q
         run_passes(passes, PlanContext(prepared, plan, statistics, config, pool, lambda m: make_session(m, device),
-                                        device, fp32))
+                                        device, fp32, lambda ranges: _write(prepared, plan, statistics, config,
+                                                                            ranges)[0]))
         del fp32
-        if (len(plan.float_tensors), len(plan.float_layers)) != decided:
+        if (len(plan.float_tensors), len(plan.float_layers), len(plan.ranges)) != decided:
             q, records = _write(prepared, plan, statistics, config)
             bc = reapply(prepared, q, statistics, config, pool, device, bc)
         else:

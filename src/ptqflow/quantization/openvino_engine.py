@@ -166,9 +166,6 @@ def quantize(prepared: Prepared, statistics: Statistics, config: QuantizationCon
     plan = statistics.plan
     plan.check_matches(prepared.view.view)
     pool = samples(samples_needed(config))
-    if plan_passes_on:  # write-stage passes (ranges by measured error) in their OpenVINO form, where one exists
-        run_passes(_on_openvino("write", prepared, plan, config),
-                   PlanContext(prepared.view.view, plan, statistics, config, pool, _no_session, device))
     q, bound, records = _write(prepared, statistics, config)
     q, bc = _correct_and_guard(prepared, q, bound, statistics, config, pool)
     passes = _on_openvino("quantize", prepared, plan, config) if plan_passes_on else []

@@ -11,7 +11,7 @@ from ptqflow.quantization.passes.context import PlanPass
 
 
 def plan_passes(stage: str = "collect") -> list[PlanPass]:
-    """Every plan pass of the package that runs at ``stage`` ("collect", "write" or "quantize"), in run order (``order``,
+    """Every plan pass of the package that runs at ``stage`` ("collect" or "quantize"), in run order (``order``,
     then name)."""
     found = []
     for info in pkgutil.iter_modules(package.__path__):
