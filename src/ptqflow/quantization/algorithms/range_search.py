@@ -20,13 +20,13 @@ lower it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import onnx
 
 from ptqflow.quantization.algorithms.minmax import activation_params
-from ptqflow.quantization.algorithms.output_error import OutputError, decision_outputs
+from ptqflow.quantization.algorithms.output_error import OutputError
 from ptqflow.quantization.plan import QuantizationPlan
 
 SAMPLED_VALUES = 1 << 14  # values kept per group: the error of a candidate is measured on these
@@ -106,22 +106,16 @@ def choose(h: Values, mean_minmax: tuple[float, float], symmetric: bool, signed:
             "errors": {k: float(v) for k, v in errors.items()}}
 
 
-def search(prepared: onnx.ModelProto, plan: QuantizationPlan, mean_minmax: dict[str, tuple[float, float]],
-           minmax: dict[str, tuple[float, float]], samples: list[dict], make_session, qtype: str | None) -> dict:
-    """Per scale group of ``plan``: ``choose``'s record, measured on the FP32 values of ``samples``."""
-    tensors = sorted({p.tensor for p in plan.activations})
-    probe = onnx.ModelProto()
-    probe.CopyFrom(prepared)
-    outputs = {o.name for o in probe.graph.output}
-    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in tensors if t not in outputs)
-    session = make_session(probe)
-    del probe
-    inputs = {i.name for i in session.get_inputs()}
-    share = max(1, SAMPLED_VALUES // max(len(samples), 1))
+def search(plan: QuantizationPlan, mean_minmax: dict[str, tuple[float, float]],
+           minmax: dict[str, tuple[float, float]], values: Iterable[dict[str, np.ndarray]], samples: int,
+           qtype: str | None) -> dict:
+    """Per scale group of ``plan``: ``choose``'s record, measured on ``values`` (per calibration sample, the FP32
+    value of every planned activation tensor; ``samples`` of them)."""
+    share = max(1, SAMPLED_VALUES // max(samples, 1))
     hists = {g: Values(*minmax[g], per_run=share) for g in {p.group for p in plan.activations}}
     group_of = {p.tensor: p.group for p in plan.activations}
-    for s in samples:
-        for t, value in zip(tensors, session.run(tensors, {k: v for k, v in s.items() if k in inputs})):
+    for per_tensor in values:
+        for t, value in per_tensor.items():
             hists[group_of[t]].add(np.asarray(value, np.float64).ravel())
     first = {}
     for p in plan.activations:
@@ -130,28 +124,30 @@ def search(prepared: onnx.ModelProto, plan: QuantizationPlan, mean_minmax: dict[
             for g, h in sorted(hists.items())}
 
 
-def judge(prepared: onnx.ModelProto, write: Callable[[dict], onnx.ModelProto], make_session: Callable,
-          default: dict[str, tuple[float, float]], chosen: dict[str, tuple[float, float]], samples: list[dict],
-          references: Callable[[list[dict]], list[list]] | None = None) -> dict:
-    """The verdict on ``chosen`` ranges (scale group -> (min, max)) against ``default``: the model written with each
-    (``write(ranges)``, run by ``make_session``) measured against the FP32 outputs of ``samples`` (``references``,
-    else a session of ``prepared``). {"kept": the chosen lower the output error, "error_chosen",
+def onnx_values(prepared: onnx.ModelProto, tensors: list[str], samples: list[dict],
+                make_session: Callable) -> Iterator[dict[str, np.ndarray]]:
+    """The FP32 values of ``tensors`` on each of ``samples``: ``prepared`` run with them as outputs."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(prepared)
+    outputs = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in tensors if t not in outputs)
+    session = make_session(probe)
+    del probe
+    inputs = {i.name for i in session.get_inputs()}
+    for s in samples:
+        yield dict(zip(tensors, session.run(tensors, {k: v for k, v in s.items() if k in inputs})))
+
+
+def judge(names: list[str], decisions: set[str], refs: list[list], run: Callable[[dict], list[list]],
+          default: dict[str, tuple[float, float]], chosen: dict[str, tuple[float, float]]) -> dict:
+    """The verdict on ``chosen`` ranges (scale group -> (min, max)) against ``default``: ``run(ranges)`` gives the
+    outputs (``names`` order, one list per sample) of the model written with those ranges on the samples whose FP32
+    outputs are ``refs``; the error is ``output_error.OutputError`` (Softmax heads ``decisions``, as the
+    mixed-precision search measures). {"kept": the chosen lower the output error, "error_chosen",
     "error_default", "output": the output whose error moved the most, "samples"}."""
-    names = [o.name for o in prepared.graph.output]
-    if references is None:
-        fp32 = make_session(prepared)
-        refs = [fp32.run(names, s) for s in samples]
-        del fp32
-    else:
-        refs = references(samples)
-    metric = OutputError(names, refs, decision_outputs(prepared), tie_weight=0.0, decisions_as="mass")
-
-    def errors(ranges: dict) -> np.ndarray:
-        session = make_session(write(ranges))
-        return metric.per_output([session.run(names, s) for s in samples])
-
-    before, after = errors(default), errors(chosen)
+    metric = OutputError(names, refs, decisions, tie_weight=0.0, decisions_as="mass")
+    before, after = metric.per_output(run(default)), metric.per_output(run(chosen))
     kept = bool(np.mean(after) < np.mean(before))  # a tie keeps the default estimator
     moved = before - after if kept else after - before
     return {"kept": kept, "error_chosen": float(np.mean(after)), "error_default": float(np.mean(before)),
-            "output": names[int(np.argmax(moved))], "samples": len(samples)}
+            "output": names[int(np.argmax(moved))], "samples": len(refs)}

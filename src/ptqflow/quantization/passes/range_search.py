@@ -10,8 +10,13 @@ and raised the final one's). The choice, its measured errors and the verdict go 
 
 from __future__ import annotations
 
+from typing import Iterator
+
+import numpy as np
+
 from ptqflow.config import QuantizationConfig, RangeEstimator
 from ptqflow.quantization.algorithms import range_search
+from ptqflow.quantization.algorithms.output_error import decision_outputs
 from ptqflow.quantization.passes.base import PassResult
 from ptqflow.quantization.passes.context import PlanContext, PlanPass
 from ptqflow.runtime.model_files import is_large
@@ -19,7 +24,9 @@ from ptqflow.runtime.model_files import is_large
 
 class RangeSearch(PlanPass):
     """Switch ``range_search``; samples: ``range_search_samples`` to choose on, as many more to judge on. After the
-    mixed-precision search (the quantizers it keeps in float need no range)."""
+    mixed-precision search (the quantizers it keeps in float need no range). The model is run through three
+    methods (``values``, ``references``, ``outputs``): onnxruntime here, OpenVINO in its OpenVINO form
+    (openvino_engine.RangeSearchOnOpenVINO)."""
 
     name = "range_search"
     switch = "range_search"
@@ -29,30 +36,58 @@ class RangeSearch(PlanPass):
     def samples(self, config: QuantizationConfig) -> int:
         return 2 * config.advanced.range_search_samples
 
+    def ready(self, ctx: PlanContext) -> str:
+        """Why the pass cannot run on ``ctx`` ("" when it can)."""
+        if ctx.write is None:
+            return "no writer of the plan at hand"
+        if is_large(ctx.prepared):  # its probe and the two written models would each hold the weights again
+            return "the model is over 2 GB"
+        return ""
+
+    def values(self, ctx: PlanContext, tensors: list[str], samples: list[dict]) -> Iterator[dict[str, np.ndarray]]:
+        """The FP32 values of ``tensors`` on each of ``samples``."""
+        return range_search.onnx_values(ctx.prepared, tensors, samples, ctx.make_session)
+
+    def references(self, ctx: PlanContext, samples: list[dict]) -> list[list]:
+        """The FP32 model's outputs on each of ``samples`` (graph output order)."""
+        if ctx.references is not None:
+            return ctx.references(samples)
+        session = ctx.make_session(ctx.prepared)
+        return [session.run(None, s) for s in samples]
+
+    def outputs(self, ctx: PlanContext, ranges: dict, samples: list[dict]) -> list[list]:
+        """The outputs on each of ``samples`` of the plan written with ``ranges`` (no bias correction)."""
+        session = ctx.make_session(ctx.write(ranges))
+        return [session.run(None, s) for s in samples]
+
     def run(self, ctx: PlanContext) -> PassResult:
-        if not ctx.samples or ctx.prepared is None or ctx.write is None or not ctx.plan.activations:
-            return PassResult(self.name, False, ["skipped: no calibration samples, no writer or no activation "
-                                                 "quantizers"])
+        if not ctx.samples or ctx.prepared is None or not ctx.plan.activations:
+            return PassResult(self.name, False, ["skipped: no calibration samples or no activation quantizers"])
         if ctx.plan.ranges or ctx.plan.range_verdict:
             return PassResult(self.name, False, ["skipped: the plan's ranges were measured already"])
-        if is_large(ctx.prepared):  # its probe and the two written models would each hold the weights again
-            return PassResult(self.name, False, ["skipped: the model is over 2 GB"])
-        config = ctx.config
+        why = self.ready(ctx)
+        if why:
+            return PassResult(self.name, False, [f"skipped: {why}"])
+        config, plan = ctx.config, ctx.plan
         n = config.advanced.range_search_samples
         default = ctx.statistics.ranges(RangeEstimator(config.advanced.activations_range) == RangeEstimator.MEAN_MINMAX)
-        chosen = range_search.search(ctx.prepared, ctx.plan, ctx.statistics.ranges(True), ctx.statistics.ranges(False),
-                                     ctx.samples[:n], ctx.make_session, config.effective_activation_type())
+        tensors = sorted({p.tensor for p in plan.activations})
+        chosen = range_search.search(plan, ctx.statistics.ranges(True), ctx.statistics.ranges(False),
+                                     self.values(ctx, tensors, ctx.samples[:n]), len(ctx.samples[:n]),
+                                     config.effective_activation_type())
         picked = {g: (c["min"], c["max"]) for g, c in chosen.items()}
         changed = {g: c for g, c in chosen.items() if picked[g] != default.get(g)}
         if not changed:
-            ctx.plan.range_verdict = {"kept": False, "reason": "every group's default range had the least error"}
+            plan.range_verdict = {"kept": False, "reason": "every group's default range had the least error"}
             return PassResult(self.name, False, [f"{len(chosen)} ranges measured: the default estimator's won in "
                                                  "every group"])
         held = ctx.samples[n:2 * n]
-        verdict = range_search.judge(ctx.prepared, ctx.write, ctx.make_session, default, {**default, **picked},
-                                     held or ctx.samples[:n], ctx.references)
+        judged = held or ctx.samples[:n]
+        verdict = range_search.judge([o.name for o in ctx.prepared.graph.output], decision_outputs(ctx.prepared),
+                                     self.references(ctx, judged), lambda r: self.outputs(ctx, r, judged), default,
+                                     {**default, **picked})
         verdict["held_out"] = bool(held)
-        ctx.plan.range_verdict = verdict
+        plan.range_verdict = verdict
         counts: dict[str, int] = {}
         for c in chosen.values():
             counts[c["estimator"]] = counts.get(c["estimator"], 0) + 1
@@ -62,7 +97,7 @@ class RangeSearch(PlanPass):
                  f"{verdict['samples']} {'held-out ' if held else ''}samples (mostly output {verdict['output']!r})"]
         if not verdict["kept"]:
             return PassResult(self.name, False, lines)
-        ctx.plan.ranges.update(chosen)
+        plan.ranges.update(chosen)
         lines += [f"{g}: {c['estimator']} [{c['min']:.4g}, {c['max']:.4g}], squared error {c['error']:.3g} "
                   f"(mean_minmax {c['errors']['mean_minmax']:.3g})" for g, c in changed.items()]
         return PassResult(self.name, True, lines)
