@@ -126,13 +126,14 @@ def search(plan: QuantizationPlan, mean_minmax: dict[str, tuple[float, float]],
 
 def onnx_values(prepared: onnx.ModelProto, tensors: list[str], samples: list[dict],
                 make_session: Callable) -> Iterator[dict[str, np.ndarray]]:
-    """The FP32 values of ``tensors`` on each of ``samples``: ``prepared`` run with them as outputs."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(prepared)
-    outputs = {o.name for o in probe.graph.output}
-    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in tensors if t not in outputs)
-    session = make_session(probe)
-    del probe
+    """The FP32 values of ``tensors`` on each of ``samples``: ``prepared`` run with them as outputs (added for the
+    session's making and taken out again: no copy of the model's weights, whatever its size)."""
+    outputs, kept = {o.name for o in prepared.graph.output}, len(prepared.graph.output)
+    prepared.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in tensors if t not in outputs)
+    try:
+        session = make_session(prepared)
+    finally:
+        del prepared.graph.output[kept:]
     inputs = {i.name for i in session.get_inputs()}
     for s in samples:
         yield dict(zip(tensors, session.run(tensors, {k: v for k, v in s.items() if k in inputs})))

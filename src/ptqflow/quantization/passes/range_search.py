@@ -19,7 +19,6 @@ from ptqflow.quantization.algorithms import range_search
 from ptqflow.quantization.algorithms.output_error import decision_outputs
 from ptqflow.quantization.passes.base import PassResult
 from ptqflow.quantization.passes.context import PlanContext, PlanPass
-from ptqflow.runtime.model_files import is_large
 
 
 class RangeSearch(PlanPass):
@@ -38,11 +37,7 @@ class RangeSearch(PlanPass):
 
     def ready(self, ctx: PlanContext) -> str:
         """Why the pass cannot run on ``ctx`` ("" when it can)."""
-        if ctx.write is None:
-            return "no writer of the plan at hand"
-        if is_large(ctx.prepared):  # its probe and the two written models would each hold the weights again
-            return "the model is over 2 GB"
-        return ""
+        return "" if ctx.write is not None else "no writer of the plan at hand"
 
     def values(self, ctx: PlanContext, tensors: list[str], samples: list[dict]) -> Iterator[dict[str, np.ndarray]]:
         """The FP32 values of ``tensors`` on each of ``samples``."""
