@@ -116,7 +116,7 @@ def search(plan: QuantizationPlan, mean_minmax: dict[str, tuple[float, float]],
     group_of = {p.tensor: p.group for p in plan.activations}
     for per_tensor in values:
         for t, value in per_tensor.items():
-            hists[group_of[t]].add(np.asarray(value, np.float64).ravel())
+            hists[group_of[t]].add(np.asarray(value))  # drawn from before widening: a tensor may hold millions
     first = {}
     for p in plan.activations:
         first.setdefault(p.group, p)
