@@ -100,7 +100,8 @@ class QuantizationPlan:
     # "error" (its squared error against FP32), "errors" (every candidate's)}; Statistics.ranges applies it
     ranges: dict[str, dict] = field(default_factory=dict)
     # the verdict on the chosen ranges as a whole (passes/range_search.py): {"kept", "error_chosen", "error_default",
-    # "output", "samples"}: the model's output error on held-out samples with them and with the default estimator's
+    # "relative_chosen", "relative_default", "output", "samples", "held_out"}: the model's output errors on held-out
+    # samples with them and with the default estimator's
     range_verdict: dict[str, Any] = field(default_factory=dict)
     version: int = PLAN_VERSION
 

@@ -88,7 +88,8 @@ class RangeSearch(PlanPass):
             counts[c["estimator"]] = counts.get(c["estimator"], 0) + 1
         lines = [f"{len(chosen)} ranges measured: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
                  f"{'kept' if verdict['kept'] else 'not kept'}: output error {verdict['error_chosen']:.4g} with the "
-                 f"chosen ranges, {verdict['error_default']:.4g} with the default estimator's on "
+                 f"chosen ranges, {verdict['error_default']:.4g} with the default estimator's (relative squared "
+                 f"error {verdict['relative_chosen']:.4g} and {verdict['relative_default']:.4g}) on "
                  f"{verdict['samples']} {'held-out ' if held else ''}samples (mostly output {verdict['output']!r})"]
         if not verdict["kept"]:
             return PassResult(self.name, False, lines)
