@@ -221,9 +221,13 @@ def quantize(prepared: onnx.ModelProto, statistics: Statistics, config: Quantiza
     # gated model do not sit beside it.
     with SetAside(q, to_file=bool(passes) and is_large(prepared)) as aside:
         del q
+        def written(ranges: dict) -> onnx.ModelProto:  # the plan as it would ship with ``ranges``: corrected as
+            w, _ = _write(prepared, plan, statistics, config, ranges)  # the guard decided
+            reapply(prepared, w, statistics, config, pool, device, bc)
+            return w
+
         run_passes(passes, PlanContext(prepared, plan, statistics, config, pool, lambda m: make_session(m, device),
-                                        device, fp32, lambda ranges: _write(prepared, plan, statistics, config,
-                                                                            ranges)[0]))
+                                        device, fp32, written))
         del fp32
         if (len(plan.float_tensors), len(plan.float_layers), len(plan.ranges)) != decided:
             q, records = _write(prepared, plan, statistics, config)

@@ -115,14 +115,10 @@ class MixedPrecisionOnOpenVINO(MixedPrecision):
 
 class RangeSearchOnOpenVINO(RangeSearch):
     """Activation ranges by measured error (same switch, samples, candidates and verdict) with the values, the FP32
-    references and the written models' outputs from OpenVINO: the plan written as FakeQuantize nodes, as the
-    quantized IR computes."""
+    references and the written models' outputs (FakeQuantize nodes, as the quantized IR computes) from OpenVINO."""
 
     def __init__(self, prepared: Prepared):
         self.prepared = prepared
-
-    def ready(self, ctx: PlanContext) -> str:
-        return ""
 
     def values(self, ctx: PlanContext, tensors: list[str], samples: list[dict]):
         return openvino_sensitivity.activation_values(self.prepared.model, self.prepared.view, tensors, samples)
@@ -131,7 +127,7 @@ class RangeSearchOnOpenVINO(RangeSearch):
         return openvino_sensitivity.fp32_outputs(self.prepared.model, self.prepared.view, samples)
 
     def outputs(self, ctx: PlanContext, ranges: dict, samples: list[dict]) -> list[list]:
-        return openvino_sensitivity.written_outputs(self.prepared.model, self.prepared.view, ctx.plan, ranges, samples)
+        return openvino_sensitivity.outputs_of(ctx.write(ranges), self.prepared.view, samples)
 
 
 # The plan passes that run the model, by name -> their OpenVINO form (made for the prepared model); the others are
@@ -193,7 +189,15 @@ def quantize(prepared: Prepared, statistics: Statistics, config: QuantizationCon
     q, bc = _correct_and_guard(prepared, q, bound, statistics, config, pool)
     passes = _on_openvino("quantize", prepared, plan, config) if plan_passes_on else []
     decided = (len(plan.float_tensors), len(plan.float_layers), len(plan.ranges))
-    run_passes(passes, PlanContext(prepared.view.view, plan, statistics, config, pool, _no_session, device))
+    def written(ranges: dict):  # the plan as it would ship with ``ranges``: corrected as the guard decided
+        w, bound, _ = _write(prepared, statistics, config, ranges)
+        if any(r.get("applied") for r in bc):
+            _correct(prepared, w, bound, statistics, config, pool)
+        openvino_sensitivity.name_outputs(bound)
+        return w
+
+    run_passes(passes, PlanContext(prepared.view.view, plan, statistics, config, pool, _no_session, device,
+                                   write=written))
     if (len(plan.float_tensors), len(plan.float_layers), len(plan.ranges)) != decided:
         q, bound, records = _write(prepared, statistics, config)
         if any(r.get("applied") for r in bc):  # the guard kept the correction: corrected again, its figures kept
@@ -201,13 +205,15 @@ def quantize(prepared: Prepared, statistics: Statistics, config: QuantizationCon
     return QuantizationResult(model=q, layers=layer_summary(prepared.view.view, plan, records, bc), plan=plan)
 
 
-def _write(prepared: Prepared, statistics: Statistics, config: QuantizationConfig) -> tuple[object, object, list]:
-    """A clone of the prepared model with the statistics' plan written as FakeQuantize nodes, the view bound to it
-    and the writer's records."""
+def _write(prepared: Prepared, statistics: Statistics, config: QuantizationConfig,
+           ranges: dict | None = None) -> tuple[object, object, list]:
+    """A clone of the prepared model with the statistics' plan written as FakeQuantize nodes (``ranges``, scale
+    group -> (min, max), instead of the statistics' where given), the view bound to it and the writer's records."""
     q = prepared.model.clone()
-    mean_minmax = RangeEstimator(config.advanced.activations_range) == RangeEstimator.MEAN_MINMAX
+    if ranges is None:
+        ranges = statistics.ranges(RangeEstimator(config.advanced.activations_range) == RangeEstimator.MEAN_MINMAX)
     bound = prepared.view.bind(q)  # before the writer changes q: its nodes stay q's nodes afterwards
-    return q, bound, insert_fake_quantize(q, bound, statistics.plan, statistics.ranges(mean_minmax))
+    return q, bound, insert_fake_quantize(q, bound, statistics.plan, ranges)
 
 
 def _correct(prepared: Prepared, q, bound, statistics: Statistics, config: QuantizationConfig,

@@ -54,7 +54,7 @@ def gated_model(model, view: OVView, plan: QuantizationPlan, ranges: dict,
             reader.replace_source_output(gated.output(0))
     q.add_parameters([gate])
     q.validate_nodes_and_infer_types()
-    _name_outputs(bound)
+    name_outputs(bound)
     return q, [r["tensor"] for r in records] + ([w.tensor for w in plan.weights] if weights else [])
 
 
@@ -62,11 +62,12 @@ def named(model, view: OVView) -> ov.Model:
     """A clone of ``model`` whose outputs carry the view's output names (a view names an output by one of its
     tensor names, or by its producer when it has none): what a runner asked for them finds."""
     q = model.clone()
-    _name_outputs(view.bind(q))
+    name_outputs(view.bind(q))
     return q
 
 
-def _name_outputs(bound: BoundView) -> None:
+def name_outputs(bound: BoundView) -> None:
+    """Give the outputs of the model ``bound`` refers to the view's output names."""
     for out in bound.view.view.graph.output:
         bound.port(out.name).get_tensor().add_names({out.name})
 
@@ -150,14 +151,10 @@ def activation_values(model, view: OVView, tensors: list[str], samples: list[dic
         yield dict(zip(tensors, session.run(None, s)))
 
 
-def written_outputs(model, view: OVView, plan: QuantizationPlan, ranges: dict, samples: list[dict]) -> list[list]:
-    """The outputs (the view's output order) on each of ``samples`` of ``model`` with ``plan`` written as
-    FakeQuantize nodes with ``ranges``, no bias correction (what the range search judges)."""
-    q = model.clone()
-    bound = view.bind(q)
-    insert_fake_quantize(q, bound, plan, ranges)
-    _name_outputs(bound)
-    session = _Session(q, [o.name for o in view.view.graph.output])
+def outputs_of(model, view: OVView, samples: list[dict]) -> list[list]:
+    """The outputs (the view's output order, which ``model`` names: ``name_outputs``) on each of ``samples`` of
+    ``model`` on OpenVINO CPU at f32."""
+    session = _Session(model, [o.name for o in view.view.graph.output])
     return [session.run(None, s) for s in samples]
 
 
