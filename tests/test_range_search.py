@@ -63,6 +63,22 @@ def test_plan_records_the_choice_and_quantized_outputs_are_closer():
     assert measured_error < default_error, (default_error, measured_error)
 
 
+def test_the_summary_and_the_report_say_which_ranges_were_chosen():
+    from ptqflow.pipeline.report.decisions import layer_rows
+
+    config = QuantizationConfig(subset_size=16, advanced=AdvancedParameters(
+        auto_safeguards=False, disable_bias_correction=True, range_search=True))
+    result = ptqflow.api.quantize_with_config(builders.conv_classifier(), ptqflow.Dataset(_heavy_tailed(16, 1)),
+                                              config)
+    assert result.plan.range_verdict["kept"]
+    chosen = {p.tensor: result.plan.ranges[p.group]["estimator"] for p in result.plan.activations}
+    rows = [r for r in result.layers if r.get("input_ranges")]
+    assert rows and all(r["input_ranges"] == {t: chosen[t] for t in r["input_ranges"]} for r in rows)
+    assert all(e != "mean_minmax" for r in rows for e in r["input_ranges"].values())
+    shown = {r["name"]: r["why"] for r in layer_rows(result.layers)}
+    assert all("input range by measured error" in shown[r["name"]] for r in rows)
+
+
 def _peaked(n: int, seed: int) -> list[dict]:
     """Small values everywhere but one large peak per sample, at a random position: the one value a max-pooled
     output reads, and almost never among the values the search samples."""

@@ -45,6 +45,9 @@ def layer_rows(decisions: list[dict], validation_layers: list[dict] | None = Non
         why = d.get("reason") or ""
         if tensor and d.get("consumers"):
             why += f" (read by {', '.join(map(str, d['consumers']))})"
+        if d.get("input_ranges"):  # ranges by measured error (docs/algorithms.md)
+            why = "; ".join(filter(None, [why, "input range by measured error: " + ", ".join(
+                f"{t} {e}" for t, e in d["input_ranges"].items())]))
         bc = d.get("bias_correction") or {}
         rows.append({
             "name": str(d.get("name", "")), "op_type": "activation" if tensor else str(d.get("op_type", "")),

@@ -13,7 +13,8 @@ def layer_summary(prepared: onnx.ModelProto, plan: QuantizationPlan, records: li
     it (``decided_by``) with the measurement that decided it (``measured``, see plan.MEASURED_KEYS), weight and
     input quantizers, bias shift and the bias-correction record (with the guard's error_before, error_after,
     held_out where it judged), and ``output_error``: the measured error contribution of the layer's input
-    quantizers (the sum over those measured; plan.output_errors) where the engine measured one.
+    quantizers (the sum over those measured; plan.output_errors) where the engine measured one; ``input_ranges``:
+    the range estimator of each input the range search chose (plan.ranges), where it is not the default.
     ``records``: what insert_qdq inserted; ``bc``: the bias-correction records."""
     weights = {r["tensor"]: r for r in records if r["kind"] == "weight"}
     acts_by_node: dict[str, list] = {}
@@ -24,6 +25,9 @@ def layer_summary(prepared: onnx.ModelProto, plan: QuantizationPlan, records: li
     floats = {f.node: f for f in plan.float_layers}
     bc_by = {d.get("layer"): d for d in bc}
     contribution = _contributions(plan)
+    # the activation ranges the range search chose and kept, where another estimator than the default won
+    chosen = {p.tensor: plan.ranges[p.group]["estimator"] for p in plan.activations
+              if p.group in plan.ranges and plan.ranges[p.group].get("estimator") != "mean_minmax"}
     rows = []
     for n in prepared.graph.node:
         if n.op_type not in placement.WEIGHTED and n.op_type not in placement.ACT_INPUTS:
@@ -35,6 +39,8 @@ def layer_summary(prepared: onnx.ModelProto, plan: QuantizationPlan, records: li
             row.update(status="quantized", weight=({"tensor": w["tensor"], "per_channel": w["axis"] is not None,
                                                     "bits": w["bits"]} if w else None),
                        quantized_inputs=inputs)
+            if any(t in chosen for t in inputs):
+                row["input_ranges"] = {t: chosen[t] for t in inputs if t in chosen}
         else:
             decision = floats.get(n.name)
             row.update(status="float", reason=decision.reason if decision else "no activation input to quantize",
