@@ -44,6 +44,10 @@ def run_ptqflow(model, samples, variant: str, transformer: bool):
         kw["advanced_parameters"] = ptqflow.AdvancedParameters(safeguard_depthwise=False)
     if variant == "range":  # activation ranges chosen by measured error (opt-in)
         kw["advanced_parameters"] = ptqflow.AdvancedParameters(range_search=True)
+    if variant == "adaround":  # adaptive weight rounding (opt-in), reconstructing from the FP32 layer inputs
+        kw["advanced_parameters"] = ptqflow.AdvancedParameters(adaround=True)
+    if variant == "adaround_q":  # ... from the layer inputs as their activation quantizers write them
+        kw["advanced_parameters"] = ptqflow.AdvancedParameters(adaround=True, adaround_quantized_inputs=True)
     if variant == "ort":  # placed for onnxruntime, written as QDQ
         kw["target_runtime"] = ptqflow.TargetRuntime.ONNXRUNTIME
     if variant == "qop":
