@@ -17,8 +17,9 @@ is floor(w / s) + (h >= 0.5), clipped to the narrow range. A layer keeps nearest
 higher than AdaRound's (on its own collected rows), so AdaRound never makes a layer's loss worse.
 
 The time budget (``advanced.adaround_time_budget`` seconds, the whole model, the collection included) is shared
-among the layers by their cost (rows x D^2 per group and iteration); each layer runs at most MAX_ITERATIONS,
-fewer where its share is short, and keeps nearest rounding where it would get fewer than MIN_ITERATIONS.
+among the layers by their measured cost: one iteration of each layer is timed, and every layer gets the same
+number of iterations, at most MAX_ITERATIONS, fewer where the time left is short (a count recomputed after each
+layer, the cheapest first); a layer that would get fewer than MIN_ITERATIONS keeps nearest rounding.
 """
 
 from __future__ import annotations
@@ -72,12 +73,6 @@ class Layer:
     c: np.ndarray | None = None
     rows: int = 0
     record: dict = field(default_factory=dict)
-
-    @property
-    def cost(self) -> float:
-        """Flops of one iteration (the product W A, twice with the gradient's terms)."""
-        g, r, d = self.w.shape
-        return 2.0 * g * r * d * d
 
 
 def _matrix(w: np.ndarray, node: onnx.NodeProto) -> tuple[np.ndarray, Callable] | None:
@@ -282,22 +277,29 @@ def optimize(w: np.ndarray, scale: np.ndarray, qmax: int, a: np.ndarray, c: np.n
     return np.clip(floor + up, -qmax, qmax)
 
 
-def _iteration_seconds(layer: Layer, a: np.ndarray, c: np.ndarray) -> float:
-    """Measured seconds of one iteration's products on ``layer``."""
-    start = time.perf_counter()
-    for _ in range(3):
-        _ = (layer.w @ a - layer.w @ c.transpose(0, 2, 1)) * layer.scale
-    return (time.perf_counter() - start) / 3 * 1.5  # the elementwise rest of an iteration
+def _products(layer: Layer) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(A, C, H) of ``layer``: A and C are H where the inputs were not quantized."""
+    return (layer.h if layer.a is None else layer.a), (layer.h if layer.c is None else layer.c), layer.h
 
 
-def round_layer(layer: Layer, seconds: float) -> np.ndarray:
-    """The layer's codes (its weight's shape): AdaRound's within ``seconds``, or nearest rounding where the
-    budget allows fewer than MIN_ITERATIONS or AdaRound's loss is not lower; fills ``layer.record``."""
-    a = layer.h if layer.a is None else layer.a
-    c = layer.h if layer.c is None else layer.c
+def iteration_seconds(layer: Layer, probe: int = 3) -> float:
+    """Seconds one iteration of ``optimize`` takes on ``layer``: ``probe`` more iterations than one, timed, so the
+    set-up both share cancels."""
+    times = []
+    for n in (1, 1 + probe):
+        start = time.perf_counter()
+        optimize(layer.w, layer.scale, layer.qmax, *_products(layer), n)
+        times.append(time.perf_counter() - start)
+    return max(times[1] - times[0], 1e-6) / probe
+
+
+def round_layer(layer: Layer, iterations: int) -> np.ndarray:
+    """The layer's codes (its weight's shape): AdaRound's after ``iterations``, or nearest rounding where the
+    layer has too few input rows, ``iterations`` is below MIN_ITERATIONS (the budget allowed no more) or AdaRound's
+    loss is not lower; fills ``layer.record``."""
+    a, c, _ = _products(layer)
     energy = max(float(np.sum((layer.w @ layer.h) * layer.w)), 1e-30)  # the layer output's squared sum
     nearest_loss = layer_loss(layer.nearest * layer.scale, layer.w, a, c, layer.h)
-    iterations = min(MAX_ITERATIONS, int(seconds / max(_iteration_seconds(layer, a, c), 1e-9)))
     record = {"iterations": iterations, "rows": layer.rows, "loss_nearest": nearest_loss / energy}
     codes = layer.nearest
     if layer.rows < ROWS_PER_INPUT * layer.w.shape[2]:
@@ -339,13 +341,17 @@ def round_weights(prepared: onnx.ModelProto, plan: QuantizationPlan, statistics,
         formats = NumberFormats(config.effective_activation_type(), config.weight_type.value)
         params = {p.tensor: activation_quantizer(p, ranges, formats)[:3] for p in plan.activations}
     collect(prepared, layers, samples, make_session, params, adv.adaround_quantized_inputs)
+    # The budget is shared by measured cost: every layer gets the same number of iterations (at most
+    # MAX_ITERATIONS), the cheapest first, each count recomputed from the time left.
+    seconds = {layer.entry.tensor: iteration_seconds(layer) for layer in layers}
+    layers.sort(key=lambda la: seconds[la.entry.tensor])
+    left = sum(seconds.values())
     codes = {}
-    left = sum(layer.cost for layer in layers)
-    for layer in sorted(layers, key=lambda la: la.cost):  # the cheap first: what they leave goes to the dear
-        remaining = adv.adaround_time_budget - (time.perf_counter() - start)
-        share = max(0.0, remaining) * layer.cost / left
-        left -= layer.cost
-        codes[layer.entry.tensor] = round_layer(layer, share)
+    for layer in layers:
+        remaining = max(0.0, adv.adaround_time_budget - (time.perf_counter() - start))
+        iterations = min(MAX_ITERATIONS, int(remaining / max(left, 1e-9)))
+        left -= seconds[layer.entry.tensor]
+        codes[layer.entry.tensor] = round_layer(layer, iterations)
         plan.adaround[layer.entry.tensor] = layer.record
         layer.h = layer.a = layer.c = None
     applied = [r for r in plan.adaround.values() if r.get("applied")]
