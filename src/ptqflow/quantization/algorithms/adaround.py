@@ -19,7 +19,8 @@ higher than AdaRound's (on its own collected rows), so AdaRound never makes a la
 The time budget (``advanced.adaround_time_budget`` seconds, the whole model, the collection included) is shared
 among the layers by their measured cost: one iteration of each layer is timed, and every layer gets the same
 number of iterations, at most MAX_ITERATIONS, fewer where the time left is short (a count recomputed after each
-layer, the cheapest first); a layer that would get fewer than MIN_ITERATIONS keeps nearest rounding.
+layer, the cheapest first); where that count falls below MIN_ITERATIONS, the cheapest layers get MIN_ITERATIONS
+each while the time lasts and the others keep nearest rounding.
 """
 
 from __future__ import annotations
@@ -255,15 +256,17 @@ def optimize(w: np.ndarray, scale: np.ndarray, qmax: int, a: np.ndarray, c: np.n
     v = -np.log((ZETA - GAMMA) / (rest - GAMMA) - 1.0)  # h(V) = the fractional part: the float weight
     nearest = np.clip(np.round(ratio), -qmax, qmax) * scale
     norm = max(layer_loss(nearest, w, a, c, h), 1e-30)
+    # the loop in float32 (twice as fast as float64; the final comparison of losses is in float64)
+    w, scale, a, floor = (x.astype(np.float32) for x in (w, scale, a, floor))
+    v, wct = v.astype(np.float32), (w @ c.transpose(0, 2, 1).astype(np.float32))
     m1, m2 = np.zeros_like(v), np.zeros_like(v)
     b1, b2, eps = 0.9, 0.999, 1e-8
     warm = int(WARMUP * iterations)
-    ct = c.transpose(0, 2, 1)
     for t in range(iterations):
         soft, dsoft = _soft(v)
         soft = np.where(fixed_down, 0.0, np.where(fixed_up, 1.0, soft))
         wq = (floor + soft) * scale
-        grad_h = 2.0 * (wq @ a - w @ ct) * scale / norm
+        grad_h = 2.0 * (wq @ a - wct) * scale / np.float32(norm)
         if t >= warm:
             beta = BETA[0] + (BETA[1] - BETA[0]) * (t - warm) / max(iterations - warm - 1, 1)
             centered = 2.0 * soft - 1.0
@@ -350,6 +353,8 @@ def round_weights(prepared: onnx.ModelProto, plan: QuantizationPlan, statistics,
     for layer in layers:
         remaining = max(0.0, adv.adaround_time_budget - (time.perf_counter() - start))
         iterations = min(MAX_ITERATIONS, int(remaining / max(left, 1e-9)))
+        if iterations < MIN_ITERATIONS:  # too short for all: MIN_ITERATIONS for as many as fit, the cheapest first
+            iterations = MIN_ITERATIONS if remaining >= MIN_ITERATIONS * seconds[layer.entry.tensor] else 0
         left -= seconds[layer.entry.tensor]
         codes[layer.entry.tensor] = round_layer(layer, iterations)
         plan.adaround[layer.entry.tensor] = layer.record
