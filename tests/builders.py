@@ -702,9 +702,10 @@ def rounding_convs(seed: int = 0, c: int = 16, size: int = 12) -> onnx.ModelProt
     """input[N,4,s,s] -> Conv 3x3 (stride 1, pads) -> Relu -> depthwise Conv 3x3 (group c, stride 2, dilations 1)
     -> Relu -> grouped Conv 3x3 (group 4) -> out[N,c,s/2,s/2]; every weight with one outlier per output channel."""
     rng = np.random.default_rng(seed)
-    inits = [_init("w_full", _outlier_weights(rng, (c, 4, 3, 3))), _init("b_full", rng.normal(0, 0.1, c).astype(np.float32)),
-             _init("w_dw", _outlier_weights(rng, (c, 1, 3, 3))), _init("b_dw", rng.normal(0, 0.1, c).astype(np.float32)),
-             _init("w_grp", _outlier_weights(rng, (c, c // 4, 3, 3))), _init("b_grp", rng.normal(0, 0.1, c).astype(np.float32))]
+    bias = lambda: rng.normal(0, 0.1, c).astype(np.float32)  # noqa: E731
+    inits = [_init("w_full", _outlier_weights(rng, (c, 4, 3, 3))), _init("b_full", bias()),
+             _init("w_dw", _outlier_weights(rng, (c, 1, 3, 3))), _init("b_dw", bias()),
+             _init("w_grp", _outlier_weights(rng, (c, c // 4, 3, 3))), _init("b_grp", bias())]
     n = helper.make_node
     nodes = [
         n("Conv", ["input", "w_full", "b_full"], ["c1"], name="full", pads=[1, 1, 1, 1]),

@@ -159,11 +159,13 @@ def test_quantize_reads_adaround_samples():
 
 def test_quantized_inputs_reconstruct_from_the_written_activations():
     model, calibration = builders.rounding_linear(), _mixed_rows(16, 1)
-    config = QuantizationConfig(subset_size=16, advanced=AdvancedParameters(adaround=True, adaround_quantized_inputs=True))
+    config = QuantizationConfig(subset_size=16,
+                                advanced=AdvancedParameters(adaround=True, adaround_quantized_inputs=True))
     plain = QuantizationConfig(subset_size=16, advanced=AdvancedParameters(adaround=True))
     q_records = quantize_with_config(model, calibration, config).plan.adaround
     records = quantize_with_config(model, calibration, plain).plan.adaround
-    for tensor, r in q_records.items():  # the input's quantization error is part of the loss, and no rounding cancels it
+    # the input's quantization error is part of the loss, and no rounding cancels it all
+    for tensor, r in q_records.items():
         assert r["applied"] and r["loss_nearest"] > records[tensor]["loss_nearest"]
         assert r["loss_adaround"] < r["loss_nearest"]
 

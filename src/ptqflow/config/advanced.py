@@ -245,7 +245,8 @@ class AdvancedParameters(_Strict):
         "weight is rounded down or up (scales unchanged) to minimize the layer's output error on adaround_samples "
         "calibration samples, instead of to the nearest code; a layer keeps nearest rounding where that error is "
         "not lower. Takes up to adaround_time_budget seconds. ONNX models only (skipped with a plan warning on an "
-        "OpenVINO model). Off by default pending bench figures (bench/README.md, 'AdaRound').",
+        "OpenVINO model). Off by default: it raised output SQNR on PP-OCR cls but lowered it on rec and det, whose "
+        "layers' own errors fell (bench/README.md, 'AdaRound').",
     )
     adaround_samples: int = Field(
         16, gt=0, description="Calibration samples whose layer inputs AdaRound reconstructs (read at quantization).",

@@ -127,7 +127,8 @@ def layers_of(prepared: onnx.ModelProto, plan: QuantizationPlan) -> tuple[list[L
     return layers, skipped
 
 
-def _conv_pads(node: onnx.NodeProto, spatial: tuple[int, ...], kernel: tuple[int, ...], strides, dilations) -> list[int]:
+def _conv_pads(node: onnx.NodeProto, spatial: tuple[int, ...], kernel: tuple[int, ...], strides,
+               dilations) -> list[int]:
     """Begin pads then end pads of ``node`` (its ``auto_pad`` resolved)."""
     auto = attr(node, "auto_pad", b"NOTSET")
     auto = auto.decode() if isinstance(auto, bytes) else auto
