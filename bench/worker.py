@@ -42,8 +42,10 @@ def run_ptqflow(model, samples, variant: str, transformer: bool):
         kw["advanced_parameters"] = ptqflow.AdvancedParameters(cross_layer_equalization=True, safeguard_depthwise=False)
     if variant == "nodw":  # the depthwise safeguard off, nothing instead (the side-by-side reference of cle_nodw)
         kw["advanced_parameters"] = ptqflow.AdvancedParameters(safeguard_depthwise=False)
-    if variant == "range":  # activation ranges chosen by measured error (opt-in)
+    if variant == "range":  # activation ranges chosen by measured error (on by default since it is judged)
         kw["advanced_parameters"] = ptqflow.AdvancedParameters(range_search=True)
+    if variant == "norange":  # the default without the range search (its side-by-side reference)
+        kw["advanced_parameters"] = ptqflow.AdvancedParameters(range_search=False)
     if variant == "adaround":  # adaptive weight rounding (opt-in), reconstructing from the FP32 layer inputs
         kw["advanced_parameters"] = ptqflow.AdvancedParameters(adaround=True)
     if variant == "adaround64":  # ... on 64 samples: enough rows for the encoder's 384-input layers (2 per input)

@@ -239,9 +239,8 @@ def test_old_format_is_refused_with_collect_them_again(collected, tmp_path):
 
 
 def test_plan_passes_in_order():
-    assert [p.name for p in plan_passes()] == ["safeguard_outliers", "safeguard_depthwise", "range_search",
-                                               "sensitivity_search"]
-    assert [p.name for p in plan_passes("quantize")] == ["mixed_precision"]
+    assert [p.name for p in plan_passes()] == ["safeguard_outliers", "safeguard_depthwise", "sensitivity_search"]
+    assert [p.name for p in plan_passes("quantize")] == ["mixed_precision", "range_search"]
 
 
 @pytest.mark.parametrize("kw,on", [
@@ -249,7 +248,6 @@ def test_plan_passes_in_order():
     ({"safeguard_outliers": False}, {"safeguard_depthwise"}),
     ({"safeguard_depthwise": False}, {"safeguard_outliers"}),
     ({"auto_safeguards": False}, set()),
-    ({"range_search": True}, {"safeguard_outliers", "safeguard_depthwise", "range_search"}),
     ({"auto_safeguards": False, "safeguard_outliers": True}, {"safeguard_outliers"}),
     ({"auto_safeguards": False, "safeguard_depthwise": True}, {"safeguard_depthwise"}),
     ({"sensitivity_search": True}, {"safeguard_outliers", "safeguard_depthwise", "sensitivity_search"}),

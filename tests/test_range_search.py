@@ -4,10 +4,13 @@ and its error in the plan, the error measured as the QDQ writer quantizes, and a
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnxruntime as ort
+import pytest
 
 import builders
 import ptqflow
+import ptqflow.api
 from ptqflow.config import AdvancedParameters, QuantizationConfig
 from ptqflow.quantization.algorithms.minmax import activation_params
 from ptqflow.quantization.algorithms.range_search import Values, choose, squared_error
@@ -45,7 +48,7 @@ def test_plan_records_the_choice_and_quantized_outputs_are_closer():
         config = QuantizationConfig(subset_size=16, advanced=AdvancedParameters(
             auto_safeguards=False, disable_bias_correction=True, **advanced))
         stats = ptqflow.collect_statistics(model, ptqflow.Dataset(calibration), config)
-        q = ptqflow.apply_quantization(model, stats, config)
+        q = ptqflow.apply_quantization(model, stats, config, dataset=ptqflow.Dataset(calibration))
         out = ort.InferenceSession(q.SerializeToString(), providers=["CPUExecutionProvider"])
         error = float(((np.concatenate([out.run(None, s)[0] for s in held_out]) - ref) ** 2).mean() / ref.var())
         return stats.plan, error
@@ -58,3 +61,55 @@ def test_plan_records_the_choice_and_quantized_outputs_are_closer():
     assert QuantizationPlan.from_json(plan.to_json()).ranges == plan.ranges
     assert any(r["estimator"] != "mean_minmax" for r in plan.ranges.values())
     assert measured_error < default_error, (default_error, measured_error)
+
+
+def _peaked(n: int, seed: int) -> list[dict]:
+    """Small values everywhere but one large peak per sample, at a random position: the one value a max-pooled
+    output reads, and almost never among the values the search samples."""
+    rng = np.random.default_rng(seed)
+    samples = []
+    for _ in range(n):
+        x = rng.normal(0, 1, (1, 16, 64, 64)).astype(np.float32)
+        x[0, rng.integers(16), rng.integers(64), rng.integers(64)] = 50.0
+        samples.append({"input": x})
+    return samples
+
+
+def _max_pooled() -> onnx.ModelProto:
+    """input [1, 16, 64, 64] -> Conv 1x1 (positive weights) -> GlobalMaxPool -> Flatten: the peak carries the
+    output."""
+    w = np.abs(np.random.default_rng(3).normal(0, 1, (4, 16, 1, 1))).astype(np.float32)
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Conv", ["input", "w"], ["conv"], name="conv"),
+         onnx.helper.make_node("GlobalMaxPool", ["conv"], ["pooled"], name="pool"),
+         onnx.helper.make_node("Flatten", ["pooled"], ["out"], name="flatten")],
+        "peak", [onnx.helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, [1, 16, 64, 64])],
+        [onnx.helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, [1, 4])],
+        [onnx.numpy_helper.from_array(w, "w")])
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)], ir_version=9)
+
+
+def test_ranges_that_lower_the_tensor_error_but_raise_the_output_error_are_not_kept():
+    config = QuantizationConfig(subset_size=16, advanced=AdvancedParameters(
+        auto_safeguards=False, disable_bias_correction=True, range_search=True))
+    result = ptqflow.api.quantize_with_config(_max_pooled(), ptqflow.Dataset(_peaked(16, 0)), config)
+    verdict = result.plan.range_verdict
+    assert verdict["kept"] is False and verdict["held_out"] and verdict["samples"] == 8
+    assert verdict["error_chosen"] > 10 * verdict["error_default"], verdict  # the clipped peak is the output
+    assert result.plan.ranges == {}
+
+
+def test_range_search_on_an_ir_decides_as_on_onnx(tmp_path):
+    ov = pytest.importorskip("openvino")
+    path = builders.save(builders.conv_classifier(), tmp_path / "m.onnx")
+    data = ptqflow.Dataset(_heavy_tailed(16, 1))
+    config = QuantizationConfig(subset_size=16, advanced=AdvancedParameters(
+        auto_safeguards=False, disable_bias_correction=True, range_search=True))
+    on_onnx = ptqflow.api.quantize_with_config(str(path), data, config)
+    on_ir = ptqflow.api.quantize_with_config(ov.convert_model(str(path)), data, config)
+    assert on_onnx.plan.range_verdict["kept"] and on_ir.plan.range_verdict["kept"]
+    assert not any("range_search" in w for w in on_ir.plan.warnings)
+    estimators = [sorted(c["estimator"] for c in r.plan.ranges.values()) for r in (on_onnx, on_ir)]
+    assert estimators[1] == estimators[0]
+    for key in ("error_chosen", "error_default"):
+        assert on_ir.plan.range_verdict[key] == pytest.approx(on_onnx.plan.range_verdict[key], rel=0.05)

@@ -163,16 +163,18 @@ def prepare_for(model, statistics: Statistics, config: QuantizationConfig) -> on
 
 
 def _write(prepared: onnx.ModelProto, plan: QuantizationPlan, statistics: Statistics,
-           config: QuantizationConfig, codes: dict | None = None) -> tuple[onnx.ModelProto, list[dict]]:
-    """The QDQ model of ``plan`` (in config's number formats; ``codes``: AdaRound's weight codes by tensor) and
-    insert_qdq's records."""
+           config: QuantizationConfig, ranges: dict | None = None,
+           codes: dict | None = None) -> tuple[onnx.ModelProto, list[dict]]:
+    """The QDQ model of ``plan`` (in config's number formats) and insert_qdq's records; ``ranges`` (scale group ->
+    (min, max)) instead of the statistics' where given; ``codes``: AdaRound's weight codes by tensor."""
     # q starts without the float weights' bytes: insert_qdq reads them from prepared, so the INT8 model never
     # holds a second copy of them (protobuf frees a message's memory only as a whole; for a model over 2 GB,
     # gigabytes).
     q = copy_without(prepared, {w.tensor for w in plan.weights})
-    mean_minmax = RangeEstimator(config.advanced.activations_range) == RangeEstimator.MEAN_MINMAX
-    records = minmax.insert_qdq(q, plan, statistics.ranges(mean_minmax), number_formats(prepared, plan, config),
-                                float_weights=prepared, codes=codes)
+    if ranges is None:
+        ranges = statistics.ranges(RangeEstimator(config.advanced.activations_range) == RangeEstimator.MEAN_MINMAX)
+    records = minmax.insert_qdq(q, plan, ranges, number_formats(prepared, plan, config), float_weights=prepared,
+                                codes=codes)
     return q, records
 
 
@@ -212,24 +214,25 @@ def quantize(prepared: onnx.ModelProto, statistics: Statistics, config: Quantiza
     # passes stack into runs (accumulate.batches) are theirs to run.
     fp32 = OutputCache(prepared, device)
     judged, _, fitted = guard_samples(prepared, config, pool)
-    ahead = [s for s in pool[:max([p.samples(config) for p in passes] + [0])]
-             if not batchable(prepared, []) or stack_size(s) == 1]
+    stacked = batchable(prepared, [])
+    ahead = [s for s in pool[:max([p.samples(config) for p in passes] + [0])] if not stacked or stack_size(s) == 1]
     fp32(judged + fitted + ahead)
     references = guard_references(prepared, config, pool, device, fp32)
-    q, records = _write(prepared, plan, statistics, config, codes)
+    q, records = _write(prepared, plan, statistics, config, codes=codes)
     bc = correct_and_guard(prepared, q, statistics, config, pool, device, references)
     del references
     fp32.keep(ahead)  # the guard's other outputs are done with (PP-OCR rec: 32 of 1 MB; its search stacks its own)
-    decided = (len(plan.float_tensors), len(plan.float_layers))
+    decided = (len(plan.float_tensors), len(plan.float_layers), len(plan.ranges))
     # The passes never read the INT8 model: a large one waits in a file meanwhile, so their FP32 sessions and
     # gated model do not sit beside it.
     with SetAside(q, to_file=bool(passes) and is_large(prepared)) as aside:
         del q
         run_passes(passes, PlanContext(prepared, plan, statistics, config, pool, lambda m: make_session(m, device),
-                                        device, fp32))
+                                        device, fp32, lambda ranges: _write(prepared, plan, statistics, config,
+                                                                            ranges, codes)[0]))
         del fp32
-        if (len(plan.float_tensors), len(plan.float_layers)) != decided:
-            q, records = _write(prepared, plan, statistics, config, codes)
+        if (len(plan.float_tensors), len(plan.float_layers), len(plan.ranges)) != decided:
+            q, records = _write(prepared, plan, statistics, config, codes=codes)
             bc = reapply(prepared, q, statistics, config, pool, device, bc)
         else:
             q = aside.back()

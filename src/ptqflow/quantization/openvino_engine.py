@@ -5,8 +5,8 @@ Placement, the plan, the statistic points and the plan passes are the ONNX path'
 itself (statistics.openvino_collector), the plan is written as FakeQuantize nodes (algorithms.fake_quantize) and
 FastBiasCorrection and full BiasCorrection run on OpenVINO (algorithms.openvino_bias, openvino_bias_correction).
 The plan passes that run the model on kept samples run on OpenVINO where ``ON_OPENVINO`` has their form (the
-sensitivity search at collection, the error-driven mixed-precision search at quantization, both on
-algorithms.openvino_sensitivity's gated ov.Model) and are left out with a plan warning otherwise; SmoothQuant,
+sensitivity search at collection, the error-driven mixed-precision search and the range search at quantization, on
+algorithms.openvino_sensitivity's models) and are left out with a plan warning otherwise; SmoothQuant,
 which needs the ONNX graph, is refused by name.
 """
 
@@ -34,6 +34,7 @@ from ptqflow.quantization.engine import Collected, QuantizationResult, StreamFor
 from ptqflow.quantization.graph.openvino_view import OVView, build_view, is_openvino, mark_batch  # noqa: F401
 from ptqflow.quantization.passes.context import PlanContext
 from ptqflow.quantization.passes.mixed_precision import MixedPrecision
+from ptqflow.quantization.passes.range_search import RangeSearch
 from ptqflow.quantization.passes.registry import plan_passes
 from ptqflow.quantization.passes.sensitivity import SensitivitySafeguard
 from ptqflow.quantization.statistics import Statistics, openvino_collector
@@ -112,9 +113,31 @@ class MixedPrecisionOnOpenVINO(MixedPrecision):
                                                            samples, **bounds)
 
 
+class RangeSearchOnOpenVINO(RangeSearch):
+    """Activation ranges by measured error (same switch, samples, candidates and verdict) with the values, the FP32
+    references and the written models' outputs from OpenVINO: the plan written as FakeQuantize nodes, as the
+    quantized IR computes."""
+
+    def __init__(self, prepared: Prepared):
+        self.prepared = prepared
+
+    def ready(self, ctx: PlanContext) -> str:
+        return ""
+
+    def values(self, ctx: PlanContext, tensors: list[str], samples: list[dict]):
+        return openvino_sensitivity.activation_values(self.prepared.model, self.prepared.view, tensors, samples)
+
+    def references(self, ctx: PlanContext, samples: list[dict]) -> list[list]:
+        return openvino_sensitivity.fp32_outputs(self.prepared.model, self.prepared.view, samples)
+
+    def outputs(self, ctx: PlanContext, ranges: dict, samples: list[dict]) -> list[list]:
+        return openvino_sensitivity.written_outputs(self.prepared.model, self.prepared.view, ctx.plan, ranges, samples)
+
+
 # The plan passes that run the model, by name -> their OpenVINO form (made for the prepared model); the others are
 # left out with a plan warning.
-ON_OPENVINO = {SensitivitySafeguard.name: SensitivityOnOpenVINO, MixedPrecision.name: MixedPrecisionOnOpenVINO}
+ON_OPENVINO = {SensitivitySafeguard.name: SensitivityOnOpenVINO, MixedPrecision.name: MixedPrecisionOnOpenVINO,
+               RangeSearch.name: RangeSearchOnOpenVINO}
 
 
 def _on_openvino(stage: str, prepared: Prepared, plan, config: QuantizationConfig) -> list:
@@ -171,9 +194,9 @@ def quantize(prepared: Prepared, statistics: Statistics, config: QuantizationCon
     q, bound, records = _write(prepared, statistics, config)
     q, bc = _correct_and_guard(prepared, q, bound, statistics, config, pool)
     passes = _on_openvino("quantize", prepared, plan, config) if plan_passes_on else []
-    decided = (len(plan.float_tensors), len(plan.float_layers))
+    decided = (len(plan.float_tensors), len(plan.float_layers), len(plan.ranges))
     run_passes(passes, PlanContext(prepared.view.view, plan, statistics, config, pool, _no_session, device))
-    if (len(plan.float_tensors), len(plan.float_layers)) != decided:
+    if (len(plan.float_tensors), len(plan.float_layers), len(plan.ranges)) != decided:
         q, bound, records = _write(prepared, statistics, config)
         if any(r.get("applied") for r in bc):  # the guard kept the correction: corrected again, its figures kept
             bc = with_verdict(_correct(prepared, q, bound, statistics, config, pool), bc)

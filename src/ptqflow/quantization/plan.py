@@ -99,6 +99,10 @@ class QuantizationPlan:
     # scale group -> the range chosen by measured error (passes/range_search.py): {"estimator", "min", "max",
     # "error" (its squared error against FP32), "errors" (every candidate's)}; Statistics.ranges applies it
     ranges: dict[str, dict] = field(default_factory=dict)
+    # the verdict on the chosen ranges as a whole (passes/range_search.py): {"kept", "error_chosen", "error_default",
+    # "relative_chosen", "relative_default", "output", "samples", "held_out"}: the model's output errors on held-out
+    # samples with them and with the default estimator's
+    range_verdict: dict[str, Any] = field(default_factory=dict)
     # weight tensor -> what AdaRound did with it (algorithms/adaround.py): {"applied", "flipped" (share of codes
     # rounded the other way than nearest), "loss_nearest", "loss_adaround" (the layer's relative output error),
     # "iterations", "rows", "reason" where not applied}; set at quantization
@@ -146,6 +150,8 @@ class QuantizationPlan:
             del doc["output_errors"]
         if not self.ranges:
             del doc["ranges"]
+        if not self.range_verdict:
+            del doc["range_verdict"]
         if not self.adaround:
             del doc["adaround"]
         for f in doc["float_layers"] + doc["float_tensors"]:
@@ -180,6 +186,7 @@ class QuantizationPlan:
                 collected=dict(doc.get("collected") or {}),
                 output_errors={str(k): float(v) for k, v in (doc.get("output_errors") or {}).items()},
                 ranges={str(k): dict(v) for k, v in (doc.get("ranges") or {}).items()},
+                range_verdict=dict(doc.get("range_verdict") or {}),
                 adaround={str(k): dict(v) for k, v in (doc.get("adaround") or {}).items()},
                 smooth_quant=SmoothQuantFactors(float(sq["alpha"]), dict(sq["tensors"])) if sq else None,
                 version=PLAN_VERSION)

@@ -51,7 +51,7 @@ STEPS: tuple[StepSpec, ...] = (
              accelerated=False, optional=False, config_reads=("model", "model_sha256", "conversion")),
     StepSpec("build-calibration", "ptqflow.pipeline.steps.build_calibration", inputs=("model",), output="calibration",
              accelerated=False, optional=False, config_reads=("data", "quantization.subset_size")),
-    # the bias-correction and mixed-precision knobs that only matter when statistics are applied (quantize) are
+    # the bias-correction, mixed-precision and range-search knobs that only matter when statistics are applied (quantize) are
     # left out
     StepSpec("collect-stats", "ptqflow.pipeline.steps.collect_stats", inputs=("model", "calibration"), output="statistics",
              accelerated=True, optional=False,
@@ -65,7 +65,9 @@ STEPS: tuple[StepSpec, ...] = (
                            "!quantization.advanced.mixed_precision_max_float_share",
                            "!quantization.advanced.mixed_precision_min_share",
                            "!quantization.advanced.mixed_precision_target_error",
-                           "!quantization.advanced.mixed_precision_max_evals")),
+                           "!quantization.advanced.mixed_precision_max_evals",
+                           "!quantization.advanced.range_search",
+                           "!quantization.advanced.range_search_samples")),
     StepSpec("quantize", "ptqflow.pipeline.steps.quantize", inputs=("model", "calibration", "statistics"), output="quantized",
              accelerated=True, optional=False, config_reads=("quantization", "device")),
     # validate reads the statistics, and export-ir the report (validate's accuracy-controlled model), only with

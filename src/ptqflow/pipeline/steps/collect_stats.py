@@ -29,7 +29,8 @@ _APPLY_ONLY_ADVANCED = {"disable_bias_correction", "bias_correction_subset_size"
                         "bias_correction_guard_samples", "bias_correction_guard_samples_no_softmax",
                         "bias_correction_guard_tie_weight", "safeguard_mixed_precision", "mixed_precision_samples",
                         "mixed_precision_max_float_share", "mixed_precision_min_share",
-                        "mixed_precision_target_error", "mixed_precision_max_evals"}
+                        "mixed_precision_target_error", "mixed_precision_max_evals", "range_search",
+                        "range_search_samples"}
 
 
 def config_section(cfg: PipelineConfig) -> dict:

@@ -132,3 +132,36 @@ class _GatesOff:
     def run(self, _, feed: dict) -> list[np.ndarray]:
         values, _ = next(iter(self.runner.map([{"arrays": {**feed, GATE: self.gate}, "count": 1}])))
         return [values[n] for n in self.runner.outputs]
+
+
+def activation_values(model, view: OVView, tensors: list[str], samples: list[dict]):
+    """The FP32 values of the view's ``tensors`` on each of ``samples`` (a dict per sample), ``model`` run on
+    OpenVINO CPU at f32 with one more Result per tensor (the range search's values, algorithms.range_search)."""
+    probe = model.clone()
+    bound = view.bind(probe)
+    results = []
+    for i, tensor in enumerate(tensors):
+        node = ops.convert(bound.port(tensor), ov.Type.f32)
+        node.output(0).get_tensor().set_names({f"ptqflow_value_{i}"})
+        results.append(ops.result(node.output(0)))
+    session = _Session(ov.Model(results, probe.get_parameters(), "ptqflow-values"),
+                       [f"ptqflow_value_{i}" for i in range(len(tensors))])
+    for s in samples:
+        yield dict(zip(tensors, session.run(None, s)))
+
+
+def written_outputs(model, view: OVView, plan: QuantizationPlan, ranges: dict, samples: list[dict]) -> list[list]:
+    """The outputs (the view's output order) on each of ``samples`` of ``model`` with ``plan`` written as
+    FakeQuantize nodes with ``ranges``, no bias correction (what the range search judges)."""
+    q = model.clone()
+    bound = view.bind(q)
+    insert_fake_quantize(q, bound, plan, ranges)
+    _name_outputs(bound)
+    session = _Session(q, [o.name for o in view.view.graph.output])
+    return [session.run(None, s) for s in samples]
+
+
+def fp32_outputs(model, view: OVView, samples: list[dict]) -> list[list]:
+    """The FP32 model's outputs (the view's output order) on each of ``samples``, OpenVINO CPU at f32."""
+    session = _Session(named(model, view), [o.name for o in view.view.graph.output])
+    return [session.run(None, s) for s in samples]

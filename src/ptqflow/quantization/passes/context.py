@@ -37,12 +37,17 @@ class PlanContext:
     # The FP32 model's outputs on samples, computed once per sample (runtime.sessions.OutputCache); None: the pass
     # runs make_session's session itself.
     references: Callable[[list[dict]], list[list]] | None = None
+    # The plan written as a QDQ model (no bias correction) with the given activation ranges (scale group -> (min,
+    # max)) in the config's number formats: what a quantize-stage pass measures its choices on; None where not at hand.
+    write: Callable[[dict], onnx.ModelProto] | None = None
 
 
 class PlanPass(Pass):
     """A pass over the plan after the statistics pass; ``order`` places it among the others (lower first).
     ``stage``: "collect" runs it at the end of the collection (its decisions saved with the statistics),
-    "quantize" when the statistics are applied (its samples are then the calibration samples quantize reads)."""
+    "quantize" when the statistics are applied, after bias correction and its guard (a changed plan is written
+    again); its samples are then the calibration samples quantize reads, at hand in every face (a sharded
+    collection included)."""
 
     order: ClassVar[int]
     stage: ClassVar[str] = "collect"
