@@ -46,6 +46,12 @@ def run_ptqflow(model, samples, variant: str, transformer: bool):
         kw["advanced_parameters"] = ptqflow.AdvancedParameters(range_search=True)
     if variant == "norange":  # the default without the range search (its side-by-side reference)
         kw["advanced_parameters"] = ptqflow.AdvancedParameters(range_search=False)
+    if variant == "adaround":  # adaptive weight rounding (opt-in), reconstructing from the FP32 layer inputs
+        kw["advanced_parameters"] = ptqflow.AdvancedParameters(adaround=True)
+    if variant == "adaround64":  # ... on 64 samples: enough rows for the encoder's 384-input layers (2 per input)
+        kw["advanced_parameters"] = ptqflow.AdvancedParameters(adaround=True, adaround_samples=64)
+    if variant == "adaround_q":  # ... from the layer inputs as their activation quantizers write them
+        kw["advanced_parameters"] = ptqflow.AdvancedParameters(adaround=True, adaround_quantized_inputs=True)
     if variant == "ort":  # placed for onnxruntime, written as QDQ
         kw["target_runtime"] = ptqflow.TargetRuntime.ONNXRUNTIME
     if variant == "qop":

@@ -687,3 +687,47 @@ def wide_concat(seed: int = 0, c: int = 4, size: int = 8, gain: float = 100.0) -
     inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, size, size])]
     outputs = [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", c, size, size])]
     return make_model(nodes, inputs, outputs, inits, name="wide_concat")
+
+
+def _outlier_weights(rng: np.random.Generator, shape: tuple[int, ...], gain: float = 6.0) -> np.ndarray:
+    """Gaussian weights with one large weight per output channel (axis 0): the channel's scale follows the outlier,
+    so rounding the others costs more than usual (where adaptive rounding has something to win)."""
+    w = rng.normal(0, 0.3, shape).astype(np.float32)
+    flat = w.reshape(shape[0], -1)
+    flat[np.arange(shape[0]), rng.integers(0, flat.shape[1], shape[0])] = gain * 0.3
+    return flat.reshape(shape)
+
+
+def rounding_convs(seed: int = 0, c: int = 16, size: int = 12) -> onnx.ModelProto:
+    """input[N,4,s,s] -> Conv 3x3 (stride 1, pads) -> Relu -> depthwise Conv 3x3 (group c, stride 2, dilations 1)
+    -> Relu -> grouped Conv 3x3 (group 4) -> out[N,c,s/2,s/2]; every weight with one outlier per output channel."""
+    rng = np.random.default_rng(seed)
+    bias = lambda: rng.normal(0, 0.1, c).astype(np.float32)  # noqa: E731
+    inits = [_init("w_full", _outlier_weights(rng, (c, 4, 3, 3))), _init("b_full", bias()),
+             _init("w_dw", _outlier_weights(rng, (c, 1, 3, 3))), _init("b_dw", bias()),
+             _init("w_grp", _outlier_weights(rng, (c, c // 4, 3, 3))), _init("b_grp", bias())]
+    n = helper.make_node
+    nodes = [
+        n("Conv", ["input", "w_full", "b_full"], ["c1"], name="full", pads=[1, 1, 1, 1]),
+        n("Relu", ["c1"], ["r1"], name="relu1"),
+        n("Conv", ["r1", "w_dw", "b_dw"], ["c2"], name="depthwise", group=c, pads=[1, 1, 1, 1], strides=[2, 2]),
+        n("Relu", ["c2"], ["r2"], name="relu2"),
+        n("Conv", ["r2", "w_grp", "b_grp"], ["out"], name="grouped", group=4, pads=[1, 1, 1, 1]),
+    ]
+    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 4, size, size])]
+    outputs = [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", c, size // 2, size // 2])]
+    return make_model(nodes, inputs, outputs, inits, name="rounding_convs")
+
+
+def rounding_linear(seed: int = 0, features: int = 32, hidden: int = 48, out: int = 16) -> onnx.ModelProto:
+    """input[N,S,features] -> MatMul -> Relu -> MatMul -> out[N,S,out] (no biases); weights with one outlier per
+    output column."""
+    rng = np.random.default_rng(seed)
+    inits = [_init("w1", _outlier_weights(rng, (hidden, features)).T.copy()),
+             _init("w2", _outlier_weights(rng, (out, hidden)).T.copy())]
+    nodes = [helper.make_node("MatMul", ["input", "w1"], ["m1"], name="fc1"),
+             helper.make_node("Relu", ["m1"], ["r1"], name="relu1"),
+             helper.make_node("MatMul", ["r1", "w2"], ["out"], name="fc2")]
+    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", "S", features])]
+    outputs = [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", "S", out])]
+    return make_model(nodes, inputs, outputs, inits, name="rounding_linear")

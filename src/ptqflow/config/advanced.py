@@ -239,6 +239,29 @@ class AdvancedParameters(_Strict):
         "padding; 3 is the paper's. 0 turns absorption off.",
     )
 
+    adaround: bool = Field(
+        False,
+        description="Adaptive weight rounding (AdaRound, Nagel et al. 2020) at quantization: each Conv/MatMul/Gemm "
+        "weight is rounded down or up (scales unchanged) to minimize the layer's output error on adaround_samples "
+        "calibration samples, instead of to the nearest code; a layer keeps nearest rounding where that error is "
+        "not lower. Takes up to adaround_time_budget seconds. ONNX models only (skipped with a plan warning on an "
+        "OpenVINO model). Off by default: it raised output SQNR on PP-OCR cls but lowered it on rec and det, whose "
+        "layers' own errors fell (bench/README.md, 'AdaRound').",
+    )
+    adaround_samples: int = Field(
+        16, gt=0, description="Calibration samples whose layer inputs AdaRound reconstructs (read at quantization).",
+    )
+    adaround_time_budget: float = Field(
+        60.0, gt=0,
+        description="Seconds AdaRound may take for the whole model (the samples' runs included), shared among the "
+        "layers by their cost; a layer whose share allows too few iterations keeps nearest rounding.",
+    )
+    adaround_quantized_inputs: bool = Field(
+        False,
+        description="AdaRound reconstructs each layer's FP32 output from its input as its activation quantizer "
+        "writes it (the paper's asymmetric reconstruction) instead of from the FP32 input.",
+    )
+
     def safeguard(self, name: str) -> bool:
         """Whether the automatic safeguard ``name`` is on: ``"outliers"``, ``"depthwise"``, ``"softmax_heads"``,
         ``"detected_transformer"`` and ``"mixed_precision"`` follow their ``safeguard_<name>`` field, or

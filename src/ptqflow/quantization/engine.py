@@ -16,7 +16,7 @@ import onnx
 from ptqflow.config import QuantizationConfig, RangeEstimator, TargetDevice, TargetRuntime
 from ptqflow.errors import ConfigError, InputError
 from ptqflow.logs import get_logger
-from ptqflow.quantization.algorithms import fast_bias_correction, minmax, smooth_quant
+from ptqflow.quantization.algorithms import adaround, fast_bias_correction, minmax, smooth_quant
 from ptqflow.quantization.algorithms import quantizer_placement as placement
 from ptqflow.quantization.algorithms.bias_layers import find_bias_layers
 from ptqflow.quantization.algorithms.bias_step import (Samples, correct_and_guard, guard_references, guard_samples,
@@ -163,26 +163,30 @@ def prepare_for(model, statistics: Statistics, config: QuantizationConfig) -> on
 
 
 def _write(prepared: onnx.ModelProto, plan: QuantizationPlan, statistics: Statistics,
-           config: QuantizationConfig, ranges: dict | None = None) -> tuple[onnx.ModelProto, list[dict]]:
+           config: QuantizationConfig, ranges: dict | None = None,
+           codes: dict | None = None) -> tuple[onnx.ModelProto, list[dict]]:
     """The QDQ model of ``plan`` (in config's number formats) and insert_qdq's records; ``ranges`` (scale group ->
-    (min, max)) instead of the statistics' where given."""
+    (min, max)) instead of the statistics' where given; ``codes``: AdaRound's weight codes by tensor."""
     # q starts without the float weights' bytes: insert_qdq reads them from prepared, so the INT8 model never
     # holds a second copy of them (protobuf frees a message's memory only as a whole; for a model over 2 GB,
     # gigabytes).
     q = copy_without(prepared, {w.tensor for w in plan.weights})
     if ranges is None:
         ranges = statistics.ranges(RangeEstimator(config.advanced.activations_range) == RangeEstimator.MEAN_MINMAX)
-    records = minmax.insert_qdq(q, plan, ranges, number_formats(prepared, plan, config), float_weights=prepared)
+    records = minmax.insert_qdq(q, plan, ranges, number_formats(prepared, plan, config), float_weights=prepared,
+                                codes=codes)
     return q, records
 
 
 def samples_needed(config: QuantizationConfig) -> int:
     """How many calibration samples ``quantize`` reads (a collection in the same process keeps them): full
-    BiasCorrection's fitting samples followed by the guard's held-out ones, and the quantize-stage plan passes'."""
+    BiasCorrection's fitting samples followed by the guard's held-out ones, the quantize-stage plan passes' and
+    AdaRound's."""
     adv = config.advanced
     n = 0 if config.fast_bias_correction else config.bias_correction_samples()
     if not adv.disable_bias_correction:
         n += max(adv.bias_correction_guard_samples, adv.bias_correction_guard_samples_no_softmax)
+    n = max(n, adv.adaround_samples if adv.adaround else 0)
     return max([n] + [p.samples(config) for p in plan_passes("quantize") if p.enabled(adv)])
 
 
@@ -200,6 +204,8 @@ def quantize(prepared: onnx.ModelProto, statistics: Statistics, config: Quantiza
     plan = statistics.plan
     plan.check_matches(prepared)
     pool = samples(samples_needed(config))
+    codes = adaround.round_weights(prepared, plan, statistics, config, pool, lambda m: make_session(m, device)) \
+        if config.advanced.adaround else {}
     passes = [p for p in plan_passes("quantize") if p.enabled(config.advanced)] if plan_passes_on else []
     # The FP32 outputs the guard and the quantize-stage passes (mixed precision) judge against, each sample's once
     # (they share the first calibration samples) and all before the INT8 model exists: never an FP32 session beside
@@ -212,7 +218,7 @@ def quantize(prepared: onnx.ModelProto, statistics: Statistics, config: Quantiza
     ahead = [s for s in pool[:max([p.samples(config) for p in passes] + [0])] if not stacked or stack_size(s) == 1]
     fp32(judged + fitted + ahead)
     references = guard_references(prepared, config, pool, device, fp32)
-    q, records = _write(prepared, plan, statistics, config)
+    q, records = _write(prepared, plan, statistics, config, codes=codes)
     bc = correct_and_guard(prepared, q, statistics, config, pool, device, references)
     del references
     fp32.keep(ahead)  # the guard's other outputs are done with (PP-OCR rec: 32 of 1 MB; its search stacks its own)
@@ -222,7 +228,7 @@ def quantize(prepared: onnx.ModelProto, statistics: Statistics, config: Quantiza
     with SetAside(q, to_file=bool(passes) and is_large(prepared)) as aside:
         del q
         def written(ranges: dict) -> onnx.ModelProto:  # the plan as it would ship with ``ranges``: corrected as
-            w, _ = _write(prepared, plan, statistics, config, ranges)  # the guard decided
+            w, _ = _write(prepared, plan, statistics, config, ranges, codes)  # the guard decided
             reapply(prepared, w, statistics, config, pool, device, bc)
             return w
 
@@ -230,7 +236,7 @@ def quantize(prepared: onnx.ModelProto, statistics: Statistics, config: Quantiza
                                         device, fp32, written))
         del fp32
         if (len(plan.float_tensors), len(plan.float_layers), len(plan.ranges)) != decided:
-            q, records = _write(prepared, plan, statistics, config)
+            q, records = _write(prepared, plan, statistics, config, codes=codes)
             bc = reapply(prepared, q, statistics, config, pool, device, bc)
         else:
             q = aside.back()

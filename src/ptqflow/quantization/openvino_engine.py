@@ -185,6 +185,8 @@ def quantize(prepared: Prepared, statistics: Statistics, config: QuantizationCon
     plan = statistics.plan
     plan.check_matches(prepared.view.view)
     pool = samples(samples_needed(config))
+    if config.advanced.adaround:
+        plan.warnings.append("adaround: not run on an OpenVINO model (its weights keep nearest rounding)")
     q, bound, records = _write(prepared, statistics, config)
     q, bc = _correct_and_guard(prepared, q, bound, statistics, config, pool)
     passes = _on_openvino("quantize", prepared, plan, config) if plan_passes_on else []

@@ -103,6 +103,10 @@ class QuantizationPlan:
     # "relative_chosen", "relative_default", "output", "samples", "held_out"}: the model's output errors on held-out
     # samples with them and with the default estimator's
     range_verdict: dict[str, Any] = field(default_factory=dict)
+    # weight tensor -> what AdaRound did with it (algorithms/adaround.py): {"applied", "flipped" (share of codes
+    # rounded the other way than nearest), "loss_nearest", "loss_adaround" (the layer's relative output error),
+    # "iterations", "rows", "reason" where not applied}; set at quantization
+    adaround: dict[str, dict] = field(default_factory=dict)
     version: int = PLAN_VERSION
 
     def keep_in_float(self, decisions: list[FloatTensor]) -> None:
@@ -148,6 +152,8 @@ class QuantizationPlan:
             del doc["ranges"]
         if not self.range_verdict:
             del doc["range_verdict"]
+        if not self.adaround:
+            del doc["adaround"]
         for f in doc["float_layers"] + doc["float_tensors"]:
             if f["measured"] is None:
                 del f["measured"]
@@ -181,6 +187,7 @@ class QuantizationPlan:
                 output_errors={str(k): float(v) for k, v in (doc.get("output_errors") or {}).items()},
                 ranges={str(k): dict(v) for k, v in (doc.get("ranges") or {}).items()},
                 range_verdict=dict(doc.get("range_verdict") or {}),
+                adaround={str(k): dict(v) for k, v in (doc.get("adaround") or {}).items()},
                 smooth_quant=SmoothQuantFactors(float(sq["alpha"]), dict(sq["tensors"])) if sq else None,
                 version=PLAN_VERSION)
         except (KeyError, TypeError, ValueError) as exc:

@@ -89,13 +89,15 @@ def statistic_points(plan: QuantizationPlan) -> list[StatisticPoint]:
 
 
 def insert_qdq(model: onnx.ModelProto, plan: QuantizationPlan, ranges: dict[str, tuple[float, float]],
-               formats: NumberFormats = NumberFormats(), float_weights: onnx.ModelProto | None = None) -> list[dict]:
+               formats: NumberFormats = NumberFormats(), float_weights: onnx.ModelProto | None = None,
+               codes: dict[str, np.ndarray] | None = None) -> list[dict]:
     """Quantize ``model`` in place per ``plan`` and ``ranges`` (tensor -> (min, max)) in ``formats``; returns
     per-point records.
 
     ``float_weights``: the model whose initializers hold the planned weights' float values, when ``model`` holds
     them without data (runtime.model_files.copy_without): a weight that stays in use besides its quantized
-    form gets its data back from there, one that does not is removed, as when ``model`` held them all."""
+    form gets its data back from there, one that does not is removed, as when ``model`` held them all.
+    ``codes``: int8 codes by weight tensor (AdaRound's) written instead of the nearest ones, at the same scales."""
     g = model.graph
     used = {n.name for n in g.node} | {o for n in g.node for o in n.output} | {t.name for t in g.initializer}
     used |= {i.name for i in g.input}
@@ -105,7 +107,8 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantizationPlan, ranges: dict[str,
     new_nodes: list[onnx.NodeProto] = []
     records = []
     for entry in plan.weights:
-        records.append(_quantize_weight(g, entry, inits, values, nodes_by_name, used, new_nodes, formats.weight))
+        records.append(_quantize_weight(g, entry, inits, values, nodes_by_name, used, new_nodes, formats.weight,
+                                        (codes or {}).get(entry.tensor)))
     for point in plan.activations:
         scale, zp, dtype, record = activation_quantizer(point, ranges, formats)
         if dtype == TensorProto.INT8 and formats.activation is None and _reaches_concat(point, nodes_by_name):
@@ -157,13 +160,15 @@ def weight_record(entry: WeightQuantizer, scale: np.ndarray, wtype: str = "int8"
 
 
 def _quantize_weight(g, entry: WeightQuantizer, inits, values, nodes_by_name, used, new_nodes,
-                     wtype: str = "int8") -> dict:
+                     wtype: str = "int8", codes: np.ndarray | None = None) -> dict:
     """Replace a float weight (its value read from ``values``) by an int8 (or uint8, codes + 128) initializer +
-    DequantizeLinear; returns its record."""
+    DequantizeLinear, its codes ``codes`` where given (else the nearest); returns its record."""
     name = entry.tensor
     w = numpy_helper.to_array(values[name]).astype(np.float32)
     axis = entry.axis
     scale, q = weight_params(w, axis, entry.narrow_bits)
+    if codes is not None:
+        q = codes.astype(np.int8)
     q_name, s_name, z_name = _unique(name + "_int8", used), _unique(name + "_scale", used), _unique(name + "_zero_point", used)
     zero = np.zeros(scale.shape, np.int8)
     if wtype == "uint8":  # the same symmetric codes around 128

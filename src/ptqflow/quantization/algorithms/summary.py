@@ -12,9 +12,10 @@ def layer_summary(prepared: onnx.ModelProto, plan: QuantizationPlan, records: li
     """One dict per quantizable layer: status quantized/float, reason and the pass or placement rule that decided
     it (``decided_by``) with the measurement that decided it (``measured``, see plan.MEASURED_KEYS), weight and
     input quantizers, bias shift and the bias-correction record (with the guard's error_before, error_after,
-    held_out where it judged), and ``output_error``: the measured error contribution of the layer's input
-    quantizers (the sum over those measured; plan.output_errors) where the engine measured one; ``input_ranges``:
-    the range estimator of each input the range search chose (plan.ranges), where it is not the default.
+    held_out where it judged), the weight's AdaRound record (``weight.adaround``, plan.adaround) where it ran,
+    and ``output_error``: the measured error contribution of the layer's input quantizers (the sum over those
+    measured; plan.output_errors) where the engine measured one; ``input_ranges``: the range estimator of each
+    input the range search chose (plan.ranges), where it is not the default.
     ``records``: what insert_qdq inserted; ``bc``: the bias-correction records."""
     weights = {r["tensor"]: r for r in records if r["kind"] == "weight"}
     acts_by_node: dict[str, list] = {}
@@ -41,6 +42,8 @@ def layer_summary(prepared: onnx.ModelProto, plan: QuantizationPlan, records: li
                        quantized_inputs=inputs)
             if any(t in chosen for t in inputs):
                 row["input_ranges"] = {t: chosen[t] for t in inputs if t in chosen}
+            if w and w["tensor"] in plan.adaround:
+                row["weight"]["adaround"] = plan.adaround[w["tensor"]]
         else:
             decision = floats.get(n.name)
             row.update(status="float", reason=decision.reason if decision else "no activation input to quantize",
