@@ -42,9 +42,9 @@ def run_ptqflow(model, samples, variant: str, transformer: bool):
         kw["advanced_parameters"] = ptqflow.AdvancedParameters(cross_layer_equalization=True, safeguard_depthwise=False)
     if variant == "nodw":  # the depthwise safeguard off, nothing instead (the side-by-side reference of cle_nodw)
         kw["advanced_parameters"] = ptqflow.AdvancedParameters(safeguard_depthwise=False)
-    if variant == "range":  # activation ranges chosen by measured error (on by default since it is judged)
+    if variant == "range":  # activation ranges chosen by measured error and judged (opt-in)
         kw["advanced_parameters"] = ptqflow.AdvancedParameters(range_search=True)
-    if variant == "norange":  # the default without the range search (its side-by-side reference)
+    if variant == "norange":  # the range search explicitly off (the default; a reference where it was on)
         kw["advanced_parameters"] = ptqflow.AdvancedParameters(range_search=False)
     if variant == "adaround":  # adaptive weight rounding (opt-in), reconstructing from the FP32 layer inputs
         kw["advanced_parameters"] = ptqflow.AdvancedParameters(adaround=True)

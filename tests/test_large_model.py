@@ -51,10 +51,7 @@ def test_ptqflow_run_on_a_model_over_2_gb(tmp_path):
     argv = [sys.executable, "-m", "ptqflow.cli", "run", "--model", str(model), "--data", str(data), "--output", str(out),
             "--subset-size", "30", "--validation-size", "10",
             # fewer timed runs than the default 50: the timings are not under test, each costs a 2 GB pass
-            "--set", "validation.latency_iterations=3",
-            # the range search's 24 more passes (8 FP32, 16 INT8) would nearly double quantize's time on 30 samples;
-            # its large-model path is tests/test_model_files.py's (every model over the limit there)
-            "--set", "quantization.advanced.range_search=false"]
+            "--set", "validation.latency_iterations=3"]
     code, seconds, rss = run_measured(argv, env, tmp_path / "run.log")
     log = (tmp_path / "run.log").read_text()
     assert code == 0, log[-3000:]
