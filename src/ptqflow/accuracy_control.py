@@ -32,7 +32,7 @@ import onnx
 from ptqflow.api import Dataset, QuantizationResult, _samples, _stream_for
 from ptqflow.quantization import engine
 from ptqflow.config import (AdvancedParameters, DropType, IgnoredScope, ModelType, QuantizationConfig,
-                            QuantizationPreset, RangeEstimator, TargetDevice)
+                            QuantizationPreset, TargetDevice)
 from ptqflow.errors import ConfigError, InputError
 from ptqflow.logs import get_logger
 from ptqflow.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters, RestoreMode
@@ -323,8 +323,7 @@ def _rank(prepared: onnx.ModelProto, stats: Statistics, adv: AdvancedParameters,
     quantizer alone in float, all weights quantized), most harmful first."""
     if not stats.plan.activations or not samples:
         return []
-    mean_minmax = RangeEstimator(adv.activations_range) == RangeEstimator.MEAN_MINMAX
-    gated, tensors = sensitivity.gated_model(prepared, stats.plan, stats.ranges(mean_minmax))
+    gated, tensors = sensitivity.gated_model(prepared, stats.plan, stats.ranges(adv.mean_minmax))
     sensitivity.fold_constant_dequantize(gated)
     fp32, sess = make_session(prepared, device), make_session(gated, device)
     refs = [fp32.run(None, s) for s in samples]

@@ -274,3 +274,9 @@ class AdvancedParameters(_Strict):
             raise ValueError(f"unknown safeguard {name!r}; expected one of {', '.join(SAFEGUARDS)}")
         own = getattr(self, f"safeguard_{name}")
         return self.auto_safeguards if own is None else own
+
+    @property
+    def mean_minmax(self) -> bool:
+        """Whether activation ranges are the mean of the per-sample minima and maxima (``activations_range``), not
+        the global extremes: what every reader of ``Statistics.ranges`` asks for."""
+        return RangeEstimator(self.activations_range) == RangeEstimator.MEAN_MINMAX

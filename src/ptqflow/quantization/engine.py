@@ -13,7 +13,7 @@ from typing import Callable, Iterator
 
 import onnx
 
-from ptqflow.config import QuantizationConfig, RangeEstimator, TargetDevice, TargetRuntime
+from ptqflow.config import QuantizationConfig, TargetDevice, TargetRuntime
 from ptqflow.errors import ConfigError, InputError
 from ptqflow.logs import get_logger
 from ptqflow.quantization.algorithms import adaround, fast_bias_correction, minmax, smooth_quant
@@ -172,7 +172,7 @@ def _write(prepared: onnx.ModelProto, plan: QuantizationPlan, statistics: Statis
     # gigabytes).
     q = copy_without(prepared, {w.tensor for w in plan.weights})
     if ranges is None:
-        ranges = statistics.ranges(RangeEstimator(config.advanced.activations_range) == RangeEstimator.MEAN_MINMAX)
+        ranges = statistics.ranges(config.advanced.mean_minmax)
     records = minmax.insert_qdq(q, plan, ranges, number_formats(prepared, plan, config), float_weights=prepared,
                                 codes=codes)
     return q, records
@@ -222,22 +222,22 @@ def quantize(prepared: onnx.ModelProto, statistics: Statistics, config: Quantiza
     bc = correct_and_guard(prepared, q, statistics, config, pool, device, references)
     del references
     fp32.keep(ahead)  # the guard's other outputs are done with (PP-OCR rec: 32 of 1 MB; its search stacks its own)
-    decided = (len(plan.float_tensors), len(plan.float_layers), len(plan.ranges))
+    decided = plan.refinements()
+
+    def shipped(ranges: dict | None = None) -> tuple[onnx.ModelProto, list[dict], list[dict]]:
+        """The plan written again (with ``ranges`` where given) and corrected as the guard decided; its records."""
+        w, written_records = _write(prepared, plan, statistics, config, ranges, codes)
+        return w, written_records, reapply(prepared, w, statistics, config, pool, device, bc)
+
     # The passes never read the INT8 model: a large one waits in a file meanwhile, so their FP32 sessions and
     # gated model do not sit beside it.
     with SetAside(q, to_file=bool(passes) and is_large(prepared)) as aside:
         del q
-        def written(ranges: dict) -> onnx.ModelProto:  # the plan as it would ship with ``ranges``: corrected as
-            w, _ = _write(prepared, plan, statistics, config, ranges, codes)  # the guard decided
-            reapply(prepared, w, statistics, config, pool, device, bc)
-            return w
-
         run_passes(passes, PlanContext(prepared, plan, statistics, config, pool, lambda m: make_session(m, device),
-                                        device, fp32, written))
+                                        device, fp32, lambda ranges: shipped(ranges)[0]))
         del fp32
-        if (len(plan.float_tensors), len(plan.float_layers), len(plan.ranges)) != decided:
-            q, records = _write(prepared, plan, statistics, config, codes=codes)
-            bc = reapply(prepared, q, statistics, config, pool, device, bc)
+        if plan.refinements() != decided:
+            q, records, bc = shipped()
         else:
             q = aside.back()
     # onnxruntime computes biases in int32: so does the model; QOperator / IntegerOps re-express the QDQ units

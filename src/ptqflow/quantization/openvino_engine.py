@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from onnx import numpy_helper
 
-from ptqflow.config import QuantizationConfig, RangeEstimator
+from ptqflow.config import QuantizationConfig
 from ptqflow.errors import ConfigError, InputError
 from ptqflow.logs import get_logger
 from ptqflow.quantization.algorithms import (fast_bias_correction, minmax, openvino_bias, openvino_bias_correction,
@@ -190,20 +190,25 @@ def quantize(prepared: Prepared, statistics: Statistics, config: QuantizationCon
     q, bound, records = _write(prepared, statistics, config)
     q, bc = _correct_and_guard(prepared, q, bound, statistics, config, pool)
     passes = _on_openvino("quantize", prepared, plan, config) if plan_passes_on else []
-    decided = (len(plan.float_tensors), len(plan.float_layers), len(plan.ranges))
-    def written(ranges: dict):  # the plan as it would ship with ``ranges``: corrected as the guard decided
-        w, bound, _ = _write(prepared, statistics, config, ranges)
+    decided = plan.refinements()
+
+    def shipped(ranges: dict | None = None) -> tuple[object, object, list, list]:
+        """The plan written again (with ``ranges`` where given), corrected where the guard kept the correction (its
+        figures kept); the view bound to it and the records."""
+        w, bound, written_records = _write(prepared, statistics, config, ranges)
         if any(r.get("applied") for r in bc):
-            _correct(prepared, w, bound, statistics, config, pool)
+            return w, bound, written_records, with_verdict(_correct(prepared, w, bound, statistics, config, pool), bc)
+        return w, bound, written_records, bc
+
+    def written(ranges: dict):  # the plan as it would ship with ``ranges``, its outputs named as the view's
+        w, bound, _, _ = shipped(ranges)
         openvino_sensitivity.name_outputs(bound)
         return w
 
     run_passes(passes, PlanContext(prepared.view.view, plan, statistics, config, pool, _no_session, device,
                                    write=written))
-    if (len(plan.float_tensors), len(plan.float_layers), len(plan.ranges)) != decided:
-        q, bound, records = _write(prepared, statistics, config)
-        if any(r.get("applied") for r in bc):  # the guard kept the correction: corrected again, its figures kept
-            bc = with_verdict(_correct(prepared, q, bound, statistics, config, pool), bc)
+    if plan.refinements() != decided:
+        q, _, records, bc = shipped()
     return QuantizationResult(model=q, layers=layer_summary(prepared.view.view, plan, records, bc), plan=plan)
 
 
@@ -213,7 +218,7 @@ def _write(prepared: Prepared, statistics: Statistics, config: QuantizationConfi
     group -> (min, max), instead of the statistics' where given), the view bound to it and the writer's records."""
     q = prepared.model.clone()
     if ranges is None:
-        ranges = statistics.ranges(RangeEstimator(config.advanced.activations_range) == RangeEstimator.MEAN_MINMAX)
+        ranges = statistics.ranges(config.advanced.mean_minmax)
     bound = prepared.view.bind(q)  # before the writer changes q: its nodes stay q's nodes afterwards
     return q, bound, insert_fake_quantize(q, bound, statistics.plan, ranges)
 

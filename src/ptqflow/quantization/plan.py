@@ -109,6 +109,11 @@ class QuantizationPlan:
     adaround: dict[str, dict] = field(default_factory=dict)
     version: int = PLAN_VERSION
 
+    def refinements(self) -> tuple[int, int, int]:
+        """The counts of float tensors, float layers and chosen ranges: what a quantize-stage pass changes (the plan
+        is then written again)."""
+        return len(self.float_tensors), len(self.float_layers), len(self.ranges)
+
     def keep_in_float(self, decisions: list[FloatTensor]) -> None:
         """Record ``decisions`` and drop their tensors' activation quantizers."""
         self.float_tensors.extend(decisions)

@@ -33,9 +33,10 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ptqflow.config import QuantizationConfig, RangeEstimator
+from ptqflow.config import QuantizationConfig
 from ptqflow.logs import get_logger
 from ptqflow.quantization.algorithms.minmax import NumberFormats, activation_quantizer, weight_params
+from ptqflow.quantization.algorithms.range_search import onnx_values
 from ptqflow.quantization.graph.index import attr
 from ptqflow.quantization.plan import QuantizationPlan, WeightQuantizer
 
@@ -201,17 +202,9 @@ def collect(prepared: onnx.ModelProto, layers: list[Layer], samples: list[dict],
     """Fill each layer's h (and a, c with ``quantized_inputs``) from ``samples``: one FP32 run per sample with the
     layers' inputs as extra outputs."""
     tensors = sorted({t for layer in layers for _, t, _ in layer.consumers})
-    probe = onnx.ModelProto()
-    probe.CopyFrom(prepared)
-    outputs = {o.name for o in probe.graph.output}
-    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in tensors if t not in outputs)
-    session = make_session(probe)
-    del probe
-    inputs = {i.name for i in session.get_inputs()}
     per_sample = max(1, SAMPLED_ROWS // max(len(samples), 1))
     rng = np.random.default_rng(seed)
-    for s in samples:
-        values = dict(zip(tensors, session.run(tensors, {k: v for k, v in s.items() if k in inputs})))
+    for values in onnx_values(prepared, tensors, samples, make_session):
         for layer in layers:
             kernel = tuple(layer.back(layer.w).shape[2:])
             for node, tensor, quantizer in layer.consumers:
@@ -341,7 +334,7 @@ def round_weights(prepared: onnx.ModelProto, plan: QuantizationPlan, statistics,
         return {}
     params = {}
     if adv.adaround_quantized_inputs:
-        ranges = statistics.ranges(RangeEstimator(adv.activations_range) == RangeEstimator.MEAN_MINMAX)
+        ranges = statistics.ranges(adv.mean_minmax)
         formats = NumberFormats(config.effective_activation_type(), config.weight_type.value)
         params = {p.tensor: activation_quantizer(p, ranges, formats)[:3] for p in plan.activations}
     collect(prepared, layers, samples, make_session, params, adv.adaround_quantized_inputs)

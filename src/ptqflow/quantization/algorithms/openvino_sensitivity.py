@@ -160,5 +160,4 @@ def outputs_of(model, view: OVView, samples: list[dict]) -> list[list]:
 
 def fp32_outputs(model, view: OVView, samples: list[dict]) -> list[list]:
     """The FP32 model's outputs (the view's output order) on each of ``samples``, OpenVINO CPU at f32."""
-    session = _Session(named(model, view), [o.name for o in view.view.graph.output])
-    return [session.run(None, s) for s in samples]
+    return outputs_of(named(model, view), view, samples)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from ptqflow.config import QuantizationConfig, RangeEstimator
+from ptqflow.config import QuantizationConfig
 from ptqflow.logs import get_logger
 from ptqflow.quantization.algorithms import error_search
 from ptqflow.quantization.passes.base import PassResult
@@ -36,12 +36,11 @@ class MixedPrecision(PlanPass):
         adv = ctx.config.advanced
         if not ctx.samples:
             return PassResult(self.name, False, ["skipped: no calibration samples at hand"])
-        mean_minmax = RangeEstimator(adv.activations_range) == RangeEstimator.MEAN_MINMAX
         # Weight gates hold every weight twice (float and quantized): not for a model over 2 GB.
         weights = adv.mixed_precision_weights and not is_large(ctx.prepared)
         n_points, n = len(ctx.plan.activations) + (len(ctx.plan.weights) if weights else 0), adv.mixed_precision_samples
         found = self.search(
-            ctx, ctx.statistics.ranges(mean_minmax), ctx.samples[:n],
+            ctx, ctx.statistics.ranges(adv.mean_minmax), ctx.samples[:n],
             max_float=max(1, math.floor(adv.mixed_precision_max_float_share * n_points)),
             min_share=adv.mixed_precision_min_share, target=adv.mixed_precision_target_error,
             max_evals=adv.mixed_precision_max_evals, held_out=ctx.samples[n:2 * n], weights=weights,

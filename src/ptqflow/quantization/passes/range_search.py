@@ -14,7 +14,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ptqflow.config import QuantizationConfig, RangeEstimator
+from ptqflow.config import QuantizationConfig
 from ptqflow.quantization.algorithms import range_search
 from ptqflow.quantization.algorithms.output_error import decision_outputs
 from ptqflow.quantization.passes.base import PassResult
@@ -65,7 +65,7 @@ class RangeSearch(PlanPass):
             return PassResult(self.name, False, [f"skipped: {why}"])
         config, plan = ctx.config, ctx.plan
         n = config.advanced.range_search_samples
-        default = ctx.statistics.ranges(RangeEstimator(config.advanced.activations_range) == RangeEstimator.MEAN_MINMAX)
+        default = ctx.statistics.ranges(config.advanced.mean_minmax)
         tensors = sorted({p.tensor for p in plan.activations})
         chosen = range_search.search(plan, ctx.statistics.ranges(True), ctx.statistics.ranges(False),
                                      self.values(ctx, tensors, ctx.samples[:n]), len(ctx.samples[:n]),

@@ -3,7 +3,7 @@ output error the most stay in float (the search itself: ptqflow.quantization.alg
 
 from __future__ import annotations
 
-from ptqflow.config import AdvancedParameters, QuantizationConfig, RangeEstimator
+from ptqflow.config import AdvancedParameters, QuantizationConfig
 from ptqflow.quantization.algorithms import sensitivity
 from ptqflow.quantization.passes.base import PassResult
 from ptqflow.quantization.passes.context import PlanContext, PlanPass
@@ -29,8 +29,7 @@ class SensitivitySafeguard(PlanPass):
             return PassResult(self.name, False, ["skipped: no calibration samples at hand"])
         points = len(ctx.plan.activations)
         n = max(2, min(adv.sensitivity_samples, adv.sensitivity_max_runs // max(points, 1)))
-        mean_minmax = RangeEstimator(adv.activations_range) == RangeEstimator.MEAN_MINMAX
-        found = self.measure(ctx, ctx.statistics.ranges(mean_minmax), ctx.samples[:n])
+        found = self.measure(ctx, ctx.statistics.ranges(adv.mean_minmax), ctx.samples[:n])
         return self.keep_in_float(ctx, [(t, f"auto_safeguard: most accuracy-sensitive quantizer (output error "
                                             f"{before:.4g} -> {after:.4g} without it)") for t, before, after in found])
 
