@@ -43,7 +43,7 @@ METHODS = ["ptqflow_default", "ptqflow_bc", "ptqflow_nobc", "ptqflow_untold", "n
 # ranges by measured error, the default without it, equalization in place of the depthwise safeguard, that
 # safeguard off alone, and AdaRound (from the FP32 layer inputs; _q: from the quantized ones; 64: on 64 samples).
 OPT_IN_METHODS = ["ptqflow_cle", "ptqflow_range", "ptqflow_norange", "ptqflow_cle_nodw", "ptqflow_nodw",
-                  "ptqflow_adaround", "ptqflow_adaround_q", "ptqflow_adaround64"]
+                  "ptqflow_adaround", "ptqflow_adaround_q", "ptqflow_adaround64", "ptqflow_evals16"]
 # ptqflow with default settings and no model_type even where the task is a transformer (the other methods are told
 # ModelType.TRANSFORMER on the encoder): what a user who does not say gets. Run on transformer tasks only.
 TRANSFORMER_ONLY = {"ptqflow_untold", "ptqflow_dynamic", "ort_dynamic", "ptqflow_dynamic_noconv"}  # dynamic: for MatMul-heavy models

@@ -46,6 +46,8 @@ def run_ptqflow(model, samples, variant: str, transformer: bool):
         kw["advanced_parameters"] = ptqflow.AdvancedParameters(range_search=True)
     if variant == "norange":  # the range search explicitly off (the default; a reference where it was on)
         kw["advanced_parameters"] = ptqflow.AdvancedParameters(range_search=False)
+    if variant == "evals16":  # mixed precision's evaluation budget as it was before the default became 64
+        kw["advanced_parameters"] = ptqflow.AdvancedParameters(mixed_precision_max_evals=16)
     if variant == "adaround":  # adaptive weight rounding (opt-in), reconstructing from the FP32 layer inputs
         kw["advanced_parameters"] = ptqflow.AdvancedParameters(adaround=True)
     if variant == "adaround64":  # ... on 64 samples: enough rows for the encoder's 384-input layers (2 per input)

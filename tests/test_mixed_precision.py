@@ -189,3 +189,64 @@ def test_search_on_shared_fp32_outputs_decides_as_on_its_own_session():
     own, shared = run(), run(references=cache)
     assert [m.as_dict() for m in shared.float_tensors] == [m.as_dict() for m in own.float_tensors] != []
     assert shared.contributions == own.contributions and shared.error_final == own.error_final
+
+
+class _Additive:
+    """A stand-in for the gated model's evaluator (error_search._Evaluator's interface) whose error is known:
+    ``floor`` plus each quantizer's ``gains`` unless it is float; ``extra(off)`` adds what depends on others."""
+
+    def __init__(self, gains: np.ndarray, floor: float = 0.01, extra=lambda off: 0.0):
+        self.gains, self.floor, self.extra = gains, floor, extra
+        self.count, self.cost, self.samples = 0.0, 1.0, 8
+        self.metric = type("Metric", (), {"names": ["out"]})()
+
+    def __call__(self, off) -> np.ndarray:
+        self.count += self.cost
+        on = np.ones(len(self.gains), bool)
+        on[list(off)] = False
+        return np.array([self.floor + float(self.gains[on].sum()) + self.extra(set(off))])
+
+
+def _search_loop(ev, n: int, **bounds):
+    from ptqflow.quantization.algorithms import error_search
+
+    plan = type("Plan", (), {"activations": [None] * n, "weights": []})()
+    result = error_search.SearchResult()
+    error_search._run(ev, ev, None, plan, [f"t{k}" for k in range(n)], True, result,
+                      **{"max_float": 8, "min_share": 0.1, "target": 1e-3, "max_evals": 200, **bounds})
+    return result
+
+
+def test_group_test_keeps_its_measured_blocks_from_one_pick_to_the_next(monkeypatch):
+    """Three quantizers carry the error among 64: the picks after the first start from the blocks measured for
+    it (lazy greedy), the same picks for fewer evaluations than a group test from the first-level blocks each
+    time."""
+    from ptqflow.quantization.algorithms import error_search
+
+    gains = np.zeros(64)
+    gains[[5, 40, 41]] = [0.5, 0.3, 0.2]
+    kept = _search_loop(_Additive(gains), 64)
+    assert [m.tensor for m in kept.float_tensors] == ["t5", "t40", "t41"]
+    assert kept.stopped == "no quantizer left that carries enough of the error"
+    best = error_search._best
+
+    def afresh(ev, off, base, active, spent, result, tensors, frontier):
+        frontier.clear()
+        return best(ev, off, base, active, spent, result, tensors, frontier)
+
+    monkeypatch.setattr(error_search, "_best", afresh)
+    every_time = _search_loop(_Additive(gains), 64)
+    assert [m.tensor for m in every_time.float_tensors] == ["t5", "t40", "t41"]
+    assert kept.evaluations < 0.7 * every_time.evaluations
+
+
+def test_group_test_starts_afresh_before_it_stops_when_an_error_was_masked():
+    """t60's error shows only once t5 is float (a large error upstream that saturates the output hides it): the
+    blocks kept from the first pick rank t60's block at nothing, so the search measures from the first-level
+    blocks again before it stops, and finds it."""
+    gains = np.zeros(64)
+    gains[[5, 40]] = [0.5, 0.3]
+    ev = _Additive(gains, extra=lambda off: 0.2 if 5 in off and 60 not in off else 0.0)
+    result = _search_loop(ev, 64)
+    assert [m.tensor for m in result.float_tensors] == ["t5", "t40", "t60"]
+    assert result.error_final == pytest.approx(0.01)

@@ -123,10 +123,11 @@ class AdvancedParameters(_Strict):
         "30 dB; for a Softmax head, the share of changed argmax decisions plus the probability mass moved).",
     )
     mixed_precision_max_evals: int = Field(
-        16, gt=0,
+        64, gt=0,
         description="Budget of error-driven mixed precision: most evaluations of the gated model (each over "
         "mixed_precision_samples samples; the group test's screening runs on half of them and counts half), the "
-        "time it may take.",
+        "time it may take. A pick costs about 4 + 2 log2(quantizers / 4) evaluations (fewer after the first: the "
+        "group test keeps its measured blocks); a search that finds nothing more stops before it.",
     )
     sensitivity_search: bool = Field(
         False,
