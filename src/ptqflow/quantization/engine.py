@@ -19,7 +19,7 @@ from ptqflow.logs import get_logger
 from ptqflow.quantization.algorithms import adaround, fast_bias_correction, minmax, smooth_quant
 from ptqflow.quantization.algorithms import quantizer_placement as placement
 from ptqflow.quantization.algorithms.bias_layers import find_bias_layers
-from ptqflow.quantization.algorithms.bias_step import (Samples, correct_and_guard, guard_references, guard_samples,
+from ptqflow.quantization.algorithms.bias_step import (Samples, correct_and_guard, guard_samples,
                                                        reapply, statistics_request)
 from ptqflow.quantization.algorithms.summary import layer_summary
 from ptqflow.quantization.graph.prepare import MAX_IR_VERSION, is_large, prepare_model
@@ -217,7 +217,7 @@ def quantize(prepared: onnx.ModelProto, statistics: Statistics, config: Quantiza
     stacked = batchable(prepared, [])
     ahead = [s for s in pool[:max([p.samples(config) for p in passes] + [0])] if not stacked or stack_size(s) == 1]
     fp32(judged + fitted + ahead)
-    references = guard_references(prepared, config, pool, device, fp32)
+    references = (fp32(judged) if judged else None, fp32(fitted) if fitted else None)  # the cache's, not run again
     q, records = _write(prepared, plan, statistics, config, codes=codes)
     bc = correct_and_guard(prepared, q, statistics, config, pool, device, references)
     del references

@@ -50,20 +50,6 @@ def guard_samples(prepared: onnx.ModelProto, config: QuantizationConfig,
     return judged, held_out, samples[:min(n_fit, n_guard)] if held_out else []
 
 
-def guard_references(prepared: onnx.ModelProto, config: QuantizationConfig, samples: list[dict],
-                     device: str, fp32: Callable[[list[dict]], list] | None = None
-                     ) -> tuple[list | None, list | None]:
-    """The FP32 model's outputs on the guard's samples and on its fitted ones (``guard_samples``; None where there
-    are none), for a caller that takes them before any INT8 model exists: an FP32 session made beside the INT8
-    model and its uncorrected copy holds the weights once more than the prepared model does (for a model over
-    2 GB, the step's peak: bench/README.md, "Models over 2 GB"). The same runs ``correct_and_guard`` makes
-    itself without them. ``fp32(samples)``: the FP32 outputs of samples (runtime.sessions.OutputCache, shared with
-    the mixed-precision search), else they are run here."""
-    judged, _, fitted = guard_samples(prepared, config, samples)
-    fp32 = fp32 or (lambda feeds: bc_guard.references(prepared, feeds, device))
-    return fp32(judged) if judged else None, fp32(fitted) if fitted else None
-
-
 def correct_and_guard(prepared: onnx.ModelProto, q: onnx.ModelProto, statistics: Statistics,
                       config: QuantizationConfig, samples: list[dict], device: str,
                       references: tuple[list | None, list | None] = (None, None)) -> list[dict]:
@@ -72,7 +58,10 @@ def correct_and_guard(prepared: onnx.ModelProto, q: onnx.ModelProto, statistics:
     samples the correction was not fitted on (``guard_samples``), ``q`` goes back to its uncorrected biases and
     every record says why. Returns the records, each with the verdict's figures (error_before, error_after,
     held_out). A correction judged on held-out samples is kept only when it does not raise the error on as many
-    fitted samples either. ``references``: ``guard_references`` taken by the caller (else taken here)."""
+    fitted samples either. ``references``: the FP32 outputs on the guard's samples and on its fitted ones
+    (``guard_samples``; None where there are none), taken by a caller before any INT8 model exists (else taken
+    here): an FP32 session made beside the INT8 model and its uncorrected copy holds the weights once more than the
+    prepared model does (for a model over 2 GB, the step's peak: bench/README.md, "Models over 2 GB")."""
     adv = config.advanced
     uncorrected = None
     if adv.bias_correction_guard_samples and not adv.disable_bias_correction:
