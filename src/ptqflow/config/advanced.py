@@ -95,8 +95,8 @@ class AdvancedParameters(_Strict):
     )
     mixed_precision_samples: int = Field(
         8, gt=0,
-        description="Calibration samples on which error-driven mixed precision measures the output error (stacked "
-        "into one run where the model's batch dim is dynamic).",
+        description="Calibration samples on which error-driven mixed precision measures the output error (one "
+        "sample a run), and as many held out on which a pick's gain must hold.",
     )
     mixed_precision_weights: bool = Field(
         True,

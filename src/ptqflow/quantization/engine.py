@@ -27,7 +27,7 @@ from ptqflow.quantization.passes.context import PlanContext, PlanPass
 from ptqflow.quantization.passes.registry import plan_passes
 from ptqflow.quantization.plan import QuantizationPlan, SmoothQuantFactors
 from ptqflow.quantization.statistics import Statistics
-from ptqflow.quantization.statistics.accumulate import accumulate, batchable, finalize, observe, stack_size
+from ptqflow.quantization.statistics.accumulate import accumulate, finalize, observe
 from ptqflow.quantization.statistics.partial import PartialStatistics, merge, shard_range
 from ptqflow.quantization.statistics.points import StatisticPoint
 from ptqflow.quantization.statistics.runner import make_runner
@@ -210,18 +210,16 @@ def quantize(prepared: onnx.ModelProto, statistics: Statistics, config: Quantiza
     # The FP32 outputs the guard and the quantize-stage passes (mixed precision) judge against, each sample's once
     # (they share the first calibration samples) and all before the INT8 model exists: never an FP32 session beside
     # the INT8 model and its uncorrected copy (for a model over 2 GB the step's peak; bench/README.md, "Models over
-    # 2 GB"; on PP-OCR det a session running two samples at once there raised the peak by 150 MB). Samples the
-    # passes stack into runs (accumulate.batches) are theirs to run.
+    # 2 GB"; on PP-OCR det a session running two samples at once there raised the peak by 150 MB).
     fp32 = OutputCache(prepared, device)
     judged, _, fitted = guard_samples(prepared, config, pool)
-    stacked = batchable(prepared, [])
-    ahead = [s for s in pool[:max([p.samples(config) for p in passes] + [0])] if not stacked or stack_size(s) == 1]
+    ahead = pool[:max([p.samples(config) for p in passes] + [0])]
     fp32(judged + fitted + ahead)
     references = (fp32(judged) if judged else None, fp32(fitted) if fitted else None)  # the cache's, not run again
     q, records = _write(prepared, plan, statistics, config, codes=codes)
     bc = correct_and_guard(prepared, q, statistics, config, pool, device, references)
     del references
-    fp32.keep(ahead)  # the guard's other outputs are done with (PP-OCR rec: 32 of 1 MB; its search stacks its own)
+    fp32.keep(ahead)  # the guard's other outputs are done with (PP-OCR rec: 32 of 1 MB)
     decided = plan.refinements()
 
     def shipped(ranges: dict | None = None) -> tuple[onnx.ModelProto, list[dict], list[dict]]:
