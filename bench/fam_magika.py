@@ -18,6 +18,7 @@ import lzma
 import random
 import sqlite3
 import tarfile
+import time
 import tempfile
 import wave
 import zipfile
@@ -107,7 +108,9 @@ def _image(fmt: str):
         cells = np.random.default_rng(rng.randint(0, 2**31)).integers(0, 256, (h // 8 + 1, w // 8 + 1, 3))
         img = Image.fromarray(cells.astype(np.uint8)).resize((w, h), Image.BILINEAR)
         buf = io.BytesIO()
-        img.convert("P" if fmt == "GIF" else "RGB").save(buf, format=fmt)
+        # a PDF carries its creation time unless told one: a fixed one keeps a draw's bytes the same in every run
+        dates = {"creationDate": time.gmtime(0), "modDate": time.gmtime(0)} if fmt == "PDF" else {}
+        img.convert("P" if fmt == "GIF" else "RGB").save(buf, format=fmt, **dates)
         return buf.getvalue()
     return write
 
@@ -120,7 +123,9 @@ def _zip(rng):
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
         for _ in range(rng.randint(1, 4)):
-            z.writestr(f"{_name(rng)}.txt", _text_blob(rng))
+            # a member's time is the clock's unless given (and a draw's bytes would differ from run to run)
+            z.writestr(zipfile.ZipInfo(f"{_name(rng)}.txt", date_time=(2020, 1, 1, 0, 0, 0)), _text_blob(rng),
+                       compress_type=zipfile.ZIP_DEFLATED)
     return buf.getvalue()
 
 
@@ -168,7 +173,7 @@ WRITERS = {
     "python": _python, "c": _c, "shell": _shell, "json": _json, "csv": _csv, "html": _html, "xml": _xml,
     "markdown": _markdown, "ini": _ini, "png": _image("PNG"), "jpeg": _image("JPEG"), "gif": _image("GIF"),
     "bmp": _image("BMP"), "tiff": _image("TIFF"), "webp": _image("WEBP"), "pdf": _image("PDF"), "zip": _zip,
-    "tar": _tar, "gzip": lambda rng: gzip.compress(_text_blob(rng)), "bzip": lambda rng: bz2.compress(_text_blob(rng)),
+    "tar": _tar, "gzip": lambda rng: gzip.compress(_text_blob(rng), mtime=0), "bzip": lambda rng: bz2.compress(_text_blob(rng)),
     "xz": lambda rng: lzma.compress(_text_blob(rng)), "npy": _npy, "sqlite": _sqlite, "wav": _wav,
 }
 
