@@ -109,8 +109,24 @@ def test_quantization_through_the_large_model_path_gives_the_same_model(monkeypa
         monkeypatch.setattr(model_files, "PROTO_LIMIT", 2**40)
         assert got.model.SerializeToString() == expected.model.SerializeToString()
         # the same measurements too: the guard's FP32 outputs taken first, the mixed-precision search's gated model
-        # run from a file, the INT8 model set aside in a file while the search runs
-        assert got.layers == expected.layers
+        # run from a file, the INT8 model set aside in a file while the search runs. The search runs one sample a
+        # run, and onnxruntime's single-row Gemm of the gated model read from a file with external data sums in
+        # another order than from memory: its measurements agree to float32 precision, not to the last bit.
+        (got_shape, got_floats), (shape, floats) = _floats_apart(got.layers), _floats_apart(expected.layers)
+        assert got_shape == shape and got_floats == pytest.approx(floats, rel=1e-4)
+
+
+def _floats_apart(value, floats: list | None = None):
+    """(``value`` (dicts, lists, numbers, strings) with each float replaced by None, its floats in order)."""
+    floats = [] if floats is None else floats
+    if isinstance(value, float):
+        floats.append(value)
+        return None, floats
+    if isinstance(value, dict):
+        return {k: _floats_apart(v, floats)[0] for k, v in value.items()}, floats
+    if isinstance(value, (list, tuple)):
+        return [_floats_apart(v, floats)[0] for v in value], floats
+    return value, floats
 
 
 def test_a_model_set_aside_comes_back_byte_identical(tmp_path):
