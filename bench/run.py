@@ -47,7 +47,8 @@ OPT_IN_METHODS = ["ptqflow_cle", "ptqflow_range", "ptqflow_norange", "ptqflow_cl
                   "ptqflow_adaround", "ptqflow_adaround_q", "ptqflow_adaround64", "ptqflow_evals16",
                   "ptqflow_ac", "nncf_ac"]
 # Accuracy control (ptqflow / NNCF quantize_with_accuracy_control, max_drop 0.01 absolute on the task's primary
-# metric, report.PRIMARY), validated on the calibration samples with their truth; reported on the validation split.
+# metric, report.PRIMARY; at most worker.AC_ITERATIONS reverts), validated on the calibration samples with their
+# truth; reported on the validation split.
 CALIBRATION_LABELS = "calibration-labels.json"
 # ptqflow with default settings and no model_type even where the task is a transformer (the other methods are told
 # ModelType.TRANSFORMER on the encoder): what a user who does not say gets. Run on transformer tasks only.

@@ -99,6 +99,10 @@ def run_ort(model_path, samples, out_path, variant: str = "minmax"):
                     calibrate_method=CalibrationMethod.MinMax)
 
 
+# Reverts each accuracy control may try (both tools default to no limit: every quantizer, one validation each).
+AC_ITERATIONS = 10
+
+
 def accuracy_control(tool: str, model, samples: list, transformer: bool):
     """``tool``'s quantize_with_accuracy_control (max_drop 0.01 absolute) with the bench task's primary metric
     (report.PRIMARY) as validation_fn, validated on the calibration samples and their truth (bench/run.py writes
@@ -125,15 +129,19 @@ def accuracy_control(tool: str, model, samples: list, transformer: bool):
         kw = {"model_type": ptqflow.ModelType.TRANSFORMER} if transformer else {}
         result = ptqflow.quantize_with_accuracy_control_result(
             model, ptqflow.Dataset(samples), ptqflow.Dataset(samples), validation_fn, max_drop=0.01,
-            subset_size=len(samples), **kw)
+            subset_size=len(samples), advanced_accuracy_restorer_parameters=ptqflow.AdvancedAccuracyRestorerParameters(
+                max_num_iterations=AC_ITERATIONS), **kw)
         return result.model, {"fp32_metric": result.fp32_metric, "int8_metric": result.int8_metric,
                               "metric": result.metric, "reverted": len(result.reverted), "met": result.met,
                               "stopped": result.stopped}
     import nncf
+    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
 
     kw = {"model_type": nncf.ModelType.TRANSFORMER} if transformer else {}
-    q = nncf.quantize_with_accuracy_control(model, nncf.Dataset(samples), nncf.Dataset(samples), validation_fn,
-                                            max_drop=0.01, subset_size=len(samples), **kw)
+    q = nncf.quantize_with_accuracy_control(
+        model, nncf.Dataset(samples), nncf.Dataset(samples), validation_fn, max_drop=0.01, subset_size=len(samples),
+        advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(max_num_iterations=AC_ITERATIONS),
+        **kw)
     return q, {}
 
 
