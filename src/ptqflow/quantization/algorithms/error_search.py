@@ -76,9 +76,14 @@ class _Evaluator:
     """The gated model's per-output errors with the quantizers of ``off`` in float, counting evaluations (each
     ``cost``: its samples' share of the search's)."""
 
-    def __init__(self, runner, runs: list[dict], metric: OutputError, n_points: int, samples: int, cost: float = 1.0):
+    def __init__(self, runner, runs: list[dict], metric: OutputError, n_points: int, cost: float = 1.0):
         self.runner, self.runs, self.metric, self.n_points, self.cost = runner, runs, metric, n_points, cost
-        self.samples, self.count = samples, 0.0
+        self.count = 0.0
+
+    @property
+    def samples(self) -> int:
+        """The samples it measures on (one a run)."""
+        return len(self.runs)
 
     def __call__(self, off) -> np.ndarray:
         gate = np.ones(self.n_points, np.float32)
@@ -120,21 +125,20 @@ def search(prepared: onnx.ModelProto, plan: QuantizationPlan, ranges: dict, samp
             fp32 = make_session(prepared)
             return [fp32.run(None, r) for r in runs]
     half = len(samples) // 2  # the group test screens on these; the quantizer it finds is measured on all
-    parts = [samples[:half], samples[half:]] if half >= SCREEN_MIN else [samples]
     # One sample a run, never stacked: the gated model's activations for a stack cost memory and no time (PP-OCR
     # rec: peak RSS 640-666 MB stacking four, 479-508 MB one at a time, quantize 7.0 s against 6.0-6.5 s), and the
     # FP32 references of the samples themselves are the ones the engine's output cache already holds.
-    runs = [list(part) for part in parts + [held_out or []]]
+    runs = ([samples[:half], samples[half:]] if half >= SCREEN_MIN else [samples]) + [held_out or []]
     refs = references([r for part in runs for r in part])  # every FP32 output in one go
     del references
     cut = np.cumsum([len(part) for part in runs]).tolist()
     refs = [refs[a:b] for a, b in zip([0] + cut, cut)]
     if half >= SCREEN_MIN:  # the screening half's FP32 outputs serve both evaluators
-        screen = _evaluator(prepared, runs[0], refs[0], half, half / len(samples))
-        ev = _evaluator(prepared, runs[1], refs[1], len(samples) - half, base=screen)
+        screen = _evaluator(prepared, runs[0], refs[0], half / len(samples))
+        ev = _evaluator(prepared, runs[1], refs[1], base=screen)
     else:
-        screen = ev = _evaluator(prepared, runs[0], refs[0], len(samples))
-    check = _evaluator(prepared, runs[-1], refs[-1], len(held_out), len(held_out) / len(samples)) if held_out else None
+        screen = ev = _evaluator(prepared, runs[0], refs[0])
+    check = _evaluator(prepared, runs[-1], refs[-1], len(held_out) / len(samples)) if held_out else None
     if gated_runner is None:
         ev.runner, tensors = _onnx_gated_runner(prepared, plan, ranges, make_runner, weights)
     else:
@@ -204,7 +208,7 @@ def _run(ev: _Evaluator, screen: _Evaluator, check: _Evaluator | None, plan: Qua
         if result.stopped:
             break
         screen_base = base if screen is ev else screen(off)
-        found, fresh = None, not frontier
+        fresh = not frontier
         while True:
             found = _best(screen, off, screen_base, [k for k in range(len(tensors)) if k not in off], spent,
                           result, tensors, frontier)
@@ -258,16 +262,16 @@ def layer_inputs(plan: QuantizationPlan) -> dict[int, frozenset[int]]:
     return found
 
 
-def _evaluator(prepared: onnx.ModelProto, runs: list[dict], refs: list[list], samples: int, cost: float = 1.0,
+def _evaluator(prepared: onnx.ModelProto, runs: list[dict], refs: list[list], cost: float = 1.0,
                base: _Evaluator | None = None) -> _Evaluator:
-    """An evaluator of the gated model on ``runs`` (of ``samples`` samples) against the FP32 outputs ``refs`` on
+    """An evaluator of the gated model on ``runs`` (one sample each) against the FP32 outputs ``refs`` on
     them, after ``base``'s samples where given (its runs and references reused); its ``runner`` (the gated
     model's) and ``n_points`` (its gates) are set by the caller."""
     if base is not None:
         runs, refs, cost = base.runs + runs, base.metric.refs + refs, 1.0
     names = [o.name for o in prepared.graph.output]
     metric = OutputError(names, refs, decision_outputs(prepared), tie_weight=0.0, decisions_as="mass")
-    return _Evaluator(None, runs, metric, 0, samples + (base.samples if base else 0), cost)
+    return _Evaluator(None, runs, metric, 0, cost)
 
 
 def _best(ev: _Evaluator, off: set[int], base: np.ndarray, active: list[int], spent: Callable[[], bool],
