@@ -48,8 +48,7 @@ OPT_IN_METHODS = ["ptqflow_cle", "ptqflow_range", "ptqflow_norange", "ptqflow_cl
                   "ptqflow_ac", "nncf_ac"]
 # Accuracy control (ptqflow / NNCF quantize_with_accuracy_control, max_drop 0.01 absolute on the task's primary
 # metric, report.PRIMARY; at most worker.AC_ITERATIONS reverts), validated on the calibration samples with their
-# truth; reported on the validation split.
-CALIBRATION_LABELS = "calibration-labels.json"
+# truth (the render's ``source-truth.json``); reported on the validation split, which accuracy control never sees.
 # ptqflow with default settings and no model_type even where the task is a transformer (the other methods are told
 # ModelType.TRANSFORMER on the encoder): what a user who does not say gets. Run on transformer tasks only.
 TRANSFORMER_ONLY = {"ptqflow_untold", "ptqflow_dynamic", "ort_dynamic", "ptqflow_dynamic_noconv"}  # dynamic: for MatMul-heavy models
@@ -77,13 +76,6 @@ def build_data(task, n_cal: int, n_val: int, work: Path, seed: int = 1) -> tuple
     if index["counts"] != {"calibration": n_cal, "validation": n_val}:
         raise RuntimeError(f"build-calibration made {index['counts']}, asked {n_cal}/{n_val}")
     val = list(iter_samples(artifact, "validation"))
-    # The calibration samples' truth, for the accuracy-control methods, whose validation set they are (the
-    # reported metrics stay on the validation split, which accuracy control never sees).
-    cal = list(iter_samples(artifact, "calibration"))
-    try:
-        (work / CALIBRATION_LABELS).write_text(json.dumps(task.labels(cal, index["sources"]["calibration"], truth)))
-    except (TypeError, ValueError, KeyError):  # a task whose truth is not JSON: no accuracy control on it
-        (work / CALIBRATION_LABELS).unlink(missing_ok=True)
     return artifact, val, task.labels(val, index["sources"]["validation"], truth)
 
 

@@ -103,10 +103,12 @@ def run_ort(model_path, samples, out_path, variant: str = "minmax"):
 AC_ITERATIONS = 10
 
 
-def accuracy_control(tool: str, model, samples: list, transformer: bool):
+def accuracy_control(tool: str, model, calib: str, samples: list, transformer: bool):
     """``tool``'s quantize_with_accuracy_control (max_drop 0.01 absolute) with the bench task's primary metric
-    (report.PRIMARY) as validation_fn, validated on the calibration samples and their truth (bench/run.py writes
-    it): the task is named by BENCH_TASK, its work folder by BENCH_WORK. Returns (INT8 model, what it reports)."""
+    (report.PRIMARY) as validation_fn, validated on the calibration ``samples`` of the artifact ``calib`` and their
+    truth (the task's render saved it beside its source folder; the encoder has none, its labels are the samples'
+    attention masks): the task is named by BENCH_TASK, its work folder by BENCH_WORK. Returns (INT8 model, what it
+    reports)."""
     import os
     from pathlib import Path
 
@@ -115,7 +117,10 @@ def accuracy_control(tool: str, model, samples: list, transformer: bool):
 
     name, work = os.environ["BENCH_TASK"], Path(os.environ["BENCH_WORK"])
     task = bench.make_task(name, work)
-    labels = json.loads((work / name / bench.CALIBRATION_LABELS).read_text())
+    truth_file = work / name / "source-truth.json"
+    truth = json.loads(truth_file.read_text()) if truth_file.exists() else {}
+    sources = json.loads((Path(calib) / "index.json").read_text())["sources"]["calibration"]
+    labels = task.labels(samples, sources, truth)
     refs = bench.infer(model, samples)
 
     def validation_fn(candidate, data) -> float:
@@ -168,7 +173,7 @@ def main() -> None:
         if tool == "ort":
             run_ort(model_path, samples, out, variant)
         elif variant == "ac":
-            q, res["accuracy_control"] = accuracy_control(tool, onnx.load(model_path), samples, transformer)
+            q, res["accuracy_control"] = accuracy_control(tool, onnx.load(model_path), calib, samples, transformer)
             q.ir_version = min(q.ir_version, 10)
             onnx.save(q, out)
         else:
