@@ -7,7 +7,7 @@ import onnx
 from onnx import helper
 
 from builders import conv_classifier, mask_and_class_heads, random_inputs
-from ptqflow.quantization.algorithms import bc_guard
+from ptqflow.quantization.algorithms import bc_guard, output_error
 from ptqflow.quantization.algorithms.output_error import OutputError
 from ptqflow.quantization.algorithms.bias_layers import find_bias_layers, read_bias, write_bias
 from ptqflow.api import collect_statistics, quantize_with_summary
@@ -57,6 +57,37 @@ def test_judge_keeps_a_correction_towards_fp32_and_rejects_one_away_from_it():
     assert keep and after < before
     keep, before, after = bc_guard.judge(fp32, fp32, off, samples, tie_weight=TIE)
     assert not keep and after > before
+
+
+def _offset_states(real: float, padded: float) -> onnx.ModelProto:
+    """states[1, S, 4] = x + ``real`` at real tokens + ``padded`` at padded ones (attention_mask[1, S])."""
+    from builders import make_model
+    from onnx import TensorProto, numpy_helper
+
+    inits = [numpy_helper.from_array(np.array([2], np.int64), "axis"),
+             numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+             numpy_helper.from_array(np.array(real, np.float32), "real"),
+             numpy_helper.from_array(np.array(padded, np.float32), "padded")]
+    n = helper.make_node
+    nodes = [n("Cast", ["attention_mask"], ["m"], to=TensorProto.FLOAT), n("Unsqueeze", ["m", "axis"], ["m3"]),
+             n("Sub", ["one", "m3"], ["p3"]), n("Mul", ["m3", "real"], ["r"]), n("Mul", ["p3", "padded"], ["p"]),
+             n("Add", ["x", "r"], ["xr"]), n("Add", ["xr", "p"], ["states"])]
+    return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "S", 4]),
+                              helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [1, "S"])],
+                      [helper.make_tensor_value_info("states", TensorProto.FLOAT, [1, "S", 4])], inits)
+
+
+def test_judge_sees_the_real_tokens_of_padded_samples_only(monkeypatch):
+    """The correction halves the error at real tokens and puts a large one at padded positions, which nothing
+    reads: kept. Judged on every position (no mask input known), it is reverted."""
+    rng = np.random.default_rng(0)
+    samples = [{"x": rng.normal(0, 1, (1, 10, 4)).astype(np.float32),
+                "attention_mask": (np.arange(10) < 4 + k).astype(np.int64)[None]} for k in range(4)]
+    fp32, uncorrected, corrected = _offset_states(0, 0), _offset_states(0.2, 0), _offset_states(0.1, 5.0)
+    keep, before, after = bc_guard.judge(fp32, uncorrected, corrected, samples, tie_weight=1e-3)
+    assert keep and after < before
+    monkeypatch.setattr(output_error, "MASK_INPUTS", ())
+    assert not bc_guard.judge(fp32, uncorrected, corrected, samples, tie_weight=1e-3)[0]
 
 
 def test_quantize_reverts_a_correction_that_raises_the_output_error(monkeypatch):

@@ -10,7 +10,7 @@ import pytest
 import builders
 from ptqflow.api import quantize_with_config
 from ptqflow.config import AdvancedParameters, QuantizationConfig
-from ptqflow.quantization.algorithms.output_error import OutputError, channel_axis
+from ptqflow.quantization.algorithms.output_error import OutputError, channel_axis, token_masks
 from ptqflow.quantization.plan import MEASURED_KEYS, QuantizationPlan
 from ptqflow.runtime.sessions import run_each
 from test_accuracy_control import inputs, outlier_mlp
@@ -50,6 +50,56 @@ def test_decision_outputs_are_judged_by_their_argmax():
     error = OutputError(["probs"], [[ref]], {"probs"}, tie_weight=1e-3)
     assert error([[close]]) < 1e-3 < error([[flipped]])
     assert error.per_output([[ref]]) == pytest.approx([0.0])
+
+
+def _padded_states(n: int = 6, seq: int = 12, hidden: int = 8, seed: int = 0):
+    """(samples with an attention_mask, FP32 states [1, seq, hidden]): sample i has 3 + i real tokens."""
+    rng = np.random.default_rng(seed)
+    scales = np.geomspace(0.5, 10, hidden)  # hidden channels of very different spreads
+    samples, states = [], []
+    for i in range(n):
+        mask = np.zeros((1, seq), np.int64)
+        mask[0, :3 + i] = 1
+        samples.append({"input_ids": rng.integers(1, 50, (1, seq)), "attention_mask": mask})
+        states.append((rng.normal(0, 1, (1, seq, hidden)) * scales).astype(np.float32))
+    return samples, states
+
+
+def test_padded_positions_are_not_judged_when_the_samples_carry_an_attention_mask():
+    """A transformer's states at padded positions are computed but read by nothing: an error there alone is no
+    error; the same error on one real token is; and the pooled output ([1, hidden]) is judged whole."""
+    samples, states = _padded_states()
+    masks = token_masks(samples)
+    pooled = [s.mean(1) for s in states]
+    refs = [[s, p] for s, p in zip(states, pooled)]
+    error = OutputError(["hidden", "pooled"], refs, set(), tie_weight=0.0, masks=masks)
+    blind = OutputError(["hidden", "pooled"], refs, set(), tie_weight=0.0)
+    at_padding = [[s.copy(), p] for s, p in zip(states, pooled)]
+    at_token = [[s.copy(), p] for s, p in zip(states, pooled)]
+    for i, (pad, tok) in enumerate(zip(at_padding, at_token)):
+        pad[0][0, 3 + i:] += 5.0  # every padded position wrong
+        tok[0][0, 0] += 5.0  # the first real token wrong
+    assert error.per_output(at_padding)[0] == 0.0 and blind.per_output(at_padding)[0] > 0.1
+    assert error.per_output(at_token)[0] > 0.1
+    moved = [[s, p + 1.0] for s, p in zip(states, pooled)]
+    assert error.per_output(moved)[1] == pytest.approx(blind.per_output(moved)[1]) and error.per_output(moved)[1] > 0
+    # each real token is a row, normalized per hidden channel: a narrow channel off by its spread counts as much
+    # as a wide one off by its own
+    real = np.concatenate([st[0][m[0]] for st, m in zip(states, masks)])
+    spread = real.std(0)
+    narrow, wide = int(np.argmin(spread)), int(np.argmax(spread))
+    assert spread[wide] > 10 * spread[narrow]
+    errors = []
+    for k in (narrow, wide):
+        shifted = [[s.copy(), p] for s, p in zip(states, pooled)]
+        for st in shifted:
+            st[0][..., k] += spread[k]
+        errors.append(error.per_output(shifted)[0])
+    assert errors[0] == pytest.approx(errors[1], rel=1e-6)
+    # masks that are not 0/1, not [batch, sequence], or have no real token are no masks
+    assert token_masks([{"attention_mask": np.array([[0, 2]])}, {"attention_mask": np.ones(3, np.int64)},
+                        {"input_mask": np.zeros((1, 4), np.int64)}, {"input_ids": np.ones((1, 4))}]) == [None] * 4
+    assert token_masks([{"input_mask": np.array([[1, 0]])}])[0].tolist() == [[True, False]]
 
 
 def test_search_keeps_the_quantizer_that_carries_the_error_in_float_and_records_it():

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import onnx
 
-from ptqflow.quantization.algorithms.output_error import OutputError, decision_outputs
+from ptqflow.quantization.algorithms.output_error import OutputError, decision_outputs, token_masks
 from ptqflow.runtime.sessions import run_each
 
 __all__ = ["decision_outputs", "judge", "references"]
@@ -35,7 +35,8 @@ def judge(fp32: onnx.ModelProto, uncorrected: onnx.ModelProto, corrected: onnx.M
     names = [o.name for o in fp32.graph.output]
     if fp32_outputs is None:
         fp32_outputs = references(fp32, samples, device)
-    error = OutputError(names, fp32_outputs, decision_outputs(fp32), tie_weight=tie_weight)
+    error = OutputError(names, fp32_outputs, decision_outputs(fp32), tie_weight=tie_weight,
+                        masks=token_masks(samples))
     before = error(run_each(uncorrected, samples, device))
     after = error(run_each(corrected, samples, device))
     return after <= before, before, after

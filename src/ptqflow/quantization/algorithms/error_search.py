@@ -30,7 +30,7 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from ptqflow.quantization.algorithms.output_error import OutputError, decision_outputs
+from ptqflow.quantization.algorithms.output_error import OutputError, decision_outputs, token_masks
 from ptqflow.quantization.algorithms.sensitivity import GATE, fold_constant_dequantize, gated_model
 from ptqflow.quantization.plan import QuantizationPlan
 from ptqflow.runtime.model_files import DataFile, is_large, save_model
@@ -268,9 +268,10 @@ def _evaluator(prepared: onnx.ModelProto, runs: list[dict], refs: list[list], co
     them, after ``base``'s samples where given (its runs and references reused); its ``runner`` (the gated
     model's) and ``n_points`` (its gates) are set by the caller."""
     if base is not None:
-        runs, refs, cost = base.runs + runs, base.metric.refs + refs, 1.0
+        runs, refs, cost = base.runs + runs, base.metric.given + refs, 1.0
     names = [o.name for o in prepared.graph.output]
-    metric = OutputError(names, refs, decision_outputs(prepared), tie_weight=0.0, decisions_as="mass")
+    metric = OutputError(names, refs, decision_outputs(prepared), tie_weight=0.0, decisions_as="mass",
+                         masks=token_masks(runs))
     return _Evaluator(None, runs, metric, 0, cost)
 
 

@@ -21,7 +21,7 @@ import openvino as ov
 import openvino.opset13 as ops
 
 from ptqflow.quantization.algorithms import bc_guard
-from ptqflow.quantization.algorithms.output_error import OutputError
+from ptqflow.quantization.algorithms.output_error import OutputError, token_masks
 from ptqflow.quantization.algorithms.bias_layers import BiasLayer, channel_mean, judge_shift, summary
 from ptqflow.quantization.graph.openvino_view import BoundView
 
@@ -170,6 +170,7 @@ class Judge:
         return [[np.array(v, copy=True) for v in request.infer(s).values()] for s in samples]
 
     def __call__(self, samples: list[dict]) -> tuple[bool, float, float]:
-        error = OutputError(self.names, self._run(0, samples), self.decisions, tie_weight=self.tie_weight)
+        error = OutputError(self.names, self._run(0, samples), self.decisions, tie_weight=self.tie_weight,
+                            masks=token_masks(samples))
         before, after = error(self._run(1, samples)), error(self._run(2, samples))
         return after <= before, before, after

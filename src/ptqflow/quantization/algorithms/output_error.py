@@ -19,6 +19,13 @@ ways (``decisions_as``):
 
 Integer outputs count their share of changed values. The model's error is the mean over its outputs;
 ``per_output`` says which output carries it.
+
+Padding is not what the task sees. A transformer fed padded sequences takes a padding mask (``attention_mask``,
+or ``input_mask`` as TensorFlow's BERT exports name it: [batch, sequence], 1 for a real token); its outputs at
+padded positions are computed but no pooling or token head reads them, and on fixed-length inputs they can be most
+of the output (60 % on the bench's sentence encoder). Where a sample has such a mask (``token_masks``), each output
+whose leading axes are [batch, sequence] is judged on the real tokens only: its values there, one row a token,
+normalized per channel of what is left (the hidden size of an encoder's states).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import onnx
 
 from ptqflow.quantization.graph.index import GraphIndex
 
+MASK_INPUTS = ("attention_mask", "input_mask")  # the padding mask's input names (transformers, TF BERT exports)
 _PASS_THROUGH = {"Identity", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Cast"}
 # A channel whose FP32 values hardly vary (a constant map) is normalized by this share of the output's mean
 # channel variance instead of its own, so float rounding there is not read as a large relative error.
@@ -47,6 +55,24 @@ def decision_outputs(model: onnx.ModelProto) -> set[str]:
     return found
 
 
+def token_masks(samples: list[dict]) -> list[np.ndarray | None]:
+    """Each sample's padding mask (boolean [batch, sequence], from the first of ``MASK_INPUTS`` it has), or None
+    where it has none, or one that is not 0/1 of rank 2, or one with no real token."""
+    found = []
+    for sample in samples:
+        mask = next((np.asarray(sample[n]) for n in MASK_INPUTS if n in sample), None)
+        ok = mask is not None and mask.ndim == 2 and bool(np.isin(mask, (0, 1)).all()) and bool(mask.any())
+        found.append(mask.astype(bool) if ok else None)
+    return found
+
+
+def _real_tokens(mask: np.ndarray | None, value: np.ndarray) -> np.ndarray:
+    """``value``'s rows at real tokens ([tokens, ...]) when its leading axes are ``mask``'s, else ``value``."""
+    if mask is None or value.ndim < 2 or value.shape[:2] != mask.shape:
+        return value
+    return value[mask]
+
+
 def channel_axis(shape: tuple[int, ...]) -> int | None:
     """The non-batch axis with the fewest entries above 1 (the first of equals); None for outputs of rank < 2."""
     axes = [(size, axis) for axis, size in enumerate(shape) if axis > 0 and size > 1]
@@ -55,10 +81,14 @@ def channel_axis(shape: tuple[int, ...]) -> int | None:
 
 class OutputError:
     """The output error of a model's runs against the FP32 reference ``refs`` (one list of outputs per run, in
-    ``names`` order; a run may hold several stacked samples); see the module docstring."""
+    ``names`` order; a run may hold several stacked samples); see the module docstring. ``masks``: each run's
+    padding mask (``token_masks`` of its samples), where outputs are judged on real tokens only."""
 
     def __init__(self, names: list[str], refs: list[list[np.ndarray]], decisions: set[str], *, tie_weight: float,
-                 decisions_as: str = "balanced"):
+                 decisions_as: str = "balanced", masks: list[np.ndarray | None] | None = None):
+        self.masks = masks if masks is not None and any(m is not None for m in masks) else None
+        self.given = refs  # as given, before masking (an evaluator built on another's samples reuses them)
+        refs = self.masked(refs)
         self.names, self.refs, self.decisions, self.tie_weight = names, refs, decisions, tie_weight
         self.decisions_as = decisions_as
         self.variances = [self._variance(j) for j in range(len(names))]
@@ -76,8 +106,15 @@ class OutputError:
         var = moved.astype(np.float64).var(axis=1)
         return np.maximum(var, max(_VARIANCE_FLOOR * float(var.mean()), 1e-30))
 
+    def masked(self, runs: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
+        """``runs`` with each output judged on its run's real tokens only (``masks``)."""
+        if self.masks is None:
+            return runs
+        return [[_real_tokens(mask, v) for v in run] for mask, run in zip(self.masks, runs)]
+
     def per_output(self, outs: list[list[np.ndarray]]) -> np.ndarray:
         """The error of each output (``names`` order) of ``outs``, the runs of the model under test."""
+        outs = self.masked(outs)
         errors = np.zeros(len(self.names))
         for j, name in enumerate(self.names):
             ref, out = [r[j] for r in self.refs], [o[j] for o in outs]

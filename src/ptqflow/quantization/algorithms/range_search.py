@@ -154,7 +154,8 @@ def relative_error(outs: list[list[np.ndarray]], refs: list[list[np.ndarray]]) -
 
 
 def judge(names: list[str], decisions: set[str], refs: list[list], run: Callable[[dict], list[list]],
-          default: dict[str, tuple[float, float]], chosen: dict[str, tuple[float, float]]) -> dict:
+          default: dict[str, tuple[float, float]], chosen: dict[str, tuple[float, float]],
+          masks: list | None = None) -> dict:
     """The verdict on ``chosen`` ranges (scale group -> (min, max)) against ``default``: ``run(ranges)`` gives the
     outputs (``names`` order, one list per sample) of the model written with those ranges on the samples whose FP32
     outputs are ``refs``. Two measures, each seeing what the other misses: the per-channel normalized error
@@ -163,11 +164,12 @@ def judge(names: list[str], decisions: set[str], refs: list[list], run: Callable
     themselves). The chosen ranges are kept when they lower the first and do not raise the second: on ddddocr's
     detector the first fell and the second rose (3 dB of output SQNR lost, box F1 against the truth 0.83 -> 0.79).
     {"kept", "error_chosen", "error_default", "relative_chosen", "relative_default", "output": the output whose
-    normalized error moved the most, "samples"}."""
-    metric = OutputError(names, refs, decisions, tie_weight=0.0, decisions_as="mass")
+    normalized error moved the most, "samples"}. ``masks``: the samples' padding masks (``output_error.token_masks``),
+    where both measures see the real tokens only."""
+    metric = OutputError(names, refs, decisions, tie_weight=0.0, decisions_as="mass", masks=masks)
     outs = {"default": run(default), "chosen": run(chosen)}
     before, after = (metric.per_output(outs[k]) for k in ("default", "chosen"))
-    rel_before, rel_after = (relative_error(outs[k], refs) for k in ("default", "chosen"))
+    rel_before, rel_after = (relative_error(metric.masked(outs[k]), metric.refs) for k in ("default", "chosen"))
     kept = bool(np.mean(after) < np.mean(before) and rel_after <= rel_before)  # a tie keeps the default estimator
     moved = before - after if kept else after - before
     return {"kept": kept, "error_chosen": float(np.mean(after)), "error_default": float(np.mean(before)),

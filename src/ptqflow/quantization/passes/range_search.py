@@ -16,7 +16,7 @@ import numpy as np
 
 from ptqflow.config import QuantizationConfig
 from ptqflow.quantization.algorithms import range_search
-from ptqflow.quantization.algorithms.output_error import decision_outputs
+from ptqflow.quantization.algorithms.output_error import decision_outputs, token_masks
 from ptqflow.quantization.passes.base import PassResult
 from ptqflow.quantization.passes.context import PlanContext, PlanPass
 
@@ -80,7 +80,7 @@ class RangeSearch(PlanPass):
         judged = held or ctx.samples[:n]
         verdict = range_search.judge([o.name for o in ctx.prepared.graph.output], decision_outputs(ctx.prepared),
                                      self.references(ctx, judged), lambda r: self.outputs(ctx, r, judged), default,
-                                     {**default, **picked})
+                                     {**default, **picked}, masks=token_masks(judged))
         verdict["held_out"] = bool(held)
         plan.range_verdict = verdict
         counts: dict[str, int] = {}
