@@ -46,7 +46,9 @@ def _assert_same(a, b):
 @pytest.mark.parametrize("case", list(CASES))
 def test_merged_shards_equal_one_collection(case, tmp_path):
     model, samples = CASES[case][0](), CASES[case][1]()
-    config = QuantizationConfig(subset_size=300, model_type="transformer" if case == "transformer" else None)
+    # A transformer shards with SmoothQuant off (it is refused in shards where it would act)
+    config = QuantizationConfig(subset_size=300, model_type="transformer" if case == "transformer" else None,
+                                advanced=AdvancedParameters(smooth_quant_alpha=None))
     whole = ptqflow.collect_statistics(model, samples, config)
     assert any(p.reducer.value == "mean" for p in whole.points), "FastBiasCorrection's means are part of the check"
     for shards in (1, 2, 3, 7):  # 7 > 5 blocks: some shards are empty
@@ -86,9 +88,14 @@ def test_shard_ranges_are_whole_blocks_covering_every_sample_once():
 
 def test_what_cannot_be_sharded_is_refused_by_name():
     model, samples = B.tiny_encoder(), B.token_inputs(8)
-    smooth = QuantizationConfig(model_type="transformer", advanced=AdvancedParameters(smooth_quant_alpha=0.5))
+    smooth = QuantizationConfig(model_type="transformer", advanced=AdvancedParameters(smooth_quant_alpha=0.8))
     with pytest.raises(ConfigError, match="smooth_quant_alpha"):
         collect_partial_statistics(model, samples, smooth, shard=0, shards=2, num_samples=8)
+    with pytest.raises(ConfigError, match=r"smooth_quant_alpha \(0.5\).*on by default for transformers"):
+        collect_partial_statistics(model, samples, QuantizationConfig(model_type="transformer"), shard=0, shards=2,
+                                   num_samples=8)
+    unsmoothed = QuantizationConfig(model_type="transformer", advanced=AdvancedParameters(smooth_quant_alpha=None))
+    assert collect_partial_statistics(model, samples, unsmoothed, shard=0, shards=2, num_samples=8).plan.smooth_quant is None
     search = QuantizationConfig(advanced=AdvancedParameters(sensitivity_search=True))
     with pytest.raises(ConfigError, match="sensitivity_search"):
         collect_partial_statistics(B.conv_classifier(), B.random_inputs(8, (3, 16, 16)), search, shard=0, shards=2,

@@ -8,6 +8,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 import ptqflow
+from ptqflow.api import quantize_with_config
 from builders import tiny_encoder, token_inputs
 from ptqflow.quantization.algorithms import smooth_quant
 from ptqflow.quantization.algorithms.quantizer_placement import transformer_nodes
@@ -97,3 +98,20 @@ def test_no_smoothing_without_a_transformer_or_with_alpha_none():
     assert off.plan.smooth_quant is None
     cnn = ptqflow.collect_statistics(model, calib, QuantizationConfig(advanced=AdvancedParameters(auto_safeguards=False)))
     assert cnn.plan.smooth_quant is None
+
+
+def test_on_by_default_for_a_transformer_and_every_smoothed_input_is_quantized():
+    """The default smooths a declared transformer (alpha 0.5), and each smoothed MatMul input gets its activation
+    quantizer: the smoothed tensors past the attention's Reshape (whose target comes from Shape) are typed float,
+    not taken for shape arithmetic left in float (the linear layers then ran in float behind int8 weights)."""
+    model, calib = tiny_encoder(seed=1), token_inputs(8, seed=2)
+    result = quantize_with_config(model, calib, QuantizationConfig(model_type=ModelType.TRANSFORMER, subset_size=8))
+    plan = result.plan
+    assert plan.smooth_quant is not None and plan.smooth_quant.alpha == 0.5
+    smoothed = {f"{t}_ptqflow_smoothed" for t in plan.smooth_quant.tensors}
+    assert len(smoothed) >= 3
+    quantized = {a.tensor for a in plan.activations} | {f.tensor for f in plan.float_tensors}
+    assert smoothed <= quantized, smoothed - quantized
+    matmul_inputs = {n.input[0] for n in result.model.graph.node if n.op_type == "MatMul"}
+    dq_outputs = {n.output[0] for n in result.model.graph.node if n.op_type == "DequantizeLinear"}
+    assert matmul_inputs & dq_outputs  # the linear layers read dequantized activations

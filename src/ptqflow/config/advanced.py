@@ -190,10 +190,11 @@ class AdvancedParameters(_Strict):
         "onnxruntime's provider.",
     )
     smooth_quant_alpha: float | None = Field(
-        None, ge=0, le=1,
+        0.5, ge=0, le=1,
         description="SmoothQuant migration strength for the linear layers of transformers (declared, or detected "
-        "by the automatic safeguards), e.g. 0.5; None (default) leaves it off: the Mul it puts before each MatMul "
-        "trades OpenVINO speed for accuracy (evidence: docs/algorithms.md#smoothquant).",
+        "by the automatic safeguards); other models are not touched. None turns it off (as NNCF's negative alpha). "
+        "On the bench's MiniLM it lifts the real-token output SQNR from 20 to 26 dB at the same OpenVINO latency "
+        "(evidence: docs/algorithms.md#smoothquant). A transformer with it on cannot be collected in shards.",
     )
     smooth_quant_samples: int = Field(
         64, gt=0,

@@ -67,9 +67,11 @@ class _Declared:
     stream: Iterator[dict]
 
 
-def _declare(model, stream_for: StreamFor, config: QuantizationConfig, device: str, limit: int | None) -> _Declared:
+def _declare(model, stream_for: StreamFor, config: QuantizationConfig, device: str, limit: int | None,
+             sharded: bool = False) -> _Declared:
     """Prepare the graph, smooth it (SmoothQuant, on the first samples), place the quantizers and gather the
-    statistic points of MinMax, FastBiasCorrection and the enabled plan passes."""
+    statistic points of MinMax, FastBiasCorrection and the enabled plan passes. ``sharded``: one shard's
+    collection, which cannot smooth (ConfigError where the model would be smoothed)."""
     adv = config.advanced
     prepared, warnings = prepare_model(model, adv)
     stream = stream_for(prepared, limit)
@@ -77,6 +79,11 @@ def _declare(model, stream_for: StreamFor, config: QuantizationConfig, device: s
     region = placement.transformer_nodes(prepared, config) if adv.smooth_quant_alpha is not None else set()
     if region:
         region -= placement.ignored_nodes(prepared, config.ignored_scope)
+    if region and sharded:
+        raise ConfigError(f"quantization.advanced.smooth_quant_alpha ({adv.smooth_quant_alpha}): SmoothQuant, on by "
+                          "default for transformers, cannot be collected in shards (it measures the first samples "
+                          "before the statistics pass); collect in one process, or set it to null to shard")
+    if region:
         head = list(islice(stream, adv.smooth_quant_samples))  # replayed below: the dataset may be a one-shot iterator
         smoothing = smooth_quant.smooth(prepared, region, head, adv.smooth_quant_alpha, lambda m, outs: make_runner(
             m, outs, device, adv.statistics_runtime, make_session))
@@ -113,12 +120,10 @@ def collect(model, stream_for: StreamFor, config: QuantizationConfig, device: st
 
 
 def check_shardable(config: QuantizationConfig) -> None:
-    """ConfigError naming what cannot run on shards: SmoothQuant measures the first samples before the statistics
-    pass changes the graph, and a plan pass that keeps samples runs the model on them after it."""
+    """ConfigError naming what cannot run on shards: a plan pass that keeps samples runs the model on them after
+    the statistics pass. (SmoothQuant, which measures the first samples before it, is refused where it would act:
+    ``_declare``.)"""
     adv = config.advanced
-    if adv.smooth_quant_alpha is not None:
-        raise ConfigError("quantization.advanced.smooth_quant_alpha: SmoothQuant cannot be collected in shards (it "
-                          "measures the first samples before the statistics pass); collect in one process")
     needs = [p.name for p in plan_passes() if p.enabled(adv) and p.samples(config)]
     if needs:
         raise ConfigError(f"quantization.advanced: {', '.join(needs)} cannot be collected in shards (it runs the "
@@ -132,7 +137,7 @@ def collect_partial(model, stream_for: StreamFor, config: QuantizationConfig, de
     check_shardable(config)
     num_samples = min(num_samples, config.subset_size) if config.subset_size else num_samples
     start, stop = shard_range(num_samples, shard, shards)
-    d = _declare(model, stream_for, config, device, stop)
+    d = _declare(model, stream_for, config, device, stop, sharded=True)
     acc = accumulate(d.prepared, d.points, islice(d.stream, start, None), device=device,
                      runtime=config.advanced.statistics_runtime, first=start)
     if acc.count != stop - start:

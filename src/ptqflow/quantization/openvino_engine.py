@@ -82,9 +82,12 @@ def check_supported(config: QuantizationConfig, device: str) -> None:
         if getattr(config, name):
             raise ConfigError(f"quantization.{name}: given quantization parameters are not available for an "
                               "OpenVINO model; quantize the ONNX model, or leave it empty")
-    if config.advanced.smooth_quant_alpha is not None:
-        raise ConfigError("quantization.advanced.smooth_quant_alpha: SmoothQuant is not available for an OpenVINO "
-                          "model; leave it unset, or quantize the ONNX model")
+    # SmoothQuant (on by default for transformers, alpha 0.5) is not available for an OpenVINO model: the default
+    # is passed over, another alpha asked for is refused.
+    alpha = config.advanced.smooth_quant_alpha
+    if alpha is not None and alpha != type(config.advanced).model_fields["smooth_quant_alpha"].default:
+        raise ConfigError(f"quantization.advanced.smooth_quant_alpha ({alpha}): SmoothQuant is not available for an "
+                          "OpenVINO model; leave it at its default, or quantize the ONNX model")
 
 
 class SensitivityOnOpenVINO(SensitivitySafeguard):

@@ -10,11 +10,9 @@ read the same activation share one factor, computed from the largest of their we
 The factors come from a short pass over the first calibration samples (advanced.smooth_quant_samples), before
 placement and statistics, which
 then see the smoothed graph. They are recorded in the plan, so another process re-applies them exactly.
-A moderate alpha (0.5) helps accuracy most; NNCF's 0.95 hurts padded positions.
-
-It is off by default: OpenVINO's CPU plugin does not fold the per-channel Mul into the int8 MatMul that
-follows, which costs INT8 speed (evidence: docs/algorithms.md#smoothquant). Folding the factor into the
-LayerNorm instead is not exact here: its output also feeds the residual Add.
+A moderate alpha (0.5, the default) helps accuracy most; NNCF's 0.95 hurts padded positions. The smoothed
+tensor is typed as the one it scales, so that placement gives it its activation quantizer (evidence:
+docs/algorithms.md#smoothquant).
 """
 
 from __future__ import annotations
@@ -83,12 +81,21 @@ def apply(model: onnx.ModelProto, table: dict[str, dict]) -> None:
     for n in g.node:
         for i in n.input:
             readers[i] = readers.get(i, 0) + 1
+    typed = {vi.name: vi for vi in list(g.value_info) + list(g.input) + list(g.output)}
     new_nodes = []
     for tensor, entry in table.items():
         s = np.asarray(entry["scales"], np.float32)
         inv_name, out = f"{tensor}_ptqflow_smooth_inv", f"{tensor}_ptqflow_smoothed"
         g.initializer.append(numpy_helper.from_array((1.0 / s).astype(np.float32), inv_name))
         new_nodes.append(helper.make_node("Mul", [tensor, inv_name], [out], name=f"{tensor}_ptqflow_smooth"))
+        # The smoothed tensor is typed as the one it scales: placement takes an untyped tensor downstream of shape
+        # arithmetic (a transformer's Reshape targets come from Shape) for an integer one and would not quantize it.
+        vi = g.value_info.add()
+        if tensor in typed:
+            vi.CopyFrom(typed[tensor])
+        else:
+            vi.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+        vi.name = out
         for name in entry["nodes"]:
             u = by_name[name]
             w_name = u.input[1]
