@@ -99,6 +99,8 @@ def _type(node: dict, defs: dict, key: str) -> str:
         return f"object (section `{key}`)"
     if "enum" in target:
         return _enum(target["enum"])
+    if "const" in target:
+        return _code(target["const"])
     kind = target.get("type", "any")
     if kind == "array":
         items = target.get("items", {})

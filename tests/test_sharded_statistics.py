@@ -91,7 +91,7 @@ def test_what_cannot_be_sharded_is_refused_by_name():
     smooth = QuantizationConfig(model_type="transformer", advanced=AdvancedParameters(smooth_quant_alpha=0.8))
     with pytest.raises(ConfigError, match="smooth_quant_alpha"):
         collect_partial_statistics(model, samples, smooth, shard=0, shards=2, num_samples=8)
-    with pytest.raises(ConfigError, match=r"smooth_quant_alpha \(0.5\).*on by default for transformers"):
+    with pytest.raises(ConfigError, match=r"smooth_quant_alpha \(auto\).*on by default for transformers"):
         collect_partial_statistics(model, samples, QuantizationConfig(model_type="transformer"), shard=0, shards=2,
                                    num_samples=8)
     unsmoothed = QuantizationConfig(model_type="transformer", advanced=AdvancedParameters(smooth_quant_alpha=None))

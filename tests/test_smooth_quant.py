@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import ptqflow
@@ -101,13 +102,17 @@ def test_no_smoothing_without_a_transformer_or_with_alpha_none():
 
 
 def test_on_by_default_for_a_transformer_and_every_smoothed_input_is_quantized():
-    """The default smooths a declared transformer (alpha 0.5), and each smoothed MatMul input gets its activation
-    quantizer: the smoothed tensors past the attention's Reshape (whose target comes from Shape) are typed float,
-    not taken for shape arithmetic left in float (the linear layers then ran in float behind int8 weights)."""
+    """The default smooths a declared transformer, each activation at its measured alpha, and each smoothed MatMul
+    input gets its activation quantizer: the smoothed tensors past the attention's Reshape (whose target comes from
+    Shape) are typed float, not taken for shape arithmetic left in float (the linear layers then ran in float
+    behind int8 weights)."""
     model, calib = tiny_encoder(seed=1), token_inputs(8, seed=2)
     result = quantize_with_config(model, calib, QuantizationConfig(model_type=ModelType.TRANSFORMER, subset_size=8))
     plan = result.plan
-    assert plan.smooth_quant is not None and plan.smooth_quant.alpha == 0.5
+    assert plan.smooth_quant is not None and plan.smooth_quant.alpha == "auto"
+    for entry in plan.smooth_quant.tensors.values():
+        errors = {float(a): e for a, e in entry["errors"].items()}
+        assert set(errors) == set(smooth_quant.ALPHAS) and entry["alpha"] == min(errors, key=errors.get)
     smoothed = {f"{t}_ptqflow_smoothed" for t in plan.smooth_quant.tensors}
     assert len(smoothed) >= 3
     quantized = {a.tensor for a in plan.activations} | {f.tensor for f in plan.float_tensors}
@@ -115,3 +120,37 @@ def test_on_by_default_for_a_transformer_and_every_smoothed_input_is_quantized()
     matmul_inputs = {n.input[0] for n in result.model.graph.node if n.op_type == "MatMul"}
     dq_outputs = {n.output[0] for n in result.model.graph.node if n.op_type == "DequantizeLinear"}
     assert matmul_inputs & dq_outputs  # the linear layers read dequantized activations
+
+
+def test_auto_alpha_is_the_one_with_the_least_measured_error_and_helps_where_a_fixed_one_does_not():
+    """One 60x outlier channel: the measured alpha is the candidate of least layer error, and the INT8 model is
+    about as close to FP32 as with the better of the fixed alphas 0.5 and 0.95 (which differ 14x here), far closer
+    than unsmoothed; padded rows are not judged."""
+    model = _outlier_mlp()
+    rng = np.random.default_rng(3)
+    calib = [{"x": rng.normal(0, 1, (1, 4, 32)).astype(np.float32)} for _ in range(24)]
+    held = [{"x": rng.normal(0, 1, (1, 4, 32)).astype(np.float32)} for _ in range(24)]
+    ref = _run(model, held)
+
+    def err(q):
+        return float(np.mean([np.mean((a - b) ** 2) for a, b in zip(_run(q, held), ref)]))
+
+    cfg = dict(subset_size=24, model_type=ModelType.TRANSFORMER)
+    auto = ptqflow.quantize(model, calib, **cfg)
+    fixed = {a: ptqflow.quantize(model, calib, advanced_parameters=AdvancedParameters(smooth_quant_alpha=a), **cfg)
+             for a in (0.5, 0.95, None)}
+    stats = ptqflow.collect_statistics(model, calib, QuantizationConfig(**cfg))
+    entry = stats.plan.smooth_quant.tensors["ln"]
+    errors = {float(a): e for a, e in entry["errors"].items()}
+    assert entry["alpha"] == min(errors, key=errors.get) and entry["alpha"] > 0.5
+    best = min(err(fixed[0.5]), err(fixed[0.95]))
+    assert err(auto) <= 1.5 * best and err(auto) < 0.2 * err(fixed[None]), (err(auto), {a: err(m) for a, m in fixed.items()})
+    # padded rows count in the quantizer's range, not in the error: other padded values in the same range change
+    # nothing
+    x = np.random.default_rng(0).normal(0, 1, (8, 4)).astype(np.float32)
+    real = np.array([1, 1, 1, 1, 1, 0, 0, 0], bool)
+    shuffled = x.copy()
+    shuffled[~real] = x[~real][::-1]
+    w, s = [np.random.default_rng(1).normal(0, 1, (4, 3)).astype(np.float32)], np.ones(4, np.float32)
+    assert smooth_quant.layer_error(shuffled, real, w, s) == smooth_quant.layer_error(x, real, w, s)
+    assert smooth_quant.layer_error(shuffled, np.ones(8, bool), w, s) != smooth_quant.layer_error(x, real, w, s)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ptqflow.config.base import _Strict
 from ptqflow.config.enums import OverflowFix, RangeEstimator
@@ -189,17 +189,21 @@ class AdvancedParameters(_Strict):
         "streams) when installed and able to compile the model, else onnxruntime; other devices always use "
         "onnxruntime's provider.",
     )
-    smooth_quant_alpha: float | None = Field(
-        0.5, ge=0, le=1,
-        description="SmoothQuant migration strength for the linear layers of transformers (declared, or detected "
-        "by the automatic safeguards); other models are not touched. None turns it off (as NNCF's negative alpha). "
-        "On the bench's MiniLM it lifts the real-token output SQNR from 20 to 26 dB at the same OpenVINO latency "
-        "(evidence: docs/algorithms.md#smoothquant). A transformer with it on cannot be collected in shards.",
+    smooth_quant_alpha: float | str | None = Field(
+        "auto", json_schema_extra={"anyOf": [{"type": "number", "minimum": 0, "maximum": 1}, {"const": "auto"},
+                                             {"type": "null"}]},
+        description="SmoothQuant for the linear layers of transformers (declared, or detected by the automatic "
+        "safeguards); other models are not touched. 'auto' (default): each MatMul input's migration strength is "
+        "the one of 0.5, 0.65, 0.8, 0.95 that leaves its MatMuls the least quantization error, measured on the "
+        "first calibration samples; a number: that strength everywhere (NNCF's smooth_quant_alpha); None: off "
+        "(as NNCF's negative alpha). A transformer it smooths cannot be collected in shards (evidence: "
+        "docs/algorithms.md#smoothquant).",
     )
     smooth_quant_samples: int = Field(
         64, gt=0,
         description="First calibration samples on which SmoothQuant measures the per-channel max |x| of the "
-        "MatMul inputs (when smooth_quant_alpha is set); they are replayed into the statistics pass.",
+        "MatMul inputs (when smooth_quant_alpha is not None; the first 16 of them also choose 'auto''s strengths); "
+        "they are replayed into the statistics pass.",
     )
     graph_constant_folding: bool = Field(
         True,
@@ -282,3 +286,11 @@ class AdvancedParameters(_Strict):
         """Whether activation ranges are the mean of the per-sample minima and maxima (``activations_range``), not
         the global extremes: what every reader of ``Statistics.ranges`` asks for."""
         return RangeEstimator(self.activations_range) == RangeEstimator.MEAN_MINMAX
+
+    @field_validator("smooth_quant_alpha", mode="before")
+    @classmethod
+    def _smooth_quant_alpha(cls, value):
+        if value is None or value == "auto" or (
+                isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1):
+            return value
+        raise ValueError("must be 'auto', a number from 0 to 1, or null")

@@ -71,10 +71,12 @@ class FloatTensor:
 
 @dataclass
 class SmoothQuantFactors:
-    """SmoothQuant's migration strength and, per smoothed activation tensor, its per-channel factors."""
+    """SmoothQuant's migration strength as configured (a number, or "auto": measured per tensor) and, per smoothed
+    activation tensor, its factors (``scales``), the MatMuls that read it (``nodes``), its ``alpha`` and, where
+    measured, each candidate's error (``errors``)."""
 
-    alpha: float
-    tensors: dict[str, list[float]]
+    alpha: float | str
+    tensors: dict[str, dict]
 
 
 @dataclass

@@ -22,10 +22,12 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ptqflow.quantization.algorithms.minmax import _topological_insert
+from ptqflow.quantization.algorithms.output_error import token_masks
 from ptqflow.quantization.statistics.collector import augment
 from ptqflow.quantization.statistics.points import Reducer, observation_id, parse_observation
 
 _MIN_SCALE = 1e-5  # floor on a factor, so 1/s stays finite
+AUTO = "auto"
 
 
 def candidates(model: onnx.ModelProto, nodes: set[str]) -> dict[str, list[onnx.NodeProto]]:
@@ -110,13 +112,107 @@ def apply(model: onnx.ModelProto, table: dict[str, dict]) -> None:
     _topological_insert(g, new_nodes)
 
 
-def smooth(model: onnx.ModelProto, nodes: set[str], samples: list[dict], alpha: float, runner_factory) -> dict:
-    """Compute and apply the factors on ``model`` (in place). Returns the table for the plan (JSON lists)."""
+ALPHAS = (0.5, 0.65, 0.8, 0.95)  # the strengths measured for each activation when the alpha is "auto"
+SAMPLES = 16  # of the SmoothQuant samples, the first ones whose rows the alphas are compared on
+_ROWS = 1024  # at most this many rows of each activation
+
+
+def activation_rows(model: onnx.ModelProto, tensors: list[str], samples: list[dict], runner_factory,
+                    max_rows: int = _ROWS) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per tensor, up to ``max_rows`` of its rows over ``samples`` ([rows, channels], the last axis the channel)
+    and whether each row is a real token (False at the positions a sample's padding mask marks padded, where the
+    tensor's leading axes are the mask's: output_error.token_masks)."""
+    aug = onnx.ModelProto()
+    aug.CopyFrom(model)
+    known = {o.name for o in aug.graph.output}
+    aug.graph.output.extend(helper.make_empty_tensor_value_info(t) for t in tensors if t not in known)
+    runner = runner_factory(aug, list(tensors))
+    found: dict[str, list] = {t: [] for t in tensors}
+    for (outs, _), mask in zip(runner.map({"arrays": s, "count": 1} for s in samples), token_masks(samples)):
+        for t, value in outs.items():
+            v = np.asarray(value, np.float32)
+            real = (mask.reshape(-1) if mask is not None and v.ndim >= 2 and v.shape[:2] == mask.shape
+                    else np.ones(v.size // v.shape[-1], bool))
+            found[t].append((v.reshape(-1, v.shape[-1]), np.repeat(real, v.size // v.shape[-1] // real.size)))
+    del runner, aug
+    rng = np.random.default_rng(0)
+    picked = {}
+    for t, parts in found.items():
+        if not parts:
+            continue
+        rows, real = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        if len(rows) > max_rows:
+            keep = np.sort(rng.choice(len(rows), max_rows, replace=False))
+            rows, real = rows[keep], real[keep]
+        picked[t] = (rows, real)
+    return picked
+
+
+def _fake_quant_tensor(x: np.ndarray) -> np.ndarray:
+    """``x`` through an asymmetric per-tensor uint8 quantizer over its own range (0 included)."""
+    lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+    scale = max(hi - lo, 1e-12) / 255.0
+    zero = np.round(-lo / scale)
+    return (np.clip(np.round(x / scale) + zero, 0, 255) - zero) * scale
+
+
+def _fake_quant_columns(w: np.ndarray) -> np.ndarray:
+    """``w`` [K, N] through symmetric per-output-channel int8 quantizers."""
+    scale = np.maximum(np.abs(w).max(axis=0, keepdims=True), 1e-12) / 127.0
+    return np.clip(np.round(w / scale), -127, 127) * scale
+
+
+def layer_error(rows: np.ndarray, real: np.ndarray, weights: list[np.ndarray], s: np.ndarray) -> float:
+    """The relative squared error, at the real-token rows, of the MatMuls ``rows @ W`` when ``rows / s`` (one
+    range over every row, padded ones included, as the activation quantizer sees them) and ``W * s`` are
+    quantized; the mean over the MatMuls."""
+    qx = _fake_quant_tensor(rows / s)[real]
+    x = rows[real]
+    err = 0.0
+    for w in weights:
+        ref = x @ w
+        err += float(np.sum((qx @ _fake_quant_columns(w * s[:, None]) - ref) ** 2) / max(float(np.sum(ref ** 2)), 1e-30))
+    return err / len(weights)
+
+
+def choose_alphas(model: onnx.ModelProto, groups: dict[str, list[onnx.NodeProto]], absmax: dict[str, np.ndarray],
+                  samples: list[dict], runner_factory) -> dict[str, tuple[float, dict[float, float]]]:
+    """Per activation tensor, the alpha of ``ALPHAS`` whose smoothing leaves its MatMuls the least output error
+    when activation and weights are quantized (``layer_error`` on rows of the first ``SAMPLES`` samples), and
+    the error of each alpha measured."""
+    rows = activation_rows(model, sorted(groups), samples[:SAMPLES], runner_factory)
+    inits = {t.name: t for t in model.graph.initializer}
+    chosen = {}
+    for t, users in groups.items():
+        if t not in rows or not rows[t][1].any():
+            continue
+        weights = [numpy_helper.to_array(inits[u.input[1]]).astype(np.float32) for u in users]
+        errors = {}
+        for a in ALPHAS:
+            s = factors(model, {t: users}, absmax, a).get(t)
+            if s is not None:
+                errors[a] = layer_error(rows[t][0], rows[t][1], weights, s)
+        if errors:
+            chosen[t] = (min(errors, key=errors.get), errors)
+    return chosen
+
+
+def smooth(model: onnx.ModelProto, nodes: set[str], samples: list[dict], alpha: float | str, runner_factory) -> dict:
+    """Compute and apply the factors on ``model`` (in place); ``alpha`` a number, or "auto": each activation's
+    measured (``choose_alphas``). Returns the table for the plan (JSON: per tensor its scales, the MatMuls, the
+    alpha and, where measured, each alpha's error)."""
     groups = candidates(model, nodes)
     if not groups or not samples:
         return {}
     absmax = channel_absmax(model, sorted(groups), samples, runner_factory)
-    table = {t: {"scales": [float(v) for v in s], "nodes": [u.name for u in groups[t]]}
-             for t, s in factors(model, groups, absmax, alpha).items()}
+    measured = choose_alphas(model, groups, absmax, samples, runner_factory) if alpha == AUTO else {}
+    table = {}
+    for t, users in groups.items():
+        a, errors = measured.get(t, (ALPHAS[0] if alpha == AUTO else float(alpha), {}))
+        s = factors(model, {t: users}, absmax, a).get(t)
+        if s is not None:
+            table[t] = {"scales": [float(v) for v in s], "nodes": [u.name for u in users], "alpha": a}
+            if errors:
+                table[t]["errors"] = {str(k): v for k, v in errors.items()}
     apply(model, table)
     return table
