@@ -386,3 +386,23 @@ def test_absmax_of_a_rank_2_tensor_over_stacked_samples_keeps_one_row_per_sample
     acc = accumulate.Accumulator(out_map)
     acc.add({out: value}, 4)
     np.testing.assert_allclose(acc.result()[oid], np.abs(batch).mean(axis=0), rtol=1e-6)
+
+
+def test_a_layer_that_loses_one_input_quantizer_loses_the_others_too():
+    """Kept in float, ``a`` takes the Add it feeds out of int8: ``b``'s edge into the Add goes (its Conv edge
+    stays), and ``c``, which fed only the Add, goes as well, recorded with the same pass and why."""
+    from ptqflow.quantization.plan import ActivationQuantizer
+
+    plan = QuantizationPlan(preset="performance", target_device="ANY", transformer=False, per_channel=True,
+                            activations=[ActivationQuantizer("a", [("add", 0)], True),
+                                         ActivationQuantizer("b", [("add2", 1), ("conv", 0)], True),
+                                         ActivationQuantizer("c", [("add", 1)], True),
+                                         ActivationQuantizer("d", [("add2", 0)], True)])
+    plan.keep_in_float([FloatTensor("a", "measured", "mixed_precision")])
+    left = {p.tensor: [tuple(e) for e in p.edges] for p in plan.activations}
+    assert left == {"b": [("add2", 1), ("conv", 0)], "d": [("add2", 0)]}
+    cascaded = {f.tensor: f for f in plan.float_tensors}
+    assert set(cascaded) == {"a", "c"} and cascaded["c"].by == "mixed_precision"
+    assert "add runs in float" in cascaded["c"].reason and "its input a" in cascaded["c"].reason
+    plan.keep_in_float([FloatTensor("d", "measured", "accuracy_control")])
+    assert {p.tensor: [tuple(e) for e in p.edges] for p in plan.activations} == {"b": [("conv", 0)]}

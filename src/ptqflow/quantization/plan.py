@@ -117,10 +117,27 @@ class QuantizationPlan:
         return len(self.float_tensors), len(self.float_layers), len(self.ranges)
 
     def keep_in_float(self, decisions: list[FloatTensor]) -> None:
-        """Record ``decisions`` and drop their tensors' activation quantizers."""
+        """Record ``decisions`` and drop their tensors' activation quantizers. A layer that loses one input's
+        quantizer runs in float, so the quantizers of its other inputs stop at it too (their edges into it go;
+        one left with no edge goes, recorded with the decision's pass): an Add with one input quantized and the
+        other float only adds rounding error, and OpenVINO's CPU plugin failed to compile one (MiniLM's position
+        embedding Add, kept float by mixed precision: "Check 'convert->constant_fold(...)' failed")."""
         self.float_tensors.extend(decisions)
-        drop = {d.tensor for d in decisions}
-        self.activations = [p for p in self.activations if p.tensor not in drop]
+        drop = {d.tensor: d for d in decisions}
+        stopped = {e[0]: d for p in self.activations if p.tensor in drop for e in p.edges for d in [drop[p.tensor]]}
+        kept = []
+        for p in self.activations:
+            if p.tensor in drop:
+                continue
+            edges = [e for e in p.edges if e[0] not in stopped]
+            if p.edges and not edges:
+                d = stopped[p.edges[0][0]]
+                self.float_tensors.append(FloatTensor(
+                    p.tensor, f"its layer {p.edges[0][0]} runs in float: its input {d.tensor} is kept in float", d.by))
+                continue
+            p.edges = edges
+            kept.append(p)
+        self.activations = kept
 
     def keep_layers_float(self, decisions: list[FloatLayer]) -> None:
         """Record ``decisions`` and take their layers out of the plan: their weight quantizers, the activation
