@@ -10,7 +10,9 @@ measured with ``validation_fn``; a revert that makes the drop worse is undone. I
 it found and says in the result (and a warning) when that is not good enough.
 
 Ranking uses the model's output error, not ``validation_fn`` (as NNCF's logits-based ranker): one session
-measures every quantizer, while ranking by the metric would cost one model and one validation per quantizer.
+measures every quantizer, while ranking by the metric would cost one model and one validation per quantizer. It
+is the error mixed precision measures (per-channel normalized, Softmax heads by their decisions, real tokens only),
+on the gated model run by the statistics runtime.
 Each revert is measured with ``validation_fn`` on its own (no groups): the metric is what the user trusts,
 and one revert per evaluation keeps the set of float tensors minimal in rank order.
 """
@@ -36,9 +38,11 @@ from ptqflow.config import (AdvancedParameters, DropType, IgnoredScope, ModelTyp
 from ptqflow.errors import ConfigError, InputError
 from ptqflow.logs import get_logger
 from ptqflow.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters, RestoreMode
-from ptqflow.quantization.algorithms import sensitivity
+from ptqflow.quantization.algorithms import error_search, sensitivity
+from ptqflow.quantization.algorithms.output_error import OutputError, decision_outputs, token_masks
 from ptqflow.quantization.plan import FloatLayer, FloatTensor, QuantizationPlan
 from ptqflow.quantization.statistics import Statistics
+from ptqflow.quantization.statistics.runner import make_runner
 from ptqflow.runtime.model_files import save_model
 from ptqflow.runtime.sessions import make_session
 
@@ -320,15 +324,30 @@ def _drop(fp32: float, metric: float, drop_type: DropType) -> float:
 def _rank(prepared: onnx.ModelProto, stats: Statistics, adv: AdvancedParameters, samples: list[dict],
           device: str) -> list[tuple[str, float]]:
     """Every activation quantizer of the plan with its harm (the model's output error minus that error with this
-    quantizer alone in float, all weights quantized), most harmful first."""
+    quantizer alone in float, all weights quantized), most harmful first. The error is the one mixed precision
+    measures (``output_error.OutputError``: per-channel normalized, Softmax heads by their decisions, real tokens
+    only), on the gated model run by the statistics runtime (OpenVINO's CPU plugin where it compiles the model)."""
     if not stats.plan.activations or not samples:
         return []
-    gated, tensors = sensitivity.gated_model(prepared, stats.plan, stats.ranges(adv.mean_minmax))
-    sensitivity.fold_constant_dequantize(gated)
-    fp32, sess = make_session(prepared, device), make_session(gated, device)
-    refs = [fp32.run(None, s) for s in samples]
-    base, errs = sensitivity.leave_one_out(sess, len(tensors), samples, refs, set())
-    harm = [(t, float(base - e)) for t, e in zip(tensors, errs)]
+    names = [o.name for o in prepared.graph.output]
+    fp32 = make_session(prepared, device)
+    refs = [fp32.run(names, s) for s in samples]
+    del fp32  # before the gated model is made (a model over 2 GB: never two copies of its weights)
+    runner, tensors = error_search.onnx_gated_runner(
+        prepared, stats.plan, stats.ranges(adv.mean_minmax),
+        lambda m, outputs: make_runner(m, outputs, device, adv.statistics_runtime, make_session), weights=False)
+    metric = OutputError(names, refs, decision_outputs(prepared), tie_weight=0.0, decisions_as="mass",
+                         masks=token_masks(samples))
+
+    def error(off: int | None) -> float:
+        gate = np.ones(len(tensors), np.float32)
+        if off is not None:
+            gate[off] = 0.0
+        runs = runner.map({"arrays": {**s, sensitivity.GATE: gate}, "count": 1} for s in samples)
+        return metric([[values[n] for n in names] for values, _ in runs])
+
+    base = error(None)
+    harm = [(t, float(base - error(k))) for k, t in enumerate(tensors)]
     return sorted(harm, key=lambda th: -th[1])
 
 

@@ -140,7 +140,7 @@ def search(prepared: onnx.ModelProto, plan: QuantizationPlan, ranges: dict, samp
         screen = ev = _evaluator(prepared, runs[0], refs[0])
     check = _evaluator(prepared, runs[-1], refs[-1], len(held_out) / len(samples)) if held_out else None
     if gated_runner is None:
-        ev.runner, tensors = _onnx_gated_runner(prepared, plan, ranges, make_runner, weights)
+        ev.runner, tensors = onnx_gated_runner(prepared, plan, ranges, make_runner, weights)
     else:
         ev.runner, tensors = gated_runner(weights)
     for other in (screen, check):
@@ -154,7 +154,7 @@ def search(prepared: onnx.ModelProto, plan: QuantizationPlan, ranges: dict, samp
     return result
 
 
-def _onnx_gated_runner(prepared: onnx.ModelProto, plan: QuantizationPlan, ranges: dict, make_runner: Callable,
+def onnx_gated_runner(prepared: onnx.ModelProto, plan: QuantizationPlan, ranges: dict, make_runner: Callable,
                        weights: bool) -> tuple[object, list[str]]:
     """The runner of ``prepared``'s gated ONNX model (sensitivity.gated_model, constant DequantizeLinear folded)
     and the quantized tensors in gate order; for a model over 2 GB the float weights go to a file as they are
