@@ -161,7 +161,7 @@ def test_max_num_iterations_bounds_the_work_and_failure_is_reported(caplog):
             advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(max_num_iterations=1))
     first, second = [t for t, _ in result.ranking[:2]]
     assert {first, second} == {"h0", "h1"}  # the two outlier quantizers, far ahead of the rest
-    assert result.ranking[1][1] > 10 * max(abs(h) for _, h in result.ranking[2:])
+    assert result.ranking[1][1] > max(h for _, h in result.ranking[2:])
     assert len(result.steps) == 1 and len(calls) == 3  # FP32, INT8, one revert
     assert result.steps[0].tensor == first
     assert not result.met and result.drop > 0.02 and result.metric > result.int8_metric
@@ -211,3 +211,23 @@ def test_validation_fn_may_return_nncf_tuple():
     result = ptqflow.quantize_with_accuracy_control_result(
         model, inputs(16, 0), val, lambda m, d: (validate(m, d), None), max_drop=1.0)
     assert result.met and result.fp32_metric == 1.0
+
+
+def test_ranking_screens_on_the_worst_samples_then_measures_its_head_on_all():
+    """Past SCREEN_SAMPLES samples the ranking measures every quantizer on the samples the INT8 model gets most
+    wrong, then its head (at most max_num_iterations) again on all: the head's harm is the one a full leave-one-out
+    measures, and every quantizer is ranked once."""
+    from ptqflow import accuracy_control as ac
+    from ptqflow.api import _stream_for
+    from ptqflow.config import QuantizationConfig
+    from ptqflow.quantization import engine
+
+    model, calib, val = outlier_mlp(2), inputs(32, 0), inputs(24, 1)
+    config = QuantizationConfig(subset_size=32, advanced=NO_SAFEGUARDS)
+    col = engine.collect(model, _stream_for(ptqflow.Dataset(calib)), config, "cpu", engine.samples_needed(config))
+    assert len(val) > ac.SCREEN_SAMPLES
+    full = ac._rank(col.prepared, col.statistics, config.advanced, val, "cpu", reverts=10**6)
+    staged = ac._rank(col.prepared, col.statistics, config.advanced, val, "cpu", reverts=1)
+    assert sorted(t for t, _ in staged) == sorted(t for t, _ in full) and len(full) == len(col.statistics.plan.activations)
+    assert staged[0] == pytest.approx(full[0]) and staged[0][0] in ("h0", "h1")
+    assert staged[1][1] != pytest.approx(dict(full)[staged[1][0]])  # the rest carry the screening's harm
