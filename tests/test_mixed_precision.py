@@ -260,7 +260,10 @@ class _Additive:
 def _search_loop(ev, n: int, **bounds):
     from ptqflow.quantization.algorithms import error_search
 
-    plan = type("Plan", (), {"activations": [None] * n, "weights": []})()
+    from ptqflow.quantization.plan import ActivationQuantizer
+
+    plan = type("Plan", (), {"activations": [ActivationQuantizer(f"t{k}", [(f"layer{k}", 0)], True)
+                                             for k in range(n)], "weights": []})()
     result = error_search.SearchResult()
     error_search._run(ev, ev, None, plan, [f"t{k}" for k in range(n)], True, result,
                       **{"max_float": 8, "min_share": 0.1, "target": 1e-3, "max_evals": 200, **bounds})
@@ -300,3 +303,20 @@ def test_group_test_starts_afresh_before_it_stops_when_an_error_was_masked():
     result = _search_loop(ev, 64)
     assert [m.tensor for m in result.float_tensors] == ["t5", "t40", "t60"]
     assert result.error_final == pytest.approx(0.01)
+
+
+def test_a_pick_is_measured_with_what_goes_float_with_it():
+    """An activation kept float takes its layers float (QuantizationPlan.keep_in_float), so the search measures a
+    pick with the other quantizers that feed only those layers: ``a`` goes with ``b`` (both feed only the Add),
+    ``c`` also feeds a Conv and stays; a weight takes the inputs that feed only its layers."""
+    from ptqflow.quantization.algorithms.error_search import layer_inputs
+    from ptqflow.quantization.plan import ActivationQuantizer, WeightQuantizer
+
+    plan = QuantizationPlan(preset="performance", target_device="ANY", transformer=False, per_channel=True,
+                            activations=[ActivationQuantizer("a", [("add", 0)], True),
+                                         ActivationQuantizer("b", [("add", 1)], True),
+                                         ActivationQuantizer("c", [("add2", 0), ("conv", 0)], True),
+                                         ActivationQuantizer("d", [("add2", 1)], True)],
+                            weights=[WeightQuantizer("w", 0, [("conv", 1)], "Conv", 8)])
+    assert layer_inputs(plan, weights=False) == {0: {1}, 1: {0}, 2: {3}, 3: set()}
+    assert layer_inputs(plan)[4] == set()  # c also feeds add2: it stays with the Conv's weight float

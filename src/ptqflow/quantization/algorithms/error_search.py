@@ -178,7 +178,7 @@ def _run(ev: _Evaluator, screen: _Evaluator, check: _Evaluator | None, plan: Qua
          max_evals: int) -> None:
     """The search's loop (see ``search``), filling ``result``."""
     n_act = len(plan.activations)
-    follow = layer_inputs(plan) if weights else {}
+    follow = layer_inputs(plan, weights)
 
     def spent() -> bool:
         return ev.count + (screen.count if screen is not ev else 0) >= max_evals
@@ -228,7 +228,7 @@ def _run(ev: _Evaluator, screen: _Evaluator, check: _Evaluator | None, plan: Qua
                               else "no quantizer left that carries enough of the error")
             break
         k, errs = found
-        layer = follow.get(k, frozenset()) - off  # a weight's layer inputs go with it
+        layer = follow.get(k, frozenset()) - off  # what goes float with it (layer_inputs)
         if check is not None:  # the gain must hold on samples it was not found on
             if check_base is None:
                 check_base, check_floor = check(off), floor_of(check)
@@ -240,7 +240,7 @@ def _run(ev: _Evaluator, screen: _Evaluator, check: _Evaluator | None, plan: Qua
                 break
             check_base = check_errs
         off |= {k} | layer
-        if layer:  # measured with the weight alone float: the model as it is left, with its inputs float too
+        if layer:  # measured with the pick alone float: the model as it is left, with ``layer`` float too
             errs = ev(off)
         result.float_tensors.append(Measured(tensors[k], current, float(np.mean(errs)),
                                              names[int(np.argmax(base - errs))] if names else "", ev.samples,
@@ -250,12 +250,18 @@ def _run(ev: _Evaluator, screen: _Evaluator, check: _Evaluator | None, plan: Qua
     result.evaluations = ev.count + (screen.count if screen is not ev else 0) + (check.count if check else 0)
 
 
-def layer_inputs(plan: QuantizationPlan) -> dict[int, frozenset[int]]:
-    """Gate of each weight quantizer (after the activations') -> the gates of the activation quantizers whose every
-    edge goes into its layers: they go too when the weight does (the layers are then float)."""
+def layer_inputs(plan: QuantizationPlan, weights: bool = True) -> dict[int, frozenset[int]]:
+    """Gate of a quantizer -> the gates of the activation quantizers that go float with it, as the plan applies a
+    decision: a weight's (after the activations', with ``weights``) takes its layers float, with the activation
+    quantizers whose every edge goes into them; an activation's takes the layers it feeds float
+    (``QuantizationPlan.keep_in_float``), with the other activation quantizers whose every edge goes into those."""
     n_act = len(plan.activations)
     found = {}
-    for j, w in enumerate(plan.weights):
+    for k, a in enumerate(plan.activations):
+        layers = {node for node, _ in a.edges}
+        found[k] = frozenset(i for i, b in enumerate(plan.activations)
+                             if i != k and b.edges and all(node in layers for node, _ in b.edges))
+    for j, w in enumerate(plan.weights if weights else []):
         layers = {node for node, _ in w.nodes}
         found[n_act + j] = frozenset(i for i, a in enumerate(plan.activations)
                                      if all(node in layers for node, _ in a.edges))
