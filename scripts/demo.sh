@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Set up ptqflow (idempotent) and run the whole pipeline on the embedded default: the PP-OCR text-direction
-# classifier bundled in the rapidocr-onnxruntime package, calibrated and validated on text-line images
-# rendered on this machine, all artifacts in ./ptqflow-demo.
+# Set up ptqflow (idempotent) and run the whole pipeline on the embedded default: the PP-OCR text recognizer
+# bundled in the rapidocr-onnxruntime package, calibrated and validated on text-line images rendered on this
+# machine, all artifacts in ./ptqflow-demo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/install_env.sh
