@@ -63,6 +63,9 @@ def test_plan_from_a_real_collect_round_trips_through_json(collected):
     smoothed = replace(plan, smooth_quant=SmoothQuantFactors(0.5, {"r1": [1.0, 2.5]}))
     back = _json_trip(smoothed)
     assert back == smoothed and back != plan
+    measured = replace(plan, smooth_quant=SmoothQuantFactors("auto", {"r1": {
+        "scales": [1.0, 2.5], "nodes": ["fc"], "alpha": 0.8, "errors": {"0.5": 0.2, "0.8": 0.1}}}))
+    assert _json_trip(measured) == measured  # the default, "auto", with its measured alphas
     assert back.version == 2
     assert all(type(e) is tuple for a in back.activations for e in a.edges)
     assert all(type(e) is tuple for w in back.weights for e in w.nodes)

@@ -212,7 +212,8 @@ class QuantizationPlan:
                 ranges={str(k): dict(v) for k, v in (doc.get("ranges") or {}).items()},
                 range_verdict=dict(doc.get("range_verdict") or {}),
                 adaround={str(k): dict(v) for k, v in (doc.get("adaround") or {}).items()},
-                smooth_quant=SmoothQuantFactors(float(sq["alpha"]), dict(sq["tensors"])) if sq else None,
+                smooth_quant=SmoothQuantFactors(sq["alpha"] if sq["alpha"] == "auto" else float(sq["alpha"]),
+                                                dict(sq["tensors"])) if sq else None,
                 version=PLAN_VERSION)
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"plan: field {exc} is missing or malformed; collect statistics again") from None
