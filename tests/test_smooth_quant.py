@@ -108,7 +108,7 @@ def test_no_smoothing_without_a_transformer_or_with_alpha_none():
     assert cnn.plan.smooth_quant is None
 
 
-def test_on_by_default_for_a_transformer_and_every_smoothed_input_is_quantized():
+def test_on_by_default_for_a_transformer_and_every_smoothed_input_is_quantized(tmp_path):
     """The default smooths a declared transformer, each activation at its measured alpha, and each smoothed MatMul
     input gets its activation quantizer: the smoothed tensors past the attention's Reshape (whose target comes from
     Shape) are typed float, not taken for shape arithmetic left in float (the linear layers then ran in float
@@ -127,6 +127,11 @@ def test_on_by_default_for_a_transformer_and_every_smoothed_input_is_quantized()
     matmul_inputs = {n.input[0] for n in result.model.graph.node if n.op_type == "MatMul"}
     dq_outputs = {n.output[0] for n in result.model.graph.node if n.op_type == "DequantizeLinear"}
     assert matmul_inputs & dq_outputs  # the linear layers read dequantized activations
+    # the measured alphas travel in the saved plan: another process quantizes the same model from it
+    config = QuantizationConfig(model_type=ModelType.TRANSFORMER, subset_size=8)
+    ptqflow.collect_statistics(model, calib, config).save(tmp_path / "stats")
+    again = ptqflow.apply_quantization(model, ptqflow.Statistics.load(tmp_path / "stats"), config, dataset=calib)
+    assert again.SerializeToString() == result.model.SerializeToString()
 
 
 def test_auto_alpha_is_the_one_with_the_least_measured_error_and_helps_where_a_fixed_one_does_not():
