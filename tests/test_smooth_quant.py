@@ -159,3 +159,23 @@ def test_auto_alpha_is_the_one_with_the_least_measured_error_and_helps_where_a_f
     w, s = [np.random.default_rng(1).normal(0, 1, (4, 3)).astype(np.float32)], np.ones(4, np.float32)
     assert smooth_quant.layer_error(shuffled, real, w, s) == smooth_quant.layer_error(x, real, w, s)
     assert smooth_quant.layer_error(shuffled, np.ones(8, bool), w, s) != smooth_quant.layer_error(x, real, w, s)
+
+
+def test_a_model_over_2gb_is_not_smoothed_by_default_and_an_alpha_for_one_is_refused(monkeypatch, caplog):
+    """SmoothQuant's passes run copies of the model, which a model over 2 GB can neither be handed as nor afford:
+    the default passes over it (with a warning), a number asked for is refused by name. (A tiny encoder stands in,
+    taken for one over 2 GB in the step that decides; collection itself runs as for any model.)"""
+    import logging
+
+    from ptqflow.errors import ConfigError
+    from ptqflow.quantization import engine
+
+    monkeypatch.setattr(engine, "is_large", lambda m: True)
+    model, calib = tiny_encoder(seed=1), token_inputs(8, seed=2)
+    with caplog.at_level(logging.WARNING, logger="ptqflow"):
+        stats = engine._declare(model, lambda prepared, limit: iter(calib),
+                                QuantizationConfig(model_type=ModelType.TRANSFORMER), "cpu", 8)
+    assert stats.plan.smooth_quant is None and "SmoothQuant not applied: the model is over 2 GB" in caplog.text
+    with pytest.raises(ConfigError, match=r"smooth_quant_alpha \(0.8\).*over 2 GB"):
+        engine._declare(model, lambda prepared, limit: iter(calib), QuantizationConfig(
+            model_type=ModelType.TRANSFORMER, advanced=AdvancedParameters(smooth_quant_alpha=0.8)), "cpu", 8)

@@ -79,6 +79,15 @@ def _declare(model, stream_for: StreamFor, config: QuantizationConfig, device: s
     region = placement.transformer_nodes(prepared, config) if adv.smooth_quant_alpha is not None else set()
     if region:
         region -= placement.ignored_nodes(prepared, config.ignored_scope)
+    if region and is_large(prepared):
+        # SmoothQuant's own passes run copies of the model with added outputs, which a model over 2 GB cannot be
+        # handed as (protobuf's limit) nor afford (its weights twice): its default passes over such a model.
+        if adv.smooth_quant_alpha != "auto":
+            raise ConfigError(f"quantization.advanced.smooth_quant_alpha ({adv.smooth_quant_alpha}): SmoothQuant is "
+                              "not available for a model over 2 GB; leave it at its default (auto), which passes "
+                              "over such a model, or set it to null")
+        log.warning("SmoothQuant not applied: the model is over 2 GB (smooth_quant_alpha auto passes over it)")
+        region = set()
     if region and sharded:
         raise ConfigError(f"quantization.advanced.smooth_quant_alpha ({adv.smooth_quant_alpha}): SmoothQuant, on by "
                           "default for transformers, cannot be collected in shards (it measures the first samples "
