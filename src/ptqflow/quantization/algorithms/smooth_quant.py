@@ -10,9 +10,10 @@ read the same activation share one factor, computed from the largest of their we
 The factors come from a short pass over the first calibration samples (advanced.smooth_quant_samples), before
 placement and statistics, which
 then see the smoothed graph. They are recorded in the plan, so another process re-applies them exactly.
-A moderate alpha (0.5, the default) helps accuracy most; NNCF's 0.95 hurts padded positions. The smoothed
-tensor is typed as the one it scales, so that placement gives it its activation quantizer (evidence:
-docs/algorithms.md#smoothquant).
+The default, "auto", measures each activation's strength (``choose_alphas``: of 0.5, 0.65, 0.8, 0.95, the one
+whose smoothing leaves its MatMuls the least quantization error); no single alpha is best for all of a model's
+activations. The smoothed tensor is typed as the one it scales, so that placement gives it its activation
+quantizer (evidence: docs/algorithms.md#smoothquant).
 """
 
 from __future__ import annotations
