@@ -196,8 +196,8 @@ class AdvancedParameters(_Strict):
         "safeguards); other models are not touched. 'auto' (default): each MatMul input's migration strength is "
         "the one of 0.5, 0.65, 0.8, 0.95 that leaves its MatMuls the least quantization error, measured on the "
         "first calibration samples; a number: that strength everywhere (NNCF's smooth_quant_alpha); None: off "
-        "(as NNCF's negative alpha). A transformer it smooths cannot be collected in shards; 'auto' passes over an "
-        "OpenVINO model and a model over 2 GB, where a number is refused (evidence: docs/algorithms.md#smoothquant).",
+        "(as NNCF's negative alpha). 'auto' passes over statistics collected in shards, an OpenVINO model and a model "
+        "over 2 GB, where a number is refused (evidence: docs/algorithms.md#smoothquant).",
     )
     smooth_quant_samples: int = Field(
         64, gt=0,

@@ -71,7 +71,7 @@ def _declare(model, stream_for: StreamFor, config: QuantizationConfig, device: s
              sharded: bool = False) -> _Declared:
     """Prepare the graph, smooth it (SmoothQuant, on the first samples), place the quantizers and gather the
     statistic points of MinMax, FastBiasCorrection and the enabled plan passes. ``sharded``: one shard's
-    collection, which cannot smooth (ConfigError where the model would be smoothed)."""
+    collection, which does not smooth (SmoothQuant's default passes over it; another alpha is refused there)."""
     adv = config.advanced
     prepared, warnings = prepare_model(model, adv)
     stream = stream_for(prepared, limit)
@@ -89,9 +89,16 @@ def _declare(model, stream_for: StreamFor, config: QuantizationConfig, device: s
         log.warning("SmoothQuant not applied: the model is over 2 GB (smooth_quant_alpha auto passes over it)")
         region = set()
     if region and sharded:
-        raise ConfigError(f"quantization.advanced.smooth_quant_alpha ({adv.smooth_quant_alpha}): SmoothQuant, on by "
-                          "default for transformers, cannot be collected in shards (it measures the first samples "
-                          "before the statistics pass); collect in one process, or set it to null to shard")
+        # The factors come from the first samples before the statistics pass: shards cannot share them, so the
+        # default passes over a sharded collection (each shard and the merge see the graph unsmoothed).
+        if adv.smooth_quant_alpha != "auto":
+            raise ConfigError(f"quantization.advanced.smooth_quant_alpha ({adv.smooth_quant_alpha}): SmoothQuant "
+                              "cannot be collected in shards (it measures the first samples before the statistics "
+                              "pass); collect in one process, or leave it at its default (auto), which passes over "
+                              "a sharded collection")
+        log.warning("SmoothQuant not applied: statistics collected in shards (smooth_quant_alpha auto passes over a "
+                    "sharded collection; collect in one process to smooth this transformer)")
+        region = set()
     if region:
         head = list(islice(stream, adv.smooth_quant_samples))  # replayed below: the dataset may be a one-shot iterator
         smoothing = smooth_quant.smooth(prepared, region, head, adv.smooth_quant_alpha, lambda m, outs: make_runner(
@@ -130,7 +137,7 @@ def collect(model, stream_for: StreamFor, config: QuantizationConfig, device: st
 
 def check_shardable(config: QuantizationConfig) -> None:
     """ConfigError naming what cannot run on shards: a plan pass that keeps samples runs the model on them after
-    the statistics pass. (SmoothQuant, which measures the first samples before it, is refused where it would act:
+    the statistics pass. (SmoothQuant, which measures the first samples before it, is passed over or refused by
     ``_declare``.)"""
     adv = config.advanced
     needs = [p.name for p in plan_passes() if p.enabled(adv) and p.samples(config)]
