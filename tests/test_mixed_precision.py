@@ -262,8 +262,8 @@ def _search_loop(ev, n: int, **bounds):
 
     from ptqflow.quantization.plan import ActivationQuantizer
 
-    plan = type("Plan", (), {"activations": [ActivationQuantizer(f"t{k}", [(f"layer{k}", 0)], True)
-                                             for k in range(n)], "weights": []})()
+    plan = QuantizationPlan(preset="performance", target_device="ANY", transformer=False, per_channel=True,
+                            activations=[ActivationQuantizer(f"t{k}", [(f"layer{k}", 0)], True) for k in range(n)])
     result = error_search.SearchResult()
     error_search._run(ev, ev, None, plan, [f"t{k}" for k in range(n)], True, result,
                       **{"max_float": 8, "min_share": 0.1, "target": 1e-3, "max_evals": 200, **bounds})

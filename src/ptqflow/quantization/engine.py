@@ -79,25 +79,19 @@ def _declare(model, stream_for: StreamFor, config: QuantizationConfig, device: s
     region = placement.transformer_nodes(prepared, config) if adv.smooth_quant_alpha is not None else set()
     if region:
         region -= placement.ignored_nodes(prepared, config.ignored_scope)
-    if region and is_large(prepared):
-        # SmoothQuant's own passes run copies of the model with added outputs, which a model over 2 GB cannot be
-        # handed as (protobuf's limit) nor afford (its weights twice): its default passes over such a model.
-        if adv.smooth_quant_alpha != "auto":
-            raise ConfigError(f"quantization.advanced.smooth_quant_alpha ({adv.smooth_quant_alpha}): SmoothQuant is "
-                              "not available for a model over 2 GB; leave it at its default (auto), which passes "
-                              "over such a model, or set it to null")
-        log.warning("SmoothQuant not applied: the model is over 2 GB (smooth_quant_alpha auto passes over it)")
-        region = set()
-    if region and sharded:
-        # The factors come from the first samples before the statistics pass: shards cannot share them, so the
-        # default passes over a sharded collection (each shard and the merge see the graph unsmoothed).
-        if adv.smooth_quant_alpha != "auto":
+    # SmoothQuant's default passes over what it cannot smooth, where a number asked for is refused: a model over
+    # 2 GB (its passes run copies of the model with added outputs, which such a model can neither be handed as,
+    # protobuf's limit, nor afford: its weights twice) and one shard's collection (the factors come from the first
+    # samples before the statistics pass, which shards cannot share; each shard and the merge see it unsmoothed).
+    cannot = None if not region else (
+        ("the model is over 2 GB", "is not available for a model over 2 GB") if is_large(prepared) else
+        ("statistics collected in shards", "cannot be collected in shards (it measures the first samples before "
+                                            "the statistics pass; collect in one process)") if sharded else None)
+    if cannot:
+        if adv.smooth_quant_alpha != smooth_quant.AUTO:
             raise ConfigError(f"quantization.advanced.smooth_quant_alpha ({adv.smooth_quant_alpha}): SmoothQuant "
-                              "cannot be collected in shards (it measures the first samples before the statistics "
-                              "pass); collect in one process, or leave it at its default (auto), which passes over "
-                              "a sharded collection")
-        log.warning("SmoothQuant not applied: statistics collected in shards (smooth_quant_alpha auto passes over a "
-                    "sharded collection; collect in one process to smooth this transformer)")
+                              f"{cannot[1]}; leave it at its default (auto), which passes over it, or set it to null")
+        log.warning("SmoothQuant not applied: %s (smooth_quant_alpha auto passes over it)", cannot[0])
         region = set()
     if region:
         head = list(islice(stream, adv.smooth_quant_samples))  # replayed below: the dataset may be a one-shot iterator

@@ -24,6 +24,7 @@ from ptqflow.logs import get_logger
 from ptqflow.quantization.algorithms import (fast_bias_correction, minmax, openvino_bias, openvino_bias_correction,
                                             openvino_sensitivity)
 from ptqflow.quantization.algorithms import quantizer_placement as placement
+from ptqflow.quantization.algorithms import smooth_quant
 from ptqflow.quantization.algorithms.bias_layers import find_bias_layers
 from ptqflow.quantization.algorithms.bias_step import (guard_samples, guard_verdict, planned_bias_layers,
                                                       require_collected, statistics_request, with_verdict)
@@ -82,10 +83,10 @@ def check_supported(config: QuantizationConfig, device: str) -> None:
         if getattr(config, name):
             raise ConfigError(f"quantization.{name}: given quantization parameters are not available for an "
                               "OpenVINO model; quantize the ONNX model, or leave it empty")
-    # SmoothQuant (on by default for transformers, alpha 0.5) is not available for an OpenVINO model: the default
-    # is passed over, another alpha asked for is refused.
+    # SmoothQuant (on by default for transformers: "auto") is not available for an OpenVINO model: the default is
+    # passed over, another alpha asked for is refused.
     alpha = config.advanced.smooth_quant_alpha
-    if alpha is not None and alpha != type(config.advanced).model_fields["smooth_quant_alpha"].default:
+    if alpha is not None and alpha != smooth_quant.AUTO:
         raise ConfigError(f"quantization.advanced.smooth_quant_alpha ({alpha}): SmoothQuant is not available for an "
                           "OpenVINO model; leave it at its default, or quantize the ONNX model")
 

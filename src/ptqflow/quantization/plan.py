@@ -124,20 +124,21 @@ class QuantizationPlan:
         embedding Add, kept float by mixed precision: "Check 'convert->constant_fold(...)' failed")."""
         self.float_tensors.extend(decisions)
         drop = {d.tensor: d for d in decisions}
-        stopped = {e[0]: d for p in self.activations if p.tensor in drop for e in p.edges for d in [drop[p.tensor]]}
-        kept = []
+        stopped = {node: drop[p.tensor] for p in self.activations if p.tensor in drop for node, _ in p.edges}
+        self.activations = [p for p in self.activations if p.tensor not in drop]
+        lost = self.inputs_only_to(set(stopped))
+        for p in lost:
+            d = stopped[p.edges[0][0]]
+            self.float_tensors.append(FloatTensor(
+                p.tensor, f"its layer {p.edges[0][0]} runs in float: its input {d.tensor} is kept in float", d.by))
+        gone = {p.tensor for p in lost}
+        self.activations = [p for p in self.activations if p.tensor not in gone]
         for p in self.activations:
-            if p.tensor in drop:
-                continue
-            edges = [e for e in p.edges if e[0] not in stopped]
-            if p.edges and not edges:
-                d = stopped[p.edges[0][0]]
-                self.float_tensors.append(FloatTensor(
-                    p.tensor, f"its layer {p.edges[0][0]} runs in float: its input {d.tensor} is kept in float", d.by))
-                continue
-            p.edges = edges
-            kept.append(p)
-        self.activations = kept
+            p.edges = [e for e in p.edges if e[0] not in stopped]
+
+    def inputs_only_to(self, layers: set[str]) -> list[ActivationQuantizer]:
+        """The activation quantizers whose every edge goes into ``layers``: they go when those layers go float."""
+        return [a for a in self.activations if a.edges and all(node in layers for node, _ in a.edges)]
 
     def keep_layers_float(self, decisions: list[FloatLayer]) -> None:
         """Record ``decisions`` and take their layers out of the plan: their weight quantizers, the activation

@@ -256,15 +256,14 @@ def layer_inputs(plan: QuantizationPlan, weights: bool = True) -> dict[int, froz
     quantizers whose every edge goes into them; an activation's takes the layers it feeds float
     (``QuantizationPlan.keep_in_float``), with the other activation quantizers whose every edge goes into those."""
     n_act = len(plan.activations)
-    found = {}
-    for k, a in enumerate(plan.activations):
-        layers = {node for node, _ in a.edges}
-        found[k] = frozenset(i for i, b in enumerate(plan.activations)
-                             if i != k and b.edges and all(node in layers for node, _ in b.edges))
+    gate = {a.tensor: i for i, a in enumerate(plan.activations)}
+
+    def going(layers: set[str], but: int | None = None) -> frozenset[int]:
+        return frozenset(gate[a.tensor] for a in plan.inputs_only_to(layers)) - {but}
+
+    found = {k: going({node for node, _ in a.edges}, k) for k, a in enumerate(plan.activations)}
     for j, w in enumerate(plan.weights if weights else []):
-        layers = {node for node, _ in w.nodes}
-        found[n_act + j] = frozenset(i for i, a in enumerate(plan.activations)
-                                     if all(node in layers for node, _ in a.edges))
+        found[n_act + j] = going({node for node, _ in w.nodes})
     return found
 
 
