@@ -37,7 +37,8 @@ def _spread_inputs(n: int, channel_scale) -> list[dict]:
 
 def test_safeguards_keep_sensitive_places_float_and_report_them():
     model, samples = _dw_softmax_model(), _spread_inputs(6, [1.0, 0.05, 0.05, 0.05])
-    result = quantize_with_config(model, samples, QuantizationConfig())
+    result = quantize_with_config(model, samples, QuantizationConfig(
+        advanced=AdvancedParameters(safeguard_softmax_heads=True)))  # the rule, asked for by name
     rows = {r["name"]: r for r in result.layers}
     assert rows["head"]["status"] == "float" and "Softmax" in rows["head"]["reason"]
     assert rows["input"]["status"] == "float" and "depthwise" in rows["input"]["reason"]
@@ -86,8 +87,12 @@ def _floats(result) -> dict[str, str]:
 def test_each_safeguard_has_its_own_switch_defaulting_to_auto_safeguards():
     for auto in (True, False):
         adv = AdvancedParameters(auto_safeguards=auto)
-        assert all(adv.safeguard(name) is auto for name in ("outliers", "depthwise", "softmax_heads",
-                                                             "detected_transformer"))
+        assert all(adv.safeguard(name) is auto for name in ("outliers", "depthwise", "detected_transformer",
+                                                             "mixed_precision"))
+        # the Softmax-head rule stands in only where mixed precision, which measures the head, does not run
+        assert not adv.safeguard("softmax_heads")
+        assert AdvancedParameters(auto_safeguards=auto, safeguard_mixed_precision=False).safeguard("softmax_heads") is auto
+        assert AdvancedParameters(auto_safeguards=auto, safeguard_softmax_heads=True).safeguard("softmax_heads")
         assert AdvancedParameters(auto_safeguards=auto, safeguard_depthwise=not auto).safeguard("depthwise") is not auto
     # the sensitivity search keeps its own switch, which needs auto_safeguards
     assert not AdvancedParameters().safeguard("sensitivity")
@@ -148,3 +153,44 @@ def test_detected_transformer_switch():
     declared = placement.build_plan(prepared, QuantizationConfig(
         model_type="transformer", advanced=AdvancedParameters(safeguard_detected_transformer=False)))
     assert declared.transformer is True
+
+
+def _linear_softmax(w: np.ndarray, gain: float = 1.0):
+    """input[N,16] -> MatMul(v) -> h -> MatMul(w) -> Softmax -> prob: a layer and a classifier head; v is the
+    identity with its channel 0 scaled by ``gain``."""
+    v = np.eye(16, dtype=np.float32)
+    v[0, 0] = gain
+    n = helper.make_node
+    return B.make_model([n("MatMul", ["input", "v"], ["h"], name="layer"), n("MatMul", ["h", "w"], ["logit"], name="head"),
+                         n("Softmax", ["logit"], ["prob"], name="softmax", axis=-1)],
+                        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 16])],
+                        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N", 4])],
+                        [B._init("v", v), B._init("w", w)])
+
+
+def test_a_softmax_head_is_measured_by_default_not_kept_float_by_rule():
+    """By default the head's quantizers are candidates of mixed precision like any other: int8 where they do not
+    change the decisions, float where they do (judged by the argmax); the rule keeps it float only where the
+    measurement is switched off."""
+    rng = np.random.default_rng(0)
+    w = rng.normal(0, 1, (16, 4)).astype(np.float32)
+    w[0] = 0.0  # channel 0 never reaches the logits
+    # rows near one class's weight column: clear margins that int8 rounding does not flip
+    samples = [{"input": (2.0 * w[:, rng.integers(0, 4, 4)].T + rng.normal(0, 0.3, (4, 16))).astype(np.float32)}
+               for _ in range(24)]
+    for s in samples:
+        s["input"][:, 0] = rng.choice([-2.0, 2.0], size=4)
+    rows = {r["name"]: r for r in quantize_with_config(_linear_softmax(w), samples, QuantizationConfig()).layers}
+    assert rows["head"]["status"] == "quantized" and rows["head"]["quantized_inputs"] == ["h"]
+    ruled = {r["name"]: r for r in quantize_with_config(_linear_softmax(w), samples, QuantizationConfig(
+        advanced=AdvancedParameters(safeguard_mixed_precision=False))).layers}
+    assert ruled["head"]["status"] == "float" and "Softmax" in ruled["head"]["reason"]
+    assert ruled["layer"]["status"] == "quantized"
+
+    # The layer scales channel 0 to +-10000, which owns h's per-tensor scale (79 per code): the channels that decide
+    # the class round to zero, the decisions are lost, and the measurement keeps h float (and only h).
+    result = quantize_with_config(_linear_softmax(w, gain=5000.0), samples, QuantizationConfig())
+    floats = _floats(result)
+    assert set(floats) == {"h"} and "mixed precision" in floats["h"] and "'prob'" in floats["h"], floats
+    rows = {r["name"]: r for r in result.layers}
+    assert rows["layer"]["quantized_inputs"] == ["input"] and rows["head"]["weight"]["bits"] == 8

@@ -73,7 +73,7 @@ def test_plan_from_a_real_collect_round_trips_through_json(collected):
 
 
 def test_plan_version_1_reads_with_empty_by():
-    _, plan = _placed(B.mask_and_class_heads())
+    _, plan = _placed(B.mask_and_class_heads(), advanced=AdvancedParameters(safeguard_softmax_heads=True))
     plan.keep_in_float([FloatTensor("r", "why", "some_pass")])
     doc = json.loads(json.dumps(plan.to_json()))
     doc["version"] = 1
@@ -127,7 +127,7 @@ def test_placement_float_decisions_say_who_made_them():
     _, plan = _placed(B.conv_classifier(), ignored_scope=IgnoredScope(names=["conv2"]))
     by = {f.node: f.by for f in plan.float_layers}
     assert by == {"conv2": "ignored_scope"}
-    _, plan = _placed(B.mask_and_class_heads())
+    _, plan = _placed(B.mask_and_class_heads(), advanced=AdvancedParameters(safeguard_softmax_heads=True))
     by = {f.node: f.by for f in plan.float_layers}
     assert by.get("fc") == "safeguard_softmax_heads"
     assert _json_trip(plan).float_layers == plan.float_layers

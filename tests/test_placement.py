@@ -6,7 +6,7 @@ import pytest
 
 import builders as B
 from ptqflow.quantization.algorithms.quantizer_placement import build_plan
-from ptqflow.config import IgnoredScope, ModelType, QuantizationConfig, Subgraph, TargetDevice
+from ptqflow.config import AdvancedParameters, IgnoredScope, ModelType, QuantizationConfig, Subgraph, TargetDevice
 from ptqflow.errors import InputError
 from ptqflow.quantization.graph.prepare import prepare_model
 
@@ -41,6 +41,25 @@ def test_residual_add_and_concat_share_one_quantizer_per_tensor():
     assert len(plan.activations) == len({p.tensor for p in plan.activations})
 
 
+def test_tensors_meeting_at_a_concat_share_symmetry_as_well_as_scale():
+    """r1 is read by conv_b (symmetric) and, with r2, through the Concat by conv_d in an asymmetric region: one
+    group, so one grid for both (symmetric, as r1 must be); two grids at a Concat leave the layer reading it in
+    float on the runtime. A group read only from the asymmetric region stays asymmetric."""
+    from ptqflow.quantization.algorithms.quantizer_placement.activations import place_activations
+    from ptqflow.quantization.graph.index import GraphIndex
+
+    prepared, _ = prepare_model(B.residual_concat())
+    g = GraphIndex(prepared)
+    residual = [("r1", "residual", 0, False), ("r2", "residual", 1, False)]
+    both = {p["tensor"]: p for p in place_activations(
+        g, [("r1", "conv_b", 0, False), ("cat", "conv_d", 0, False)] + residual, set(), True, {"conv_d", "residual"})}
+    assert both["r1"]["group"] == both["r2"]["group"]
+    assert both["r1"]["symmetric"] and both["r2"]["symmetric"]
+    alone = {p["tensor"]: p for p in place_activations(g, [("cat", "conv_d", 0, False)] + residual, set(), True,
+                                                       {"conv_d", "residual"})}
+    assert not alone["r1"]["symmetric"] and not alone["r2"]["symmetric"]
+
+
 def test_decomposed_activations_get_no_inner_quantizers():
     """Hard-swish x*Clip(x+3,0,6)/6, x*HardSigmoid(x) and swish x*Sigmoid(x) are activations: no quantizer
     between a Conv and them nor inside them, so the runtime fuses them into the INT8 convolution."""
@@ -73,8 +92,22 @@ def test_residual_add_of_linear_conv_output_quantizes_both_inputs():
     assert points["res"].edges == [("expand", 0)]
 
 
-def test_softmax_head_float_sigmoid_map_head_quantized():
+RULED_HEAD = AdvancedParameters(safeguard_softmax_heads=True)
+
+
+def test_by_default_the_softmax_head_is_placed_like_any_layer():
+    """Left at None the rule stands down for the measurement (mixed precision), so placement quantizes the head;
+    with mixed precision off the rule stands in."""
     _, plan = _plan(B.mask_and_class_heads())
+    assert "fc" not in {f.node for f in plan.float_layers}
+    assert "fc" in {n for w in plan.weights for n, _ in w.nodes}
+    _, plan = _plan(B.mask_and_class_heads(), advanced=AdvancedParameters(safeguard_mixed_precision=False))
+    assert "fc" in {f.node for f in plan.float_layers}
+
+
+def test_softmax_head_float_sigmoid_map_head_quantized():
+    """The rule, asked for (by default mixed precision measures the head instead)."""
+    _, plan = _plan(B.mask_and_class_heads(), advanced=RULED_HEAD)
     floats = {f.node: f.reason for f in plan.float_layers}
     assert "Softmax" in floats["fc"]
     assert "mask_up" not in floats
@@ -86,7 +119,7 @@ def test_softmax_head_float_sigmoid_map_head_quantized():
 def test_softmax_head_walk_follows_values_not_shape_branches():
     """The head's last layer is found behind Reshape(Softmax(Flatten(logits)), Shape(logits)), whose Shape branch
     the walk once reached first; a layer whose shape alone reaches the Softmax (aux) stays quantized."""
-    _, plan = _plan(B.shape_branch_head())
+    _, plan = _plan(B.shape_branch_head(), advanced=RULED_HEAD)
     floats = {f.node: f.reason for f in plan.float_layers}
     assert list(floats) == ["fc"] and "Softmax" in floats["fc"]
     weighted = {n for w in plan.weights for n, _ in w.nodes}

@@ -25,6 +25,9 @@ from test_report import sample_report
 jsonschema = pytest.importorskip("jsonschema")
 SHAPE = (3, 8, 8)
 # Names a model may carry that are markup, template syntax, TeX (matplotlib's mathtext), quotes and line breaks.
+# the Softmax-head rule asked for by name (by default mixed precision measures the head instead): a decision
+# made by a rule, with no measurement, for the report to show
+RULED_HEAD = AdvancedParameters(safeguard_softmax_heads=True)
 HOSTILE = {"conv": "<script>alert('conv')</script>", "fc": "fc\" onmouseover=\"x\"\n{{ 7*7 }} $\\frac{1}{0}$ & <b>"}
 
 
@@ -101,7 +104,7 @@ def _float_nodes(int8) -> set[str]:
 
 def test_a_real_run_with_hostile_names_shows_its_decisions_and_a_scope_that_reproduces_them(tmp_path):
     model, samples = _renamed(B.mask_and_class_heads(), HOSTILE), _samples()
-    result = quantize_with_config(model, samples, QuantizationConfig())
+    result = quantize_with_config(model, samples, QuantizationConfig(advanced=RULED_HEAD))
     rows = with_readers(list(result.layers), result.model)
     page, parsed = _page(tmp_path, rows)
 
@@ -139,10 +142,11 @@ def test_a_real_run_with_hostile_names_shows_its_decisions_and_a_scope_that_repr
 
 @pytest.mark.parametrize("form", ["python", "yaml"])
 def test_the_scope_passed_back_keeps_the_float_layers_float(tmp_path, form):
-    """On clean data only the Softmax head's layer stays float; its scope, passed back with that safeguard
+    """On clean data only the Softmax head's layer stays float (the rule, asked for); its scope, passed back with that safeguard
     switched off, still keeps it float (without the scope it becomes int8), and the rest stays int8."""
     clean = B.random_inputs(10, SHAPE, seed=2)
-    result = quantize_with_config(_renamed(B.mask_and_class_heads(), HOSTILE), clean, QuantizationConfig())
+    result = quantize_with_config(_renamed(B.mask_and_class_heads(), HOSTILE), clean, QuantizationConfig(
+        advanced=RULED_HEAD))
     _, parsed = _page(tmp_path, with_readers(list(result.layers), result.model))
     if form == "python":
         namespace: dict = {}

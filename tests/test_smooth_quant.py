@@ -84,12 +84,14 @@ def _outlier_case():
 def test_smoothing_cuts_the_error_of_an_outlier_channel_and_replays_in_another_process(tmp_path):
     model, calib, err = _outlier_case()
 
-    # one 60x channel: a fixed strong migration (alpha 0.95) halves the error at least
+    # one 60x channel: smoothing at the measured strength (the default) halves the error at least
     cfg = dict(subset_size=24, model_type=ModelType.TRANSFORMER)
     plain = ptqflow.quantize(model, calib, advanced_parameters=AdvancedParameters(smooth_quant_alpha=None), **cfg)
+    assert err(ptqflow.quantize(model, calib, **cfg)) < 0.5 * err(plain)
+    # (a fixed strong migration, alpha 0.95, moves the outlier into the weights: every column of W then has one
+    # 100x row, and how that quantizes depends on what the search keeps float; not a claim made here)
     strong = AdvancedParameters(smooth_quant_alpha=0.95)
     smoothed = ptqflow.quantize(model, calib, advanced_parameters=strong, **cfg)
-    assert err(smoothed) < 0.5 * err(plain), (err(smoothed), err(plain))
     # the factors travel in the plan: a second process applies exactly what collect-stats chose
     config = QuantizationConfig(subset_size=24, model_type=ModelType.TRANSFORMER, advanced=strong)
     stats = ptqflow.collect_statistics(model, calib, config)

@@ -76,7 +76,10 @@ class AdvancedParameters(_Strict):
     safeguard_softmax_heads: bool | None = Field(
         None,
         description="Automatic safeguard: keep the last weighted layer before a Softmax/LogSoftmax output head "
-        "(classifier and CTC logits) in float, its input and weights. None (default) follows auto_safeguards.",
+        "(classifier and CTC logits) in float, its input and weights, by rule. None (default): only where "
+        "error-driven mixed precision is off (safeguard_mixed_precision), which otherwise measures the head's "
+        "quantizers with the rest, Softmax heads judged by their argmax decisions, and keeps them float only where "
+        "they carry the error; with auto_safeguards off, off.",
     )
     safeguard_detected_transformer: bool | None = Field(
         None,
@@ -272,13 +275,16 @@ class AdvancedParameters(_Strict):
     def safeguard(self, name: str) -> bool:
         """Whether the automatic safeguard ``name`` is on: ``"outliers"``, ``"depthwise"``, ``"softmax_heads"``,
         ``"detected_transformer"`` and ``"mixed_precision"`` follow their ``safeguard_<name>`` field, or
-        ``auto_safeguards`` when that is None; ``"sensitivity"`` is ``sensitivity_search`` and ``auto_safeguards``
+        ``auto_safeguards`` when that is None (``"softmax_heads"``: when that is None, on only where mixed
+        precision is off); ``"sensitivity"`` is ``sensitivity_search`` and ``auto_safeguards``
         together."""
         if name == "sensitivity":
             return self.sensitivity_search and self.auto_safeguards
         if name not in SAFEGUARDS:
             raise ValueError(f"unknown safeguard {name!r}; expected one of {', '.join(SAFEGUARDS)}")
         own = getattr(self, f"safeguard_{name}")
+        if own is None and name == "softmax_heads":  # the rule stands in where the measurement does not run
+            return self.auto_safeguards and not self.safeguard("mixed_precision")
         return self.auto_safeguards if own is None else own
 
     @property

@@ -85,4 +85,12 @@ def place_activations(g: GraphIndex, requests, ignored: set[str], symmetric: boo
             parent[find(t)] = find(placed[0][0])
     for t, p in points.items():
         p["group"] = find(t)
+    # one grid per group: tensors that meet at a Concat share a scale, so they share symmetry too (symmetric
+    # where any of them must be); a symmetric and an asymmetric input of one Concat give the runtime two grids,
+    # and the layer reading the Concat runs in float
+    group_symmetric: dict[str, bool] = {}
+    for p in points.values():
+        group_symmetric[p["group"]] = group_symmetric.get(p["group"], False) or p["symmetric"]
+    for p in points.values():
+        p["symmetric"] = group_symmetric[p["group"]]
     return list(points.values())

@@ -29,6 +29,11 @@ class SoftmaxHeads(Pass):
     name = "safeguard_softmax_heads"
     switch = "safeguard_softmax_heads"
 
+    def enabled(self, advanced) -> bool:
+        """Left at None, the rule stands in only where error-driven mixed precision, which measures the head's
+        quantizers, does not run (AdvancedParameters.safeguard)."""
+        return advanced.safeguard("softmax_heads")
+
     def float_nodes(self, g: GraphIndex) -> tuple[dict[str, tuple[str, str]], PassResult]:
         found: dict[str, tuple[str, str]] = {}
         for out in g.outputs:
