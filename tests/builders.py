@@ -731,3 +731,32 @@ def rounding_linear(seed: int = 0, features: int = 32, hidden: int = 48, out: in
     inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", "S", features])]
     outputs = [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", "S", out])]
     return make_model(nodes, inputs, outputs, inits, name="rounding_linear")
+
+
+def decomposed_layernorm(seed: int = 0, tokens: int = 16, width: int = 8) -> onnx.ModelProto:
+    """input[N,tokens,width] -> MatMul(w1) h -> LayerNorm as exporters decompose it without ReduceMean (jax2tf:
+    mean = ReduceSum / width, var = E[h^2] - E[h]^2, y = (h - mean) / sqrt(var + eps)) -> MatMul(w2) out."""
+    rng = np.random.default_rng(seed)
+    f32 = np.float32
+    inits = [_init("w1", (np.eye(width) + rng.normal(0, 0.05, (width, width))).astype(f32)),
+             _init("w2", rng.normal(0, 0.5, (width, width)).astype(f32)),
+             _init("axes", np.array([-1], np.int64)), _init("n", np.array(width, f32)),
+             _init("eps", np.array(1e-6, f32))]
+    n = helper.make_node
+    nodes = [n("MatMul", ["input", "w1"], ["h"], name="fc1"),
+             n("ReduceSum", ["h", "axes"], ["sum"], name="sum", keepdims=1),
+             n("Div", ["sum", "n"], ["mean"], name="mean"),
+             n("Sub", ["h", "mean"], ["centered"], name="center"),
+             n("Mul", ["h", "h"], ["sq"], name="square"),
+             n("ReduceSum", ["sq", "axes"], ["sum_sq"], name="sum_sq", keepdims=1),
+             n("Div", ["sum_sq", "n"], ["mean_sq"], name="mean_sq"),
+             n("Mul", ["mean", "mean"], ["sq_mean"], name="square_mean"),
+             n("Sub", ["mean_sq", "sq_mean"], ["var"], name="var"),
+             n("Add", ["var", "eps"], ["var_eps"], name="var_eps"),
+             n("Sqrt", ["var_eps"], ["sigma"], name="sigma"),
+             n("Reciprocal", ["sigma"], ["inv"], name="inv"),
+             n("Mul", ["centered", "inv"], ["normed"], name="normalize"),
+             n("MatMul", ["normed", "w2"], ["out"], name="fc2")]
+    return make_model(nodes, [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", tokens, width])],
+                      [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", tokens, width])], inits,
+                      name="decomposed_layernorm")

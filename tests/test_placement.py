@@ -205,3 +205,32 @@ def test_ignored_scope_without_match_is_an_error(scope, needle):
 def test_nothing_to_quantize_is_an_error():
     with pytest.raises(InputError, match="nothing to quantize"):
         _plan(B.conv_classifier(), ignored_scope=IgnoredScope(types=["Conv", "Gemm", "GlobalAveragePool"]))
+
+
+def test_statistics_of_a_decomposed_normalization_get_no_quantizer():
+    """A mean, E[h^2], E[h]^2, the variance and 1/sigma are computed from reductions: the elementwise ops reading
+    them read them in float, while h (read by the square and the centering) and the normalized output keep theirs
+    (int8 codes of E[h^2] and E[h]^2 cancel where a row's mean is large against its spread: magika's first
+    LayerNorm, docs/algorithms.md). Rows of mean 10 and spread 0.5 then normalize well in int8."""
+    import numpy as np
+
+    import ptqflow
+    from ptqflow.runtime.sessions import make_session
+
+    _, plan = _plan(B.decomposed_layernorm())
+    points = _points(plan)
+    assert not {"mean", "mean_sq", "sq_mean", "var", "inv", "sigma", "var_eps", "sum", "sum_sq"} & set(points)
+    assert {e[0] for e in points["h"].edges} == {"square", "center"}
+    assert {e[0] for e in points["normed"].edges} == {"fc2"} and ("fc1", 0) in points["input"].edges
+
+    rng = np.random.default_rng(1)
+    z = rng.normal(0, 1, (16, 1, 16, 8))
+    z = (z - z.mean(-1, keepdims=True)) / z.std(-1, keepdims=True)  # every row: mean 10, spread 0.5
+    samples = [{"input": (10.0 + 0.5 * row).astype(np.float32)} for row in z]
+    model = B.decomposed_layernorm()
+    q = ptqflow.quantize(model, samples, subset_size=16, advanced_parameters=AdvancedParameters(
+        safeguard_mixed_precision=False))
+    ref, out = make_session(model), make_session(q)
+    for s in samples[:4]:
+        a, b = ref.run(None, s)[0], out.run(None, s)[0]
+        assert np.sum((a - b) ** 2) < 0.05 * np.sum(a ** 2)  # SQNR above 13 dB on every sample

@@ -14,7 +14,7 @@ from ptqflow.quantization.algorithms.quantizer_placement.activations import plac
 from ptqflow.quantization.algorithms.quantizer_placement.ignored_scope import ignored_nodes
 from ptqflow.quantization.algorithms.quantizer_placement.ops import (ACT_INPUTS, DEVICE_OPS, ELEMENTWISE, STOPPERS,
                                                                      TRANSFORMER_FLOAT, WEIGHTED)
-from ptqflow.quantization.algorithms.quantizer_placement.regions import downstream, non_float_tensors
+from ptqflow.quantization.algorithms.quantizer_placement.regions import downstream, non_float_tensors, reduced_statistics
 from ptqflow.quantization.graph.index import GraphIndex
 from ptqflow.quantization.graph.prepare import onnx_opset
 from ptqflow.quantization.passes.base import PassResult
@@ -38,6 +38,7 @@ def build_plan(model: onnx.ModelProto, config: QuantizationConfig,
     auto_tf = detected_transformer.PASS.detected(model, config)
     after_stop = downstream(g, [n for n in g.nodes if n.op_type in STOPPERS])
     non_float = non_float_tensors(model, g)
+    statistics = reduced_statistics(g)  # elementwise ops read them unquantized (regions.reduced_statistics)
     heads = {}
     if softmax_heads.PASS.enabled(adv):
         heads, result = softmax_heads.PASS.float_nodes(g)
@@ -73,7 +74,8 @@ def build_plan(model: onnx.ModelProto, config: QuantizationConfig,
             entry = weights.setdefault(w, {"tensor": w, "axis": ax, "nodes": [], "op_type": n.op_type,
                                             "narrow_bits": 8})
             entry["nodes"].append([n.name, w_idx])
-        acts = [i for i in act_idx if i not in consts and n.input[i] not in non_float]
+        acts = [i for i in act_idx if i not in consts and n.input[i] not in non_float
+                and not (n.op_type in ELEMENTWISE and n.input[i] in statistics)]
         if w_idx is not None and w_idx in acts and n.input[w_idx] in g.inits:
             acts.remove(w_idx)
         matmul_aa = n.op_type in ("MatMul", "Gemm") and len(acts) == 2
