@@ -53,10 +53,28 @@ def test_judge_keeps_a_correction_towards_fp32_and_rejects_one_away_from_it():
     fp32 = conv_classifier(seed=2)
     off = _shifted(fp32, "conv2", 0.3)
     samples = random_inputs(6, (3, 16, 16), seed=4)
-    keep, before, after = bc_guard.judge(fp32, off, fp32, samples, tie_weight=TIE)
-    assert keep and after < before
-    keep, before, after = bc_guard.judge(fp32, fp32, off, samples, tie_weight=TIE)
-    assert not keep and after > before
+    keep, before, after, lower, higher = bc_guard.judge(fp32, off, fp32, samples, tie_weight=TIE)
+    assert keep and after < before and (lower, higher) == (6, 0)
+    keep, before, after, lower, higher = bc_guard.judge(fp32, fp32, off, samples, tie_weight=TIE)
+    assert not keep and after > before and (lower, higher) == (0, 6)
+
+
+def test_a_correction_that_wins_the_total_on_one_sample_and_loses_most_is_reverted():
+    """The total over the samples is carried by the one the model gets most wrong: a correction that mends that one
+    and makes the other five worse lowers the total and is still reverted, with a reason that says so."""
+    rng = np.random.default_rng(0)
+    refs = [[rng.normal(0, 1, (1, 8)).astype(np.float32)] for _ in range(6)]
+    noise = [0.1 * rng.normal(0, 1, (1, 8)).astype(np.float32) for _ in range(6)]
+    uncorrected = [[r[0] + (20 if i == 0 else 1) * e] for i, (r, e) in enumerate(zip(refs, noise))]
+    corrected = [[r[0] + (2 if i == 0 else 1.5) * e] for i, (r, e) in enumerate(zip(refs, noise))]
+    error = output_error.OutputError(["y"], refs, set(), tie_weight=TIE)
+    found = bc_guard.verdict(error, uncorrected, corrected)
+    assert found.after < found.before and (found.lower, found.higher) == (1, 5) and not found.keep
+    assert "raised the model's output error on 5 of 6 fitted calibration samples and lowered it on 1" in found.why(
+        "6 fitted")
+    # the same correction on all six alike (each sample's error a third lower) is kept
+    mended = [[r[0] + (12 if i == 0 else 0.6) * e] for i, (r, e) in enumerate(zip(refs, noise))]
+    assert bc_guard.verdict(error, uncorrected, mended).keep
 
 
 def _offset_states(real: float, padded: float) -> onnx.ModelProto:
@@ -84,7 +102,7 @@ def test_judge_sees_the_real_tokens_of_padded_samples_only(monkeypatch):
     samples = [{"x": rng.normal(0, 1, (1, 10, 4)).astype(np.float32),
                 "attention_mask": (np.arange(10) < 4 + k).astype(np.int64)[None]} for k in range(4)]
     fp32, uncorrected, corrected = _offset_states(0, 0), _offset_states(0.2, 0), _offset_states(0.1, 5.0)
-    keep, before, after = bc_guard.judge(fp32, uncorrected, corrected, samples, tie_weight=1e-3)
+    keep, before, after, *_ = bc_guard.judge(fp32, uncorrected, corrected, samples, tie_weight=1e-3)
     assert keep and after < before
     monkeypatch.setattr(output_error, "MASK_INPUTS", ())
     assert not bc_guard.judge(fp32, uncorrected, corrected, samples, tie_weight=1e-3)[0]
@@ -103,7 +121,7 @@ def test_quantize_reverts_a_correction_that_raises_the_output_error(monkeypatch)
     def verdict(fp32, uncorrected, corrected, samples, device="cpu", *, tie_weight, fp32_outputs=None):
         seen["tie_weight"] = tie_weight
         seen["samples"] = len(samples)
-        return False, 1.0, 2.0
+        return bc_guard.Verdict(False, 1.0, 2.0)
 
     monkeypatch.setattr(bc_guard, "judge", verdict)
     result = quantize_with_summary(model, stats, QuantizationConfig(subset_size=24), dataset=data)
@@ -122,10 +140,10 @@ def test_quantize_keeps_a_correction_the_guard_accepts_and_guard_can_be_turned_o
     for s in data:
         s["input"] += np.float32(0.7)
     stats = collect_statistics(model, data, QuantizationConfig(subset_size=24))
-    monkeypatch.setattr(bc_guard, "judge", lambda *a, **k: (True, 2.0, 1.0))
+    monkeypatch.setattr(bc_guard, "judge", lambda *a, **k: bc_guard.Verdict(True, 2.0, 1.0))
     kept = quantize_with_summary(model, stats, QuantizationConfig(subset_size=24), dataset=data)
     calls = []
-    monkeypatch.setattr(bc_guard, "judge", lambda *a, **k: calls.append(1) or (False, 1.0, 2.0))
+    monkeypatch.setattr(bc_guard, "judge", lambda *a, **k: calls.append(1) or bc_guard.Verdict(False, 1.0, 2.0))
     unguarded = quantize_with_summary(model, stats, QuantizationConfig(
         subset_size=24, advanced=AdvancedParameters(bias_correction_guard_samples=0)), dataset=data)
     assert not calls
@@ -139,7 +157,7 @@ def test_guard_samples_without_a_softmax_output_are_their_own_field(monkeypatch)
     stats = collect_statistics(model, data, QuantizationConfig(subset_size=24))
     seen = []
     monkeypatch.setattr(bc_guard, "judge", lambda fp32, u, c, samples, *a, **k: seen.append(len(samples)) or (
-        True, 1.0, 1.0))
+        bc_guard.Verdict(True, 1.0, 1.0)))
     quantize_with_summary(model, stats, QuantizationConfig(
         subset_size=24, advanced=AdvancedParameters(bias_correction_guard_samples_no_softmax=5)), dataset=data)
     assert seen == [5]

@@ -85,36 +85,38 @@ def correct_and_guard(prepared: onnx.ModelProto, q: onnx.ModelProto, statistics:
     return records
 
 
-def guard_verdict(judge: Callable[[list[dict], int], tuple[bool, float, float]], records: list[dict],
+def guard_verdict(judge: Callable[[list[dict], int], bc_guard.Verdict], records: list[dict],
                   guard: list[dict], held_out: int, fitted: list[dict]) -> bool:
-    """Whether the correction stays, from ``judge(samples, k)`` (keep, error without, error with; ``k`` 0 for the
-    guard's samples, 1 for the fitted ones) on ``guard_samples``' split; the verdict goes into ``records``
+    """Whether the correction stays, from ``judge(samples, k)`` (bc_guard.Verdict; ``k`` 0 for the guard's
+    samples, 1 for the fitted ones) on ``guard_samples``' split; the verdict goes into ``records``
     (report_guard). Either backend's judge."""
-    keep, before, after = judge(guard, 0)
-    if keep and held_out:
+    found = judge(guard, 0)
+    if found.keep and held_out:
         # Never hurts: a correction kept on held-out samples must not raise the error on the ones it was fitted on
         # either (on a few dozen samples one verdict alone is noisy: PP-OCR cls, full BiasCorrection kept on 32
         # held-out samples, lost 1 point of validation accuracy; the fitted samples reverted it).
-        keep, fit_before, fit_after = judge(fitted, 1)
-        if not keep:
-            held_out, before, after, guard = 0, fit_before, fit_after, fitted
-    report_guard(records, keep, len(guard), before, after, held_out)
-    return keep
+        fit = judge(fitted, 1)
+        if not fit.keep:
+            held_out, found, guard = 0, fit, fitted
+    report_guard(records, found, len(guard), held_out)
+    return found.keep
 
 
-def report_guard(records: list[dict], keep: bool, n: int, before: float, after: float, held_out: int = 0) -> None:
-    """Log the guard's verdict on ``n`` samples (``held_out`` of them not fitted on); every applied record gets
-    the verdict's figures (error_before, error_after, held_out) and, when it reverts, says why."""
+def report_guard(records: list[dict], found: bc_guard.Verdict, n: int, held_out: int = 0) -> None:
+    """Log the guard's verdict ``found`` on ``n`` samples (``held_out`` of them not fitted on); every applied
+    record gets the verdict's figures (error_before, error_after, held_out, and on how many samples the error fell
+    and rose) and, when it reverts, says why."""
     where = f"{held_out} held-out" if held_out else f"{n} fitted"
-    log.info("bias correction %s: model output error on %s calibration samples %.4g without, %.4g with it",
-             "kept" if keep else "reverted", where, before, after)
+    log.info("bias correction %s: model output error on %s calibration samples %.4g without, %.4g with it "
+             "(lower on %d, higher on %d)", "kept" if found.keep else "reverted", where, found.before, found.after,
+             found.lower, found.higher)
     for r in records:
         if r.get("applied"):
-            r.update(error_before=before, error_after=after, held_out=held_out)
-            if not keep:
+            r.update(error_before=found.before, error_after=found.after, held_out=held_out,
+                     samples_lower=found.lower, samples_higher=found.higher)
+            if not found.keep:
                 r["applied"] = False
-                r["reason"] = (f"reverted: bias correction raised the model's output error on {where} "
-                               f"calibration samples ({before:.4g} -> {after:.4g})")
+                r["reason"] = found.why(where)
 
 
 def guard_sample_count(config: QuantizationConfig, has_decision_outputs: bool) -> int:

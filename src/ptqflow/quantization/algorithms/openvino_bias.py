@@ -172,5 +172,4 @@ class Judge:
     def __call__(self, samples: list[dict]) -> tuple[bool, float, float]:
         error = OutputError(self.names, self._run(0, samples), self.decisions, tie_weight=self.tie_weight,
                             masks=token_masks(samples))
-        before, after = error(self._run(1, samples)), error(self._run(2, samples))
-        return after <= before, before, after
+        return bc_guard.verdict(error, self._run(1, samples), self._run(2, samples))

@@ -114,10 +114,19 @@ class OutputError:
 
     def per_output(self, outs: list[list[np.ndarray]]) -> np.ndarray:
         """The error of each output (``names`` order) of ``outs``, the runs of the model under test."""
-        outs = self.masked(outs)
+        return self._errors(self.masked(outs), self.refs)
+
+    def per_run(self, outs: list[list[np.ndarray]]) -> np.ndarray:
+        """Each run's own error (the mean over its outputs), normalized as the whole set is (the same per-channel
+        FP32 variances): what a paired comparison of two models, run by run, reads."""
+        return np.array([float(np.mean(self._errors([o], [r]))) if self.names else 0.0
+                         for o, r in zip(self.masked(outs), self.refs)])
+
+    def _errors(self, outs: list[list[np.ndarray]], refs: list[list[np.ndarray]]) -> np.ndarray:
+        """Per-output errors of the (masked) runs ``outs`` against the (masked) references ``refs``."""
         errors = np.zeros(len(self.names))
         for j, name in enumerate(self.names):
-            ref, out = [r[j] for r in self.refs], [o[j] for o in outs]
+            ref, out = [r[j] for r in refs], [o[j] for o in outs]
             if any(a.shape != b.shape for a, b in zip(out, ref)):
                 errors[j] = 1.0  # a different shape (e.g. another number of boxes) is a different answer
             elif self.variances[j] is None:
