@@ -194,3 +194,23 @@ def test_a_softmax_head_is_measured_by_default_not_kept_float_by_rule():
     assert set(floats) == {"h"} and "mixed precision" in floats["h"] and "'prob'" in floats["h"], floats
     rows = {r["name"]: r for r in result.layers}
     assert rows["layer"]["quantized_inputs"] == ["input"] and rows["head"]["weight"]["bits"] == 8
+
+
+def test_without_samples_to_measure_on_the_softmax_head_rule_stands_in():
+    """quantize from collected statistics with no dataset: mixed precision cannot measure, so the rule it stands in
+    for keeps the head float, and says why; with the samples the head is measured (int8 on clean data). The
+    statistics are the caller's: quantizing from them again, in either order, gives the same models."""
+    from ptqflow.api import collect_statistics, quantize_with_summary
+
+    data = B.random_inputs(10, (3, 8, 8), seed=2)
+    model = B.mask_and_class_heads()
+    stats = collect_statistics(model, data, QuantizationConfig(subset_size=10))
+    config = QuantizationConfig(subset_size=10)
+    measured = quantize_with_summary(model, stats, config, dataset=data)
+    ruled = quantize_with_summary(model, stats, config)
+    again = quantize_with_summary(model, stats, config, dataset=data)
+    assert "fc" not in _floats(measured)
+    fc = {r["name"]: r for r in ruled.layers}["fc"]
+    assert fc["decided_by"] == "safeguard_softmax_heads" and "had no samples" in fc["reason"]
+    assert again.model.SerializeToString() == measured.model.SerializeToString()
+    assert not stats.plan.float_layers  # the caller's plan is as collect-stats made it

@@ -10,6 +10,8 @@ different processes; quantize_with_config runs both in one, reusing the prepared
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import sys
 from itertools import islice
 from typing import Any, Callable, Iterable, Iterator
@@ -158,6 +160,9 @@ def quantize_with_summary(model, statistics: Statistics, config: QuantizationCon
     graph = getattr(prepared, "view", None)
     graph = graph.view if graph is not None else prepared  # an OpenVINO model's inputs are read from its view
     samples = (lambda n: list(_samples(dataset, graph, n))) if dataset is not None else (lambda n: [])
+    # the plan passes refine the plan they are given: the caller's statistics stay as collected, so quantizing
+    # twice from them gives the same model (with and without samples, another config, ...)
+    statistics = dataclasses.replace(statistics, plan=copy.deepcopy(statistics.plan))
     return backend.quantize(prepared, statistics, config, samples, device)
 
 

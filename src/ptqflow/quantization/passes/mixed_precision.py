@@ -11,6 +11,8 @@ import math
 from ptqflow.config import QuantizationConfig
 from ptqflow.logs import get_logger
 from ptqflow.quantization.algorithms import error_search
+from ptqflow.quantization.algorithms.quantizer_placement import softmax_heads
+from ptqflow.quantization.graph.index import GraphIndex
 from ptqflow.quantization.passes.base import PassResult
 from ptqflow.quantization.passes.context import PlanContext, PlanPass
 from ptqflow.quantization.plan import FloatLayer, FloatTensor
@@ -35,7 +37,7 @@ class MixedPrecision(PlanPass):
     def run(self, ctx: PlanContext) -> PassResult:
         adv = ctx.config.advanced
         if not ctx.samples:
-            return PassResult(self.name, False, ["skipped: no calibration samples at hand"])
+            return PassResult(self.name, False, ["skipped: no calibration samples at hand"] + self._heads_by_rule(ctx))
         # Weight gates hold every weight twice (float and quantized): not for a model over 2 GB.
         weights = adv.mixed_precision_weights and not is_large(ctx.prepared)
         n_points, n = len(ctx.plan.activations) + (len(ctx.plan.weights) if weights else 0), adv.mixed_precision_samples
@@ -60,6 +62,21 @@ class MixedPrecision(PlanPass):
                    f"{found.evaluations:.3g} evaluations; stopped: {found.stopped}")
         return PassResult(self.name, bool(found.float_tensors),
                           [summary] + [f"{m.tensor}: {m.as_dict()}" for m in found.float_tensors])
+
+    @staticmethod
+    def _heads_by_rule(ctx: PlanContext) -> list[str]:
+        """Where the search cannot measure (no samples), the Softmax-head rule it stands in for applies, unless
+        the user set that switch (AdvancedParameters.safeguard): the heads' layers go float, by that rule."""
+        adv = ctx.config.advanced
+        if adv.safeguard_softmax_heads is not None or not adv.auto_safeguards or ctx.prepared is None:
+            return []
+        found, _ = softmax_heads.PASS.float_nodes(GraphIndex(ctx.prepared))
+        planned = {n for w in ctx.plan.weights for n, _ in w.nodes} | {e[0] for a in ctx.plan.activations
+                                                                         for e in a.edges}
+        decisions = [FloatLayer(node, f"{why} (mixed precision, which measures it, had no samples)", by)
+                     for node, (by, why) in found.items() if node in planned]
+        ctx.plan.keep_layers_float(decisions)
+        return [f"{d.node}: {d.reason}" for d in decisions]
 
     def search(self, ctx: PlanContext, ranges: dict, samples: list[dict], **bounds) -> error_search.SearchResult:
         """error_search.search on ``samples`` with ``bounds`` (its keyword arguments), measured with onnxruntime
