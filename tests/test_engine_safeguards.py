@@ -91,7 +91,8 @@ def test_each_safeguard_has_its_own_switch_defaulting_to_auto_safeguards():
                                                              "mixed_precision"))
         # the Softmax-head rule stands in only where mixed precision, which measures the head, does not run
         assert not adv.safeguard("softmax_heads")
-        assert AdvancedParameters(auto_safeguards=auto, safeguard_mixed_precision=False).safeguard("softmax_heads") is auto
+        ruled = AdvancedParameters(auto_safeguards=auto, safeguard_mixed_precision=False)
+        assert ruled.safeguard("softmax_heads") is auto
         assert AdvancedParameters(auto_safeguards=auto, safeguard_softmax_heads=True).safeguard("softmax_heads")
         assert AdvancedParameters(auto_safeguards=auto, safeguard_depthwise=not auto).safeguard("depthwise") is not auto
     # the sensitivity search keeps its own switch, which needs auto_safeguards
@@ -161,7 +162,8 @@ def _linear_softmax(w: np.ndarray, gain: float = 1.0):
     v = np.eye(16, dtype=np.float32)
     v[0, 0] = gain
     n = helper.make_node
-    return B.make_model([n("MatMul", ["input", "v"], ["h"], name="layer"), n("MatMul", ["h", "w"], ["logit"], name="head"),
+    return B.make_model([n("MatMul", ["input", "v"], ["h"], name="layer"),
+                         n("MatMul", ["h", "w"], ["logit"], name="head"),
                          n("Softmax", ["logit"], ["prob"], name="softmax", axis=-1)],
                         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 16])],
                         [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N", 4])],

@@ -38,8 +38,8 @@ def references(fp32: onnx.ModelProto, samples: list[dict], device: str = "cpu") 
 def judge(fp32: onnx.ModelProto, uncorrected: onnx.ModelProto, corrected: onnx.ModelProto,
           samples: list[dict], device: str = "cpu", *, tie_weight: float,
           fp32_outputs: list[list] | None = None) -> Verdict:
-    """The guard's ``Verdict`` on ``samples`` (keep the correction, output error without it, with it, ...); ``tie_weight``: the
-    weight of a decision output's squared error next to its decisions (OutputError). ``fp32_outputs``: the FP32
+    """The guard's ``Verdict`` on ``samples`` (keep the correction, output error without it, with it, ...);
+    ``tie_weight``: the weight of a decision output's squared error next to its decisions (OutputError). ``fp32_outputs``: the FP32
     model's outputs on ``samples`` (``references``) when the caller took them already, else they are taken here."""
     names = [o.name for o in fp32.graph.output]
     if fp32_outputs is None:

@@ -154,9 +154,9 @@ def write_bias(q: BoundView, layer: BiasLayer, value: np.ndarray) -> None:
 
 
 class Judge:
-    """bc_guard's judgement on OpenVINO, ``judge(samples)`` -> (keep the correction, output error without it, with
-    it): the FP32, uncorrected and corrected models compiled once (CPU, f32) for every sample set judged;
-    ``view`` is the FP32 model's view (its output names and decision outputs)."""
+    """bc_guard's judgement on OpenVINO, ``judge(samples)`` -> bc_guard.Verdict (keep the correction, output error
+    without it, with it, ...): the FP32, uncorrected and corrected models compiled once (CPU, f32) for every sample
+    set judged; ``view`` is the FP32 model's view (its output names and decision outputs)."""
 
     def __init__(self, fp32, uncorrected, corrected, view, *, tie_weight: float):
         core = ov.Core()
@@ -169,7 +169,7 @@ class Judge:
         request = self.requests[k]
         return [[np.array(v, copy=True) for v in request.infer(s).values()] for s in samples]
 
-    def __call__(self, samples: list[dict]) -> tuple[bool, float, float]:
+    def __call__(self, samples: list[dict]) -> bc_guard.Verdict:
         error = OutputError(self.names, self._run(0, samples), self.decisions, tie_weight=self.tie_weight,
                             masks=token_masks(samples))
         return bc_guard.verdict(error, self._run(1, samples), self._run(2, samples))

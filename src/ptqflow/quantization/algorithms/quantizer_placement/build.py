@@ -14,7 +14,8 @@ from ptqflow.quantization.algorithms.quantizer_placement.activations import plac
 from ptqflow.quantization.algorithms.quantizer_placement.ignored_scope import ignored_nodes
 from ptqflow.quantization.algorithms.quantizer_placement.ops import (ACT_INPUTS, DEVICE_OPS, ELEMENTWISE, STOPPERS,
                                                                      TRANSFORMER_FLOAT, WEIGHTED)
-from ptqflow.quantization.algorithms.quantizer_placement.regions import downstream, non_float_tensors, reduced_statistics
+from ptqflow.quantization.algorithms.quantizer_placement.regions import (downstream, non_float_tensors,
+                                                                         reduced_statistics)
 from ptqflow.quantization.graph.index import GraphIndex
 from ptqflow.quantization.graph.prepare import onnx_opset
 from ptqflow.quantization.passes.base import PassResult
