@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import onnx
 from onnx import helper
 
@@ -164,3 +165,39 @@ def test_guard_samples_without_a_softmax_output_are_their_own_field(monkeypatch)
     quantize_with_summary(model, stats, QuantizationConfig(
         subset_size=24, advanced=AdvancedParameters(bias_correction_guard_samples_no_softmax=0)), dataset=data)
     assert seen == [5]  # 0: no guard for models judged by squared error alone
+
+
+def test_declared_logits_are_judged_as_decisions(monkeypatch):
+    """advanced.decision_outputs: a logits output with no Softmax in the graph is judged by its decisions (the
+    guard then takes the decision outputs' sample count, 32, not squared error's 8); the INT8 model written
+    carries no trace of the declaration; a name that is not an output is refused by the field's name."""
+    from ptqflow.errors import ConfigError
+
+    model, data = conv_classifier(seed=1), random_inputs(40, (3, 16, 16), seed=5)
+    real, seen = bc_guard.judge, []
+
+    def spy(fp32, uncorrected, corrected, samples, *a, **k):
+        seen.append((len(samples), output_error.decision_outputs(fp32)))
+        return real(fp32, uncorrected, corrected, samples, *a, **k)
+
+    monkeypatch.setattr(bc_guard, "judge", spy)
+    for declared, expected in ((None, (8, set())), (["logits"], (32, {"logits"}))):
+        config = QuantizationConfig(subset_size=40, advanced=AdvancedParameters(decision_outputs=declared))
+        result = quantize_with_summary(model, collect_statistics(model, data, config), config, dataset=data)
+        assert seen[-1] == expected
+        assert output_error.DECLARED_KEY not in {p.key for p in result.model.metadata_props}
+    with pytest.raises(ConfigError, match=r"decision_outputs: 'logit' is not an output of the model"):
+        collect_statistics(model, data, QuantizationConfig(advanced=AdvancedParameters(decision_outputs=["logit"])))
+
+
+def test_logits_judged_as_decisions_are_softmaxed():
+    """Moved mass between class distributions: a declared output's logits are softmaxed first (probabilities and
+    log-probabilities are read as they are)."""
+    logits = [[np.array([[5.0, 0.0, 0.0]], np.float32)]]
+    flipped = [[np.array([[0.0, 5.0, 0.0]], np.float32)]]
+    error = OutputError(["y"], logits, {"y"}, tie_weight=0.0, decisions_as="mass")
+    p = np.exp([5.0, 0.0, 0.0]) / np.exp([5.0, 0.0, 0.0]).sum()
+    assert error(flipped) == pytest.approx(1 + (p[0] - p[1]))  # one decision changed + the mass that moved
+    probs = [[np.array([[0.7, 0.2, 0.1]], np.float32)]]
+    assert OutputError(["y"], probs, {"y"}, tie_weight=0.0, decisions_as="mass")(
+        [[np.array([[0.6, 0.3, 0.1]], np.float32)]]) == pytest.approx(0.1)

@@ -46,6 +46,7 @@ ALTERNATIVES: dict[str, object] = {
     "quantization.advanced.safeguard_softmax_heads": False,
     "quantization.advanced.safeguard_detected_transformer": False,
     "quantization.advanced.safeguard_mixed_precision": False,
+    "quantization.advanced.decision_outputs": ["logits"],  # conv_classifier's output
     "quantization.advanced.graph_constant_folding": False,
     "quantization.advanced.graph_fold_batchnorm": False,
     "quantization.advanced.cross_layer_equalization": True,

@@ -96,6 +96,14 @@ class AdvancedParameters(_Strict):
         "float, each with its measurement in the plan and the per-layer summary (see mixed_precision_*). None "
         "(default) follows auto_safeguards.",
     )
+    decision_outputs: list[str] | None = Field(
+        None,
+        description="Model outputs the application reads by their argmax over the last axis with no Softmax in the "
+        "graph (classifier or CTC logits). Mixed precision, the bias-correction guard, the range search and "
+        "accuracy control then judge them by their decisions, as they judge Softmax/LogSoftmax outputs, instead "
+        "of by squared error. A name that is not an output of the model is an error. Not read for an OpenVINO "
+        "model.",
+    )
     mixed_precision_samples: int = Field(
         8, gt=0,
         description="Calibration samples on which error-driven mixed precision measures the output error (one "

@@ -19,6 +19,7 @@ from ptqflow.logs import get_logger
 from ptqflow.quantization.algorithms import adaround, fast_bias_correction, minmax, smooth_quant
 from ptqflow.quantization.algorithms import quantizer_placement as placement
 from ptqflow.quantization.algorithms.bias_layers import find_bias_layers
+from ptqflow.quantization.algorithms.output_error import declare_decisions, undeclare
 from ptqflow.quantization.algorithms.bias_step import (Samples, correct_and_guard, guard_samples,
                                                        reapply, statistics_request)
 from ptqflow.quantization.algorithms.summary import layer_summary
@@ -74,6 +75,7 @@ def _declare(model, stream_for: StreamFor, config: QuantizationConfig, device: s
     collection, which does not smooth (SmoothQuant's default passes over it; another alpha is refused there)."""
     adv = config.advanced
     prepared, warnings = prepare_model(model, adv)
+    declare_decisions(prepared, adv.decision_outputs)
     stream = stream_for(prepared, limit)
     smoothing = {}
     region = placement.transformer_nodes(prepared, config) if adv.smooth_quant_alpha is not None else set()
@@ -172,6 +174,7 @@ def merge_partials(partials: list[PartialStatistics], config: QuantizationConfig
 def prepare_for(model, statistics: Statistics, config: QuantizationConfig) -> onnx.ModelProto:
     """The model prepared as the collection prepared it, with its SmoothQuant factors: the plan's names match."""
     prepared = prepare_model(model, config.advanced)[0]
+    declare_decisions(prepared, config.advanced.decision_outputs)
     if statistics.plan.smooth_quant:  # the factors collect-stats chose, re-applied exactly
         smooth_quant.apply(prepared, statistics.plan.smooth_quant.tensors)
     return prepared
@@ -256,6 +259,7 @@ def quantize(prepared: onnx.ModelProto, statistics: Statistics, config: Quantiza
     # onnxruntime computes biases in int32: so does the model; QOperator / IntegerOps re-express the QDQ units
     q = write(q, config.quant_format, int32_bias=config.effective_target_runtime() == TargetRuntime.ONNXRUNTIME)
     q.ir_version = min(q.ir_version or MAX_IR_VERSION, MAX_IR_VERSION)
+    undeclare(q)
     if not is_large(q):
         onnx.checker.check_model(q)
     return QuantizationResult(model=q, layers=layer_summary(prepared, plan, records, bc), plan=plan)

@@ -83,6 +83,10 @@ def check_supported(config: QuantizationConfig, device: str) -> None:
         if getattr(config, name):
             raise ConfigError(f"quantization.{name}: given quantization parameters are not available for an "
                               "OpenVINO model; quantize the ONNX model, or leave it empty")
+    if config.advanced.decision_outputs:
+        raise ConfigError("quantization.advanced.decision_outputs: not read for an OpenVINO model (its measures "
+                          "judge Softmax/LogSoftmax outputs by their decisions only); leave it empty, or quantize "
+                          "the ONNX model")
     # SmoothQuant (on by default for transformers: "auto") is not available for an OpenVINO model: the default is
     # passed over, another alpha asked for is refused.
     alpha = config.advanced.smooth_quant_alpha

@@ -30,9 +30,12 @@ normalized per channel of what is left (the hidden size of an encoder's states).
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 
+from ptqflow.errors import ConfigError
 from ptqflow.quantization.graph.index import GraphIndex
 
 MASK_INPUTS = ("attention_mask", "input_mask")  # the padding mask's input names (transformers, TF BERT exports)
@@ -42,10 +45,35 @@ _PASS_THROUGH = {"Identity", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Fl
 _VARIANCE_FLOOR = 1e-3
 
 
+DECLARED_KEY = "ptqflow.decision_outputs"  # the prepared model's metadata: AdvancedParameters.decision_outputs
+
+
+def declare_decisions(model: onnx.ModelProto, names: list[str] | None) -> None:
+    """Record ``names`` (AdvancedParameters.decision_outputs) on the prepared ``model``, where every measure of
+    the output error reads them (``decision_outputs``); ConfigError naming the field and the output when one is
+    not an output of the model."""
+    outputs = [o.name for o in model.graph.output]
+    unknown = [n for n in names or [] if n not in outputs]
+    if unknown:
+        raise ConfigError(f"quantization.advanced.decision_outputs: {unknown[0]!r} is not an output of the model "
+                          f"(its outputs: {', '.join(outputs)})")
+    undeclare(model)
+    if names:
+        model.metadata_props.add(key=DECLARED_KEY, value=json.dumps(list(names)))
+
+
+def undeclare(model: onnx.ModelProto) -> None:
+    """Remove the record of ``declare_decisions`` (the INT8 model written carries none)."""
+    for i in reversed(range(len(model.metadata_props))):
+        if model.metadata_props[i].key == DECLARED_KEY:
+            del model.metadata_props[i]
+
+
 def decision_outputs(model: onnx.ModelProto) -> set[str]:
-    """Graph outputs produced by Softmax/LogSoftmax, through shape-only ops."""
+    """Graph outputs produced by Softmax/LogSoftmax, through shape-only ops, and those declared
+    (``declare_decisions``)."""
     producer = GraphIndex(model).producer
-    found = set()
+    found = {n for p in model.metadata_props if p.key == DECLARED_KEY for n in json.loads(p.value)}
     for out in model.graph.output:
         node = producer.get(out.name)
         while node is not None and node.op_type in _PASS_THROUGH:
@@ -162,16 +190,36 @@ def _relative(out: list[np.ndarray], ref: list[np.ndarray]) -> float:
                           for a, b in zip(out, ref)]))
 
 
+def _distribution(x: np.ndarray, logits: bool) -> np.ndarray:
+    """``x`` as class distributions over its last axis: probabilities as they are, log-probabilities (a
+    LogSoftmax's, all <= 0) exponentiated, logits (``logits``: the reference is not a distribution) softmaxed."""
+    x = x.astype(np.float64)
+    if logits:
+        e = np.exp(x - x.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+    return np.exp(x) if np.max(x) <= 0 else x
+
+
 def _moved_mass(out: list[np.ndarray], ref: list[np.ndarray]) -> float:
     """The share of changed argmax decisions plus the mean total-variation distance between the distributions
-    over the last axis (log-probabilities, from a LogSoftmax, are exponentiated first)."""
+    over the last axis (log-probabilities, from a LogSoftmax, are exponentiated first; logits, a declared
+    decision output's, softmaxed)."""
     changed, moved, count = 0, 0.0, 0
+    logits = not all(_is_distribution(b) for b in ref)
     for a, b in zip(out, ref):
-        p, q = (np.exp(x.astype(np.float64)) if np.max(x) <= 0 else x.astype(np.float64) for x in (a, b))
+        p, q = (_distribution(x, logits) for x in (a, b))
         changed += int(np.sum(a.argmax(-1) != b.argmax(-1)))
         moved += float(0.5 * np.abs(p - q).sum(-1).sum())
         count += b[..., 0].size
     return (changed + moved) / max(count, 1)
+
+
+def _is_distribution(x: np.ndarray) -> bool:
+    """True for probabilities (in [0, 1], summing to 1 over the last axis) or log-probabilities (all <= 0, whose
+    exponentials sum to 1)."""
+    x = x.astype(np.float64)
+    p = np.exp(x) if np.max(x) <= 0 else x
+    return bool(np.min(p) >= 0 and np.max(p) <= 1 + 1e-4 and np.allclose(p.sum(-1), 1.0, atol=1e-3))
 
 
 def _disagreement(out: list[np.ndarray], ref: list[np.ndarray]) -> float:
