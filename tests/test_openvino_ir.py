@@ -441,3 +441,25 @@ def test_onnxruntime_only_options_are_refused_for_an_ir_by_name(update, field):
 
     with pytest.raises(ConfigError, match=field):
         openvino_engine.check_supported(QuantizationConfig(**update), "cpu")
+
+
+def test_declared_logits_of_an_ir_are_judged_as_decisions(tmp_path, monkeypatch):
+    """advanced.decision_outputs on an IR: its view records them, so the guard on OpenVINO judges the logits by
+    their decisions (on the decision outputs' 32 samples, not squared error's 8); an unknown name is refused."""
+    from ptqflow.quantization.algorithms import openvino_bias
+
+    ir = ov.convert_model(str(save(conv_classifier(seed=1), tmp_path / "m.onnx")))
+    data = random_inputs(40, (3, 16, 16), seed=5)
+    real, seen = openvino_bias.Judge.__call__, []
+
+    def spy(self, samples):
+        seen.append((len(samples), set(self.decisions)))
+        return real(self, samples)
+
+    monkeypatch.setattr(openvino_bias.Judge, "__call__", spy)
+    for declared, expected in ((None, (8, set())), (["logits"], (32, {"logits"}))):
+        config = QuantizationConfig(subset_size=40, advanced=AdvancedParameters(decision_outputs=declared))
+        api.quantize_with_summary(ir, api.collect_statistics(ir, data, config), config, dataset=data)
+        assert seen[-1] == expected
+    with pytest.raises(ConfigError, match=r"decision_outputs: 'logit' is not an output of the model"):
+        api.collect_statistics(ir, data, QuantizationConfig(advanced=AdvancedParameters(decision_outputs=["logit"])))

@@ -101,8 +101,7 @@ class AdvancedParameters(_Strict):
         description="Model outputs the application reads by their argmax over the last axis with no Softmax in the "
         "graph (classifier or CTC logits). Mixed precision, the bias-correction guard, the range search and "
         "accuracy control then judge them by their decisions, as they judge Softmax/LogSoftmax outputs, instead "
-        "of by squared error. A name that is not an output of the model is an error. Not read for an OpenVINO "
-        "model.",
+        "of by squared error. A name that is not an output of the model is an error.",
     )
     mixed_precision_samples: int = Field(
         8, gt=0,

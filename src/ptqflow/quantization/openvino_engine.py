@@ -30,6 +30,7 @@ from ptqflow.quantization.algorithms.bias_step import (guard_samples, guard_verd
                                                       require_collected, statistics_request, with_verdict)
 from ptqflow.quantization.algorithms.error_search import SearchResult
 from ptqflow.quantization.algorithms.fake_quantize import insert_fake_quantize
+from ptqflow.quantization.algorithms.output_error import declare_decisions
 from ptqflow.quantization.algorithms.summary import layer_summary
 from ptqflow.quantization.engine import Collected, QuantizationResult, StreamFor, run_passes, samples_needed
 from ptqflow.quantization.graph.openvino_view import OVView, build_view, is_openvino, mark_batch  # noqa: F401
@@ -60,8 +61,11 @@ def prepare(model) -> Prepared:
 
 
 def prepare_for(model, statistics: Statistics, config: QuantizationConfig) -> Prepared:
-    """``model`` prepared as the collection prepared it (the view's names are the plan's)."""
-    return prepare(model)
+    """``model`` prepared as the collection prepared it (the view's names are the plan's), its declared decision
+    outputs recorded on the view, where every measure reads them."""
+    prepared = prepare(model)
+    declare_decisions(prepared.view.view, config.advanced.decision_outputs)
+    return prepared
 
 
 def check_supported(config: QuantizationConfig, device: str) -> None:
@@ -83,10 +87,6 @@ def check_supported(config: QuantizationConfig, device: str) -> None:
         if getattr(config, name):
             raise ConfigError(f"quantization.{name}: given quantization parameters are not available for an "
                               "OpenVINO model; quantize the ONNX model, or leave it empty")
-    if config.advanced.decision_outputs:
-        raise ConfigError("quantization.advanced.decision_outputs: not read for an OpenVINO model (its measures "
-                          "judge Softmax/LogSoftmax outputs by their decisions only); leave it empty, or quantize "
-                          "the ONNX model")
     # SmoothQuant (on by default for transformers: "auto") is not available for an OpenVINO model: the default is
     # passed over, another alpha asked for is refused.
     alpha = config.advanced.smooth_quant_alpha
@@ -167,6 +167,7 @@ def collect(model, stream_for: StreamFor, config: QuantizationConfig, device: st
     check_supported(config, device)
     prepared = prepare(model)
     view = prepared.view.view
+    declare_decisions(view, config.advanced.decision_outputs)
     plan = placement.build_plan(view, config, [])
     layers = find_bias_layers(view)
     plan.bias_layers = [layer.name for layer in layers]
