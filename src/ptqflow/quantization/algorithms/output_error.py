@@ -120,6 +120,11 @@ class OutputError:
         self.names, self.refs, self.decisions, self.tie_weight = names, refs, decisions, tie_weight
         self.decisions_as = decisions_as
         self.variances = [self._variance(j) for j in range(len(names))]
+        # decision outputs whose FP32 values are not class distributions: logits (a declared output's), softmaxed
+        # for the moved mass; decided once from the references, not on every evaluation
+        self.logits = {name for j, name in enumerate(names) if decisions_as == "mass" and name in decisions
+                       and np.issubdtype(refs[0][j].dtype, np.floating)
+                       and not all(_is_distribution(r[j]) for r in refs)}
 
     def _variance(self, j: int) -> np.ndarray | None:
         """Per-channel FP32 variance of output ``j`` over every run (floored), or None for integer outputs."""
@@ -161,7 +166,7 @@ class OutputError:
                 errors[j] = float(np.mean([np.mean(a != b) for a, b in zip(out, ref)]))
             elif name in self.decisions and ref[0].ndim >= 1 and ref[0].shape[-1] >= 2:
                 errors[j] = (_disagreement(out, ref) + self.tie_weight * _relative(out, ref)
-                             if self.decisions_as == "balanced" else _moved_mass(out, ref))
+                             if self.decisions_as == "balanced" else _moved_mass(out, ref, name in self.logits))
             else:
                 errors[j] = self._normalized(j, out, ref)
         return errors
@@ -200,12 +205,11 @@ def _distribution(x: np.ndarray, logits: bool) -> np.ndarray:
     return np.exp(x) if np.max(x) <= 0 else x
 
 
-def _moved_mass(out: list[np.ndarray], ref: list[np.ndarray]) -> float:
+def _moved_mass(out: list[np.ndarray], ref: list[np.ndarray], logits: bool) -> float:
     """The share of changed argmax decisions plus the mean total-variation distance between the distributions
-    over the last axis (log-probabilities, from a LogSoftmax, are exponentiated first; logits, a declared
+    over the last axis (log-probabilities, from a LogSoftmax, are exponentiated first; ``logits``, a declared
     decision output's, softmaxed)."""
     changed, moved, count = 0, 0.0, 0
-    logits = not all(_is_distribution(b) for b in ref)
     for a, b in zip(out, ref):
         p, q = (_distribution(x, logits) for x in (a, b))
         changed += int(np.sum(a.argmax(-1) != b.argmax(-1)))
@@ -217,8 +221,7 @@ def _moved_mass(out: list[np.ndarray], ref: list[np.ndarray]) -> float:
 def _is_distribution(x: np.ndarray) -> bool:
     """True for probabilities (in [0, 1], summing to 1 over the last axis) or log-probabilities (all <= 0, whose
     exponentials sum to 1)."""
-    x = x.astype(np.float64)
-    p = np.exp(x) if np.max(x) <= 0 else x
+    p = _distribution(x, logits=False)
     return bool(np.min(p) >= 0 and np.max(p) <= 1 + 1e-4 and np.allclose(p.sum(-1), 1.0, atol=1e-3))
 
 
