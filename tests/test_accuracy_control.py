@@ -231,3 +231,68 @@ def test_ranking_screens_on_the_worst_samples_then_measures_its_head_on_all():
     assert sorted(t for t, _ in staged) == sorted(t for t, _ in full) and len(full) == len(col.statistics.plan.activations)
     assert staged[0] == pytest.approx(full[0]) and staged[0][0] in ("h0", "h1")
     assert staged[1][1] != pytest.approx(dict(full)[staged[1][0]])  # the rest carry the screening's harm
+
+
+def flat_metric(model: onnx.ModelProto, needed: int, calls: list | None = None):
+    """validation_fn of a metric that moves only when ``needed`` activation quantizers of ``model``'s INT8 model
+    are in float together (as detection F1 over a few pages or exact match over a few lines, where one quantizer
+    rarely changes a decision): 1.0 then, else 0.5."""
+    quantized = len(quantized_tensors(ptqflow.quantize(model, inputs_of(32, 0), advanced_parameters=NO_SAFEGUARDS)))
+
+    def validate(candidate: onnx.ModelProto, data) -> float:
+        if calls is not None:
+            calls.append(len(quantized_tensors(candidate)))
+        return 1.0 if len(quantized_tensors(candidate)) <= quantized - needed else 0.5
+
+    return validate, quantized
+
+
+def inputs_of(n: int, seed: int, width: int = 8) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [{"input": rng.normal(0, 1, (1, width)).astype(np.float32)} for _ in range(n)]
+
+
+def test_a_flat_metric_takes_reverts_together_then_bisects_to_the_fewest():
+    """No single revert moves the metric: the next ranked quantizers go together, twice as many after each revert
+    that did not lower the drop (1, 2, 4, ...), and the revert that meets max_drop is bisected to the fewest of its
+    quantizers, in rank order, that still meet it (one fewer was measured and did not)."""
+    model, calls = builders.deep_mlp(depth=12), []
+    validate, quantized = flat_metric(model, needed=8, calls=calls)
+    result = ptqflow.quantize_with_accuracy_control_result(
+        model, inputs_of(32, 0), inputs_of(16, 1), validate, max_drop=0.01, advanced_quantization_parameters=NO_SAFEGUARDS)
+    assert result.int8_metric == 0.5 and result.met and result.metric == 1.0 and result.drop == 0.0
+    sizes = [sum(s.iteration == i for s in result.steps) for i in range(1, result.iterations + 1)]
+    assert len(calls) == 2 + result.iterations  # FP32, INT8, then one validation per revert
+    met_at = next(i for i, left in enumerate(calls[2:]) if left <= quantized - 8)  # the first revert that met it
+    assert sizes[:met_at + 1] == [2 ** i for i in range(met_at + 1)] and met_at >= 3
+    kept = len(result.reverted)
+    assert [s.tensor for s in result.reverted] == [t for t, _ in result.ranking[:kept]]  # a prefix of the ranking
+    assert 2 ** (met_at - 1) < kept <= 2 ** met_at and len(quantized_tensors(result.model)) <= quantized - 8
+    one_fewer = [i for i, size in enumerate(sizes) if size == kept - 1]
+    assert one_fewer and all(calls[2 + i] > quantized - 8 for i in one_fewer)  # measured, and it did not meet
+    assert all(s.iteration == result.reverted[0].iteration for s in result.reverted)  # one revert, not the larger
+
+
+def test_reverts_together_stop_at_the_iteration_budget_or_the_end_of_the_ranking(caplog):
+    model = builders.deep_mlp(depth=12)
+    validate, quantized = flat_metric(model, needed=8)
+    short = ptqflow.quantize_with_accuracy_control_result(
+        model, inputs_of(32, 0), inputs_of(16, 1), validate, max_drop=0.01, advanced_quantization_parameters=NO_SAFEGUARDS,
+        advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(max_num_iterations=3))
+    assert not short.met and short.iterations == 3 and short.reverted == [] and short.metric == 0.5
+    assert short.stopped == "iteration budget reached (reverts tried: 3)"
+    assert len(quantized_tensors(short.model)) == quantized  # the INT8 model: no revert lowered the drop
+
+    def float_weights_only(candidate: onnx.ModelProto, data) -> float:  # reverting activations cannot reach it
+        return 0.5 if any(n.op_type == "DequantizeLinear" for n in candidate.graph.node) else 1.0
+
+    with caplog.at_level(logging.WARNING, logger="ptqflow"):
+        every = ptqflow.quantize_with_accuracy_control_result(
+            model, inputs_of(32, 0), inputs_of(16, 1), float_weights_only, max_drop=0.01,
+            advanced_quantization_parameters=NO_SAFEGUARDS, advanced_accuracy_restorer_parameters=
+            AdvancedAccuracyRestorerParameters(restore_mode=RestoreMode.ONLY_ACTIVATIONS))
+    sizes = [sum(s.iteration == i for s in every.steps) for i in range(1, every.iterations + 1)]
+    doubling = [2 ** i for i in range(quantized.bit_length()) if 2 ** i < quantized]
+    assert len(every.ranking) == quantized and sizes == doubling + [quantized]  # the last takes all of them
+    assert not every.met and every.stopped == "every activation quantizer tried" and every.reverted == []
+    assert "every activation quantizer tried" in caplog.text

@@ -5,16 +5,20 @@ and the INT8 model; when the drop is larger than ``max_drop``, rank the plan's a
 harm each does (the output error it alone adds on ``ranking_subset_size`` validation samples, measured in one
 session by the sensitivity search's gated model) and revert them to float in that order. After each revert the
 model is quantized again from the same Statistics with the changed plan (nothing is collected again) and
-measured with ``validation_fn``; a revert that makes the drop worse is undone. It stops when the drop is within
-``max_drop``, when every quantizer was tried or after ``max_num_iterations`` reverts; it returns the best model
+measured with ``validation_fn``; a revert that does not lower the drop is undone. It stops when the drop is within
+``max_drop``, when every quantizer was tried or after ``max_num_iterations`` validations; it returns the best model
 it found and says in the result (and a warning) when that is not good enough.
 
 Ranking uses the model's output error, not ``validation_fn`` (as NNCF's logits-based ranker): one session
 measures every quantizer, while ranking by the metric would cost one model and one validation per quantizer. It
 is the error mixed precision measures (per-channel normalized, Softmax heads by their decisions, real tokens only),
 on the gated model run by the statistics runtime.
-Each revert is measured with ``validation_fn`` on its own (no groups): the metric is what the user trusts,
-and one revert per evaluation keeps the set of float tensors minimal in rank order.
+Reverts go one quantizer a validation while that lowers the drop. A metric that counts decisions over a few samples
+(detection F1 over a few pages, exact match) often does not move for one quantizer when it moves for several: the
+next ranked quantizers go together, twice as many after each revert that did not lower the drop (the ones just
+undone among them), so that ``max_num_iterations`` validations reach the whole ranking (2^n quantizers after n
+flat ones) where the drop needs it. When a revert of several meets ``max_drop``, the validations left bisect it:
+the fewest of its quantizers, in rank order, that still meet it are what the returned model keeps in float.
 """
 
 from __future__ import annotations
@@ -53,10 +57,11 @@ BY = "accuracy_control"  # the ``by`` of the plan's float decisions taken here
 
 @dataclass
 class RevertStep:
-    """One revert tried: the activation quantizer (``tensor``), its measured ``harm`` (output error of the quantized
-    model minus that error without this quantizer, on the ranking samples), the layers whose weights went back to
-    float with it (RestoreMode.ACTIVATIONS_AND_WEIGHTS), the metric and drop after it, and whether it was kept (a
-    revert that made the drop worse is undone)."""
+    """One quantizer of a revert tried: the activation quantizer (``tensor``), its measured ``harm`` (output error of
+    the quantized model minus that error without this quantizer, on the ranking samples), the layers whose weights
+    went back to float with it (RestoreMode.ACTIVATIONS_AND_WEIGHTS), the metric and drop of the model it was
+    reverted in, whether it is reverted in the model returned (``kept``) and the validation (``iteration``, from 1)
+    that measured it: the quantizers reverted together share one."""
 
     tensor: str
     harm: float
@@ -64,14 +69,16 @@ class RevertStep:
     metric: float
     drop: float
     kept: bool
+    iteration: int = 1
 
 
 @dataclass
 class AccuracyControlResult:
     """What quantize_with_accuracy_control did, for reports. ``model``: the INT8 model returned (the best found);
     ``drop``: its drop (``drop_type``: fp32 - metric, or that divided by |fp32|); ``met``: drop <= ``max_drop``;
-    ``ranking``: every activation quantizer with its measured harm, most harmful first; ``steps``: the reverts
-    tried in order; ``layers``: the per-layer summary of ``model``."""
+    ``ranking``: every activation quantizer with its measured harm, most harmful first; ``steps``: each quantizer
+    of each revert tried, in order (``iteration``: the validation that measured it); ``iterations``: the
+    validations the reverts took; ``layers``: the per-layer summary of ``model``."""
 
     model: onnx.ModelProto
     fp32_metric: float
@@ -83,6 +90,7 @@ class AccuracyControlResult:
     met: bool
     ranking: list[tuple[str, float]] = field(default_factory=list)
     steps: list[RevertStep] = field(default_factory=list)
+    iterations: int = 0
     layers: list[dict] = field(default_factory=list)
     stopped: str = ""  # why the loop stopped short of max_drop ("" when met)
 
@@ -206,45 +214,88 @@ def _revert_in_rank_order(result: AccuracyControlResult, plan: QuantizationPlan,
                           requantize: Callable[[QuantizationPlan], QuantizationResult],
                           measure: Callable[[onnx.ModelProto, str], tuple[float, float]],
                           params: AdvancedAccuracyRestorerParameters, deadline: float | None = None) -> None:
-    """Revert ``result.ranking``'s quantizers in order, one per iteration, keeping each revert that does not make
-    the drop worse, until ``result.max_drop`` is met, ``params.max_num_iterations`` reverts were tried or
-    ``deadline`` (time.monotonic) passed; updates ``result`` (model, metric, drop, met, steps, stopped) and logs
-    each step, and a warning when max_drop is not met."""
-    out_of_time = False
-    for tensor, harm in result.ranking:
-        if len(result.steps) >= params.max_num_iterations:
-            break
+    """Revert ``result.ranking``'s quantizers in order (see the module docstring: one a validation while that lowers
+    the drop, twice as many after each that did not; a revert of several that meets ``max_drop`` bisected), until
+    ``result.max_drop`` is met, ``params.max_num_iterations`` validations were spent, the ranking is used up or
+    ``deadline`` (time.monotonic) passed; updates ``result`` (model, metric, drop, met, steps, iterations, stopped)
+    and logs each step, and a warning when max_drop is not met."""
+    ranking, out_of_time = result.ranking, False
+
+    def budget_left() -> bool:
+        nonlocal out_of_time
         if deadline is not None and time.monotonic() >= deadline:
             out_of_time = True
-            break
-        trial = copy.deepcopy(plan)
-        layers = _revert(trial, tensor, harm, params.restore_mode)
-        quantized = requantize(trial)
-        metric, drop = measure(quantized.model, f"the model with {tensor!r} in float")
-        kept = drop <= result.drop
-        result.steps.append(RevertStep(tensor, harm, layers, metric, drop, kept))
-        with_weights = f" (and the weights of {', '.join(layers)})" if layers else ""
-        log.info("accuracy control: step %d, %s %s%s: metric %.6g, drop %.6g%s", len(result.steps),
-                 "reverted" if kept else "tried", tensor, with_weights, metric, drop,
-                 "" if kept else " (worse: undone)")
-        if kept:
-            plan = trial
-            result.model, result.metric, result.drop, result.layers = quantized.model, metric, drop, quantized.layers
-        if result.drop <= result.max_drop:
-            result.met = True
-            return
-    if not result.ranking:
+        return result.iterations < params.max_num_iterations and not out_of_time
+
+    def trial(base: QuantizationPlan, batch: list[tuple[str, float]]):
+        """``base`` with ``batch`` reverted: (plan, its model, metric, drop, its steps)."""
+        tried = copy.deepcopy(base)
+        layers = [_revert(tried, tensor, harm, params.restore_mode) for tensor, harm in batch]
+        quantized = requantize(tried)
+        what = (f"the model with {batch[0][0]!r} in float" if len(batch) == 1 else
+                f"the model with {len(batch)} more quantizers in float ({batch[0][0]!r} to {batch[-1][0]!r})")
+        metric, drop = measure(quantized.model, what)
+        result.iterations += 1
+        steps = [RevertStep(t, h, ls, metric, drop, False, result.iterations) for (t, h), ls in zip(batch, layers)]
+        result.steps += steps
+        with_weights = sorted({n for ls in layers for n in ls})
+        log.info("accuracy control: step %d, reverted %s%s: metric %.6g, drop %.6g", result.iterations,
+                 batch[0][0] if len(batch) == 1 else f"{len(batch)} quantizers ({', '.join(t for t, _ in batch)})",
+                 f" (and the weights of {', '.join(with_weights)})" if with_weights else "", metric, drop)
+        return tried, quantized, metric, drop, steps
+
+    def adopt(tried, quantized, metric, drop, steps) -> None:
+        for s in steps:
+            s.kept = True
+        result.model, result.metric, result.drop, result.layers = quantized.model, metric, drop, quantized.layers
+        result.met = drop <= result.max_drop
+
+    done, size = 0, 1  # ranking[:done] is reverted in ``plan``; the next revert takes ``size`` quantizers
+    last: tuple[QuantizationPlan, list] | None = None  # the plan before the last revert adopted, and its batch
+    while done < len(ranking) and not result.met and budget_left():
+        batch = ranking[done:done + size]
+        tried, quantized, metric, drop, steps = trial(plan, batch)
+        if drop < result.drop:
+            last = plan, batch
+            adopt(tried, quantized, metric, drop, steps)
+            plan, done = tried, done + len(batch)
+        else:
+            log.info("accuracy control: step %d did not lower the drop (%.6g): undone; the next revert takes %d",
+                     result.iterations, result.drop, min(2 * size, len(ranking) - done))
+            if done + size >= len(ranking):
+                done = len(ranking)  # the rest of the ranking together did not lower it either
+                break
+            size *= 2
+    if result.met and last is not None and len(last[1]) > 1:
+        # The revert that met max_drop, bisected: the fewest of its quantizers (in rank order) that still meet it.
+        base, batch = last
+        kept_steps = [s for s in result.steps if s.kept and s.iteration == result.iterations]
+        low, high = 0, len(batch)  # reverting batch[:low] does not meet max_drop, batch[:high] does
+        while high - low > 1 and budget_left():
+            mid = (low + high) // 2
+            tried, quantized, metric, drop, steps = trial(base, batch[:mid])
+            if drop <= result.max_drop:
+                for s in kept_steps:
+                    s.kept = False
+                adopt(tried, quantized, metric, drop, steps)
+                kept_steps, high = steps, mid
+            else:
+                low = mid
+        log.info("accuracy control: max_drop met with %d of the last revert's %d quantizers", high, len(batch))
+    if result.met:
+        return
+    if not ranking:
         why = "no activation quantizer to revert"
+    elif done >= len(ranking):
+        why = "every activation quantizer tried"
     elif out_of_time:
         why = "time budget spent"
-    elif len(result.steps) < len(result.ranking):
-        why = f"iteration budget reached (reverts tried: {params.max_num_iterations})"
     else:
-        why = "every activation quantizer tried"
+        why = f"iteration budget reached (reverts tried: {params.max_num_iterations})"
     result.stopped = why
-    log.warning("accuracy control could not meet max_drop %g (%s): %s after %d reverts tried, %d kept; returning "
-                "the best model found (drop %.6g)", result.max_drop, result.drop_type.value, why, len(result.steps),
-                len(result.reverted), result.drop)
+    log.warning("accuracy control could not meet max_drop %g (%s): %s after %d validations of reverts, %d quantizers "
+                "reverted; returning the best model found (drop %.6g)", result.max_drop, result.drop_type.value, why,
+                result.iterations, len(result.reverted), result.drop)
 
 
 def _check_arguments(max_drop, drop_type, validation_fn,
@@ -382,7 +433,9 @@ def _rank(prepared: onnx.ModelProto, stats: Statistics, adv: AdvancedParameters,
 def _revert(plan: QuantizationPlan, tensor: str, harm: float, mode: RestoreMode) -> list[str]:
     """Keep ``tensor`` in float in ``plan``; with ACTIVATIONS_AND_WEIGHTS also the weights of the layers it fed that
     are left with no quantized activation input (their biases are then not corrected). Returns those layers."""
-    point = next(p for p in plan.activations if p.tensor == tensor)
+    point = next((p for p in plan.activations if p.tensor == tensor), None)
+    if point is None:  # gone with an earlier revert of the same batch (a scale group or an Add's inputs go together)
+        return []
     plan.keep_in_float([FloatTensor(tensor, f"accuracy control: reverted to restore the metric (harm {harm:.4g}: "
                                             "the output error it alone adds)", BY)])
     if mode != RestoreMode.ACTIVATIONS_AND_WEIGHTS:

@@ -116,7 +116,7 @@ def summary(result, checks_before: list[dict], checks_after: list[dict], speed_b
         "gate_before": checks_before, "gate_after": checks_after,
         "reverted": [{"tensor": s.tensor, "harm": s.harm, "layers": s.layers} for s in result.reverted],
         "steps": [{"tensor": s.tensor, "harm": s.harm, "layers": s.layers, "value": s.metric, "shortfall": s.drop,
-                   "kept": s.kept} for s in result.steps],
+                   "kept": s.kept, "iteration": s.iteration} for s in result.steps],
         "ranked": len(result.ranking),
         "speedup_before": before, "speedup_after": after,
         "speed_cost": {k: before[k] - after[k] for k in before if after.get(k) is not None and before[k] is not None},
