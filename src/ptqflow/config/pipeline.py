@@ -119,7 +119,8 @@ class AccuracyControlConfig(_Strict):
         "passes with it.")
     max_iterations: int = Field(
         20, ge=0, description="Reverts tried at most (>= 0); each quantizes the model again and validates it on the "
-        "whole validation split.")
+        "whole validation split (one quantizer a revert while that lowers the shortfall, twice as many after one that "
+        "did not).")
     max_time_s: float | None = Field(
         None, gt=0, description="Time budget of the revert loop in seconds (> 0; null: no limit): no revert starts "
         "after it.")

@@ -71,7 +71,7 @@ class RestoreMode(str, Enum):
 class AdvancedAccuracyRestorerParameters:
     """NNCF's knobs of quantize_with_accuracy_control (see ptqflow.accuracy_control)."""
 
-    max_num_iterations: int = sys.maxsize  # reverts tried (one validation_fn call each), at most
+    max_num_iterations: int = sys.maxsize  # reverts tried (one validation_fn call each, of one or more quantizers)
     tune_hyperparams: bool = False  # NNCF's parameter grid search before reverting: not implemented, True is refused
     ranking_subset_size: int | None = None  # validation samples that rank the quantizers; None: subset_size
     num_ranking_workers: int | None = None  # accepted and ignored: one session ranks every quantizer (gated model)
