@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper
+import onnx
+from onnx import TensorProto, helper, numpy_helper
 
 import builders as B
 import ptqflow
@@ -37,8 +38,8 @@ def _spread_inputs(n: int, channel_scale) -> list[dict]:
 
 def test_safeguards_keep_sensitive_places_float_and_report_them():
     model, samples = _dw_softmax_model(), _spread_inputs(6, [1.0, 0.05, 0.05, 0.05])
-    result = quantize_with_config(model, samples, QuantizationConfig(
-        advanced=AdvancedParameters(safeguard_softmax_heads=True)))  # the rule, asked for by name
+    result = quantize_with_config(model, samples, QuantizationConfig(  # the rules, asked for by name; the
+        advanced=AdvancedParameters(safeguard_softmax_heads=True, per_channel_depthwise_inputs=False)))  # one scale
     rows = {r["name"]: r for r in result.layers}
     assert rows["head"]["status"] == "float" and "Softmax" in rows["head"]["reason"]
     assert rows["input"]["status"] == "float" and "depthwise" in rows["input"]["reason"]
@@ -68,11 +69,11 @@ def test_sensitivity_search_runs_and_keeps_model_valid():
 def test_safeguard_thresholds_come_from_the_config():
     """The depthwise spread and the outlier limits are AdvancedParameters fields, read by the safeguards."""
     model, samples = _dw_softmax_model(), _spread_inputs(6, [1.0, 0.05, 0.05, 0.05])
-    loose = quantize_with_config(model, samples, QuantizationConfig(
-        advanced=AdvancedParameters(depthwise_channel_spread=0.01, safeguard_mixed_precision=False)))
+    loose = quantize_with_config(model, samples, QuantizationConfig(advanced=AdvancedParameters(
+        depthwise_channel_spread=0.01, safeguard_mixed_precision=False, per_channel_depthwise_inputs=False)))
     assert "input" not in {r["name"] for r in loose.layers}  # median channel at 0.05 of the range: above 0.01
     tight = quantize_with_config(_dw_softmax_model(), _spread_inputs(6, [1.0, 0.8, 1.2, 0.9]), QuantizationConfig(
-        advanced=AdvancedParameters(depthwise_channel_spread=0.99)))
+        advanced=AdvancedParameters(depthwise_channel_spread=0.99, per_channel_depthwise_inputs=False)))
     assert {r["name"]: r for r in tight.layers}["input"]["status"] == "float"
     small = quantize_with_config(model, samples, QuantizationConfig(advanced=AdvancedParameters(outlier_abs_max=1e-3)))
     reasons = [r["reason"] for r in small.layers if r["op_type"] == "tensor"]
@@ -106,9 +107,9 @@ def test_each_safeguard_has_its_own_switch_defaulting_to_auto_safeguards():
 def test_depthwise_and_softmax_head_switches_turn_their_safeguard_off_or_on():
     model, samples = _dw_softmax_model(), _spread_inputs(6, [1.0, 0.05, 0.05, 0.05])
 
-    def run(**adv):  # the thresholded safeguards alone, without the measured search
-        return _floats(quantize_with_config(model, samples, QuantizationConfig(
-            advanced=AdvancedParameters(safeguard_mixed_precision=False, **adv))))
+    def run(**adv):  # the thresholded safeguards alone, without the measured search, one scale per tensor
+        return _floats(quantize_with_config(model, samples, QuantizationConfig(advanced=AdvancedParameters(
+            safeguard_mixed_precision=False, per_channel_depthwise_inputs=False, **adv))))
 
     no_dw = run(safeguard_depthwise=False)
     assert "input" not in no_dw and "Softmax" in no_dw["head"]
@@ -216,3 +217,68 @@ def test_without_samples_to_measure_on_the_softmax_head_rule_stands_in():
     assert fc["decided_by"] == "safeguard_softmax_heads" and "had no samples" in fc["reason"]
     assert again.model.SerializeToString() == measured.model.SerializeToString()
     assert not stats.plan.float_layers  # the caller's plan is as collect-stats made it
+
+
+def _channel_qdq(model: onnx.ModelProto, tensor: str) -> tuple[np.ndarray, int | None]:
+    """The scale initializer and the axis of ``tensor``'s QuantizeLinear in ``model``."""
+    inits = {t.name: t for t in model.graph.initializer}
+    q = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == tensor)
+    axis = next((a.i for a in q.attribute if a.name == "axis"), None)
+    return numpy_helper.to_array(inits[q.input[1]]), axis
+
+
+def test_a_depthwise_input_gets_a_scale_per_channel_where_the_runtime_is_openvino():
+    """The spread depthwise input the safeguard kept in float is int8 with a scale per channel (OpenVINO's
+    target, the default): each channel's scale from its own largest |x|, the largest channel's at the tensor's
+    scale, the small ones about 20x finer; its error is far below one scale's and the safeguard stands down. For
+    onnxruntime (whose fused int8 Conv takes one scale) and where switched off it is one scale, as before."""
+    model, samples = _dw_softmax_model(), _spread_inputs(8, [1.0, 0.05, 0.05, 0.05])
+    held_out = _spread_inputs(8, [1.0, 0.05, 0.05, 0.05])[4:]
+
+    def run(**kw):
+        adv = {"safeguard_mixed_precision": False, "safeguard_depthwise": False, **kw.pop("adv", {})}
+        return quantize_with_config(model, samples, QuantizationConfig(advanced=AdvancedParameters(**adv), **kw))
+
+    channels = run()
+    scale, axis = _channel_qdq(channels.model, "input")
+    assert axis == 1 and scale.shape == (4,) and scale[0] > 10 * scale[1:].max()
+    point = next(p for p in channels.plan.activations if p.tensor == "input")
+    assert point.axis == 1 and len(point.channel_absmax) == 4
+    assert scale[0] == pytest.approx(min(point.channel_absmax[0] / 127, scale.max()))
+    one = run(adv={"per_channel_depthwise_inputs": False})
+    one_scale, one_axis = _channel_qdq(one.model, "input")
+    assert one_axis is None and one_scale.shape == () and scale.max() <= one_scale
+
+    def error(result):  # the depthwise layer's small channels against FP32, relative, on held-out samples
+        ref = ptqflow.runtime.sessions.make_session(_with_output(model, "d"))
+        got = ptqflow.runtime.sessions.make_session(_with_output(result.model, "d"))
+        pairs = [(ref.run(["d"], s)[0][:, 1:], got.run(["d"], s)[0][:, 1:]) for s in held_out]
+        return float(sum(np.sum((r - q) ** 2) for r, q in pairs) / sum(np.sum(r ** 2) for r, _ in pairs))
+
+    assert error(channels) < 0.2 * error(one)
+    assert "input" not in _floats(run(adv={"safeguard_depthwise": True}))  # nothing for the safeguard to keep
+    ort = run(target_runtime="onnxruntime")
+    assert _channel_qdq(ort.model, "input")[1] is None and _channel_qdq(ort.model, "input")[0].shape == ()
+
+
+def _with_output(model: onnx.ModelProto, tensor: str) -> onnx.ModelProto:
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    m.graph.output.append(helper.make_empty_tensor_value_info(tensor))
+    return m
+
+
+def test_a_per_channel_depthwise_input_needs_its_own_grid():
+    """A tensor read by a depthwise conv and by another layer, or sharing a Concat's grid, keeps one scale: the
+    runtime folds a channel's scale into that channel's weight scale only where every reader is depthwise."""
+    from ptqflow.quantization.algorithms.quantizer_placement.build import _per_channel_depthwise_inputs
+    from ptqflow.quantization.graph.index import GraphIndex
+
+    g = GraphIndex(_dw_softmax_model())
+    acts = [{"tensor": "input", "edges": [["dwconv", 0]], "group": "input"},
+            {"tensor": "r", "edges": [["pwconv", 0]], "group": "r"},
+            {"tensor": "x", "edges": [["dwconv", 0]], "group": "shared"},
+            {"tensor": "y", "edges": [["dwconv", 0]], "group": "shared"},
+            {"tensor": "z", "edges": [["dwconv", 0], ["pwconv", 0]], "group": "z"}]
+    _per_channel_depthwise_inputs(g, acts)
+    assert [a.get("axis") for a in acts] == [1, None, None, None, None]

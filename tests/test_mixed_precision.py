@@ -142,13 +142,13 @@ def test_search_finds_a_spread_depthwise_input_without_the_depthwise_threshold()
 
     model, samples = _dw_softmax_model(), _spread_inputs(8, [1.0, 0.05, 0.05, 0.05])
     result = quantize_with_config(model, samples, QuantizationConfig(advanced=AdvancedParameters(
-        safeguard_depthwise=False, mixed_precision_weights=False)))
+        safeguard_depthwise=False, mixed_precision_weights=False, per_channel_depthwise_inputs=False)))
     rows = {r["name"]: r for r in result.layers}
     assert rows["input"]["decided_by"] == "mixed_precision" and rows["input"]["measured"]["output"] == "prob"
     # with the weights measured too (the head's among them) the spread input still goes float: by itself, or
     # with the depthwise layer when that layer's weights are found to carry more (its only consumer)
     both = quantize_with_config(model, samples, QuantizationConfig(advanced=AdvancedParameters(
-        safeguard_depthwise=False)))
+        safeguard_depthwise=False, per_channel_depthwise_inputs=False)))
     rows = {r["name"]: r for r in both.layers}
     found = rows["input"] if rows["dwconv"].get("decided_by") != "mixed_precision" else rows["dwconv"]
     assert found["decided_by"] == "mixed_precision" and found["measured"]["output"] == "prob"

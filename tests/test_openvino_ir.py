@@ -17,7 +17,7 @@ ov = pytest.importorskip("openvino")
 import ptqflow  # noqa: E402
 from ptqflow import api  # noqa: E402
 from builders import (conv_classifier, ov_conv_block, padded_input_mlp, padded_inputs, random_inputs, save,  # noqa: E402
-                      shape_branch_head)
+                      separable_block, shape_branch_head)
 from ptqflow.config import AdvancedParameters, QuantizationConfig  # noqa: E402
 from ptqflow.errors import ConfigError, InputError  # noqa: E402
 from ptqflow.quantization.graph.openvino_view import build_view  # noqa: E402
@@ -91,6 +91,25 @@ def test_ir_path_matches_onnx_path_on_converted_builder(tmp_path):
     assert max(float(np.abs(a - b).max()) for a, b in zip(got, ref)) < 0.02 * scale
     shifts = lambda r: [row["bias_correction"]["max_abs_shift"] for row in r.layers if "bias_correction" in row]
     np.testing.assert_allclose(shifts(r_ir), shifts(r_onnx), rtol=1e-3, atol=1e-6)
+
+
+def test_a_depthwise_input_gets_a_per_channel_fake_quantize_on_an_ir(tmp_path):
+    """The IR path gives a depthwise convolution's input a scale per channel as the ONNX path does (FakeQuantize
+    bounds shaped [1, C, 1, 1]), and the two models agree."""
+    onnx_path = save(separable_block(spread=20.0, size=16), tmp_path / "m.onnx")
+    samples = random_inputs(8, (3, 16, 16))
+    cfg = QuantizationConfig(advanced=AdvancedParameters(safeguard_mixed_precision=False))
+    r_onnx = api.quantize_with_config(str(onnx_path), samples, cfg)
+    r_ir = api.quantize_with_config(ov.convert_model(str(onnx_path)), samples, cfg)
+    per_channel = [a for a in r_ir.plan.activations if a.axis is not None]
+    assert [a.tensor for a in per_channel] == [a.tensor for a in r_onnx.plan.activations if a.axis is not None] != []
+    bounds = [op.input_value(1).get_partial_shape().to_shape() for op in r_ir.model.get_ops()
+              if op.get_type_name() == "FakeQuantize" and op.get_friendly_name().endswith("/fq_output")]
+    assert [1, 8, 1, 1] in [list(b) for b in bounds]
+    ref = _run(ov.convert_model(str(save(r_onnx.model, tmp_path / "q.onnx"))), samples)
+    got = _run(r_ir.model, samples)
+    scale = max(float(np.abs(r).max()) for r in ref)
+    assert max(float(np.abs(a - b).max()) for a, b in zip(got, ref)) < 0.02 * scale
 
 
 def test_softmax_head_behind_a_shape_branch_is_float_on_both_paths(tmp_path):

@@ -25,6 +25,8 @@ CASES = {
                                           lambda: B.random_inputs(N_SAMPLES, (3, 16, 16), 5)),
     "rank lost to shape inference": (lambda: B.mlp_rank_lost(seed=3), lambda: B.random_inputs(N_SAMPLES, (5, 16), 6)),
     "transformer": (lambda: B.tiny_encoder(), lambda: B.token_inputs(N_SAMPLES)),
+    "depthwise input (a scale per channel: channel maxima)": (lambda: B.separable_block(spread=20.0, size=16),
+                                                              lambda: B.random_inputs(N_SAMPLES, (3, 16, 16), 7)),
 }
 
 
@@ -52,6 +54,9 @@ def test_merged_shards_equal_one_collection(case, tmp_path):
                                 advanced=AdvancedParameters(smooth_quant_alpha=None))
     whole = ptqflow.collect_statistics(model, samples, config)
     assert any(p.reducer.value == "mean" for p in whole.points), "FastBiasCorrection's means are part of the check"
+    if "depthwise" in case:  # each channel's largest |x|, merged by maximum
+        assert any(p.reducer.value == "peak" for p in whole.points)
+        assert any(a.axis == 1 and a.channel_absmax for a in whole.plan.activations)
     for shards in (1, 2, 3, 7):  # 7 > 5 blocks: some shards are empty
         merged = _sharded(model, samples, config, shards, tmp_path)
         _assert_same(whole, merged)

@@ -36,15 +36,19 @@ class WeightQuantizer:
 
 @dataclass
 class ActivationQuantizer:
-    """A per-tensor activation quantizer on ``tensor``, rewiring ``edges``; quantizers of one ``group`` share a
-    scale (they meet at a Concat or another op that only moves values). ``signed`` is known once the statistics
-    are (None before)."""
+    """An activation quantizer on ``tensor``, rewiring ``edges``; quantizers of one ``group`` share a scale (they
+    meet at a Concat or another op that only moves values). ``signed`` is known once the statistics are (None
+    before). ``axis``: a scale per channel of this axis (the input of depthwise convolutions only: see
+    AdvancedParameters.per_channel_depthwise_inputs), from ``channel_absmax`` (each channel's largest |x| over
+    the calibration samples, filled with the statistics); None: one scale for the tensor."""
 
     tensor: str
     edges: list[Edge]
     symmetric: bool
     signed: bool | None = None
     group: str = ""
+    axis: int | None = None
+    channel_absmax: list[float] | None = None
 
 
 @dataclass

@@ -193,6 +193,8 @@ def _fake_quantize(x: np.ndarray, params: tuple[float, int, int] | None) -> np.n
     if params is None:
         return x
     scale, zp, dtype = params
+    if np.ndim(scale):  # a per-channel quantizer (a depthwise input: its channels on axis 1)
+        scale = np.reshape(scale, [1, -1] + [1] * (x.ndim - 2))
     lo, hi = (0, 255) if dtype == onnx.TensorProto.UINT8 else (-128, 127)
     return (np.clip(np.round(x / scale) + zp, lo, hi) - zp) * scale
 

@@ -83,9 +83,12 @@ _unique = unique_name
 
 
 def statistic_points(plan: QuantizationPlan) -> list[StatisticPoint]:
-    """MinMax's statistics: the per-sample minimum and maximum of every planned activation tensor."""
+    """MinMax's statistics: the per-sample minimum and maximum of every planned activation tensor, and each
+    channel's largest |x| for a per-channel one."""
     tensors = sorted({p.tensor for p in plan.activations})
-    return [StatisticPoint(MINMAX, t, t, r) for t in tensors for r in (Reducer.MIN, Reducer.MAX)]
+    channels = sorted({(p.tensor, p.axis) for p in plan.activations if p.axis is not None})
+    return ([StatisticPoint(MINMAX, t, t, r) for t in tensors for r in (Reducer.MIN, Reducer.MAX)]
+            + [StatisticPoint(MINMAX, t, t, Reducer.PEAK, axis) for t, axis in channels])
 
 
 def insert_qdq(model: onnx.ModelProto, plan: QuantizationPlan, ranges: dict[str, tuple[float, float]],
@@ -117,10 +120,14 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantizationPlan, ranges: dict[str,
         t = point.tensor
         s_name, z_name = _unique(t + "_scale", used), _unique(t + "_zero_point", used)
         g.initializer.append(numpy_helper.from_array(np.array(scale, np.float32), s_name))
-        g.initializer.append(helper.make_tensor(z_name, dtype, [], [zp]))
+        shape = list(np.shape(scale))  # [] for one scale, [channels] for a per-channel quantizer
+        g.initializer.append(helper.make_tensor(z_name, dtype, shape, [zp] * int(np.prod(shape))))
         q_out, dq_out = _unique(t + "_quantized", used), _unique(t + "_dequantized", used)
-        new_nodes.append(helper.make_node("QuantizeLinear", [t, s_name, z_name], [q_out], name=_unique(t + "_QuantizeLinear", used)))
-        new_nodes.append(helper.make_node("DequantizeLinear", [q_out, s_name, z_name], [dq_out], name=_unique(t + "_DequantizeLinear", used)))
+        axis = {"axis": point.axis} if shape else {}
+        new_nodes.append(helper.make_node("QuantizeLinear", [t, s_name, z_name], [q_out],
+                                          name=_unique(t + "_QuantizeLinear", used), **axis))
+        new_nodes.append(helper.make_node("DequantizeLinear", [q_out, s_name, z_name], [dq_out],
+                                          name=_unique(t + "_DequantizeLinear", used), **axis))
         for node_name, idx in point.edges:
             nodes_by_name[node_name].input[idx] = dq_out
         records.append({**record, "output": dq_out})
@@ -150,7 +157,27 @@ def activation_quantizer(point: ActivationQuantizer, ranges: dict[str, tuple[flo
     record = {"tensor": point.tensor, "kind": "activation", "scale": scale, "zero_point": zp,
               "dtype": "int8" if dtype == TensorProto.INT8 else "uint8", "range": [lo, hi],
               "given": point.tensor in formats.given, "consumers": sorted({e[0] for e in point.edges})}
+    channels = channel_scales(point, scale, zp, dtype, formats)
+    if channels is not None:
+        scale = channels
+        record = {**record, "scale": float(channels.max()), "axis": point.axis, "channels": int(channels.size),
+                  "min_scale": float(channels.min())}
     return scale, zp, dtype, record
+
+
+def channel_scales(point: ActivationQuantizer, scale: float, zp: int, dtype: int,
+                   formats: NumberFormats = NumberFormats()) -> np.ndarray | None:
+    """The per-channel scales of a per-channel activation quantizer (``point.axis``; its ``channel_absmax`` from
+    the statistics): each channel's largest |x| over the grid's positive codes, at most the per-tensor ``scale``
+    (the tensor's largest channel keeps the per-tensor range, which the range estimator chose) and at least 1e-5
+    of it (an empty channel); None where the quantizer has one scale: no axis or maxima, a given scale, a type the
+    user fixed (onnxruntime's kernels), or a zero point other than 0 (an asymmetric signed range)."""
+    if (point.axis is None or not point.channel_absmax or point.tensor in formats.given
+            or formats.activation is not None or zp != 0):
+        return None
+    positive = 127.0 if dtype == TensorProto.INT8 else 255.0
+    peaks = np.asarray(point.channel_absmax, np.float64) / positive
+    return np.clip(peaks, scale * 1e-5, scale).astype(np.float32)
 
 
 def weight_record(entry: WeightQuantizer, scale: np.ndarray, wtype: str = "int8") -> dict:

@@ -110,16 +110,19 @@ def search(plan: QuantizationPlan, mean_minmax: dict[str, tuple[float, float]],
            minmax: dict[str, tuple[float, float]], values: Iterable[dict[str, np.ndarray]], samples: int,
            qtype: str | None) -> dict:
     """Per scale group of ``plan``: ``choose``'s record, measured on ``values`` (per calibration sample, the FP32
-    value of every planned activation tensor; ``samples`` of them)."""
+    value of every planned activation tensor; ``samples`` of them). A per-channel quantizer's group is left out:
+    its scales come from each channel's maximum (minmax.channel_scales), not from one range."""
     share = max(1, SAMPLED_VALUES // max(samples, 1))
-    hists = {g: Values(*minmax[g], per_run=share) for g in {p.group for p in plan.activations}}
-    group_of = {p.tensor: p.group for p in plan.activations}
+    group_of = {p.tensor: p.group for p in plan.activations if p.axis is None}
+    hists = {g: Values(*minmax[g], per_run=share) for g in set(group_of.values())}
     for per_tensor in values:
         for t, value in per_tensor.items():
-            hists[group_of[t]].add(np.asarray(value))  # drawn from before widening: a tensor may hold millions
+            if t in group_of:  # drawn from before widening: a tensor may hold millions
+                hists[group_of[t]].add(np.asarray(value))
     first = {}
     for p in plan.activations:
-        first.setdefault(p.group, p)
+        if p.group in hists:
+            first.setdefault(p.group, p)
     return {g: choose(h, mean_minmax[g], first[g].symmetric, bool(first[g].signed), qtype)
             for g, h in sorted(hists.items())}
 

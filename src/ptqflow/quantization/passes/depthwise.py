@@ -40,6 +40,8 @@ class DepthwiseSafeguard(PlanPass):
 
     def statistic_points(self, prepared: onnx.ModelProto, plan: QuantizationPlan,
                          config: QuantizationConfig) -> list[StatisticPoint]:
+        # every depthwise input, per-channel ones too: one whose channel maxima cannot be observed (unknown rank)
+        # goes back to one scale (statistics.accumulate.fill_channels), and the safeguard then judges it
         return [StatisticPoint(self.name, t, t, Reducer.ABSMAX, 1) for t in sorted(inputs(prepared, plan.activations))]
 
     def run(self, ctx: PlanContext) -> PassResult:
@@ -49,6 +51,8 @@ class DepthwiseSafeguard(PlanPass):
         depthwise = {p.tensor for p in ctx.statistics.points if p.consumer == self.name}  # as declared
         decisions = []
         for p in ctx.plan.activations:
+            if p.axis is not None:  # a scale per channel: no channel is below the tensor's scale
+                continue
             lo, hi = ranges[p.group]
             absmax = channel_absmax.get(p.tensor)
             spread = float(np.median(absmax) / max(absmax.max(), 1e-12)) if absmax is not None else 0.0

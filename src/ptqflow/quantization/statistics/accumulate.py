@@ -71,6 +71,7 @@ def finalize(plan: QuantizationPlan, points: list[StatisticPoint], acc: "Accumul
     stats = Statistics(plan=plan, points=list(points), values=values, num_samples=acc.count)
     check_finite(stats)
     fill_signedness(stats)
+    fill_channels(stats)
     return stats
 
 
@@ -143,8 +144,8 @@ def batches(samples: Iterator[dict], batchable: bool, keep: int, kept: list | No
 
 
 class Accumulator:
-    """Per-sample value lists (MIN/MAX) and exact per-channel sums over the samples (MEAN/ABSMAX, see
-    ptqflow.quantization.statistics.exact): the result does not depend on how the samples were grouped, and
+    """Per-sample value lists (MIN/MAX), exact per-channel sums over the samples (MEAN/ABSMAX, see
+    ptqflow.quantization.statistics.exact) and per-channel maxima (PEAK): the result does not depend on how the samples were grouped, and
     accumulators of consecutive parts of the samples merge into the accumulator of the whole (``merge``).
     The per-sample values are packed float64 (``array("d")``, 8 bytes a value): a list of numpy scalars took
     about 40 bytes a value, which grew with the number of samples (bench/README.md, "Memory flat in the number
@@ -154,15 +155,21 @@ class Accumulator:
         self.out_map = out_map or {}
         self.lists: dict[str, array] = {}
         self.sums: dict[str, np.ndarray] = {}
+        self.peaks: dict[str, np.ndarray] = {}  # PEAK: the largest per-channel value so far (exact: a maximum)
         self.count = 0
 
     def add(self, outs: dict[str, np.ndarray], count: int) -> None:
         for out, value in outs.items():
             oid = self.out_map[out]
-            if parse_observation(oid)[1] in PER_SAMPLE:
+            reducer = parse_observation(oid)[1]
+            if reducer in PER_SAMPLE:
                 self.lists.setdefault(oid, array("d")).frombytes(np.ascontiguousarray(value, np.float64).tobytes())
                 continue
             v = np.asarray(value, np.float64)
+            if reducer == Reducer.PEAK:  # one row per stacked sample, or the stack's maximum already
+                peak = v.max(axis=0) if v.ndim == 2 and v.shape[0] == count and count > 1 else v
+                self.peaks[oid] = np.maximum(self.peaks[oid], peak) if oid in self.peaks else peak
+                continue
             if v.ndim == 2 and v.shape[0] == count and count > 1:  # one row per stacked sample
                 total = exact.to_exact(v).sum(axis=0)
             else:  # one sample, or a mean over a stack (unknown rank: the stack's mean, weighted by its samples)
@@ -176,12 +183,15 @@ class Accumulator:
             self.lists.setdefault(oid, array("d")).extend(values)
         for oid, total in later.sums.items():
             self.sums[oid] = self.sums[oid] + total if oid in self.sums else total
+        for oid, peak in later.peaks.items():
+            self.peaks[oid] = np.maximum(self.peaks[oid], peak) if oid in self.peaks else peak
         self.count += later.count
 
     def result(self) -> dict[str, np.ndarray]:
         """Per observation: the per-sample values, or the per-channel values averaged over the samples, each
         correctly rounded (MEAN as float32, as FastBiasCorrection computes in; ABSMAX in float64)."""
         values: dict[str, np.ndarray] = {oid: np.array(v) for oid, v in self.lists.items()}
+        values.update({oid: np.array(peak, np.float64) for oid, peak in self.peaks.items()})
         for oid, total in self.sums.items():
             mean = exact.mean(total, max(self.count, 1))
             values[oid] = mean.astype(np.float32) if parse_observation(oid)[1] == Reducer.MEAN else mean
@@ -202,3 +212,16 @@ def fill_signedness(stats: Statistics) -> None:
     groups = stats.ranges(mean_minmax=False)
     for p in stats.plan.activations:
         p.signed = bool(groups[p.group][0] < 0)
+
+
+def fill_channels(stats: Statistics) -> None:
+    """Record in the plan each per-channel activation quantizer's channel maxima (``channel_absmax``); one whose
+    statistic could not be made (unknown rank) goes back to one scale for the tensor."""
+    peaks = stats.channel_peaks
+    for p in stats.plan.activations:
+        if p.axis is None:
+            continue
+        if p.tensor in peaks and np.ndim(peaks[p.tensor]) == 1:
+            p.channel_absmax = [float(v) for v in peaks[p.tensor]]
+        else:
+            p.axis, p.channel_absmax = None, None

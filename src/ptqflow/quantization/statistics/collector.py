@@ -109,7 +109,7 @@ def _add_reductions(model: onnx.ModelProto, observations: list[str], per_sample:
             nodes = [_reduce("ReduceMin" if reducer == Reducer.MIN else "ReduceMax", tensor, out, axes, opset, extra)]
         elif reducer == Reducer.MEAN:
             nodes = _channel_mean_nodes(tensor, out, axis, _rank(model, tensor), opset, extra, per_sample)
-        else:  # ABSMAX
+        else:  # ABSMAX, PEAK: the per-channel max |x| of each run (the accumulator averages or takes the largest)
             rank = _rank(model, tensor)
             if rank is None:
                 continue

@@ -46,8 +46,8 @@ def augment(model: ov.Model, bound: BoundView, observations: list[str], per_samp
         if reducer in (Reducer.MIN, Reducer.MAX):
             fn, src, axes = (ops.reduce_min if reducer == Reducer.MIN else ops.reduce_max), port, _axes(r, batch)
         else:
-            src = ops.abs(port) if reducer == Reducer.ABSMAX else port
-            fn = ops.reduce_max if reducer == Reducer.ABSMAX else ops.reduce_mean
+            src = ops.abs(port) if reducer in (Reducer.ABSMAX, Reducer.PEAK) else port
+            fn = ops.reduce_max if reducer in (Reducer.ABSMAX, Reducer.PEAK) else ops.reduce_mean
             axes = _axes(r, batch | ({axis % r} if r else set()))
         # nothing to reduce (a scalar; [N, C] stacked): the value is the statistic (the CPU plugin refuses a
         # reduction over no axes)

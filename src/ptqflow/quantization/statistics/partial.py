@@ -60,7 +60,8 @@ class PartialStatistics:
         os.replace(d / (NPZ + ".tmp.npz"), d / NPZ)
         doc = {"format": FORMAT, "shard": self.shard, "shards": self.shards, "start": self.start,
                "count": acc.count, "plan": self.plan.to_json(), "points": [p.to_json() for p in self.points],
-               "lists": lists, "sums": {oid: exact.encode(total) for oid, total in sorted(acc.sums.items())}}
+               "lists": lists, "sums": {oid: exact.encode(total) for oid, total in sorted(acc.sums.items())},
+               "peaks": {oid: [float(v) for v in np.ravel(peak)] for oid, peak in sorted(acc.peaks.items())}}
         (d / (JSON + ".tmp")).write_text(json.dumps(doc), encoding="utf-8")
         os.replace(d / (JSON + ".tmp"), d / JSON)
         return d
@@ -79,6 +80,7 @@ class PartialStatistics:
             acc.lists = {oid: array("d", data[f"v_{k}"].astype(np.float64).tobytes())
                          for k, oid in enumerate(doc["lists"])}
             acc.sums = {oid: exact.decode(enc) for oid, enc in doc["sums"].items()}
+            acc.peaks = {oid: np.array(v, np.float64) for oid, v in doc.get("peaks", {}).items()}
             acc.count = int(doc["count"])
             return cls(QuantizationPlan.from_json(doc["plan"]), [StatisticPoint.from_json(p) for p in doc["points"]],
                        acc, int(doc["shard"]), int(doc["shards"]), int(doc["start"]))

@@ -17,13 +17,15 @@ class Reducer(str, Enum):
 
     MIN / MAX: one value per sample (over every axis but the batch when samples are stacked), kept per sample;
     MEAN: the per-channel mean over every axis but ``axis``, averaged over the samples;
-    ABSMAX: the per-channel maximum of |x| over every axis but ``axis``, averaged over the samples.
+    ABSMAX: the per-channel maximum of |x| over every axis but ``axis``, averaged over the samples;
+    PEAK: the per-channel maximum of |x| over every axis but ``axis``, the largest over the samples.
     """
 
     MIN = "min"
     MAX = "max"
     MEAN = "mean"
     ABSMAX = "absmax"
+    PEAK = "peak"
 
 
 PER_SAMPLE = (Reducer.MIN, Reducer.MAX)  # reduced to one value per sample, no channel axis
@@ -31,8 +33,8 @@ PER_SAMPLE = (Reducer.MIN, Reducer.MAX)  # reduced to one value per sample, no c
 
 @dataclass(frozen=True)
 class StatisticPoint:
-    """One statistic a consumer needs: ``tensor`` reduced by ``reducer`` (keeping channel ``axis`` for MEAN and
-    ABSMAX; None for MIN/MAX), known to ``consumer`` as ``key`` (a tensor name, a layer name)."""
+    """One statistic a consumer needs: ``tensor`` reduced by ``reducer`` (keeping channel ``axis`` for MEAN,
+    ABSMAX and PEAK; None for MIN/MAX), known to ``consumer`` as ``key`` (a tensor name, a layer name)."""
 
     consumer: str
     key: str

@@ -60,6 +60,11 @@ class Statistics:
         return self._reduced(Reducer.MAX)
 
     @property
+    def channel_peaks(self) -> dict[str, np.ndarray]:
+        """Per per-channel activation quantizer of the plan, each channel's largest |x| over the samples."""
+        return self._reduced(Reducer.PEAK)
+
+    @property
     def means_in(self) -> dict[str, np.ndarray]:
         """Per bias layer, the FP32 per-channel mean of its input (FastBiasCorrection's statistics)."""
         return self.of(FAST_BIAS_CORRECTION)

@@ -98,17 +98,43 @@ def build_plan(model: onnx.ModelProto, config: QuantizationConfig,
     acts = place_activations(g, requests, ignored, symmetric, asym, movable)
     if units:  # onnxruntime fuses a layer into its int8 kernel only with a quantizer on its output too
         acts = runtime_units.add_unit_outputs(g, acts, non_float, symmetric)
+    channel_inputs = adv.per_channel_depthwise_inputs
+    if channel_inputs is None:  # onnxruntime's fused int8 Conv takes one activation scale
+        channel_inputs = config.quant_format == QuantFormat.QDQ and not units and not integer_ops
+    if channel_inputs and per_channel:
+        _per_channel_depthwise_inputs(g, acts)
     return QuantizationPlan(
         preset=config.effective_preset().value, target_device=TargetDevice(config.target_device).value,
         transformer=transformer or auto_tf, per_channel=per_channel,
         weights=[WeightQuantizer(w["tensor"], w["axis"], [tuple(e) for e in w["nodes"]], w["op_type"], w["narrow_bits"])
                  for w in weights.values()],
         activations=[ActivationQuantizer(a["tensor"], [tuple(e) for e in a["edges"]], a["symmetric"], a["signed"],
-                                         a["group"]) for a in acts],
+                                         a["group"], a.get("axis")) for a in acts],
         float_layers=[FloatLayer(k, reason, by) for k, (by, reason) in floats.items()],
         warnings=list(warnings or []) + (
             ["auto_safeguard: transformer-like graph; LayerNorm/Softmax/GELU regions kept in float"
              + ("; activations in it asymmetric (MIXED)" if asym else "")] if auto_tf else []))
+
+
+def _per_channel_depthwise_inputs(g: GraphIndex, acts: list[dict]) -> None:
+    """Give a scale per channel (axis 1) to each activation quantizer whose every edge is the data input of a
+    depthwise convolution and which shares its scale with no other (a Concat group has one grid): a depthwise conv
+    never mixes channels, so the runtime folds each input channel's scale into that channel's weight scale."""
+    sizes: dict[str, int] = {}
+    for a in acts:
+        sizes[a["group"]] = sizes.get(a["group"], 0) + 1
+    for a in acts:
+        if sizes[a["group"]] == 1 and a["edges"] and all(
+                i == 0 and _depthwise(g.by_name.get(node), g) for node, i in a["edges"]):
+            a["axis"] = 1
+
+
+def _depthwise(node, g: GraphIndex) -> bool:
+    """True for a Conv with one input channel per group (its weight an initializer)."""
+    if node is None or node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in g.inits:
+        return False
+    group = next((a.i for a in node.attribute if a.name == "group"), 1)
+    return group > 1 and len(g.inits[node.input[1]].dims) > 1 and g.inits[node.input[1]].dims[1] == 1
 
 
 def _float_reason(n, g, ignored, after_stop, heads, transformer, dev_ops, auto_tf) -> tuple[str, str] | None:
