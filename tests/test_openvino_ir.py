@@ -94,11 +94,12 @@ def test_ir_path_matches_onnx_path_on_converted_builder(tmp_path):
 
 
 def test_a_depthwise_input_gets_a_per_channel_fake_quantize_on_an_ir(tmp_path):
-    """The IR path gives a depthwise convolution's input a scale per channel as the ONNX path does (FakeQuantize
-    bounds shaped [1, C, 1, 1]), and the two models agree."""
+    """Asked for, the IR path gives a depthwise convolution's input a scale per channel as the ONNX path does
+    (FakeQuantize bounds shaped [1, C, 1, 1]), and the two models agree."""
     onnx_path = save(separable_block(spread=20.0, size=16), tmp_path / "m.onnx")
     samples = random_inputs(8, (3, 16, 16))
-    cfg = QuantizationConfig(advanced=AdvancedParameters(safeguard_mixed_precision=False))
+    cfg = QuantizationConfig(advanced=AdvancedParameters(safeguard_mixed_precision=False,
+                                                         per_channel_depthwise_inputs=True))
     r_onnx = api.quantize_with_config(str(onnx_path), samples, cfg)
     r_ir = api.quantize_with_config(ov.convert_model(str(onnx_path)), samples, cfg)
     per_channel = [a for a in r_ir.plan.activations if a.axis is not None]

@@ -51,7 +51,8 @@ def test_merged_shards_equal_one_collection(case, tmp_path):
     model, samples = CASES[case][0](), CASES[case][1]()
     # A transformer shards with SmoothQuant off (its default passes over a sharded collection)
     config = QuantizationConfig(subset_size=300, model_type="transformer" if case == "transformer" else None,
-                                advanced=AdvancedParameters(smooth_quant_alpha=None))
+                                advanced=AdvancedParameters(smooth_quant_alpha=None,
+                                                            per_channel_depthwise_inputs="depthwise" in case))
     whole = ptqflow.collect_statistics(model, samples, config)
     assert any(p.reducer.value == "mean" for p in whole.points), "FastBiasCorrection's means are part of the check"
     if "depthwise" in case:  # each channel's largest |x|, merged by maximum

@@ -98,10 +98,8 @@ def build_plan(model: onnx.ModelProto, config: QuantizationConfig,
     acts = place_activations(g, requests, ignored, symmetric, asym, movable)
     if units:  # onnxruntime fuses a layer into its int8 kernel only with a quantizer on its output too
         acts = runtime_units.add_unit_outputs(g, acts, non_float, symmetric)
-    channel_inputs = adv.per_channel_depthwise_inputs
-    if channel_inputs is None:  # onnxruntime's fused int8 Conv takes one activation scale
-        channel_inputs = config.quant_format == QuantFormat.QDQ and not units and not integer_ops
-    if channel_inputs and per_channel:
+    # onnxruntime's fused int8 Conv takes one activation scale: QDQ for OpenVINO's placement only
+    if adv.per_channel_depthwise_inputs and per_channel and config.quant_format == QuantFormat.QDQ and not units:
         _per_channel_depthwise_inputs(g, acts)
     return QuantizationPlan(
         preset=config.effective_preset().value, target_device=TargetDevice(config.target_device).value,
