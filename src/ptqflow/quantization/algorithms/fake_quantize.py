@@ -56,11 +56,11 @@ def insert_fake_quantize(model: ov.Model, bound: BoundView, plan: QuantizationPl
     for point in plan.activations:
         scale, zp, dtype, record = activation_quantizer(point, ranges)
         qmin, qmax = (-128, 127) if dtype == TensorProto.INT8 else (0, 255)
-        port = bound.port(point.tensor)
-        if np.ndim(scale):  # a scale per channel of ``point.axis``: bounds shaped to broadcast along it
+        port, scale = bound.port(point.tensor), np.asarray(scale)
+        if scale.ndim:  # a scale per channel of ``point.axis``: bounds shaped to broadcast along it
             rank = port.get_partial_shape().rank.get_length()
-            scale = np.reshape(scale, [-1 if i == point.axis % rank else 1 for i in range(rank)])
-        lo, hi = ((qmin - zp) * np.asarray(scale)).astype(np.float32), ((qmax - zp) * np.asarray(scale)).astype(np.float32)
+            scale = scale.reshape([-1 if i == point.axis % rank else 1 for i in range(rank)])
+        lo, hi = ((qmin - zp) * scale).astype(np.float32), ((qmax - zp) * scale).astype(np.float32)
         fq = ops.fake_quantize(port, lo, hi, lo, hi, 256, name=f"{point.tensor}/fq_output")
         for node_name, idx in point.edges:
             bound.node(node_name).input(idx).replace_source_output(fq.output(0))

@@ -7,18 +7,11 @@ import numpy as np
 import onnx
 
 from ptqflow.config import QuantizationConfig
+from ptqflow.quantization.algorithms.quantizer_placement.ops import is_depthwise
 from ptqflow.quantization.passes.base import PassResult
 from ptqflow.quantization.passes.context import PlanContext, PlanPass
 from ptqflow.quantization.plan import ActivationQuantizer, QuantizationPlan
 from ptqflow.quantization.statistics.points import Reducer, StatisticPoint
-
-
-def is_depthwise(node, inits) -> bool:
-    """True for a Conv with one input channel per group (depthwise)."""
-    if node is None or node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in inits:
-        return False
-    group = next((a.i for a in node.attribute if a.name == "group"), 1)
-    return group > 1 and inits[node.input[1]].dims[1] == 1
 
 
 def inputs(prepared: onnx.ModelProto, points: list[ActivationQuantizer]) -> set[str]:

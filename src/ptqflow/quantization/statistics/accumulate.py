@@ -145,8 +145,8 @@ def batches(samples: Iterator[dict], batchable: bool, keep: int, kept: list | No
 
 class Accumulator:
     """Per-sample value lists (MIN/MAX), exact per-channel sums over the samples (MEAN/ABSMAX, see
-    ptqflow.quantization.statistics.exact) and per-channel maxima (PEAK): the result does not depend on how the samples were grouped, and
-    accumulators of consecutive parts of the samples merge into the accumulator of the whole (``merge``).
+    ptqflow.quantization.statistics.exact) and per-channel maxima (PEAK): the result does not depend on how the
+    samples were grouped, and accumulators of consecutive parts of the samples merge into the accumulator of the whole (``merge``).
     The per-sample values are packed float64 (``array("d")``, 8 bytes a value): a list of numpy scalars took
     about 40 bytes a value, which grew with the number of samples (bench/README.md, "Memory flat in the number
     of samples")."""
@@ -166,11 +166,12 @@ class Accumulator:
                 self.lists.setdefault(oid, array("d")).frombytes(np.ascontiguousarray(value, np.float64).tobytes())
                 continue
             v = np.asarray(value, np.float64)
-            if reducer == Reducer.PEAK:  # one row per stacked sample, or the stack's maximum already
-                peak = v.max(axis=0) if v.ndim == 2 and v.shape[0] == count and count > 1 else v
+            rows = v.ndim == 2 and v.shape[0] == count and count > 1  # one row per stacked sample
+            if reducer == Reducer.PEAK:  # else the stack's maximum already
+                peak = v.max(axis=0) if rows else v
                 self.peaks[oid] = np.maximum(self.peaks[oid], peak) if oid in self.peaks else peak
                 continue
-            if v.ndim == 2 and v.shape[0] == count and count > 1:  # one row per stacked sample
+            if rows:
                 total = exact.to_exact(v).sum(axis=0)
             else:  # one sample, or a mean over a stack (unknown rank: the stack's mean, weighted by its samples)
                 total = exact.to_exact(v * count)

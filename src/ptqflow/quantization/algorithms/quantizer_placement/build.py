@@ -3,6 +3,8 @@ which layers stay in float, decided by which rule or pass and why)."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 import onnx
 
 from ptqflow.config import ModelType, QuantFormat, QuantizationConfig, QuantizationPreset, TargetDevice, TargetRuntime
@@ -13,7 +15,7 @@ from ptqflow.quantization.algorithms.quantizer_placement import (detected_transf
 from ptqflow.quantization.algorithms.quantizer_placement.activations import place_activations, self_gated
 from ptqflow.quantization.algorithms.quantizer_placement.ignored_scope import ignored_nodes
 from ptqflow.quantization.algorithms.quantizer_placement.ops import (ACT_INPUTS, DEVICE_OPS, ELEMENTWISE, STOPPERS,
-                                                                     TRANSFORMER_FLOAT, WEIGHTED)
+                                                                     TRANSFORMER_FLOAT, WEIGHTED, is_depthwise)
 from ptqflow.quantization.algorithms.quantizer_placement.regions import (downstream, non_float_tensors,
                                                                          reduced_statistics)
 from ptqflow.quantization.graph.index import GraphIndex
@@ -118,21 +120,11 @@ def _per_channel_depthwise_inputs(g: GraphIndex, acts: list[dict]) -> None:
     """Give a scale per channel (axis 1) to each activation quantizer whose every edge is the data input of a
     depthwise convolution and which shares its scale with no other (a Concat group has one grid): a depthwise conv
     never mixes channels, so the runtime folds each input channel's scale into that channel's weight scale."""
-    sizes: dict[str, int] = {}
-    for a in acts:
-        sizes[a["group"]] = sizes.get(a["group"], 0) + 1
+    sizes = Counter(a["group"] for a in acts)
     for a in acts:
         if sizes[a["group"]] == 1 and a["edges"] and all(
-                i == 0 and _depthwise(g.by_name.get(node), g) for node, i in a["edges"]):
+                i == 0 and is_depthwise(g.by_name.get(node), g.inits) for node, i in a["edges"]):
             a["axis"] = 1
-
-
-def _depthwise(node, g: GraphIndex) -> bool:
-    """True for a Conv with one input channel per group (its weight an initializer)."""
-    if node is None or node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in g.inits:
-        return False
-    group = next((a.i for a in node.attribute if a.name == "group"), 1)
-    return group > 1 and len(g.inits[node.input[1]].dims) > 1 and g.inits[node.input[1]].dims[1] == 1
 
 
 def _float_reason(n, g, ignored, after_stop, heads, transformer, dev_ops, auto_tf) -> tuple[str, str] | None:

@@ -58,3 +58,11 @@ DEVICE_OPS = {
     TargetDevice.GPU: set(ACT_INPUTS) - {"ReduceMean"},
     TargetDevice.NPU: {"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "AveragePool", "GlobalAveragePool"},
 }
+
+
+def is_depthwise(node, inits) -> bool:
+    """True for a Conv with one input channel per group (depthwise), its weight an initializer of ``inits``."""
+    if node is None or node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in inits:
+        return False
+    dims = inits[node.input[1]].dims
+    return attr(node, "group", 1) > 1 and len(dims) > 1 and dims[1] == 1
