@@ -56,8 +56,10 @@ def run_ptqflow(model, samples, variant: str, transformer: bool):
         kw["advanced_parameters"] = ptqflow.AdvancedParameters(adaround=True, adaround_quantized_inputs=True)
     if variant == "decisions":  # the first output declared argmaxed (logits with no Softmax in the graph)
         kw["advanced_parameters"] = ptqflow.AdvancedParameters(decision_outputs=[model.graph.output[0].name])
-    if variant == "pcdw":  # a scale per channel for depthwise-convolution inputs (opt-in: OpenVINO only)
+    if variant == "pcdw":  # a scale per channel for depthwise-convolution inputs (the default since it runs on ORT)
         kw["advanced_parameters"] = ptqflow.AdvancedParameters(per_channel_depthwise_inputs=True)
+    if variant == "ptdw":  # one scale for depthwise-convolution inputs (the default before; the safeguard judges)
+        kw["advanced_parameters"] = ptqflow.AdvancedParameters(per_channel_depthwise_inputs=False)
     if variant == "ort":  # placed for onnxruntime, written as QDQ
         kw["target_runtime"] = ptqflow.TargetRuntime.ONNXRUNTIME
     if variant == "qop":

@@ -227,11 +227,11 @@ def _channel_qdq(model: onnx.ModelProto, tensor: str) -> tuple[np.ndarray, int |
     return numpy_helper.to_array(inits[q.input[1]]), axis
 
 
-def test_a_depthwise_input_gets_a_scale_per_channel_when_asked():
-    """With per_channel_depthwise_inputs the spread depthwise input the safeguard keeps in float is int8 with a
+def test_a_depthwise_input_gets_a_scale_per_channel_by_default():
+    """By default (per_channel_depthwise_inputs) the spread depthwise input the safeguard keeps in float is int8 with a
     scale per channel: each channel's scale from its own largest |x|, the largest channel's at the tensor's scale,
-    the small ones about 20x finer; its error is far below one scale's and the safeguard stands down. By default,
-    and for onnxruntime's placement (whose fused int8 Conv takes one scale) when asked, it is one scale."""
+    the small ones about 20x finer; its error is far below one scale's and the safeguard stands down. Switched off,
+    and for onnxruntime's placement (whose fused int8 Conv takes one scale) even when asked, it is one scale."""
     model, samples = _dw_softmax_model(), _spread_inputs(8, [1.0, 0.05, 0.05, 0.05])
     held_out = _spread_inputs(8, [1.0, 0.05, 0.05, 0.05])[4:]
 
@@ -239,13 +239,13 @@ def test_a_depthwise_input_gets_a_scale_per_channel_when_asked():
         adv = {"safeguard_mixed_precision": False, "safeguard_depthwise": False, **kw.pop("adv", {})}
         return quantize_with_config(model, samples, QuantizationConfig(advanced=AdvancedParameters(**adv), **kw))
 
-    channels = run(adv={"per_channel_depthwise_inputs": True})
+    channels = run()
     scale, axis = _channel_qdq(channels.model, "input")
     assert axis == 1 and scale.shape == (4,) and scale[0] > 10 * scale[1:].max()
     point = next(p for p in channels.plan.activations if p.tensor == "input")
     assert point.axis == 1 and len(point.channel_absmax) == 4
     assert scale[0] == pytest.approx(min(point.channel_absmax[0] / 127, scale.max()))
-    one = run()
+    one = run(adv={"per_channel_depthwise_inputs": False})
     one_scale, one_axis = _channel_qdq(one.model, "input")
     assert one_axis is None and one_scale.shape == () and scale.max() <= one_scale
 

@@ -43,7 +43,7 @@ ALTERNATIVES: dict[str, object] = {
     "quantization.advanced.smooth_quant_alpha": 0.5,
     "quantization.advanced.safeguard_outliers": False,
     "quantization.advanced.safeguard_depthwise": False,
-    "quantization.advanced.per_channel_depthwise_inputs": True,
+    "quantization.advanced.per_channel_depthwise_inputs": False,
     "quantization.advanced.safeguard_softmax_heads": False,
     "quantization.advanced.safeguard_detected_transformer": False,
     "quantization.advanced.safeguard_mixed_precision": False,

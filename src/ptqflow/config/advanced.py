@@ -28,15 +28,15 @@ class AdvancedParameters(_Strict):
     )
     per_channel: bool = Field(True, description="Per-output-channel weight scales (per-tensor if false).")
     per_channel_depthwise_inputs: bool = Field(
-        False,
+        True,
         description="A scale per channel for the activation quantizer of a depthwise convolution's input (a "
         "depthwise conv never mixes channels, so each channel keeps its own grid; channels whose range is far below "
         "the largest keep their precision): each channel's scale from its largest |x| over the calibration samples, "
         "at most the per-tensor scale. Symmetric and unsigned quantizers (zero point 0) of a tensor that only "
         "depthwise convolutions read, with the QDQ format and OpenVINO's activation types; needs opset 13 and "
-        "per_channel. Off by default: OpenVINO runs such a model, but onnxruntime 1.31's QDQ fusion turns a "
-        "depthwise Conv whose output is quantized again into a QLinearConv that refuses a per-channel input ('input "
-        "zero point must be a scalar'), so the INT8 model would not run on onnxruntime's default session.",
+        "per_channel. An unsigned quantizer is written as int8 with zero point -128 (the same grid), the form "
+        "onnxruntime's default session runs (its QDQ fusion would turn a depthwise Conv whose input is uint8 per "
+        "channel into a QLinearConv, which refuses a per-channel input); OpenVINO reads both alike.",
     )
     overflow_fix: OverflowFix = Field(
         OverflowFix.DISABLE, description="7-bit weights to avoid int16 overflow on pre-VNNI CPUs."

@@ -150,7 +150,15 @@ def _reaches_concat(point: ActivationQuantizer, nodes_by_name: dict[str, onnx.No
 def activation_quantizer(point: ActivationQuantizer, ranges: dict[str, tuple[float, float]],
                          formats: NumberFormats = NumberFormats()) -> tuple[float, int, int, dict]:
     """(scale, zero point, onnx elem type) of the activation quantizer ``point`` from its group's range in
-    ``formats``, and its summary record (every writer adds the name of the tensor it outputs as "output")."""
+    ``formats``, and its summary record (every writer adds the name of the tensor it outputs as "output").
+
+    A per-channel quantizer (channel_scales) is always int8: an unsigned one takes zero point -128, the grid
+    [0, 255 * scale] of uint8 with zero point 0. onnxruntime (1.31, CPU) fuses DequantizeLinear -> depthwise Conv
+    -> QuantizeLinear into a QLinearConv when the input's and the output's types agree after it has turned
+    single-scale int8 pairs into uint8, and QLinearConv refuses a per-channel input; it leaves per-channel int8
+    pairs as they are, so an int8 per-channel input never agrees with a converted output and the Conv runs on
+    dequantized values (tests/test_per_channel_activations.py runs every pairing on onnxruntime's default
+    session). OpenVINO reads both types as the same FakeQuantize."""
     lo, hi = ranges[point.group]
     signed = bool(point.signed) if point.signed is not None else lo < 0
     scale, zp, dtype = formats.activation_of(point.tensor, lo, hi, point.symmetric, signed)
@@ -160,8 +168,11 @@ def activation_quantizer(point: ActivationQuantizer, ranges: dict[str, tuple[flo
     channels = channel_scales(point, scale, zp, dtype, formats)
     if channels is not None:
         scale = channels
+        if dtype == TensorProto.UINT8:  # the same grid in int8 with zero point -128: onnxruntime runs it (below)
+            zp, dtype = -128, TensorProto.INT8
         record = {**record, "scale": float(channels.max()), "axis": point.axis, "channels": int(channels.size),
-                  "min_scale": float(channels.min())}
+                  "min_scale": float(channels.min()), "zero_point": zp,
+                  "dtype": "int8" if dtype == TensorProto.INT8 else "uint8"}
     return scale, zp, dtype, record
 
 
