@@ -12,6 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 import builders as B
 from ptqflow.api import quantize_with_config
 from ptqflow.config import AdvancedParameters, QuantizationConfig
+from ptqflow.pipeline.report.decisions import layer_rows
 
 C, SIZE = 8, 10
 
@@ -75,6 +76,12 @@ def test_a_per_channel_depthwise_input_runs_on_onnxruntimes_default_session(acti
     assert axis == 1 and scale.shape == (C,) and scale.max() > 5 * scale.min()
     # unsigned (after Relu): uint8's grid [0, 255 * scale] written as int8 with zero point -128; signed: int8, 0
     assert zero_point.dtype == np.int8 and set(zero_point.tolist()) == ({-128} if activation else {0})
+    row = next(r for r in result.layers if r["name"] == "dwconv")
+    assert row["per_channel_inputs"] == [x] and row["quantized_inputs"] == [x]
+    assert not any(r.get("per_channel_inputs") for r in result.layers if r["name"] != "dwconv" and r["op_type"] == "Conv"
+                   and r["name"] != "dwconv2")
+    shown = {r["name"]: r for r in layer_rows(result.layers)}["dwconv"]
+    assert f"input scale per channel: {x}" in shown["why"]
     fused, plain = _session(result.model), _session(result.model, optimize=False)
     for s in samples[:3]:
         got, ref = fused.run(None, s)[0], plain.run(None, s)[0]

@@ -48,6 +48,8 @@ def layer_rows(decisions: list[dict], validation_layers: list[dict] | None = Non
         if d.get("input_ranges"):  # ranges by measured error (docs/algorithms.md)
             why = "; ".join(filter(None, [why, "input range by measured error: " + ", ".join(
                 f"{t} {e}" for t, e in d["input_ranges"].items())]))
+        if d.get("per_channel_inputs"):  # a depthwise conv's input, a scale per channel (docs/algorithms.md)
+            why = "; ".join(filter(None, [why, "input scale per channel: " + ", ".join(d["per_channel_inputs"])]))
         bc = d.get("bias_correction") or {}
         rows.append({
             "name": str(d.get("name", "")), "op_type": "activation" if tensor else str(d.get("op_type", "")),

@@ -15,10 +15,12 @@ def layer_summary(prepared: onnx.ModelProto, plan: QuantizationPlan, records: li
     held_out where it judged), the weight's AdaRound record (``weight.adaround``, plan.adaround) where it ran,
     and ``output_error``: the measured error contribution of the layer's input quantizers (the sum over those
     measured; plan.output_errors) where the engine measured one; ``input_ranges``: the range estimator of each
-    input the range search chose (plan.ranges), where it is not the default.
+    input the range search chose (plan.ranges), where it is not the default; ``per_channel_inputs``: the inputs
+    quantized with a scale per channel (a depthwise conv's), where any.
     ``records``: what insert_qdq inserted; ``bc``: the bias-correction records."""
     weights = {r["tensor"]: r for r in records if r["kind"] == "weight"}
     acts_by_node: dict[str, list] = {}
+    per_channel = {r["tensor"] for r in records if r["kind"] == "activation" and r.get("axis") is not None}
     for r in records:
         if r["kind"] == "activation":
             for c in r["consumers"]:
@@ -40,6 +42,8 @@ def layer_summary(prepared: onnx.ModelProto, plan: QuantizationPlan, records: li
             row.update(status="quantized", weight=({"tensor": w["tensor"], "per_channel": w["axis"] is not None,
                                                     "bits": w["bits"]} if w else None),
                        quantized_inputs=inputs)
+            if any(t in per_channel for t in inputs):
+                row["per_channel_inputs"] = [t for t in inputs if t in per_channel]
             if any(t in chosen for t in inputs):
                 row["input_ranges"] = {t: chosen[t] for t in inputs if t in chosen}
             if w and w["tensor"] in plan.adaround:
