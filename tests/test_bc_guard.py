@@ -201,3 +201,50 @@ def test_logits_judged_as_decisions_are_softmaxed():
     probs = [[np.array([[0.7, 0.2, 0.1]], np.float32)]]
     assert OutputError(["y"], probs, {"y"}, tie_weight=0.0, decisions_as="mass")(
         [[np.array([[0.6, 0.3, 0.1]], np.float32)]]) == pytest.approx(0.1)
+
+
+def test_a_reverted_fast_correction_falls_back_to_full_bias_correction_judged_the_same_way(monkeypatch):
+    """FastBiasCorrection reverted by the guard: full BiasCorrection is fitted on the first calibration samples and
+    judged on the ones after them, then on the fitted ones; kept, the model has full BiasCorrection's biases and the
+    records say so. Reverted as well, the biases stay uncorrected and the fast records say both were tried.
+    Switched off, the fast correction's verdict stands alone."""
+    model, data = conv_classifier(seed=1), random_inputs(24, (3, 16, 16), seed=5)
+    for s in data:
+        s["input"] += np.float32(0.7)
+    stats = collect_statistics(model, data, QuantizationConfig(subset_size=24))
+    keeps, calls = [], []
+
+    def verdict(fp32, uncorrected, corrected, samples, device="cpu", *, tie_weight, fp32_outputs=None):
+        calls.append((len(samples), fp32_outputs is not None))
+        return bc_guard.Verdict(keeps.pop(0), 1.0, 2.0)
+
+    monkeypatch.setattr(bc_guard, "judge", verdict)
+    keeps[:] = [False, True, True]  # fast reverted; full kept on held-out samples, then on the fitted ones
+    result = quantize_with_summary(model, stats, QuantizationConfig(subset_size=24), dataset=data)
+    # full BiasCorrection fits on 0.2 * 24 = 4 samples; the guard (8: no Softmax output) judges samples 4..11
+    assert calls == [(8, True), (8, True), (4, True)], calls
+    records = [r["bias_correction"] for r in result.layers if r.get("bias_correction")]
+    assert records and all(r["method"] == "bias_correction" for r in records) and any(r["applied"] for r in records)
+    keeps[:] = [True, True]
+    full = quantize_with_summary(model, stats, QuantizationConfig(subset_size=24, fast_bias_correction=False),
+                                 dataset=data)
+    for layer in find_bias_layers(prepare_model(model)[0]):
+        np.testing.assert_array_equal(read_bias(result.model, layer), read_bias(full.model, layer))
+
+    calls.clear()
+    keeps[:] = [False, False]
+    both = quantize_with_summary(model, stats, QuantizationConfig(subset_size=24), dataset=data)
+    plain = quantize_with_summary(model, stats, QuantizationConfig(
+        subset_size=24, advanced=AdvancedParameters(disable_bias_correction=True)))
+    records = [r["bias_correction"] for r in both.layers if r.get("bias_correction")]
+    assert all(r["method"] == "fast_bias_correction" and not r["applied"] for r in records)
+    assert any("full BiasCorrection also raised" in r.get("fallback", "") for r in records)
+    for layer in find_bias_layers(prepare_model(model)[0]):
+        np.testing.assert_array_equal(read_bias(both.model, layer), read_bias(plain.model, layer))
+
+    calls.clear()
+    keeps[:] = [False]
+    alone = quantize_with_summary(model, stats, QuantizationConfig(
+        subset_size=24, advanced=AdvancedParameters(bias_correction_fallback=False)), dataset=data)
+    assert len(calls) == 1 and not keeps
+    assert all(not r["bias_correction"]["applied"] for r in alone.layers if r.get("bias_correction"))

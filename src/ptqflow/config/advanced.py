@@ -48,6 +48,15 @@ class AdvancedParameters(_Strict):
     bias_correction_threshold: float = Field(
         2.0, gt=0, description="Skip a layer whose max |shift| / max |bias| exceeds this (implausible)."
     )
+    bias_correction_fallback: bool = Field(
+        True,
+        description="With fast_bias_correction: where the guard reverts FastBiasCorrection, full BiasCorrection is "
+        "fitted on calibration samples (bias_correction_subset_size) and judged the same way (on the samples after "
+        "them, then on the fitted ones); it stays only where it lowers the model's output error, else the biases "
+        "stay uncorrected. The synthetic constant input of the fast correction misses what full BiasCorrection "
+        "measures on real samples (evidence: docs/algorithms.md, 'Bias correction'). ONNX models; an OpenVINO "
+        "model keeps the fast correction's verdict.",
+    )
     bias_correction_guard_samples: int = Field(
         32, ge=0,
         description="Calibration samples on which the model's output error against FP32 is compared with and "

@@ -20,7 +20,7 @@ from ptqflow.quantization.algorithms import adaround, fast_bias_correction, minm
 from ptqflow.quantization.algorithms import quantizer_placement as placement
 from ptqflow.quantization.algorithms.bias_layers import find_bias_layers
 from ptqflow.quantization.algorithms.output_error import declare_decisions, undeclare
-from ptqflow.quantization.algorithms.bias_step import (Samples, correct_and_guard, guard_samples,
+from ptqflow.quantization.algorithms.bias_step import (Samples, correct_and_guard, fallback_config, guard_samples,
                                                        reapply, statistics_request)
 from ptqflow.quantization.algorithms.summary import layer_summary
 from ptqflow.quantization.graph.prepare import MAX_IR_VERSION, is_large, prepare_model
@@ -201,7 +201,7 @@ def samples_needed(config: QuantizationConfig) -> int:
     BiasCorrection's fitting samples followed by the guard's held-out ones, the quantize-stage plan passes' and
     AdaRound's."""
     adv = config.advanced
-    n = 0 if config.fast_bias_correction else config.bias_correction_samples()
+    n = 0 if config.fast_bias_correction and fallback_config(config) is None else config.bias_correction_samples()
     if not adv.disable_bias_correction:
         n += max(adv.bias_correction_guard_samples, adv.bias_correction_guard_samples_no_softmax)
     n = max(n, adv.adaround_samples if adv.adaround else 0)
@@ -235,7 +235,7 @@ def quantize(prepared: onnx.ModelProto, statistics: Statistics, config: Quantiza
     fp32(judged + fitted + ahead)
     references = (fp32(judged) if judged else None, fp32(fitted) if fitted else None)  # the cache's, not run again
     q, records = _write(prepared, plan, statistics, config, codes=codes)
-    bc = correct_and_guard(prepared, q, statistics, config, pool, device, references)
+    bc = correct_and_guard(prepared, q, statistics, config, pool, device, references, fp32)
     del references
     fp32.keep(ahead)  # the guard's other outputs are done with (PP-OCR rec: 32 of 1 MB)
     decided = plan.refinements()

@@ -17,6 +17,7 @@ from ptqflow.quantization.statistics import Statistics
 
 log = logging.getLogger(__name__)
 
+FAST, FULL = "fast_bias_correction", "bias_correction"  # a record's "method"
 Samples = Callable[[int], list]  # n -> at most n calibration sample dicts (empty when none are at hand)
 
 
@@ -50,9 +51,21 @@ def guard_samples(prepared: onnx.ModelProto, config: QuantizationConfig,
     return judged, held_out, samples[:min(n_fit, n_guard)] if held_out else []
 
 
+def fallback_config(config: QuantizationConfig) -> QuantizationConfig | None:
+    """The full-BiasCorrection config that ``correct_and_guard`` falls back to where the guard reverts
+    FastBiasCorrection (``advanced.bias_correction_fallback``), or None where there is no fallback: full
+    BiasCorrection configured already, bias correction off, or no guard to judge it."""
+    adv = config.advanced
+    if (not config.fast_bias_correction or not adv.bias_correction_fallback or adv.disable_bias_correction
+            or not adv.bias_correction_guard_samples):
+        return None
+    return config.model_copy(update={"fast_bias_correction": False})
+
+
 def correct_and_guard(prepared: onnx.ModelProto, q: onnx.ModelProto, statistics: Statistics,
                       config: QuantizationConfig, samples: list[dict], device: str,
-                      references: tuple[list | None, list | None] = (None, None)) -> list[dict]:
+                      references: tuple[list | None, list | None] = (None, None),
+                      fp32_outputs: Callable[[list[dict]], list] | None = None) -> list[dict]:
     """Run the configured bias correction on ``q`` in place, then the guard (ptqflow.quantization.algorithms
     .bc_guard): when the corrected model's output error against FP32 is higher than without the correction on
     samples the correction was not fitted on (``guard_samples``), ``q`` goes back to its uncorrected biases and
@@ -61,7 +74,11 @@ def correct_and_guard(prepared: onnx.ModelProto, q: onnx.ModelProto, statistics:
     fitted samples either. ``references``: the FP32 outputs on the guard's samples and on its fitted ones
     (``guard_samples``; None where there are none), taken by a caller before any INT8 model exists (else taken
     here): an FP32 session made beside the INT8 model and its uncorrected copy holds the weights once more than the
-    prepared model does (for a model over 2 GB, the step's peak: bench/README.md, "Models over 2 GB")."""
+    prepared model does (for a model over 2 GB, the step's peak: bench/README.md, "Models over 2 GB").
+    Where the guard reverts FastBiasCorrection, full BiasCorrection is fitted and judged the same way
+    (``fallback_config``; its FP32 references from ``fp32_outputs(samples)`` where given); its records are
+    returned where it stays, the fast correction's (reverted, saying why) otherwise. Each record names its
+    ``method``."""
     adv = config.advanced
     uncorrected = None
     if adv.bias_correction_guard_samples and not adv.disable_bias_correction:
@@ -80,8 +97,23 @@ def correct_and_guard(prepared: onnx.ModelProto, q: onnx.ModelProto, statistics:
         return bc_guard.judge(prepared, uncorrected, q, judged, device,
                               tie_weight=adv.bias_correction_guard_tie_weight, fp32_outputs=references[k])
 
-    if not guard_verdict(judge, records, guard, held_out, fitted):
-        q.CopyFrom(uncorrected)
+    if guard_verdict(judge, records, guard, held_out, fitted):
+        return records
+    q.CopyFrom(uncorrected)
+    full = fallback_config(config)
+    if full is None or not samples[:full.bias_correction_samples()] or not guard_samples(prepared, full, samples)[0]:
+        return records
+    judged, _, fitted_full = guard_samples(prepared, full, samples)
+    refs = ((fp32_outputs(judged), fp32_outputs(fitted_full) if fitted_full else None) if fp32_outputs is not None
+            else (None, None))
+    log.info("FastBiasCorrection reverted: full BiasCorrection fitted on %d calibration samples and judged instead",
+             full.bias_correction_samples())
+    records_full = correct_and_guard(prepared, q, statistics, full, samples, device, refs)
+    if any(r.get("applied") for r in records_full):
+        return records_full
+    for r in records:
+        if r.get("reason") and not r.get("applied"):
+            r["fallback"] = "full BiasCorrection also raised the output error: reverted too"
     return records
 
 
@@ -133,6 +165,8 @@ def reapply(prepared: onnx.ModelProto, q: onnx.ModelProto, statistics: Statistic
     reverted it or nothing was corrected. Returns the records."""
     if not any(r.get("applied") for r in verdict):
         return verdict
+    if any(r.get("applied") and r.get("method") == FULL for r in verdict) and config.fast_bias_correction:
+        config = fallback_config(config) or config  # the fallback's verdict: full BiasCorrection again
     n_fit = 0 if config.fast_bias_correction else config.bias_correction_samples()
     return with_verdict(correct_biases(prepared, q, statistics, config, samples[:n_fit], device), verdict)
 
@@ -159,14 +193,16 @@ def correct_biases(prepared: onnx.ModelProto, q: onnx.ModelProto, statistics: St
     if config.fast_bias_correction:
         require_collected(statistics, fast_bias_correction.statistic_points(layers),
                           "FastBiasCorrection's per-channel input means")
-        return fast_bias_correction.apply_fast_bias_correction(
+        records = fast_bias_correction.apply_fast_bias_correction(
             q, layers, statistics.of(fast_bias_correction.FAST_BIAS_CORRECTION), {}, threshold=threshold,
             fp32_model=prepared, device=device)
+        return [{**r, "method": FAST} for r in records]
     calibration = samples
     if not calibration:
         raise InputError("full bias correction (fast_bias_correction=False) needs the calibration dataset")
-    return bias_correction.apply_bias_correction(prepared, q, layers, calibration, threshold=threshold,
-                                                 device=device, runtime=config.advanced.statistics_runtime)
+    records = bias_correction.apply_bias_correction(prepared, q, layers, calibration, threshold=threshold,
+                                                    device=device, runtime=config.advanced.statistics_runtime)
+    return [{**r, "method": FULL} for r in records]
 
 
 def planned_bias_layers(graph: onnx.ModelProto, plan) -> list:
