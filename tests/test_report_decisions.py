@@ -174,8 +174,8 @@ def test_bias_correction_verdicts_from_a_real_run(tmp_path):
     shown = {row[0]: dict(zip(bias[0], row)) for row in bias[1:]}
     for r in corrected:
         bc = r["bias_correction"]
-        assert shown[r["name"]]["applied"] == ("yes" if bc["applied"] else "no")
-        assert shown[r["name"]]["why not"] == bc["reason"]
+        assert shown[r["name"]]["applied"] == ("yes" if bc["applied"] else "no") + f" ({bc['method']})"
+        assert shown[r["name"]]["why not"] == "; ".join(filter(None, [bc["reason"], bc.get("fallback")]))
         assert verdicts[r["name"]]["bias correction"] == ("applied" if bc["applied"] else "not applied")
         if bc["max_abs_shift"] is not None:
             assert float(shown[r["name"]]["max |shift|"]) == pytest.approx(bc["max_abs_shift"], rel=1e-3)

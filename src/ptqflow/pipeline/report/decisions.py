@@ -80,7 +80,8 @@ def bias_rows(decisions: list[dict]) -> list[dict]:
         if not bc:
             continue
         rows.append({"name": str(d.get("name", "")), "op_type": str(d.get("op_type", "")),
-                     "applied": bool(bc.get("applied")), "reason": bc.get("reason") or "",
+                     "applied": bool(bc.get("applied")), "method": bc.get("method") or "",
+                     "reason": "; ".join(filter(None, [bc.get("reason"), bc.get("fallback")])),
                      "max_abs_shift": bc.get("max_abs_shift"), "shift_norm": bc.get("shift_norm"),
                      "bias_norm": bc.get("bias_norm"), "error_before": bc.get("error_before"),
                      "error_after": bc.get("error_after"), "held_out": bc.get("held_out")})
