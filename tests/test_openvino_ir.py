@@ -483,3 +483,25 @@ def test_declared_logits_of_an_ir_are_judged_as_decisions(tmp_path, monkeypatch)
         assert seen[-1] == expected
     with pytest.raises(ConfigError, match=r"decision_outputs: 'logit' is not an output of the model"):
         api.collect_statistics(ir, data, QuantizationConfig(advanced=AdvancedParameters(decision_outputs=["logit"])))
+
+
+def test_a_reverted_fast_correction_on_an_ir_falls_back_to_full_bias_correction(monkeypatch):
+    """As on an ONNX model: the guard reverts FastBiasCorrection, full BiasCorrection is fitted and judged (held
+    out, then fitted samples) and, kept, ships with its records; the model is the one full BiasCorrection gives."""
+    from ptqflow.quantization.algorithms import bc_guard, openvino_bias
+
+    model = ov_conv_block()
+    samples = random_inputs(20, (3, 12, 12), seed=3)
+    for s in samples:
+        s["input"] += np.float32(0.4)
+    keeps = [False, True, True]
+    monkeypatch.setattr(openvino_bias.Judge, "__call__", lambda self, judged: bc_guard.Verdict(keeps.pop(0), 2.0, 1.0))
+    cfg = QuantizationConfig(subset_size=20, advanced=AdvancedParameters(safeguard_mixed_precision=False))
+    result = api.quantize_with_config(model, samples, cfg)
+    assert not keeps
+    records = [row["bias_correction"] for row in result.layers if "bias_correction" in row]
+    assert records and all(r["method"] == "bias_correction" for r in records) and any(r["applied"] for r in records)
+    keeps[:] = [True, True]
+    full = api.quantize_with_config(model, samples, cfg.model_copy(update={"fast_bias_correction": False}))
+    for a, b in zip(_channel_means(result.model, samples[:4]), _channel_means(full.model, samples[:4])):
+        np.testing.assert_array_equal(a, b)

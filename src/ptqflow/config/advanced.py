@@ -54,8 +54,7 @@ class AdvancedParameters(_Strict):
         "fitted on calibration samples (bias_correction_subset_size) and judged the same way (on the samples after "
         "them, then on the fitted ones); it stays only where it lowers the model's output error, else the biases "
         "stay uncorrected. The synthetic constant input of the fast correction misses what full BiasCorrection "
-        "measures on real samples (evidence: docs/algorithms.md, 'Bias correction'). ONNX models; an OpenVINO "
-        "model keeps the fast correction's verdict.",
+        "measures on real samples (evidence: docs/algorithms.md, 'Bias correction').",
     )
     bias_correction_guard_samples: int = Field(
         32, ge=0,

@@ -26,8 +26,9 @@ from ptqflow.quantization.algorithms import (fast_bias_correction, minmax, openv
 from ptqflow.quantization.algorithms import quantizer_placement as placement
 from ptqflow.quantization.algorithms import smooth_quant
 from ptqflow.quantization.algorithms.bias_layers import find_bias_layers
-from ptqflow.quantization.algorithms.bias_step import (guard_samples, guard_verdict, planned_bias_layers,
-                                                      require_collected, statistics_request, with_verdict)
+from ptqflow.quantization.algorithms.bias_step import (FAST, FULL, fallback_config, guard_samples, guard_verdict,
+                                                      planned_bias_layers, require_collected, statistics_request,
+                                                      with_verdict)
 from ptqflow.quantization.algorithms.error_search import SearchResult
 from ptqflow.quantization.algorithms.fake_quantize import insert_fake_quantize
 from ptqflow.quantization.algorithms.output_error import declare_decisions
@@ -206,7 +207,8 @@ def quantize(prepared: Prepared, statistics: Statistics, config: QuantizationCon
         figures kept); the view bound to it and the records."""
         w, bound, written_records = _write(prepared, statistics, config, ranges)
         if any(r.get("applied") for r in bc):
-            return w, bound, written_records, with_verdict(_correct(prepared, w, bound, statistics, config, pool), bc)
+            kept = (fallback_config(config) or config) if any(r.get("method") == FULL for r in bc) else config
+            return w, bound, written_records, with_verdict(_correct(prepared, w, bound, statistics, kept, pool), bc)
         return w, bound, written_records, bc
 
     def written(ranges: dict):  # the plan as it would ship with ``ranges``, its outputs named as the view's
@@ -247,21 +249,24 @@ def _correct(prepared: Prepared, q, bound, statistics: Statistics, config: Quant
     if config.fast_bias_correction:
         require_collected(statistics, fast_bias_correction.statistic_points(layers),
                           "FastBiasCorrection's per-channel input means")
-        return openvino_bias.fast_bias_correction(
+        records = openvino_bias.fast_bias_correction(
             fp32, bound, layers, statistics.of(fast_bias_correction.FAST_BIAS_CORRECTION), biases,
             adv.bias_correction_threshold)
+        return [{**r, "method": FAST} for r in records]
     fit = pool[:config.bias_correction_samples()]
     if not fit:
         raise InputError("full bias correction (fast_bias_correction=False) needs the calibration dataset")
-    return openvino_bias_correction.apply_bias_correction(fp32, prepared.model, bound, q, layers, fit, biases,
-                                                          adv.bias_correction_threshold)
+    records = openvino_bias_correction.apply_bias_correction(fp32, prepared.model, bound, q, layers, fit, biases,
+                                                             adv.bias_correction_threshold)
+    return [{**r, "method": FULL} for r in records]
 
 
 def _correct_and_guard(prepared: Prepared, q, bound, statistics: Statistics, config: QuantizationConfig,
                        pool: list[dict]) -> tuple[object, list[dict]]:
     """_correct on ``q``, then the guard (bias_step's split of the samples and verdict, judged on OpenVINO): the
     model to return (``q`` corrected, or uncorrected when the correction raised the output error) and the
-    records."""
+    records. Where it reverts FastBiasCorrection, full BiasCorrection on the plan written again, judged the same
+    way (bias_step.fallback_config), as on an ONNX model."""
     adv = config.advanced
     view = prepared.view.view
     if adv.disable_bias_correction or not planned_bias_layers(view, statistics.plan):
@@ -272,5 +277,17 @@ def _correct_and_guard(prepared: Prepared, q, bound, statistics: Statistics, con
     if not guard or not any(r.get("applied") for r in records):
         return q, records
     judge = openvino_bias.Judge(prepared.model, uncorrected, q, view, tie_weight=adv.bias_correction_guard_tie_weight)
-    keep = guard_verdict(lambda judged, _: judge(judged), records, guard, held_out, fitted)
-    return (q if keep else uncorrected), records
+    if guard_verdict(lambda judged, _: judge(judged), records, guard, held_out, fitted):
+        return q, records
+    del judge
+    full = fallback_config(config)  # FastBiasCorrection reverted: full BiasCorrection, judged the same way
+    if full is None or not pool[:full.bias_correction_samples()] or not guard_samples(view, full, pool)[0]:
+        return uncorrected, records
+    q_full, bound_full, _ = _write(prepared, statistics, config)
+    q_full, records_full = _correct_and_guard(prepared, q_full, bound_full, statistics, full, pool)
+    if any(r.get("applied") for r in records_full):
+        return q_full, records_full
+    for r in records:
+        if r.get("reason") and not r.get("applied"):
+            r["fallback"] = "full BiasCorrection also raised the output error: reverted too"
+    return uncorrected, records
