@@ -45,10 +45,11 @@ METHODS = ["ptqflow_default", "ptqflow_bc", "ptqflow_nobc", "ptqflow_untold", "n
 # safeguard off alone, and AdaRound (from the FP32 layer inputs; _q: from the quantized ones; 64: on 64 samples).
 OPT_IN_METHODS = ["ptqflow_cle", "ptqflow_range", "ptqflow_norange", "ptqflow_cle_nodw", "ptqflow_nodw",
                   "ptqflow_adaround", "ptqflow_adaround_q", "ptqflow_adaround64", "ptqflow_evals16",
-                  "ptqflow_ac", "nncf_ac", "ptqflow_decisions", "ptqflow_pcdw", "ptqflow_ptdw"]
+                  "ptqflow_ac", "nncf_ac", "ptqflow_decisions", "ptqflow_pcdw", "ptqflow_ptdw", "ptqflow_bcfb"]
 # ptqflow_decisions: the model's first output declared argmaxed (advanced.decision_outputs), for logits heads.
 # ptqflow_pcdw: a scale per channel for depthwise-convolution inputs (advanced.per_channel_depthwise_inputs, the
-# default); ptqflow_ptdw: one scale for them, as before it was the default.
+# default); ptqflow_ptdw: one scale for them, as before it was the default. ptqflow_bcfb: full BiasCorrection where
+# the guard reverts FastBiasCorrection (advanced.bias_correction_fallback, opt-in).
 # Accuracy control (ptqflow / NNCF quantize_with_accuracy_control, max_drop 0.01 absolute on the task's primary
 # metric, report.PRIMARY; at most worker.AC_ITERATIONS reverts), validated on the calibration samples with their
 # truth (the render's ``source-truth.json``); reported on the validation split, which accuracy control never sees.

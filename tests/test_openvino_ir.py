@@ -496,7 +496,8 @@ def test_a_reverted_fast_correction_on_an_ir_falls_back_to_full_bias_correction(
         s["input"] += np.float32(0.4)
     keeps = [False, True, True]
     monkeypatch.setattr(openvino_bias.Judge, "__call__", lambda self, judged: bc_guard.Verdict(keeps.pop(0), 2.0, 1.0))
-    cfg = QuantizationConfig(subset_size=20, advanced=AdvancedParameters(safeguard_mixed_precision=False))
+    cfg = QuantizationConfig(subset_size=20, advanced=AdvancedParameters(safeguard_mixed_precision=False,
+                                                                         bias_correction_fallback=True))
     result = api.quantize_with_config(model, samples, cfg)
     assert not keeps
     records = [row["bias_correction"] for row in result.layers if "bias_correction" in row]

@@ -44,6 +44,7 @@ ALTERNATIVES: dict[str, object] = {
     "quantization.advanced.safeguard_outliers": False,
     "quantization.advanced.safeguard_depthwise": False,
     "quantization.advanced.per_channel_depthwise_inputs": False,
+    "quantization.advanced.bias_correction_fallback": True,
     "quantization.advanced.safeguard_softmax_heads": False,
     "quantization.advanced.safeguard_detected_transformer": False,
     "quantization.advanced.safeguard_mixed_precision": False,
