@@ -26,9 +26,9 @@ from ptqflow.quantization.algorithms import (fast_bias_correction, minmax, openv
 from ptqflow.quantization.algorithms import quantizer_placement as placement
 from ptqflow.quantization.algorithms import smooth_quant
 from ptqflow.quantization.algorithms.bias_layers import find_bias_layers
-from ptqflow.quantization.algorithms.bias_step import (FAST, FULL, fallback_config, guard_samples, guard_verdict,
-                                                      planned_bias_layers, require_collected, statistics_request,
-                                                      with_verdict)
+from ptqflow.quantization.algorithms.bias_step import (FAST, FULL, fallback_config, fallback_reverted, guard_samples,
+                                                      guard_verdict, planned_bias_layers, require_collected,
+                                                      statistics_request, with_verdict)
 from ptqflow.quantization.algorithms.error_search import SearchResult
 from ptqflow.quantization.algorithms.fake_quantize import insert_fake_quantize
 from ptqflow.quantization.algorithms.output_error import declare_decisions
@@ -287,7 +287,4 @@ def _correct_and_guard(prepared: Prepared, q, bound, statistics: Statistics, con
     q_full, records_full = _correct_and_guard(prepared, q_full, bound_full, statistics, full, pool)
     if any(r.get("applied") for r in records_full):
         return q_full, records_full
-    for r in records:
-        if r.get("reason") and not r.get("applied"):
-            r["fallback"] = "full BiasCorrection also raised the output error: reverted too"
-    return uncorrected, records
+    return uncorrected, fallback_reverted(records)

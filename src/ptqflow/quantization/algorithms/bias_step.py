@@ -111,6 +111,11 @@ def correct_and_guard(prepared: onnx.ModelProto, q: onnx.ModelProto, statistics:
     records_full = correct_and_guard(prepared, q, statistics, full, samples, device, refs)
     if any(r.get("applied") for r in records_full):
         return records_full
+    return fallback_reverted(records)
+
+
+def fallback_reverted(records: list[dict]) -> list[dict]:
+    """The fast correction's reverted ``records``, each saying that the full one was tried and reverted too."""
     for r in records:
         if r.get("reason") and not r.get("applied"):
             r["fallback"] = "full BiasCorrection also raised the output error: reverted too"
