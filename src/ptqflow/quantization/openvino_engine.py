@@ -282,7 +282,7 @@ def _correct_and_guard(prepared: Prepared, q, bound, statistics: Statistics, con
     del judge
     full = fallback_config(config)  # FastBiasCorrection reverted: full BiasCorrection, judged the same way
     if full is None or not pool[:full.bias_correction_samples()] or not guard_samples(view, full, pool)[0]:
-        return uncorrected, records
+        return uncorrected, records  # no fallback, or no samples to fit it on and to judge it on
     q_full, bound_full, _ = _write(prepared, statistics, config)
     q_full, records_full = _correct_and_guard(prepared, q_full, bound_full, statistics, full, pool)
     if any(r.get("applied") for r in records_full):

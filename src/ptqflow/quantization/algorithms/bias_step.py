@@ -101,9 +101,9 @@ def correct_and_guard(prepared: onnx.ModelProto, q: onnx.ModelProto, statistics:
         return records
     q.CopyFrom(uncorrected)
     full = fallback_config(config)
-    if full is None or not samples[:full.bias_correction_samples()] or not guard_samples(prepared, full, samples)[0]:
+    judged, _, fitted_full = guard_samples(prepared, full, samples) if full is not None else ([], 0, [])
+    if not judged or not samples[:full.bias_correction_samples()]:
         return records
-    judged, _, fitted_full = guard_samples(prepared, full, samples)
     refs = ((fp32_outputs(judged), fp32_outputs(fitted_full) if fitted_full else None) if fp32_outputs is not None
             else (None, None))
     log.info("FastBiasCorrection reverted: full BiasCorrection fitted on %d calibration samples and judged instead",
