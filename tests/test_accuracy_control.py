@@ -296,3 +296,22 @@ def test_reverts_together_stop_at_the_iteration_budget_or_the_end_of_the_ranking
     assert len(every.ranking) == quantized and sizes == doubling + [quantized]  # the last takes all of them
     assert not every.met and every.stopped == "every activation quantizer tried" and every.reverted == []
     assert "every activation quantizer tried" in caplog.text
+
+
+def test_a_drop_of_exactly_max_drop_is_met_despite_floating_point():
+    """FP32 0.97 and INT8 0.96 with max_drop 0.01 is met at once: 0.97 - 0.96 is 0.010000000000000009 in floating
+    point, which must not start reverting quantizers (PP-OCR rec's bench split did, 32 reverts)."""
+    model, val, calls = builders.mlp(), inputs(16, 1), []
+
+    def validate(m: onnx.ModelProto, data) -> float:
+        calls.append(m)
+        return 0.97 if len(calls) == 1 else 0.96  # FP32 first, then every INT8 model
+
+    assert 0.97 - 0.96 > 0.01
+    result = ptqflow.quantize_with_accuracy_control_result(model, inputs(32, 0), val, validate, max_drop=0.01)
+    assert result.met and result.reverted == [] and len(calls) == 2
+    missed = ptqflow.quantize_with_accuracy_control_result(model, inputs(32, 0), val,
+                                                           lambda m, d: 0.97 if m is model else 0.9599,
+                                                           max_drop=0.01, advanced_accuracy_restorer_parameters=(
+                                                               AdvancedAccuracyRestorerParameters(max_num_iterations=1)))
+    assert not missed.met

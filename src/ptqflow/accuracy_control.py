@@ -197,7 +197,7 @@ def restore(prepared: onnx.ModelProto, stats: Statistics, config: QuantizationCo
     log.info("accuracy control: %sINT8 metric %.6g, drop %.6g (%s, max_drop %g)", fp32, int8, drop,
              target.drop_type.value, target.max_drop)
     result = AccuracyControlResult(current.model, target.fp32_metric, int8, int8, drop, target.max_drop,
-                                   target.drop_type, drop <= target.max_drop, layers=current.layers)
+                                   target.drop_type, _meets(drop, target.max_drop), layers=current.layers)
     if result.met:
         return result
 
@@ -248,7 +248,7 @@ def _revert_in_rank_order(result: AccuracyControlResult, plan: QuantizationPlan,
         for s in steps:
             s.kept = True
         result.model, result.metric, result.drop, result.layers = quantized.model, metric, drop, quantized.layers
-        result.met = drop <= result.max_drop
+        result.met = _meets(drop, result.max_drop)
 
     done, size = 0, 1  # ranking[:done] is reverted in ``plan``; the next revert takes ``size`` quantizers
     last: tuple[QuantizationPlan, list] | None = None  # the plan before the last revert adopted, and its batch
@@ -274,7 +274,7 @@ def _revert_in_rank_order(result: AccuracyControlResult, plan: QuantizationPlan,
         while high - low > 1 and budget_left():
             mid = (low + high) // 2
             tried, quantized, metric, drop, steps = trial(base, batch[:mid])
-            if drop <= result.max_drop:
+            if _meets(drop, result.max_drop):
                 for s in kept_steps:
                     s.kept = False
                 adopt(tried, quantized, metric, drop, steps)
@@ -361,6 +361,14 @@ def _metric(validation_fn, model: onnx.ModelProto, data: Iterable, what: str) ->
     if not math.isfinite(float(value)):
         raise InputError(f"validation_fn returned {value!r} for {what}; it must return a finite number")
     return float(value)
+
+
+DROP_TOLERANCE = 1e-9  # relative, as validate's gate: 0.97 - 0.96 is 0.010000000000000009 in floating point
+
+
+def _meets(drop: float, max_drop: float) -> bool:
+    """Whether ``drop`` is within ``max_drop``, floating-point rounding of the difference forgiven."""
+    return drop <= max_drop + DROP_TOLERANCE * max(1.0, abs(max_drop))
 
 
 def _drop(fp32: float, metric: float, drop_type: DropType) -> float:
