@@ -153,7 +153,7 @@ def activation_quantizer(point: ActivationQuantizer, ranges: dict[str, tuple[flo
     ``formats``, and its summary record (every writer adds the name of the tensor it outputs as "output").
 
     A per-channel quantizer (channel_scales) is always int8: an unsigned one takes zero point -128, the grid
-    [0, 255 * scale] of uint8 with zero point 0. onnxruntime (1.31, CPU) fuses DequantizeLinear -> depthwise Conv
+    [0, 255 * scale] of uint8 with zero point 0. onnxruntime (1.31, x86 CPU) fuses DequantizeLinear -> depthwise Conv
     -> QuantizeLinear into a QLinearConv when the input's and the output's types agree after it has turned
     single-scale int8 pairs into uint8, and QLinearConv refuses a per-channel input; it leaves per-channel int8
     pairs as they are, so an int8 per-channel input never agrees with a converted output and the Conv runs on
@@ -168,7 +168,7 @@ def activation_quantizer(point: ActivationQuantizer, ranges: dict[str, tuple[flo
     channels = channel_scales(point, scale, zp, dtype, formats)
     if channels is not None:
         scale = channels
-        if dtype == TensorProto.UINT8:  # the same grid in int8 with zero point -128: onnxruntime runs it (below)
+        if dtype == TensorProto.UINT8:  # the same grid in int8 with zero point -128, which onnxruntime runs
             zp, dtype = -128, TensorProto.INT8
         record = {**record, "scale": float(channels.max()), "axis": point.axis, "channels": int(channels.size),
                   "min_scale": float(channels.min()), "zero_point": zp,
