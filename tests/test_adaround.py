@@ -152,9 +152,9 @@ def test_short_budget_and_few_rows_keep_nearest_rounding():
 
 
 def test_quantize_reads_adaround_samples():
-    config = QuantizationConfig(advanced=AdvancedParameters(adaround=True, adaround_samples=40))
-    assert engine.samples_needed(config) == 40
-    assert engine.samples_needed(QuantizationConfig(advanced=AdvancedParameters(adaround_samples=40))) < 40
+    config = QuantizationConfig(advanced=AdvancedParameters(adaround=True, adaround_samples=400))
+    assert engine.samples_needed(config) == 400
+    assert engine.samples_needed(QuantizationConfig(advanced=AdvancedParameters(adaround_samples=400))) < 400
 
 
 def test_quantized_inputs_reconstruct_from_the_written_activations():

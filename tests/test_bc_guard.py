@@ -207,7 +207,7 @@ def test_a_reverted_fast_correction_falls_back_to_full_bias_correction_judged_th
     """FastBiasCorrection reverted by the guard: full BiasCorrection is fitted on the first calibration samples and
     judged on the ones after them, then on the fitted ones; kept, the model has full BiasCorrection's biases and the
     records say so. Reverted as well, the biases stay uncorrected and the fast records say both were tried.
-    Off (the default), the fast correction's verdict stands alone."""
+    Switched off, the fast correction's verdict stands alone."""
     model, data = conv_classifier(seed=1), random_inputs(24, (3, 16, 16), seed=5)
     for s in data:
         s["input"] += np.float32(0.7)
@@ -219,10 +219,10 @@ def test_a_reverted_fast_correction_falls_back_to_full_bias_correction_judged_th
         return bc_guard.Verdict(keeps.pop(0), 1.0, 2.0)
 
     monkeypatch.setattr(bc_guard, "judge", verdict)
-    fallback = QuantizationConfig(subset_size=24, advanced=AdvancedParameters(bias_correction_fallback=True))
+    fallback = QuantizationConfig(subset_size=24, advanced=AdvancedParameters(bias_correction_fallback_samples=4))
     keeps[:] = [False, True, True]  # fast reverted; full kept on held-out samples, then on the fitted ones
     result = quantize_with_summary(model, stats, fallback, dataset=data)
-    # full BiasCorrection fits on 0.2 * 24 = 4 samples; the guard (8: no Softmax output) judges samples 4..11
+    # full BiasCorrection fits on bias_correction_fallback_samples (4); the guard (8: no Softmax output) judges 4..11
     assert calls == [(8, True), (8, True), (4, True)], calls
     records = [r["bias_correction"] for r in result.layers if r.get("bias_correction")]
     assert records and all(r["method"] == "bias_correction" for r in records) and any(r["applied"] for r in records)
@@ -245,6 +245,7 @@ def test_a_reverted_fast_correction_falls_back_to_full_bias_correction_judged_th
 
     calls.clear()
     keeps[:] = [False]
-    alone = quantize_with_summary(model, stats, QuantizationConfig(subset_size=24), dataset=data)  # off by default
+    alone = quantize_with_summary(model, stats, QuantizationConfig(
+        subset_size=24, advanced=AdvancedParameters(bias_correction_fallback=False)), dataset=data)
     assert len(calls) == 1 and not keeps
     assert all(not r["bias_correction"]["applied"] for r in alone.layers if r.get("bias_correction"))

@@ -49,15 +49,18 @@ class AdvancedParameters(_Strict):
         2.0, gt=0, description="Skip a layer whose max |shift| / max |bias| exceeds this (implausible)."
     )
     bias_correction_fallback: bool = Field(
-        False,
+        True,
         description="With fast_bias_correction: where the guard reverts FastBiasCorrection, full BiasCorrection is "
-        "fitted on calibration samples (bias_correction_subset_size) and judged the same way (on the samples after "
-        "them, then on the fitted ones); it stays only where it lowers the model's output error, else the biases "
-        "stay uncorrected. The synthetic constant input of the fast correction misses what full BiasCorrection "
-        "measures on real samples. Off by default: where the fast correction is reverted it costs full "
-        "BiasCorrection's time and memory (its samples and the tensors its segments pass on; on the bench peak RSS "
-        "above NNCF's on three models), for better outputs on some (evidence: docs/algorithms.md, 'Bias "
-        "correction').",
+        "fitted on bias_correction_fallback_samples calibration samples and judged the same way (on the samples "
+        "after them, then on the fitted ones); it stays only where it lowers the model's output error, else the "
+        "biases stay uncorrected. The synthetic constant input of the fast correction misses what full "
+        "BiasCorrection measures on real samples (evidence: docs/algorithms.md, 'Bias correction').",
+    )
+    bias_correction_fallback_samples: int = Field(
+        8, gt=0,
+        description="Calibration samples the fallback's full BiasCorrection fits on (bias_correction_fallback): "
+        "few, since its memory grows with them (the tensors its segments pass on) and per-channel means settle on "
+        "a few samples; a configured full BiasCorrection takes bias_correction_subset_size.",
     )
     bias_correction_guard_samples: int = Field(
         32, ge=0,

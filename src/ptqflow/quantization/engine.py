@@ -201,7 +201,8 @@ def samples_needed(config: QuantizationConfig) -> int:
     BiasCorrection's fitting samples followed by the guard's held-out ones, the quantize-stage plan passes' and
     AdaRound's."""
     adv = config.advanced
-    n = 0 if config.fast_bias_correction and fallback_config(config) is None else config.bias_correction_samples()
+    full = fallback_config(config)  # FastBiasCorrection's fallback fits on its own few samples
+    n = full.bias_correction_samples() if full else 0 if config.fast_bias_correction else config.bias_correction_samples()
     if not adv.disable_bias_correction:
         n += max(adv.bias_correction_guard_samples, adv.bias_correction_guard_samples_no_softmax)
     n = max(n, adv.adaround_samples if adv.adaround else 0)

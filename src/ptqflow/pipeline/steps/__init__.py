@@ -58,6 +58,7 @@ STEPS: tuple[StepSpec, ...] = (
              config_reads=("quantization", "device", "!quantization.advanced.bias_correction_subset_size",
                            "!quantization.advanced.bias_correction_threshold",
                            "!quantization.advanced.bias_correction_fallback",
+                           "!quantization.advanced.bias_correction_fallback_samples",
                            "!quantization.advanced.bias_correction_guard_samples",
                            "!quantization.advanced.bias_correction_guard_samples_no_softmax",
                            "!quantization.advanced.bias_correction_guard_tie_weight",

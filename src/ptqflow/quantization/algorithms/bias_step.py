@@ -53,13 +53,14 @@ def guard_samples(prepared: onnx.ModelProto, config: QuantizationConfig,
 
 def fallback_config(config: QuantizationConfig) -> QuantizationConfig | None:
     """The full-BiasCorrection config that ``correct_and_guard`` falls back to where the guard reverts
-    FastBiasCorrection (``advanced.bias_correction_fallback``), or None where there is no fallback: full
-    BiasCorrection configured already, bias correction off, or no guard to judge it."""
+    FastBiasCorrection (``advanced.bias_correction_fallback``; fitted on ``bias_correction_fallback_samples``), or
+    None where there is no fallback: full BiasCorrection configured already, bias correction off, or no guard."""
     adv = config.advanced
     if (not config.fast_bias_correction or not adv.bias_correction_fallback or adv.disable_bias_correction
             or not adv.bias_correction_guard_samples):
         return None
-    return config.model_copy(update={"fast_bias_correction": False})
+    advanced = adv.model_copy(update={"bias_correction_subset_size": adv.bias_correction_fallback_samples})
+    return config.model_copy(update={"fast_bias_correction": False, "advanced": advanced})
 
 
 def correct_and_guard(prepared: onnx.ModelProto, q: onnx.ModelProto, statistics: Statistics,
