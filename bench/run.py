@@ -49,7 +49,7 @@ OPT_IN_METHODS = ["ptqflow_cle", "ptqflow_range", "ptqflow_norange", "ptqflow_cl
 # ptqflow_decisions: the model's first output declared argmaxed (advanced.decision_outputs), for logits heads.
 # ptqflow_pcdw: a scale per channel for depthwise-convolution inputs (advanced.per_channel_depthwise_inputs, the
 # default); ptqflow_ptdw: one scale for them, as before it was the default. ptqflow_bcfb: full BiasCorrection where
-# the guard reverts FastBiasCorrection (advanced.bias_correction_fallback, opt-in).
+# the guard reverts FastBiasCorrection (advanced.bias_correction_fallback, on by default).
 # Accuracy control (ptqflow / NNCF quantize_with_accuracy_control, max_drop 0.01 absolute on the task's primary
 # metric, report.PRIMARY; at most worker.AC_ITERATIONS reverts), validated on the calibration samples with their
 # truth (the render's ``source-truth.json``); reported on the validation split, which accuracy control never sees.

@@ -58,7 +58,7 @@ def run_ptqflow(model, samples, variant: str, transformer: bool):
         kw["advanced_parameters"] = ptqflow.AdvancedParameters(decision_outputs=[model.graph.output[0].name])
     if variant == "pcdw":  # a scale per channel for depthwise-convolution inputs (the default since it runs on ORT)
         kw["advanced_parameters"] = ptqflow.AdvancedParameters(per_channel_depthwise_inputs=True)
-    if variant == "bcfb":  # full BiasCorrection where the guard reverts FastBiasCorrection (opt-in)
+    if variant == "bcfb":  # full BiasCorrection where the guard reverts FastBiasCorrection (the default too)
         kw["advanced_parameters"] = ptqflow.AdvancedParameters(bias_correction_fallback=True)
     if variant == "ptdw":  # one scale for depthwise-convolution inputs (the default before; the safeguard judges)
         kw["advanced_parameters"] = ptqflow.AdvancedParameters(per_channel_depthwise_inputs=False)
