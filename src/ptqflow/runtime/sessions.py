@@ -98,10 +98,27 @@ def _is_openvino_model(model) -> bool:
     return type(model).__module__.split(".")[0] == "openvino"
 
 
+def release_freed_memory() -> None:
+    """Hand the memory freed so far back to the operating system (glibc's malloc_trim; nothing elsewhere).
+
+    Sessions and their outputs come and go during one quantization; glibc keeps what they freed in its arenas, so
+    the next session is allocated above it and the process's peak grows with every step. Trimmed before each
+    ``run_each``, PP-OCR rec's peak with the bias-correction fallback went from 575 to 526 MB (bench/README.md,
+    "Bias correction falls back"). The standard library has no binding for it; ctypes reaches it directly."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
+        pass
+
+
 def run_each(model, feeds: list[dict], device: str = "cpu", outputs: list[str] | None = None) -> list[list]:
     """Each feed through ``model`` (``outputs``, all when None), in order. On CPU one session serves every core at
     once, one feed per thread with one intra-op thread each: the small graphs ptqflow runs per sample (bias
-    correction segments, the guard's models on batch-1 samples) keep several cores busy that way."""
+    correction segments, the guard's models on batch-1 samples) keep several cores busy that way. What earlier
+    steps freed goes back to the operating system first (``release_freed_memory``)."""
+    release_freed_memory()
     workers = min(os.cpu_count() or 1, len(feeds)) if str(getattr(device, "value", device)).lower() == "cpu" else 1
     if workers <= 1:
         session = make_session(model, device)

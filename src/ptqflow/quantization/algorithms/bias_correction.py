@@ -30,7 +30,7 @@ from ptqflow.quantization.graph.prepare import MAX_IR_VERSION, graph_inputs
 from ptqflow.quantization.statistics.collector import augment
 from ptqflow.quantization.statistics.points import Reducer, observation_id
 from ptqflow.quantization.statistics.runner import make_runner
-from ptqflow.runtime.sessions import make_session, run_each
+from ptqflow.runtime.sessions import make_session, release_freed_memory, run_each
 
 
 def _subgraph_reads(node: onnx.NodeProto) -> set[str]:
@@ -172,6 +172,7 @@ def apply_bias_correction(
     plus ``samples``, the number of samples the means came from. ``runtime`` is the statistics runtime of the
     FP32 reference pass (see ptqflow.quantization.statistics.runner); the quantized segments run on onnxruntime.
     """
+    release_freed_memory()  # what the steps before it freed, before its sessions and cached tensors
     samples = list(samples)
     if not samples:
         return [{**summary(layer, False, "no samples", None, read_bias(q_model, layer)), "samples": 0}
