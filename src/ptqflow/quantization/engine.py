@@ -202,7 +202,10 @@ def samples_needed(config: QuantizationConfig) -> int:
     AdaRound's."""
     adv = config.advanced
     full = fallback_config(config)  # FastBiasCorrection's fallback fits on its own few samples
-    n = full.bias_correction_samples() if full else 0 if config.fast_bias_correction else config.bias_correction_samples()
+    if full is not None:
+        n = full.bias_correction_samples()
+    else:
+        n = 0 if config.fast_bias_correction else config.bias_correction_samples()
     if not adv.disable_bias_correction:
         n += max(adv.bias_correction_guard_samples, adv.bias_correction_guard_samples_no_softmax)
     n = max(n, adv.adaround_samples if adv.adaround else 0)

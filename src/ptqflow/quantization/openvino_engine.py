@@ -28,7 +28,7 @@ from ptqflow.quantization.algorithms import smooth_quant
 from ptqflow.quantization.algorithms.bias_layers import find_bias_layers
 from ptqflow.quantization.algorithms.bias_step import (FAST, FULL, fallback_config, fallback_reverted, guard_samples,
                                                       guard_verdict, planned_bias_layers, require_collected,
-                                                      statistics_request, with_verdict)
+                                                      statistics_request, verdict_config, with_verdict)
 from ptqflow.quantization.algorithms.error_search import SearchResult
 from ptqflow.quantization.algorithms.fake_quantize import insert_fake_quantize
 from ptqflow.quantization.algorithms.output_error import declare_decisions
@@ -207,7 +207,7 @@ def quantize(prepared: Prepared, statistics: Statistics, config: QuantizationCon
         figures kept); the view bound to it and the records."""
         w, bound, written_records = _write(prepared, statistics, config, ranges)
         if any(r.get("applied") for r in bc):
-            kept = (fallback_config(config) or config) if any(r.get("method") == FULL for r in bc) else config
+            kept = verdict_config(config, bc)
             return w, bound, written_records, with_verdict(_correct(prepared, w, bound, statistics, kept, pool), bc)
         return w, bound, written_records, bc
 

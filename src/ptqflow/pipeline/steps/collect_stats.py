@@ -25,7 +25,8 @@ INPUTS: tuple[str, ...] = _SPEC.inputs
 # bias-correction switches change in the collection itself is captured by api.statistics_request, which is in
 # the key; tests/test_step_keys.py checks every other field: in the key, or the output stays byte-identical.
 _APPLY_ONLY = {"fast_bias_correction"}
-_APPLY_ONLY_ADVANCED = {"disable_bias_correction", "bias_correction_subset_size", "bias_correction_fallback", "bias_correction_fallback_samples", "bias_correction_threshold",
+_APPLY_ONLY_ADVANCED = {"disable_bias_correction", "bias_correction_subset_size", "bias_correction_fallback",
+                        "bias_correction_fallback_samples", "bias_correction_threshold",
                         "bias_correction_guard_samples", "bias_correction_guard_samples_no_softmax",
                         "bias_correction_guard_tie_weight", "safeguard_mixed_precision", "mixed_precision_samples",
                         "mixed_precision_max_float_share", "mixed_precision_min_share",

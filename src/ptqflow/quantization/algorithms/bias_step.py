@@ -171,10 +171,17 @@ def reapply(prepared: onnx.ModelProto, q: onnx.ModelProto, statistics: Statistic
     reverted it or nothing was corrected. Returns the records."""
     if not any(r.get("applied") for r in verdict):
         return verdict
-    if any(r.get("applied") and r.get("method") == FULL for r in verdict) and config.fast_bias_correction:
-        config = fallback_config(config) or config  # the fallback's verdict: full BiasCorrection again
+    config = verdict_config(config, verdict)
     n_fit = 0 if config.fast_bias_correction else config.bias_correction_samples()
     return with_verdict(correct_biases(prepared, q, statistics, config, samples[:n_fit], device), verdict)
+
+
+def verdict_config(config: QuantizationConfig, verdict: list[dict]) -> QuantizationConfig:
+    """The config of the correction the guard kept in ``verdict``: the fallback's full BiasCorrection where its
+    applied records name it (``method``), else ``config``; what a plan written again is corrected with."""
+    if config.fast_bias_correction and any(r.get("applied") and r.get("method") == FULL for r in verdict):
+        return fallback_config(config) or config
+    return config
 
 
 def with_verdict(records: list[dict], verdict: list[dict]) -> list[dict]:

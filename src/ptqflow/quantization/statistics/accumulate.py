@@ -146,7 +146,8 @@ def batches(samples: Iterator[dict], batchable: bool, keep: int, kept: list | No
 class Accumulator:
     """Per-sample value lists (MIN/MAX), exact per-channel sums over the samples (MEAN/ABSMAX, see
     ptqflow.quantization.statistics.exact) and per-channel maxima (PEAK): the result does not depend on how the
-    samples were grouped, and accumulators of consecutive parts of the samples merge into the accumulator of the whole (``merge``).
+    samples were grouped, and accumulators of consecutive parts of the samples merge into the accumulator of the
+    whole (``merge``).
     The per-sample values are packed float64 (``array("d")``, 8 bytes a value): a list of numpy scalars took
     about 40 bytes a value, which grew with the number of samples (bench/README.md, "Memory flat in the number
     of samples")."""
