@@ -391,6 +391,44 @@ def test_absmax_of_a_rank_2_tensor_over_stacked_samples_keeps_one_row_per_sample
     np.testing.assert_allclose(acc.result()[oid], np.abs(batch).mean(axis=0), rtol=1e-6)
 
 
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_a_tensor_observed_per_channel_is_reduced_twice_for_all_its_ranges(per_sample):
+    """MIN, MAX and the channel max |x| (ABSMAX, PEAK) of one tensor come from one pair of per-channel
+    reductions (two passes over the tensor, no Abs), on onnxruntime and on an OpenVINO model, with the values of
+    reducing it once per observation; MEAN keeps its own reduction."""
+    import openvino as ov
+
+    from ptqflow.quantization.graph.openvino_view import build_view
+    from ptqflow.quantization.statistics import openvino_collector
+    from ptqflow.quantization.statistics.collector import augment
+    from ptqflow.quantization.statistics.runner import OpenVINORunner
+
+    model = prepare_model(B.conv_classifier(dynamic_batch=per_sample))[0]
+    oids = {r: observation_id("input", r, None if r in (Reducer.MIN, Reducer.MAX) else 1) for r in Reducer}
+    batch = np.random.default_rng(4).normal(size=(4 if per_sample else 1, 3, 16, 16)).astype(np.float32)
+    per_channel = np.abs(batch).max(axis=(2, 3)) if per_sample else np.abs(batch).max(axis=(0, 2, 3))
+    expected = {Reducer.MIN: batch.reshape(len(batch), -1).min(axis=1) if per_sample else batch.min(),
+                Reducer.MAX: batch.reshape(len(batch), -1).max(axis=1) if per_sample else batch.max(),
+                Reducer.ABSMAX: per_channel, Reducer.PEAK: per_channel,
+                Reducer.MEAN: batch.mean(axis=(2, 3)) if per_sample else batch.mean(axis=(0, 2, 3))}
+    aug, out_map = augment(model, list(oids.values()), per_sample=per_sample)
+    added = aug.graph.node[len(model.graph.node):]
+    assert sorted(n.op_type for n in added if "input" in n.input) == ["ReduceMax", "ReduceMean", "ReduceMin"]
+    assert not any(n.op_type == "Abs" for n in added)
+    outs = list(out_map)
+    onnx_values = dict(zip(outs, make_session(aug).run(outs, {"input": batch})))
+
+    ov_model = ov.Core().read_model(model.SerializeToString(), b"")
+    ov_aug, ov_map = openvino_collector.augment(ov_model, build_view(ov_model).bind(ov_model), list(oids.values()),
+                                                per_sample)
+    ov_values, _ = next(OpenVINORunner(ov_aug, list(ov_map)).map([{"arrays": {"input": batch}, "count": 1}]))
+    for got, names in ((onnx_values, out_map), (ov_values, ov_map)):
+        by_oid = {names[o]: v for o, v in got.items()}
+        for reducer, oid in oids.items():
+            np.testing.assert_allclose(by_oid[oid], expected[reducer], rtol=1e-5, atol=1e-6, err_msg=oid)
+        np.testing.assert_array_equal(by_oid[oids[Reducer.ABSMAX]], by_oid[oids[Reducer.PEAK]])
+
+
 def test_a_layer_that_loses_one_input_quantizer_loses_the_others_too():
     """Kept in float, ``a`` takes the Add it feeds out of int8: ``b``'s edge into the Add goes (its Conv edge
     stays), and ``c``, which fed only the Add, goes as well, recorded with the same pass and why."""

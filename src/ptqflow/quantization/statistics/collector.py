@@ -16,7 +16,7 @@ from onnx import helper, numpy_helper
 
 from ptqflow.errors import InputError
 from ptqflow.quantization.graph.prepare import graph_inputs, onnx_opset
-from ptqflow.quantization.statistics.points import Reducer, parse_observation
+from ptqflow.quantization.statistics.points import Reducer, channel_range_axes, parse_observation
 
 
 def _reduce(op: str, src: str, out: str, axes: list[int] | None, opset: int, extra: list) -> onnx.NodeProto:
@@ -100,10 +100,15 @@ def _add_reductions(model: onnx.ModelProto, observations: list[str], per_sample:
     extra: list = []
     out_map: dict[str, str] = {}
     existing = {o.name for o in g.output}
+    ranges = _channel_ranges(model, observations, per_sample, opset, extra)
     for i, oid in enumerate(observations):
         tensor, reducer, axis = parse_observation(oid)
         out = f"ptqflow_stat_{reducer.value}_{i}"
-        if reducer in (Reducer.MIN, Reducer.MAX):
+        shared = ranges.get(tensor)
+        if shared is not None and (reducer in (Reducer.MIN, Reducer.MAX)
+                                   or (reducer in (Reducer.ABSMAX, Reducer.PEAK) and shared.axis == axis)):
+            nodes = shared.derive(reducer, out)
+        elif reducer in (Reducer.MIN, Reducer.MAX):
             rank = _rank(model, tensor) if per_sample else None
             axes = list(range(1, rank)) if rank and rank > 1 else None
             nodes = [_reduce("ReduceMin" if reducer == Reducer.MIN else "ReduceMax", tensor, out, axes, opset, extra)]
@@ -124,6 +129,9 @@ def _add_reductions(model: onnx.ModelProto, observations: list[str], per_sample:
                          _reduce("ReduceMax", abs_out, out, axes, opset, extra)]
         if nodes is None:
             continue
+        if shared is not None and shared.nodes:  # the shared per-channel reductions, before their first reader
+            g.node.extend(shared.nodes)
+            shared.nodes = []
         g.node.extend(nodes)
         out_map[out] = oid
     g.initializer.extend(extra)
@@ -131,6 +139,46 @@ def _add_reductions(model: onnx.ModelProto, observations: list[str], per_sample:
         if out not in existing:
             g.output.append(helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, None))
     return out_map
+
+
+class _ChannelRange:
+    """The per-channel minima and maxima of a tensor (``points.channel_range_axes``), reduced once, and the
+    observations derived from them."""
+
+    def __init__(self, tensor: str, axis: int, rank: int, per_sample: bool, opset: int, extra: list, index: int):
+        self.axis, self.per_sample, self.opset, self.extra = axis, per_sample, opset, extra
+        keep = {axis % rank, 0} if per_sample else {axis % rank}
+        axes = [a for a in range(rank) if a not in keep]
+        self.lo, self.hi = f"ptqflow_stat_cmin_{index}", f"ptqflow_stat_cmax_{index}"
+        self.nodes = [_reduce("ReduceMin", tensor, self.lo, axes, opset, extra),
+                      _reduce("ReduceMax", tensor, self.hi, axes, opset, extra)]
+        self.absmax = ""
+
+    def derive(self, reducer: Reducer, out: str) -> list[onnx.NodeProto]:
+        """Nodes computing observation ``reducer`` (MIN, MAX, or ABSMAX/PEAK on this axis) into ``out``."""
+        if reducer in (Reducer.MIN, Reducer.MAX):  # per sample: the row's extreme; else the vector's
+            op, src = ("ReduceMin", self.lo) if reducer == Reducer.MIN else ("ReduceMax", self.hi)
+            return [_reduce(op, src, out, [1] if self.per_sample else None, self.opset, self.extra)]
+        if self.absmax:
+            return [helper.make_node("Identity", [self.absmax], [out], name=out)]
+        self.absmax, neg = out, out + "_neg"
+        return [helper.make_node("Neg", [self.lo], [neg], name=neg),
+                helper.make_node("Max", [self.hi, neg], [out], name=out)]
+
+
+def _channel_ranges(model: onnx.ModelProto, observations: list[str], per_sample: bool, opset: int,
+                    extra: list) -> dict[str, _ChannelRange]:
+    """The tensors whose MIN/MAX and channel max |x| come from one pair of per-channel reductions: those with a
+    known rank, more axes than the channel's (and the stacked samples') and a channel axis that is not the
+    stacked samples' axis."""
+    found = {}
+    for index, (tensor, axis) in enumerate(channel_range_axes(observations).items()):
+        rank = _rank(model, tensor)
+        # stacked [N, C]: nothing to reduce per channel (the old path takes |x| as it is)
+        if rank is None or rank < (3 if per_sample else 2) or (per_sample and axis % rank == 0):
+            continue
+        found[tensor] = _ChannelRange(tensor, axis, rank, per_sample, opset, extra, index)
+    return found
 
 
 def check_sample(sample: dict, index: int, specs: dict[str, tuple[list, int]]) -> dict[str, np.ndarray]:

@@ -19,7 +19,8 @@ from ptqflow.errors import InputError
 from ptqflow.quantization.graph.openvino_view import BoundView, OVView
 from ptqflow.quantization.plan import QuantizationPlan
 from ptqflow.quantization.statistics.accumulate import Accumulator, Observed, batchable, batches, finalize
-from ptqflow.quantization.statistics.points import PER_SAMPLE, Reducer, StatisticPoint, parse_observation
+from ptqflow.quantization.statistics.points import (PER_SAMPLE, Reducer, StatisticPoint, channel_range_axes,
+                                                   parse_observation)
 from ptqflow.quantization.statistics.runner import OpenVINORunner
 
 
@@ -35,6 +36,7 @@ def augment(model: ov.Model, bound: BoundView, observations: list[str], per_samp
     to the per-channel vector of their axis (one row per sample when ``per_sample``). An observation whose tensor's
     rank is unknown is left out (its consumer finds no value, as on the ONNX path)."""
     results, out_map = [], {}
+    shared = _channel_ranges(bound, observations, per_sample)
     for i, oid in enumerate(observations):
         tensor, reducer, axis = parse_observation(oid)
         port = bound.port(tensor)
@@ -43,21 +45,48 @@ def augment(model: ov.Model, bound: BoundView, observations: list[str], per_samp
             continue
         r = rank.get_length()
         batch = {0} if per_sample and r > 1 else set()
-        if reducer in (Reducer.MIN, Reducer.MAX):
-            fn, src, axes = (ops.reduce_min if reducer == Reducer.MIN else ops.reduce_max), port, _axes(r, batch)
+        pair = shared.get(tensor)
+        if pair is not None and reducer in (Reducer.MIN, Reducer.MAX):  # the row's (or vector's) extreme
+            lo, hi = pair[1:]
+            fn = ops.reduce_min if reducer == Reducer.MIN else ops.reduce_max
+            node = fn(lo if reducer == Reducer.MIN else hi, np.array([1] if per_sample else [0], np.int64),
+                      keep_dims=False)
+        elif pair is not None and reducer in (Reducer.ABSMAX, Reducer.PEAK) and pair[0] == axis:
+            node = ops.maximum(pair[2], ops.negative(pair[1]))
         else:
-            src = ops.abs(port) if reducer in (Reducer.ABSMAX, Reducer.PEAK) else port
-            fn = ops.reduce_max if reducer in (Reducer.ABSMAX, Reducer.PEAK) else ops.reduce_mean
-            axes = _axes(r, batch | ({axis % r} if r else set()))
-        # nothing to reduce (a scalar; [N, C] stacked): the value is the statistic (the CPU plugin refuses a
-        # reduction over no axes)
-        node = fn(src, axes, keep_dims=False) if axes.size else ops.convert(src, ov.Type.f32)
+            if reducer in (Reducer.MIN, Reducer.MAX):
+                fn, src, axes = (ops.reduce_min if reducer == Reducer.MIN else ops.reduce_max), port, _axes(r, batch)
+            else:
+                src = ops.abs(port) if reducer in (Reducer.ABSMAX, Reducer.PEAK) else port
+                fn = ops.reduce_max if reducer in (Reducer.ABSMAX, Reducer.PEAK) else ops.reduce_mean
+                axes = _axes(r, batch | ({axis % r} if r else set()))
+            # nothing to reduce (a scalar; [N, C] stacked): the value is the statistic (the CPU plugin refuses a
+            # reduction over no axes)
+            node = fn(src, axes, keep_dims=False) if axes.size else ops.convert(src, ov.Type.f32)
         out = f"ptqflow_stat_{reducer.value}_{i}"
         output = node.output(0)
         output.get_tensor().set_names({out})
         results.append(ops.result(output))
         out_map[out] = oid
     return ov.Model(results, model.get_parameters(), "ptqflow-statistics"), out_map
+
+
+def _channel_ranges(bound: BoundView, observations: list[str], per_sample: bool) -> dict[str, tuple]:
+    """Tensor -> (channel axis, per-channel minima, per-channel maxima) for the tensors whose MIN/MAX and channel
+    max |x| come from one pair of reductions (points.channel_range_axes; as collector._channel_ranges: a static
+    rank above the channel's and the stacked samples' axes, a channel axis that is not the samples')."""
+    found = {}
+    for tensor, axis in channel_range_axes(observations).items():
+        port = bound.port(tensor)
+        rank = port.get_partial_shape().rank
+        if rank.is_dynamic:
+            continue
+        r = rank.get_length()
+        if r < (3 if per_sample else 2) or (per_sample and axis % r == 0):
+            continue
+        axes = _axes(r, {axis % r, 0} if per_sample else {axis % r})
+        found[tensor] = (axis, ops.reduce_min(port, axes, keep_dims=False), ops.reduce_max(port, axes, keep_dims=False))
+    return found
 
 
 def observe(model: ov.Model, view: OVView, plan: QuantizationPlan, points: list[StatisticPoint],
