@@ -119,7 +119,8 @@ def test_quantize_reverts_a_correction_that_raises_the_output_error(monkeypatch)
         subset_size=24, advanced=AdvancedParameters(disable_bias_correction=True)))
     seen = {}
 
-    def verdict(fp32, uncorrected, corrected, samples, device="cpu", *, tie_weight, fp32_outputs=None):
+    def verdict(fp32, uncorrected, corrected, samples, device="cpu", *, tie_weight, fp32_outputs=None,
+                uncorrected_outputs=None):
         seen["tie_weight"] = tie_weight
         seen["samples"] = len(samples)
         return bc_guard.Verdict(False, 1.0, 2.0)
@@ -214,8 +215,12 @@ def test_a_reverted_fast_correction_falls_back_to_full_bias_correction_judged_th
     stats = collect_statistics(model, data, QuantizationConfig(subset_size=24))
     keeps, calls = [], []
 
-    def verdict(fp32, uncorrected, corrected, samples, device="cpu", *, tie_weight, fp32_outputs=None):
+    shared = []
+
+    def verdict(fp32, uncorrected, corrected, samples, device="cpu", *, tie_weight, fp32_outputs=None,
+                uncorrected_outputs=None):
         calls.append((len(samples), fp32_outputs is not None))
+        shared.append(uncorrected_outputs)
         return bc_guard.Verdict(keeps.pop(0), 1.0, 2.0)
 
     monkeypatch.setattr(bc_guard, "judge", verdict)
@@ -224,6 +229,10 @@ def test_a_reverted_fast_correction_falls_back_to_full_bias_correction_judged_th
     result = quantize_with_summary(model, stats, fallback, dataset=data)
     # full BiasCorrection fits on bias_correction_fallback_samples (4); the guard (8: no Softmax output) judges 4..11
     assert calls == [(8, True), (8, True), (4, True)], calls
+    # the uncorrected model ran once on each sample: the fallback's fitted samples (0..3) are among the fast
+    # correction's judged ones (0..7), and their outputs are the same arrays
+    assert all(o is not None for o in shared)
+    assert all(a is b for a, b in zip(shared[2], shared[0][:4]))
     records = [r["bias_correction"] for r in result.layers if r.get("bias_correction")]
     assert records and all(r["method"] == "bias_correction" for r in records) and any(r["applied"] for r in records)
     keeps[:] = [True, True]

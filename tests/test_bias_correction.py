@@ -177,6 +177,29 @@ def test_zero_bias_full_correction():
         assert after[layer.name].mean() < 0.5 * before[layer.name].mean(), (layer.name, before, after)
 
 
+def test_fp32_means_kept_between_corrections_on_the_same_samples(monkeypatch):
+    """A second correction on the same samples (the plan written again after mixed precision) takes the FP32
+    output means the first one kept and gives the same biases; other samples get a pass of their own."""
+    import ptqflow.quantization.algorithms.bias_correction as bc
+
+    fp32, q, calib, held_out = _setup("conv")
+    layers = find_bias_layers(fp32)
+    passes = []
+    real = bc._fp32_output_means
+    monkeypatch.setattr(bc, "_fp32_output_means", lambda *a, **k: passes.append(len(a[2])) or real(*a, **k))
+    kept: dict = {}
+    first, second = onnx.ModelProto(), onnx.ModelProto()
+    first.CopyFrom(q)
+    second.CopyFrom(q)
+    a = apply_bias_correction(fp32, first, layers, calib, threshold=10.0, fp32_means=kept)
+    b = apply_bias_correction(fp32, second, layers, calib, threshold=10.0, fp32_means=kept)
+    assert passes == [len(calib)]
+    assert [r["shift_norm"] for r in a] == [r["shift_norm"] for r in b] and any(r["applied"] for r in a)
+    assert all(np.array_equal(v, _bias_values(second)[k]) for k, v in _bias_values(first).items())
+    apply_bias_correction(fp32, second, layers, held_out, threshold=10.0, fp32_means=kept)
+    assert passes == [len(calib), len(held_out)]
+
+
 def _bias_values(model):
     return {t.name: numpy_helper.to_array(t).copy() for t in model.graph.initializer}
 

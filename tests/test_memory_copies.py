@@ -73,3 +73,16 @@ def test_session_from_a_file_computes_what_a_session_from_bytes_computes(monkeyp
     from_file = [sessions.make_session(model).run(None, f)[0] for f in feeds]
     for a, b in zip(from_bytes, from_file):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("feeds", [1, 3])
+def test_outputs_of_run_each_do_not_pin_the_sessions_buffers(feeds):
+    """onnxruntime hands its outputs back as views of its own buffers, which stay allocated while a view lives,
+    after the session is gone; run_each's outputs are arrays of their own (the guard and the search keep FP32
+    outputs across steps), equal to the session's."""
+    model = builders.conv_classifier()
+    data = builders.random_inputs(feeds, (3, 16, 16), seed=2)
+    direct = sessions.make_session(model).run(None, data[0])[0]
+    outs = sessions.run_each(model, data)
+    assert all(v.flags.owndata for values in outs for v in values)
+    np.testing.assert_array_equal(outs[0][0], direct)

@@ -239,7 +239,8 @@ def quantize(prepared: onnx.ModelProto, statistics: Statistics, config: Quantiza
     fp32(judged + fitted + ahead)
     references = (fp32(judged) if judged else None, fp32(fitted) if fitted else None)  # the cache's, not run again
     q, records = _write(prepared, plan, statistics, config, codes=codes)
-    bc = correct_and_guard(prepared, q, statistics, config, pool, device, references, fp32)
+    means: dict = {}  # full BiasCorrection's FP32 output means, for the plan written again
+    bc = correct_and_guard(prepared, q, statistics, config, pool, device, references, fp32, fp32_means=means)
     del references
     fp32.keep(ahead)  # the guard's other outputs are done with (PP-OCR rec: 32 of 1 MB)
     decided = plan.refinements()
@@ -247,7 +248,7 @@ def quantize(prepared: onnx.ModelProto, statistics: Statistics, config: Quantiza
     def shipped(ranges: dict | None = None) -> tuple[onnx.ModelProto, list[dict], list[dict]]:
         """The plan written again (with ``ranges`` where given) and corrected as the guard decided; its records."""
         w, written_records = _write(prepared, plan, statistics, config, ranges, codes)
-        return w, written_records, reapply(prepared, w, statistics, config, pool, device, bc)
+        return w, written_records, reapply(prepared, w, statistics, config, pool, device, bc, means)
 
     # The passes never read the INT8 model: a large one waits in a file meanwhile, so their FP32 sessions and
     # gated model do not sit beside it.

@@ -37,16 +37,19 @@ def references(fp32: onnx.ModelProto, samples: list[dict], device: str = "cpu") 
 
 def judge(fp32: onnx.ModelProto, uncorrected: onnx.ModelProto, corrected: onnx.ModelProto,
           samples: list[dict], device: str = "cpu", *, tie_weight: float,
-          fp32_outputs: list[list] | None = None) -> Verdict:
+          fp32_outputs: list[list] | None = None, uncorrected_outputs: list[list] | None = None) -> Verdict:
     """The guard's ``Verdict`` on ``samples`` (keep the correction, output error without it, with it, ...);
     ``tie_weight``: the weight of a decision output's squared error next to its decisions (OutputError). ``fp32_outputs``: the FP32
-    model's outputs on ``samples`` (``references``) when the caller took them already, else they are taken here."""
+    model's outputs on ``samples`` (``references``) when the caller took them already, else they are taken here;
+    ``uncorrected_outputs`` likewise for the uncorrected model."""
     names = [o.name for o in fp32.graph.output]
     if fp32_outputs is None:
         fp32_outputs = references(fp32, samples, device)
     error = OutputError(names, fp32_outputs, decision_outputs(fp32), tie_weight=tie_weight,
                         masks=token_masks(samples))
-    return verdict(error, run_each(uncorrected, samples, device), run_each(corrected, samples, device))
+    if uncorrected_outputs is None:
+        uncorrected_outputs = run_each(uncorrected, samples, device)
+    return verdict(error, uncorrected_outputs, run_each(corrected, samples, device))
 
 
 class Verdict(NamedTuple):

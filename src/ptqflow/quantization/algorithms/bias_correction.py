@@ -165,19 +165,28 @@ def apply_bias_correction(
     threshold: float,
     device: str = "cpu",
     runtime: str = "onnxruntime",
+    fp32_means: dict | None = None,
 ) -> list[dict]:
     """Correct the biases of ``layers`` in ``q_model`` (in place) on ``samples``. Returns one summary per layer.
 
     Each record is FastBiasCorrection's (layer, op_type, applied, reason, shift_norm, max_abs_shift, bias_norm)
     plus ``samples``, the number of samples the means came from. ``runtime`` is the statistics runtime of the
     FP32 reference pass (see ptqflow.quantization.statistics.runner); the quantized segments run on onnxruntime.
+    ``fp32_means``: a dict that keeps the FP32 output means between calls on the same FP32 model and samples
+    (the plan written again after mixed precision is corrected on the samples the first correction was fitted
+    on: its FP32 pass is not run again).
     """
     release_freed_memory()  # what the steps before it freed, before its sessions and cached tensors
     samples = list(samples)
     if not samples:
         return [{**summary(layer, False, "no samples", None, read_bias(q_model, layer)), "samples": 0}
                 for layer in layers]
-    fp32_means = _fp32_output_means(fp32_model, layers, samples, device, runtime)
+    key = tuple(id(s) for s in samples)  # the caller's sample dicts, alive while it holds them
+    known = fp32_means.get(key, {}) if fp32_means is not None else {}
+    missing = [layer for layer in layers if layer.name not in known]
+    means = {**known, **(_fp32_output_means(fp32_model, missing, samples, device, runtime) if missing else {})}
+    if fp32_means is not None:
+        fp32_means[key] = means
     seg = _Segmenter(q_model)
     cache: dict[str, list[np.ndarray]] = {
         name: [np.asarray(s[name]) for s in samples] for name in seg.graph_inputs if name in samples[0]
@@ -185,7 +194,7 @@ def apply_bias_correction(
     records = []
     for layer in layers:
         bias = read_bias(q_model, layer)
-        record = _correct_layer(layer, bias, seg, cache, samples, fp32_means.get(layer.name), threshold, device)
+        record = _correct_layer(layer, bias, seg, cache, samples, means.get(layer.name), threshold, device)
         records.append({**record, "samples": len(samples)})
         for name in [n for n in cache if not seg.still_needed(n)]:
             del cache[name]  # last reader has run: free the activations

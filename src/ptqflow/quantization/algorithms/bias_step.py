@@ -14,6 +14,7 @@ from ptqflow.quantization.algorithms.bias_layers import find_bias_layers
 from ptqflow.config import QuantizationConfig
 from ptqflow.errors import InputError
 from ptqflow.quantization.statistics import Statistics
+from ptqflow.runtime.sessions import OutputCache
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,8 @@ def fallback_config(config: QuantizationConfig) -> QuantizationConfig | None:
 def correct_and_guard(prepared: onnx.ModelProto, q: onnx.ModelProto, statistics: Statistics,
                       config: QuantizationConfig, samples: list[dict], device: str,
                       references: tuple[list | None, list | None] = (None, None),
-                      fp32_outputs: Callable[[list[dict]], list] | None = None) -> list[dict]:
+                      fp32_outputs: Callable[[list[dict]], list] | None = None,
+                      uncorrected: OutputCache | None = None, fp32_means: dict | None = None) -> list[dict]:
     """Run the configured bias correction on ``q`` in place, then the guard (ptqflow.quantization.algorithms
     .bc_guard): when the corrected model's output error against FP32 is higher than without the correction on
     samples the correction was not fitted on (``guard_samples``), ``q`` goes back to its uncorrected biases and
@@ -79,14 +81,18 @@ def correct_and_guard(prepared: onnx.ModelProto, q: onnx.ModelProto, statistics:
     Where the guard reverts FastBiasCorrection, full BiasCorrection is fitted and judged the same way
     (``fallback_config``; its FP32 references from ``fp32_outputs(samples)`` where given); its records are
     returned where it stays, the fast correction's (reverted, saying why) otherwise. Each record names its
-    ``method``."""
+    ``method``. ``uncorrected``: the uncorrected model's outputs (runtime.sessions.OutputCache over a copy of ``q``
+    as it came), which the fallback's verdicts share with the fast correction's: its fitted samples are among
+    the ones the fast correction was judged on, and the uncorrected model is run on each sample once.
+    ``fp32_means``: full BiasCorrection's FP32 output means, kept for a later ``reapply`` (a dict the caller
+    holds; bias_correction.apply_bias_correction)."""
     adv = config.advanced
-    uncorrected = None
-    if adv.bias_correction_guard_samples and not adv.disable_bias_correction:
-        uncorrected = onnx.ModelProto()
-        uncorrected.CopyFrom(q)
+    if uncorrected is None and adv.bias_correction_guard_samples and not adv.disable_bias_correction:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(q)
+        uncorrected = OutputCache(copy, device)
     n_fit = 0 if config.fast_bias_correction else config.bias_correction_samples()
-    records = correct_biases(prepared, q, statistics, config, samples[:n_fit], device)
+    records = correct_biases(prepared, q, statistics, config, samples[:n_fit], device, fp32_means)
     if uncorrected is None or not any(r.get("applied") for r in records):
         return records
     guard, held_out, fitted = guard_samples(prepared, config, samples)
@@ -95,12 +101,13 @@ def correct_and_guard(prepared: onnx.ModelProto, q: onnx.ModelProto, statistics:
             log.info("bias correction guard skipped: no calibration samples at hand")
         return records
     def judge(judged: list[dict], k: int) -> tuple[bool, float, float]:
-        return bc_guard.judge(prepared, uncorrected, q, judged, device,
-                              tie_weight=adv.bias_correction_guard_tie_weight, fp32_outputs=references[k])
+        return bc_guard.judge(prepared, uncorrected.model, q, judged, device,
+                              tie_weight=adv.bias_correction_guard_tie_weight, fp32_outputs=references[k],
+                              uncorrected_outputs=uncorrected(judged))
 
     if guard_verdict(judge, records, guard, held_out, fitted):
         return records
-    q.CopyFrom(uncorrected)
+    q.CopyFrom(uncorrected.model)
     full = fallback_config(config)
     judged, _, fitted_full = guard_samples(prepared, full, samples) if full is not None else ([], 0, [])
     if not judged or not samples[:full.bias_correction_samples()]:
@@ -109,7 +116,8 @@ def correct_and_guard(prepared: onnx.ModelProto, q: onnx.ModelProto, statistics:
             else (None, None))
     log.info("FastBiasCorrection reverted: full BiasCorrection fitted on %d calibration samples and judged instead",
              full.bias_correction_samples())
-    records_full = correct_and_guard(prepared, q, statistics, full, samples, device, refs)
+    records_full = correct_and_guard(prepared, q, statistics, full, samples, device, refs, uncorrected=uncorrected,
+                                     fp32_means=fp32_means)
     if any(r.get("applied") for r in records_full):
         return records_full
     return fallback_reverted(records)
@@ -165,15 +173,16 @@ def guard_sample_count(config: QuantizationConfig, has_decision_outputs: bool) -
 
 
 def reapply(prepared: onnx.ModelProto, q: onnx.ModelProto, statistics: Statistics, config: QuantizationConfig,
-            samples: list[dict], device: str, verdict: list[dict]) -> list[dict]:
+            samples: list[dict], device: str, verdict: list[dict], fp32_means: dict | None = None) -> list[dict]:
     """Bias correction on ``q`` (the plan written again) as ``verdict`` (correct_and_guard's records) decided:
     corrected again where the guard kept the correction (with the guard's figures), left as it is where it
-    reverted it or nothing was corrected. Returns the records."""
+    reverted it or nothing was corrected. Returns the records. ``fp32_means``: as ``correct_and_guard`` kept them."""
     if not any(r.get("applied") for r in verdict):
         return verdict
     config = verdict_config(config, verdict)
     n_fit = 0 if config.fast_bias_correction else config.bias_correction_samples()
-    return with_verdict(correct_biases(prepared, q, statistics, config, samples[:n_fit], device), verdict)
+    return with_verdict(correct_biases(prepared, q, statistics, config, samples[:n_fit], device, fp32_means),
+                        verdict)
 
 
 def verdict_config(config: QuantizationConfig, verdict: list[dict]) -> QuantizationConfig:
@@ -194,9 +203,10 @@ def with_verdict(records: list[dict], verdict: list[dict]) -> list[dict]:
 
 
 def correct_biases(prepared: onnx.ModelProto, q: onnx.ModelProto, statistics: Statistics,
-                   config: QuantizationConfig, samples: list[dict], device: str) -> list[dict]:
-    """Run the configured bias correction on ``q`` in place (full BiasCorrection fits on ``samples``); returns
-    its per-layer records."""
+                   config: QuantizationConfig, samples: list[dict], device: str,
+                   fp32_means: dict | None = None) -> list[dict]:
+    """Run the configured bias correction on ``q`` in place (full BiasCorrection fits on ``samples``, its FP32
+    output means kept in ``fp32_means`` where given); returns its per-layer records."""
     if config.advanced.disable_bias_correction:
         return []
     layers = planned_bias_layers(prepared, statistics.plan)
@@ -214,7 +224,8 @@ def correct_biases(prepared: onnx.ModelProto, q: onnx.ModelProto, statistics: St
     if not calibration:
         raise InputError("full bias correction (fast_bias_correction=False) needs the calibration dataset")
     records = bias_correction.apply_bias_correction(prepared, q, layers, calibration, threshold=threshold,
-                                                    device=device, runtime=config.advanced.statistics_runtime)
+                                                    device=device, runtime=config.advanced.statistics_runtime,
+                                                    fp32_means=fp32_means)
     return [{**r, "method": FULL} for r in records]
 
 
