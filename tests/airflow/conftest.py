@@ -6,11 +6,16 @@ for extra in (ROOT / "tests", ROOT / "components"):
     if str(extra) not in sys.path:
         sys.path.insert(0, str(extra))
 
+import atexit
 import os
+import shutil
 import tempfile
 
-# Airflow reads its home at import: keep its config and SQLite DB out of ~/airflow.
-os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="ptqflow-airflow-home-"))
+# Airflow reads its home at import: keep its config and SQLite DB out of ~/airflow, in a directory of this
+# session's own that goes when the session ends.
+if "AIRFLOW_HOME" not in os.environ:
+    os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="ptqflow-airflow-home-")
+    atexit.register(shutil.rmtree, os.environ["AIRFLOW_HOME"], ignore_errors=True)
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 
 

@@ -12,8 +12,10 @@ as the operator does when it runs)."""
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -41,6 +43,7 @@ def run_tasks(dag, conf: dict):
 def main(argv: list[str]) -> int:
     request = json.loads(argv[1])
     home = Path(tempfile.mkdtemp(prefix="ptqflow-kpo-render-"))
+    atexit.register(shutil.rmtree, home, ignore_errors=True)  # its kubeconfig and Airflow home go with the process
     os.environ["AIRFLOW_HOME"] = str(home)  # Airflow reads its home at import
     os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
     # Building the pod reads a kubeconfig; no API server is ever contacted.
