@@ -9,6 +9,7 @@ ModelProto of any size.
 
 from __future__ import annotations
 
+import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -105,12 +106,21 @@ def release_freed_memory() -> None:
     the next session is allocated above it and the process's peak grows with every step. Trimmed before each
     ``run_each``, PP-OCR rec's peak with the bias-correction fallback went from 575 to 526 MB (bench/README.md,
     "Bias correction falls back"). The standard library has no binding for it; ctypes reaches it directly."""
-    try:
-        import ctypes
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
-        pass
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    """glibc's malloc_trim, looked up once (``release_freed_memory`` runs before every ``run_each``, and full
+    BiasCorrection makes one a layer), or None where the C library is not glibc (musl, macOS): nothing to trim."""
+    import ctypes
+
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 def run_each(model, feeds: list[dict], device: str = "cpu", outputs: list[str] | None = None) -> list[list]:
@@ -155,7 +165,7 @@ class OutputCache:
         missing = list({id(f): f for f in feeds if id(f) not in self._done}.values())
         if missing and self.one_at_a_time:
             session = make_session(self.model, self.device)
-            outputs = [session.run(None, feed) for feed in missing]
+            outputs = [_owned(session.run(None, feed)) for feed in missing]
         elif missing:
             outputs = run_each(self.model, missing, self.device)
         for feed, outs in zip(missing, outputs if missing else []):

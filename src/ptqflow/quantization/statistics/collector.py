@@ -16,7 +16,8 @@ from onnx import helper, numpy_helper
 
 from ptqflow.errors import InputError
 from ptqflow.quantization.graph.prepare import graph_inputs, onnx_opset
-from ptqflow.quantization.statistics.points import Reducer, channel_range_axes, parse_observation
+from ptqflow.quantization.statistics.points import (Reducer, channel_range_axes, channel_range_reduction,
+                                                   parse_observation)
 
 
 def _reduce(op: str, src: str, out: str, axes: list[int] | None, opset: int, extra: list) -> onnx.NodeProto:
@@ -145,10 +146,9 @@ class _ChannelRange:
     """The per-channel minima and maxima of a tensor (``points.channel_range_axes``), reduced once, and the
     observations derived from them."""
 
-    def __init__(self, tensor: str, axis: int, rank: int, per_sample: bool, opset: int, extra: list, index: int):
+    def __init__(self, tensor: str, axis: int, axes: list[int], per_sample: bool, opset: int, extra: list,
+                 index: int):
         self.axis, self.per_sample, self.opset, self.extra = axis, per_sample, opset, extra
-        keep = {axis % rank, 0} if per_sample else {axis % rank}
-        axes = [a for a in range(rank) if a not in keep]
         self.lo, self.hi = f"ptqflow_stat_cmin_{index}", f"ptqflow_stat_cmax_{index}"
         self.nodes = [_reduce("ReduceMin", tensor, self.lo, axes, opset, extra),
                       _reduce("ReduceMax", tensor, self.hi, axes, opset, extra)]
@@ -168,16 +168,13 @@ class _ChannelRange:
 
 def _channel_ranges(model: onnx.ModelProto, observations: list[str], per_sample: bool, opset: int,
                     extra: list) -> dict[str, _ChannelRange]:
-    """The tensors whose MIN/MAX and channel max |x| come from one pair of per-channel reductions: those with a
-    known rank, more axes than the channel's (and the stacked samples') and a channel axis that is not the
-    stacked samples' axis."""
+    """The tensors whose MIN/MAX and channel max |x| come from one pair of per-channel reductions
+    (points.channel_range_reduction)."""
     found = {}
     for index, (tensor, axis) in enumerate(channel_range_axes(observations).items()):
-        rank = _rank(model, tensor)
-        # stacked [N, C]: nothing to reduce per channel (the old path takes |x| as it is)
-        if rank is None or rank < (3 if per_sample else 2) or (per_sample and axis % rank == 0):
-            continue
-        found[tensor] = _ChannelRange(tensor, axis, rank, per_sample, opset, extra, index)
+        axes = channel_range_reduction(axis, _rank(model, tensor), per_sample)
+        if axes is not None:
+            found[tensor] = _ChannelRange(tensor, axis, axes, per_sample, opset, extra, index)
     return found
 
 

@@ -20,7 +20,7 @@ from ptqflow.quantization.graph.openvino_view import BoundView, OVView
 from ptqflow.quantization.plan import QuantizationPlan
 from ptqflow.quantization.statistics.accumulate import Accumulator, Observed, batchable, batches, finalize
 from ptqflow.quantization.statistics.points import (PER_SAMPLE, Reducer, StatisticPoint, channel_range_axes,
-                                                   parse_observation)
+                                                   channel_range_reduction, parse_observation)
 from ptqflow.quantization.statistics.runner import OpenVINORunner
 
 
@@ -73,19 +73,16 @@ def augment(model: ov.Model, bound: BoundView, observations: list[str], per_samp
 
 def _channel_ranges(bound: BoundView, observations: list[str], per_sample: bool) -> dict[str, tuple]:
     """Tensor -> (channel axis, per-channel minima, per-channel maxima) for the tensors whose MIN/MAX and channel
-    max |x| come from one pair of reductions (points.channel_range_axes; as collector._channel_ranges: a static
-    rank above the channel's and the stacked samples' axes, a channel axis that is not the samples')."""
+    max |x| come from one pair of reductions (points.channel_range_reduction, as on the ONNX path)."""
     found = {}
     for tensor, axis in channel_range_axes(observations).items():
         port = bound.port(tensor)
         rank = port.get_partial_shape().rank
-        if rank.is_dynamic:
-            continue
-        r = rank.get_length()
-        if r < (3 if per_sample else 2) or (per_sample and axis % r == 0):
-            continue
-        axes = _axes(r, {axis % r, 0} if per_sample else {axis % r})
-        found[tensor] = (axis, ops.reduce_min(port, axes, keep_dims=False), ops.reduce_max(port, axes, keep_dims=False))
+        axes = channel_range_reduction(axis, None if rank.is_dynamic else rank.get_length(), per_sample)
+        if axes is not None:
+            axes = np.array(axes, np.int64)
+            found[tensor] = (axis, ops.reduce_min(port, axes, keep_dims=False),
+                             ops.reduce_max(port, axes, keep_dims=False))
     return found
 
 

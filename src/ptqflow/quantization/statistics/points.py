@@ -86,3 +86,14 @@ def channel_range_axes(observations: list[str]) -> dict[str, int]:
         if reducer in (Reducer.ABSMAX, Reducer.PEAK) and axis is not None:
             axes.setdefault(tensor, axis)
     return axes
+
+
+def channel_range_reduction(axis: int, rank: int | None, per_sample: bool) -> list[int] | None:
+    """The axes a tensor of ``rank`` is reduced over to its per-channel minima and maxima on ``axis``
+    (``channel_range_axes``; keeping the stacked samples' axis 0 too when ``per_sample``), or None where that pair
+    cannot stand in for its observations: an unknown rank, the channel axis being the samples' axis, or nothing left
+    to reduce (stacked [N, C]). Both collectors' rule."""
+    if rank is None or (per_sample and axis % rank == 0):
+        return None
+    keep = {axis % rank, 0} if per_sample else {axis % rank}
+    return [a for a in range(rank) if a not in keep] or None
