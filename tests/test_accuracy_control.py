@@ -315,3 +315,36 @@ def test_a_drop_of_exactly_max_drop_is_met_despite_floating_point():
                                                            max_drop=0.01, advanced_accuracy_restorer_parameters=(
                                                                AdvancedAccuracyRestorerParameters(max_num_iterations=1)))
     assert not missed.met
+
+
+def test_harm_is_the_error_a_quantizer_adds_alone():
+    """A quantizer's harm is the output error of the model with it alone int8 (every other activation in float,
+    the weights quantized) above that error with none: leave one in, which errors that cancel each other do not
+    hide (leave one out ranks a quantizer that offsets another's error below harmless ones, negative)."""
+    from ptqflow import accuracy_control as ac
+    from ptqflow.api import _stream_for
+    from ptqflow.config import QuantizationConfig
+    from ptqflow.quantization import engine
+    from ptqflow.quantization.algorithms import sensitivity
+    from ptqflow.quantization.algorithms.output_error import OutputError, decision_outputs
+    from ptqflow.runtime.sessions import make_session
+
+    model, calib, val = outlier_mlp(2), inputs(32, 0), inputs(6, 1)
+    config = QuantizationConfig(subset_size=32, advanced=NO_SAFEGUARDS)
+    col = engine.collect(model, _stream_for(ptqflow.Dataset(calib)), config, "cpu", engine.samples_needed(config))
+    ranked = dict(ac._rank(col.prepared, col.statistics, config.advanced, val, "cpu", reverts=10))
+    gated, tensors = sensitivity.gated_model(col.prepared, col.statistics.plan,
+                                             col.statistics.ranges(config.advanced.mean_minmax))
+    session, fp32 = make_session(gated), make_session(col.prepared)
+    refs = [fp32.run(None, s) for s in val]
+    error = OutputError(["logits"], refs, decision_outputs(col.prepared), tie_weight=0.0, decisions_as="mass")
+
+    def err(gate):
+        return error([session.run(None, {**s, sensitivity.GATE: gate}) for s in val])
+
+    floor = err(np.zeros(len(tensors), np.float32))
+    for k, t in enumerate(tensors):
+        gate = np.zeros(len(tensors), np.float32)
+        gate[k] = 1.0
+        assert ranked[t] == pytest.approx(err(gate) - floor, rel=1e-4, abs=1e-9)
+    assert set(ranked) == set(tensors) and len(tensors) > 2
