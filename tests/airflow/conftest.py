@@ -6,16 +6,15 @@ for extra in (ROOT / "tests", ROOT / "components"):
     if str(extra) not in sys.path:
         sys.path.insert(0, str(extra))
 
-import atexit
 import os
 import shutil
 import tempfile
 
 # Airflow reads its home at import: keep its config and SQLite DB out of ~/airflow, in a directory of this
-# session's own that goes when the session ends.
+# session's own that goes when the session ends (pytest_unconfigure below).
+_HOME = None
 if "AIRFLOW_HOME" not in os.environ:
-    os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="ptqflow-airflow-home-")
-    atexit.register(shutil.rmtree, os.environ["AIRFLOW_HOME"], ignore_errors=True)
+    os.environ["AIRFLOW_HOME"] = _HOME = tempfile.mkdtemp(prefix="ptqflow-airflow-home-")
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 
 
@@ -74,3 +73,10 @@ current-context: x
 """)
     monkeypatch.setenv("KUBECONFIG", str(path))
     return path
+
+
+def pytest_unconfigure(config):
+    """Remove this session's Airflow home; an atexit handler would not run, tests/conftest.py ends the process
+    with os._exit after the last unconfigure hook."""
+    if _HOME is not None:
+        shutil.rmtree(_HOME, ignore_errors=True)
