@@ -68,7 +68,7 @@ def markdown(report: dict) -> str:
             out.append(f"| {meth} | {mets} | {_num(drop)} | {_num(fg['cosine'])} | {_num(fg['sqnr'], '{:.1f}')} "
                        f"| {_num(fg['time'], '{:.1f}')} | {_num(fg['rss'], '{:.0f}')} | {speed} "
                        f"| {_num(fg['ort'], '{:.2f}')} | {_num(fg['ort_best'], '{:.2f}')} | {_num(fg['ort_ms'], '{:.2f}')} |")
-        out += ["", *speed_notes(m), *standing_table(m), "", *profiles(m), ""]
+        out += ["", *speed_notes(m), *side_by_side(m), *standing_table(m), "", *profiles(m), ""]
     return "\n".join(out) + "\n"
 
 
@@ -80,6 +80,16 @@ def speed_notes(m: dict) -> list[str]:
             err = " ".join(res["speed_error"].split())[:300]
             notes.append(f"Speed of {meth} failed: {res.get('speed_note', 'OpenVINO error')}. Error: `{err}`")
     return [*notes, ""] if notes else []
+
+
+def side_by_side(m: dict) -> list[str]:
+    """The methods' OpenVINO latencies timed in turns against one FP32 baseline, when measured (run.py)."""
+    sbs = m.get("speed_side_by_side")
+    if not sbs:
+        return []
+    each = "; ".join(f"{k} {v['int8_latency_ms']:.2f} ms ({v['latency_speedup']:.2f}x)" for k, v in sbs["methods"].items())
+    return [f"OpenVINO latency side by side ({sbs['runs_each']} runs each, in turns in one process, f32 hint): FP32 "
+            f"{sbs['fp32_latency_ms']:.2f} ms; {each}", ""]
 
 
 def profiles(m: dict) -> list[str]:
@@ -94,7 +104,11 @@ def standing_table(m: dict) -> list[str]:
     """ptqflow (each mode) vs each peer: metric, fidelity, time, memory, speedup; plus ptqflow/NNCF ratios."""
     name, meths = m["model"], m["methods"]
     rows = ["| ptqflow vs peer | task metric | cosine | quantize time | peak RSS | latency speedup | time ratio "
-            "| RSS ratio | speedup ratio | onnxruntime speedup (best) |", "|---|---|---|---|---|---|---|---|---|---|"]
+            "| RSS ratio | speedup ratio | speedup ratio, side by side | onnxruntime speedup (best) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    # Both INT8 models timed in turns against one FP32 baseline (run.py, speed.side_by_side): the ratio that
+    # decides the speedup standing where it was measured; each method's own FP32-vs-INT8 run is the fallback.
+    sbs = m.get("speed_side_by_side", {}).get("methods", {})
     pairs = [("ptqflow_default", "nncf_default"), ("ptqflow_bc", "nncf_bc"), ("ptqflow_nobc", "nncf_nobc"),
              ("ptqflow_default", "ort_minmax"), ("ptqflow_ort", "ort_minmax"), ("ptqflow_qop", "ort_qop"),
              ("ptqflow_dynamic", "ort_dynamic"), ("ptqflow_dynamic_noconv", "ort_dynamic")]
@@ -102,13 +116,16 @@ def standing_table(m: dict) -> list[str]:
         a, b = _fig(meths.get(ours, {}), name), _fig(meths.get(peer, {}), name)
         if not a or not b:
             if meths.get(ours) or meths.get(peer):
-                rows.append(f"| {ours} vs {peer} | n/a ({'ours' if not a else 'peer'} failed or missing) | | | | | | | | |")
+                rows.append(f"| {ours} vs {peer} | n/a ({'ours' if not a else 'peer'} failed or missing) | | | | | | | | | |")
             continue
         ratio = lambda k: _num(a[k] / b[k] if a[k] and b[k] else None, "{:.2f}")  # noqa: E731
+        together = ours in sbs and peer in sbs
+        sa, sb = (sbs[ours]["latency_speedup"], sbs[peer]["latency_speedup"]) if together else (a["speedup"], b["speedup"])
         rows.append(f"| {ours} vs {peer} | {_standing(a['metric'], b['metric'], True, 0.005)} "
                     f"| {_standing(a['cosine'], b['cosine'], True, 0.001)} | {_standing(a['time'], b['time'], False, 0.1)}"
-                    f" | {_standing(a['rss'], b['rss'], False, 0.1)} | {_standing(a['speedup'], b['speedup'], True, 0.05)}"
+                    f" | {_standing(a['rss'], b['rss'], False, 0.1)} | {_standing(sa, sb, True, 0.05)}"
                     f" | {ratio('time')} | {ratio('rss')} | {ratio('speedup')} "
+                    f"| {_num(sa / sb if together else None, '{:.2f}')} "
                     f"| {_standing(a['ort_best'], b['ort_best'], True, 0.05)} |")
     return rows
 

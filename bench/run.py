@@ -175,6 +175,8 @@ def bench_model(name: str, args, work: Path) -> dict:
     print(f"[{name}] fp32 {result['fp32']}", flush=True)
     if args.ort_profile:
         result["fp32_ort_profile"] = speed.ort_profile(Path(task.model_path), val[0])
+    iters = min(args.speed_iters, args.det_speed_iters) if name == "det" else args.speed_iters
+    iters = min(iters, getattr(task, "max_speed_iters", iters))
     for method in args.methods:
         if method in TRANSFORMER_ONLY and task.kind != "encoder" and not (
                 method in DYNAMIC and getattr(task, "dynamic", False)):
@@ -188,8 +190,6 @@ def bench_model(name: str, args, work: Path) -> dict:
                 res["fidelity"] = fidelity(outs, refs)
             except Exception as err:
                 res.update(ok=False, error=f"evaluation: {type(err).__name__}: {err}"[:500])
-        iters = min(args.speed_iters, args.det_speed_iters) if name == "det" else args.speed_iters
-        iters = min(iters, getattr(task, "max_speed_iters", iters))
         if res.get("ok") and iters:
             try:  # OpenVINO failing to compile a QDQ model is a speed result, not a failed quantization
                 res["speed"] = speed.compare(task.model_path, out, val[0], iters)
@@ -206,6 +206,10 @@ def bench_model(name: str, args, work: Path) -> dict:
                 res["ort_speed_error"] = f"{type(err).__name__}: {err}"[:500]
         print(f"[{name}] {method}: " + json.dumps({k: v for k, v in res.items() if k != "trace"}), flush=True)
         result["methods"][method] = res
+    timed = {meth: mwork / f"{meth}.onnx" for meth, res in result["methods"].items() if "speed" in res}
+    if len(timed) > 1:  # the methods' INT8 models against one FP32 baseline, in turns: their speedups compare
+        result["speed_side_by_side"] = speed.side_by_side(task.model_path, timed, val[0], iters)
+        print(f"[{name}] side by side: " + json.dumps(result["speed_side_by_side"]), flush=True)
     return result
 
 

