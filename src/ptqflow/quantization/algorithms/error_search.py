@@ -117,7 +117,7 @@ class _Evaluator:
         todo = [i for i, o in enumerate(outs) if o is None]
         gate = np.ones(self.n_points, np.float32)
         gate[list(off)] = 0.0
-        self.count += self.cost * len(todo) / len(self.runs)
+        self.count += self.cost * len(todo) / max(len(self.runs), 1)
         batches = ({"arrays": {**self.runs[i], GATE: gate}, "count": 1} for i in todo)
         for i, (values, _) in zip(todo, self.runner.map(batches)):
             outs[i] = [values[n] for n in self.metric.names]
