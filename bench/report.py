@@ -87,7 +87,8 @@ def side_by_side(m: dict) -> list[str]:
     sbs = m.get("speed_side_by_side")
     if not sbs:
         return []
-    each = "; ".join(f"{k} {v['int8_latency_ms']:.2f} ms ({v['latency_speedup']:.2f}x)" for k, v in sbs["methods"].items())
+    each = "; ".join(f"{k} {v['int8_latency_ms']:.2f} ms ({v['latency_speedup']:.2f}x)"
+                     for k, v in sbs["methods"].items())
     return [f"OpenVINO latency side by side ({sbs['runs_each']} runs each, in turns in one process, f32 hint): FP32 "
             f"{sbs['fp32_latency_ms']:.2f} ms; {each}", ""]
 
@@ -116,11 +117,13 @@ def standing_table(m: dict) -> list[str]:
         a, b = _fig(meths.get(ours, {}), name), _fig(meths.get(peer, {}), name)
         if not a or not b:
             if meths.get(ours) or meths.get(peer):
-                rows.append(f"| {ours} vs {peer} | n/a ({'ours' if not a else 'peer'} failed or missing) | | | | | | | | | |")
+                rows.append(f"| {ours} vs {peer} | n/a ({'ours' if not a else 'peer'} failed or missing)"
+                            + " |" * 10)
             continue
         ratio = lambda k: _num(a[k] / b[k] if a[k] and b[k] else None, "{:.2f}")  # noqa: E731
         together = ours in sbs and peer in sbs
-        sa, sb = (sbs[ours]["latency_speedup"], sbs[peer]["latency_speedup"]) if together else (a["speedup"], b["speedup"])
+        sa, sb = ((sbs[ours]["latency_speedup"], sbs[peer]["latency_speedup"]) if together
+                  else (a["speedup"], b["speedup"]))
         rows.append(f"| {ours} vs {peer} | {_standing(a['metric'], b['metric'], True, 0.005)} "
                     f"| {_standing(a['cosine'], b['cosine'], True, 0.001)} | {_standing(a['time'], b['time'], False, 0.1)}"
                     f" | {_standing(a['rss'], b['rss'], False, 0.1)} | {_standing(sa, sb, True, 0.05)}"

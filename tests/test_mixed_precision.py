@@ -331,10 +331,12 @@ class _CountingRunner:
         self.ran = 0
 
     def map(self, batches):
+        from ptqflow.quantization.algorithms.sensitivity import GATE
+
         for batch in batches:
             self.ran += 1
             arrays = batch["arrays"]
-            gate = arrays["ptqflow_quantizer_gate"]
+            gate = arrays[GATE]
             yield {"out": arrays["x"] * (1.0 + float(gate.mean()))}, batch["count"]
 
 

@@ -5,9 +5,10 @@ and the INT8 model; when the drop is larger than ``max_drop``, rank the plan's a
 harm each does (the output error it adds alone, every other activation in float, on ``ranking_subset_size``
 validation samples, measured in one session by the sensitivity search's gated model) and revert them to float
 in that order. After each revert the model is quantized again from the same Statistics with the changed plan
-(nothing is collected again) and measured with ``validation_fn``; a revert that does not lower the drop is undone. It stops when the drop is within
-``max_drop``, when every quantizer was tried or after ``max_num_iterations`` validations; it returns the best model
-it found and says in the result (and a warning) when that is not good enough.
+(nothing is collected again) and measured with ``validation_fn``; a revert that does not lower the drop is
+undone. It stops when the drop is within ``max_drop``, when every quantizer was tried or after
+``max_num_iterations`` validations; it returns the best model it found and says in the result (and a warning)
+when that is not good enough.
 
 Ranking uses the model's output error, not ``validation_fn`` (as NNCF's logits-based ranker): one session
 measures every quantizer, while ranking by the metric would cost one model and one validation per quantizer. It
@@ -60,8 +61,8 @@ class RevertStep:
     """One quantizer of a revert tried: the activation quantizer (``tensor``), its measured ``harm`` (output error of
     the model with this activation quantizer alone int8 minus that error with none, on the ranking samples), the
     layers whose weights went back to float with it (RestoreMode.ACTIVATIONS_AND_WEIGHTS), the metric and drop of
-    the model it was reverted in, whether it is reverted in the model returned (``kept``) and the validation (``iteration``, from 1)
-    that measured it: the quantizers reverted together share one."""
+    the model it was reverted in, whether it is reverted in the model returned (``kept``) and the validation
+    (``iteration``, from 1) that measured it: the quantizers reverted together share one."""
 
     tensor: str
     harm: float

@@ -36,8 +36,9 @@ def mlflow_server(workdir: Path, timeout: float = 120.0) -> Iterator[str]:
     port = free_port()
     # The server's temporary files (its SQLite migration lock, db_init_lock-*) in workdir, not in /tmp.
     (workdir / "tmp").mkdir(exist_ok=True)
-    env = {**os.environ, "TMPDIR": str(workdir / "tmp"), "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https", "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
-           "MLFLOW_WEBHOOK_CACHE_TTL": "1", "MLFLOW_WEBHOOK_REQUEST_MAX_RETRIES": "2"}
+    env = {**os.environ, "TMPDIR": str(workdir / "tmp"), "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+           "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true", "MLFLOW_WEBHOOK_CACHE_TTL": "1",
+           "MLFLOW_WEBHOOK_REQUEST_MAX_RETRIES": "2"}
     args = [mlflow_bin(), "server", "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
             "--artifacts-destination", str(workdir / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
             "--workers", "1"]
